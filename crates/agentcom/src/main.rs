@@ -1,0 +1,384 @@
+//! The `agentcom` binary: parses arguments, installs logging and signal handling, and calls
+//! the library crates. No logic of its own beyond that.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use client::{render, seg, Client};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "agentcom",
+    version,
+    about = "Control plane for fleets of autonomous AI coding agents"
+)]
+struct Cli {
+    /// Log format for daemons (hub).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "AGENTCOM_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where client commands find the hub.
+#[derive(clap::Args, Clone)]
+struct Remote {
+    /// Hub base URL.
+    #[arg(long, env = "AGENTCOM_URL", default_value = client::DEFAULT_URL)]
+    url: String,
+    /// Bearer token; defaults to the local hub's admin.token when it can be read.
+    #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data dir whose admin.token is the default token.
+    #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = hub::config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Print the hub's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Remote {
+    fn client(&self) -> Client {
+        let token = self.token.clone().or_else(|| {
+            std::fs::read_to_string(hub::admin_token_path(&self.data_dir))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        Client::new(&self.url, token)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the hub server.
+    Hub {
+        /// Address to listen on [env: AGENTCOM_LISTEN] [default: 127.0.0.1:4000]
+        #[arg(long, env = "AGENTCOM_LISTEN")]
+        listen: Option<String>,
+        /// Data directory [env: AGENTCOM_DATA_DIR] [default: ./agentcom-data/hub]
+        #[arg(long, env = "AGENTCOM_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long, env = "AGENTCOM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Admin token (otherwise read from or generated into <data-dir>/admin.token).
+        #[arg(long, env = "AGENTCOM_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+    /// Submit, list, inspect, cancel and retry tasks.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+    },
+    /// List agents and their presence.
+    Agents {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Commands sent to one agent.
+    Agent {
+        #[command(subcommand)]
+        cmd: AgentCmd,
+    },
+    /// Manage per-agent tokens (admin).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Submit a task; prints its id.
+    Submit {
+        description: String,
+        #[arg(long, default_value = "normal", value_parser = ["urgent", "high", "normal", "low"])]
+        priority: String,
+        /// A capability the agent must have (repeatable).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// Metadata as a JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Pin the task to one agent.
+        #[arg(long)]
+        assign_to: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tasks, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one task with its history.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a task (tells the agent holding it).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Queue a dead-lettered, cancelled or waiting task again.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Ask an agent's sidecar to restart itself gracefully.
+    Restart {
+        agent: String,
+        #[arg(long, default_value = "admin_commanded")]
+        reason: String,
+        /// Restart even while a task is working.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token for an agent; prints it once.
+    Create {
+        agent: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke every token of an agent and disconnect it.
+    Revoke {
+        agent: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCOM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Cancels the returned token on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+fn print(remote: &Remote, v: &Value, human: impl FnOnce(&Value) -> String) {
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print!("{}", human(v));
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Hub {
+            listen,
+            data_dir,
+            config,
+            admin_token,
+        } => {
+            init_logging(cli.log_format);
+            let cfg = hub::HubConfig::load(hub::Overrides {
+                config,
+                listen,
+                data_dir,
+                admin_token,
+            })?;
+            let shutdown = shutdown_on_signals()?;
+            hub::run(cfg, shutdown).await?;
+        }
+        Cmd::Task { cmd } => match cmd {
+            TaskCmd::Submit {
+                description,
+                priority,
+                capabilities,
+                metadata,
+                max_retries,
+                assign_to,
+                remote,
+            } => {
+                let mut body = json!({ "description": description, "priority": priority });
+                if !capabilities.is_empty() {
+                    body["needed_capabilities"] = json!(capabilities);
+                }
+                if let Some(m) = metadata {
+                    body["metadata"] =
+                        serde_json::from_str(&m).context("--metadata is not valid JSON")?;
+                }
+                if let Some(n) = max_retries {
+                    body["max_retries"] = json!(n);
+                }
+                if let Some(a) = assign_to {
+                    body["assign_to"] = json!(a);
+                }
+                let v = remote.client().post("/api/tasks", body).await?;
+                print(&remote, &v, |v| {
+                    format!("{}\n", client::cell(&v["task_id"]))
+                });
+            }
+            TaskCmd::List {
+                status,
+                limit,
+                remote,
+            } => {
+                let mut path = format!("/api/tasks?limit={limit}");
+                if let Some(s) = status {
+                    path.push_str(&format!("&status={}", seg(&s)));
+                }
+                let v = remote.client().get(&path).await?;
+                print(&remote, &v, render::tasks);
+            }
+            TaskCmd::Show { id, remote } => {
+                let v = remote
+                    .client()
+                    .get(&format!("/api/tasks/{}", seg(&id)))
+                    .await?;
+                print(&remote, &v, render::task);
+            }
+            TaskCmd::Cancel { id, remote } => {
+                let v = remote
+                    .client()
+                    .post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({}))
+                    .await?;
+                print(&remote, &v, |v| {
+                    format!("cancelled {}\n", client::cell(&v["task_id"]))
+                });
+            }
+            TaskCmd::Retry { id, remote } => {
+                let v = remote
+                    .client()
+                    .post(&format!("/api/tasks/{}/retry", seg(&id)), json!({}))
+                    .await?;
+                print(&remote, &v, |v| {
+                    format!("queued {} again\n", client::cell(&v["task_id"]))
+                });
+            }
+        },
+        Cmd::Agents { remote } => {
+            let v = remote.client().get("/api/agents").await?;
+            print(&remote, &v, render::agents);
+        }
+        Cmd::Agent {
+            cmd:
+                AgentCmd::Restart {
+                    agent,
+                    reason,
+                    force,
+                    remote,
+                },
+        } => {
+            let path = format!("/api/admin/agents/{}/restart", seg(&agent));
+            let v = remote
+                .client()
+                .post(&path, json!({ "reason": reason, "force": force }))
+                .await?;
+            print(&remote, &v, |v| {
+                format!("restart commanded for {}\n", client::cell(&v["agent_id"]))
+            });
+        }
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Create { agent, remote } => {
+                let v = remote
+                    .client()
+                    .post("/admin/tokens", json!({ "agent_id": agent }))
+                    .await?;
+                print(&remote, &v, |v| format!("{}\n", client::cell(&v["token"])));
+            }
+            TokenCmd::List { remote } => {
+                let v = remote.client().get("/admin/tokens").await?;
+                print(&remote, &v, render::tokens);
+            }
+            TokenCmd::Revoke { agent, remote } => {
+                let v = remote
+                    .client()
+                    .delete(&format!("/admin/tokens/{}", seg(&agent)))
+                    .await?;
+                print(&remote, &v, |v| {
+                    format!(
+                        "revoked {} token(s) of {}\n",
+                        v["revoked"],
+                        client::cell(&v["agent_id"])
+                    )
+                });
+            }
+        },
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Hub configuration: a TOML file, then `AGENTCOM_*` env vars, then flags; validated once at start.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+pub const DEFAULT_DATA_DIR: &str = "./agentcom-data/hub";
+
+/// The `[hub]`-less flat TOML file. Every field is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub grace_period_ms: Option<u64>,
+    pub accept_timeout_ms: Option<u64>,
+    pub heartbeat_timeout_ms: Option<u64>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub reject_cooldown_ms: Option<u64>,
+    pub violation_limit: Option<u32>,
+    pub violation_window_ms: Option<u64>,
+    pub ban_ms: Option<Vec<u64>>,
+}
+
+/// Values given on the command line or in the environment (clap merges the two).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// How long a disconnected agent keeps its task before it is requeued.
+    pub grace_period: Duration,
+    /// How long an assigned task may wait for `task_accepted`.
+    pub accept_timeout: Duration,
+    /// Silence after which an agent's socket is closed (evicted).
+    pub heartbeat_timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// After `task_rejected`, the task is not offered to the same agent for this long.
+    pub reject_cooldown: Duration,
+    pub violation_limit: u32,
+    pub violation_window: Duration,
+    /// Successive identify refusals after a 1008 close: 30 s, 60 s, 5 min by default.
+    pub bans: Vec<Duration>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            grace_period: Duration::from_secs(60),
+            accept_timeout: Duration::from_secs(60),
+            heartbeat_timeout: Duration::from_secs(60),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            reject_cooldown: Duration::from_secs(5),
+            violation_limit: 10,
+            violation_window: Duration::from_secs(60),
+            bans: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub timings: Timings,
+}
+
+/// Every problem found in the configuration, listed together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl HubConfig {
+    pub fn load(o: Overrides) -> Result<HubConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        let file = match &o.config {
+            Some(path) => read_file(path).unwrap_or_else(|e| {
+                errors.push(e);
+                FileConfig::default()
+            }),
+            None => FileConfig::default(),
+        };
+        let d = Timings::default();
+        let ms = |name: &str, v: Option<u64>, def: Duration, errors: &mut Vec<String>| match v {
+            Some(0) => {
+                errors.push(format!("{name}: must be greater than 0"));
+                def
+            }
+            Some(v) => Duration::from_millis(v),
+            None => def,
+        };
+        let timings = Timings {
+            grace_period: ms(
+                "grace_period_ms",
+                file.grace_period_ms,
+                d.grace_period,
+                &mut errors,
+            ),
+            accept_timeout: ms(
+                "accept_timeout_ms",
+                file.accept_timeout_ms,
+                d.accept_timeout,
+                &mut errors,
+            ),
+            heartbeat_timeout: ms(
+                "heartbeat_timeout_ms",
+                file.heartbeat_timeout_ms,
+                d.heartbeat_timeout,
+                &mut errors,
+            ),
+            retry_base: ms(
+                "retry_base_ms",
+                file.retry_base_ms,
+                d.retry_base,
+                &mut errors,
+            ),
+            retry_max: ms("retry_max_ms", file.retry_max_ms, d.retry_max, &mut errors),
+            reject_cooldown: ms(
+                "reject_cooldown_ms",
+                file.reject_cooldown_ms,
+                d.reject_cooldown,
+                &mut errors,
+            ),
+            violation_limit: match file.violation_limit {
+                Some(0) => {
+                    errors.push("violation_limit: must be greater than 0".into());
+                    d.violation_limit
+                }
+                Some(v) => v,
+                None => d.violation_limit,
+            },
+            violation_window: ms(
+                "violation_window_ms",
+                file.violation_window_ms,
+                d.violation_window,
+                &mut errors,
+            ),
+            bans: match file.ban_ms {
+                Some(v) if v.is_empty() || v.contains(&0) => {
+                    errors.push(
+                        "ban_ms: must be a non-empty list of durations greater than 0".into(),
+                    );
+                    d.bans
+                }
+                Some(v) => v.into_iter().map(Duration::from_millis).collect(),
+                None => d.bans,
+            },
+        };
+        if timings.retry_max < timings.retry_base {
+            errors.push("retry_max_ms: must not be below retry_base_ms".into());
+        }
+        let listen = o
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        if !listen.contains(':') {
+            errors.push(format!("listen: {listen:?} is not HOST:PORT"));
+        }
+        let admin_token = o.admin_token.or(file.admin_token).filter(|t| !t.is_empty());
+        if let Some(t) = &admin_token {
+            if t.len() < 16 || t.len() > proto::MAX_TOKEN {
+                errors.push(format!(
+                    "admin_token: must be 16 to {} characters",
+                    proto::MAX_TOKEN
+                ));
+            }
+        }
+        let data_dir = o
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        if errors.is_empty() {
+            Ok(HubConfig {
+                listen,
+                data_dir,
+                admin_token,
+                timings,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "{}: {}",
+            path.display(),
+            e.to_string().trim_end().replace('\n', "\n    ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_every_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.toml");
+        std::fs::write(
+            &p,
+            "grace_period_ms = 0\nretry_base_ms = 10\nretry_max_ms = 5\n",
+        )
+        .unwrap();
+        let err = HubConfig::load(Overrides {
+            config: Some(p),
+            listen: Some("nonsense".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_ms = 5\n").unwrap();
+        let err = HubConfig::load(Overrides {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("hub.toml") && err.contains("line 2") && err.contains("grace_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_period_ms = 250\n").unwrap();
+        let c = HubConfig::load(Overrides {
+            config: Some(p),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.timings.grace_period, Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,131 @@
+//! One task per WebSocket connection: frame limits, parsing and validation, violation counting,
+//! heartbeat eviction. Everything else is the core's business.
+
+use crate::config::Timings;
+use crate::core::{ConnId, CoreHandle, Event, Out};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use proto::{AgentFrame, ErrorFrame, HubFrame};
+use std::collections::VecDeque;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+pub async fn serve(
+    mut socket: WebSocket,
+    conn: ConnId,
+    core: CoreHandle,
+    t: Timings,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    core.send(Event::Connected { conn, tx });
+    let mut state = ConnState {
+        identify_sent: false,
+        identified: false,
+        violations: VecDeque::new(),
+    };
+    let idle = tokio::time::sleep(t.heartbeat_timeout);
+    tokio::pin!(idle);
+    let close: Option<(u16, String)> = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "hub shutting down".into())),
+            _ = &mut idle => {
+                tracing::info!(conn, "no frame within the heartbeat timeout; evicting");
+                break Some((CLOSE_GOING_AWAY, "heartbeat timeout".into()));
+            }
+            out = rx.recv() => match out {
+                Some(Out::Frame(f)) => {
+                    if socket.send(Message::text(f.to_text())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Out::Identified(_)) => state.identified = true,
+                Some(Out::IdentifyFailed) => {
+                    state.identify_sent = state.identified;
+                    if state.violation(&t) {
+                        core.send(Event::Banned { conn });
+                        break Some((CLOSE_POLICY, "too many protocol violations".into()));
+                    }
+                }
+                Some(Out::Close(code, reason)) => break Some((code, reason)),
+                None => break None,
+            },
+            msg = socket.recv() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + t.heartbeat_timeout);
+                let reply = match msg {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(e)) => break too_big(e).then(|| (CLOSE_TOO_BIG, format!("frame larger than {} bytes", proto::MAX_FRAME_BYTES))),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => Some(HubFrame::Error(ErrorFrame::new("invalid_json").message("binary frames are not supported; send JSON text frames"))),
+                    Some(Ok(Message::Text(text))) => match proto::parse_agent_frame(text.as_str()) {
+                        Ok(frame) => {
+                            if matches!(frame, AgentFrame::Identify(_)) {
+                                state.identify_sent = true;
+                                core.send(Event::Frame { conn, frame });
+                                None
+                            } else if !state.identify_sent {
+                                Some(HubFrame::Error(ErrorFrame::new("not_identified")))
+                            } else {
+                                core.send(Event::Frame { conn, frame });
+                                None
+                            }
+                        }
+                        Err(e) => Some(e.to_frame()),
+                    },
+                };
+                if let Some(err) = reply {
+                    tracing::debug!(conn, frame = %err.to_text(), "refused frame");
+                    if socket.send(Message::text(err.to_text())).await.is_err() {
+                        break None;
+                    }
+                    if state.violation(&t) {
+                        core.send(Event::Banned { conn });
+                        break Some((CLOSE_POLICY, "too many protocol violations".into()));
+                    }
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+    core.send(Event::Disconnected { conn });
+}
+
+struct ConnState {
+    identify_sent: bool,
+    identified: bool,
+    violations: VecDeque<Instant>,
+}
+
+impl ConnState {
+    /// Records a violation; true when the limit within the window is reached.
+    fn violation(&mut self, t: &Timings) -> bool {
+        let now = Instant::now();
+        while self
+            .violations
+            .front()
+            .is_some_and(|v| now.duration_since(*v) > t.violation_window)
+        {
+            self.violations.pop_front();
+        }
+        self.violations.push_back(now);
+        self.violations.len() >= t.violation_limit as usize
+    }
+}
+
+fn too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        e.into_inner().downcast_ref::<Error>(),
+        Some(Error::Capacity(_))
+    )
+}

@@ -1,0 +1,652 @@
+//! AgentCom v1 wire types: the frames agents and the hub exchange, and their validation. No IO.
+//!
+//! Only types from this crate cross the wire. Parsing is two-step: a frame is first checked
+//! against a per-type field schema (so errors name the field, as the v1 hub did with
+//! `validation_failed`), then deserialized into a typed [`AgentFrame`]. Unknown fields are
+//! allowed, because v1 sidecars send extras such as `protocol_version` on every frame.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame the hub accepts; bigger frames close the socket with 1009.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+pub const MAX_AGENT_ID: usize = 128;
+pub const MAX_DESCRIPTION: usize = 10_000;
+pub const MAX_TOKEN: usize = 256;
+pub const MAX_REASON: usize = 2_000;
+/// Upper bound for short free-text fields the sheet does not name (status, name, task ids...).
+pub const MAX_SHORT: usize = 256;
+
+/// Process information an agent reports about itself (AgentCom's `pm2_info`, extended).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identify {
+    pub agent_id: String,
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pm2_info: Option<ProcessInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_info: Option<ProcessInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ollama_url: Option<String>,
+}
+
+/// Frames an agent (sidecar) sends to the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentFrame {
+    Identify(Box<Identify>),
+    Ping,
+    Status {
+        status: String,
+    },
+    TaskAccepted {
+        task_id: String,
+    },
+    TaskRejected {
+        task_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    TaskProgress {
+        task_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        execution_event: Option<Value>,
+    },
+    WakeResult {
+        task_id: String,
+        status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    TaskComplete {
+        task_id: String,
+        generation: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_used: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification_report: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification_history: Option<Value>,
+    },
+    TaskFailed {
+        task_id: String,
+        generation: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    TaskRecovering {
+        task_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_status: Option<String>,
+    },
+    /// `task_id: null` is our extension: "I hold no task", so the hub can release a lease at once.
+    StateReport {
+        #[serde(default)]
+        task_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assigned_at: Option<u64>,
+    },
+    AgentRestarting {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    ResourceReport(Map<String, Value>),
+}
+
+impl AgentFrame {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AgentFrame::Identify(_) => "identify",
+            AgentFrame::Ping => "ping",
+            AgentFrame::Status { .. } => "status",
+            AgentFrame::TaskAccepted { .. } => "task_accepted",
+            AgentFrame::TaskRejected { .. } => "task_rejected",
+            AgentFrame::TaskProgress { .. } => "task_progress",
+            AgentFrame::WakeResult { .. } => "wake_result",
+            AgentFrame::TaskComplete { .. } => "task_complete",
+            AgentFrame::TaskFailed { .. } => "task_failed",
+            AgentFrame::TaskRecovering { .. } => "task_recovering",
+            AgentFrame::StateReport { .. } => "state_report",
+            AgentFrame::AgentRestarting { .. } => "agent_restarting",
+            AgentFrame::ResourceReport(_) => "resource_report",
+        }
+    }
+
+    /// Serializes the frame with `protocol_version`, as a v1 sidecar does on every frame.
+    pub fn to_text(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("frames always serialize");
+        if let Value::Object(m) = &mut v {
+            m.insert("protocol_version".into(), PROTOCOL_VERSION.into());
+        }
+        v.to_string()
+    }
+}
+
+/// The task as pushed to an agent in `task_assign`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAssign {
+    pub task_id: String,
+    pub description: String,
+    #[serde(default)]
+    pub metadata: Value,
+    pub generation: u64,
+    pub assigned_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    /// Optional v1 fields (repo, branch, file_hints, routing_decision, ...), passed through as given.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Frames the hub sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubFrame {
+    Identified {
+        agent_id: String,
+    },
+    Pong {
+        timestamp: u64,
+    },
+    StatusUpdated {
+        status: String,
+    },
+    TaskAssign(TaskAssign),
+    TaskAck {
+        task_id: String,
+        status: String,
+    },
+    TaskContinue {
+        task_id: String,
+        generation: u64,
+    },
+    TaskReassign {
+        task_id: String,
+    },
+    StateReportAck {
+        #[serde(default)]
+        task_id: Option<String>,
+        action: String,
+    },
+    TaskCancelled {
+        task_id: String,
+        timestamp: u64,
+    },
+    RestartSidecar {
+        reason: String,
+        #[serde(default)]
+        force: bool,
+    },
+    Error(ErrorFrame),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorFrame {
+    pub fn new(error: impl Into<String>) -> Self {
+        ErrorFrame {
+            error: error.into(),
+            message_type: None,
+            task_id: None,
+            errors: Vec::new(),
+            message: None,
+            retry_after_ms: None,
+        }
+    }
+    pub fn task(mut self, task_id: &str) -> Self {
+        self.task_id = Some(task_id.to_string());
+        self
+    }
+    pub fn message(mut self, m: impl Into<String>) -> Self {
+        self.message = Some(m.into());
+        self
+    }
+}
+
+impl HubFrame {
+    pub fn error(e: ErrorFrame) -> Self {
+        HubFrame::Error(e)
+    }
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("frames always serialize")
+    }
+}
+
+/// Why an incoming frame was refused. Each variant maps to one `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FrameError {
+    /// Not JSON, or JSON that is not an object.
+    Malformed(String),
+    /// No `type`, or a `type` that is not a string.
+    MissingType,
+    UnknownType(String),
+    Invalid {
+        message_type: String,
+        errors: Vec<String>,
+    },
+}
+
+impl FrameError {
+    pub fn to_frame(&self) -> HubFrame {
+        let e = match self {
+            FrameError::Malformed(m) => ErrorFrame::new("invalid_json").message(m.clone()),
+            FrameError::MissingType => ErrorFrame {
+                errors: vec!["type: required string".into()],
+                ..ErrorFrame::new("validation_failed")
+            },
+            FrameError::UnknownType(t) => ErrorFrame {
+                message_type: Some(t.clone()),
+                errors: vec![format!("type: unknown message type {t:?}")],
+                ..ErrorFrame::new("validation_failed")
+            },
+            FrameError::Invalid {
+                message_type,
+                errors,
+            } => ErrorFrame {
+                message_type: Some(message_type.clone()),
+                errors: errors.clone(),
+                ..ErrorFrame::new("validation_failed")
+            },
+        };
+        HubFrame::Error(e)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str(usize),
+    /// A string or null.
+    OptStr(usize),
+    UInt,
+    Num,
+    Obj,
+    StrArray(usize),
+    Any,
+}
+
+struct Field {
+    name: &'static str,
+    kind: Kind,
+    required: bool,
+}
+
+// Macros rather than const fns: struct literals are promoted to `'static`, calls are not.
+macro_rules! req {
+    ($name:literal, $kind:expr) => {
+        Field {
+            name: $name,
+            kind: $kind,
+            required: true,
+        }
+    };
+}
+macro_rules! opt {
+    ($name:literal, $kind:expr) => {
+        Field {
+            name: $name,
+            kind: $kind,
+            required: false,
+        }
+    };
+}
+
+const ID: Kind = Kind::Str(MAX_SHORT);
+const REASON: Kind = Kind::Str(MAX_REASON);
+
+fn schema(message_type: &str) -> Option<&'static [Field]> {
+    use Kind::*;
+    Some(match message_type {
+        "identify" => &[
+            req!("agent_id", Str(MAX_AGENT_ID)),
+            req!("token", Str(MAX_TOKEN)),
+            opt!("name", Str(MAX_SHORT)),
+            opt!("status", Str(MAX_SHORT)),
+            opt!("capabilities", StrArray(MAX_SHORT)),
+            opt!("client_type", Str(MAX_SHORT)),
+            opt!("protocol_version", UInt),
+            opt!("pm2_info", Obj),
+            opt!("process_info", Obj),
+            opt!("ollama_url", Str(MAX_REASON)),
+        ],
+        "ping" => &[],
+        "status" => &[req!("status", Str(MAX_SHORT))],
+        "task_accepted" => &[req!("task_id", ID)],
+        "task_rejected" => &[req!("task_id", ID), opt!("reason", REASON)],
+        "task_progress" => &[
+            req!("task_id", ID),
+            opt!("progress", Any),
+            opt!("execution_event", Any),
+        ],
+        "wake_result" => &[
+            req!("task_id", ID),
+            req!("status", Str(MAX_SHORT)),
+            opt!("attempt", UInt),
+            opt!("error", REASON),
+        ],
+        "task_complete" => &[
+            req!("task_id", ID),
+            req!("generation", UInt),
+            opt!("result", Any),
+            opt!("tokens_used", Any),
+            opt!("verification_report", Any),
+            opt!("verification_history", Any),
+        ],
+        "task_failed" => &[
+            req!("task_id", ID),
+            req!("generation", UInt),
+            opt!("reason", REASON),
+            opt!("error", REASON),
+        ],
+        "task_recovering" => &[req!("task_id", ID), opt!("last_status", Str(MAX_SHORT))],
+        "state_report" => &[
+            opt!("task_id", OptStr(MAX_SHORT)),
+            opt!("status", Str(MAX_SHORT)),
+            opt!("generation", UInt),
+            opt!("assigned_at", UInt),
+        ],
+        "agent_restarting" => &[opt!("reason", REASON)],
+        "resource_report" => &[
+            opt!("cpu_percent", Num),
+            opt!("ram_used_bytes", Num),
+            opt!("ram_total_bytes", Num),
+        ],
+        _ => return None,
+    })
+}
+
+fn kind_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
+    let name = field.name;
+    let str_len = |s: &str, max: usize, errors: &mut Vec<String>| {
+        if s.chars().count() > max {
+            errors.push(format!("{name}: longer than {max} characters"));
+        }
+    };
+    match (field.kind, v) {
+        (Kind::Any, _) => {}
+        (Kind::Str(max), Value::String(s)) | (Kind::OptStr(max), Value::String(s)) => {
+            str_len(s, max, errors)
+        }
+        (Kind::OptStr(_), Value::Null) => {}
+        (Kind::UInt, Value::Number(n)) if n.is_u64() => {}
+        (Kind::UInt, other) => errors.push(format!(
+            "{name}: expected a non-negative integer, got {}",
+            kind_name(other)
+        )),
+        (Kind::Num, Value::Number(_)) => {}
+        (Kind::Obj, Value::Object(_)) => {}
+        (Kind::StrArray(max), Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) if s.chars().count() <= max => {}
+                    Value::String(_) => {
+                        errors.push(format!("{name}[{i}]: longer than {max} characters"))
+                    }
+                    other => errors.push(format!(
+                        "{name}[{i}]: expected string, got {}",
+                        kind_name(other)
+                    )),
+                }
+            }
+        }
+        (kind, other) => {
+            let want = match kind {
+                Kind::Str(_) | Kind::OptStr(_) => "string",
+                Kind::Num => "number",
+                Kind::Obj => "object",
+                Kind::StrArray(_) => "array of strings",
+                Kind::UInt | Kind::Any => unreachable!("handled above"),
+            };
+            errors.push(format!("{name}: expected {want}, got {}", kind_name(other)));
+        }
+    }
+}
+
+/// Parses and validates one text frame from an agent.
+pub fn parse_agent_frame(text: &str) -> Result<AgentFrame, FrameError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(FrameError::Malformed("frame must be a JSON object".into()));
+    };
+    let Some(Value::String(t)) = obj.get("type") else {
+        return Err(FrameError::MissingType);
+    };
+    let t = t.clone();
+    let fields = schema(&t).ok_or_else(|| FrameError::UnknownType(truncate(&t, 64)))?;
+    let mut errors = Vec::new();
+    for f in fields {
+        match obj.get(f.name) {
+            None => {
+                if f.required {
+                    errors.push(format!("{}: required", f.name));
+                }
+            }
+            Some(Value::Null) if !f.required && !matches!(f.kind, Kind::OptStr(_)) => {}
+            Some(v) => check(f, v, &mut errors),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(FrameError::Invalid {
+            message_type: t,
+            errors,
+        });
+    }
+    let obj = strip_nulls(obj, fields);
+    serde_json::from_value(Value::Object(obj)).map_err(|e| FrameError::Invalid {
+        message_type: t,
+        errors: vec![e.to_string()],
+    })
+}
+
+/// Optional fields sent as `null` mean "absent"; the typed structs expect them missing.
+fn strip_nulls(mut obj: Map<String, Value>, fields: &[Field]) -> Map<String, Value> {
+    for f in fields {
+        if !f.required
+            && !matches!(f.kind, Kind::OptStr(_) | Kind::Any)
+            && obj.get(f.name) == Some(&Value::Null)
+        {
+            obj.remove(f.name);
+        }
+    }
+    obj
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Parses a hub frame leniently (used by sidecars and test clients).
+pub fn parse_hub_frame(text: &str) -> Result<HubFrame, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn identify_roundtrips_with_extras() {
+        let f = parse_agent_frame(
+            r#"{"type":"identify","agent_id":"a1","token":"t","capabilities":["rust"],"protocol_version":1,
+                "pm2_info":{"name":"s","status":"online","uptime_ms":5,"restart_count":1,"memory_bytes":9},"extra":true}"#,
+        )
+        .unwrap();
+        let AgentFrame::Identify(id) = f else {
+            panic!()
+        };
+        assert_eq!(id.agent_id, "a1");
+        assert_eq!(id.capabilities, vec!["rust"]);
+        assert_eq!(id.pm2_info.unwrap().restart_count, Some(1));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_agent_frame(r#"{"type":"task_complete","task_id":5}"#).unwrap_err();
+        let FrameError::Invalid {
+            message_type,
+            errors,
+        } = e
+        else {
+            panic!()
+        };
+        assert_eq!(message_type, "task_complete");
+        assert!(
+            errors.contains(&"task_id: expected string, got number".to_string()),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(&"generation: required".to_string()),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let long = "x".repeat(MAX_AGENT_ID + 1);
+        let e =
+            parse_agent_frame(&json!({"type":"identify","agent_id":long,"token":"t"}).to_string())
+                .unwrap_err();
+        assert!(
+            matches!(e, FrameError::Invalid { ref errors, .. } if errors[0].starts_with("agent_id: longer"))
+        );
+        let reason = "r".repeat(MAX_REASON + 1);
+        let e = parse_agent_frame(
+            &json!({"type":"task_failed","task_id":"t","generation":1,"reason":reason}).to_string(),
+        );
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn unknown_and_malformed() {
+        assert!(matches!(
+            parse_agent_frame("{nope"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_agent_frame("[1]"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_agent_frame(r#"{"a":1}"#),
+            Err(FrameError::MissingType)
+        );
+        assert!(
+            matches!(parse_agent_frame(r#"{"type":"launch"}"#), Err(FrameError::UnknownType(t)) if t == "launch")
+        );
+    }
+
+    #[test]
+    fn nulls_and_state_report_without_task() {
+        let f = parse_agent_frame(
+            r#"{"type":"task_failed","task_id":"t","generation":2,"reason":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            AgentFrame::TaskFailed {
+                reason: None,
+                generation: 2,
+                ..
+            }
+        ));
+        let f = parse_agent_frame(r#"{"type":"state_report","task_id":null}"#).unwrap();
+        assert!(matches!(f, AgentFrame::StateReport { task_id: None, .. }));
+    }
+
+    #[test]
+    fn hub_frames_serialize_like_v1() {
+        let f = HubFrame::TaskAck {
+            task_id: "t".into(),
+            status: "accepted".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&f).unwrap(),
+            json!({"type":"task_ack","task_id":"t","status":"accepted"})
+        );
+        let mut extra = Map::new();
+        extra.insert("repo".into(), json!("r"));
+        let a = HubFrame::TaskAssign(TaskAssign {
+            task_id: "t".into(),
+            description: "d".into(),
+            metadata: json!({}),
+            generation: 1,
+            assigned_at: 2,
+            priority: None,
+            extra,
+        });
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["type"], "task_assign");
+        assert_eq!(v["repo"], "r");
+        assert_eq!(parse_hub_frame(&a.to_text()).unwrap(), a);
+    }
+
+    #[test]
+    fn agent_frames_carry_protocol_version() {
+        let v: Value = serde_json::from_str(&AgentFrame::Ping.to_text()).unwrap();
+        assert_eq!(v, json!({"type":"ping","protocol_version":1}));
+    }
+}
