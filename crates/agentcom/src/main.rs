@@ -9,20 +9,10 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "agentcom",
-    version,
-    about = "Control plane for fleets of autonomous AI coding agents"
-)]
+#[command(name = "agentcom", version, about = "Control plane for fleets of autonomous AI coding agents")]
 struct Cli {
     /// Log format for daemons (hub).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "human",
-        env = "AGENTCOM_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "human", env = "AGENTCOM_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,9 +44,7 @@ struct Remote {
 impl Remote {
     fn client(&self) -> Client {
         let token = self.token.clone().or_else(|| {
-            std::fs::read_to_string(hub::admin_token_path(&self.data_dir))
-                .ok()
-                .map(|t| t.trim().to_string())
+            std::fs::read_to_string(hub::admin_token_path(&self.data_dir)).ok().map(|t| t.trim().to_string())
         });
         Client::new(&self.url, token)
     }
@@ -189,9 +177,7 @@ enum TokenCmd {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCOM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -225,39 +211,20 @@ fn print(remote: &Remote, v: &Value, human: impl FnOnce(&Value) -> String) {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Hub {
-            listen,
-            data_dir,
-            config,
-            admin_token,
-        } => {
+        Cmd::Hub { listen, data_dir, config, admin_token } => {
             init_logging(cli.log_format);
-            let cfg = hub::HubConfig::load(hub::Overrides {
-                config,
-                listen,
-                data_dir,
-                admin_token,
-            })?;
+            let cfg = hub::HubConfig::load(hub::Overrides { config, listen, data_dir, admin_token })?;
             let shutdown = shutdown_on_signals()?;
             hub::run(cfg, shutdown).await?;
         }
         Cmd::Task { cmd } => match cmd {
-            TaskCmd::Submit {
-                description,
-                priority,
-                capabilities,
-                metadata,
-                max_retries,
-                assign_to,
-                remote,
-            } => {
+            TaskCmd::Submit { description, priority, capabilities, metadata, max_retries, assign_to, remote } => {
                 let mut body = json!({ "description": description, "priority": priority });
                 if !capabilities.is_empty() {
                     body["needed_capabilities"] = json!(capabilities);
                 }
                 if let Some(m) = metadata {
-                    body["metadata"] =
-                        serde_json::from_str(&m).context("--metadata is not valid JSON")?;
+                    body["metadata"] = serde_json::from_str(&m).context("--metadata is not valid JSON")?;
                 }
                 if let Some(n) = max_retries {
                     body["max_retries"] = json!(n);
@@ -266,15 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     body["assign_to"] = json!(a);
                 }
                 let v = remote.client().post("/api/tasks", body).await?;
-                print(&remote, &v, |v| {
-                    format!("{}\n", client::cell(&v["task_id"]))
-                });
+                print(&remote, &v, |v| format!("{}\n", client::cell(&v["task_id"])));
             }
-            TaskCmd::List {
-                status,
-                limit,
-                remote,
-            } => {
+            TaskCmd::List { status, limit, remote } => {
                 let mut path = format!("/api/tasks?limit={limit}");
                 if let Some(s) = status {
                     path.push_str(&format!("&status={}", seg(&s)));
@@ -283,59 +244,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print(&remote, &v, render::tasks);
             }
             TaskCmd::Show { id, remote } => {
-                let v = remote
-                    .client()
-                    .get(&format!("/api/tasks/{}", seg(&id)))
-                    .await?;
+                let v = remote.client().get(&format!("/api/tasks/{}", seg(&id))).await?;
                 print(&remote, &v, render::task);
             }
             TaskCmd::Cancel { id, remote } => {
-                let v = remote
-                    .client()
-                    .post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({}))
-                    .await?;
-                print(&remote, &v, |v| {
-                    format!("cancelled {}\n", client::cell(&v["task_id"]))
-                });
+                let v = remote.client().post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({})).await?;
+                print(&remote, &v, |v| format!("cancelled {}\n", client::cell(&v["task_id"])));
             }
             TaskCmd::Retry { id, remote } => {
-                let v = remote
-                    .client()
-                    .post(&format!("/api/tasks/{}/retry", seg(&id)), json!({}))
-                    .await?;
-                print(&remote, &v, |v| {
-                    format!("queued {} again\n", client::cell(&v["task_id"]))
-                });
+                let v = remote.client().post(&format!("/api/tasks/{}/retry", seg(&id)), json!({})).await?;
+                print(&remote, &v, |v| format!("queued {} again\n", client::cell(&v["task_id"])));
             }
         },
         Cmd::Agents { remote } => {
             let v = remote.client().get("/api/agents").await?;
             print(&remote, &v, render::agents);
         }
-        Cmd::Agent {
-            cmd:
-                AgentCmd::Restart {
-                    agent,
-                    reason,
-                    force,
-                    remote,
-                },
-        } => {
+        Cmd::Agent { cmd: AgentCmd::Restart { agent, reason, force, remote } } => {
             let path = format!("/api/admin/agents/{}/restart", seg(&agent));
-            let v = remote
-                .client()
-                .post(&path, json!({ "reason": reason, "force": force }))
-                .await?;
-            print(&remote, &v, |v| {
-                format!("restart commanded for {}\n", client::cell(&v["agent_id"]))
-            });
+            let v = remote.client().post(&path, json!({ "reason": reason, "force": force })).await?;
+            print(&remote, &v, |v| format!("restart commanded for {}\n", client::cell(&v["agent_id"])));
         }
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Create { agent, remote } => {
-                let v = remote
-                    .client()
-                    .post("/admin/tokens", json!({ "agent_id": agent }))
-                    .await?;
+                let v = remote.client().post("/admin/tokens", json!({ "agent_id": agent })).await?;
                 print(&remote, &v, |v| format!("{}\n", client::cell(&v["token"])));
             }
             TokenCmd::List { remote } => {
@@ -343,16 +275,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print(&remote, &v, render::tokens);
             }
             TokenCmd::Revoke { agent, remote } => {
-                let v = remote
-                    .client()
-                    .delete(&format!("/admin/tokens/{}", seg(&agent)))
-                    .await?;
+                let v = remote.client().delete(&format!("/admin/tokens/{}", seg(&agent))).await?;
                 print(&remote, &v, |v| {
-                    format!(
-                        "revoked {} token(s) of {}\n",
-                        v["revoked"],
-                        client::cell(&v["agent_id"])
-                    )
+                    format!("revoked {} token(s) of {}\n", v["revoked"], client::cell(&v["agent_id"]))
                 });
             }
         },
@@ -362,10 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -11,11 +11,7 @@ pub enum ClientError {
     #[error("cannot reach the hub at {url}: {message}")]
     Connect { url: String, message: String },
     #[error("{error}{}", .message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Api {
-        status: u16,
-        error: String,
-        message: Option<String>,
-    },
+    Api { status: u16, error: String, message: Option<String> },
     #[error("unexpected answer from the hub (HTTP {status}): {body}")]
     Decode { status: u16, body: String },
 }
@@ -29,23 +25,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a plain HTTP client builds");
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http,
-        }
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a plain HTTP client builds");
+        Client { base: base.trim_end_matches('/').to_string(), token, http }
     }
 
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -54,19 +39,13 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            message: root_cause(&e),
-        })?;
+        let resp =
+            req.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), message: root_cause(&e) })?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            message: root_cause(&e),
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|_| ClientError::Decode {
-            status,
-            body: text.clone(),
-        })?;
+        let text =
+            resp.text().await.map_err(|e| ClientError::Connect { url: self.base.clone(), message: root_cause(&e) })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|_| ClientError::Decode { status, body: text.clone() })?;
         if status >= 400 {
             let error = value["error"].as_str().unwrap_or("error").to_string();
             let mut message = value["message"].as_str().map(str::to_string);
@@ -74,11 +53,7 @@ impl Client {
                 let list: Vec<&str> = errs.iter().filter_map(Value::as_str).collect();
                 message = Some(list.join("; "));
             }
-            return Err(ClientError::Api {
-                status,
-                error,
-                message,
-            });
+            return Err(ClientError::Api { status, error, message });
         }
         Ok(value)
     }
@@ -120,19 +95,12 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], max: usize) -> String {
     let cut = |s: &str| -> String {
         let one_line = s.replace(['\n', '\r', '\t'], " ");
         if one_line.chars().count() > max {
-            one_line
-                .chars()
-                .take(max.saturating_sub(1))
-                .collect::<String>()
-                + "…"
+            one_line.chars().take(max.saturating_sub(1)).collect::<String>() + "…"
         } else {
             one_line
         }
     };
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| cut(c)).collect())
-        .collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| cut(c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -140,11 +108,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], max: usize) -> String {
         }
     }
     let line = |cells: Vec<&str>| -> String {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
         parts.join("  ").trim_end().to_string()
     };
     let mut out = line(headers.to_vec());
@@ -188,11 +152,7 @@ mod tests {
 
     #[test]
     fn tables_align_and_truncate() {
-        let t = table(
-            &["A", "B"],
-            &[vec!["x".into(), "a very long cell".into()]],
-            6,
-        );
+        let t = table(&["A", "B"], &[vec!["x".into(), "a very long cell".into()]], 6);
         assert_eq!(t, "A  B\nx  a ver…\n");
     }
 
@@ -211,10 +171,7 @@ pub mod render {
     use serde_json::Value;
 
     fn now_ms() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
     pub fn tasks(v: &Value) -> String {
@@ -240,20 +197,7 @@ pub mod render {
         if rows.is_empty() {
             return "no tasks\n".into();
         }
-        table(
-            &[
-                "TASK",
-                "STATUS",
-                "PRIORITY",
-                "AGENT",
-                "GEN",
-                "ATTEMPTS",
-                "CREATED",
-                "DESCRIPTION",
-            ],
-            &rows,
-            48,
-        )
+        table(&["TASK", "STATUS", "PRIORITY", "AGENT", "GEN", "ATTEMPTS", "CREATED", "DESCRIPTION"], &rows, 48)
     }
 
     pub fn task(t: &Value) -> String {
@@ -281,11 +225,7 @@ pub mod render {
             }
         }
         out.push_str("history:\n");
-        for h in t["history"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or_default()
-        {
+        for h in t["history"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
             out.push_str(&format!(
                 "  {}  {:>13} -> {:<13} gen {:<3} {}\n",
                 cell(&h["at"]),
@@ -319,18 +259,7 @@ pub mod render {
         if rows.is_empty() {
             return "no agents\n".into();
         }
-        table(
-            &[
-                "AGENT",
-                "STATUS",
-                "TASK",
-                "CAPABILITIES",
-                "RESTARTS",
-                "LAST SEEN",
-            ],
-            &rows,
-            40,
-        )
+        table(&["AGENT", "STATUS", "TASK", "CAPABILITIES", "RESTARTS", "LAST SEEN"], &rows, 40)
     }
 
     pub fn tokens(v: &Value) -> String {
@@ -340,13 +269,7 @@ pub mod render {
             .map(|a| a.as_slice())
             .unwrap_or_default()
             .iter()
-            .map(|t| {
-                vec![
-                    cell(&t["agent_id"]),
-                    age(&t["created_at"], now),
-                    cell(&t["fingerprint"]),
-                ]
-            })
+            .map(|t| vec![cell(&t["agent_id"]), age(&t["created_at"], now), cell(&t["fingerprint"])])
             .collect();
         if rows.is_empty() {
             return "no tokens\n".into();

@@ -63,11 +63,7 @@ impl Default for Timings {
             reject_cooldown: Duration::from_secs(5),
             violation_limit: 10,
             violation_window: Duration::from_secs(60),
-            bans: vec![
-                Duration::from_secs(30),
-                Duration::from_secs(60),
-                Duration::from_secs(300),
-            ],
+            bans: vec![Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(300)],
         }
     }
 }
@@ -105,37 +101,12 @@ impl HubConfig {
             None => def,
         };
         let timings = Timings {
-            grace_period: ms(
-                "grace_period_ms",
-                file.grace_period_ms,
-                d.grace_period,
-                &mut errors,
-            ),
-            accept_timeout: ms(
-                "accept_timeout_ms",
-                file.accept_timeout_ms,
-                d.accept_timeout,
-                &mut errors,
-            ),
-            heartbeat_timeout: ms(
-                "heartbeat_timeout_ms",
-                file.heartbeat_timeout_ms,
-                d.heartbeat_timeout,
-                &mut errors,
-            ),
-            retry_base: ms(
-                "retry_base_ms",
-                file.retry_base_ms,
-                d.retry_base,
-                &mut errors,
-            ),
+            grace_period: ms("grace_period_ms", file.grace_period_ms, d.grace_period, &mut errors),
+            accept_timeout: ms("accept_timeout_ms", file.accept_timeout_ms, d.accept_timeout, &mut errors),
+            heartbeat_timeout: ms("heartbeat_timeout_ms", file.heartbeat_timeout_ms, d.heartbeat_timeout, &mut errors),
+            retry_base: ms("retry_base_ms", file.retry_base_ms, d.retry_base, &mut errors),
             retry_max: ms("retry_max_ms", file.retry_max_ms, d.retry_max, &mut errors),
-            reject_cooldown: ms(
-                "reject_cooldown_ms",
-                file.reject_cooldown_ms,
-                d.reject_cooldown,
-                &mut errors,
-            ),
+            reject_cooldown: ms("reject_cooldown_ms", file.reject_cooldown_ms, d.reject_cooldown, &mut errors),
             violation_limit: match file.violation_limit {
                 Some(0) => {
                     errors.push("violation_limit: must be greater than 0".into());
@@ -144,17 +115,10 @@ impl HubConfig {
                 Some(v) => v,
                 None => d.violation_limit,
             },
-            violation_window: ms(
-                "violation_window_ms",
-                file.violation_window_ms,
-                d.violation_window,
-                &mut errors,
-            ),
+            violation_window: ms("violation_window_ms", file.violation_window_ms, d.violation_window, &mut errors),
             bans: match file.ban_ms {
                 Some(v) if v.is_empty() || v.contains(&0) => {
-                    errors.push(
-                        "ban_ms: must be a non-empty list of durations greater than 0".into(),
-                    );
+                    errors.push("ban_ms: must be a non-empty list of durations greater than 0".into());
                     d.bans
                 }
                 Some(v) => v.into_iter().map(Duration::from_millis).collect(),
@@ -164,33 +128,19 @@ impl HubConfig {
         if timings.retry_max < timings.retry_base {
             errors.push("retry_max_ms: must not be below retry_base_ms".into());
         }
-        let listen = o
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         if !listen.contains(':') {
             errors.push(format!("listen: {listen:?} is not HOST:PORT"));
         }
         let admin_token = o.admin_token.or(file.admin_token).filter(|t| !t.is_empty());
         if let Some(t) = &admin_token {
             if t.len() < 16 || t.len() > proto::MAX_TOKEN {
-                errors.push(format!(
-                    "admin_token: must be 16 to {} characters",
-                    proto::MAX_TOKEN
-                ));
+                errors.push(format!("admin_token: must be 16 to {} characters", proto::MAX_TOKEN));
             }
         }
-        let data_dir = o
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let data_dir = o.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         if errors.is_empty() {
-            Ok(HubConfig {
-                listen,
-                data_dir,
-                admin_token,
-                timings,
-            })
+            Ok(HubConfig { listen, data_dir, admin_token, timings })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -198,15 +148,9 @@ impl HubConfig {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        format!(
-            "{}: {}",
-            path.display(),
-            e.to_string().trim_end().replace('\n', "\n    ")
-        )
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end().replace('\n', "\n    ")))
 }
 
 #[cfg(test)]
@@ -217,17 +161,9 @@ mod tests {
     fn lists_every_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hub.toml");
-        std::fs::write(
-            &p,
-            "grace_period_ms = 0\nretry_base_ms = 10\nretry_max_ms = 5\n",
-        )
-        .unwrap();
-        let err = HubConfig::load(Overrides {
-            config: Some(p),
-            listen: Some("nonsense".into()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        std::fs::write(&p, "grace_period_ms = 0\nretry_base_ms = 10\nretry_max_ms = 5\n").unwrap();
+        let err = HubConfig::load(Overrides { config: Some(p), listen: Some("nonsense".into()), ..Default::default() })
+            .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
     }
 
@@ -236,16 +172,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hub.toml");
         std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_ms = 5\n").unwrap();
-        let err = HubConfig::load(Overrides {
-            config: Some(p),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("hub.toml") && err.contains("line 2") && err.contains("grace_ms"),
-            "{err}"
-        );
+        let err = HubConfig::load(Overrides { config: Some(p), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("hub.toml") && err.contains("line 2") && err.contains("grace_ms"), "{err}");
     }
 
     #[test]
@@ -253,12 +181,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hub.toml");
         std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_period_ms = 250\n").unwrap();
-        let c = HubConfig::load(Overrides {
-            config: Some(p),
-            listen: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let c =
+            HubConfig::load(Overrides { config: Some(p), listen: Some("127.0.0.1:2".into()), ..Default::default() })
+                .unwrap();
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.timings.grace_period, Duration::from_millis(250));
     }

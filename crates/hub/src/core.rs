@@ -69,10 +69,7 @@ pub struct NewTask {
 #[derive(Debug)]
 pub enum ApiRequest {
     Submit(NewTask),
-    ListTasks {
-        status: Option<TaskStatus>,
-        limit: usize,
-    },
+    ListTasks { status: Option<TaskStatus>, limit: usize },
     GetTask(String),
     Stats,
     Retry(String),
@@ -81,15 +78,8 @@ pub enum ApiRequest {
     CreateToken(String),
     ListTokens,
     RevokeToken(String),
-    RestartAgent {
-        agent_id: String,
-        reason: String,
-        force: bool,
-    },
-    PutCheckpoint {
-        agent_id: String,
-        body: Value,
-    },
+    RestartAgent { agent_id: String, reason: String, force: bool },
+    PutCheckpoint { agent_id: String, body: Value },
     GetCheckpoint(String),
     Metrics,
 }
@@ -109,11 +99,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, error: &str) -> Self {
-        ApiError {
-            status,
-            error: error.into(),
-            message: None,
-        }
+        ApiError { status, error: error.into(), message: None }
     }
     pub fn msg(mut self, m: impl Into<String>) -> Self {
         self.message = Some(m.into());
@@ -142,8 +128,7 @@ impl CoreHandle {
     pub async fn call(&self, auth: Option<String>, req: ApiRequest) -> ApiResult {
         let (reply, rx) = oneshot::channel();
         self.send(Event::Api { auth, req, reply });
-        rx.await
-            .unwrap_or_else(|_| Err(ApiError::new(503, "shutting_down")))
+        rx.await.unwrap_or_else(|_| Err(ApiError::new(503, "shutting_down")))
     }
 }
 
@@ -160,22 +145,30 @@ enum SendKind {
 
 #[derive(Debug)]
 enum Effect {
-    Send {
-        conn: ConnId,
-        out: Out,
-        kind: SendKind,
-    },
-    Reply {
-        reply: oneshot::Sender<ApiResult>,
-        result: ApiResult,
-    },
+    Send { conn: ConnId, out: Out, kind: SendKind },
+    Reply { reply: oneshot::Sender<ApiResult>, result: ApiResult },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    AcceptDeadline { task_id: String, generation: u64 },
-    Grace { task_id: String, generation: u64 },
-    RetryDue { task_id: String, generation: u64 },
+    AcceptDeadline {
+        task_id: String,
+        generation: u64,
+    },
+    Grace {
+        task_id: String,
+        generation: u64,
+    },
+    RetryDue {
+        task_id: String,
+        generation: u64,
+    },
+    /// A reconnected agent must claim the task it holds before this fires.
+    Claim {
+        task_id: String,
+        generation: u64,
+        conn: ConnId,
+    },
     Redispatch,
 }
 
@@ -186,6 +179,14 @@ struct OpenTask {
     progress: Option<Value>,
     /// After `task_rejected`: not offered to this agent again before the instant.
     rejected_by: Option<(String, Instant)>,
+    /// Set when the holder reconnects on this connection; cleared by any frame about the task.
+    unclaimed: Option<ConnId>,
+}
+
+impl OpenTask {
+    fn new(task: Task) -> Self {
+        OpenTask { task, queued_at: Instant::now(), progress: None, rejected_by: None, unclaimed: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,12 +198,8 @@ pub enum AgentStatus {
 }
 
 impl AgentStatus {
-    pub const ALL: [AgentStatus; 4] = [
-        AgentStatus::Idle,
-        AgentStatus::Working,
-        AgentStatus::Restarting,
-        AgentStatus::Offline,
-    ];
+    pub const ALL: [AgentStatus; 4] =
+        [AgentStatus::Idle, AgentStatus::Working, AgentStatus::Restarting, AgentStatus::Offline];
     pub fn as_str(self) -> &'static str {
         match self {
             AgentStatus::Idle => "idle",
@@ -285,11 +282,7 @@ impl<S: Store> Core<S> {
     /// so agents reconnecting after a hub restart carry on.
     pub fn new(mut store: S, t: Timings, admin_token: &str) -> Result<Self, StoreError> {
         let next_seq = store.max_seq()? + 1;
-        let tokens = store
-            .tokens()?
-            .into_iter()
-            .map(|r| (r.hash.clone(), r))
-            .collect();
+        let tokens = store.tokens()?.into_iter().map(|r| (r.hash.clone(), r)).collect();
         let mut counts = HashMap::new();
         for (s, n) in store.count_by_status()? {
             counts.insert(s, n);
@@ -325,7 +318,6 @@ impl<S: Store> Core<S> {
         for a in self.agents.values_mut() {
             a.current_task = None;
         }
-        let now = Instant::now();
         let now_ms = now_ms();
         for task in self.store.open_tasks()? {
             let id = task.task_id.clone();
@@ -342,44 +334,23 @@ impl<S: Store> Core<S> {
                     if !connected {
                         self.arm(
                             self.t.grace_period,
-                            Timer::Grace {
-                                task_id: id.clone(),
-                                generation: task.generation,
-                            },
+                            Timer::Grace { task_id: id.clone(), generation: task.generation },
                         );
                     }
                     if task.status == TaskStatus::Assigned {
                         self.arm(
                             self.t.accept_timeout,
-                            Timer::AcceptDeadline {
-                                task_id: id.clone(),
-                                generation: task.generation,
-                            },
+                            Timer::AcceptDeadline { task_id: id.clone(), generation: task.generation },
                         );
                     }
                 }
                 TaskStatus::WaitingRetry => {
-                    let wait =
-                        Duration::from_millis(task.retry_at.unwrap_or(0).saturating_sub(now_ms));
-                    self.arm(
-                        wait,
-                        Timer::RetryDue {
-                            task_id: id.clone(),
-                            generation: task.generation,
-                        },
-                    );
+                    let wait = Duration::from_millis(task.retry_at.unwrap_or(0).saturating_sub(now_ms));
+                    self.arm(wait, Timer::RetryDue { task_id: id.clone(), generation: task.generation });
                 }
                 _ => continue,
             }
-            self.tasks.insert(
-                id,
-                OpenTask {
-                    task,
-                    queued_at: now,
-                    progress: None,
-                    rejected_by: None,
-                },
-            );
+            self.tasks.insert(id, OpenTask::new(task));
         }
         self.dispatch_needed = true;
         Ok(())
@@ -428,10 +399,7 @@ impl<S: Store> Core<S> {
             }
         }
         self.flush();
-        tracing::info!(
-            open_tasks = self.tasks.len(),
-            "hub core stopped; all writes committed"
-        );
+        tracing::info!(open_tasks = self.tasks.len(), "hub core stopped; all writes committed");
     }
 
     /// Commits the batch's mutations, then releases its effects.
@@ -452,10 +420,7 @@ impl<S: Store> Core<S> {
                 for e in effects {
                     match e {
                         Effect::Send { conn, out, kind } => {
-                            if let SendKind::Push {
-                                dispatch_started: Some(t),
-                            } = kind
-                            {
+                            if let SendKind::Push { dispatch_started: Some(t) } = kind {
                                 self.metrics.dispatch_latency.observe(t.elapsed());
                             }
                             self.deliver(conn, out);
@@ -477,9 +442,7 @@ impl<S: Store> Core<S> {
                             SendKind::Ack { task_id } => self.deliver(
                                 conn,
                                 Out::Frame(HubFrame::Error(
-                                    ErrorFrame::new("storage_unavailable")
-                                        .task(&task_id)
-                                        .message(err.to_string()),
+                                    ErrorFrame::new("storage_unavailable").task(&task_id).message(err.to_string()),
                                 )),
                             ),
                             SendKind::Push { .. } => {}
@@ -514,11 +477,7 @@ impl<S: Store> Core<S> {
     }
 
     fn send(&mut self, conn: ConnId, frame: HubFrame, kind: SendKind) {
-        self.effects.push(Effect::Send {
-            conn,
-            out: Out::Frame(frame),
-            kind,
-        });
+        self.effects.push(Effect::Send { conn, out: Out::Frame(frame), kind });
     }
 
     fn send_error(&mut self, conn: ConnId, e: ErrorFrame) {
@@ -531,8 +490,7 @@ impl<S: Store> Core<S> {
 
     fn arm(&mut self, after: Duration, timer: Timer) {
         self.timer_seq += 1;
-        self.timers
-            .insert((Instant::now() + after, self.timer_seq), timer);
+        self.timers.insert((Instant::now() + after, self.timer_seq), timer);
     }
 
     fn fire_timers(&mut self) {
@@ -557,13 +515,7 @@ impl<S: Store> Core<S> {
 
     /// The one place a task changes status: persists the task and a history row, keeps the
     /// queue index, the holder's `current_task` and the status counts in step.
-    fn transition(
-        &mut self,
-        task_id: &str,
-        to: TaskStatus,
-        reason: String,
-        change: impl FnOnce(&mut Task),
-    ) {
+    fn transition(&mut self, task_id: &str, to: TaskStatus, reason: String, change: impl FnOnce(&mut Task)) {
         let Some(open) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -571,8 +523,7 @@ impl<S: Store> Core<S> {
         let from = task.status;
         let old_holder = from.is_held().then(|| task.assigned_to.clone()).flatten();
         if from == TaskStatus::Queued {
-            self.queue
-                .remove(&(task.priority, task.seq, task.task_id.clone()));
+            self.queue.remove(&(task.priority, task.seq, task.task_id.clone()));
         }
         change(task);
         task.status = to;
@@ -582,8 +533,7 @@ impl<S: Store> Core<S> {
         }
         if to == TaskStatus::Queued {
             open.queued_at = Instant::now();
-            self.queue
-                .insert((task.priority, task.seq, task.task_id.clone()));
+            self.queue.insert((task.priority, task.seq, task.task_id.clone()));
             self.dispatch_needed = true;
         }
         let new_holder = to.is_held().then(|| task.assigned_to.clone()).flatten();
@@ -597,17 +547,9 @@ impl<S: Store> Core<S> {
         };
         tracing::debug!(task_id, from = %from, to = %to, reason = %transition.reason, "task transition");
         self.pending.push(Mutation::PutTask(Box::new(task.clone())));
-        self.pending.push(Mutation::AddTransition {
-            task_id: task_id.to_string(),
-            transition,
-        });
+        self.pending.push(Mutation::AddTransition { task_id: task_id.to_string(), transition });
         if from != to {
-            *self.counts.entry(from).or_default() = self
-                .counts
-                .get(&from)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(1);
+            *self.counts.entry(from).or_default() = self.counts.get(&from).copied().unwrap_or(0).saturating_sub(1);
             *self.counts.entry(to).or_default() += 1;
         }
         if old_holder != new_holder {
@@ -645,25 +587,14 @@ impl<S: Store> Core<S> {
             return Ok(None);
         };
         let status = task.status;
-        self.tasks.insert(
-            task_id.to_string(),
-            OpenTask {
-                task,
-                queued_at: Instant::now(),
-                progress: None,
-                rejected_by: None,
-            },
-        );
+        self.tasks.insert(task_id.to_string(), OpenTask::new(task));
         Ok(Some(status))
     }
 
     // ---- scheduling ----------------------------------------------------------------------
 
     fn available(a: &Agent, now: Instant) -> bool {
-        a.conn.is_some()
-            && !a.restarting
-            && a.current_task.is_none()
-            && a.paused_until.is_none_or(|u| u <= now)
+        a.conn.is_some() && !a.restarting && a.current_task.is_none() && a.paused_until.is_none_or(|u| u <= now)
     }
 
     fn eligible(t: &OpenTask, a: &Agent, now: Instant) -> bool {
@@ -677,10 +608,7 @@ impl<S: Store> Core<S> {
                 return false;
             }
         }
-        t.task
-            .needed_capabilities
-            .iter()
-            .all(|c| a.capabilities.contains(c))
+        t.task.needed_capabilities.iter().all(|c| a.capabilities.contains(c))
     }
 
     /// Matches queued tasks (lane, then FIFO) with idle agents (longest idle first).
@@ -690,11 +618,7 @@ impl<S: Store> Core<S> {
             return;
         }
         let now = Instant::now();
-        let mut idle: Vec<&Agent> = self
-            .agents
-            .values()
-            .filter(|a| Self::available(a, now))
-            .collect();
+        let mut idle: Vec<&Agent> = self.agents.values().filter(|a| Self::available(a, now)).collect();
         if idle.is_empty() {
             return;
         }
@@ -720,17 +644,12 @@ impl<S: Store> Core<S> {
         };
         let now = now_ms();
         let agent = agent_id.to_string();
-        self.transition(
-            task_id,
-            TaskStatus::Assigned,
-            format!("assigned to {agent_id}"),
-            |t| {
-                t.generation += 1;
-                t.attempts += 1;
-                t.assigned_to = Some(agent);
-                t.assigned_at = Some(now);
-            },
-        );
+        self.transition(task_id, TaskStatus::Assigned, format!("assigned to {agent_id}"), |t| {
+            t.generation += 1;
+            t.attempts += 1;
+            t.assigned_to = Some(agent);
+            t.assigned_at = Some(now);
+        });
         let open = &self.tasks[task_id];
         let t = &open.task;
         let frame = HubFrame::TaskAssign(TaskAssign {
@@ -743,71 +662,51 @@ impl<S: Store> Core<S> {
             extra: t.extra.clone(),
         });
         let (generation, queued_at) = (t.generation, open.queued_at);
-        self.send(
-            conn,
-            frame,
-            SendKind::Push {
-                dispatch_started: Some(queued_at),
-            },
-        );
-        self.arm(
-            self.t.accept_timeout,
-            Timer::AcceptDeadline {
-                task_id: task_id.to_string(),
-                generation,
-            },
-        );
+        self.send(conn, frame, SendKind::Push { dispatch_started: Some(queued_at) });
+        self.arm(self.t.accept_timeout, Timer::AcceptDeadline { task_id: task_id.to_string(), generation });
     }
 
     fn on_timer(&mut self, timer: Timer) {
         match timer {
-            Timer::AcceptDeadline {
-                task_id,
-                generation,
-            } => {
-                let due = self.tasks.get(&task_id).is_some_and(|o| {
-                    o.task.generation == generation && o.task.status == TaskStatus::Assigned
-                });
+            Timer::AcceptDeadline { task_id, generation } => {
+                let due = self
+                    .tasks
+                    .get(&task_id)
+                    .is_some_and(|o| o.task.generation == generation && o.task.status == TaskStatus::Assigned);
                 if due {
                     let secs = self.t.accept_timeout.as_secs_f64();
-                    self.requeue(
-                        &task_id,
-                        format!("accept_timeout: no task_accepted within {secs}s"),
-                    );
+                    self.requeue(&task_id, format!("accept_timeout: no task_accepted within {secs}s"));
                 }
             }
-            Timer::Grace {
-                task_id,
-                generation,
-            } => {
+            Timer::Grace { task_id, generation } => {
                 let Some(o) = self.tasks.get(&task_id) else {
                     return;
                 };
-                let holder_online = o
-                    .task
-                    .assigned_to
-                    .as_ref()
-                    .and_then(|a| self.agents.get(a))
-                    .is_some_and(|a| a.conn.is_some());
+                let holder_online =
+                    o.task.assigned_to.as_ref().and_then(|a| self.agents.get(a)).is_some_and(|a| a.conn.is_some());
                 if o.task.generation == generation && o.task.status.is_held() && !holder_online {
                     let secs = self.t.grace_period.as_secs_f64();
-                    self.requeue(
-                        &task_id,
-                        format!("lease_expired: agent offline for {secs}s"),
-                    );
+                    self.requeue(&task_id, format!("lease_expired: agent offline for {secs}s"));
                 }
             }
-            Timer::RetryDue {
-                task_id,
-                generation,
-            } => {
+            Timer::RetryDue { task_id, generation } => {
+                let due = self
+                    .tasks
+                    .get(&task_id)
+                    .is_some_and(|o| o.task.generation == generation && o.task.status == TaskStatus::WaitingRetry);
+                if due {
+                    self.transition(&task_id, TaskStatus::Queued, "retry_due".into(), |t| t.retry_at = None);
+                }
+            }
+            Timer::Claim { task_id, generation, conn } => {
                 let due = self.tasks.get(&task_id).is_some_and(|o| {
-                    o.task.generation == generation && o.task.status == TaskStatus::WaitingRetry
+                    o.unclaimed == Some(conn) && o.task.generation == generation && o.task.status.is_held()
                 });
                 if due {
-                    self.transition(&task_id, TaskStatus::Queued, "retry_due".into(), |t| {
-                        t.retry_at = None
-                    });
+                    let secs = self.t.grace_period.as_secs_f64();
+                    let reason =
+                        format!("unclaimed: agent reconnected without task_recovering or state_report within {secs}s");
+                    self.requeue(&task_id, reason);
                 }
             }
             Timer::Redispatch => self.dispatch_needed = true,
@@ -827,11 +726,7 @@ impl<S: Store> Core<S> {
                 self.metrics.bans += 1;
                 if let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) {
                     let now = Instant::now();
-                    let ban = self.bans.entry(agent.clone()).or_insert(Ban {
-                        level: 0,
-                        until: now,
-                        last: now,
-                    });
+                    let ban = self.bans.entry(agent.clone()).or_insert(Ban { level: 0, until: now, last: now });
                     // Escalation resets after an hour of good behaviour.
                     if now.duration_since(ban.last) > Duration::from_secs(3600) {
                         ban.level = 0;
@@ -868,13 +763,7 @@ impl<S: Store> Core<S> {
         tracing::info!(agent_id = %agent_id, "agent disconnected");
         if let Some(task_id) = agent.current_task.clone() {
             if let Some(g) = self.tasks.get(&task_id).map(|o| o.task.generation) {
-                self.arm(
-                    self.t.grace_period,
-                    Timer::Grace {
-                        task_id,
-                        generation: g,
-                    },
-                );
+                self.arm(self.t.grace_period, Timer::Grace { task_id, generation: g });
             }
         }
     }
@@ -890,15 +779,10 @@ impl<S: Store> Core<S> {
         if let Some(a) = self.agents.get_mut(&agent_id) {
             a.last_seen = now_ms();
         }
+        self.note_claim(&agent_id, &frame);
         match frame {
             AgentFrame::Identify(_) => unreachable!("handled above"),
-            AgentFrame::Ping => self.send(
-                conn,
-                HubFrame::Pong {
-                    timestamp: now_ms(),
-                },
-                SendKind::Plain,
-            ),
+            AgentFrame::Ping => self.send(conn, HubFrame::Pong { timestamp: now_ms() }, SendKind::Plain),
             AgentFrame::Status { status } => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     a.reported_status = Some(status.clone());
@@ -906,30 +790,16 @@ impl<S: Store> Core<S> {
                 self.send(conn, HubFrame::StatusUpdated { status }, SendKind::Plain);
             }
             AgentFrame::TaskAccepted { task_id } => self.on_accepted(conn, &agent_id, task_id),
-            AgentFrame::TaskRejected { task_id, reason } => {
-                self.on_rejected(conn, &agent_id, task_id, reason)
-            }
-            AgentFrame::TaskProgress {
-                task_id,
-                progress,
-                execution_event,
-            } => {
+            AgentFrame::TaskRejected { task_id, reason } => self.on_rejected(conn, &agent_id, task_id, reason),
+            AgentFrame::TaskProgress { task_id, progress, execution_event } => {
                 if let Some(o) = self.tasks.get_mut(&task_id) {
                     if o.task.assigned_to.as_deref() == Some(&agent_id) {
                         o.progress = progress.or(execution_event);
                     }
                 }
             }
-            AgentFrame::WakeResult {
-                task_id,
-                status,
-                attempt,
-                error,
-            } => {
-                let held = self
-                    .tasks
-                    .get(&task_id)
-                    .filter(|o| o.task.assigned_to.as_deref() == Some(&agent_id));
+            AgentFrame::WakeResult { task_id, status, attempt, error } => {
+                let held = self.tasks.get(&task_id).filter(|o| o.task.assigned_to.as_deref() == Some(&agent_id));
                 if let Some(o) = held {
                     let t = &o.task;
                     let mut reason = format!("wake_result {status}");
@@ -947,10 +817,7 @@ impl<S: Store> Core<S> {
                         agent_id: Some(agent_id.clone()),
                         generation: t.generation,
                     };
-                    self.pending.push(Mutation::AddTransition {
-                        task_id,
-                        transition: tr,
-                    });
+                    self.pending.push(Mutation::AddTransition { task_id, transition: tr });
                 }
             }
             AgentFrame::TaskComplete {
@@ -973,31 +840,21 @@ impl<S: Store> Core<S> {
                 }
                 self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)));
             }
-            AgentFrame::TaskFailed {
-                task_id,
-                generation,
-                reason,
-                error,
-            } => {
+            AgentFrame::TaskFailed { task_id, generation, reason, error } => {
                 let why = reason.or(error).unwrap_or_else(|| "unknown".into());
                 self.on_report(conn, &agent_id, task_id, generation, Err(why));
             }
             AgentFrame::TaskRecovering { task_id, .. } => {
                 let held = self.held_by(&task_id, &agent_id);
                 let frame = match held {
-                    Some(generation) => HubFrame::TaskContinue {
-                        task_id,
-                        generation,
-                    },
+                    Some(generation) => HubFrame::TaskContinue { task_id, generation },
                     None => HubFrame::TaskReassign { task_id },
                 };
                 self.send(conn, frame, SendKind::Plain);
             }
-            AgentFrame::StateReport {
-                task_id,
-                generation,
-                ..
-            } => self.on_state_report(conn, &agent_id, task_id, generation),
+            AgentFrame::StateReport { task_id, generation, .. } => {
+                self.on_state_report(conn, &agent_id, task_id, generation)
+            }
             AgentFrame::AgentRestarting { reason } => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     a.restarting = true;
@@ -1007,6 +864,27 @@ impl<S: Store> Core<S> {
             AgentFrame::ResourceReport(map) => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     a.resources = Some(map);
+                }
+            }
+        }
+    }
+
+    /// Any frame about a task the agent holds (for the current attempt) claims it after a reconnect.
+    fn note_claim(&mut self, agent_id: &str, frame: &AgentFrame) {
+        let (task_id, generation) = match frame {
+            AgentFrame::TaskAccepted { task_id }
+            | AgentFrame::TaskProgress { task_id, .. }
+            | AgentFrame::WakeResult { task_id, .. }
+            | AgentFrame::TaskRecovering { task_id, .. } => (task_id, None),
+            AgentFrame::TaskComplete { task_id, generation, .. }
+            | AgentFrame::TaskFailed { task_id, generation, .. } => (task_id, Some(*generation)),
+            AgentFrame::StateReport { task_id: Some(task_id), generation, .. } => (task_id, *generation),
+            _ => return,
+        };
+        if let Some(current) = self.held_by(task_id, agent_id) {
+            if generation.is_none_or(|g| g == current) {
+                if let Some(o) = self.tasks.get_mut(task_id) {
+                    o.unclaimed = None;
                 }
             }
         }
@@ -1023,18 +901,13 @@ impl<S: Store> Core<S> {
     fn on_identify(&mut self, conn: ConnId, bound: Option<String>, id: Identify) {
         let refuse = |core: &mut Self, e: ErrorFrame| {
             core.send_error(conn, e);
-            core.effects.push(Effect::Send {
-                conn,
-                out: Out::IdentifyFailed,
-                kind: SendKind::Plain,
-            });
+            core.effects.push(Effect::Send { conn, out: Out::IdentifyFailed, kind: SendKind::Plain });
         };
         if let Some(b) = &bound {
             if b != &id.agent_id {
                 return refuse(
                     self,
-                    ErrorFrame::new("already_identified")
-                        .message(format!("this connection is agent {b}")),
+                    ErrorFrame::new("already_identified").message(format!("this connection is agent {b}")),
                 );
             }
         }
@@ -1042,13 +915,7 @@ impl<S: Store> Core<S> {
             let now = Instant::now();
             if ban.until > now {
                 let ms = ban.until.duration_since(now).as_millis() as u64;
-                self.send_error(
-                    conn,
-                    ErrorFrame {
-                        retry_after_ms: Some(ms),
-                        ..ErrorFrame::new("identify_refused")
-                    },
-                );
+                self.send_error(conn, ErrorFrame { retry_after_ms: Some(ms), ..ErrorFrame::new("identify_refused") });
                 self.effects.push(Effect::Send {
                     conn,
                     out: Out::Close(1008, "identify refused after protocol violations".into()),
@@ -1062,11 +929,7 @@ impl<S: Store> Core<S> {
             Ok(())
         } else {
             match self.tokens.get(&hash) {
-                Some(rec)
-                    if auth::hashes_equal(&rec.hash, &hash) && rec.agent_id == id.agent_id =>
-                {
-                    Ok(())
-                }
+                Some(rec) if auth::hashes_equal(&rec.hash, &hash) && rec.agent_id == id.agent_id => Ok(()),
                 Some(_) => Err("token_agent_mismatch"),
                 None => Err("invalid_token"),
             }
@@ -1077,25 +940,34 @@ impl<S: Store> Core<S> {
         }
         let agent_id = id.agent_id.clone();
         let now = now_ms();
-        let agent = self
-            .agents
-            .entry(agent_id.clone())
-            .or_insert_with(|| Agent {
-                agent_id: agent_id.clone(),
-                conn: None,
-                name: None,
-                client_type: None,
-                capabilities: BTreeSet::new(),
-                process_info: None,
-                reported_status: None,
-                resources: None,
-                connected_at: None,
-                last_seen: now,
-                current_task: None,
-                restarting: false,
-                idle_since: now,
-                paused_until: None,
-            });
+        if !self.agents.contains_key(&agent_id) {
+            // First identify since the hub started: the store may say it holds a task.
+            let held = self
+                .tasks
+                .values()
+                .find(|o| o.task.status.is_held() && o.task.assigned_to.as_deref() == Some(agent_id.as_str()))
+                .map(|o| o.task.task_id.clone());
+            self.agents.insert(
+                agent_id.clone(),
+                Agent {
+                    agent_id: agent_id.clone(),
+                    conn: None,
+                    name: None,
+                    client_type: None,
+                    capabilities: BTreeSet::new(),
+                    process_info: None,
+                    reported_status: None,
+                    resources: None,
+                    connected_at: None,
+                    last_seen: now,
+                    current_task: held,
+                    restarting: false,
+                    idle_since: now,
+                    paused_until: None,
+                },
+            );
+        }
+        let agent = self.agents.get_mut(&agent_id).expect("inserted above");
         let replaced = agent.conn.filter(|c| *c != conn);
         agent.conn = Some(conn);
         agent.name = id.name;
@@ -1109,6 +981,16 @@ impl<S: Store> Core<S> {
         agent.paused_until = None;
         if agent.current_task.is_none() {
             agent.idle_since = now;
+        }
+        // A new connection must claim the task the hub thinks it holds, or lose it after the
+        // grace period: a sidecar that restarted with an empty queue must not block forever.
+        let claim = agent.current_task.clone().filter(|_| replaced.is_some() || bound.is_none());
+        if let Some(task_id) = claim {
+            if let Some(o) = self.tasks.get_mut(&task_id) {
+                o.unclaimed = Some(conn);
+                let generation = o.task.generation;
+                self.arm(self.t.grace_period, Timer::Claim { task_id, generation, conn });
+            }
         }
         if let Some(old) = replaced {
             if let Some(c) = self.conns.get_mut(&old) {
@@ -1124,40 +1006,20 @@ impl<S: Store> Core<S> {
             c.agent = Some(agent_id.clone());
         }
         tracing::info!(agent_id = %agent_id, replaced = replaced.is_some(), "agent identified");
-        self.effects.push(Effect::Send {
-            conn,
-            out: Out::Identified(agent_id.clone()),
-            kind: SendKind::Plain,
-        });
+        self.effects.push(Effect::Send { conn, out: Out::Identified(agent_id.clone()), kind: SendKind::Plain });
         self.send(conn, HubFrame::Identified { agent_id }, SendKind::Plain);
         self.dispatch_needed = true;
     }
 
     fn on_accepted(&mut self, conn: ConnId, agent_id: &str, task_id: String) {
-        match self.tasks.get(&task_id).map(|o| {
-            (
-                o.task.status,
-                o.task.assigned_to.as_deref() == Some(agent_id),
-            )
-        }) {
+        match self.tasks.get(&task_id).map(|o| (o.task.status, o.task.assigned_to.as_deref() == Some(agent_id))) {
             Some((TaskStatus::Assigned, true)) => {
-                self.transition(
-                    &task_id,
-                    TaskStatus::Working,
-                    format!("accepted by {agent_id}"),
-                    |_| {},
-                );
-                let ack = HubFrame::TaskAck {
-                    task_id: task_id.clone(),
-                    status: "accepted".into(),
-                };
+                self.transition(&task_id, TaskStatus::Working, format!("accepted by {agent_id}"), |_| {});
+                let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: "accepted".into() };
                 self.send(conn, ack, SendKind::Ack { task_id });
             }
             Some((TaskStatus::Working, true)) => {
-                let ack = HubFrame::TaskAck {
-                    task_id: task_id.clone(),
-                    status: "accepted".into(),
-                };
+                let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: "accepted".into() };
                 self.send(conn, ack, SendKind::Plain);
             }
             Some(_) => self.send_error(conn, ErrorFrame::new("invalid_state").task(&task_id)),
@@ -1165,13 +1027,7 @@ impl<S: Store> Core<S> {
         }
     }
 
-    fn on_rejected(
-        &mut self,
-        conn: ConnId,
-        agent_id: &str,
-        task_id: String,
-        reason: Option<String>,
-    ) {
+    fn on_rejected(&mut self, conn: ConnId, agent_id: &str, task_id: String, reason: Option<String>) {
         if self.held_by(&task_id, agent_id).is_none() {
             return self.send_error(conn, ErrorFrame::new("invalid_state").task(&task_id));
         }
@@ -1187,10 +1043,7 @@ impl<S: Store> Core<S> {
             }
         }
         self.arm(self.t.reject_cooldown, Timer::Redispatch);
-        let ack = HubFrame::TaskAck {
-            task_id: task_id.clone(),
-            status: "requeued".into(),
-        };
+        let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: "requeued".into() };
         self.send(conn, ack, SendKind::Ack { task_id });
     }
 
@@ -1208,12 +1061,8 @@ impl<S: Store> Core<S> {
             None => match self.store.task(&task_id) {
                 Ok(t) => t,
                 Err(e) => {
-                    return self.send_error(
-                        conn,
-                        ErrorFrame::new("storage_unavailable")
-                            .task(&task_id)
-                            .message(e.to_string()),
-                    )
+                    return self
+                        .send_error(conn, ErrorFrame::new("storage_unavailable").task(&task_id).message(e.to_string()))
                 }
             },
         };
@@ -1223,10 +1072,7 @@ impl<S: Store> Core<S> {
         if task.generation != generation {
             let e = ErrorFrame::new("stale_generation")
                 .task(&task_id)
-                .message(format!(
-                    "generation {generation} is stale; current is {}",
-                    task.generation
-                ));
+                .message(format!("generation {generation} is stale; current is {}", task.generation));
             return self.send_error(conn, e);
         }
         let mine = task.assigned_to.as_deref() == Some(agent_id);
@@ -1238,32 +1084,18 @@ impl<S: Store> Core<S> {
             _ => None,
         };
         if let Some(status) = repeat {
-            return self.send(
-                conn,
-                HubFrame::TaskAck {
-                    task_id,
-                    status: status.into(),
-                },
-                SendKind::Plain,
-            );
+            return self.send(conn, HubFrame::TaskAck { task_id, status: status.into() }, SendKind::Plain);
         }
         if !task.status.is_held() || !mine {
-            let e = ErrorFrame::new("invalid_state")
-                .task(&task_id)
-                .message(format!("task is {}", task.status));
+            let e = ErrorFrame::new("invalid_state").task(&task_id).message(format!("task is {}", task.status));
             return self.send_error(conn, e);
         }
         let ack_status = match outcome {
             Ok((result, report)) => {
-                self.transition(
-                    &task_id,
-                    TaskStatus::Completed,
-                    format!("completed by {agent_id}"),
-                    |t| {
-                        t.result = result;
-                        t.report = report;
-                    },
-                );
+                self.transition(&task_id, TaskStatus::Completed, format!("completed by {agent_id}"), |t| {
+                    t.result = result;
+                    t.report = report;
+                });
                 "complete"
             }
             Err(why) => {
@@ -1278,70 +1110,40 @@ impl<S: Store> Core<S> {
                 } else {
                     let backoff = self.backoff(failures);
                     let retry_at = now_ms() + backoff.as_millis() as u64;
-                    let reason = format!(
-                        "failed ({why}); retry {failures}/{} in {}ms",
-                        task.max_retries,
-                        backoff.as_millis()
-                    );
+                    let reason =
+                        format!("failed ({why}); retry {failures}/{} in {}ms", task.max_retries, backoff.as_millis());
                     self.transition(&task_id, TaskStatus::WaitingRetry, reason, |t| {
                         t.failures = failures;
                         t.last_error = Some(why);
                         t.retry_at = Some(retry_at);
                     });
-                    self.arm(
-                        backoff,
-                        Timer::RetryDue {
-                            task_id: task_id.clone(),
-                            generation,
-                        },
-                    );
+                    self.arm(backoff, Timer::RetryDue { task_id: task_id.clone(), generation });
                     "retried"
                 }
             }
         };
         self.send(
             conn,
-            HubFrame::TaskAck {
-                task_id: task_id.clone(),
-                status: ack_status.into(),
-            },
+            HubFrame::TaskAck { task_id: task_id.clone(), status: ack_status.into() },
             SendKind::Ack { task_id },
         );
     }
 
     /// 1 s doubling per failure, capped (5 min by default).
     fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(failures.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.t
-            .retry_base
-            .saturating_mul(factor)
-            .min(self.t.retry_max)
+        let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.t.retry_base.saturating_mul(factor).min(self.t.retry_max)
     }
 
-    fn on_state_report(
-        &mut self,
-        conn: ConnId,
-        agent_id: &str,
-        task_id: Option<String>,
-        generation: Option<u64>,
-    ) {
+    fn on_state_report(&mut self, conn: ConnId, agent_id: &str, task_id: Option<String>, generation: Option<u64>) {
         let Some(task_id) = task_id else {
             // The agent holds nothing: release whatever we thought it had, now rather than after a lease.
-            if let Some(held) = self
-                .agents
-                .get(agent_id)
-                .and_then(|a| a.current_task.clone())
-            {
+            if let Some(held) = self.agents.get(agent_id).and_then(|a| a.current_task.clone()) {
                 self.requeue(&held, format!("released: {agent_id} reports no task"));
             }
             return self.send(
                 conn,
-                HubFrame::StateReportAck {
-                    task_id: None,
-                    action: "continue".into(),
-                },
+                HubFrame::StateReportAck { task_id: None, action: "continue".into() },
                 SendKind::Plain,
             );
         };
@@ -1349,30 +1151,20 @@ impl<S: Store> Core<S> {
             Some(g) if generation.is_none_or(|r| r == g) => "continue",
             _ => "abort",
         };
-        self.send(
-            conn,
-            HubFrame::StateReportAck {
-                task_id: Some(task_id),
-                action: action.into(),
-            },
-            SendKind::Plain,
-        );
+        self.send(conn, HubFrame::StateReportAck { task_id: Some(task_id), action: action.into() }, SendKind::Plain);
     }
 
     // ---- HTTP API ------------------------------------------------------------------------
 
     fn authenticate(&self, bearer: Option<&str>) -> Result<Role, ApiError> {
-        let token = bearer.ok_or_else(|| {
-            ApiError::new(401, "unauthorized").msg("missing Authorization: Bearer token")
-        })?;
+        let token =
+            bearer.ok_or_else(|| ApiError::new(401, "unauthorized").msg("missing Authorization: Bearer token"))?;
         let hash = auth::hash_token(token);
         if auth::hashes_equal(&hash, &self.admin_hash) {
             return Ok(Role::Admin);
         }
         match self.tokens.get(&hash) {
-            Some(rec) if auth::hashes_equal(&rec.hash, &hash) => {
-                Ok(Role::Agent(rec.agent_id.clone()))
-            }
+            Some(rec) if auth::hashes_equal(&rec.hash, &hash) => Ok(Role::Agent(rec.agent_id.clone())),
             _ => Err(ApiError::new(401, "invalid_token")),
         }
     }
@@ -1392,8 +1184,7 @@ impl<S: Store> Core<S> {
         if admin_only && role != Role::Admin {
             return Err(ApiError::new(403, "forbidden").msg("this route needs the admin token"));
         }
-        let store_err =
-            |e: StoreError| ApiError::new(503, "storage_unavailable").msg(e.to_string());
+        let store_err = |e: StoreError| ApiError::new(503, "storage_unavailable").msg(e.to_string());
         match req {
             ApiRequest::Metrics => unreachable!("handled above"),
             ApiRequest::Submit(n) => self.submit(n, &role),
@@ -1424,45 +1215,30 @@ impl<S: Store> Core<S> {
                 }
                 let mut agents = Map::new();
                 for s in AgentStatus::ALL {
-                    agents.insert(
-                        s.as_str().into(),
-                        self.agents
-                            .values()
-                            .filter(|a| a.status() == s)
-                            .count()
-                            .into(),
-                    );
+                    agents.insert(s.as_str().into(), self.agents.values().filter(|a| a.status() == s).count().into());
                 }
-                ok(
-                    200,
-                    json!({ "total": total, "by_status": by, "agents": agents }),
-                )
+                ok(200, json!({ "total": total, "by_status": by, "agents": agents }))
             }
             ApiRequest::Retry(id) => {
                 let status = self.reopen(&id).map_err(store_err)?;
                 match status {
                     None => Err(ApiError::new(404, "not_found").msg(format!("no task {id}"))),
-                    Some(
-                        TaskStatus::DeadLetter | TaskStatus::Cancelled | TaskStatus::WaitingRetry,
-                    ) => {
-                        self.transition(
-                            &id,
-                            TaskStatus::Queued,
-                            format!("retried by {}", role.name()),
-                            |t| {
-                                t.generation += 1;
-                                t.failures = 0;
-                                t.retry_at = None;
-                                t.assigned_to = None;
-                                t.assigned_at = None;
-                                t.completed_at = None;
-                            },
-                        );
+                    Some(TaskStatus::DeadLetter | TaskStatus::Cancelled | TaskStatus::WaitingRetry) => {
+                        self.transition(&id, TaskStatus::Queued, format!("retried by {}", role.name()), |t| {
+                            t.generation += 1;
+                            t.failures = 0;
+                            t.retry_at = None;
+                            t.assigned_to = None;
+                            t.assigned_at = None;
+                            t.completed_at = None;
+                        });
                         ok(200, json!({ "status": "queued", "task_id": id }))
                     }
                     Some(s) => {
                         self.drop_if_terminal(&id);
-                        Err(ApiError::new(409, "invalid_state").msg(format!("task is {s}; only dead_letter, cancelled or waiting_retry tasks can be retried")))
+                        Err(ApiError::new(409, "invalid_state").msg(format!(
+                            "task is {s}; only dead_letter, cancelled or waiting_retry tasks can be retried"
+                        )))
                     }
                 }
             }
@@ -1475,32 +1251,11 @@ impl<S: Store> Core<S> {
                         Err(ApiError::new(409, "invalid_state").msg(format!("task is already {s}")))
                     }
                     Some(s) => {
-                        let holder = if s.is_held() {
-                            self.tasks[&id].task.assigned_to.clone()
-                        } else {
-                            None
-                        };
-                        self.transition(
-                            &id,
-                            TaskStatus::Cancelled,
-                            format!("cancelled by {}", role.name()),
-                            |_| {},
-                        );
-                        if let Some(conn) = holder
-                            .and_then(|h| self.agents.get(&h))
-                            .and_then(|a| a.conn)
-                        {
-                            let frame = HubFrame::TaskCancelled {
-                                task_id: id.clone(),
-                                timestamp: now_ms(),
-                            };
-                            self.send(
-                                conn,
-                                frame,
-                                SendKind::Push {
-                                    dispatch_started: None,
-                                },
-                            );
+                        let holder = if s.is_held() { self.tasks[&id].task.assigned_to.clone() } else { None };
+                        self.transition(&id, TaskStatus::Cancelled, format!("cancelled by {}", role.name()), |_| {});
+                        if let Some(conn) = holder.and_then(|h| self.agents.get(&h)).and_then(|a| a.conn) {
+                            let frame = HubFrame::TaskCancelled { task_id: id.clone(), timestamp: now_ms() };
+                            self.send(conn, frame, SendKind::Push { dispatch_started: None });
                         }
                         ok(200, json!({ "status": "cancelled", "task_id": id }))
                     }
@@ -1514,24 +1269,20 @@ impl<S: Store> Core<S> {
             }
             ApiRequest::CreateToken(agent_id) => {
                 let token = auth::generate_token();
-                let rec = TokenRecord {
-                    hash: auth::hash_token(&token),
-                    agent_id: agent_id.clone(),
-                    created_at: now_ms(),
-                };
+                let rec =
+                    TokenRecord { hash: auth::hash_token(&token), agent_id: agent_id.clone(), created_at: now_ms() };
                 self.pending.push(Mutation::PutToken(rec.clone()));
                 self.tokens.insert(rec.hash.clone(), rec.clone());
-                ok(
-                    201,
-                    json!({ "agent_id": agent_id, "token": token, "created_at": rec.created_at }),
-                )
+                ok(201, json!({ "agent_id": agent_id, "token": token, "created_at": rec.created_at }))
             }
             ApiRequest::ListTokens => {
                 let mut list: Vec<&TokenRecord> = self.tokens.values().collect();
                 list.sort_by(|a, b| (&a.agent_id, a.created_at).cmp(&(&b.agent_id, b.created_at)));
                 let tokens: Vec<Value> = list
                     .into_iter()
-                    .map(|r| json!({ "agent_id": r.agent_id, "created_at": r.created_at, "fingerprint": &r.hash[..12] }))
+                    .map(
+                        |r| json!({ "agent_id": r.agent_id, "created_at": r.created_at, "fingerprint": &r.hash[..12] }),
+                    )
                     .collect();
                 ok(200, json!({ "tokens": tokens }))
             }
@@ -1540,12 +1291,9 @@ impl<S: Store> Core<S> {
                 self.tokens.retain(|_, r| r.agent_id != agent_id);
                 let revoked = before - self.tokens.len();
                 if revoked == 0 {
-                    return Err(ApiError::new(404, "not_found")
-                        .msg(format!("no token for agent {agent_id}")));
+                    return Err(ApiError::new(404, "not_found").msg(format!("no token for agent {agent_id}")));
                 }
-                self.pending.push(Mutation::DeleteTokens {
-                    agent_id: agent_id.clone(),
-                });
+                self.pending.push(Mutation::DeleteTokens { agent_id: agent_id.clone() });
                 if let Some(conn) = self.agents.get(&agent_id).and_then(|a| a.conn) {
                     self.effects.push(Effect::Send {
                         conn,
@@ -1553,27 +1301,13 @@ impl<S: Store> Core<S> {
                         kind: SendKind::Plain,
                     });
                 }
-                ok(
-                    200,
-                    json!({ "status": "revoked", "agent_id": agent_id, "revoked": revoked }),
-                )
+                ok(200, json!({ "status": "revoked", "agent_id": agent_id, "revoked": revoked }))
             }
-            ApiRequest::RestartAgent {
-                agent_id,
-                reason,
-                force,
-            } => {
+            ApiRequest::RestartAgent { agent_id, reason, force } => {
                 let Some(conn) = self.agents.get(&agent_id).and_then(|a| a.conn) else {
                     return Err(ApiError::new(404, "agent_not_connected"));
                 };
-                self.send(
-                    conn,
-                    HubFrame::RestartSidecar {
-                        reason: reason.clone(),
-                        force,
-                    },
-                    SendKind::Plain,
-                );
+                self.send(conn, HubFrame::RestartSidecar { reason: reason.clone(), force }, SendKind::Plain);
                 ok(
                     200,
                     json!({ "status": "restart_commanded", "agent_id": agent_id, "reason": reason, "force": force }),
@@ -1582,30 +1316,20 @@ impl<S: Store> Core<S> {
             ApiRequest::PutCheckpoint { agent_id, body } => {
                 if let Role::Agent(me) = &role {
                     if me != &agent_id {
-                        return Err(ApiError::new(403, "forbidden")
-                            .msg("an agent token may only write its own checkpoint"));
+                        return Err(
+                            ApiError::new(403, "forbidden").msg("an agent token may only write its own checkpoint")
+                        );
                     }
                 }
                 let at = now_ms();
-                self.pending.push(Mutation::PutCheckpoint {
-                    agent_id: agent_id.clone(),
-                    body,
-                    at,
-                });
-                ok(
-                    200,
-                    json!({ "status": "stored", "agent_id": agent_id, "updated_at": at }),
-                )
+                self.pending.push(Mutation::PutCheckpoint { agent_id: agent_id.clone(), body, at });
+                ok(200, json!({ "status": "stored", "agent_id": agent_id, "updated_at": at }))
             }
             ApiRequest::GetCheckpoint(agent_id) => {
                 self.sync_reads();
                 match self.store.checkpoint(&agent_id).map_err(store_err)? {
-                    Some((body, at)) => ok(
-                        200,
-                        json!({ "agent_id": agent_id, "updated_at": at, "checkpoint": body }),
-                    ),
-                    None => Err(ApiError::new(404, "not_found")
-                        .msg(format!("no checkpoint for {agent_id}"))),
+                    Some((body, at)) => ok(200, json!({ "agent_id": agent_id, "updated_at": at, "checkpoint": body })),
+                    None => Err(ApiError::new(404, "not_found").msg(format!("no checkpoint for {agent_id}"))),
                 }
             }
         }
@@ -1613,11 +1337,7 @@ impl<S: Store> Core<S> {
 
     /// A terminal task loaded by `reopen` that was not changed goes back out of memory.
     fn drop_if_terminal(&mut self, id: &str) {
-        if self
-            .tasks
-            .get(id)
-            .is_some_and(|o| o.task.status.is_terminal())
-        {
+        if self.tasks.get(id).is_some_and(|o| o.task.status.is_terminal()) {
             self.tasks.remove(id);
         }
     }
@@ -1668,27 +1388,13 @@ impl<S: Store> Core<S> {
         *self.counts.entry(TaskStatus::Queued).or_default() += 1;
         self.metrics.submitted += 1;
         self.queue.insert((priority, seq, task_id.clone()));
-        self.tasks.insert(
-            task_id.clone(),
-            OpenTask {
-                task,
-                queued_at: Instant::now(),
-                progress: None,
-                rejected_by: None,
-            },
-        );
+        self.tasks.insert(task_id.clone(), OpenTask::new(task));
         self.dispatch_needed = true;
-        ok(
-            201,
-            json!({ "status": "queued", "task_id": task_id, "priority": priority.as_str(), "created_at": now }),
-        )
+        ok(201, json!({ "status": "queued", "task_id": task_id, "priority": priority.as_str(), "created_at": now }))
     }
 
     fn task_json(&self, task: Task) -> Value {
-        let progress = self
-            .tasks
-            .get(&task.task_id)
-            .and_then(|o| o.progress.clone());
+        let progress = self.tasks.get(&task.task_id).and_then(|o| o.progress.clone());
         let mut v = serde_json::to_value(task).expect("tasks serialize");
         v.as_object_mut().expect("object").remove("seq");
         if let Some(p) = progress {
@@ -1698,19 +1404,12 @@ impl<S: Store> Core<S> {
     }
 
     fn render_metrics(&self) -> String {
-        let mut by_status: Vec<(&str, u64)> = TaskStatus::ALL
-            .iter()
-            .map(|s| (s.as_str(), self.counts.get(s).copied().unwrap_or(0)))
-            .collect();
+        let mut by_status: Vec<(&str, u64)> =
+            TaskStatus::ALL.iter().map(|s| (s.as_str(), self.counts.get(s).copied().unwrap_or(0))).collect();
         by_status.sort();
         let agents: Vec<(&str, u64)> = AgentStatus::ALL
             .iter()
-            .map(|s| {
-                (
-                    s.as_str(),
-                    self.agents.values().filter(|a| a.status() == *s).count() as u64,
-                )
-            })
+            .map(|s| (s.as_str(), self.agents.values().filter(|a| a.status() == *s).count() as u64))
             .collect();
         let ws = self.conns.len() as u64;
         self.metrics.render(&by_status, &agents, ws)

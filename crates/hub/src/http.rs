@@ -38,16 +38,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/retry", post(retry))
         .route("/api/tasks/{task_id}/cancel", post(cancel))
         .route("/api/agents", get(agents))
-        .route(
-            "/api/agents/{agent_id}/checkpoint",
-            get(get_checkpoint).put(put_checkpoint),
-        )
+        .route("/api/agents/{agent_id}/checkpoint", get(get_checkpoint).put(put_checkpoint))
         .route("/api/admin/agents/{agent_id}/restart", post(restart_agent))
         .route("/admin/tokens", post(create_token).get(list_tokens))
-        .route(
-            "/admin/tokens/{agent_id}",
-            axum::routing::delete(revoke_token),
-        )
+        .route("/admin/tokens/{agent_id}", axum::routing::delete(revoke_token))
         .fallback(|| async { error(ApiError::new(404, "not_found").msg("no such route")) })
         .method_not_allowed_fallback(|| async { error(ApiError::new(405, "method_not_allowed")) })
         .with_state(state)
@@ -68,12 +62,7 @@ fn respond(r: ApiResult) -> Response {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             match body {
                 ApiBody::Json(v) => (status, Json(v)).into_response(),
-                ApiBody::Text(t) => (
-                    status,
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    t,
-                )
-                    .into_response(),
+                ApiBody::Text(t) => (status, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
             }
         }
         Err(e) => error(e),
@@ -82,10 +71,7 @@ fn respond(r: ApiResult) -> Response {
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let t = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))?
-        .trim();
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?.trim();
     (!t.is_empty()).then(|| t.to_string())
 }
 
@@ -101,11 +87,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status().as_u16();
-            let code = if status == 413 {
-                "body_too_large"
-            } else {
-                "invalid_body"
-            };
+            let code = if status == 413 { "body_too_large" } else { "invalid_body" };
             error(ApiError::new(status, code).msg(e.body_text()))
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -113,28 +95,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => Ok(JsonBody(m)),
-            Ok(_) => Err(error(
-                ApiError::new(400, "invalid_json").msg("the body must be a JSON object"),
-            )),
+            Ok(_) => Err(error(ApiError::new(400, "invalid_json").msg("the body must be a JSON object"))),
             Err(e) => Err(error(ApiError::new(400, "invalid_json").msg(e.to_string()))),
         }
     }
 }
 
 fn invalid(errors: Vec<String>) -> Response {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({ "error": "validation_failed", "errors": errors })),
-    )
-        .into_response()
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "validation_failed", "errors": errors }))).into_response()
 }
 
-fn opt_str(
-    m: &Map<String, Value>,
-    key: &str,
-    max: usize,
-    errors: &mut Vec<String>,
-) -> Option<String> {
+fn opt_str(m: &Map<String, Value>, key: &str, max: usize, errors: &mut Vec<String>) -> Option<String> {
     match m.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.chars().count() > max => {
@@ -150,16 +121,8 @@ fn opt_str(
 }
 
 /// Fields the hub owns; a submission may not set them.
-const RESERVED: &[&str] = &[
-    "task_id",
-    "status",
-    "generation",
-    "assigned_at",
-    "assigned_to",
-    "type",
-    "attempts",
-    "failures",
-];
+const RESERVED: &[&str] =
+    &["task_id", "status", "generation", "assigned_at", "assigned_to", "type", "attempts", "failures"];
 
 fn parse_new_task(mut m: Map<String, Value>) -> Result<NewTask, Vec<String>> {
     let mut errors = Vec::new();
@@ -168,9 +131,7 @@ fn parse_new_task(mut m: Map<String, Value>) -> Result<NewTask, Vec<String>> {
             errors.push("description: must not be empty".into());
             String::new()
         }
-        Some(Value::String(_)) => {
-            opt_str(&m, "description", proto::MAX_DESCRIPTION, &mut errors).unwrap_or_default()
-        }
+        Some(Value::String(_)) => opt_str(&m, "description", proto::MAX_DESCRIPTION, &mut errors).unwrap_or_default(),
         Some(_) => {
             errors.push("description: expected string".into());
             String::new()
@@ -198,9 +159,7 @@ fn parse_new_task(mut m: Map<String, Value>) -> Result<NewTask, Vec<String>> {
     };
     let max_retries = match m.get("max_retries") {
         None | Some(Value::Null) => 3,
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 100) => {
-            n.as_u64().unwrap_or(3) as u32
-        }
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 100) => n.as_u64().unwrap_or(3) as u32,
         Some(_) => {
             errors.push("max_retries: expected an integer from 0 to 100".into());
             3
@@ -212,9 +171,7 @@ fn parse_new_task(mut m: Map<String, Value>) -> Result<NewTask, Vec<String>> {
             let mut caps = Vec::new();
             for (i, c) in items.iter().enumerate() {
                 match c {
-                    Value::String(s) if !s.is_empty() && s.len() <= proto::MAX_SHORT => {
-                        caps.push(s.clone())
-                    }
+                    Value::String(s) if !s.is_empty() && s.len() <= proto::MAX_SHORT => caps.push(s.clone()),
                     _ => errors.push(format!(
                         "needed_capabilities[{i}]: expected a non-empty string up to {} characters",
                         proto::MAX_SHORT
@@ -237,25 +194,10 @@ fn parse_new_task(mut m: Map<String, Value>) -> Result<NewTask, Vec<String>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    for k in [
-        "description",
-        "priority",
-        "metadata",
-        "max_retries",
-        "needed_capabilities",
-        "assign_to",
-    ] {
+    for k in ["description", "priority", "metadata", "max_retries", "needed_capabilities", "assign_to"] {
         m.remove(k);
     }
-    Ok(NewTask {
-        description,
-        priority,
-        metadata,
-        max_retries,
-        needed_capabilities,
-        assign_to,
-        extra: m,
-    })
+    Ok(NewTask { description, priority, metadata, max_retries, needed_capabilities, assign_to, extra: m })
 }
 
 async fn health() -> Response {
@@ -268,28 +210,17 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (core, timings, shutdown, tracker) = (
-        s.core.clone(),
-        s.timings.clone(),
-        s.shutdown.clone(),
-        s.tracker.clone(),
-    );
+    let (core, timings, shutdown, tracker) = (s.core.clone(), s.timings.clone(), s.shutdown.clone(), s.tracker.clone());
     // Small buffers: an idle agent should cost a few KiB, not tungstenite's 128 KiB default.
     upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(proto::MAX_FRAME_BYTES)
         .max_frame_size(proto::MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            tracker.track_future(crate::ws::serve(socket, conn, core, timings, shutdown))
-        })
+        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, conn, core, timings, shutdown)))
 }
 
-async fn submit(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Result<JsonBody, Response>,
-) -> Response {
+async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Result<JsonBody, Response>) -> Response {
     let JsonBody(m) = match body {
         Ok(b) => b,
         Err(r) => return r,
@@ -308,44 +239,25 @@ async fn list_tasks(
     let status = match q.get("status").map(|v| v.parse::<TaskStatus>()) {
         None => None,
         Some(Ok(st)) => Some(st),
-        Some(Err(e)) => {
-            return error(ApiError::new(400, "invalid_query").msg(format!("status: {e}")))
-        }
+        Some(Err(e)) => return error(ApiError::new(400, "invalid_query").msg(format!("status: {e}"))),
     };
     let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
         None => 1000,
         Some(Ok(n)) if (1..=10_000).contains(&n) => n,
-        Some(_) => {
-            return error(
-                ApiError::new(400, "invalid_query")
-                    .msg("limit: expected an integer from 1 to 10000"),
-            )
-        }
+        Some(_) => return error(ApiError::new(400, "invalid_query").msg("limit: expected an integer from 1 to 10000")),
     };
     call(&s, &headers, ApiRequest::ListTasks { status, limit }).await
 }
 
 async fn dead_letter(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    call(
-        &s,
-        &headers,
-        ApiRequest::ListTasks {
-            status: Some(TaskStatus::DeadLetter),
-            limit: 10_000,
-        },
-    )
-    .await
+    call(&s, &headers, ApiRequest::ListTasks { status: Some(TaskStatus::DeadLetter), limit: 10_000 }).await
 }
 
 async fn stats(State(s): State<AppState>, headers: HeaderMap) -> Response {
     call(&s, &headers, ApiRequest::Stats).await
 }
 
-async fn get_task(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn get_task(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     call(&s, &headers, ApiRequest::GetTask(id)).await
 }
 
@@ -363,22 +275,11 @@ async fn agents(State(s): State<AppState>, headers: HeaderMap) -> Response {
 
 /// A response naming the problem when `id` is not a valid agent id.
 fn bad_agent_id(id: &str) -> Option<Response> {
-    let bad = id.is_empty()
-        || id.chars().count() > proto::MAX_AGENT_ID
-        || id.chars().any(char::is_control);
-    bad.then(|| {
-        invalid(vec![format!(
-            "agent_id: must be 1 to {} printable characters",
-            proto::MAX_AGENT_ID
-        )])
-    })
+    let bad = id.is_empty() || id.chars().count() > proto::MAX_AGENT_ID || id.chars().any(char::is_control);
+    bad.then(|| invalid(vec![format!("agent_id: must be 1 to {} printable characters", proto::MAX_AGENT_ID)]))
 }
 
-async fn create_token(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Result<JsonBody, Response>,
-) -> Response {
+async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Result<JsonBody, Response>) -> Response {
     let JsonBody(m) = match body {
         Ok(b) => b,
         Err(r) => return r,
@@ -398,11 +299,7 @@ async fn list_tokens(State(s): State<AppState>, headers: HeaderMap) -> Response 
     call(&s, &headers, ApiRequest::ListTokens).await
 }
 
-async fn revoke_token(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(agent_id): Path<String>,
-) -> Response {
+async fn revoke_token(State(s): State<AppState>, headers: HeaderMap, Path(agent_id): Path<String>) -> Response {
     call(&s, &headers, ApiRequest::RevokeToken(agent_id)).await
 }
 
@@ -417,8 +314,7 @@ async fn restart_agent(
         Err(r) => return r,
     };
     let mut errors = Vec::new();
-    let reason = opt_str(&m, "reason", proto::MAX_REASON, &mut errors)
-        .unwrap_or_else(|| "admin_commanded".into());
+    let reason = opt_str(&m, "reason", proto::MAX_REASON, &mut errors).unwrap_or_else(|| "admin_commanded".into());
     let force = match m.get("force") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -430,16 +326,7 @@ async fn restart_agent(
     if !errors.is_empty() {
         return invalid(errors);
     }
-    call(
-        &s,
-        &headers,
-        ApiRequest::RestartAgent {
-            agent_id,
-            reason,
-            force,
-        },
-    )
-    .await
+    call(&s, &headers, ApiRequest::RestartAgent { agent_id, reason, force }).await
 }
 
 async fn put_checkpoint(
@@ -455,22 +342,10 @@ async fn put_checkpoint(
     if let Some(r) = bad_agent_id(&agent_id) {
         return r;
     }
-    call(
-        &s,
-        &headers,
-        ApiRequest::PutCheckpoint {
-            agent_id,
-            body: Value::Object(m),
-        },
-    )
-    .await
+    call(&s, &headers, ApiRequest::PutCheckpoint { agent_id, body: Value::Object(m) }).await
 }
 
-async fn get_checkpoint(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(agent_id): Path<String>,
-) -> Response {
+async fn get_checkpoint(State(s): State<AppState>, headers: HeaderMap, Path(agent_id): Path<String>) -> Response {
     call(&s, &headers, ApiRequest::GetCheckpoint(agent_id)).await
 }
 
@@ -482,36 +357,16 @@ mod tests {
     fn submission_errors_name_fields() {
         let m = json!({"priority": "asap", "max_retries": -1, "needed_capabilities": ["ok", 3], "status": "done"});
         let errors = parse_new_task(m.as_object().unwrap().clone()).unwrap_err();
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("description: required")),
-            "{errors:?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.starts_with("priority:")),
-            "{errors:?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.starts_with("max_retries:")),
-            "{errors:?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("needed_capabilities[1]:")),
-            "{errors:?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.starts_with("status:")),
-            "{errors:?}"
-        );
+        assert!(errors.iter().any(|e| e.starts_with("description: required")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("priority:")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("max_retries:")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("needed_capabilities[1]:")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("status:")), "{errors:?}");
     }
 
     #[test]
     fn v1_fields_pass_through() {
-        let m =
-            json!({"description": "d", "repo": "r", "routing_decision": {"target_type": "wake"}});
+        let m = json!({"description": "d", "repo": "r", "routing_decision": {"target_type": "wake"}});
         let t = parse_new_task(m.as_object().unwrap().clone()).unwrap();
         assert_eq!(t.extra["repo"], "r");
         assert_eq!(t.priority, Priority::Normal);

@@ -30,10 +30,7 @@ pub enum HubError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
@@ -51,10 +48,7 @@ fn admin_token(cfg: &HubConfig) -> Result<String, HubError> {
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
         Ok(_) => Err(HubError::Io {
-            context: format!(
-                "{} is empty; delete it to generate a new admin token",
-                path.display()
-            ),
+            context: format!("{} is empty; delete it to generate a new admin token", path.display()),
             source: std::io::ErrorKind::InvalidData.into(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -87,10 +81,7 @@ fn raise_nofile_limit() {
 /// commits every pending write, then returns.
 pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {
     raise_nofile_limit();
-    std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!(
-        "cannot create data dir {}",
-        cfg.data_dir.display()
-    )))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("cannot create data dir {}", cfg.data_dir.display())))?;
     let admin = admin_token(&cfg)?;
     let db_path = cfg.data_dir.join(DB_FILE);
     let store = store::SqliteStore::open(&db_path)?;
@@ -98,12 +89,9 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> Result<(), HubE
     let open = core.open_task_count();
     let (handle, core_thread) = core::spawn(core);
 
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(io(format!("cannot listen on {}", cfg.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io("cannot read the bound address"))?;
+    let listener =
+        tokio::net::TcpListener::bind(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(io("cannot read the bound address"))?;
     tracing::info!(addr = %addr, data_dir = %cfg.data_dir.display(), open_tasks = open, "hub listening");
 
     let tracker = TaskTracker::new();
@@ -115,9 +103,11 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> Result<(), HubE
         next_conn: Arc::new(AtomicU64::new(1)),
     };
     let app = http::router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    // Frames are small and latency matters: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     // Sockets see the same token and close with 1001; wait for them to say goodbye.
     tracker.close();
     tracker.wait().await;

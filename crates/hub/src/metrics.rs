@@ -4,9 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Upper bounds in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 #[derive(Debug, Default, Clone)]
 pub struct Histogram {
@@ -49,24 +47,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn render(
-        &self,
-        tasks: &[(&str, u64)],
-        agents: &[(&str, u64)],
-        ws_connections: u64,
-    ) -> String {
+    pub fn render(&self, tasks: &[(&str, u64)], agents: &[(&str, u64)], ws_connections: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let _ = writeln!(
-            out,
-            "# HELP agentcom_tasks Tasks by status.\n# TYPE agentcom_tasks gauge"
-        );
+        let _ = writeln!(out, "# HELP agentcom_tasks Tasks by status.\n# TYPE agentcom_tasks gauge");
         for (s, n) in tasks {
             let _ = writeln!(out, "agentcom_tasks{{status=\"{s}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP agentcom_agents Known agents by status.\n# TYPE agentcom_agents gauge"
-        );
+        let _ = writeln!(out, "# HELP agentcom_agents Known agents by status.\n# TYPE agentcom_agents gauge");
         for (s, n) in agents {
             let _ = writeln!(out, "agentcom_agents{{status=\"{s}\"}} {n}");
         }
@@ -75,47 +62,28 @@ impl Metrics {
             "# HELP agentcom_websocket_connections Open WebSocket connections.\n# TYPE agentcom_websocket_connections gauge\nagentcom_websocket_connections {ws_connections}"
         );
         for (name, help, v) in [
-            (
-                "agentcom_tasks_submitted_total",
-                "Tasks submitted since start.",
-                self.submitted,
-            ),
-            (
-                "agentcom_store_commits_total",
-                "Group commits to the store.",
-                self.commits,
-            ),
+            ("agentcom_tasks_submitted_total", "Tasks submitted since start.", self.submitted),
+            ("agentcom_store_commits_total", "Group commits to the store.", self.commits),
             (
                 "agentcom_store_commit_errors_total",
                 "Failed commits (nothing in them was acknowledged).",
                 self.commit_errors,
             ),
-            (
-                "agentcom_identify_bans_total",
-                "Agents refused identify after protocol violations.",
-                self.bans,
-            ),
+            ("agentcom_identify_bans_total", "Agents refused identify after protocol violations.", self.bans),
             (
                 "agentcom_websocket_connections_total",
                 "WebSocket connections accepted since start.",
                 self.ws_connections_total,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         self.dispatch_latency.render(
             &mut out,
             "agentcom_dispatch_latency_seconds",
             "From a task entering the queue to its durable task_assign being sent.",
         );
-        self.commit_seconds.render(
-            &mut out,
-            "agentcom_store_commit_seconds",
-            "Duration of one durable group commit.",
-        );
+        self.commit_seconds.render(&mut out, "agentcom_store_commit_seconds", "Duration of one durable group commit.");
         out
     }
 }

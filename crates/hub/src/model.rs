@@ -15,12 +15,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 4] = [
-        Priority::Urgent,
-        Priority::High,
-        Priority::Normal,
-        Priority::Low,
-    ];
+    pub const ALL: [Priority; 4] = [Priority::Urgent, Priority::High, Priority::Normal, Priority::Low];
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Urgent => "urgent",
@@ -78,10 +73,7 @@ impl TaskStatus {
     }
     /// Terminal tasks leave the hub's memory; they live only in the store.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Completed | TaskStatus::DeadLetter | TaskStatus::Cancelled
-        )
+        matches!(self, TaskStatus::Completed | TaskStatus::DeadLetter | TaskStatus::Cancelled)
     }
     /// Held by an agent.
     pub fn is_held(self) -> bool {
@@ -98,13 +90,10 @@ impl fmt::Display for TaskStatus {
 impl FromStr for TaskStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        TaskStatus::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = TaskStatus::ALL.iter().map(|t| t.as_str()).collect();
-                format!("unknown status {s:?} (expected one of {})", all.join(", "))
-            })
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
+            let all: Vec<_> = TaskStatus::ALL.iter().map(|t| t.as_str()).collect();
+            format!("unknown status {s:?} (expected one of {})", all.join(", "))
+        })
     }
 }
 
@@ -161,8 +150,5 @@ pub struct TokenRecord {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -14,20 +14,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
-pub async fn serve(
-    mut socket: WebSocket,
-    conn: ConnId,
-    core: CoreHandle,
-    t: Timings,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(mut socket: WebSocket, conn: ConnId, core: CoreHandle, t: Timings, shutdown: CancellationToken) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     core.send(Event::Connected { conn, tx });
-    let mut state = ConnState {
-        identify_sent: false,
-        identified: false,
-        violations: VecDeque::new(),
-    };
+    let mut state = ConnState { identify_sent: false, identified: false, violations: VecDeque::new() };
     let idle = tokio::time::sleep(t.heartbeat_timeout);
     tokio::pin!(idle);
     let close: Option<(u16, String)> = loop {
@@ -90,14 +80,39 @@ pub async fn serve(
             }
         }
     };
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = socket.send(Message::Close(Some(frame))).await;
-    }
     core.send(Event::Disconnected { conn });
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame { code, reason: reason.into() };
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            if code == CLOSE_TOO_BIG {
+                // Reading on would make tungstenite buffer the oversized payload: only give the
+                // peer a moment to read our close frame before the socket is dropped.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            } else {
+                linger(&mut socket).await;
+            }
+        }
+    }
+}
+
+/// After our close frame, reads (and discards) what the peer still sends, until its close
+/// reply or a short limit. Dropping a socket with unread input makes the kernel send a reset,
+/// which can destroy our close frame before the peer reads it. Frames stay size-limited here.
+async fn linger(socket: &mut WebSocket) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    let mut errors = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, socket.recv()).await {
+        match msg {
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(_) => {
+                errors += 1;
+                if errors > 8 {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 struct ConnState {
@@ -110,11 +125,7 @@ impl ConnState {
     /// Records a violation; true when the limit within the window is reached.
     fn violation(&mut self, t: &Timings) -> bool {
         let now = Instant::now();
-        while self
-            .violations
-            .front()
-            .is_some_and(|v| now.duration_since(*v) > t.violation_window)
-        {
+        while self.violations.front().is_some_and(|v| now.duration_since(*v) > t.violation_window) {
             self.violations.pop_front();
         }
         self.violations.push_back(now);
@@ -124,8 +135,5 @@ impl ConnState {
 
 fn too_big(e: axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;
-    matches!(
-        e.into_inner().downcast_ref::<Error>(),
-        Some(Error::Capacity(_))
-    )
+    matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }

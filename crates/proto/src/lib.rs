@@ -282,19 +282,15 @@ impl FrameError {
     pub fn to_frame(&self) -> HubFrame {
         let e = match self {
             FrameError::Malformed(m) => ErrorFrame::new("invalid_json").message(m.clone()),
-            FrameError::MissingType => ErrorFrame {
-                errors: vec!["type: required string".into()],
-                ..ErrorFrame::new("validation_failed")
-            },
+            FrameError::MissingType => {
+                ErrorFrame { errors: vec!["type: required string".into()], ..ErrorFrame::new("validation_failed") }
+            }
             FrameError::UnknownType(t) => ErrorFrame {
                 message_type: Some(t.clone()),
                 errors: vec![format!("type: unknown message type {t:?}")],
                 ..ErrorFrame::new("validation_failed")
             },
-            FrameError::Invalid {
-                message_type,
-                errors,
-            } => ErrorFrame {
+            FrameError::Invalid { message_type, errors } => ErrorFrame {
                 message_type: Some(message_type.clone()),
                 errors: errors.clone(),
                 ..ErrorFrame::new("validation_failed")
@@ -325,20 +321,12 @@ struct Field {
 // Macros rather than const fns: struct literals are promoted to `'static`, calls are not.
 macro_rules! req {
     ($name:literal, $kind:expr) => {
-        Field {
-            name: $name,
-            kind: $kind,
-            required: true,
-        }
+        Field { name: $name, kind: $kind, required: true }
     };
 }
 macro_rules! opt {
     ($name:literal, $kind:expr) => {
-        Field {
-            name: $name,
-            kind: $kind,
-            required: false,
-        }
+        Field { name: $name, kind: $kind, required: false }
     };
 }
 
@@ -364,17 +352,10 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
         "status" => &[req!("status", Str(MAX_SHORT))],
         "task_accepted" => &[req!("task_id", ID)],
         "task_rejected" => &[req!("task_id", ID), opt!("reason", REASON)],
-        "task_progress" => &[
-            req!("task_id", ID),
-            opt!("progress", Any),
-            opt!("execution_event", Any),
-        ],
-        "wake_result" => &[
-            req!("task_id", ID),
-            req!("status", Str(MAX_SHORT)),
-            opt!("attempt", UInt),
-            opt!("error", REASON),
-        ],
+        "task_progress" => &[req!("task_id", ID), opt!("progress", Any), opt!("execution_event", Any)],
+        "wake_result" => {
+            &[req!("task_id", ID), req!("status", Str(MAX_SHORT)), opt!("attempt", UInt), opt!("error", REASON)]
+        }
         "task_complete" => &[
             req!("task_id", ID),
             req!("generation", UInt),
@@ -383,12 +364,9 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("verification_report", Any),
             opt!("verification_history", Any),
         ],
-        "task_failed" => &[
-            req!("task_id", ID),
-            req!("generation", UInt),
-            opt!("reason", REASON),
-            opt!("error", REASON),
-        ],
+        "task_failed" => {
+            &[req!("task_id", ID), req!("generation", UInt), opt!("reason", REASON), opt!("error", REASON)]
+        }
         "task_recovering" => &[req!("task_id", ID), opt!("last_status", Str(MAX_SHORT))],
         "state_report" => &[
             opt!("task_id", OptStr(MAX_SHORT)),
@@ -397,11 +375,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("assigned_at", UInt),
         ],
         "agent_restarting" => &[opt!("reason", REASON)],
-        "resource_report" => &[
-            opt!("cpu_percent", Num),
-            opt!("ram_used_bytes", Num),
-            opt!("ram_total_bytes", Num),
-        ],
+        "resource_report" => &[opt!("cpu_percent", Num), opt!("ram_used_bytes", Num), opt!("ram_total_bytes", Num)],
         _ => return None,
     })
 }
@@ -426,28 +400,20 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
     };
     match (field.kind, v) {
         (Kind::Any, _) => {}
-        (Kind::Str(max), Value::String(s)) | (Kind::OptStr(max), Value::String(s)) => {
-            str_len(s, max, errors)
-        }
+        (Kind::Str(max), Value::String(s)) | (Kind::OptStr(max), Value::String(s)) => str_len(s, max, errors),
         (Kind::OptStr(_), Value::Null) => {}
         (Kind::UInt, Value::Number(n)) if n.is_u64() => {}
-        (Kind::UInt, other) => errors.push(format!(
-            "{name}: expected a non-negative integer, got {}",
-            kind_name(other)
-        )),
+        (Kind::UInt, other) => {
+            errors.push(format!("{name}: expected a non-negative integer, got {}", kind_name(other)))
+        }
         (Kind::Num, Value::Number(_)) => {}
         (Kind::Obj, Value::Object(_)) => {}
         (Kind::StrArray(max), Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 match item {
                     Value::String(s) if s.chars().count() <= max => {}
-                    Value::String(_) => {
-                        errors.push(format!("{name}[{i}]: longer than {max} characters"))
-                    }
-                    other => errors.push(format!(
-                        "{name}[{i}]: expected string, got {}",
-                        kind_name(other)
-                    )),
+                    Value::String(_) => errors.push(format!("{name}[{i}]: longer than {max} characters")),
+                    other => errors.push(format!("{name}[{i}]: expected string, got {}", kind_name(other))),
                 }
             }
         }
@@ -466,8 +432,7 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
 
 /// Parses and validates one text frame from an agent.
 pub fn parse_agent_frame(text: &str) -> Result<AgentFrame, FrameError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let Value::Object(obj) = value else {
         return Err(FrameError::Malformed("frame must be a JSON object".into()));
     };
@@ -489,25 +454,17 @@ pub fn parse_agent_frame(text: &str) -> Result<AgentFrame, FrameError> {
         }
     }
     if !errors.is_empty() {
-        return Err(FrameError::Invalid {
-            message_type: t,
-            errors,
-        });
+        return Err(FrameError::Invalid { message_type: t, errors });
     }
     let obj = strip_nulls(obj, fields);
-    serde_json::from_value(Value::Object(obj)).map_err(|e| FrameError::Invalid {
-        message_type: t,
-        errors: vec![e.to_string()],
-    })
+    serde_json::from_value(Value::Object(obj))
+        .map_err(|e| FrameError::Invalid { message_type: t, errors: vec![e.to_string()] })
 }
 
 /// Optional fields sent as `null` mean "absent"; the typed structs expect them missing.
 fn strip_nulls(mut obj: Map<String, Value>, fields: &[Field]) -> Map<String, Value> {
     for f in fields {
-        if !f.required
-            && !matches!(f.kind, Kind::OptStr(_) | Kind::Any)
-            && obj.get(f.name) == Some(&Value::Null)
-        {
+        if !f.required && !matches!(f.kind, Kind::OptStr(_) | Kind::Any) && obj.get(f.name) == Some(&Value::Null) {
             obj.remove(f.name);
         }
     }
@@ -535,9 +492,7 @@ mod tests {
                 "pm2_info":{"name":"s","status":"online","uptime_ms":5,"restart_count":1,"memory_bytes":9},"extra":true}"#,
         )
         .unwrap();
-        let AgentFrame::Identify(id) = f else {
-            panic!()
-        };
+        let AgentFrame::Identify(id) = f else { panic!() };
         assert_eq!(id.agent_id, "a1");
         assert_eq!(id.capabilities, vec!["rust"]);
         assert_eq!(id.pm2_info.unwrap().restart_count, Some(1));
@@ -546,87 +501,43 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = parse_agent_frame(r#"{"type":"task_complete","task_id":5}"#).unwrap_err();
-        let FrameError::Invalid {
-            message_type,
-            errors,
-        } = e
-        else {
-            panic!()
-        };
+        let FrameError::Invalid { message_type, errors } = e else { panic!() };
         assert_eq!(message_type, "task_complete");
-        assert!(
-            errors.contains(&"task_id: expected string, got number".to_string()),
-            "{errors:?}"
-        );
-        assert!(
-            errors.contains(&"generation: required".to_string()),
-            "{errors:?}"
-        );
+        assert!(errors.contains(&"task_id: expected string, got number".to_string()), "{errors:?}");
+        assert!(errors.contains(&"generation: required".to_string()), "{errors:?}");
     }
 
     #[test]
     fn limits_are_enforced() {
         let long = "x".repeat(MAX_AGENT_ID + 1);
-        let e =
-            parse_agent_frame(&json!({"type":"identify","agent_id":long,"token":"t"}).to_string())
-                .unwrap_err();
-        assert!(
-            matches!(e, FrameError::Invalid { ref errors, .. } if errors[0].starts_with("agent_id: longer"))
-        );
+        let e = parse_agent_frame(&json!({"type":"identify","agent_id":long,"token":"t"}).to_string()).unwrap_err();
+        assert!(matches!(e, FrameError::Invalid { ref errors, .. } if errors[0].starts_with("agent_id: longer")));
         let reason = "r".repeat(MAX_REASON + 1);
-        let e = parse_agent_frame(
-            &json!({"type":"task_failed","task_id":"t","generation":1,"reason":reason}).to_string(),
-        );
+        let e =
+            parse_agent_frame(&json!({"type":"task_failed","task_id":"t","generation":1,"reason":reason}).to_string());
         assert!(e.is_err());
     }
 
     #[test]
     fn unknown_and_malformed() {
-        assert!(matches!(
-            parse_agent_frame("{nope"),
-            Err(FrameError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_agent_frame("[1]"),
-            Err(FrameError::Malformed(_))
-        ));
-        assert_eq!(
-            parse_agent_frame(r#"{"a":1}"#),
-            Err(FrameError::MissingType)
-        );
-        assert!(
-            matches!(parse_agent_frame(r#"{"type":"launch"}"#), Err(FrameError::UnknownType(t)) if t == "launch")
-        );
+        assert!(matches!(parse_agent_frame("{nope"), Err(FrameError::Malformed(_))));
+        assert!(matches!(parse_agent_frame("[1]"), Err(FrameError::Malformed(_))));
+        assert_eq!(parse_agent_frame(r#"{"a":1}"#), Err(FrameError::MissingType));
+        assert!(matches!(parse_agent_frame(r#"{"type":"launch"}"#), Err(FrameError::UnknownType(t)) if t == "launch"));
     }
 
     #[test]
     fn nulls_and_state_report_without_task() {
-        let f = parse_agent_frame(
-            r#"{"type":"task_failed","task_id":"t","generation":2,"reason":null}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            f,
-            AgentFrame::TaskFailed {
-                reason: None,
-                generation: 2,
-                ..
-            }
-        ));
+        let f = parse_agent_frame(r#"{"type":"task_failed","task_id":"t","generation":2,"reason":null}"#).unwrap();
+        assert!(matches!(f, AgentFrame::TaskFailed { reason: None, generation: 2, .. }));
         let f = parse_agent_frame(r#"{"type":"state_report","task_id":null}"#).unwrap();
         assert!(matches!(f, AgentFrame::StateReport { task_id: None, .. }));
     }
 
     #[test]
     fn hub_frames_serialize_like_v1() {
-        let f = HubFrame::TaskAck {
-            task_id: "t".into(),
-            status: "accepted".into(),
-        };
-        assert_eq!(
-            serde_json::to_value(&f).unwrap(),
-            json!({"type":"task_ack","task_id":"t","status":"accepted"})
-        );
+        let f = HubFrame::TaskAck { task_id: "t".into(), status: "accepted".into() };
+        assert_eq!(serde_json::to_value(&f).unwrap(), json!({"type":"task_ack","task_id":"t","status":"accepted"}));
         let mut extra = Map::new();
         extra.insert("repo".into(), json!("r"));
         let a = HubFrame::TaskAssign(TaskAssign {

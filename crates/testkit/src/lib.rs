@@ -1,1 +1,413 @@
-//! placeholder
+//! Dev-only helpers for end-to-end tests and benchmarks: start the real `agentcom` binary on
+//! port 0 in a temp dir, talk HTTP to it, and speak AgentCom v1 frames over a real WebSocket.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `agentcom hub` child process.
+pub struct Hub {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub admin_token: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Hub settings for tests: short timings so nothing waits on 60 s defaults.
+pub fn fast_config() -> String {
+    "grace_period_ms = 30000\naccept_timeout_ms = 30000\nheartbeat_timeout_ms = 30000\nretry_base_ms = 50\nretry_max_ms = 400\nreject_cooldown_ms = 2000\n".into()
+}
+
+/// `base` with every key that `extra` sets replaced by `extra`'s line.
+pub fn merge_config(base: &str, extra: &str) -> String {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    let overridden: Vec<String> = extra.lines().filter(|l| l.contains('=')).map(key).collect();
+    let mut out: String = base.lines().filter(|l| !overridden.contains(&key(l))).map(|l| format!("{l}\n")).collect();
+    out.push_str(extra);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+impl Hub {
+    /// Starts a hub in a fresh temp dir with `extra_config` appended to [`fast_config`].
+    pub fn start(bin: &Path, extra_config: &str) -> Result<Hub> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().to_path_buf();
+        let mut hub = Hub::start_in(bin, &dir, &merge_config(&fast_config(), extra_config))?;
+        hub._temp = Some(temp);
+        Ok(hub)
+    }
+
+    /// Starts a hub whose data dir is `dir` (reused across restarts). Writes `hub.toml` there.
+    pub fn start_in(bin: &Path, dir: &Path, config: &str) -> Result<Hub> {
+        let admin_token = "test-admin-token-0123456789abcdef".to_string();
+        let cfg_path = dir.join("hub.toml");
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&cfg_path, format!("admin_token = \"{admin_token}\"\n{config}"))?;
+        let mut child = Command::new(bin)
+            .args(["--log-format", "json", "hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("AGENTCOM_LOG", "info,hub=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let addr =
+            watch_logs(child.stderr.take().expect("piped"), logs.clone(), "hub listening", "addr").map_err(|e| {
+                let _ = child.kill();
+                anyhow!("hub did not start: {e}")
+            })?;
+        let addr = addr.parse().context("listening address")?;
+        Ok(Hub { child: Some(child), addr, dir: dir.to_path_buf(), admin_token, logs, _temp: None })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn admin(&self) -> Api {
+        Api::new(&self.url(), Some(&self.admin_token))
+    }
+    pub fn api(&self, token: Option<&str>) -> Api {
+        Api::new(&self.url(), token)
+    }
+
+    /// Creates an agent token through the admin API.
+    pub async fn token(&self, agent_id: &str) -> Result<String> {
+        let (status, v) = self.admin().post("/admin/tokens", json!({ "agent_id": agent_id })).await?;
+        if status != 201 {
+            bail!("token create: {status} {v}");
+        }
+        Ok(v["token"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Creates a token and connects an identified agent with the given capabilities.
+    pub async fn agent(&self, agent_id: &str, caps: &[&str]) -> Result<WsAgent> {
+        let token = self.token(agent_id).await?;
+        WsAgent::identify(&self.ws_url(), agent_id, &token, caps).await
+    }
+
+    /// Submits a task as admin; returns its id.
+    pub async fn submit(&self, body: Value) -> Result<String> {
+        let (status, v) = self.admin().post("/api/tasks", body).await?;
+        if status != 201 {
+            bail!("submit: {status} {v}");
+        }
+        Ok(v["task_id"].as_str().unwrap_or_default().to_string())
+    }
+
+    pub async fn task(&self, id: &str) -> Result<Value> {
+        let (status, v) = self.admin().get(&format!("/api/tasks/{id}")).await?;
+        if status != 200 {
+            bail!("get task {id}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Polls until the task has `status` (the hub changes it on a timer we do not observe).
+    pub async fn wait_status(&self, id: &str, status: &str) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let t = self.task(id).await?;
+            if t["status"] == status {
+                return Ok(t);
+            }
+            if Instant::now() > deadline {
+                bail!("task {id} never reached {status}: {t}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut c = self.child.take().context("hub already stopped")?;
+        signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
+        wait_timeout(&mut c, WAIT)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).context("send signal")
+}
+
+pub fn wait_timeout(c: &mut Child, limit: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = c.try_wait()? {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            bail!("process {} did not exit within {limit:?}", c.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads JSON log lines into `logs`; returns the `field` of the first line whose message is
+/// `message`. Keeps draining afterwards so the child never blocks on a full pipe.
+pub fn watch_logs(
+    stderr: impl std::io::Read + Send + 'static,
+    logs: Arc<Mutex<Vec<String>>>,
+    message: &'static str,
+    field: &'static str,
+) -> Result<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == message {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Ok(v[field].as_str().unwrap_or_default().to_string()));
+                    }
+                }
+            }
+            logs.lock().unwrap().push(line);
+        }
+        if let Some(tx) = tx.take() {
+            let all = logs.lock().unwrap().join("\n");
+            let _ = tx.send(Err(anyhow!("process exited before {message:?}; its log:\n{all}")));
+        }
+    });
+    rx.recv_timeout(WAIT).map_err(|_| anyhow!("no {message:?} log line within {WAIT:?}"))?
+}
+
+/// A small HTTP client returning (status, JSON body).
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, token: Option<&str>) -> Api {
+        Api { base: base.to_string(), token: token.map(str::to_string), http: reqwest::Client::new() }
+    }
+
+    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Option<String>) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, v))
+    }
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        self.raw(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        self.raw(reqwest::Method::POST, path, Some(body.to_string())).await
+    }
+    pub async fn delete(&self, path: &str) -> Result<(u16, Value)> {
+        self.raw(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client that speaks exactly AgentCom v1 frames (with `protocol_version: 1`).
+pub struct WsAgent {
+    ws: Ws,
+    pub agent_id: String,
+}
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Code(u16, String),
+    /// The TCP stream ended without a close frame.
+    Dropped,
+}
+
+impl WsAgent {
+    pub async fn connect(url: &str) -> Result<WsAgent> {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        Ok(WsAgent { ws, agent_id: String::new() })
+    }
+
+    /// Connects and identifies the way an AgentCom v1 sidecar does; expects `identified`.
+    pub async fn identify(url: &str, agent_id: &str, token: &str, caps: &[&str]) -> Result<WsAgent> {
+        let mut a = WsAgent::connect(url).await?;
+        a.agent_id = agent_id.to_string();
+        a.send(json!({
+            "type": "identify", "agent_id": agent_id, "token": token, "name": agent_id,
+            "status": "idle", "capabilities": caps, "client_type": "sidecar",
+        }))
+        .await?;
+        let v = a.recv().await?;
+        if v["type"] != "identified" {
+            bail!("expected identified, got {v}");
+        }
+        Ok(a)
+    }
+
+    /// Sends a frame, adding `protocol_version: 1` as the v1 sidecar does.
+    pub async fn send(&mut self, mut v: Value) -> Result<()> {
+        v["protocol_version"] = json!(1);
+        self.send_text(&v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text.to_string())).await.context("send frame")
+    }
+
+    /// The next text frame, within [`WAIT`].
+    pub async fn recv(&mut self) -> Result<Value> {
+        self.recv_within(WAIT).await
+    }
+
+    pub async fn recv_within(&mut self, limit: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {limit:?}"))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("socket ended"),
+            }
+        }
+    }
+
+    /// The next frame, which must be of type `ty`.
+    pub async fn expect(&mut self, ty: &str) -> Result<Value> {
+        let v = self.recv().await?;
+        if v["type"] != ty {
+            bail!("expected {ty}, got {v}");
+        }
+        Ok(v)
+    }
+
+    /// Asserts that no frame arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) -> Result<()> {
+        match self.recv_within(d).await {
+            Ok(v) => bail!("expected silence, got {v}"),
+            Err(e) if e.to_string().starts_with("no frame") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads until the connection closes; returns how.
+    pub async fn closed(&mut self) -> Result<Closed> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("not closed within {WAIT:?}"))?;
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => return Ok(Closed::Code(u16::from(f.code), f.reason.to_string())),
+                Some(Ok(Message::Close(None))) => return Ok(Closed::Code(u16::from(CloseCode::Status), String::new())),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok(Closed::Dropped),
+            }
+        }
+    }
+
+    /// Accepts the next `task_assign`; returns (task_id, generation).
+    pub async fn take_task(&mut self) -> Result<(String, u64)> {
+        let a = self.expect("task_assign").await?;
+        let id = a["task_id"].as_str().context("task_id")?.to_string();
+        let generation = a["generation"].as_u64().context("generation")?;
+        self.send(json!({ "type": "task_accepted", "task_id": id })).await?;
+        let ack = self.expect("task_ack").await?;
+        if ack["status"] != "accepted" {
+            bail!("accept not acked: {ack}");
+        }
+        Ok((id, generation))
+    }
+
+    pub async fn complete(&mut self, task_id: &str, generation: u64) -> Result<Value> {
+        self.send(json!({ "type": "task_complete", "task_id": task_id, "generation": generation, "result": { "status": "success" } }))
+            .await?;
+        self.recv().await
+    }
+
+    /// Sends one text frame of `bytes` bytes from a separate writer while reading, so the hub's
+    /// close frame is seen even though the hub stops reading mid-frame. Returns how it closed.
+    pub async fn send_oversized(self, bytes: usize) -> Result<Closed> {
+        let (mut tx, mut rx) = self.ws.split();
+        let payload =
+            format!("{{\"type\":\"task_progress\",\"task_id\":\"t\",\"progress\":\"{}\"}}", "x".repeat(bytes));
+        let writer = tokio::spawn(async move {
+            let _ = tx.send(Message::text(payload)).await;
+        });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, rx.next()).await {
+                Err(_) => bail!("not closed within {WAIT:?}"),
+                Ok(Some(Ok(Message::Close(Some(f))))) => break Closed::Code(u16::from(f.code), f.reason.to_string()),
+                Ok(Some(Err(_)) | None) | Ok(Some(Ok(Message::Close(None)))) => break Closed::Dropped,
+                Ok(Some(Ok(_))) => continue,
+            }
+        };
+        writer.abort();
+        Ok(closed)
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Drops the TCP connection without a close frame (a network cut or crash).
+    pub fn cut(self) {
+        drop(self.ws);
+    }
+}

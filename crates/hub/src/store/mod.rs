@@ -24,19 +24,10 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub enum Mutation {
     PutTask(Box<Task>),
-    AddTransition {
-        task_id: String,
-        transition: Transition,
-    },
+    AddTransition { task_id: String, transition: Transition },
     PutToken(TokenRecord),
-    DeleteTokens {
-        agent_id: String,
-    },
-    PutCheckpoint {
-        agent_id: String,
-        body: serde_json::Value,
-        at: u64,
-    },
+    DeleteTokens { agent_id: String },
+    PutCheckpoint { agent_id: String, body: serde_json::Value, at: u64 },
 }
 
 pub trait Store: Send + 'static {
@@ -48,15 +39,8 @@ pub trait Store: Send + 'static {
     fn task(&mut self, task_id: &str) -> Result<Option<Task>, StoreError>;
     fn transitions(&mut self, task_id: &str) -> Result<Vec<Transition>, StoreError>;
     /// Newest first.
-    fn list_tasks(
-        &mut self,
-        status: Option<TaskStatus>,
-        limit: usize,
-    ) -> Result<Vec<Task>, StoreError>;
+    fn list_tasks(&mut self, status: Option<TaskStatus>, limit: usize) -> Result<Vec<Task>, StoreError>;
     fn count_by_status(&mut self) -> Result<Vec<(TaskStatus, u64)>, StoreError>;
     fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError>;
-    fn checkpoint(
-        &mut self,
-        agent_id: &str,
-    ) -> Result<Option<(serde_json::Value, u64)>, StoreError>;
+    fn checkpoint(&mut self, agent_id: &str) -> Result<Option<(serde_json::Value, u64)>, StoreError>;
 }

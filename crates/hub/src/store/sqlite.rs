@@ -49,43 +49,24 @@ impl SqliteStore {
     /// A file that exists but is not a healthy database is an error, never a fresh start.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
-        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
-            path: shown.clone(),
-            message: e.to_string(),
-        };
-        let conn = Connection::open(path).map_err(|e| StoreError::Open {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(corrupt)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(corrupt)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(corrupt)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(corrupt)?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt { path: shown.clone(), message: e.to_string() };
+        let conn =
+            Connection::open(path).map_err(|e| StoreError::Open { path: shown.clone(), message: e.to_string() })?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(corrupt)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(corrupt)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(corrupt)?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(corrupt)?;
         if check != "ok" {
-            return Err(StoreError::Corrupt {
-                path: shown,
-                message: check,
-            });
+            return Err(StoreError::Corrupt { path: shown, message: check });
         }
-        let mut store = SqliteStore {
-            conn,
-            path: path.to_path_buf(),
-        };
+        let mut store = SqliteStore { conn, path: path.to_path_buf() };
         store.migrate().map_err(corrupt)?;
         Ok(store)
     }
 
     fn migrate(&mut self) -> rusqlite::Result<()> {
-        let version: usize =
-            self.conn
-                .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
         if version > MIGRATIONS.len() {
             return Err(rusqlite::Error::InvalidParameterName(format!(
                 "schema version {version} is newer than this agentcom ({}); upgrade agentcom",
@@ -106,21 +87,12 @@ impl SqliteStore {
     }
 
     fn decode(task_id: String, body: String) -> Result<Task, StoreError> {
-        serde_json::from_str(&body).map_err(|e| StoreError::Decode {
-            task_id,
-            message: e.to_string(),
-        })
+        serde_json::from_str(&body).map_err(|e| StoreError::Decode { task_id, message: e.to_string() })
     }
 
-    fn query_tasks(
-        &mut self,
-        sql: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Vec<Task>, StoreError> {
+    fn query_tasks(&mut self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Task>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
+        let rows = stmt.query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;
@@ -135,9 +107,7 @@ fn status_col(s: Option<TaskStatus>) -> Option<&'static str> {
 }
 
 fn parse_status(s: &str) -> rusqlite::Result<TaskStatus> {
-    s.parse().map_err(|e: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
+    s.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
 impl Store for SqliteStore {
@@ -149,9 +119,7 @@ impl Store for SqliteStore {
     }
 
     fn max_seq(&mut self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM tasks", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM tasks", [], |r| r.get(0))?)
     }
 
     fn commit(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
@@ -165,12 +133,15 @@ impl Store for SqliteStore {
                          ON CONFLICT(task_id) DO UPDATE SET status = excluded.status,
                            updated_at = excluded.updated_at, body = excluded.body",
                     )?
-                    .execute(params![t.task_id, t.seq, t.status.as_str(), t.updated_at as i64, body])?;
+                    .execute(params![
+                        t.task_id,
+                        t.seq,
+                        t.status.as_str(),
+                        t.updated_at as i64,
+                        body
+                    ])?;
                 }
-                Mutation::AddTransition {
-                    task_id,
-                    transition: tr,
-                } => {
+                Mutation::AddTransition { task_id, transition: tr } => {
                     tx.prepare_cached(
                         "INSERT INTO transitions (task_id, at, from_status, to_status, reason, agent_id, generation)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -186,12 +157,13 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 Mutation::PutToken(t) => {
-                    tx.prepare_cached("INSERT OR REPLACE INTO tokens (hash, agent_id, created_at) VALUES (?1, ?2, ?3)")?
-                        .execute(params![t.hash, t.agent_id, t.created_at as i64])?;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO tokens (hash, agent_id, created_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![t.hash, t.agent_id, t.created_at as i64])?;
                 }
                 Mutation::DeleteTokens { agent_id } => {
-                    tx.prepare_cached("DELETE FROM tokens WHERE agent_id = ?1")?
-                        .execute(params![agent_id])?;
+                    tx.prepare_cached("DELETE FROM tokens WHERE agent_id = ?1")?.execute(params![agent_id])?;
                 }
                 Mutation::PutCheckpoint { agent_id, body, at } => {
                     tx.prepare_cached(
@@ -207,12 +179,7 @@ impl Store for SqliteStore {
     }
 
     fn task(&mut self, task_id: &str) -> Result<Option<Task>, StoreError> {
-        Ok(self
-            .query_tasks(
-                "SELECT task_id, body FROM tasks WHERE task_id = ?1",
-                [task_id],
-            )?
-            .pop())
+        Ok(self.query_tasks("SELECT task_id, body FROM tasks WHERE task_id = ?1", [task_id])?.pop())
     }
 
     fn transitions(&mut self, task_id: &str) -> Result<Vec<Transition>, StoreError> {
@@ -233,70 +200,43 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn list_tasks(
-        &mut self,
-        status: Option<TaskStatus>,
-        limit: usize,
-    ) -> Result<Vec<Task>, StoreError> {
+    fn list_tasks(&mut self, status: Option<TaskStatus>, limit: usize) -> Result<Vec<Task>, StoreError> {
         let limit = limit as i64;
         match status {
             Some(s) => self.query_tasks(
                 "SELECT task_id, body FROM tasks WHERE status = ?1 ORDER BY seq DESC LIMIT ?2",
                 params![s.as_str(), limit],
             ),
-            None => self.query_tasks(
-                "SELECT task_id, body FROM tasks ORDER BY seq DESC LIMIT ?1",
-                params![limit],
-            ),
+            None => self.query_tasks("SELECT task_id, body FROM tasks ORDER BY seq DESC LIMIT ?1", params![limit]),
         }
     }
 
     fn count_by_status(&mut self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                parse_status(&r.get::<_, String>(0)?)?,
-                r.get::<_, i64>(1)? as u64,
-            ))
-        })?;
+        let mut stmt = self.conn.prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((parse_status(&r.get::<_, String>(0)?)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT hash, agent_id, created_at FROM tokens ORDER BY agent_id, created_at",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT hash, agent_id, created_at FROM tokens ORDER BY agent_id, created_at")?;
         let rows = stmt.query_map([], |r| {
-            Ok(TokenRecord {
-                hash: r.get(0)?,
-                agent_id: r.get(1)?,
-                created_at: r.get::<_, i64>(2)? as u64,
-            })
+            Ok(TokenRecord { hash: r.get(0)?, agent_id: r.get(1)?, created_at: r.get::<_, i64>(2)? as u64 })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn checkpoint(
-        &mut self,
-        agent_id: &str,
-    ) -> Result<Option<(serde_json::Value, u64)>, StoreError> {
+    fn checkpoint(&mut self, agent_id: &str) -> Result<Option<(serde_json::Value, u64)>, StoreError> {
         let row: Option<(String, i64)> = self
             .conn
-            .query_row(
-                "SELECT body, updated_at FROM checkpoints WHERE agent_id = ?1",
-                [agent_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT body, updated_at FROM checkpoints WHERE agent_id = ?1", [agent_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         row.map(|(body, at)| {
             serde_json::from_str(&body)
                 .map(|v| (v, at as u64))
-                .map_err(|e| StoreError::Decode {
-                    task_id: format!("checkpoint:{agent_id}"),
-                    message: e.to_string(),
-                })
+                .map_err(|e| StoreError::Decode { task_id: format!("checkpoint:{agent_id}"), message: e.to_string() })
         })
         .transpose()
     }
@@ -365,10 +305,7 @@ mod tests {
         assert_eq!(open[0].task_id, "a");
         assert_eq!(s.max_seq().unwrap(), 2);
         assert_eq!(s.transitions("a").unwrap()[0].reason, "submitted");
-        assert_eq!(
-            s.list_tasks(Some(TaskStatus::Completed), 10).unwrap().len(),
-            1
-        );
+        assert_eq!(s.list_tasks(Some(TaskStatus::Completed), 10).unwrap().len(), 1);
     }
 
     #[test]
@@ -376,9 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hub.db");
         std::fs::write(&p, vec![0x42u8; 8192]).unwrap();
-        let err = SqliteStore::open(&p)
-            .err()
-            .expect("must refuse a corrupt file");
+        let err = SqliteStore::open(&p).err().expect("must refuse a corrupt file");
         let msg = err.to_string();
         assert!(msg.contains(&p.display().to_string()), "{msg}");
         assert!(msg.contains("corrupt"), "{msg}");

@@ -1,0 +1,740 @@
+//! End-to-end tests of the hub: the real binary on port 0 in a temp dir, driven over HTTP and
+//! WebSocket with AgentCom v1 frames.
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+use testkit::{Closed, Hub, WsAgent};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentcom"))
+}
+
+type R = anyhow::Result<()>;
+
+#[tokio::test]
+async fn identify_assign_accept_complete() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let id = hub
+        .submit(json!({"description": "write tests", "metadata": {"k": "v"}, "repo": "git@x:y", "routing_decision": {"target_type": "wake"}}))
+        .await?;
+    let mut a = hub.agent("agent-1", &["rust"]).await?;
+    let assign = a.expect("task_assign").await?;
+    assert_eq!(assign["task_id"], id.as_str());
+    assert_eq!(assign["description"], "write tests");
+    assert_eq!(assign["metadata"], json!({"k": "v"}));
+    assert_eq!(assign["generation"], 1);
+    assert_eq!(assign["repo"], "git@x:y", "v1 optional fields pass through");
+    assert!(assign["assigned_at"].as_u64().unwrap() > 0);
+    a.send(json!({"type": "task_accepted", "task_id": id})).await?;
+    assert_eq!(a.expect("task_ack").await?, json!({"type": "task_ack", "task_id": id, "status": "accepted"}));
+    assert_eq!(hub.task(&id).await?["status"], "working");
+    let ack = a.complete(&id, 1).await?;
+    assert_eq!(ack, json!({"type": "task_ack", "task_id": id, "status": "complete"}));
+    let t = hub.task(&id).await?;
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["result"], json!({"status": "success"}));
+    assert_eq!(t["assigned_to"], "agent-1");
+    assert_eq!(t["attempts"], 1);
+    let steps: Vec<&str> = t["history"].as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["queued", "assigned", "working", "completed"]);
+    assert!(t["history"][1]["at"].as_u64().unwrap() >= t["history"][0]["at"].as_u64().unwrap());
+    // A re-sent report for the same attempt is acknowledged again, not refused.
+    assert_eq!(a.complete(&id, 1).await?["status"], "complete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn priorities_fifo_capabilities_and_pinning() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let low = hub.submit(json!({"description": "low", "priority": "low"})).await?;
+    let normal1 = hub.submit(json!({"description": "n1"})).await?;
+    let urgent = hub.submit(json!({"description": "urgent", "priority": "urgent"})).await?;
+    let gpu = hub.submit(json!({"description": "gpu", "priority": "urgent", "needed_capabilities": ["gpu"]})).await?;
+    let normal2 = hub.submit(json!({"description": "n2"})).await?;
+    let high = hub.submit(json!({"description": "high", "priority": "high"})).await?;
+    let pinned = hub.submit(json!({"description": "pinned", "priority": "urgent", "assign_to": "agent-pin"})).await?;
+
+    let mut a = hub.agent("agent-cpu", &["rust"]).await?;
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let (id, g) = a.take_task().await?;
+        order.push(id.clone());
+        assert_eq!(a.complete(&id, g).await?["status"], "complete");
+    }
+    assert_eq!(order, [urgent, high, normal1, normal2, low]);
+    a.expect_silence(Duration::from_millis(150)).await?;
+    assert_eq!(hub.task(&gpu).await?["status"], "queued", "needs a capability nobody has");
+    assert_eq!(hub.task(&pinned).await?["status"], "queued", "pinned to another agent");
+
+    let mut g = hub.agent("agent-gpu", &["gpu", "rust"]).await?;
+    let (id, _) = g.take_task().await?;
+    assert_eq!(id, gpu);
+    let mut p = hub.agent("agent-pin", &[]).await?;
+    let (id, _) = p.take_task().await?;
+    assert_eq!(id, pinned);
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_active_task_per_agent() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let first = hub.submit(json!({"description": "1"})).await?;
+    let second = hub.submit(json!({"description": "2"})).await?;
+    let mut a = hub.agent("a", &[]).await?;
+    let (id, g) = a.take_task().await?;
+    assert_eq!(id, first);
+    a.expect_silence(Duration::from_millis(150)).await?;
+    a.complete(&id, g).await?;
+    assert_eq!(a.take_task().await?.0, second);
+    Ok(())
+}
+
+#[tokio::test]
+async fn stale_generation_is_refused_and_changes_nothing() -> R {
+    let hub = Hub::start(bin(), "grace_period_ms = 100\n")?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let mut a1 = hub.agent("a1", &[]).await?;
+    let (_, g1) = a1.take_task().await?;
+    a1.cut();
+    hub.wait_status(&id, "queued").await?;
+    let mut a2 = hub.agent("a2", &[]).await?;
+    let (_, g2) = a2.take_task().await?;
+    assert!(g2 > g1, "generation goes up on every assign: {g1} -> {g2}");
+
+    let token = hub.token("a1").await?;
+    let mut late = WsAgent::identify(&hub.ws_url(), "a1", &token, &[]).await?;
+    let err = late.complete(&id, g1).await?;
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["error"], "stale_generation");
+    late.send(json!({"type": "task_failed", "task_id": id, "generation": g1, "reason": "late"})).await?;
+    assert_eq!(late.expect("error").await?["error"], "stale_generation");
+    let t = hub.task(&id).await?;
+    assert_eq!(t["status"], "working");
+    assert_eq!(t["assigned_to"], "a2");
+    assert_eq!(t["failures"], 0);
+    assert_eq!(a2.complete(&id, g2).await?["status"], "complete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reconnect_within_grace_carries_on() -> R {
+    let hub = Hub::start(bin(), "grace_period_ms = 5000\n")?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let token = hub.token("a").await?;
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    let (_, g) = a.take_task().await?;
+    a.cut();
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    a.send(
+        json!({"type": "task_recovering", "task_id": id, "description": "t", "metadata": {}, "last_status": "working"}),
+    )
+    .await?;
+    assert_eq!(a.expect("task_continue").await?, json!({"type": "task_continue", "task_id": id, "generation": g}));
+    a.send(json!({"type": "state_report", "task_id": id, "status": "working", "generation": g})).await?;
+    assert_eq!(a.expect("state_report_ack").await?["action"], "continue");
+    assert_eq!(hub.task(&id).await?["status"], "working");
+    assert_eq!(a.complete(&id, g).await?["status"], "complete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn beyond_grace_requeues_with_new_generation() -> R {
+    let hub = Hub::start(bin(), "grace_period_ms = 150\n")?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let token = hub.token("a").await?;
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    let (_, g) = a.take_task().await?;
+    a.cut();
+    let t = hub.wait_status(&id, "queued").await?;
+    assert!(t["generation"].as_u64().unwrap() > g);
+    assert!(t["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["reason"].as_str().unwrap().starts_with("lease_expired")));
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    let assign = a.expect("task_assign").await?;
+    assert!(assign["generation"].as_u64().unwrap() > g);
+    a.send(json!({"type": "state_report", "task_id": id, "generation": g})).await?;
+    assert_eq!(a.expect("state_report_ack").await?["action"], "abort", "the old attempt is void");
+    Ok(())
+}
+
+#[tokio::test]
+async fn task_recovering_after_requeue_gets_reassign() -> R {
+    let hub = Hub::start(bin(), "grace_period_ms = 100\n")?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let mut a = hub.agent("a", &[]).await?;
+    a.take_task().await?;
+    a.cut();
+    hub.wait_status(&id, "queued").await?;
+    let mut b = hub.agent("b", &[]).await?;
+    b.take_task().await?;
+    let token = hub.token("a").await?;
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    a.send(json!({"type": "task_recovering", "task_id": id})).await?;
+    assert_eq!(a.expect("task_reassign").await?, json!({"type": "task_reassign", "task_id": id}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn task_rejected_requeues_at_once_without_a_failure() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let mut a = hub.agent("a", &[]).await?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let assign = a.expect("task_assign").await?;
+    let mut b = hub.agent("b", &[]).await?;
+    a.send(json!({"type": "task_rejected", "task_id": id, "reason": "busy"})).await?;
+    assert_eq!(a.expect("task_ack").await?["status"], "requeued");
+    let (bid, g) = b.take_task().await?;
+    assert_eq!(bid, id);
+    assert!(g > assign["generation"].as_u64().unwrap());
+    let t = hub.task(&id).await?;
+    assert_eq!(t["failures"], 0);
+    assert!(t["history"].as_array().unwrap().iter().any(|h| h["reason"] == "rejected by a: busy"));
+    a.expect_silence(Duration::from_millis(100)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn accept_timeout_requeues() -> R {
+    let hub = Hub::start(bin(), "accept_timeout_ms = 100\n")?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let mut a = hub.agent("a", &[]).await?;
+    let first = a.expect("task_assign").await?;
+    // The agent never accepts: the task is requeued and, the agent being idle again, re-sent.
+    let again = a.expect("task_assign").await?;
+    assert_eq!(again["task_id"], id.as_str());
+    assert!(again["generation"].as_u64() > first["generation"].as_u64());
+    let t = hub.task(&id).await?;
+    assert!(t["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["reason"].as_str().unwrap().starts_with("accept_timeout")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_dead_letter_then_manual_retry() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let id = hub.submit(json!({"description": "flaky", "max_retries": 2})).await?;
+    let mut a = hub.agent("a", &[]).await?;
+    let mut gens = Vec::new();
+    for expected in ["retried", "retried", "dead_letter"] {
+        let (tid, g) = a.take_task().await?;
+        assert_eq!(tid, id);
+        gens.push(g);
+        a.send(json!({"type": "task_failed", "task_id": id, "generation": g, "reason": "tests failed"})).await?;
+        let ack = a.expect("task_ack").await?;
+        assert_eq!(ack["status"], expected);
+    }
+    assert!(gens.windows(2).all(|w| w[1] > w[0]), "{gens:?}");
+    let t = hub.task(&id).await?;
+    assert_eq!(t["status"], "dead_letter");
+    assert_eq!(t["failures"], 3);
+    assert_eq!(t["last_error"], "tests failed");
+    let retries: Vec<&Value> = t["history"].as_array().unwrap().iter().filter(|h| h["to"] == "waiting_retry").collect();
+    assert_eq!(retries.len(), 2);
+    assert!(retries[0]["reason"].as_str().unwrap().contains("in 50ms"), "{}", retries[0]);
+    assert!(retries[1]["reason"].as_str().unwrap().contains("in 100ms"), "backoff doubles: {}", retries[1]);
+    let (_, dl) = hub.admin().get("/api/tasks/dead-letter").await?;
+    assert_eq!(dl["tasks"][0]["task_id"], id.as_str());
+    let (s, v) = hub.admin().post(&format!("/api/tasks/{id}/retry"), json!({})).await?;
+    assert_eq!((s, v["status"].as_str()), (200, Some("queued")));
+    let (tid, _) = a.take_task().await?;
+    assert_eq!(tid, id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_pushes_task_cancelled_to_the_holder() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let id = hub.submit(json!({"description": "long"})).await?;
+    let next = hub.submit(json!({"description": "next"})).await?;
+    let mut a = hub.agent("a", &[]).await?;
+    let (_, g) = a.take_task().await?;
+    let (s, v) = hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")));
+    let c = a.expect("task_cancelled").await?;
+    assert_eq!(c["task_id"], id.as_str());
+    assert!(c["timestamp"].as_u64().is_some());
+    assert_eq!(a.take_task().await?.0, next, "the agent is free again");
+    assert_eq!(a.complete(&id, g).await?["error"], "invalid_state");
+    let (s, _) = hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
+    assert_eq!(s, 409);
+    let queued = hub.submit(json!({"description": "never runs", "assign_to": "nobody"})).await?;
+    let (s, _) = hub.admin().post(&format!("/api/tasks/{queued}/cancel"), json!({})).await?;
+    assert_eq!(s, 200);
+    assert_eq!(hub.task(&queued).await?["status"], "cancelled");
+    Ok(())
+}
+
+#[tokio::test]
+async fn auth_roles_and_identify_checks() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let (s, v) = hub.api(None).get("/api/tasks").await?;
+    assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")));
+    let (s, v) = hub.api(Some("wrong")).get("/api/tasks").await?;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_token")));
+    let token = hub.token("agent-1").await?;
+    let agent = hub.api(Some(&token));
+    let (s, _) = agent.post("/api/tasks", json!({"description": "from an agent"})).await?;
+    assert_eq!(s, 201, "agents may submit");
+    let (s, _) = agent.get("/api/tasks").await?;
+    assert_eq!(s, 200, "agents may read");
+    for (path, method) in
+        [("/admin/tokens", "GET"), ("/admin/tokens", "POST"), ("/api/admin/agents/agent-1/restart", "POST")]
+    {
+        let (s, v) =
+            if method == "GET" { agent.get(path).await? } else { agent.post(path, json!({"agent_id": "x"})).await? };
+        assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{method} {path}");
+    }
+    let (s, list) = hub.admin().get("/admin/tokens").await?;
+    assert_eq!(s, 200);
+    assert!(!list.to_string().contains(&token), "tokens are never shown again");
+
+    let mut c = WsAgent::connect(&hub.ws_url()).await?;
+    c.send(json!({"type": "identify", "agent_id": "agent-1", "token": "nope"})).await?;
+    assert_eq!(c.expect("error").await?["error"], "invalid_token");
+    c.send(json!({"type": "identify", "agent_id": "agent-2", "token": token})).await?;
+    assert_eq!(c.expect("error").await?["error"], "token_agent_mismatch");
+    c.send(json!({"type": "ping"})).await?;
+    assert_eq!(c.expect("error").await?["error"], "not_identified");
+    c.send(json!({"type": "identify", "agent_id": "agent-1", "token": token})).await?;
+    c.expect("identified").await?;
+
+    let (s, v) = hub.admin().delete("/admin/tokens/agent-1").await?;
+    assert_eq!((s, v["revoked"].as_u64()), (200, Some(1)));
+    assert_eq!(c.closed().await?, Closed::Code(1008, "token revoked".into()));
+    let (s, _) = agent.get("/api/tasks").await?;
+    assert_eq!(s, 401);
+    Ok(())
+}
+
+#[tokio::test]
+async fn second_connection_replaces_the_first() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let token = hub.token("a").await?;
+    let mut first = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    let mut second = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    assert_eq!(first.closed().await?, Closed::Code(1000, "replaced by a newer connection".into()));
+    let id = hub.submit(json!({"description": "t"})).await?;
+    assert_eq!(second.take_task().await?.0, id);
+    let (_, agents) = hub.admin().get("/api/agents").await?;
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(agents["agents"][0]["status"], "working");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v1_frames_presence_and_restart_command() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let token = hub.token("v1").await?;
+    let mut a = WsAgent::connect(&hub.ws_url()).await?;
+    a.send(json!({
+        "type": "identify", "agent_id": "v1", "token": token, "name": "old sidecar", "status": "idle",
+        "capabilities": ["elixir"], "client_type": "sidecar",
+        "pm2_info": {"name": "sidecar-v1", "status": "online", "uptime_ms": 1234, "restart_count": 2, "memory_bytes": 52000000},
+        "ollama_url": "http://localhost:11434"
+    }))
+    .await?;
+    assert_eq!(a.expect("identified").await?, json!({"type": "identified", "agent_id": "v1"}));
+    a.send(json!({"type": "ping"})).await?;
+    assert!(a.expect("pong").await?["timestamp"].as_u64().is_some());
+    a.send(json!({"type": "status", "status": "busy"})).await?;
+    assert_eq!(a.expect("status_updated").await?["status"], "busy");
+    a.send(json!({"type": "resource_report", "cpu_percent": 12.5, "ram_used_bytes": 1000, "ram_total_bytes": 4000}))
+        .await?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let (_, g) = a.take_task().await?;
+    a.send(json!({"type": "wake_result", "task_id": id, "status": "failed", "attempt": 1, "error": "exit 1"})).await?;
+    a.send(json!({"type": "wake_result", "task_id": id, "status": "success", "attempt": 2})).await?;
+    a.send(json!({"type": "task_progress", "task_id": id, "progress": {"step": "compiling"}})).await?;
+    a.send(json!({"type": "ping"})).await?;
+    a.expect("pong").await?; // every frame before it was handled
+    let t = hub.task(&id).await?;
+    assert_eq!(t["progress"], json!({"step": "compiling"}));
+    assert!(t["history"].as_array().unwrap().iter().any(|h| h["reason"] == "wake_result failed (attempt 1): exit 1"));
+    let (_, v) = hub.admin().get("/api/agents").await?;
+    let ag = &v["agents"][0];
+    assert_eq!(ag["status"], "working");
+    assert_eq!(ag["current_task"], id.as_str());
+    assert_eq!(ag["pm2_info"]["restart_count"], 2);
+    assert_eq!(ag["capabilities"], json!(["elixir"]));
+    assert_eq!(ag["resources"]["cpu_percent"], 12.5);
+    assert!(ag["connected_at"].as_u64().is_some() && ag["last_seen"].as_u64().is_some());
+
+    let (s, v) = hub.admin().post("/api/admin/agents/v1/restart", json!({"reason": "upgrade"})).await?;
+    assert_eq!(
+        (s, v.clone()),
+        (200, json!({"status": "restart_commanded", "agent_id": "v1", "reason": "upgrade", "force": false}))
+    );
+    assert_eq!(a.expect("restart_sidecar").await?["reason"], "upgrade");
+    assert_eq!(a.complete(&id, g).await?["status"], "complete");
+    a.send(json!({"type": "agent_restarting", "reason": "upgrade"})).await?;
+    a.send(json!({"type": "ping"})).await?;
+    a.expect("pong").await?;
+    let (_, v) = hub.admin().get("/api/agents").await?;
+    assert_eq!(v["agents"][0]["status"], "restarting");
+    a.close().await;
+    let (s, v) = hub.admin().post("/api/admin/agents/ghost/restart", json!({})).await?;
+    assert_eq!((s, v["error"].as_str()), (404, Some("agent_not_connected")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeat_silence_evicts() -> R {
+    let hub = Hub::start(bin(), "heartbeat_timeout_ms = 200\n")?;
+    let mut a = hub.agent("quiet", &[]).await?;
+    assert_eq!(a.closed().await?, Closed::Code(1001, "heartbeat timeout".into()));
+    let (_, v) = hub.admin().get("/api/agents").await?;
+    assert_eq!(v["agents"][0]["status"], "offline");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_frames_get_clear_errors_and_the_hub_survives() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let mut a = hub.agent("a", &[]).await?;
+    a.send_text("{not json").await?;
+    assert_eq!(a.expect("error").await?["error"], "invalid_json");
+    a.send(json!({"type": "teleport"})).await?;
+    let e = a.expect("error").await?;
+    assert_eq!((e["error"].as_str(), e["message_type"].as_str()), (Some("validation_failed"), Some("teleport")));
+    a.send(json!({"type": "task_complete", "task_id": 7, "generation": "one"})).await?;
+    let e = a.expect("error").await?;
+    assert_eq!(e["message_type"], "task_complete");
+    let errors: Vec<&str> = e["errors"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(errors.contains(&"task_id: expected string, got number"), "{errors:?}");
+    assert!(errors.iter().any(|x| x.starts_with("generation:")), "{errors:?}");
+    a.send(json!({"type": "task_failed", "task_id": "t", "generation": 1, "reason": "r".repeat(2001)})).await?;
+    assert_eq!(a.expect("error").await?["errors"][0], "reason: longer than 2000 characters");
+    a.send(json!({"type": "task_complete", "task_id": "missing", "generation": 1})).await?;
+    assert_eq!(a.expect("error").await?["error"], "not_found");
+    a.send(json!({"type": "ping"})).await?;
+    a.expect("pong").await?;
+
+    let big = hub.agent("big", &[]).await?;
+    assert!(matches!(big.send_oversized(proto::MAX_FRAME_BYTES + 10).await?, Closed::Code(1009, _)));
+
+    let long_id = "a".repeat(129);
+    let mut c = WsAgent::connect(&hub.ws_url()).await?;
+    c.send(json!({"type": "identify", "agent_id": long_id, "token": "t"})).await?;
+    assert_eq!(c.expect("error").await?["errors"][0], "agent_id: longer than 128 characters");
+    let (s, _) = hub.admin().get("/health").await?;
+    assert_eq!(s, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn ten_violations_close_1008_and_identify_is_refused_with_escalation() -> R {
+    let hub = Hub::start(bin(), "ban_ms = [300, 600, 5000]\n")?;
+    let token = hub.token("bad").await?;
+    for round in 0..2 {
+        let mut a = WsAgent::identify(&hub.ws_url(), "bad", &token, &[]).await?;
+        for _ in 0..9 {
+            a.send_text("garbage").await?;
+            assert_eq!(a.expect("error").await?["error"], "invalid_json");
+        }
+        a.send_text("garbage").await?;
+        a.expect("error").await?;
+        assert_eq!(a.closed().await?, Closed::Code(1008, "too many protocol violations".into()));
+        let mut again = WsAgent::connect(&hub.ws_url()).await?;
+        again.send(json!({"type": "identify", "agent_id": "bad", "token": token})).await?;
+        let e = again.expect("error").await?;
+        assert_eq!(e["error"], "identify_refused");
+        let wait = e["retry_after_ms"].as_u64().unwrap();
+        let ban = [300, 600][round];
+        assert!(wait <= ban && wait > ban / 2, "round {round}: retry_after_ms {wait}");
+        assert!(matches!(again.closed().await?, Closed::Code(1008, _)));
+        tokio::time::sleep(Duration::from_millis(wait + 20)).await;
+    }
+    WsAgent::identify(&hub.ws_url(), "bad", &token, &[]).await?;
+    let mut other = hub.agent("good", &[]).await?;
+    other.send(json!({"type": "ping"})).await?;
+    other.expect("pong").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_http_bodies_name_the_field() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let api = hub.admin();
+    let (s, v) = api.raw(reqwest::Method::POST, "/api/tasks", Some("{oops".into())).await?;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_json")));
+    let (s, v) = api.raw(reqwest::Method::POST, "/api/tasks", Some("[1,2]".into())).await?;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_json")));
+    let (s, v) = api.post("/api/tasks", json!({"description": 5, "priority": "soon"})).await?;
+    assert_eq!((s, v["error"].as_str()), (422, Some("validation_failed")));
+    assert_eq!(v["errors"][0], "description: expected string");
+    assert!(v["errors"][1].as_str().unwrap().starts_with("priority:"));
+    let (s, v) = api.post("/api/tasks", json!({"description": "x".repeat(10_001)})).await?;
+    assert_eq!((s, v["errors"][0].as_str()), (422, Some("description: longer than 10000 characters")));
+    let big = format!("{{\"description\":\"{}\"}}", "x".repeat(3 << 20));
+    // The hub closes the connection after a 413; use a client of its own.
+    let (s, v) = hub.admin().raw(reqwest::Method::POST, "/api/tasks", Some(big)).await?;
+    assert_eq!((s, v["error"].as_str()), (413, Some("body_too_large")));
+    let (s, v) = api.get("/api/tasks?status=done").await?;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_query")));
+    let (s, v) = api.get("/nope").await?;
+    assert_eq!((s, v["error"].as_str()), (404, Some("not_found")));
+    let (s, v) = api.post("/admin/tokens", json!({})).await?;
+    assert_eq!((s, v["errors"][0].as_str()), (422, Some("agent_id: required")));
+    let (s, _) = api.get("/health").await?;
+    assert_eq!(s, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn stats_and_metrics() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let mut a = hub.agent("a", &[]).await?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let (_, g) = a.take_task().await?;
+    a.complete(&id, g).await?;
+    hub.submit(json!({"description": "q", "assign_to": "x"})).await?;
+    let (_, s) = hub.admin().get("/api/tasks/stats").await?;
+    assert_eq!(s["by_status"]["completed"], 1);
+    assert_eq!(s["by_status"]["queued"], 1);
+    assert_eq!(s["agents"]["idle"], 1);
+    let m = reqwest::get(format!("{}/metrics", hub.url())).await?.text().await?;
+    assert!(m.contains("agentcom_tasks{status=\"completed\"} 1"), "{m}");
+    assert!(m.contains("agentcom_agents{status=\"idle\"} 1"));
+    assert!(m.contains("agentcom_websocket_connections 1"));
+    assert!(m.contains("agentcom_dispatch_latency_seconds_count 1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_zero() -> R {
+    let mut hub = Hub::start(bin(), "")?;
+    let mut a = hub.agent("a", &[]).await?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    a.take_task().await?;
+    let status = hub.terminate()?;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(a.closed().await?, Closed::Code(1001, "hub shutting down".into()));
+    let again = Hub::start_in(bin(), &hub.dir, &testkit::fast_config())?;
+    assert_eq!(again.task(&id).await?["status"], "working", "held tasks survive a restart");
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_keeps_held_tasks_for_reconnecting_agents() -> R {
+    let mut hub = Hub::start(bin(), "")?;
+    let token = hub.token("a").await?;
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    let id = hub.submit(json!({"description": "t"})).await?;
+    let (_, g) = a.take_task().await?;
+    hub.kill9();
+    let hub2 = Hub::start_in(bin(), &hub.dir, &testkit::fast_config())?;
+    let mut a = WsAgent::identify(&hub2.ws_url(), "a", &token, &[]).await?;
+    a.send(json!({"type": "task_recovering", "task_id": id})).await?;
+    assert_eq!(a.expect("task_continue").await?["generation"], g);
+    assert_eq!(a.complete(&id, g).await?["status"], "complete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn corrupt_database_is_a_clear_error_not_a_fresh_start() -> R {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hub.db"), vec![7u8; 10_000])?;
+    let out = std::process::Command::new(bin())
+        .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("AGENTCOM_ADMIN_TOKEN", "test-admin-token-0123456789abcdef")
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&dir.path().join("hub.db").display().to_string()) && err.contains("corrupt"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("hub.db"))?, vec![7u8; 10_000], "the file is left as it was");
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_config_lists_every_error() -> R {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, "grace_period_ms = 0\nban_ms = []\n")?;
+    let out = std::process::Command::new(bin()).args(["hub", "--listen", "nowhere", "--config"]).arg(&cfg).output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["grace_period_ms", "ban_ms", "listen"] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn generated_admin_token_is_private_and_used_by_the_cli() -> R {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(bin())
+        .args(["--log-format", "json", "hub", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("AGENTCOM_ADMIN_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = testkit::watch_logs(child.stderr.take().unwrap(), logs.clone(), "hub listening", "addr")?;
+    let token_file = dir.path().join("admin.token");
+    assert_eq!(std::fs::metadata(&token_file)?.permissions().mode() & 0o777, 0o600);
+    assert!(logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("generated a new admin token") && l.contains("admin.token")));
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("AGENTCOM_URL", format!("http://{addr}"))
+            .env("AGENTCOM_DATA_DIR", dir.path())
+            .env_remove("AGENTCOM_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "task",
+        "submit",
+        "from the cli",
+        "--priority",
+        "high",
+        "--capability",
+        "rust",
+        "--metadata",
+        "{\"a\":1}",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout)?.trim().to_string();
+    assert!(id.starts_with("task-"), "{id}");
+    let out = cli(&["task", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["tasks"][0]["task_id"], id.as_str());
+    assert_eq!(v["tasks"][0]["needed_capabilities"], json!(["rust"]));
+    let out = cli(&["task", "list"]);
+    let table = String::from_utf8(out.stdout)?;
+    assert!(table.starts_with("TASK") && table.contains(&id) && table.contains("from the cli"), "{table}");
+    let out = cli(&["task", "show", &id]);
+    assert!(String::from_utf8(out.stdout)?.contains("submitted by admin"));
+    let out = cli(&["token", "create", "agent-x"]);
+    assert_eq!(String::from_utf8(out.stdout)?.trim().len(), 64);
+    let out = cli(&["token", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["tokens"][0]["agent_id"], "agent-x");
+    let out = cli(&["task", "cancel", &id]);
+    assert!(out.status.success());
+    let out = cli(&["task", "retry", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["agents"]);
+    assert_eq!(String::from_utf8(out.stdout)?, "no agents\n");
+    let out = cli(&["task", "show", "task-missing"]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8(out.stderr)?, "error: not_found: no task task-missing\n");
+    let out = cli(&["token", "revoke", "agent-x"]);
+    assert!(out.status.success());
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = cli(&["agents"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.starts_with("error: cannot reach the hub") && err.lines().count() == 1, "{err}");
+    Ok(())
+}
+
+/// Kills the hub with SIGKILL while agents and submitters are busy, restarts it on the same
+/// data dir, and checks that every acknowledged submission and completion is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing() -> R {
+    let mut hub = Hub::start(bin(), "grace_period_ms = 200\n")?;
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        tokens.push(hub.token(&format!("w{i}")).await?);
+    }
+    let completed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let mut a = WsAgent::identify(&hub.ws_url(), &format!("w{i}"), token, &[]).await?;
+        let completed = completed.clone();
+        workers.push(tokio::spawn(async move {
+            while let Ok((id, g)) = a.take_task().await {
+                match a.complete(&id, g).await {
+                    Ok(ack) if ack["status"] == "complete" => completed.lock().unwrap().push(id),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    let submitted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut submitters = Vec::new();
+    for _ in 0..4 {
+        let api = hub.admin();
+        let submitted = submitted.clone();
+        submitters.push(tokio::spawn(async move {
+            for n in 0..1000 {
+                match api.post("/api/tasks", json!({"description": format!("load {n}")})).await {
+                    Ok((201, v)) => submitted.lock().unwrap().push(v["task_id"].as_str().unwrap().to_string()),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    // Kill once real work is flowing.
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while completed.lock().unwrap().len() < 40 {
+        assert!(std::time::Instant::now() < deadline, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    hub.kill9();
+    for s in submitters {
+        s.await?;
+    }
+    for w in workers {
+        w.await?;
+    }
+    let submitted = submitted.lock().unwrap().clone();
+    let completed = completed.lock().unwrap().clone();
+    assert!(submitted.len() >= 40);
+
+    let hub2 =
+        Hub::start_in(bin(), &hub.dir, &testkit::merge_config(&testkit::fast_config(), "grace_period_ms = 200"))?;
+    let (_, all) = hub2.admin().get("/api/tasks?limit=10000").await?;
+    let stored: std::collections::HashMap<String, String> = all["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["task_id"].as_str().unwrap().to_string(), t["status"].as_str().unwrap().to_string()))
+        .collect();
+    for id in &submitted {
+        assert!(stored.contains_key(id), "acknowledged task {id} was lost");
+    }
+    for id in &completed {
+        assert_eq!(stored[id], "completed", "acknowledged completion of {id} was lost");
+    }
+    // Everything left finishes once agents come back (held tasks after their lease).
+    let mut workers = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let mut a = WsAgent::identify(&hub2.ws_url(), &format!("w{i}"), token, &[]).await?;
+        workers.push(tokio::spawn(async move {
+            while let Ok((id, g)) = a.take_task().await {
+                if a.complete(&id, g).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, s) = hub2.admin().get("/api/tasks/stats").await?;
+        if s["by_status"]["completed"].as_u64() == Some(stored.len() as u64) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not all tasks completed after restart: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in workers {
+        w.abort();
+    }
+    Ok(())
+}
