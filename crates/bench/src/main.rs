@@ -1,2 +1,69 @@
-//! placeholder
-fn main() {}
+//! Benchmarks that drive the real release `agentcom` binary and print the figures recorded in
+//! BENCHMARKS.md. Run `cargo build --release` first; see BENCHMARKS.md for the commands.
+
+mod hub;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "agentcom benchmarks (real processes, real sockets)")]
+struct Cli {
+    /// The agentcom binary to measure.
+    #[arg(long, env = "AGENTCOM_BIN")]
+    bin: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hub: submit -> task_assign latency, lifecycles per second, RSS per idle connection.
+    Hub(hub::Args),
+}
+
+pub fn default_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/agentcom")
+}
+
+/// Percentile of sorted samples.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Resident set size of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("VmRSS:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmRSS for pid {pid}")
+}
+
+pub fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bin = cli.bin.unwrap_or_else(default_bin);
+    if !bin.exists() {
+        bail!("{} not found: run `cargo build --release` first", bin.display());
+    }
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Hub(args) => rt.block_on(hub::run(&bin, args)),
+    }
+}

@@ -66,7 +66,7 @@ impl Hub {
             .arg(dir)
             .arg("--config")
             .arg(&cfg_path)
-            .env("AGENTCOM_LOG", "info,hub=debug")
+            .env("AGENTCOM_LOG", std::env::var("TESTKIT_HUB_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
