@@ -67,6 +67,26 @@ enum Cmd {
         #[arg(long, env = "AGENTCOM_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
+    /// Run a sidecar beside one agent.
+    Sidecar {
+        /// TOML file, or an AgentCom config.json.
+        #[arg(long, env = "AGENTCOM_SIDECAR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a hub, two sidecars and a sample agent, submit tasks and watch them complete.
+    Demo {
+        /// How long the sample agent works on each task, in milliseconds.
+        #[arg(long, default_value_t = 1500)]
+        work_ms: u64,
+        /// Keep the demo's data here (default: a temp dir removed at the end).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// A small program that plays an agent for the demo (run by a sidecar's wake command).
+    SampleAgent {
+        #[arg(long, default_value_t = 1500)]
+        work_ms: u64,
+    },
     /// Submit, list, inspect, cancel and retry tasks.
     Task {
         #[command(subcommand)]
@@ -174,9 +194,9 @@ enum TokenCmd {
     },
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCOM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -211,8 +231,20 @@ fn print(remote: &Remote, v: &Value, human: impl FnOnce(&Value) -> String) {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Sidecar { config } => {
+            init_logging(cli.log_format, "info");
+            let cfg = sidecar::SidecarConfig::load(&config)?;
+            let shutdown = shutdown_on_signals()?;
+            sidecar::run(cfg, shutdown).await?;
+        }
+        Cmd::Demo { work_ms, data_dir } => {
+            init_logging(cli.log_format, "error");
+            let shutdown = shutdown_on_signals()?;
+            demo::run(demo::DemoOptions { work_ms, data_dir }, shutdown).await?;
+        }
+        Cmd::SampleAgent { work_ms } => demo::sample_agent(work_ms)?,
         Cmd::Hub { listen, data_dir, config, admin_token } => {
-            init_logging(cli.log_format);
+            init_logging(cli.log_format, "info");
             let cfg = hub::HubConfig::load(hub::Overrides { config, listen, data_dir, admin_token })?;
             let shutdown = shutdown_on_signals()?;
             hub::run(cfg, shutdown).await?;
@@ -287,7 +319,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A sidecar does little at a time: one thread keeps it small beside the agent.
+    let rt = if matches!(cli.cmd, Cmd::Sidecar { .. } | Cmd::SampleAgent { .. }) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

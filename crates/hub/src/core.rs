@@ -1137,8 +1137,11 @@ impl<S: Store> Core<S> {
 
     fn on_state_report(&mut self, conn: ConnId, agent_id: &str, task_id: Option<String>, generation: Option<u64>) {
         let Some(task_id) = task_id else {
-            // The agent holds nothing: release whatever we thought it had, now rather than after a lease.
-            if let Some(held) = self.agents.get(agent_id).and_then(|a| a.current_task.clone()) {
+            // The agent holds nothing. Release a task it held on an earlier connection (not yet
+            // claimed on this one) now rather than after the lease; a task assigned on this
+            // connection may simply still be in flight to it.
+            let held = self.agents.get(agent_id).and_then(|a| a.current_task.clone());
+            if let Some(held) = held.filter(|h| self.tasks.get(h).is_some_and(|o| o.unclaimed == Some(conn))) {
                 self.requeue(&held, format!("released: {agent_id} reports no task"));
             }
             return self.send(

@@ -80,6 +80,15 @@ fn raise_nofile_limit() {
 /// Runs the hub until `shutdown` is cancelled: stops accepting, closes sockets with 1001,
 /// commits every pending write, then returns.
 pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {
+    run_reporting(cfg, shutdown, None).await
+}
+
+/// Like [`run`], and sends the bound address on `ready` once the hub accepts connections.
+pub async fn run_reporting(
+    cfg: HubConfig,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<(), HubError> {
     raise_nofile_limit();
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("cannot create data dir {}", cfg.data_dir.display())))?;
     let admin = admin_token(&cfg)?;
@@ -93,6 +102,9 @@ pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> Result<(), HubE
         tokio::net::TcpListener::bind(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("cannot read the bound address"))?;
     tracing::info!(addr = %addr, data_dir = %cfg.data_dir.display(), open_tasks = open, "hub listening");
+    if let Some(r) = ready {
+        let _ = r.send(addr);
+    }
 
     let tracker = TaskTracker::new();
     let state = http::AppState {

@@ -1,0 +1,247 @@
+//! Sidecar configuration: a TOML file (strict), or an AgentCom `config.json` as it is.
+//! Relative paths resolve against the file's folder. Every error is listed with its field.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file as written. Every field but `agent_id`, `token` and `hub_url` has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub agent_id: Option<String>,
+    pub token: Option<String>,
+    /// `ws://host:4000/ws`
+    pub hub_url: Option<String>,
+    pub capabilities: Option<Vec<String>>,
+    pub wake_command: Option<String>,
+    /// Default `./results`.
+    pub results_dir: Option<PathBuf>,
+    /// Where `queue.json` lives. Default `./state`.
+    pub state_dir: Option<PathBuf>,
+    pub confirmation_timeout_ms: Option<u64>,
+    pub wake_timeout_ms: Option<u64>,
+    pub wake_retry_delays_ms: Option<Vec<u64>>,
+    pub ping_interval_ms: Option<u64>,
+    pub pong_timeout_ms: Option<u64>,
+    pub reconnect_base_ms: Option<u64>,
+    pub reconnect_max_ms: Option<u64>,
+    /// Safety-net rescan of the results dir, in case a file event was missed.
+    pub rescan_interval_ms: Option<u64>,
+    /// How long a wake's process group gets after SIGTERM before SIGKILL.
+    pub kill_timeout_ms: Option<u64>,
+    // AgentCom fields we accept and do not need.
+    pub hub_api_url: Option<String>,
+    pub log_file: Option<String>,
+    pub repo_dir: Option<PathBuf>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub agent_id: String,
+    pub name: Option<String>,
+    pub token: String,
+    pub hub_url: String,
+    pub capabilities: Vec<String>,
+    pub wake_command: Option<String>,
+    pub results_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub repo_dir: Option<PathBuf>,
+    pub confirmation_timeout: Duration,
+    pub wake_timeout: Duration,
+    pub wake_retry_delays: Vec<Duration>,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    pub rescan_interval: Duration,
+    pub kill_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid sidecar configuration {file}:\n  - {}", .errors.join("\n  - "))]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<String>,
+}
+
+/// AgentCom `config.json` keys that are ours too; others are ignored with a warning, as
+/// v1 files carry keys for features we do not have.
+const JSON_KEYS: &[&str] = &[
+    "agent_id",
+    "token",
+    "hub_url",
+    "capabilities",
+    "wake_command",
+    "results_dir",
+    "state_dir",
+    "confirmation_timeout_ms",
+    "wake_timeout_ms",
+    "wake_retry_delays_ms",
+    "ping_interval_ms",
+    "pong_timeout_ms",
+    "reconnect_base_ms",
+    "reconnect_max_ms",
+    "rescan_interval_ms",
+    "kill_timeout_ms",
+    "hub_api_url",
+    "log_file",
+    "repo_dir",
+    "name",
+];
+
+impl SidecarConfig {
+    pub fn load(path: &Path) -> Result<SidecarConfig, ConfigErrors> {
+        let shown = path.display().to_string();
+        let fail = |e: String| ConfigErrors { file: shown.clone(), errors: vec![e] };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        let file: FileConfig = if is_json {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+            if let Some(obj) = v.as_object_mut() {
+                let unknown: Vec<String> = obj.keys().filter(|k| !JSON_KEYS.contains(&k.as_str())).cloned().collect();
+                for k in unknown {
+                    tracing::warn!(key = %k, file = %shown, "ignoring an AgentCom config key agentcom does not use");
+                    obj.remove(&k);
+                }
+            }
+            serde_json::from_value(v).map_err(|e| fail(e.to_string()))?
+        } else {
+            toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().replace('\n', "\n    ")))?
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        SidecarConfig::from_file(file, &base).map_err(|errors| ConfigErrors { file: shown, errors })
+    }
+
+    pub fn from_file(f: FileConfig, base: &Path) -> Result<SidecarConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let required = |name: &str, v: Option<String>, max: usize, errors: &mut Vec<String>| match v {
+            Some(s) if s.is_empty() => {
+                errors.push(format!("{name}: must not be empty"));
+                String::new()
+            }
+            Some(s) if s.chars().count() > max => {
+                errors.push(format!("{name}: longer than {max} characters"));
+                String::new()
+            }
+            Some(s) => s,
+            None => {
+                errors.push(format!("{name}: required"));
+                String::new()
+            }
+        };
+        let agent_id = required("agent_id", f.agent_id, proto::MAX_AGENT_ID, &mut errors);
+        let token = required("token", f.token, proto::MAX_TOKEN, &mut errors);
+        let hub_url = required("hub_url", f.hub_url, 2048, &mut errors);
+        if !(hub_url.is_empty() || hub_url.starts_with("ws://") || hub_url.starts_with("wss://")) {
+            errors.push(format!("hub_url: {hub_url:?} must start with ws:// or wss://"));
+        }
+        let ms = |name: &str, v: Option<u64>, def: u64, errors: &mut Vec<String>| {
+            if v == Some(0) {
+                errors.push(format!("{name}: must be greater than 0"));
+            }
+            Duration::from_millis(v.unwrap_or(def))
+        };
+        let confirmation_timeout = ms("confirmation_timeout_ms", f.confirmation_timeout_ms, 30_000, &mut errors);
+        let wake_timeout = ms("wake_timeout_ms", f.wake_timeout_ms, 60_000, &mut errors);
+        let ping_interval = ms("ping_interval_ms", f.ping_interval_ms, 30_000, &mut errors);
+        let pong_timeout = ms("pong_timeout_ms", f.pong_timeout_ms, 10_000, &mut errors);
+        let reconnect_base = ms("reconnect_base_ms", f.reconnect_base_ms, 1_000, &mut errors);
+        let reconnect_max = ms("reconnect_max_ms", f.reconnect_max_ms, 60_000, &mut errors);
+        let rescan_interval = ms("rescan_interval_ms", f.rescan_interval_ms, 2_000, &mut errors);
+        let kill_timeout = ms("kill_timeout_ms", f.kill_timeout_ms, 2_000, &mut errors);
+        if reconnect_max < reconnect_base {
+            errors.push("reconnect_max_ms: must not be below reconnect_base_ms".into());
+        }
+        let wake_retry_delays: Vec<Duration> = f
+            .wake_retry_delays_ms
+            .unwrap_or_else(|| vec![5_000, 15_000, 30_000])
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect();
+        let capabilities = f.capabilities.unwrap_or_default();
+        for (i, c) in capabilities.iter().enumerate() {
+            if c.is_empty() || c.len() > proto::MAX_SHORT {
+                errors.push(format!("capabilities[{i}]: must be 1 to {} characters", proto::MAX_SHORT));
+            }
+        }
+        let wake_command = f.wake_command.filter(|w| !w.trim().is_empty());
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let results_dir = resolve(f.results_dir.unwrap_or_else(|| PathBuf::from("results")));
+        let state_dir = resolve(f.state_dir.unwrap_or_else(|| PathBuf::from("state")));
+        if results_dir == state_dir {
+            errors.push("state_dir: must differ from results_dir".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(SidecarConfig {
+            agent_id,
+            name: f.name,
+            token,
+            hub_url,
+            capabilities,
+            wake_command,
+            results_dir,
+            state_dir,
+            repo_dir: f.repo_dir.map(resolve),
+            confirmation_timeout,
+            wake_timeout,
+            wake_retry_delays,
+            ping_interval,
+            pong_timeout,
+            reconnect_base,
+            reconnect_max,
+            rescan_interval,
+            kill_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn agentcom_json_is_accepted_with_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "config.json",
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h:4000/ws","capabilities":["rust"],
+                "results_dir":"./out","log_file":"x.log","some_v1_key":true}"#,
+        );
+        let c = SidecarConfig::load(&p).unwrap();
+        assert_eq!(c.results_dir, dir.path().join("./out"));
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        assert_eq!(c.confirmation_timeout, Duration::from_secs(30));
+        assert_eq!(c.wake_retry_delays.len(), 3);
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "s.toml", "hub_url = \"http://x\"\nwake_timeout_ms = 0\ncapabilities = [\"\"]\n");
+        let e = SidecarConfig::load(&p).unwrap_err();
+        let all = e.errors.join("|");
+        for f in ["agent_id: required", "token: required", "hub_url:", "wake_timeout_ms:", "capabilities[0]:"] {
+            assert!(all.contains(f), "{f} missing in {all}");
+        }
+    }
+
+    #[test]
+    fn unknown_toml_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "s.toml", "agent_id = \"a\"\nwake_comand = \"x\"\n");
+        let e = SidecarConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("wake_comand") && e.contains("line 2"), "{e}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The WebSocket to the hub: connect, identify, ping/pong, reconnect with exponential backoff
+//! and full jitter (reset on `identified`). Frames go to the runner; the runner's frames come
+//! back through a per-session channel it receives in [`ConnEvent::Identified`].
+
+use crate::config::SidecarConfig;
+use futures_util::{SinkExt, StreamExt};
+use proto::{AgentFrame, HubFrame, Identify};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Identified; frames sent on this channel go to the hub until [`ConnEvent::Lost`].
+    Identified(mpsc::UnboundedSender<AgentFrame>),
+    Frame(HubFrame),
+    Lost,
+}
+
+/// Full jitter: a uniform delay in `[0, min(max, base * 2^attempt)]`.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let cap = base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max);
+    let mut b = [0u8; 8];
+    let r = getrandom::getrandom(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
+    let ms = cap.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { r % (ms + 1) })
+}
+
+pub async fn run(
+    cfg: Arc<SidecarConfig>,
+    identify: watch::Receiver<Identify>,
+    events: mpsc::UnboundedSender<ConnEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let ws_config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+        let connect = tokio_tungstenite::connect_async_with_config(cfg.hub_url.as_str(), Some(ws_config), true);
+        let identified = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok((ws, _))) => session(ws, &cfg, &identify, &events, &shutdown).await,
+            Ok(Err(e)) => {
+                tracing::warn!(hub_url = %cfg.hub_url, error = %e, "cannot connect to the hub");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(hub_url = %cfg.hub_url, "connecting to the hub timed out");
+                false
+            }
+        };
+        if identified {
+            failures = 0;
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let delay = backoff(cfg.reconnect_base, cfg.reconnect_max, failures);
+        failures = failures.saturating_add(1);
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting to the hub");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One connection. Returns whether it got as far as `identified`.
+async fn session(
+    mut ws: Ws,
+    cfg: &SidecarConfig,
+    identify: &watch::Receiver<Identify>,
+    events: &mpsc::UnboundedSender<ConnEvent>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let hello = AgentFrame::Identify(Box::new(identify.borrow().clone()));
+    if ws.send(Message::text(hello.to_text())).await.is_err() {
+        return false;
+    }
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<AgentFrame>();
+    let mut identified = false;
+    let mut ping = tokio::time::interval(cfg.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset();
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let pong_deadline = tokio::time::sleep_until(far);
+    tokio::pin!(pong_deadline);
+    let mut waiting_pong = false;
+    let close_with = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Some((CloseCode::Away, "sidecar shutting down")),
+            Some(frame) = out_rx.recv() => {
+                if ws.send(Message::text(frame.to_text())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = ping.tick(), if identified => {
+                if ws.send(Message::text(AgentFrame::Ping.to_text())).await.is_err() {
+                    break None;
+                }
+                if !waiting_pong {
+                    waiting_pong = true;
+                    pong_deadline.as_mut().reset(tokio::time::Instant::now() + cfg.pong_timeout);
+                }
+            }
+            _ = &mut pong_deadline, if waiting_pong => {
+                tracing::warn!(timeout_ms = cfg.pong_timeout.as_millis() as u64, "no pong from the hub; reconnecting");
+                break None;
+            }
+            msg = ws.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(f))) => {
+                        tracing::info!(close = ?f, "the hub closed the connection");
+                        break None;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "hub connection failed");
+                        break None;
+                    }
+                    None => break None,
+                };
+                let frame = match proto::parse_hub_frame(text.as_str()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %e, frame = %truncate(text.as_str(), 300), "ignoring a malformed frame from the hub");
+                        continue;
+                    }
+                };
+                match frame {
+                    HubFrame::Identified { .. } => {
+                        identified = true;
+                        tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, "identified to the hub");
+                        let _ = events.send(ConnEvent::Identified(out_tx.clone()));
+                    }
+                    HubFrame::Pong { .. } => {
+                        waiting_pong = false;
+                        pong_deadline.as_mut().reset(far);
+                    }
+                    HubFrame::Error(e) if !identified => {
+                        tracing::error!(error = %e.error, message = e.message.as_deref().unwrap_or(""), "the hub refused identify");
+                        break None;
+                    }
+                    other => {
+                        let _ = events.send(ConnEvent::Frame(other));
+                    }
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close_with {
+        let _ = ws.close(Some(CloseFrame { code, reason: reason.into() })).await;
+        // Wait briefly for the hub's close reply so the close handshake completes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async { while ws.next().await.is_some() {} }).await;
+    }
+    if identified {
+        let _ = events.send(ConnEvent::Lost);
+    }
+    identified
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        for attempt in 0..30 {
+            let cap = base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap()).min(max);
+            for _ in 0..20 {
+                assert!(backoff(base, max, attempt) <= cap);
+            }
+        }
+        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, max, 5)).collect();
+        assert!(samples.len() > 10, "delays are spread, not fixed");
+    }
+}

@@ -1,0 +1,94 @@
+//! agentcom sidecar: sits beside one AI agent, holds its WebSocket to the hub, and carries each
+//! task from `task_assign` to `task_complete` so that no crash, restart or network cut loses or
+//! duplicates it.
+//!
+//! [`run`] starts three pieces: the [`conn`] task (the socket), a file watcher on the results
+//! dir, and the [`runner`], which owns `queue.json` and the active task.
+
+pub mod config;
+pub mod conn;
+pub mod queue;
+pub mod runner;
+pub mod wake;
+
+use notify::Watcher;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use config::SidecarConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("cannot watch {path}: {message}")]
+    Watch { path: String, message: String },
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> SidecarError {
+    move |source| SidecarError::Io { context, source }
+}
+
+/// Creates `dir` if missing and proves it writable with a probe file.
+fn writable_dir(dir: &Path, what: &str) -> Result<(), SidecarError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("cannot create the {what} {}", dir.display())))?;
+    let probe = dir.join(".agentcom-write-test");
+    std::fs::write(&probe, b"ok").map_err(io(format!("the {what} {} is not writable", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Runs the sidecar until `shutdown` is cancelled. The active task stays on disk.
+pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    writable_dir(&cfg.results_dir, "results dir")?;
+    writable_dir(&cfg.state_dir.join("tasks"), "state dir")?;
+    let store = queue::QueueStore::new(&cfg.state_dir);
+    let loaded = store.load().map_err(io(format!("cannot read {}", store.path().display())))?;
+    let corrupt = loaded.moved_aside.map(|(aside, why)| {
+        tracing::error!(path = %aside.display(), error = %why, "queue.json was corrupt; moved it aside and starting with an empty queue");
+        format!("queue_corrupt: moved aside to {} ({why})", aside.display())
+    });
+    let cfg = Arc::new(cfg);
+
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let watch_tx = ev_tx.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+        use notify::EventKind;
+        let complete = matches!(
+            ev.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        );
+        for path in ev.paths {
+            let _ = watch_tx.send(runner::Event::File { path, complete });
+        }
+    })
+    .map_err(|e| SidecarError::Watch { path: cfg.results_dir.display().to_string(), message: e.to_string() })?;
+    watcher
+        .watch(&cfg.results_dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| SidecarError::Watch { path: cfg.results_dir.display().to_string(), message: e.to_string() })?;
+
+    let (identify_tx, identify_rx) = watch::channel(runner::empty_identify());
+    let runner = runner::Runner::new(cfg.clone(), store, loaded.queue, corrupt, identify_tx, ev_tx.clone());
+
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+    let conn = tokio::spawn(conn::run(cfg.clone(), identify_rx, conn_tx, shutdown.clone()));
+    let forward = tokio::spawn(async move {
+        while let Some(e) = conn_rx.recv().await {
+            if ev_tx.send(runner::Event::Conn(e)).is_err() {
+                break;
+            }
+        }
+    });
+    tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, results_dir = %cfg.results_dir.display(), "sidecar started");
+    runner.run(ev_rx, shutdown.clone()).await;
+    let _ = conn.await;
+    forward.abort();
+    drop(watcher);
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
