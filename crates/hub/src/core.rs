@@ -176,7 +176,6 @@ struct OpenTask {
     task: Task,
     /// When the task last entered the queue, for the dispatch latency histogram.
     queued_at: Instant,
-    progress: Option<Value>,
     /// After `task_rejected`: not offered to this agent again before the instant.
     rejected_by: Option<(String, Instant)>,
     /// Set when the holder reconnects on this connection; cleared by any frame about the task.
@@ -185,7 +184,7 @@ struct OpenTask {
 
 impl OpenTask {
     fn new(task: Task) -> Self {
-        OpenTask { task, queued_at: Instant::now(), progress: None, rejected_by: None, unclaimed: None }
+        OpenTask { task, queued_at: Instant::now(), rejected_by: None, unclaimed: None }
     }
 }
 
@@ -794,7 +793,7 @@ impl<S: Store> Core<S> {
             AgentFrame::TaskProgress { task_id, progress, execution_event } => {
                 if let Some(o) = self.tasks.get_mut(&task_id) {
                     if o.task.assigned_to.as_deref() == Some(&agent_id) {
-                        o.progress = progress.or(execution_event);
+                        o.task.progress = progress.or(execution_event);
                     }
                 }
             }
@@ -1370,6 +1369,7 @@ impl<S: Store> Core<S> {
             result: None,
             report: Map::new(),
             last_error: None,
+            progress: None,
             submitted_by: role.name().to_string(),
             created_at: now,
             updated_at: now,
@@ -1396,13 +1396,13 @@ impl<S: Store> Core<S> {
         ok(201, json!({ "status": "queued", "task_id": task_id, "priority": priority.as_str(), "created_at": now }))
     }
 
-    fn task_json(&self, task: Task) -> Value {
-        let progress = self.tasks.get(&task.task_id).and_then(|o| o.progress.clone());
+    fn task_json(&self, mut task: Task) -> Value {
+        // Progress is kept in memory between transitions; the open copy is the freshest.
+        if let Some(p) = self.tasks.get(&task.task_id).and_then(|o| o.task.progress.clone()) {
+            task.progress = Some(p);
+        }
         let mut v = serde_json::to_value(task).expect("tasks serialize");
         v.as_object_mut().expect("object").remove("seq");
-        if let Some(p) = progress {
-            v["progress"] = p;
-        }
         v
     }
 

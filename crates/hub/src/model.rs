@@ -124,6 +124,9 @@ pub struct Task {
     /// Other fields of `task_complete` (tokens_used, verification_report, ...).
     pub report: Map<String, Value>,
     pub last_error: Option<String>,
+    /// The agent's last `task_progress`; saved with the task's next transition.
+    #[serde(default)]
+    pub progress: Option<Value>,
     pub submitted_by: String,
     pub created_at: u64,
     pub updated_at: u64,

@@ -458,11 +458,24 @@ impl Runner {
         if !current && !spawn_failed {
             return; // a wake of a task we no longer hold
         }
-        let foreground = self.wake.take().is_some_and(|w| w.foreground);
         let Some(t) = self.q.active.clone().filter(|t| t.task_id == task_id) else { return };
+        // `.started` existing when the command ends means the command was the agent itself,
+        // even if its file event has not reached us yet.
+        let seen_running = self.wake.take().is_some_and(|w| w.foreground);
+        let foreground = seen_running || (!spawn_failed && self.path(&task_id, "started").exists());
+        if foreground && t.status == Phase::Waking {
+            self.send(AgentFrame::WakeResult {
+                task_id: task_id.clone(),
+                status: "success".into(),
+                attempt: Some(attempt as u64),
+                error: None,
+            });
+            self.check_files(None);
+        }
+        let t = self.q.active.clone().filter(|t| t.task_id == task_id).unwrap_or(t);
         let log_tail = wake::log_tail(&self.wake_log(&task_id), 400);
         match t.status {
-            Phase::Waking => {
+            Phase::Waking if !foreground => {
                 let (ok, status, error) = match &outcome {
                     WakeOutcome::Exited { success: true, .. } => (true, "success", None),
                     WakeOutcome::Exited { desc, .. } => (false, "failed", Some(format!("{desc}; output: {log_tail}"))),
@@ -541,15 +554,21 @@ impl Runner {
                 return;
             }
         }
-        self.forward_progress(id);
         let started = self.path(id, "started").exists();
         if started && t.status != Phase::Working {
-            if let Some(w) = self.wake.as_mut().filter(|w| &w.task_id == id) {
+            if let Some(w) = self.wake.as_mut().filter(|w| &w.task_id == id && !w.foreground) {
                 // The command is still running and the agent confirmed: it is the agent itself.
                 w.foreground = true;
                 if let Some(d) = w.disarm.take() {
                     let _ = d.send(());
                 }
+                let attempt = Some(w.attempt as u64);
+                self.send(AgentFrame::WakeResult {
+                    task_id: id.clone(),
+                    status: "success".into(),
+                    attempt,
+                    error: None,
+                });
             }
             if matches!(self.deadline, Some((_, Deadline::Confirmation))) {
                 self.deadline = None;
@@ -557,6 +576,9 @@ impl Runner {
             tracing::info!(task_id = %id, "agent confirmed (.started)");
             self.set_phase(Phase::Working);
         }
+        // Progress first: an agent writes its progress before its result, so reading in this
+        // order never reports a result without the progress that preceded it.
+        self.forward_progress(id);
         let result = self.path(id, "json");
         let Ok(meta) = std::fs::metadata(&result) else { return };
         let complete_event = trigger.as_ref().is_some_and(|(p, complete)| *complete && p == &result);

@@ -57,12 +57,17 @@ impl Hub {
 
     /// Starts a hub whose data dir is `dir` (reused across restarts). Writes `hub.toml` there.
     pub fn start_in(bin: &Path, dir: &Path, config: &str) -> Result<Hub> {
+        Hub::start_at(bin, dir, config, "127.0.0.1:0")
+    }
+
+    /// Like [`Hub::start_in`] on a given address (to restart a hub on the port it had).
+    pub fn start_at(bin: &Path, dir: &Path, config: &str, listen: &str) -> Result<Hub> {
         let admin_token = "test-admin-token-0123456789abcdef".to_string();
         let cfg_path = dir.join("hub.toml");
         std::fs::create_dir_all(dir)?;
         std::fs::write(&cfg_path, format!("admin_token = \"{admin_token}\"\n{config}"))?;
         let mut child = Command::new(bin)
-            .args(["--log-format", "json", "hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--log-format", "json", "hub", "--listen", listen, "--data-dir"])
             .arg(dir)
             .arg("--config")
             .arg(&cfg_path)
@@ -409,5 +414,214 @@ impl WsAgent {
     /// Drops the TCP connection without a close frame (a network cut or crash).
     pub fn cut(self) {
         drop(self.ws);
+    }
+}
+
+/// Sidecar settings for tests: every delay in milliseconds.
+pub fn sidecar_config(agent_id: &str, token: &str, hub_ws_url: &str, wake_command: Option<&str>) -> String {
+    let mut c = format!(
+        "agent_id = \"{agent_id}\"\ntoken = \"{token}\"\nhub_url = \"{hub_ws_url}\"\ncapabilities = []\n\
+         confirmation_timeout_ms = 5000\nwake_timeout_ms = 10000\nwake_retry_delays_ms = [50, 50, 50]\n\
+         ping_interval_ms = 1000\npong_timeout_ms = 2000\nreconnect_base_ms = 20\nreconnect_max_ms = 200\n\
+         rescan_interval_ms = 200\nkill_timeout_ms = 300\n"
+    );
+    if let Some(w) = wake_command {
+        c.push_str(&format!("wake_command = {}\n", toml_string(w)));
+    }
+    c
+}
+
+/// A TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A running `agentcom sidecar` child process with its own folder.
+pub struct Sidecar {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sidecar {
+    /// Writes `config` to `<dir>/sidecar.toml` and starts the sidecar on it.
+    pub fn start(bin: &Path, dir: &Path, config: &str) -> Result<Sidecar> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("sidecar.toml");
+        std::fs::write(&path, config)?;
+        Sidecar::start_file(bin, dir, &path)
+    }
+
+    /// Starts a sidecar on an existing config file (TOML or AgentCom JSON).
+    pub fn start_file(bin: &Path, dir: &Path, config: &Path) -> Result<Sidecar> {
+        let mut child = Command::new(bin)
+            .args(["--log-format", "json", "sidecar", "--config"])
+            .arg(config)
+            .env("AGENTCOM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        watch_logs(child.stderr.take().expect("piped"), logs.clone(), "sidecar started", "agent_id").map_err(|e| {
+            let _ = child.kill();
+            anyhow!("sidecar did not start: {e}")
+        })?;
+        Ok(Sidecar { child: Some(child), dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
+    }
+
+    pub fn results(&self) -> PathBuf {
+        self.dir.join("results")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The parsed `queue.json` (null when missing).
+    pub fn queue(&self) -> Value {
+        std::fs::read(self.state().join("queue.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until the active (or recovering) task in queue.json has `status`.
+    pub async fn wait_phase(&self, status: &str) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let q = self.queue();
+            for slot in ["active", "recovering"] {
+                if q[slot]["status"] == status {
+                    return Ok(q[slot].clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("queue never reached {status}: {q}\nlogs:\n{}", self.logs().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for a log line whose message is `message`.
+    pub async fn wait_log(&self, message: &str) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for l in self.logs() {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    if v["message"] == message {
+                        return Ok(v);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no log {message:?}; logs:\n{}", self.logs().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut c = self.child.take().context("sidecar already stopped")?;
+        signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
+        wait_timeout(&mut c, WAIT)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A TCP proxy on loopback whose link can be cut (connections dropped, new ones refused)
+/// and restored: a network outage between a sidecar and its hub.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
+        let up2 = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound); // refused while the link is down
+                    continue;
+                }
+                let mut cut = gen_rx.clone();
+                let born = *cut.borrow();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|g| *g != born) => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy { addr, up, generation, task })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether a process is still alive (and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|s| s != "Z"),
+        Err(_) => false,
     }
 }

@@ -269,6 +269,7 @@ mod tests {
             result: None,
             report: Default::default(),
             last_error: None,
+            progress: None,
             submitted_by: "admin".into(),
             created_at: 1,
             updated_at: 1,

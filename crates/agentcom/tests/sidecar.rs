@@ -1,0 +1,551 @@
+//! End-to-end tests of the sidecar: the real hub and sidecar binaries, and a fake agent script
+//! that writes `.started`, `.progress` and result files the way a real agent's wrapper does.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use testkit::{Hub, Sidecar};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentcom"))
+}
+
+type R = anyhow::Result<()>;
+
+const AGENT: &str = r#"#!/bin/sh
+# Fake agent. $1 = mode. CONTROL is a folder the test uses to steer and observe it.
+R="$AGENTCOM_RESULTS_DIR"; T="$AGENTCOM_TASK_ID"; C="$CONTROL"
+echo "$T $1 $$" >> "$C/runs"
+wait_go() { while [ ! -f "$C/go" ]; do sleep 0.02; done; }
+case "$1" in
+  success)
+    touch "$R/$T.started"
+    echo '{"step":"one"}' >> "$R/$T.progress"
+    echo '{"step":"two"}' >> "$R/$T.progress"
+    printf '{"status":"success","answer":42,"task":"%s"}' "$T" > "$R/$T.json" ;;
+  fail) touch "$R/$T.started"; echo '{"status":"failed","reason":"compile error"}' > "$R/$T.json" ;;
+  garbage) touch "$R/$T.started"; echo '{nope' > "$R/$T.json" ;;
+  exit3) echo "boom from the wake"; exit 3 ;;
+  nostart) exit 0 ;;
+  hang) touch "$R/$T.started"; sleep 60 & echo $! > "$C/child.pid"; wait ;;
+  block-wake) wait_go; touch "$R/$T.started"; echo '{"status":"success"}' > "$R/$T.json" ;;
+  background)
+    ( wait_go; touch "$R/$T.started"; sleep 0.05; echo '{"status":"success"}' > "$R/$T.json" ) >/dev/null 2>&1 &
+    exit 0 ;;
+  block-work) touch "$R/$T.started"; wait_go; echo '{"status":"success"}' > "$R/$T.json" ;;
+  quit) touch "$R/$T.started"; exit 0 ;;
+esac
+"#;
+
+struct Env {
+    hub: Hub,
+    root: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(hub_extra: &str) -> anyhow::Result<Env> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("control"))?;
+        std::fs::write(root.path().join("agent.sh"), AGENT)?;
+        Ok(Env { hub: Hub::start(bin(), hub_extra)?, root })
+    }
+    fn control(&self) -> PathBuf {
+        self.root.path().join("control")
+    }
+    fn wake(&self, mode: &str) -> String {
+        format!("CONTROL='{}' sh '{}' {mode}", self.control().display(), self.root.path().join("agent.sh").display())
+    }
+    fn go(&self) {
+        std::fs::write(self.control().join("go"), b"").unwrap();
+    }
+    fn runs(&self) -> Vec<String> {
+        std::fs::read_to_string(self.control().join("runs")).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+    async fn config(&self, agent: &str, mode: Option<&str>, extra: &str) -> anyhow::Result<String> {
+        let token = self.hub.token(agent).await?;
+        let wake = mode.map(|m| self.wake(m));
+        let base = testkit::sidecar_config(agent, &token, &self.hub.ws_url(), wake.as_deref());
+        Ok(testkit::merge_config(&base, extra))
+    }
+    async fn sidecar(&self, agent: &str, mode: Option<&str>, extra: &str) -> anyhow::Result<Sidecar> {
+        let cfg = self.config(agent, mode, extra).await?;
+        Sidecar::start(bin(), &self.root.path().join(agent), &cfg)
+    }
+    fn restart(&self, agent: &str) -> anyhow::Result<Sidecar> {
+        let dir = self.root.path().join(agent);
+        Sidecar::start_file(bin(), &dir, &dir.join("sidecar.toml"))
+    }
+    fn rewrite_wake(&self, agent: &str, mode: &str) {
+        let path = self.root.path().join(agent).join("sidecar.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: String = text.lines().filter(|l| !l.starts_with("wake_command")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, format!("{kept}wake_command = {}\n", testkit::toml_string(&self.wake(mode)))).unwrap();
+    }
+    async fn submit(&self, desc: &str, max_retries: u32) -> anyhow::Result<String> {
+        self.hub.submit(json!({"description": desc, "max_retries": max_retries})).await
+    }
+}
+
+fn count(history: &Value, to: &str) -> usize {
+    history.as_array().map(|h| h.iter().filter(|x| x["to"] == to && x["from"] != to).count()).unwrap_or(0)
+}
+
+fn task_files(dir: &Path, id: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(id)).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The task completed exactly once, on its first assignment, and left no files behind.
+async fn completed_once(e: &Env, s: &Sidecar, id: &str) -> anyhow::Result<Value> {
+    let t = e.hub.wait_status(id, "completed").await?;
+    assert_eq!(count(&t["history"], "completed"), 1, "{t}");
+    assert_eq!(t["attempts"], 1, "never reassigned: {t}");
+    // Result files go only after the hub's ack; wait for the sidecar to clear the queue.
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while !s.queue()["active"].is_null() || !task_files(&s.results(), id).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sidecar kept the task: {} {:?}",
+            s.queue(),
+            task_files(&s.results(), id)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(t)
+}
+
+#[tokio::test]
+async fn success_with_progress_and_cleanup() -> R {
+    let e = Env::new("")?;
+    let s = e.sidecar("a1", Some("success"), "").await?;
+    let id = e.submit("say hello", 3).await?;
+    let t = completed_once(&e, &s, &id).await?;
+    assert_eq!(t["result"], json!({"status": "success", "answer": 42, "task": id}));
+    assert_eq!(t["progress"], json!({"step": "two"}), "the last progress line reached the hub");
+    let wake_ok = t["history"].as_array().unwrap().iter().any(|h| h["reason"] == "wake_result success (attempt 1)");
+    assert!(wake_ok, "{}", t["history"]);
+    assert!(s.queue()["active"].is_null());
+    let (_, agents) = e.hub.admin().get("/api/agents").await?;
+    assert_eq!(agents["agents"][0]["client_type"], "sidecar");
+    Ok(())
+}
+
+#[tokio::test]
+async fn failure_result_is_reported_with_its_reason() -> R {
+    let e = Env::new("")?;
+    let s = e.sidecar("a1", Some("fail"), "").await?;
+    let id = e.submit("break", 0).await?;
+    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    assert_eq!(t["last_error"], "compile error");
+    while !task_files(&s.results(), &id).is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn wake_failures_are_retried_then_fail_the_task() -> R {
+    let e = Env::new("")?;
+    let _s = e.sidecar("a1", Some("exit3"), "").await?;
+    let id = e.submit("wake me", 0).await?;
+    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    assert_eq!(t["last_error"], "wake_failed_after_3_attempts");
+    let wakes: Vec<&str> = t["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["reason"].as_str())
+        .filter(|r| r.starts_with("wake_result"))
+        .collect();
+    assert_eq!(wakes.len(), 4, "the first try and three retries: {wakes:?}");
+    assert!(
+        wakes[0].starts_with("wake_result failed (attempt 1): exit status: 3")
+            && wakes[0].contains("boom from the wake")
+    );
+    assert!(wakes[3].starts_with("wake_result failed (attempt 4)"));
+    assert_eq!(e.runs().len(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_wake_command_fails_the_task() -> R {
+    let e = Env::new("")?;
+    let _s = e.sidecar("a1", None, "").await?;
+    let id = e.submit("nobody to wake", 0).await?;
+    assert_eq!(e.hub.wait_status(&id, "dead_letter").await?["last_error"], "no_wake_command_configured");
+    Ok(())
+}
+
+#[tokio::test]
+async fn confirmation_timeout() -> R {
+    let e = Env::new("")?;
+    let _s = e.sidecar("a1", Some("nostart"), "confirmation_timeout_ms = 300").await?;
+    let id = e.submit("never starts", 0).await?;
+    assert_eq!(e.hub.wait_status(&id, "dead_letter").await?["last_error"], "confirmation_timeout");
+    Ok(())
+}
+
+#[tokio::test]
+async fn result_parse_error() -> R {
+    let e = Env::new("")?;
+    let _s = e.sidecar("a1", Some("garbage"), "").await?;
+    let id = e.submit("garbage out", 0).await?;
+    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    assert!(t["last_error"].as_str().unwrap().starts_with("result_parse_error: "), "{t}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_exiting_without_result_fails_the_task() -> R {
+    let e = Env::new("")?;
+    let _s = e.sidecar("a1", Some("quit"), "").await?;
+    let id = e.submit("gives up", 0).await?;
+    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    assert!(t["last_error"].as_str().unwrap().starts_with("agent_exited_without_result"), "{t}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn task_text_never_runs_as_a_command() -> R {
+    let e = Env::new("")?;
+    let work = e.root.path().join("work");
+    std::fs::create_dir_all(&work)?;
+    let wake = "printf '%s' ${TASK_DESCRIPTION} > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.desc\"; \
+                printf '%s' ${TASK_ID} > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.id\"; \
+                touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"; \
+                echo '{\"status\":\"success\"}' > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.json\"";
+    let token = e.hub.token("a1").await?;
+    let mut cfg = testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(wake));
+    cfg.push_str(&format!("repo_dir = {}\n", testkit::toml_string(&work.display().to_string())));
+    let s = Sidecar::start(bin(), &e.root.path().join("a1"), &cfg)?;
+    for evil in
+        ["$(touch X)", "`touch X`", "'; touch X; '", "\"; touch X; \"", "x && touch X", "$(touch /tmp/agentcom-X-$$)"]
+    {
+        let id = e.submit(evil, 0).await?;
+        e.hub.wait_status(&id, "completed").await?;
+        let deadline = std::time::Instant::now() + testkit::WAIT;
+        while !s.queue()["active"].is_null() {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!work.join("X").exists(), "{evil:?} ran as a command");
+    }
+    assert!(!s.results().join("X").exists());
+    let stray: Vec<_> = std::fs::read_dir(std::env::temp_dir())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agentcom-X-"))
+        .collect();
+    assert!(stray.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn description_reaches_the_agent_verbatim() -> R {
+    let e = Env::new("")?;
+    let wake = "printf '%s' ${TASK_DESCRIPTION} > \"$AGENTCOM_RESULTS_DIR/../seen.txt\"; \
+                cp \"$AGENTCOM_TASK_FILE\" \"$AGENTCOM_RESULTS_DIR/../task.json\"; \
+                touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"; \
+                echo '{\"status\":\"success\"}' > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.json\"";
+    let token = e.hub.token("a1").await?;
+    let s = Sidecar::start(
+        bin(),
+        &e.root.path().join("a1"),
+        &testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(wake)),
+    )?;
+    let text = "it's a \"quoted\" $HOME `x` \\ task\nwith two lines";
+    let id = e.hub.submit(json!({"description": text, "metadata": {"k": 1}, "repo": "r"})).await?;
+    completed_once(&e, &s, &id).await?;
+    assert_eq!(std::fs::read_to_string(s.dir.join("seen.txt"))?, text);
+    let task: Value = serde_json::from_slice(&std::fs::read(s.dir.join("task.json"))?)?;
+    assert_eq!((task["task_id"].as_str(), task["description"].as_str()), (Some(id.as_str()), Some(text)));
+    assert_eq!((task["metadata"]["k"].as_i64(), task["repo"].as_str()), (Some(1), Some("r")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_mid_work_kills_the_agent_and_frees_the_sidecar() -> R {
+    let e = Env::new("")?;
+    let s = e.sidecar("a1", Some("hang"), "").await?;
+    let id = e.submit("long job", 0).await?;
+    s.wait_phase("working").await?;
+    let child_pid = loop {
+        if let Ok(p) = std::fs::read_to_string(e.control().join("child.pid")) {
+            if let Ok(p) = p.trim().parse::<i32>() {
+                break p;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let wake_pid: i32 = e.runs()[0].split(' ').nth(2).unwrap().parse()?;
+    let (st, _) = e.hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
+    assert_eq!(st, 200);
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while testkit::alive(child_pid) || testkit::alive(wake_pid) {
+        assert!(std::time::Instant::now() < deadline, "the agent's process group survived the cancel");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while !s.queue()["active"].is_null() || !task_files(&s.results(), &id).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "files kept after cancel");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    e.rewrite_wake("a1", "success");
+    drop(s);
+    let s = e.restart("a1")?;
+    let next = e.submit("after the cancel", 0).await?;
+    completed_once(&e, &s, &next).await?;
+    Ok(())
+}
+
+/// Kills the sidecar with SIGKILL while the task is in `phase`, lets the agent finish while
+/// it is down where the phase allows, restarts it, and checks the task completes exactly once.
+async fn crash_in(phase: &str, mode: &str) -> R {
+    let e = Env::new("")?;
+    let mut s = e.sidecar("a1", Some(mode), "").await?;
+    let id = e.submit(&format!("crash while {phase}"), 0).await?;
+    s.wait_phase(phase).await?;
+    s.kill9();
+    e.go();
+    let s = e.restart("a1")?;
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_while_waking_reruns_the_unconfirmed_wake() -> R {
+    let e = Env::new("")?;
+    let mut s = e.sidecar("a1", Some("block-wake"), "").await?;
+    let id = e.submit("crash while waking", 0).await?;
+    s.wait_phase("waking").await?;
+    s.kill9();
+    let first: i32 = e.runs()[0].split(' ').nth(2).unwrap().parse()?;
+    assert!(testkit::alive(first), "the wake outlives the sidecar (own process group)");
+    let s = e.restart("a1")?;
+    // The recovered sidecar stops the orphaned wake and runs it again.
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while testkit::alive(first) || e.runs().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "old wake not replaced: {:?}", e.runs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.go();
+    completed_once(&e, &s, &id).await?;
+    assert_eq!(e.runs().len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_while_waiting_for_confirmation() -> R {
+    crash_in("waking_confirmation", "background").await
+}
+
+#[tokio::test]
+async fn sigkill_while_working_never_reruns_a_confirmed_wake() -> R {
+    let e = Env::new("")?;
+    let mut s = e.sidecar("a1", Some("block-work"), "").await?;
+    let id = e.submit("crash while working", 0).await?;
+    s.wait_phase("working").await?;
+    s.kill9();
+    e.go();
+    let s = e.restart("a1")?;
+    completed_once(&e, &s, &id).await?;
+    assert_eq!(e.runs().len(), 1, "a confirmed wake is never run again");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_after_accept_before_the_wake() -> R {
+    let e = Env::new("")?;
+    let mut s = e.sidecar("a1", Some("block-wake"), "").await?;
+    let id = e.submit("crash right after accept", 0).await?;
+    s.wait_phase("waking").await?;
+    s.kill9();
+    // Rewind the file to the instant after the accept was persisted and acked, before any wake.
+    let pid: i32 = e.runs()[0].split(' ').nth(2).unwrap().parse()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+    let qpath = s.state().join("queue.json");
+    let mut q: Value = serde_json::from_slice(&std::fs::read(&qpath)?)?;
+    q["active"]["status"] = json!("accepted");
+    q["active"]["wake_attempts"] = json!(0);
+    q["active"]["wake_pgid"] = Value::Null;
+    std::fs::write(&qpath, serde_json::to_vec(&q)?)?;
+    e.go();
+    let s = e.restart("a1")?;
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn result_written_while_the_hub_is_down_is_reported_once_after_both_restart() -> R {
+    let mut e = Env::new("")?;
+    let mut s = e.sidecar("a1", Some("block-work"), "").await?;
+    let id = e.submit("finish during an outage", 0).await?;
+    s.wait_phase("working").await?;
+    let (addr, dir) = (e.hub.addr.to_string(), e.hub.dir.clone());
+    e.hub.kill9();
+    e.go();
+    s.wait_phase("reporting").await?;
+    assert!(task_files(&s.results(), &id).iter().any(|f| f.ends_with(".json")), "kept until the hub acks");
+    s.kill9();
+    e.hub = Hub::start_at(bin(), &dir, &testkit::fast_config(), &addr)?;
+    let s = e.restart("a1")?;
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hub_restart_mid_task() -> R {
+    let mut e = Env::new("")?;
+    let s = e.sidecar("a1", Some("block-work"), "").await?;
+    let id = e.submit("survive a hub restart", 0).await?;
+    s.wait_phase("working").await?;
+    let (addr, dir) = (e.hub.addr.to_string(), e.hub.dir.clone());
+    e.hub.kill9();
+    e.hub = Hub::start_at(bin(), &dir, &testkit::fast_config(), &addr)?;
+    // The sidecar reconnects and claims its task with state_report before the agent finishes.
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    loop {
+        let (_, a) = e.hub.admin().get("/api/agents").await?;
+        if a["agents"][0]["connected"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sidecar did not reconnect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.go();
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn network_cut_and_restored() -> R {
+    let e = Env::new("")?;
+    let proxy = testkit::Proxy::start(e.hub.addr).await?;
+    let token = e.hub.token("a1").await?;
+    let cfg = testkit::sidecar_config("a1", &token, &proxy.ws_url(), Some(&e.wake("block-work")));
+    let s = Sidecar::start(bin(), &e.root.path().join("a1"), &cfg)?;
+    let id = e.submit("work through an outage", 0).await?;
+    s.wait_phase("working").await?;
+    proxy.cut();
+    e.go();
+    s.wait_phase("reporting").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // reconnect attempts are refused meanwhile
+    assert_eq!(e.hub.task(&id).await?["status"], "working");
+    proxy.restore();
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn corrupt_queue_is_moved_aside_and_the_sidecar_carries_on() -> R {
+    let e = Env::new("")?;
+    let dir = e.root.path().join("a1");
+    std::fs::create_dir_all(dir.join("state"))?;
+    std::fs::write(dir.join("state/queue.json"), b"{\"active\": {\"task_id\": 12")?;
+    let s = e.sidecar("a1", Some("success"), "").await?;
+    let aside: Vec<_> = std::fs::read_dir(dir.join("state"))?
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with("queue.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].path())?, b"{\"active\": {\"task_id\": 12");
+    let logged = s.wait_log("queue.json was corrupt; moved it aside and starting with an empty queue").await?;
+    assert_eq!(logged["level"], "ERROR");
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    loop {
+        let (_, a) = e.hub.admin().get("/api/agents").await?;
+        if a["agents"][0]["reported_status"].as_str().is_some_and(|r| r.starts_with("queue_corrupt: moved aside to ")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hub was not told: {a}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = e.submit("after the corruption", 0).await?;
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_keeps_the_task_for_recovery() -> R {
+    let e = Env::new("")?;
+    let mut s = e.sidecar("a1", Some("block-work"), "").await?;
+    let id = e.submit("interrupted", 0).await?;
+    s.wait_phase("working").await?;
+    let status = s.terminate()?;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(s.queue()["active"]["task_id"], id.as_str());
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    loop {
+        let (_, a) = e.hub.admin().get("/api/agents").await?;
+        if a["agents"][0]["status"] == "offline" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.go();
+    let s = e.restart("a1")?;
+    completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agentcom_config_json_is_accepted() -> R {
+    let e = Env::new("")?;
+    let token = e.hub.token("v1-agent").await?;
+    let dir = e.root.path().join("v1");
+    std::fs::create_dir_all(&dir)?;
+    let cfg = json!({
+        "agent_id": "v1-agent", "token": token, "hub_url": e.hub.ws_url(), "hub_api_url": e.hub.url(),
+        "wake_command": e.wake("success"), "capabilities": ["code"], "confirmation_timeout_ms": 5000,
+        "results_dir": "./out", "log_file": "./sidecar.log", "some_future_key": 1
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    let s = Sidecar::start_file(bin(), &dir, &dir.join("config.json"))?;
+    let id = e.hub.submit(json!({"description": "v1 config", "needed_capabilities": ["code"]})).await?;
+    e.hub.wait_status(&id, "completed").await?;
+    assert!(dir.join("out").is_dir(), "relative results_dir resolves against the config's folder");
+    drop(s);
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_config_lists_every_error_and_exits_non_zero() -> R {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(&cfg, "hub_url = \"http://nope\"\nping_interval_ms = 0\ncapabilities = [\"\"]\n")?;
+    let out = std::process::Command::new(bin()).args(["sidecar", "--config"]).arg(&cfg).output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for f in ["agent_id: required", "token: required", "hub_url:", "ping_interval_ms:", "capabilities[0]:"] {
+        assert!(err.contains(f), "{f} missing: {err}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unusable_results_dir_is_a_clear_error_at_start() -> R {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("a-file"), b"")?;
+    let cfg = dir.path().join("s.toml");
+    let mut text = testkit::sidecar_config("a", "t", "ws://127.0.0.1:9/ws", Some("true"));
+    text.push_str(&format!(
+        "results_dir = {}\n",
+        testkit::toml_string(&dir.path().join("a-file/results").display().to_string())
+    ));
+    std::fs::write(&cfg, text)?;
+    let out = std::process::Command::new(bin()).args(["sidecar", "--config"]).arg(&cfg).output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("results dir") && err.contains("a-file/results"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_results_dir_is_created() -> R {
+    let e = Env::new("")?;
+    let s = e.sidecar("a1", Some("success"), "").await?;
+    assert!(s.results().is_dir());
+    Ok(())
+}
