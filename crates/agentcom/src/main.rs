@@ -87,6 +87,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         work_ms: u64,
     },
+    /// Wake-command wrapper for real agents: writes <task>.started, runs CMD, streams its output
+    /// lines to <task>.progress, then writes <task>.json from its exit status.
+    RunAgent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Submit, list, inspect, cancel and retry tasks.
     Task {
         #[command(subcommand)]
@@ -229,7 +235,8 @@ fn print(remote: &Remote, v: &Value, human: impl FnOnce(&Value) -> String) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs one command; the value is the process exit code.
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Sidecar { config } => {
             init_logging(cli.log_format, "info");
@@ -243,6 +250,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(demo::DemoOptions { work_ms, data_dir }, shutdown).await?;
         }
         Cmd::SampleAgent { work_ms } => demo::sample_agent(work_ms)?,
+        Cmd::RunAgent { cmd } => {
+            // The wrapped agent's exit code becomes ours, for the wake log.
+            let code = sidecar::wrap::run_agent(&cmd)?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
         Cmd::Hub { listen, data_dir, config, admin_token } => {
             init_logging(cli.log_format, "info");
             let cfg = hub::HubConfig::load(hub::Overrides { config, listen, data_dir, admin_token })?;
@@ -314,13 +326,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A sidecar does little at a time: one thread keeps it small beside the agent.
-    let rt = if matches!(cli.cmd, Cmd::Sidecar { .. } | Cmd::SampleAgent { .. }) {
+    let rt = if matches!(cli.cmd, Cmd::Sidecar { .. } | Cmd::SampleAgent { .. } | Cmd::RunAgent { .. }) {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
@@ -333,7 +345,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             // One line: the chain of causes joined.
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();

@@ -549,3 +549,42 @@ async fn missing_results_dir_is_created() -> R {
     assert!(s.results().is_dir());
     Ok(())
 }
+
+#[tokio::test]
+async fn run_agent_wraps_a_plain_command_line_agent() -> R {
+    let e = Env::new("")?;
+    let token = e.hub.token("a1").await?;
+    let ok = format!(
+        "{} run-agent -- sh -c 'echo working on: \"$AGENTCOM_TASK_DESCRIPTION\"; echo done >&2'",
+        sidecar_quote(bin())
+    );
+    let s = Sidecar::start(
+        bin(),
+        &e.root.path().join("a1"),
+        &testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(&ok)),
+    )?;
+    let id = e.submit("fix it; $(touch X)", 0).await?;
+    let t = completed_once(&e, &s, &id).await?;
+    assert_eq!(t["result"]["status"], "success");
+    assert_eq!(t["result"]["exit_code"], 0);
+    let tail: Vec<&str> = t["result"]["output_tail"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(tail.contains(&"working on: fix it; $(touch X)") && tail.contains(&"done"), "{tail:?}");
+    assert!(t["progress"]["line"].as_str().is_some(), "output lines are forwarded as progress: {t}");
+    drop(s);
+
+    let token = e.hub.token("a2").await?;
+    let failing = format!("{} run-agent -- sh -c 'echo oops; exit 3'", sidecar_quote(bin()));
+    let _s = Sidecar::start(
+        bin(),
+        &e.root.path().join("a2"),
+        &testkit::sidecar_config("a2", &token, &e.hub.ws_url(), Some(&failing)),
+    )?;
+    let id = e.hub.submit(json!({"description": "fails", "max_retries": 0, "assign_to": "a2"})).await?;
+    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    assert_eq!(t["last_error"], "sh exited with exit status: 3");
+    Ok(())
+}
+
+fn sidecar_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}

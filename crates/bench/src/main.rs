@@ -2,6 +2,7 @@
 //! BENCHMARKS.md. Run `cargo build --release` first; see BENCHMARKS.md for the commands.
 
 mod hub;
+mod sidecar;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Cmd {
     /// Hub: submit -> task_assign latency, lifecycles per second, RSS per idle connection.
     Hub(hub::Args),
+    /// Sidecar: RSS idle and working, assign -> accepted latency, result file -> completed latency.
+    Sidecar(sidecar::Args),
 }
 
 pub fn default_bin() -> PathBuf {
@@ -65,5 +68,6 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
         Cmd::Hub(args) => rt.block_on(hub::run(&bin, args)),
+        Cmd::Sidecar(args) => rt.block_on(sidecar::run(&bin, args)),
     }
 }

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod queue;
 pub mod runner;
 pub mod wake;
+pub mod wrap;
 
 use notify::Watcher;
 use std::path::Path;

@@ -1,0 +1,140 @@
+//! Sidecar benchmark: RSS idle and working, `task_assign` → `task_accepted` latency (the
+//! fsync of queue.json included), and result file written → task `completed` at the hub.
+
+use crate::{pct, rss_bytes};
+use anyhow::{bail, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use testkit::{Hub, Sidecar};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Tasks for the result → completed run.
+    #[arg(long, default_value_t = 300)]
+    tasks: usize,
+    /// Assignments for the accept-latency run.
+    #[arg(long, default_value_t = 1000)]
+    assigns: usize,
+}
+
+const STARTED_ONLY: &str = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"";
+
+pub async fn run(bin: &Path, args: Args) -> Result<()> {
+    println!("agentcom sidecar benchmark (release binary {})", bin.display());
+    let root = tempfile::tempdir()?;
+    let hub = Hub::start(bin, "")?;
+    let token = hub.token("bench-agent").await?;
+    let cfg = testkit::sidecar_config("bench-agent", &token, &hub.ws_url(), Some(STARTED_ONLY));
+    // Production cadence for the safety-net rescan: the inotify path is what is measured.
+    let cfg = testkit::merge_config(&cfg, "rescan_interval_ms = 2000\nping_interval_ms = 30000\n");
+    let sidecar = Sidecar::start(bin, &root.path().join("agent"), &cfg)?;
+    sidecar.wait_log("identified to the hub").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_bytes(sidecar.pid())?;
+
+    let api = hub.admin();
+    let mut lat = Vec::with_capacity(args.tasks);
+    let mut working_rss = 0u64;
+    for n in 0..args.tasks {
+        let id = hub.submit(json!({"description": format!("bench {n}")})).await?;
+        sidecar.wait_phase("working").await?;
+        working_rss = working_rss.max(rss_bytes(sidecar.pid())?);
+        // The agent's move: write the result atomically (temp file, then rename in).
+        let tmp = sidecar.results().join(format!(".{id}.tmp"));
+        std::fs::write(&tmp, br#"{"status":"success"}"#)?;
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, sidecar.results().join(format!("{id}.json")))?;
+        loop {
+            let (_, t) = api.get(&format!("/api/tasks/{id}")).await?;
+            if t["status"] == "completed" {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("task {id} not completed: {t}");
+            }
+        }
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // Wait for the sidecar to clear the task before the next one.
+        while !sidecar.queue()["active"].is_null() {
+            tokio::task::yield_now().await;
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!("sidecar RSS idle (identified): {:.1} MB", idle as f64 / 1e6);
+    println!("sidecar RSS while working (max over {} tasks): {:.1} MB", args.tasks, working_rss as f64 / 1e6);
+    println!(
+        "result file renamed in -> task completed at the hub ({} tasks): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0)
+    );
+    drop(sidecar);
+    drop(hub);
+    accept_latency(bin, args.assigns, root.path()).await
+}
+
+/// Measures the sidecar alone: this function plays the hub's side of the socket, sends
+/// `task_assign` and times the `task_accepted`, which the sidecar sends only after queue.json
+/// is fsynced. It then cancels the task so the sidecar is free for the next one.
+async fn accept_latency(bin: &Path, n: usize, root: &Path) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let cfg = testkit::sidecar_config("acc", "t", &format!("ws://{addr}/ws"), Some("exit 0"));
+    let cfg = testkit::merge_config(&cfg, "confirmation_timeout_ms = 600000\nping_interval_ms = 600000\n");
+    let sidecar = Sidecar::start(bin, &root.join("acc"), &cfg)?;
+    let (tcp, _) = listener.accept().await?;
+    tcp.set_nodelay(true)?;
+    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+    let next_text =
+        |m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>| -> Result<Option<serde_json::Value>> {
+            match m {
+                Some(Ok(Message::Text(t))) => Ok(Some(serde_json::from_str(t.as_str())?)),
+                Some(Ok(_)) => Ok(None),
+                Some(Err(e)) => Err(e.into()),
+                None => bail!("sidecar closed"),
+            }
+        };
+    let hello = loop {
+        if let Some(v) = next_text(ws.next().await)? {
+            break v;
+        }
+    };
+    if hello["type"] != "identify" {
+        bail!("expected identify, got {hello}");
+    }
+    ws.send(Message::text(json!({"type": "identified", "agent_id": "acc"}).to_string())).await?;
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("task-{i}");
+        let assign = json!({"type": "task_assign", "task_id": id, "description": "x", "metadata": {}, "generation": 1, "assigned_at": 0});
+        let t0 = Instant::now();
+        ws.send(Message::text(assign.to_string())).await?;
+        loop {
+            let Some(v) = next_text(ws.next().await)? else { continue };
+            if v["type"] == "task_accepted" && v["task_id"] == id.as_str() {
+                break;
+            }
+        }
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        ws.send(Message::text(json!({"type": "task_cancelled", "task_id": id, "timestamp": 0}).to_string())).await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sidecar.queue()["active"].is_null() {
+            if Instant::now() > deadline {
+                bail!("cancel not applied");
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "task_assign -> task_accepted, queue.json fsynced first ({n} assignments): p50 {:.2} ms, p99 {:.2} ms",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    drop(sidecar);
+    Ok(())
+}
