@@ -588,3 +588,58 @@ async fn run_agent_wraps_a_plain_command_line_agent() -> R {
 fn sidecar_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
+
+/// Our hub never sends these, so a scripted peer on a real socket plays a misbehaving hub:
+/// malformed frames are logged and ignored, and a second task while busy is rejected.
+#[tokio::test]
+async fn busy_rejects_and_malformed_hub_frames_are_ignored() -> R {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let root = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/ws", listener.local_addr()?);
+    let wake = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"";
+    let s = Sidecar::start(bin(), &root.path().join("a"), &testkit::sidecar_config("a", "t", &url, Some(wake)))?;
+    let (tcp, _) = listener.accept().await?;
+    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+    let hello: Value = loop {
+        match tokio::time::timeout(testkit::WAIT, ws.next()).await? {
+            Some(Ok(Message::Text(t))) => break serde_json::from_str(t.as_str())?,
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("socket ended: {other:?}"),
+        }
+    };
+    assert_eq!(hello["type"], "identify");
+    let send = |v: &str| Message::text(v.to_string());
+    ws.send(send(r#"{"type":"identified","agent_id":"a"}"#)).await?;
+    for junk in ["{not json", r#"{"type":"task_assign","task_id":5}"#, r#"{"type":"teleport"}"#, "[]"] {
+        ws.send(send(junk)).await?;
+    }
+    let assign = |id: &str| {
+        json!({"type":"task_assign","task_id":id,"description":"d","metadata":{},"generation":1,"assigned_at":1})
+            .to_string()
+    };
+    ws.send(send(&assign("t1"))).await?;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while !seen.iter().any(|v: &Value| v["type"] == "task_accepted") {
+        assert!(std::time::Instant::now() < deadline, "no accept: {seen:?}");
+        if let Some(Ok(Message::Text(t))) = tokio::time::timeout(testkit::WAIT, ws.next()).await? {
+            seen.push(serde_json::from_str(t.as_str())?);
+        }
+    }
+    s.wait_phase("working").await?;
+    ws.send(send(&assign("t2"))).await?;
+    loop {
+        let Some(Ok(Message::Text(t))) = tokio::time::timeout(testkit::WAIT, ws.next()).await? else { continue };
+        let v: Value = serde_json::from_str(t.as_str())?;
+        if v["type"] == "task_rejected" {
+            assert_eq!((v["task_id"].as_str(), v["reason"].as_str()), (Some("t2"), Some("busy")));
+            break;
+        }
+    }
+    assert_eq!(s.queue()["active"]["task_id"], "t1", "the held task is untouched");
+    let warned = s.logs().iter().filter(|l| l.contains("ignoring a malformed frame from the hub")).count();
+    assert_eq!(warned, 4, "{:?}", s.logs());
+    Ok(())
+}
