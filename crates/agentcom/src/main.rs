@@ -93,6 +93,67 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Run the process supervisor daemon (state in AGENTCOM_SUPERVISOR_DIR).
+    Supervisor {
+        /// How often process-group memory is checked against max_memory_bytes.
+        #[arg(long, env = "AGENTCOM_SUPERVISOR_MEMORY_CHECK_MS", default_value_t = 5000)]
+        memory_check_ms: u64,
+        /// Uptime after which the restart backoff starts again from the base delay.
+        #[arg(long, env = "AGENTCOM_SUPERVISOR_BACKOFF_RESET_MS", default_value_t = 30000)]
+        backoff_reset_ms: u64,
+    },
+    /// Start a supervised process (launches the supervisor in the background if none runs).
+    Start {
+        name: String,
+        #[command(flatten)]
+        opts: StartOpts,
+        #[command(flatten)]
+        sup: Sup,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a supervised process (its whole process group).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        sup: Sup,
+    },
+    /// Restart a supervised process (also clears `errored`).
+    Restart {
+        name: String,
+        #[command(flatten)]
+        sup: Sup,
+    },
+    /// Stop and forget a supervised process.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        sup: Sup,
+    },
+    /// List supervised processes.
+    Ps {
+        #[command(flatten)]
+        sup: Sup,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one process (env values redacted under pm2).
+    Describe {
+        name: String,
+        #[command(flatten)]
+        sup: Sup,
+    },
+    /// Print a process's logs; -f follows them across rotations.
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, default_value_t = 20)]
+        lines: usize,
+        #[command(flatten)]
+        sup: Sup,
+    },
     /// Submit, list, inspect, cancel and retry tasks.
     Task {
         #[command(subcommand)]
@@ -113,6 +174,114 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+}
+
+/// Which supervisor the process commands drive.
+#[derive(clap::Args, Clone)]
+struct Sup {
+    #[arg(long, value_enum, default_value = "native", env = "AGENTCOM_BACKEND")]
+    backend: BackendKind,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    Native,
+    Pm2,
+}
+
+impl Sup {
+    fn backend(&self) -> anyhow::Result<supervisor::backend::Backend> {
+        Ok(supervisor::backend::Backend {
+            kind: match self.backend {
+                BackendKind::Native => supervisor::backend::Kind::Native,
+                BackendKind::Pm2 => supervisor::backend::Kind::Pm2,
+            },
+            dir: supervisor::client::default_dir(),
+            exe: std::env::current_exe().context("find the agentcom binary")?,
+        })
+    }
+}
+
+/// Options of `agentcom start`; names match the daemon.toml keys.
+#[derive(clap::Args, Clone)]
+struct StartOpts {
+    #[arg(long)]
+    cwd: Option<String>,
+    /// K=V, repeatable.
+    #[arg(long = "env", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    #[arg(long, value_enum, default_value = "always")]
+    restart: RestartArg,
+    #[arg(long, default_value = "SIGTERM")]
+    kill_signal: String,
+    #[arg(long, default_value_t = 5000)]
+    kill_timeout_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    min_uptime_ms: u64,
+    #[arg(long, default_value_t = 16)]
+    max_restarts: u32,
+    #[arg(long, default_value_t = 100)]
+    restart_backoff_ms: u64,
+    #[arg(long, default_value_t = 15000)]
+    restart_backoff_max_ms: u64,
+    /// Exit code that means "stopped on purpose" (repeatable).
+    #[arg(long = "stop-exit-code")]
+    stop_exit_codes: Vec<i32>,
+    #[arg(long)]
+    health_cmd: Option<String>,
+    #[arg(long, default_value_t = 10000)]
+    health_interval_ms: u64,
+    #[arg(long, default_value_t = 3)]
+    health_failures: u32,
+    #[arg(long)]
+    max_memory_bytes: Option<u64>,
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    log_max_bytes: u64,
+    #[arg(long, default_value_t = 3)]
+    log_keep: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RestartArg {
+    Always,
+    OnFailure,
+    Never,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not K=V"))
+}
+
+impl StartOpts {
+    fn spec(self, name: String, cmd: Vec<String>) -> proto::control::ProcSpec {
+        use proto::control::RestartPolicy;
+        let (command, args) = cmd.split_first().map(|(c, a)| (c.clone(), a.to_vec())).unwrap_or_default();
+        proto::control::ProcSpec {
+            name,
+            command,
+            args,
+            cwd: self.cwd,
+            env: self.env.into_iter().collect(),
+            restart: match self.restart {
+                RestartArg::Always => RestartPolicy::Always,
+                RestartArg::OnFailure => RestartPolicy::OnFailure,
+                RestartArg::Never => RestartPolicy::Never,
+            },
+            kill_signal: self.kill_signal,
+            kill_timeout_ms: self.kill_timeout_ms,
+            min_uptime_ms: self.min_uptime_ms,
+            max_restarts: self.max_restarts,
+            restart_backoff_ms: self.restart_backoff_ms,
+            restart_backoff_max_ms: self.restart_backoff_max_ms,
+            stop_exit_codes: self.stop_exit_codes,
+            health_cmd: self.health_cmd,
+            health_interval_ms: self.health_interval_ms,
+            health_failures: self.health_failures,
+            max_memory_bytes: self.max_memory_bytes,
+            log_max_bytes: self.log_max_bytes,
+            log_keep: self.log_keep,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -238,6 +407,50 @@ fn print(remote: &Remote, v: &Value, human: impl FnOnce(&Value) -> String) {
 /// Runs one command; the value is the process exit code.
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
+        Cmd::Supervisor { memory_check_ms, backoff_reset_ms } => {
+            init_logging(cli.log_format, "info");
+            let cfg = supervisor::daemon::DaemonConfig {
+                dir: supervisor::client::default_dir(),
+                memory_check: std::time::Duration::from_millis(memory_check_ms.max(1)),
+                backoff_reset: std::time::Duration::from_millis(backoff_reset_ms),
+            };
+            let shutdown = shutdown_on_signals()?;
+            supervisor::daemon::run(cfg, shutdown).await?;
+        }
+        Cmd::Start { name, opts, sup, cmd } => {
+            let spec = opts.spec(name, cmd);
+            let problems = spec.validate();
+            if !problems.is_empty() {
+                anyhow::bail!("{}", problems.join("; "));
+            }
+            println!("{}", sup.backend()?.start(&spec)?);
+        }
+        Cmd::Stop { name, sup } => println!("{}", sup.backend()?.stop(&name)?),
+        Cmd::Restart { name, sup } => println!("{}", sup.backend()?.restart(&name)?),
+        Cmd::Delete { name, sup } => println!("{}", sup.backend()?.delete(&name)?),
+        Cmd::Ps { sup, json } => {
+            let list = sup.backend()?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", supervisor::cli::ps_table(&list));
+            }
+        }
+        Cmd::Describe { name, sup } => {
+            println!("{}", serde_json::to_string_pretty(&sup.backend()?.describe(&name)?)?);
+        }
+        Cmd::Logs { name, follow, lines, sup } => {
+            let d = sup.backend()?.describe(&name)?;
+            let (out, err) = match (d["out_log"].as_str(), d["pm2_env"]["pm_out_log_path"].as_str()) {
+                (Some(o), _) => (o.to_string(), d["err_log"].as_str().unwrap_or_default().to_string()),
+                (None, Some(o)) => {
+                    (o.to_string(), d["pm2_env"]["pm_err_log_path"].as_str().unwrap_or_default().to_string())
+                }
+                _ => anyhow::bail!("no log files known for {name}"),
+            };
+            tokio::task::spawn_blocking(move || supervisor::cli::logs(out.as_ref(), err.as_ref(), lines, follow))
+                .await?;
+        }
         Cmd::Sidecar { config } => {
             init_logging(cli.log_format, "info");
             let cfg = sidecar::SidecarConfig::load(&config)?;
@@ -332,7 +545,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A sidecar does little at a time: one thread keeps it small beside the agent.
-    let rt = if matches!(cli.cmd, Cmd::Sidecar { .. } | Cmd::SampleAgent { .. } | Cmd::RunAgent { .. }) {
+    let small = matches!(
+        cli.cmd,
+        Cmd::Sidecar { .. }
+            | Cmd::SampleAgent { .. }
+            | Cmd::RunAgent { .. }
+            | Cmd::Supervisor { .. }
+            | Cmd::Start { .. }
+            | Cmd::Stop { .. }
+            | Cmd::Restart { .. }
+            | Cmd::Delete { .. }
+            | Cmd::Ps { .. }
+            | Cmd::Describe { .. }
+            | Cmd::Logs { .. }
+    );
+    let rt = if small {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()

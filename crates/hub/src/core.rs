@@ -862,6 +862,10 @@ impl<S: Store> Core<S> {
             }
             AgentFrame::ResourceReport(map) => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
+                    // Our sidecars send their supervisor's view here when it changes.
+                    if let Some(info) = map.get("process_info").and_then(|v| serde_json::from_value(v.clone()).ok()) {
+                        a.process_info = Some(info);
+                    }
                     a.resources = Some(map);
                 }
             }

@@ -5,6 +5,8 @@
 //! `validation_failed`), then deserialized into a typed [`AgentFrame`]. Unknown fields are
 //! allowed, because v1 sidecars send extras such as `protocol_version` on every frame.
 
+pub mod control;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

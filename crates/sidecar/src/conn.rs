@@ -95,7 +95,13 @@ async fn session(
     let mut waiting_pong = false;
     let close_with = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Some((CloseCode::Away, "sidecar shutting down")),
+            _ = shutdown.cancelled() => {
+                // Frames queued before the shutdown (agent_restarting) still go out first.
+                while let Ok(frame) = out_rx.try_recv() {
+                    let _ = ws.send(Message::text(frame.to_text())).await;
+                }
+                break Some((CloseCode::Away, "sidecar shutting down"));
+            }
             Some(frame) = out_rx.recv() => {
                 if ws.send(Message::text(frame.to_text())).await.is_err() {
                     break None;

@@ -73,8 +73,46 @@ pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), 
         .watch(&cfg.results_dir, notify::RecursiveMode::NonRecursive)
         .map_err(|e| SidecarError::Watch { path: cfg.results_dir.display().to_string(), message: e.to_string() })?;
 
+    // Who restarts us, and our numbers as it sees them: in identify, and refreshed after.
+    let (sup, info) = tokio::task::spawn_blocking(|| {
+        let s = supervisor::selfinfo::detect();
+        let info = supervisor::selfinfo::process_info(&s);
+        (s, info)
+    })
+    .await
+    .map_err(|e| SidecarError::Io { context: "detecting the supervisor".into(), source: std::io::Error::other(e) })?;
+    tracing::info!(
+        supervisor = sup.kind(),
+        name = info.name.as_deref().unwrap_or(""),
+        restart_count = info.restart_count,
+        "process self-awareness"
+    );
     let (identify_tx, identify_rx) = watch::channel(runner::empty_identify());
-    let runner = runner::Runner::new(cfg.clone(), store, loaded.queue, corrupt, identify_tx, ev_tx.clone());
+    let mut runner = runner::Runner::new(
+        cfg.clone(),
+        store,
+        loaded.queue,
+        corrupt,
+        identify_tx,
+        ev_tx.clone(),
+        sup.clone(),
+        shutdown.clone(),
+    );
+    runner.set_process_info(info);
+    let refresh_tx = ev_tx.clone();
+    let refresh_every = cfg.ping_interval;
+    let refresher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(refresh_every).await;
+            let s = sup.clone();
+            let Ok(info) = tokio::task::spawn_blocking(move || supervisor::selfinfo::process_info(&s)).await else {
+                break;
+            };
+            if refresh_tx.send(runner::Event::ProcessInfo(info)).is_err() {
+                break;
+            }
+        }
+    });
 
     let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
     let conn = tokio::spawn(conn::run(cfg.clone(), identify_rx, conn_tx, shutdown.clone()));
@@ -89,6 +127,7 @@ pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), 
     runner.run(ev_rx, shutdown.clone()).await;
     let _ = conn.await;
     forward.abort();
+    refresher.abort();
     drop(watcher);
     tracing::info!("sidecar stopped");
     Ok(())

@@ -27,6 +27,8 @@ pub enum Event {
         path: PathBuf,
         complete: bool,
     },
+    /// Fresh numbers from our supervisor.
+    ProcessInfo(ProcessInfo),
 }
 
 #[derive(Debug)]
@@ -67,9 +69,16 @@ pub struct Runner {
     progress_offset: u64,
     /// A corrupt queue.json moved aside at start, not yet reported to the hub.
     corrupt_report: Option<String>,
+    /// Who restarts us when we exit (detected at start).
+    supervisor: supervisor::selfinfo::Supervisor,
+    /// A `restart_sidecar` waiting for the working task to end.
+    pending_restart: Option<String>,
+    /// Cancelled to stop the whole sidecar (shutdown, or a commanded restart).
+    stop: CancellationToken,
 }
 
 impl Runner {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<SidecarConfig>,
         store: QueueStore,
@@ -77,6 +86,8 @@ impl Runner {
         corrupt_report: Option<String>,
         identify: watch::Sender<Identify>,
         events: mpsc::UnboundedSender<Event>,
+        supervisor: supervisor::selfinfo::Supervisor,
+        stop: CancellationToken,
     ) -> Runner {
         let mut r = Runner {
             cfg,
@@ -89,6 +100,9 @@ impl Runner {
             deadline: None,
             progress_offset: 0,
             corrupt_report,
+            supervisor,
+            pending_restart: None,
+            stop,
         };
         // Whatever was active when we stopped is settled with the hub before it goes on.
         if let Some(t) = r.q.active.take() {
@@ -187,6 +201,7 @@ impl Runner {
             Event::Conn(ConnEvent::Frame(f)) => self.on_frame(f),
             Event::WakeExit { task_id, attempt, outcome } => self.on_wake_exit(task_id, attempt, outcome),
             Event::File { path, complete } => self.check_files(Some((path, complete))),
+            Event::ProcessInfo(info) => self.set_process_info(info),
         }
     }
 
@@ -283,13 +298,68 @@ impl Runner {
                     }
                 }
             }
-            HubFrame::RestartSidecar { reason, .. } => {
-                tracing::warn!(reason = %reason, "restart_sidecar received; restarting on command is not supported by this build");
-            }
+            HubFrame::RestartSidecar { reason, force } => self.on_restart_command(reason, force),
             HubFrame::Identified { .. }
             | HubFrame::Pong { .. }
             | HubFrame::StatusUpdated { .. }
             | HubFrame::StateReportAck { .. } => {}
+        }
+    }
+
+    /// `restart_sidecar`: exit so our supervisor restarts us, when that loses no work.
+    fn on_restart_command(&mut self, reason: String, force: bool) {
+        if !self.supervisor.restarts_us() {
+            tracing::warn!(reason = %reason, "restart refused: no supervisor detected, and exiting would stop this agent");
+            let status =
+                "restart_refused: no supervisor detected (native, pm2 or systemd); exiting would stop the agent".into();
+            return self.send(AgentFrame::Status { status });
+        }
+        let phase = self.q.active.as_ref().map(|t| t.status);
+        match phase {
+            None | Some(Phase::Accepted) => self.restart_now(reason),
+            Some(_) if force => {
+                // Stop the agent's work and keep the task; after the restart `task_recovering`
+                // settles it, and a continued task is woken again from the start.
+                if let Some(t) = self.q.active.as_mut() {
+                    if let Some(pg) = t.wake_pgid.filter(|pg| wake::group_runs_task(*pg, &t.task_id)) {
+                        let grace = self.cfg.kill_timeout;
+                        tokio::spawn(wake::stop_group(pg, grace));
+                    }
+                    t.status = Phase::Accepted;
+                    t.wake_attempts = 0;
+                    t.wake_pgid = None;
+                    t.report = None;
+                }
+                let files: Vec<PathBuf> = self
+                    .q
+                    .active
+                    .as_ref()
+                    .map(|t| vec![self.path(&t.task_id, "started"), self.path(&t.task_id, "json")])
+                    .unwrap_or_default();
+                for f in files {
+                    let _ = fsutil::remove_durable(&f);
+                }
+                self.persist();
+                self.restart_now(reason);
+            }
+            Some(p) => {
+                tracing::info!(reason = %reason, phase = p.as_str(), "restart deferred until the task ends");
+                self.pending_restart = Some(reason);
+            }
+        }
+    }
+
+    fn restart_now(&mut self, reason: String) {
+        tracing::info!(reason = %reason, supervisor = self.supervisor.kind(), "restarting on the hub's command");
+        self.send(AgentFrame::AgentRestarting { reason: Some(reason) });
+        self.stop.cancel();
+    }
+
+    fn maybe_deferred_restart(&mut self) {
+        if self.q.active.is_none() {
+            if let Some(reason) = self.pending_restart.take() {
+                self.restart_now(reason);
+            }
         }
     }
 
@@ -682,6 +752,7 @@ impl Runner {
         }
         self.persist();
         self.update_identify();
+        self.maybe_deferred_restart();
     }
 
     /// Cancelled, reassigned or aborted: stop its wake, remove its files, forget it.
@@ -697,6 +768,7 @@ impl Runner {
         self.remove_files(&t.task_id);
         self.persist();
         self.update_identify();
+        self.maybe_deferred_restart();
     }
 
     fn remove_files(&self, id: &str) {
@@ -713,11 +785,23 @@ impl Runner {
         }
     }
 
-    pub fn set_process_info(&self, info: Option<ProcessInfo>) {
+    /// New process info from the supervisor: kept for the next identify, and sent now if it
+    /// changed in a way the hub shows (status, restart count).
+    pub fn set_process_info(&mut self, info: ProcessInfo) {
+        let before = self.identify.borrow().process_info.clone();
+        let changed = before.as_ref().is_none_or(|b| b.status != info.status || b.restart_count != info.restart_count);
         self.identify.send_modify(|i| {
-            i.process_info = info.clone();
-            i.pm2_info = info;
+            i.process_info = Some(info.clone());
+            i.pm2_info = Some(info.clone());
         });
+        if changed && before.is_some() {
+            let mut m = serde_json::Map::new();
+            m.insert("process_info".into(), serde_json::to_value(&info).expect("serializes"));
+            if let Some(mem) = info.memory_bytes {
+                m.insert("ram_used_bytes".into(), json!(mem));
+            }
+            self.send(AgentFrame::ResourceReport(m));
+        }
     }
 }
 

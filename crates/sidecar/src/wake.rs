@@ -2,8 +2,6 @@
 //! a timeout that ends the group, and the group found again after a restart.
 
 use crate::queue::QueuedTask;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -57,44 +55,15 @@ pub fn spawn(spec: &WakeSpec<'_>) -> std::io::Result<tokio::process::Child> {
     c.spawn()
 }
 
-/// SIGTERM to the group, then SIGKILL after `grace` if anything of it is left.
+/// SIGTERM to the group, then SIGKILL after `grace`; returns when no process of it is alive.
 pub async fn stop_group(pgid: i32, grace: Duration) {
-    let pg = Pid::from_raw(pgid);
-    if killpg(pg, Signal::SIGTERM).is_err() {
-        return; // already gone
-    }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        if killpg(pg, None).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = killpg(pg, Signal::SIGKILL);
+    supervisor::daemon::stop_group(pgid, "SIGTERM", grace).await
 }
 
 /// Whether process group `pgid` still runs a wake of `task_id`. After our own restart the pid
 /// may have been reused, so a process of the group must carry our task id in its environment.
 pub fn group_runs_task(pgid: i32, task_id: &str) -> bool {
-    let needle = format!("AGENTCOM_TASK_ID={task_id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // Fields after the command (which may hold spaces) start after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let pgrp = rest.split_whitespace().nth(2).and_then(|f| f.parse::<i32>().ok());
-        if pgrp != Some(pgid) {
-            continue;
-        }
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                return true;
-            }
-        }
-    }
-    false
+    supervisor::procfs::group_has_env(pgid, "AGENTCOM_TASK_ID", task_id)
 }
 
 /// The last `max` characters of a wake's log, for error reports.

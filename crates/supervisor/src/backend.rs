@@ -1,0 +1,109 @@
+//! One interface over the native supervisor and a real pm2, for the CLI and for `daemons`.
+
+use crate::client::{connect_or_launch, Client, ClientError};
+use crate::pm2;
+use proto::control::{ProcSpec, ProcStatus, Request, Response};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Native,
+    Pm2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Native(#[from] ClientError),
+    #[error(transparent)]
+    Pm2(#[from] pm2::Pm2Error),
+    #[error("no process named {0}")]
+    NotFound(String),
+}
+
+pub struct Backend {
+    pub kind: Kind,
+    /// Supervisor state dir (native) or where ecosystem files are written (pm2).
+    pub dir: PathBuf,
+    /// The agentcom binary, to launch a supervisor in the background.
+    pub exe: PathBuf,
+}
+
+impl Backend {
+    fn native(&self, req: Request, launch: bool) -> Result<Response, BackendError> {
+        let mut c = if launch { connect_or_launch(&self.dir, &self.exe)? } else { Client::connect(&self.dir)? };
+        Ok(c.call(&req)?)
+    }
+
+    pub fn start(&self, spec: &ProcSpec) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Native => match self.native(Request::Start { spec: Box::new(spec.clone()) }, true)? {
+                Response::Ok { message } => Ok(message),
+                other => Ok(format!("{other:?}")),
+            },
+            Kind::Pm2 => {
+                let file = pm2::start(spec, &self.dir.join("pm2"))?;
+                Ok(format!("started {} in pm2 ({})", spec.name, file.display()))
+            }
+        }
+    }
+
+    fn simple(
+        &self,
+        name: &str,
+        req: Request,
+        pm2_op: fn(&str) -> Result<(), pm2::Pm2Error>,
+    ) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Native => match self.native(req, false)? {
+                Response::Ok { message } => Ok(message),
+                other => Ok(format!("{other:?}")),
+            },
+            Kind::Pm2 => {
+                pm2_op(name)?;
+                Ok(format!("{name}: done"))
+            }
+        }
+    }
+
+    pub fn stop(&self, name: &str) -> Result<String, BackendError> {
+        self.simple(name, Request::Stop { name: name.into() }, pm2::stop)
+    }
+    pub fn restart(&self, name: &str) -> Result<String, BackendError> {
+        self.simple(name, Request::Restart { name: name.into() }, pm2::restart)
+    }
+    pub fn delete(&self, name: &str) -> Result<String, BackendError> {
+        self.simple(name, Request::Delete { name: name.into() }, pm2::delete)
+    }
+
+    pub fn list(&self) -> Result<Vec<ProcStatus>, BackendError> {
+        match self.kind {
+            Kind::Native => match self.native(Request::Ps, false)? {
+                Response::List { processes } => Ok(processes),
+                _ => Ok(Vec::new()),
+            },
+            Kind::Pm2 => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                Ok(pm2::jlist()?.iter().map(|e| pm2::status(e, now)).collect())
+            }
+        }
+    }
+
+    /// A printable description: for pm2, the jlist entry with every env value redacted.
+    pub fn describe(&self, name: &str) -> Result<serde_json::Value, BackendError> {
+        match self.kind {
+            Kind::Native => match self.native(Request::Describe { name: name.into() }, false)? {
+                Response::Described(d) => Ok(serde_json::to_value(d).expect("serializes")),
+                _ => Err(BackendError::NotFound(name.into())),
+            },
+            Kind::Pm2 => pm2::jlist()?
+                .iter()
+                .find(|e| e["name"] == name)
+                .map(pm2::redacted)
+                .ok_or_else(|| BackendError::NotFound(name.into())),
+        }
+    }
+}

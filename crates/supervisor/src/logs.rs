@@ -1,0 +1,193 @@
+//! Per-process log files: one line per output line with a timestamp, rotated by size with
+//! rename-then-reopen (never copy-truncate), and a reader that follows across rotation.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tokio::io::AsyncReadExt;
+
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+    keep: u32,
+}
+
+impl LogFile {
+    pub fn open(path: &Path, max: u64, keep: u32) -> io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile { path: path.to_path_buf(), file, size, max, keep })
+    }
+
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let mut buf = Vec::with_capacity(ts.len() + line.len() + 2);
+        buf.extend_from_slice(ts.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.file.write_all(&buf)?;
+        self.size += buf.len() as u64;
+        if self.size >= self.max {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// `name.log` → `name.log.1` → … → `name.log.<keep>`; then a fresh `name.log`.
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for i in (1..self.keep).rev() {
+                if numbered(i).exists() {
+                    std::fs::rename(numbered(i), numbered(i + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Copies a child's output stream into `log`, a line at a time. Lines longer than 64 KiB are
+/// split so a runaway process cannot grow our memory.
+pub async fn pump(mut stream: impl tokio::io::AsyncRead + Unpin, mut log: LogFile) {
+    const MAX_LINE: usize = 64 * 1024;
+    let mut buf = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' || line.len() >= MAX_LINE {
+                let _ = log.write_line(&line);
+                line.clear();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            line.push(b);
+        }
+    }
+    if !line.is_empty() {
+        let _ = log.write_line(&line);
+    }
+}
+
+/// The last `n` lines of a file (reads at most the last 1 MiB).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(1 << 20);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Follows a log file across rotation: what was appended since the last call, including the
+/// rest of a file that was renamed away.
+pub struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    ino: u64,
+    pos: u64,
+    partial: Vec<u8>,
+}
+
+impl Follower {
+    /// Starts at the current end of the file.
+    pub fn at_end(path: &Path) -> Follower {
+        use std::os::unix::fs::MetadataExt;
+        let file = File::open(path).ok();
+        let (ino, pos) = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| (m.ino(), m.len())).unwrap_or((0, 0));
+        Follower { path: path.to_path_buf(), file, ino, pos, partial: Vec::new() }
+    }
+
+    pub fn poll(&mut self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        // Rotated (new inode) or truncated: finish the old file above, then start the new one.
+        let current = std::fs::metadata(&self.path).ok();
+        let rotated = current.as_ref().is_some_and(|m| m.ino() != self.ino || m.len() < self.pos);
+        if rotated || (self.file.is_none() && current.is_some()) {
+            self.file = File::open(&self.path).ok();
+            self.ino = current.map(|m| m.ino()).unwrap_or(0);
+            self.pos = 0;
+            self.drain(&mut out);
+        }
+        out
+    }
+
+    fn drain(&mut self, out: &mut Vec<String>) {
+        let Some(f) = self.file.as_mut() else { return };
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf) {
+            self.pos += n as u64;
+        }
+        self.partial.extend_from_slice(&buf);
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            out.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_by_rename_and_the_follower_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.log");
+        let mut log = LogFile::open(&p, 200, 2).unwrap();
+        let mut f = Follower::at_end(&p);
+        let mut seen = Vec::new();
+        for i in 0..100 {
+            log.write_line(format!("line {i}").as_bytes()).unwrap();
+            if i % 7 == 0 {
+                seen.extend(f.poll());
+            }
+        }
+        seen.extend(f.poll());
+        let nums: Vec<usize> = seen.iter().map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect();
+        // Rotation happens several times per poll here: lines in files rotated past `keep`
+        // between polls are gone, but order is kept and the newest lines are all there.
+        assert!(nums.windows(2).all(|w| w[1] > w[0]), "{nums:?}");
+        assert_eq!(*nums.last().unwrap(), 99);
+        assert!(dir.path().join("x.log.1").exists() && dir.path().join("x.log.2").exists());
+        assert!(!dir.path().join("x.log.3").exists());
+        assert!(tail(&p, 2).last().unwrap().ends_with("line 99"));
+    }
+
+    #[test]
+    fn follower_reads_the_rest_of_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("y.log");
+        let mut log = LogFile::open(&p, 1 << 20, 2).unwrap();
+        log.write_line(b"before").unwrap();
+        let mut f = Follower::at_end(&p);
+        log.write_line(b"one").unwrap();
+        log.rotate().unwrap();
+        log.write_line(b"two").unwrap();
+        let got: Vec<String> = f.poll().iter().map(|l| l.split(' ').nth(1).unwrap().to_string()).collect();
+        assert_eq!(got, ["one", "two"]);
+    }
+}

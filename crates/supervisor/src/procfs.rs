@@ -1,0 +1,124 @@
+//! Reading /proc: the processes of a group, their memory and CPU time.
+
+use std::collections::HashMap;
+
+#[derive(Debug, Default, Clone)]
+pub struct GroupUsage {
+    pub pids: Vec<i32>,
+    pub rss_bytes: u64,
+    /// utime + stime of every member, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+pub struct Stat {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub state: char,
+    pub cpu_ticks: u64,
+    pub start_ticks: u64,
+    pub rss_pages: u64,
+}
+
+pub fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64
+}
+
+pub fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64
+}
+
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        cpu_ticks: num(11)? + num(12)?,
+        start_ticks: num(19)?,
+        rss_pages: num(21)?,
+    })
+}
+
+/// Every live (non-zombie) process on the machine, grouped by process group.
+pub fn scan_groups() -> HashMap<i32, GroupUsage> {
+    let page = page_size();
+    let mut out: HashMap<i32, GroupUsage> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Some(s) = stat(pid) else { continue };
+        if s.state == 'Z' {
+            continue;
+        }
+        let g = out.entry(s.pgrp).or_default();
+        g.pids.push(pid);
+        g.rss_bytes += s.rss_pages * page;
+        g.cpu_ticks += s.cpu_ticks;
+    }
+    out
+}
+
+/// Whether any process of group `pgid` is still alive. Zombies do not count: they are dead
+/// and only wait for their parent (for orphans, PID 1) to collect them.
+pub fn group_alive(pgid: i32) -> bool {
+    if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter_map(stat)
+        .any(|s| s.pgrp == pgid && s.state != 'Z')
+}
+
+/// Whether a process of group `pgid` has `key=value` in its environment: proof that the group
+/// is ours after a restart, when the pid may have been reused.
+pub fn group_has_env(pgid: i32, key: &str, value: &str) -> bool {
+    let needle = format!("{key}={value}");
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if stat(pid).is_none_or(|s| s.pgrp != pgid) {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Milliseconds since process `pid` started.
+pub fn uptime_ms(pid: i32) -> Option<u64> {
+    let s = stat(pid)?;
+    let boot_uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let started = s.start_ticks as f64 / clock_ticks() as f64;
+    Some(((boot_uptime - started).max(0.0) * 1000.0) as u64)
+}
+
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    Some(stat(pid)?.rss_pages * page_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_our_own_group() {
+        let me = std::process::id() as i32;
+        let s = stat(me).unwrap();
+        let groups = scan_groups();
+        assert!(groups[&s.pgrp].pids.contains(&me));
+        assert!(groups[&s.pgrp].rss_bytes > 0);
+        assert!(group_alive(s.pgrp));
+        assert!(uptime_ms(me).is_some());
+    }
+}
