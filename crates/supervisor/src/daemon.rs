@@ -177,6 +177,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io(format!("cannot restrict {}", socket.display())))?;
     }
+    let pid_file = cfg.dir.join("supervisor.pid");
+    fsutil::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io(format!("cannot write {}", pid_file.display())))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
         cfg: cfg.clone(),
@@ -208,6 +211,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     }
     acceptor.abort();
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pid_file);
     // Stop every child, whole groups, and wait for them; the desired state stays on disk.
     let running: Vec<String> = d.procs.iter().filter(|(_, p)| p.pgid.is_some()).map(|(n, _)| n.clone()).collect();
     tracing::info!(count = running.len(), "supervisor stopping its processes");
@@ -510,8 +514,10 @@ impl Daemon {
         p.exit_code = code;
         p.pid = None;
         let uptime = p.started.map(|s| s.elapsed()).unwrap_or_default();
-        if p.state == State::Stopping {
-            return; // the stop task reports when the whole group is gone
+        if !matches!(p.state, State::Online | State::Launching) {
+            // Stopping or already stopped: the stop task reports when the whole group is gone,
+            // and the leader may be reaped after that.
+            return;
         }
         // The leader is gone on its own: take the rest of its group with it.
         if let Some(pg) = p.pgid.take() {

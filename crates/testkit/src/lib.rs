@@ -625,3 +625,95 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A supervisor state dir of its own, and the `agentcom` process commands run against it.
+/// Dropping it stops the supervisor (and so every process it runs).
+pub struct Supervised {
+    bin: PathBuf,
+    temp: tempfile::TempDir,
+    /// Extra environment for every command (and so for a supervisor they launch).
+    pub env: Vec<(String, String)>,
+}
+
+impl Supervised {
+    pub fn new(bin: &Path) -> Result<Supervised> {
+        Ok(Supervised {
+            bin: bin.to_path_buf(),
+            temp: tempfile::tempdir()?,
+            env: vec![("AGENTCOM_SUPERVISOR_MEMORY_CHECK_MS".into(), "100".into())],
+        })
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.temp.path().join("sup")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args).env("AGENTCOM_SUPERVISOR_DIR", self.dir()).env("AGENTCOM_LOG_FORMAT", "json");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).stdin(Stdio::null()).output().expect("run agentcom")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args);
+        if !out.status.success() {
+            bail!("agentcom {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn ps(&self) -> Result<Vec<Value>> {
+        Ok(serde_json::from_str(&self.ok(&["ps", "--json"])?)?)
+    }
+
+    pub fn proc(&self, name: &str) -> Result<Value> {
+        self.ps()?.into_iter().find(|p| p["name"] == name).with_context(|| format!("no process {name}"))
+    }
+
+    /// Polls `ps` until `name` satisfies `pred`.
+    pub async fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(p) = self.proc(name) {
+                if pred(&p) {
+                    return Ok(p);
+                }
+                if Instant::now() > deadline {
+                    bail!("{name} never became {what}: {p}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("{name} never appeared");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir().join("supervisor.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Process ids of the live members of a process group.
+    pub fn group(pgid: i32) -> Vec<i32> {
+        supervisor::procfs::scan_groups().remove(&pgid).map(|g| g.pids).unwrap_or_default()
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Some(pid) = self.supervisor_pid() {
+            let _ = signal(pid as u32, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + WAIT;
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
