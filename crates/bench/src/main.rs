@@ -3,6 +3,7 @@
 
 mod hub;
 mod sidecar;
+mod supervisor;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Cmd {
     Hub(hub::Args),
     /// Sidecar: RSS idle and working, assign -> accepted latency, result file -> completed latency.
     Sidecar(sidecar::Args),
+    /// Supervisor vs pm2: RSS, ps vs jlist, respawn, 100 starts, hub restart round trip.
+    Supervisor(supervisor::Args),
 }
 
 pub fn default_bin() -> PathBuf {
@@ -69,5 +72,6 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Hub(args) => rt.block_on(hub::run(&bin, args)),
         Cmd::Sidecar(args) => rt.block_on(sidecar::run(&bin, args)),
+        Cmd::Supervisor(args) => rt.block_on(supervisor::run(&bin, args)),
     }
 }

@@ -758,9 +758,13 @@ fn new_proc(spec: ProcSpec) -> Proc {
     }
 }
 
-/// Exponential backoff x1.5 from `base`, capped.
+/// Delay before the restart after `n` consecutive ones: the first is immediate (a process
+/// that crashes once comes straight back), then `base`, growing x1.5, capped.
 pub fn backoff(base_ms: u64, max_ms: u64, n: u32) -> Duration {
-    let ms = (base_ms as f64) * 1.5f64.powi(n.min(64) as i32);
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    let ms = (base_ms as f64) * 1.5f64.powi((n - 1).min(64) as i32);
     Duration::from_millis((ms as u64).min(max_ms))
 }
 
@@ -806,9 +810,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_by_half_and_caps() {
-        assert_eq!(backoff(100, 15_000, 0), Duration::from_millis(100));
-        assert_eq!(backoff(100, 15_000, 1), Duration::from_millis(150));
-        assert_eq!(backoff(100, 15_000, 2), Duration::from_millis(225));
+        assert_eq!(backoff(100, 15_000, 0), Duration::ZERO);
+        assert_eq!(backoff(100, 15_000, 1), Duration::from_millis(100));
+        assert_eq!(backoff(100, 15_000, 2), Duration::from_millis(150));
+        assert_eq!(backoff(100, 15_000, 3), Duration::from_millis(225));
         assert_eq!(backoff(100, 15_000, 40), Duration::from_millis(15_000));
     }
 }
