@@ -201,6 +201,9 @@ pub struct ProcStatus {
     /// The `AGENTCOM_SPEC_HASH` the process runs with, if any.
     #[serde(default)]
     pub spec_hash: Option<String>,
+    /// The `AGENTCOM_DAEMON_ROOT` of a process created by `agentcom daemons`.
+    #[serde(default)]
+    pub daemon_root: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -27,11 +27,14 @@ pub struct Backend {
     pub dir: PathBuf,
     /// The agentcom binary, to launch a supervisor in the background.
     pub exe: PathBuf,
+    /// Launch a native supervisor for any operation when none runs (`start` always does).
+    pub launch: bool,
 }
 
 impl Backend {
     fn native(&self, req: Request, launch: bool) -> Result<Response, BackendError> {
-        let mut c = if launch { connect_or_launch(&self.dir, &self.exe)? } else { Client::connect(&self.dir)? };
+        let mut c =
+            if launch || self.launch { connect_or_launch(&self.dir, &self.exe)? } else { Client::connect(&self.dir)? };
         Ok(c.call(&req)?)
     }
 

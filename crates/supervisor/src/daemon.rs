@@ -714,6 +714,7 @@ impl Daemon {
                     exit_code: p.exit_code,
                     unstable_restarts: p.unstable_restarts,
                     spec_hash: p.spec.env.get("AGENTCOM_SPEC_HASH").cloned(),
+                    daemon_root: p.spec.env.get("AGENTCOM_DAEMON_ROOT").cloned(),
                 }
             })
             .collect()

@@ -41,12 +41,13 @@ pub fn app(spec: &ProcSpec) -> Value {
     }
     env.insert("PM2_PROCESS_NAME".into(), json!(spec.name));
     env.insert("AGENTCOM_PROCESS_NAME".into(), json!(spec.name));
+    let namespace = spec.env.get("AGENTCOM_PM2_NAMESPACE").map(String::as_str).unwrap_or(NAMESPACE);
     let mut a = json!({
         "name": spec.name,
         "script": spec.command,
         "args": spec.args,
         "interpreter": "none",
-        "namespace": NAMESPACE,
+        "namespace": namespace,
         "env": env,
         "autorestart": spec.restart != RestartPolicy::Never,
         "kill_timeout": spec.kill_timeout_ms,
@@ -126,6 +127,10 @@ pub fn status(e: &Value, now_ms: u64) -> ProcStatus {
         exit_code: env["exit_code"].as_i64().map(|c| c as i32),
         unstable_restarts: env["unstable_restarts"].as_u64().unwrap_or(0) as u32,
         spec_hash: env["env"]["AGENTCOM_SPEC_HASH"].as_str().or(env["AGENTCOM_SPEC_HASH"].as_str()).map(str::to_string),
+        daemon_root: env["env"]["AGENTCOM_DAEMON_ROOT"]
+            .as_str()
+            .or(env["AGENTCOM_DAEMON_ROOT"].as_str())
+            .map(str::to_string),
     }
 }
 
