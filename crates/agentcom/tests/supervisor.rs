@@ -151,8 +151,10 @@ async fn logs_rotate_and_follow_loses_no_line() -> R {
         }
     });
     let mut nums = Vec::new();
-    let deadline = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < deadline {
+    let logs = s.dir().join("logs");
+    // Until two rotations happened while following and enough lines came through.
+    let deadline = Instant::now() + testkit::WAIT;
+    while !(logs.join("chatty-out.log.2").exists() && nums.len() > 100) && Instant::now() < deadline {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
             if let Some(n) = l
                 .strip_prefix("[out] ")
@@ -165,7 +167,6 @@ async fn logs_rotate_and_follow_loses_no_line() -> R {
     }
     let _ = follow.kill();
     let _ = follow.wait();
-    let logs = s.dir().join("logs");
     assert!(logs.join("chatty-out.log.1").exists(), "no rotation happened");
     assert!(logs.join("chatty-out.log.2").exists() && !logs.join("chatty-out.log.3").exists(), "keep = 2");
     assert!(nums.len() > 100, "followed only {} lines", nums.len());

@@ -1,6 +1,7 @@
 //! Benchmarks that drive the real release `agentcom` binary and print the figures recorded in
 //! BENCHMARKS.md. Run `cargo build --release` first; see BENCHMARKS.md for the commands.
 
+mod daemons;
 mod hub;
 mod sidecar;
 mod supervisor;
@@ -27,6 +28,8 @@ enum Cmd {
     Sidecar(sidecar::Args),
     /// Supervisor vs pm2: RSS, ps vs jlist, respawn, 100 starts, hub restart round trip.
     Supervisor(supervisor::Args),
+    /// Daemons: cold apply, edit -> online, unchanged plan (native and pm2).
+    Daemons(daemons::Args),
 }
 
 pub fn default_bin() -> PathBuf {
@@ -73,5 +76,6 @@ fn main() -> Result<()> {
         Cmd::Hub(args) => rt.block_on(hub::run(&bin, args)),
         Cmd::Sidecar(args) => rt.block_on(sidecar::run(&bin, args)),
         Cmd::Supervisor(args) => rt.block_on(supervisor::run(&bin, args)),
+        Cmd::Daemons(args) => rt.block_on(daemons::run(&bin, args)),
     }
 }

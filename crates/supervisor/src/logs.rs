@@ -83,8 +83,18 @@ pub async fn pump(mut stream: impl tokio::io::AsyncRead + Unpin, mut log: LogFil
     }
 }
 
-/// The last `n` lines of a file (reads at most the last 1 MiB).
+/// The last `n` lines of a log, continuing into the rotated `.1` file when the current one,
+/// just rotated, holds fewer (reads at most the last 1 MiB of each).
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let mut lines = tail_one(path, n);
+    if lines.len() < n {
+        let older = tail_one(&PathBuf::from(format!("{}.1", path.display())), n - lines.len());
+        lines.splice(0..0, older);
+    }
+    lines
+}
+
+fn tail_one(path: &Path, n: usize) -> Vec<String> {
     let Ok(mut f) = File::open(path) else { return Vec::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(1 << 20);
@@ -175,6 +185,9 @@ mod tests {
         assert!(dir.path().join("x.log.1").exists() && dir.path().join("x.log.2").exists());
         assert!(!dir.path().join("x.log.3").exists());
         assert!(tail(&p, 2).last().unwrap().ends_with("line 99"));
+        let t = tail(&p, 8);
+        assert_eq!(t.len(), 8, "continues into the rotated file: {t:?}");
+        assert!(t.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
