@@ -159,6 +159,62 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DaemonsCmd,
     },
+    /// Save, show or load the agent's checkpoint (current_task.md and history).
+    Checkpoint {
+        #[command(subcommand)]
+        cmd: CheckpointCmd,
+    },
+    /// Upgrade an agent's own code as one transaction: test, merge, restart, health window,
+    /// commit or roll back by itself.
+    Upgrade {
+        #[arg(long)]
+        repo: PathBuf,
+        /// Finish or roll back an interrupted upgrade of --repo.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, required_unless_present = "resume")]
+        process: Option<String>,
+        #[arg(long, required_unless_present = "resume")]
+        branch: Option<String>,
+        /// Test command, run on the branch in a separate worktree.
+        #[arg(long, required_unless_present = "resume")]
+        test: Option<String>,
+        /// Health check: an http:// URL that must answer 2xx, or a command that must exit 0.
+        #[arg(long, required_unless_present = "resume")]
+        health: Option<String>,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        health_timeout: std::time::Duration,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        stable_for: std::time::Duration,
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        test_timeout: std::time::Duration,
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        check_interval: std::time::Duration,
+        /// Where the agent's checkpoint lives.
+        #[arg(long, env = "AGENTCOM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        sup: Sup,
+        /// Print a final machine-readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll an agent's repo back to the last good commit (or --to REF) and restart it.
+    Rollback {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        process: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        sup: Sup,
+    },
+    /// The guard's watchdog.
+    Guard {
+        #[command(subcommand)]
+        cmd: GuardCmd,
+    },
     /// Submit, list, inspect, cancel and retry tasks.
     Task {
         #[command(subcommand)]
@@ -357,6 +413,91 @@ fn plan_row(it: &daemons::PlanItem) -> (String, String, String, String) {
         _ => it.changed.join(", "),
     };
     (it.action.as_str().into(), it.daemon.clone(), it.process.clone(), details)
+}
+
+#[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Write current_task.md and the history durably (and to the hub when one is configured).
+    Save {
+        #[arg(long, env = "AGENTCOM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        objective: String,
+        /// A file holding the conversation context.
+        #[arg(long)]
+        context: Option<PathBuf>,
+        /// A pending action (repeatable).
+        #[arg(long = "pending")]
+        pending: Vec<String>,
+        #[arg(long, default_value = "")]
+        state: String,
+        /// Conversation history as JSON lines.
+        #[arg(long)]
+        history: Option<PathBuf>,
+        #[command(flatten)]
+        hub: HubTarget,
+    },
+    /// Show the checkpoint.
+    Show {
+        #[arg(long, env = "AGENTCOM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// For an agent at start: print current_task.md (fetched from the hub if gone locally).
+    Load {
+        #[arg(long, env = "AGENTCOM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        hub: HubTarget,
+    },
+}
+
+/// Where checkpoints are also kept, so they survive the machine.
+#[derive(clap::Args, Clone)]
+struct HubTarget {
+    #[arg(long = "hub", env = "AGENTCOM_URL")]
+    url: Option<String>,
+    #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long = "agent", env = "AGENTCOM_AGENT_ID")]
+    agent_id: Option<String>,
+}
+
+impl HubTarget {
+    fn client(&self) -> Option<(Client, String)> {
+        Some((Client::new(self.url.as_ref()?, self.token.clone()), self.agent_id.clone()?))
+    }
+}
+
+#[derive(Subcommand)]
+enum GuardCmd {
+    /// Roll back an agent that stays offline past the threshold after an upgrade.
+    Watch {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        process: String,
+        #[arg(long = "hub", env = "AGENTCOM_URL")]
+        hub: Option<String>,
+        #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The agent's id at the hub (default: the process name).
+        #[arg(long = "agent")]
+        agent_id: Option<String>,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        offline_after: std::time::Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        #[arg(long, env = "AGENTCOM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        sup: Sup,
+    },
+}
+
+fn print_step(s: &guard::upgrade::Step) {
+    println!("[{}] {:<45} {}", if s.ok { " ok " } else { "FAIL" }, s.step, s.detail);
 }
 
 #[derive(Subcommand)]
@@ -611,6 +752,140 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}", backend.start(&spec)?);
             }
         },
+        Cmd::Checkpoint { cmd } => match cmd {
+            CheckpointCmd::Save { state_dir, objective, context, pending, state, history, hub } => {
+                let dir = state_dir.unwrap_or_else(guard::checkpoint::default_dir);
+                let context = match context {
+                    Some(f) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                    None => String::new(),
+                };
+                let history = match history {
+                    Some(f) => guard::checkpoint::read_history(&f)?,
+                    None => Vec::new(),
+                };
+                let saved_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                let c = guard::checkpoint::Checkpoint { objective, context, pending, state, history, saved_at };
+                c.save(&dir)?;
+                println!("saved {}", dir.join(guard::checkpoint::TASK_FILE).display());
+                if let Some((client, agent)) = hub.client() {
+                    client
+                        .request(
+                            reqwest::Method::PUT,
+                            &format!("/api/agents/{}/checkpoint", seg(&agent)),
+                            Some(serde_json::to_value(&c)?),
+                        )
+                        .await?;
+                    println!("stored at the hub for {agent}");
+                }
+            }
+            CheckpointCmd::Show { state_dir } => {
+                let dir = state_dir.unwrap_or_else(guard::checkpoint::default_dir);
+                let c = guard::checkpoint::Checkpoint::load(&dir)?;
+                print!("{}", c.markdown());
+                println!(
+                    "history: {} lines in {}",
+                    c.history.len(),
+                    dir.join(guard::checkpoint::HISTORY_FILE).display()
+                );
+            }
+            CheckpointCmd::Load { state_dir, print, hub } => {
+                let dir = state_dir.unwrap_or_else(guard::checkpoint::default_dir);
+                let c = match guard::checkpoint::Checkpoint::load(&dir) {
+                    Ok(c) => c,
+                    Err(local) => {
+                        let (client, agent) = hub.client().ok_or(local)?;
+                        let v = client.get(&format!("/api/agents/{}/checkpoint", seg(&agent))).await?;
+                        let c: guard::checkpoint::Checkpoint = serde_json::from_value(v["checkpoint"].clone())?;
+                        c.save(&dir)?;
+                        c
+                    }
+                };
+                if print {
+                    print!("{}", c.markdown());
+                }
+            }
+        },
+        Cmd::Upgrade {
+            repo,
+            resume,
+            process,
+            branch,
+            test,
+            health,
+            health_timeout,
+            stable_for,
+            test_timeout,
+            check_interval,
+            state_dir,
+            sup,
+            json,
+        } => {
+            let mut printer = |s: &guard::upgrade::Step| {
+                if !json {
+                    print_step(s)
+                }
+            };
+            let report = if resume {
+                let exe = std::env::current_exe()?;
+                let backend_for = |kind: &str| supervisor::backend::Backend {
+                    kind: if kind == "pm2" {
+                        supervisor::backend::Kind::Pm2
+                    } else {
+                        supervisor::backend::Kind::Native
+                    },
+                    dir: supervisor::client::default_dir(),
+                    exe: exe.clone(),
+                    launch: false,
+                };
+                guard::upgrade::resume(&repo, &backend_for, check_interval, &mut printer)
+            } else {
+                let opts = guard::upgrade::Options {
+                    repo,
+                    process: process.unwrap_or_default(),
+                    branch: branch.unwrap_or_default(),
+                    test: test.unwrap_or_default(),
+                    health: health.unwrap_or_default(),
+                    health_timeout,
+                    stable_for,
+                    test_timeout,
+                    check_interval,
+                    state_dir: state_dir.unwrap_or_else(guard::checkpoint::default_dir),
+                };
+                guard::upgrade::upgrade(&opts, &sup.backend()?, &mut printer)
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if let Some(e) = &report.error {
+                eprintln!("error: {}: {e}", report.outcome);
+            } else {
+                println!("{}", report.outcome);
+            }
+            if !report.ok() {
+                return Ok(1);
+            }
+        }
+        Cmd::Rollback { repo, process, to, sup } => {
+            let msg = guard::upgrade::manual_rollback(&repo, &process, to.as_deref(), &sup.backend()?)
+                .map_err(anyhow::Error::msg)?;
+            println!("{msg}");
+        }
+        Cmd::Guard {
+            cmd: GuardCmd::Watch { repo, process, hub, token, agent_id, offline_after, interval, state_dir, sup },
+        } => {
+            init_logging(cli.log_format, "info");
+            let shutdown = shutdown_on_signals()?;
+            let opts = guard::watch::WatchOptions {
+                repo,
+                agent_id: agent_id.unwrap_or_else(|| process.clone()),
+                process,
+                hub,
+                token,
+                offline_after,
+                interval,
+                state_dir: state_dir.unwrap_or_else(guard::checkpoint::default_dir),
+            };
+            guard::watch::run(opts, sup.backend()?, shutdown).await.map_err(anyhow::Error::msg)?;
+        }
         Cmd::Sidecar { config } => {
             init_logging(cli.log_format, "info");
             let cfg = sidecar::SidecarConfig::load(&config)?;
