@@ -2,6 +2,7 @@
 //! BENCHMARKS.md. Run `cargo build --release` first; see BENCHMARKS.md for the commands.
 
 mod daemons;
+mod guard;
 mod hub;
 mod sidecar;
 mod supervisor;
@@ -30,6 +31,8 @@ enum Cmd {
     Supervisor(supervisor::Args),
     /// Daemons: cold apply, edit -> online, unchanged plan (native and pm2).
     Daemons(daemons::Args),
+    /// Guard: restart into a bad change -> old version healthy again, beyond the health timeout.
+    Guard(guard::Args),
 }
 
 pub fn default_bin() -> PathBuf {
@@ -77,5 +80,6 @@ fn main() -> Result<()> {
         Cmd::Sidecar(args) => rt.block_on(sidecar::run(&bin, args)),
         Cmd::Supervisor(args) => rt.block_on(supervisor::run(&bin, args)),
         Cmd::Daemons(args) => rt.block_on(daemons::run(&bin, args)),
+        Cmd::Guard(args) => rt.block_on(guard::run(&bin, args)),
     }
 }
