@@ -272,9 +272,8 @@ fn finish(
     report: &mut Report,
 ) -> Result<(), String> {
     let restarted = p.run("restart the process", || {
-        let before = restart_count(backend, &journal.process);
         backend.restart(&journal.process).map_err(|e| e.to_string())?;
-        Ok((before, format!("{} restarted", journal.process)))
+        Ok(((), format!("{} restarted", journal.process)))
     });
     if let Err(e) = restarted {
         return rollback(repo, journal, backend, interval, p, report, format!("restart failed: {e}"));
@@ -418,10 +417,6 @@ impl Window {
             interval,
         }
     }
-}
-
-fn restart_count(backend: &Backend, process: &str) -> Option<u64> {
-    backend.list().ok()?.into_iter().find(|s| s.name == process).map(|s| s.restart_count)
 }
 
 /// The process must stay online, without further restarts, and the health check pass,

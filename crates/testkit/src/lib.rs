@@ -18,9 +18,45 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A child process we own: killed with SIGKILL when dropped, unless stopped before.
+pub struct Owned {
+    child: Option<Child>,
+    what: &'static str,
+}
+
+impl Owned {
+    pub fn new(child: Child, what: &'static str) -> Owned {
+        Owned { child: Some(child), what }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut c = self.child.take().with_context(|| format!("{} already stopped", self.what))?;
+        signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
+        wait_timeout(&mut c, WAIT)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// A running `agentcom hub` child process.
 pub struct Hub {
-    child: Option<Child>,
+    child: Owned,
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub admin_token: String,
@@ -84,7 +120,7 @@ impl Hub {
                 anyhow!("hub did not start: {e}")
             })?;
         let addr = addr.parse().context("listening address")?;
-        Ok(Hub { child: Some(child), addr, dir: dir.to_path_buf(), admin_token, logs, _temp: None })
+        Ok(Hub { child: Owned::new(child, "hub"), addr, dir: dir.to_path_buf(), admin_token, logs, _temp: None })
     }
 
     pub fn url(&self) -> String {
@@ -97,7 +133,7 @@ impl Hub {
         self.logs.lock().unwrap().clone()
     }
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child.pid()
     }
 
     pub fn admin(&self) -> Api {
@@ -155,23 +191,12 @@ impl Hub {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill9()
     }
 
     /// SIGTERM, then wait for the exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
-        let mut c = self.child.take().context("hub already stopped")?;
-        signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
-        wait_timeout(&mut c, WAIT)
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.kill9();
+        self.child.terminate()
     }
 }
 
@@ -448,7 +473,7 @@ pub fn toml_string(s: &str) -> String {
 
 /// A running `agentcom sidecar` child process with its own folder.
 pub struct Sidecar {
-    child: Option<Child>,
+    child: Owned,
     pub dir: PathBuf,
     pub config: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
@@ -479,7 +504,7 @@ impl Sidecar {
             let _ = child.kill();
             anyhow!("sidecar did not start: {e}")
         })?;
-        Ok(Sidecar { child: Some(child), dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
+        Ok(Sidecar { child: Owned::new(child, "sidecar"), dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
     }
 
     pub fn results(&self) -> PathBuf {
@@ -489,7 +514,7 @@ impl Sidecar {
         self.dir.join("state")
     }
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child.pid()
     }
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
@@ -539,22 +564,11 @@ impl Sidecar {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill9()
     }
 
     pub fn terminate(&mut self) -> Result<ExitStatus> {
-        let mut c = self.child.take().context("sidecar already stopped")?;
-        signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
-        wait_timeout(&mut c, WAIT)
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill9();
+        self.child.terminate()
     }
 }
 
