@@ -244,7 +244,7 @@ async fn failing_health_check_and_memory_limit_restart_the_process() -> R {
 
 const WORKER: &str = r#"#!/bin/sh
 R="$AGENTCOM_RESULTS_DIR"; T="$AGENTCOM_TASK_ID"; C="$CONTROL"
-echo "$T" >> "$C/runs"
+echo "$T $$" >> "$C/runs"
 touch "$R/$T.started"
 while [ ! -f "$C/go" ]; do sleep 0.02; done
 echo '{"status":"success"}' > "$R/$T.json"
@@ -460,5 +460,41 @@ async fn hub_restart_command_round_trip_under_real_pm2() -> R {
     f.wait_agent("pm2-agent", "back under pm2", |a| a["connected"] == true && a["process_info"]["restart_count"] == 1)
         .await?;
     s.ok(&["delete", "pm2-agent", "--backend", "pm2"])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn forced_restart_mid_task_stops_the_agent_and_the_task_is_continued_after_recovery() -> R {
+    let f = Fleet::new()?;
+    let s = Supervised::new(bin())?;
+    let cfg = f.config("sc3").await?;
+    s.ok(&["start", "sc3", "--", bin().to_str().unwrap(), "sidecar", "--config", cfg.to_str().unwrap()])?;
+    f.wait_agent("sc3", "identified", |a| a["connected"] == true).await?;
+    let id = f.hub.submit(json!({"description": "interrupted by force", "max_retries": 0})).await?;
+    let runs = f.root.path().join("control/runs");
+    let deadline = Instant::now() + testkit::WAIT;
+    while std::fs::read_to_string(&runs).unwrap_or_default().lines().count() < 1 {
+        anyhow::ensure!(Instant::now() < deadline, "the agent never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.restart("sc3", true).await?;
+    // Back with restart_count 1, and the task woken again from the start on the same attempt.
+    f.wait_agent("sc3", "back after the forced restart", |a| {
+        a["connected"] == true && a["process_info"]["restart_count"] == 1
+    })
+    .await?;
+    while std::fs::read_to_string(&runs).unwrap_or_default().lines().count() < 2 {
+        anyhow::ensure!(Instant::now() < deadline, "the task was not woken again after recovery");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first: i32 = std::fs::read_to_string(&runs)?.lines().next().unwrap().split(' ').nth(1).unwrap().parse()?;
+    while testkit::alive(first) {
+        anyhow::ensure!(Instant::now() < deadline, "the forced restart left the first agent process running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(f.root.path().join("control/go"), b"")?;
+    let t = f.hub.wait_status(&id, "completed").await?;
+    let completions = t["history"].as_array().unwrap().iter().filter(|h| h["to"] == "completed").count();
+    assert_eq!((completions, t["attempts"].as_u64()), (1, Some(1)), "continued, not reassigned: {t}");
     Ok(())
 }
