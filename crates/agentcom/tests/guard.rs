@@ -56,6 +56,8 @@ impl Agent {
         git(&repo, &["add", "."]);
         git(&repo, &["commit", "-q", "-m", "v1"]);
         let mut sup = Supervised::new(bin())?;
+        // As on a fresh machine: no global git identity for the guard's merge commits.
+        sup.env.push(("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()));
         let mut pm2_home = None;
         if backend == "pm2" {
             let ok = Command::new("pm2").arg("--version").output().is_ok_and(|o| o.status.success());

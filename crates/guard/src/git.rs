@@ -54,6 +54,17 @@ impl Repo {
         Ok(if d.is_absolute() { d } else { self.dir.join(d) })
     }
 
+    /// Runs a git command that writes commits (merge, stash). A machine with no git identity
+    /// still gets them, signed as agentcom.
+    pub fn git_committing(&self, args: &[&str]) -> Result<String, GitError> {
+        let mut all: Vec<&str> = Vec::new();
+        if self.git(&["config", "user.email"]).is_err() {
+            all.extend(["-c", "user.name=agentcom", "-c", "user.email=agentcom@localhost"]);
+        }
+        all.extend_from_slice(args);
+        self.git(&all)
+    }
+
     pub fn head(&self) -> Result<String, GitError> {
         self.git(&["rev-parse", "HEAD"])
     }

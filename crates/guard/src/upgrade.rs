@@ -246,7 +246,7 @@ fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: 
     // 4. Merge, then restart through the supervisor.
     let merged = p.run("merge the branch", || {
         let msg = format!("agentcom upgrade: merge {} into {main_branch}", opts.branch);
-        if let Err(e) = repo.git(&["merge", "--no-ff", "--no-edit", "-m", &msg, &branch_sha]) {
+        if let Err(e) = repo.git_committing(&["merge", "--no-ff", "--no-edit", "-m", &msg, &branch_sha]) {
             let _ = repo.git(&["merge", "--abort"]);
             let _ = repo.git(&["reset", "--hard", &last_good]);
             clear_journal(&repo);
