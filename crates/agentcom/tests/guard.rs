@@ -346,13 +346,17 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
         .spawn()?;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(a.version(), "2", "an online agent is left alone");
-    // The upgraded agent goes offline (here: stopped) and stays so.
+    // The upgraded agent goes offline (here: stopped) and stays so, with work not committed.
+    std::fs::write(a.repo().join("notes.txt"), "unfinished thoughts")?;
     a.sup.ok(&["stop", "agent"])?;
     let deadline = Instant::now() + testkit::WAIT;
     while a.head() != old {
         anyhow::ensure!(Instant::now() < deadline, "the watchdog did not roll back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let stash = git(&a.repo(), &["stash", "list"]);
+    assert!(stash.contains("agentcom guard: before rollback"), "uncommitted work is stashed, not lost: {stash}");
+    assert_eq!(git(&a.repo(), &["show", "stash@{0}^3:notes.txt"]), "unfinished thoughts");
     a.wait_healthy("ok 1").await?;
     assert_eq!(a.sup.proc("agent")?["status"], "online", "restarted on the old code");
     assert!(std::fs::read_to_string(a.state().join("current_task.md"))?.contains("Refactor the parser"));
