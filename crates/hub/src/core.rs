@@ -1332,6 +1332,14 @@ impl<S: Store> Core<S> {
                 ok(200, json!({ "status": "stored", "agent_id": agent_id, "updated_at": at }))
             }
             ApiRequest::GetCheckpoint(agent_id) => {
+                // A checkpoint holds the agent's conversation: only it and the admin may read it.
+                if let Role::Agent(me) = &role {
+                    if me != &agent_id {
+                        return Err(
+                            ApiError::new(403, "forbidden").msg("an agent token may only read its own checkpoint")
+                        );
+                    }
+                }
                 self.sync_reads();
                 match self.store.checkpoint(&agent_id).map_err(store_err)? {
                     Some((body, at)) => ok(200, json!({ "agent_id": agent_id, "updated_at": at, "checkpoint": body })),
