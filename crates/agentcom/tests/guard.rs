@@ -584,5 +584,7 @@ async fn checkpoint_save_show_and_load_survive_the_machine_through_the_hub() -> 
         .raw(reqwest::Method::PUT, "/api/agents/agent-7/checkpoint", Some(json!({"objective": "x"}).to_string()))
         .await?;
     assert_eq!(st, 403);
+    let (st, _) = hub.api(Some(&other)).get("/api/agents/agent-7/checkpoint").await?;
+    assert_eq!(st, 403, "nor read it");
     Ok(())
 }
