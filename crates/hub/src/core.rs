@@ -1459,3 +1459,95 @@ pub fn spawn<S: Store>(core: Core<S>) -> (CoreHandle, std::thread::JoinHandle<()
         .expect("spawn the hub core thread");
     (CoreHandle { tx }, handle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A real SQLite store whose commits can be made to fail as on a full disk.
+    struct FullDisk {
+        inner: SqliteStore,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Store for FullDisk {
+        fn open_tasks(&mut self) -> Result<Vec<Task>, StoreError> {
+            self.inner.open_tasks()
+        }
+        fn max_seq(&mut self) -> Result<i64, StoreError> {
+            self.inner.max_seq()
+        }
+        fn commit(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
+            if self.full.load(Ordering::SeqCst) {
+                let e = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL);
+                return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    e,
+                    Some("database or disk is full".into()),
+                )));
+            }
+            self.inner.commit(batch)
+        }
+        fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
+            self.inner.task(id)
+        }
+        fn transitions(&mut self, id: &str) -> Result<Vec<Transition>, StoreError> {
+            self.inner.transitions(id)
+        }
+        fn list_tasks(&mut self, s: Option<TaskStatus>, limit: usize) -> Result<Vec<Task>, StoreError> {
+            self.inner.list_tasks(s, limit)
+        }
+        fn count_by_status(&mut self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+            self.inner.count_by_status()
+        }
+        fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+            self.inner.tokens()
+        }
+        fn checkpoint(&mut self, a: &str) -> Result<Option<(Value, u64)>, StoreError> {
+            self.inner.checkpoint(a)
+        }
+    }
+
+    const ADMIN: &str = "test-admin-token-0123456789";
+
+    fn submit(core: &mut Core<FullDisk>, description: &str) -> ApiResult {
+        let (reply, mut rx) = oneshot::channel();
+        let req = ApiRequest::Submit(NewTask {
+            description: description.into(),
+            priority: Priority::Normal,
+            metadata: json!({}),
+            max_retries: 3,
+            needed_capabilities: vec![],
+            assign_to: None,
+            extra: Map::new(),
+        });
+        core.handle(Event::Api { auth: Some(ADMIN.into()), req, reply });
+        core.flush();
+        rx.try_recv().expect("a reply is released after the flush")
+    }
+
+    #[test]
+    fn a_failed_commit_acknowledges_nothing_and_the_hub_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Arc::new(AtomicBool::new(false));
+        let store = FullDisk { inner: SqliteStore::open(&dir.path().join("hub.db")).unwrap(), full: full.clone() };
+        let mut core = Core::new(store, Timings::default(), ADMIN).unwrap();
+
+        assert!(submit(&mut core, "before").is_ok());
+        full.store(true, Ordering::SeqCst);
+        let err = submit(&mut core, "lost?").unwrap_err();
+        assert_eq!((err.status, err.error.as_str()), (503, "storage_unavailable"));
+        assert!(err.message.unwrap().contains("disk is full"));
+        assert_eq!(core.open_task_count(), 1, "memory went back to what is durable");
+        assert_eq!(core.metrics.commit_errors, 1);
+
+        full.store(false, Ordering::SeqCst);
+        let ok = submit(&mut core, "after").unwrap();
+        let ApiBody::Json(v) = ok.1 else { panic!("json") };
+        assert_eq!(v["status"], "queued");
+        let stored: Vec<String> = core.store.list_tasks(None, 10).unwrap().into_iter().map(|t| t.description).collect();
+        assert_eq!(stored, ["after", "before"], "the refused submission was never stored, nothing else lost");
+    }
+}
