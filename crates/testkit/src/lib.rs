@@ -54,6 +54,31 @@ impl Drop for Owned {
     }
 }
 
+/// A daemon's log lines, collected as they come.
+pub type Logs = Arc<Mutex<Vec<String>>>;
+
+/// Spawns an `agentcom` daemon with JSON logs on stderr and waits for its ready line
+/// (`message`); returns the process, its log lines so far and onward, and the line's `field`.
+fn spawn_until(
+    mut cmd: Command,
+    what: &'static str,
+    message: &'static str,
+    field: &'static str,
+) -> Result<(Owned, Logs, String)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {what}"))?;
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let value = watch_logs(child.stderr.take().expect("piped"), logs.clone(), message, field).map_err(|e| {
+        let _ = child.kill();
+        anyhow!("{what} did not start: {e}")
+    })?;
+    Ok((Owned::new(child, what), logs, value))
+}
+
 /// A running `agentcom hub` child process.
 pub struct Hub {
     child: Owned,
@@ -102,25 +127,15 @@ impl Hub {
         let cfg_path = dir.join("hub.toml");
         std::fs::create_dir_all(dir)?;
         std::fs::write(&cfg_path, format!("admin_token = \"{admin_token}\"\n{config}"))?;
-        let mut child = Command::new(bin)
-            .args(["--log-format", "json", "hub", "--listen", listen, "--data-dir"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--log-format", "json", "hub", "--listen", listen, "--data-dir"])
             .arg(dir)
             .arg("--config")
             .arg(&cfg_path)
-            .env("AGENTCOM_LOG", std::env::var("TESTKIT_HUB_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let addr =
-            watch_logs(child.stderr.take().expect("piped"), logs.clone(), "hub listening", "addr").map_err(|e| {
-                let _ = child.kill();
-                anyhow!("hub did not start: {e}")
-            })?;
+            .env("AGENTCOM_LOG", std::env::var("TESTKIT_HUB_LOG").unwrap_or_else(|_| "info".into()));
+        let (child, logs, addr) = spawn_until(cmd, "hub", "hub listening", "addr")?;
         let addr = addr.parse().context("listening address")?;
-        Ok(Hub { child: Owned::new(child, "hub"), addr, dir: dir.to_path_buf(), admin_token, logs, _temp: None })
+        Ok(Hub { child, addr, dir: dir.to_path_buf(), admin_token, logs, _temp: None })
     }
 
     pub fn url(&self) -> String {
@@ -490,21 +505,10 @@ impl Sidecar {
 
     /// Starts a sidecar on an existing config file (TOML or AgentCom JSON).
     pub fn start_file(bin: &Path, dir: &Path, config: &Path) -> Result<Sidecar> {
-        let mut child = Command::new(bin)
-            .args(["--log-format", "json", "sidecar", "--config"])
-            .arg(config)
-            .env("AGENTCOM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        watch_logs(child.stderr.take().expect("piped"), logs.clone(), "sidecar started", "agent_id").map_err(|e| {
-            let _ = child.kill();
-            anyhow!("sidecar did not start: {e}")
-        })?;
-        Ok(Sidecar { child: Owned::new(child, "sidecar"), dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
+        let mut cmd = Command::new(bin);
+        cmd.args(["--log-format", "json", "sidecar", "--config"]).arg(config).env("AGENTCOM_LOG", "info");
+        let (child, logs, _) = spawn_until(cmd, "sidecar", "sidecar started", "agent_id")?;
+        Ok(Sidecar { child, dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
     }
 
     pub fn results(&self) -> PathBuf {
