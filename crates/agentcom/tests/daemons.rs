@@ -109,9 +109,15 @@ struct Pm2 {
 
 impl Pm2 {
     fn new() -> anyhow::Result<Pm2> {
-        let ok = std::process::Command::new("pm2").arg("--version").output().is_ok_and(|o| o.status.success());
+        // In our own PM2_HOME: any pm2 command starts a daemon in its home.
+        let home = tempfile::tempdir()?;
+        let ok = std::process::Command::new("pm2")
+            .arg("--version")
+            .env("PM2_HOME", home.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
         anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
-        Ok(Pm2 { home: tempfile::tempdir()? })
+        Ok(Pm2 { home })
     }
 }
 
@@ -280,14 +286,16 @@ async fn generated_files_say_where_they_come_from_and_match_what_runs() -> R {
     Ok(())
 }
 
-fn spawn_watcher(t: &Tree) -> anyhow::Result<std::process::Child> {
+/// The watcher, killed when the test ends, passed or failed.
+fn spawn_watcher(t: &Tree) -> anyhow::Result<testkit::Owned> {
     let root = t.root().display().to_string();
     Ok(t.sup
         .cmd(&["daemons", "watch", "--root", &root, "--debounce-ms", "50", "--full-every-ms", "60000"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()?)
+        .spawn()
+        .map(|c| testkit::Owned::new(c, "daemons watch"))?)
 }
 
 #[tokio::test]
@@ -296,7 +304,7 @@ async fn the_watcher_applies_an_edit_without_any_command() -> R {
     for i in 0..3 {
         t.sleeper(&format!("w{i}"), 1000);
     }
-    let mut watcher = spawn_watcher(&t)?;
+    let _watcher = spawn_watcher(&t)?;
     let before = t.wait("started by the watcher", |p| p.len() == 3).await?;
     t.sleeper("w1", 2000);
     let after = t.wait("restarted by the watcher", |p| p.len() == 3 && p["daemons:w1"] != before["daemons:w1"]).await?;
@@ -306,8 +314,6 @@ async fn the_watcher_applies_an_edit_without_any_command() -> R {
     std::fs::write(t.root.path().join("w0/daemon.toml~"), b"junk")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(t.pids()?, after);
-    let _ = watcher.kill();
-    let _ = watcher.wait();
     Ok(())
 }
 
@@ -319,12 +325,11 @@ async fn a_restarted_watcher_reconciles_what_changed_meanwhile() -> R {
     t.sleeper("drop", 1000);
     let mut watcher = spawn_watcher(&t)?;
     let before = t.wait("started", |p| p.len() == 3).await?;
-    let _ = watcher.kill();
-    let _ = watcher.wait();
+    watcher.kill9();
     t.sleeper("edit", 3000);
     std::fs::remove_dir_all(t.root.path().join("drop"))?;
     t.sleeper("new", 1000);
-    let mut watcher = spawn_watcher(&t)?;
+    let _watcher = spawn_watcher(&t)?;
     let after = t
         .wait("reconciled", |p| {
             p.len() == 3
@@ -334,8 +339,6 @@ async fn a_restarted_watcher_reconciles_what_changed_meanwhile() -> R {
         })
         .await?;
     assert_eq!(after["daemons:keep"], before["daemons:keep"]);
-    let _ = watcher.kill();
-    let _ = watcher.wait();
     Ok(())
 }
 

@@ -60,9 +60,14 @@ impl Agent {
         sup.env.push(("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()));
         let mut pm2_home = None;
         if backend == "pm2" {
-            let ok = Command::new("pm2").arg("--version").output().is_ok_and(|o| o.status.success());
-            anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
             let h = tempfile::tempdir()?;
+            // In our own PM2_HOME: any pm2 command starts a daemon in its home.
+            let ok = Command::new("pm2")
+                .arg("--version")
+                .env("PM2_HOME", h.path())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
             sup.env.push(("PM2_HOME".into(), h.path().display().to_string()));
             pm2_home = Some(h);
         }
@@ -325,7 +330,7 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
     let old = a.head();
     let (ok, r) = a.upgrade("feature/v2", "true", &[])?;
     assert!(ok, "{r}");
-    let mut watch = a
+    let _watch = a
         .sup
         .cmd(&[
             "guard",
@@ -343,7 +348,8 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()?;
+        .spawn()
+        .map(|c| testkit::Owned::new(c, "guard watch"))?;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(a.version(), "2", "an online agent is left alone");
     // The upgraded agent goes offline (here: stopped) and stays so, with work not committed.
@@ -364,8 +370,6 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
     a.sup.ok(&["stop", "agent"])?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(a.head(), old);
-    let _ = watch.kill();
-    let _ = watch.wait();
     Ok(())
 }
 

@@ -396,9 +396,15 @@ struct Pm2 {
 
 impl Pm2 {
     fn new() -> anyhow::Result<Pm2> {
-        let out = std::process::Command::new("pm2").arg("--version").output();
-        anyhow::ensure!(out.is_ok_and(|o| o.status.success()), "pm2 is required (scripts/test installs it with npm)");
-        Ok(Pm2 { home: tempfile::tempdir()? })
+        // In our own PM2_HOME: any pm2 command starts a daemon in its home.
+        let home = tempfile::tempdir()?;
+        let ok = std::process::Command::new("pm2")
+            .arg("--version")
+            .env("PM2_HOME", home.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
+        Ok(Pm2 { home })
     }
     fn apply(&self, s: &mut Supervised) {
         s.env.push(("PM2_HOME".into(), self.home.path().display().to_string()));
