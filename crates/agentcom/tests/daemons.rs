@@ -17,7 +17,7 @@ struct Tree {
     root: tempfile::TempDir,
     sup: Supervised,
     backend: &'static str,
-    _pm2: Option<Pm2>,
+    _pm2: Option<testkit::Pm2Home>,
 }
 
 impl Tree {
@@ -26,9 +26,9 @@ impl Tree {
     }
 
     fn with_pm2() -> anyhow::Result<Tree> {
-        let pm2 = Pm2::new()?;
+        let pm2 = testkit::Pm2Home::new()?;
         let mut t = Tree::new()?;
-        t.sup.env.push(("PM2_HOME".into(), pm2.home.path().display().to_string()));
+        pm2.apply(&mut t.sup);
         t.backend = "pm2";
         t._pm2 = Some(pm2);
         Ok(t)
@@ -100,30 +100,6 @@ impl Tree {
             anyhow::ensure!(Instant::now() < deadline, "never {what}: {p:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-struct Pm2 {
-    home: tempfile::TempDir,
-}
-
-impl Pm2 {
-    fn new() -> anyhow::Result<Pm2> {
-        // In our own PM2_HOME: any pm2 command starts a daemon in its home.
-        let home = tempfile::tempdir()?;
-        let ok = std::process::Command::new("pm2")
-            .arg("--version")
-            .env("PM2_HOME", home.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
-        Ok(Pm2 { home })
-    }
-}
-
-impl Drop for Pm2 {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("pm2").arg("kill").env("PM2_HOME", self.home.path()).output();
     }
 }
 

@@ -27,7 +27,7 @@ struct Agent {
     root: tempfile::TempDir,
     sup: Supervised,
     backend: &'static str,
-    pm2_home: Option<tempfile::TempDir>,
+    _pm2: Option<testkit::Pm2Home>,
 }
 
 fn git(repo: &Path, args: &[&str]) -> String {
@@ -58,20 +58,11 @@ impl Agent {
         let mut sup = Supervised::new(bin())?;
         // As on a fresh machine: no global git identity for the guard's merge commits.
         sup.env.push(("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()));
-        let mut pm2_home = None;
-        if backend == "pm2" {
-            let h = tempfile::tempdir()?;
-            // In our own PM2_HOME: any pm2 command starts a daemon in its home.
-            let ok = Command::new("pm2")
-                .arg("--version")
-                .env("PM2_HOME", h.path())
-                .output()
-                .is_ok_and(|o| o.status.success());
-            anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
-            sup.env.push(("PM2_HOME".into(), h.path().display().to_string()));
-            pm2_home = Some(h);
+        let pm2 = if backend == "pm2" { Some(testkit::Pm2Home::new()?) } else { None };
+        if let Some(p) = &pm2 {
+            p.apply(&mut sup);
         }
-        let a = Agent { root, sup, backend, pm2_home };
+        let a = Agent { root, sup, backend, _pm2: pm2 };
         let state = format!("STATE={}", a.state().display());
         a.sup.ok(&[
             "start",
@@ -178,14 +169,6 @@ impl Agent {
     }
     fn journal(&self) -> bool {
         self.repo().join(".git/agentcom-upgrade.json").exists()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(h) = &self.pm2_home {
-            let _ = Command::new("pm2").arg("kill").env("PM2_HOME", h.path()).output();
-        }
     }
 }
 

@@ -389,37 +389,9 @@ async fn without_a_supervisor_the_restart_is_refused_and_the_sidecar_stays() -> 
 
 // ---- real pm2 -----------------------------------------------------------------------------
 
-/// A pm2 of its own (PM2_HOME in a temp dir), killed at the end.
-struct Pm2 {
-    home: tempfile::TempDir,
-}
-
-impl Pm2 {
-    fn new() -> anyhow::Result<Pm2> {
-        // In our own PM2_HOME: any pm2 command starts a daemon in its home.
-        let home = tempfile::tempdir()?;
-        let ok = std::process::Command::new("pm2")
-            .arg("--version")
-            .env("PM2_HOME", home.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        anyhow::ensure!(ok, "pm2 is required (scripts/test installs it with npm)");
-        Ok(Pm2 { home })
-    }
-    fn apply(&self, s: &mut Supervised) {
-        s.env.push(("PM2_HOME".into(), self.home.path().display().to_string()));
-    }
-}
-
-impl Drop for Pm2 {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("pm2").arg("kill").env("PM2_HOME", self.home.path()).output();
-    }
-}
-
 #[tokio::test]
 async fn pm2_backend_start_ps_stop_delete_and_redaction() -> R {
-    let pm2 = Pm2::new()?;
+    let pm2 = testkit::Pm2Home::new()?;
     let mut s = Supervised::new(bin())?;
     pm2.apply(&mut s);
     s.ok(&["start", "napper", "--backend", "pm2", "--env", "API_KEY=hunter2", "--", "sleep", "1000"])?;
@@ -442,7 +414,7 @@ async fn pm2_backend_start_ps_stop_delete_and_redaction() -> R {
 
 #[tokio::test]
 async fn hub_restart_command_round_trip_under_real_pm2() -> R {
-    let pm2 = Pm2::new()?;
+    let pm2 = testkit::Pm2Home::new()?;
     let f = Fleet::new()?;
     let mut s = Supervised::new(bin())?;
     pm2.apply(&mut s);

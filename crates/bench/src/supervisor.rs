@@ -164,7 +164,8 @@ fn pm2_daemon_pid(home: &Path) -> Result<u32> {
 }
 
 async fn pm2(_bin: &Path, args: &Args) -> Result<()> {
-    let home = tempfile::tempdir()?;
+    // Its own PM2_HOME, and `pm2 kill` on any way out of here.
+    let home = testkit::Pm2Home::new()?;
     let h = home.path();
     time_cmd(pm2_cmd(h, &["ping"]))?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -149,7 +149,7 @@ enum Effect {
     Reply { reply: oneshot::Sender<ApiResult>, result: ApiResult },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Timer {
     AcceptDeadline {
         task_id: String,

@@ -6,7 +6,7 @@ use crate::logs::{self, LogFile};
 use crate::procfs;
 use proto::control::{Describe, ProcSpec, ProcStatus, Request, Response, RestartPolicy};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
@@ -95,7 +95,7 @@ enum Then {
     Delete,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Timer {
     RestartDue { name: String, gen: u64 },
     HealthDue { name: String, gen: u64 },
@@ -802,8 +802,6 @@ fn kill_group_now(pgid: i32, signal: &str, timeout: Duration) {
     }
     let _ = killpg(pg, Signal::SIGKILL);
 }
-
-pub type Statuses = HashMap<String, ProcStatus>;
 
 #[cfg(test)]
 mod tests {

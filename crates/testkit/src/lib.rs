@@ -735,3 +735,40 @@ impl Drop for Supervised {
         }
     }
 }
+
+/// A pm2 of its own: `PM2_HOME` in a temp dir (any pm2 command starts a daemon in its home,
+/// so never the user's `~/.pm2`), killed with `pm2 kill` when dropped.
+pub struct Pm2Home {
+    home: tempfile::TempDir,
+}
+
+impl Pm2Home {
+    /// Fails with a clear message when pm2 is not installed.
+    pub fn new() -> Result<Pm2Home> {
+        let home = tempfile::tempdir()?;
+        let ok = Command::new("pm2")
+            .arg("--version")
+            .env("PM2_HOME", home.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            bail!("pm2 is required (scripts/test installs it with npm)");
+        }
+        Ok(Pm2Home { home })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Makes every command of `s` (and the pm2 it starts) use this home.
+    pub fn apply(&self, s: &mut Supervised) {
+        s.env.push(("PM2_HOME".into(), self.path().display().to_string()));
+    }
+}
+
+impl Drop for Pm2Home {
+    fn drop(&mut self) {
+        let _ = Command::new("pm2").arg("kill").env("PM2_HOME", self.path()).output();
+    }
+}
