@@ -61,6 +61,18 @@ impl Env {
     fn runs(&self) -> Vec<String> {
         std::fs::read_to_string(self.control().join("runs")).unwrap_or_default().lines().map(str::to_string).collect()
     }
+    /// The pid of the first wake. The queue says `waking` as soon as the wake is spawned, which
+    /// can be before the script has written its line, so wait for the line itself.
+    async fn first_wake_pid(&self) -> anyhow::Result<i32> {
+        let deadline = std::time::Instant::now() + testkit::WAIT;
+        loop {
+            if let Some(line) = self.runs().first() {
+                return Ok(line.split(' ').nth(2).unwrap_or_default().parse()?);
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the wake never recorded its run");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     async fn config(&self, agent: &str, mode: Option<&str>, extra: &str) -> anyhow::Result<String> {
         let token = self.hub.token(agent).await?;
         let wake = mode.map(|m| self.wake(m));
@@ -279,7 +291,7 @@ async fn cancel_mid_work_kills_the_agent_and_frees_the_sidecar() -> R {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let wake_pid: i32 = e.runs()[0].split(' ').nth(2).unwrap().parse()?;
+    let wake_pid = e.first_wake_pid().await?;
     let (st, _) = e.hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
     assert_eq!(st, 200);
     let deadline = std::time::Instant::now() + testkit::WAIT;
@@ -319,8 +331,8 @@ async fn sigkill_while_waking_reruns_the_unconfirmed_wake() -> R {
     let mut s = e.sidecar("a1", Some("block-wake"), "").await?;
     let id = e.submit("crash while waking", 0).await?;
     s.wait_phase("waking").await?;
+    let first = e.first_wake_pid().await?;
     s.kill9();
-    let first: i32 = e.runs()[0].split(' ').nth(2).unwrap().parse()?;
     assert!(testkit::alive(first), "the wake outlives the sidecar (own process group)");
     let s = e.restart("a1")?;
     // The recovered sidecar stops the orphaned wake and runs it again.
@@ -354,25 +366,51 @@ async fn sigkill_while_working_never_reruns_a_confirmed_wake() -> R {
     Ok(())
 }
 
-#[tokio::test]
-async fn sigkill_after_accept_before_the_wake() -> R {
-    let e = Env::new("")?;
+/// Kills the sidecar while its wake blocks, then rewinds `queue.json` to the instant after the
+/// accept was persisted and acked, as if the crash came before the wake was recorded.
+async fn crash_before_the_wake_is_recorded(e: &Env) -> anyhow::Result<(Sidecar, String, i32)> {
     let mut s = e.sidecar("a1", Some("block-wake"), "").await?;
     let id = e.submit("crash right after accept", 0).await?;
     s.wait_phase("waking").await?;
+    let pid = e.first_wake_pid().await?;
     s.kill9();
-    // Rewind the file to the instant after the accept was persisted and acked, before any wake.
-    let pid: i32 = e.runs()[0].split(' ').nth(2).unwrap().parse()?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
     let qpath = s.state().join("queue.json");
     let mut q: Value = serde_json::from_slice(&std::fs::read(&qpath)?)?;
     q["active"]["status"] = json!("accepted");
     q["active"]["wake_attempts"] = json!(0);
     q["active"]["wake_pgid"] = Value::Null;
     std::fs::write(&qpath, serde_json::to_vec(&q)?)?;
+    Ok((s, id, pid))
+}
+
+#[tokio::test]
+async fn sigkill_after_accept_before_the_wake() -> R {
+    let e = Env::new("")?;
+    let (_, id, pid) = crash_before_the_wake_is_recorded(&e).await?;
+    // No wake ran at all.
+    let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))?;
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
     e.go();
     let s = e.restart("a1")?;
     completed_once(&e, &s, &id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_between_spawn_and_record_stops_the_unrecorded_wake() -> R {
+    let e = Env::new("")?;
+    let (_, id, first) = crash_before_the_wake_is_recorded(&e).await?;
+    assert!(testkit::alive(first));
+    let s = e.restart("a1")?;
+    // Found by its environment, not by a recorded pid, and replaced.
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    while testkit::alive(first) || e.runs().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "unrecorded wake not replaced: {:?}", e.runs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.go();
+    completed_once(&e, &s, &id).await?;
+    assert_eq!(e.runs().len(), 2);
     Ok(())
 }
 

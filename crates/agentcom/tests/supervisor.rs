@@ -36,11 +36,15 @@ async fn start_launches_the_supervisor_and_children_know_their_name() -> R {
     assert!(s.supervisor_pid().is_some());
     let p = s.wait_for("envy", "online", |p| p["status"] == "online").await?;
     let deadline = Instant::now() + testkit::WAIT;
-    while !envfile.exists() {
-        assert!(Instant::now() < deadline);
+    // `echo > file` creates the file before it writes: wait for the whole line.
+    let seen = loop {
+        let seen = std::fs::read_to_string(&envfile).unwrap_or_default();
+        if seen.ends_with('\n') {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the child never wrote its environment");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let seen = std::fs::read_to_string(&envfile)?;
+    };
     assert_eq!(seen.trim(), format!("envy {} yes", s.dir().canonicalize()?.join("supervisor.sock").display()));
     // ps --json: documented field names and types.
     for (k, check) in [
@@ -343,7 +347,9 @@ async fn restart_commanded_mid_task_waits_for_the_task() -> R {
     let id = f.hub.submit(json!({"description": "long", "max_retries": 0})).await?;
     f.wait_agent("sc2", "working", |a| a["status"] == "working").await?;
     let started = f.root.path().join("sc2/results").join(format!("{id}.started"));
+    let deadline = Instant::now() + testkit::WAIT;
     while !started.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the agent never confirmed the task");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     f.restart("sc2", false).await?;

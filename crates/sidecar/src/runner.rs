@@ -422,17 +422,18 @@ impl Runner {
         let Some(t) = self.q.active.clone() else { return };
         self.progress_offset = 0;
         match t.status {
-            Phase::Accepted => self.start_wake(1),
+            Phase::Accepted => {
+                // We may have died between spawning a wake and recording it.
+                self.stop_orphaned_wakes(&t);
+                self.start_wake(1)
+            }
             Phase::Waking => {
                 if self.path(&t.task_id, "started").exists() {
                     self.set_phase(Phase::Working);
                     self.check_files(None);
                 } else {
                     // The wake never confirmed: stop what may be left of it and run it again.
-                    if let Some(pg) = t.wake_pgid.filter(|pg| wake::group_runs_task(*pg, &t.task_id)) {
-                        let grace = self.cfg.kill_timeout;
-                        tokio::spawn(wake::stop_group(pg, grace));
-                    }
+                    self.stop_orphaned_wakes(&t);
                     self.start_wake(t.wake_attempts.max(1));
                 }
             }
@@ -446,6 +447,17 @@ impl Runner {
     }
 
     // ---- wake ----------------------------------------------------------------------------
+
+    /// Stops every wake of `t` left by an earlier run of this sidecar: the recorded group, and
+    /// any group carrying this task and agent in its environment.
+    fn stop_orphaned_wakes(&self, t: &QueuedTask) {
+        let mut groups = wake::groups_running(&t.task_id, &self.cfg.agent_id);
+        groups.extend(t.wake_pgid.filter(|pg| !groups.contains(pg) && wake::group_runs_task(*pg, &t.task_id)));
+        for pg in groups {
+            tracing::info!(task_id = %t.task_id, pgid = pg, "stopping a wake left by an earlier run");
+            tokio::spawn(wake::stop_group(pg, self.cfg.kill_timeout));
+        }
+    }
 
     fn start_wake(&mut self, attempt: u32) {
         let Some(command) = self.cfg.wake_command.clone() else {

@@ -66,6 +66,12 @@ pub fn group_runs_task(pgid: i32, task_id: &str) -> bool {
     supervisor::procfs::group_has_env(pgid, "AGENTCOM_TASK_ID", task_id)
 }
 
+/// Every process group still running a wake of `task_id` for `agent_id`, found by environment:
+/// a crash between spawning a wake and persisting its pid leaves no other trace of it.
+pub fn groups_running(task_id: &str, agent_id: &str) -> Vec<i32> {
+    supervisor::procfs::groups_with_env(&[("AGENTCOM_TASK_ID", task_id), ("AGENTCOM_AGENT_ID", agent_id)])
+}
+
 /// The last `max` characters of a wake's log, for error reports.
 pub fn log_tail(path: &PathBuf, max: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -79,20 +79,37 @@ pub fn group_alive(pgid: i32) -> bool {
 /// Whether a process of group `pgid` has `key=value` in its environment: proof that the group
 /// is ours after a restart, when the pid may have been reused.
 pub fn group_has_env(pgid: i32, key: &str, value: &str) -> bool {
-    let needle = format!("{key}={value}");
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if stat(pid).is_none_or(|s| s.pgrp != pgid) {
-            continue;
-        }
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                return true;
-            }
-        }
-    }
-    false
+    live_pids().any(|pid| stat(pid).is_some_and(|s| s.pgrp == pgid) && env_has(pid, &[(key, value)]))
+}
+
+/// The process groups with a live member whose environment holds every `key=value` pair: how
+/// a restarted daemon finds what it started when it had no chance to record the pid.
+pub fn groups_with_env(pairs: &[(&str, &str)]) -> Vec<i32> {
+    let mut groups: Vec<i32> = live_pids()
+        .filter(|pid| env_has(*pid, pairs))
+        .filter_map(stat)
+        .filter(|s| s.state != 'Z')
+        .map(|s| s.pgrp)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+fn live_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+}
+
+fn env_has(pid: i32, pairs: &[(&str, &str)]) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    pairs.iter().all(|(k, v)| {
+        let needle = format!("{k}={v}");
+        env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+    })
 }
 
 /// Milliseconds since process `pid` started.
@@ -110,6 +127,7 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn sees_our_own_group() {
@@ -120,5 +138,23 @@ mod tests {
         assert!(groups[&s.pgrp].rss_bytes > 0);
         assert!(group_alive(s.pgrp));
         assert!(uptime_ms(me).is_some());
+    }
+
+    #[test]
+    fn finds_groups_by_environment() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .env("PROCFS_TEST_MARK", "x1")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        assert!(group_has_env(pgid, "PROCFS_TEST_MARK", "x1"));
+        assert!(!group_has_env(pgid, "PROCFS_TEST_MARK", "x2"));
+        assert_eq!(groups_with_env(&[("PROCFS_TEST_MARK", "x1")]), vec![pgid]);
+        assert!(groups_with_env(&[("PROCFS_TEST_MARK", "x1"), ("PROCFS_OTHER", "y")]).is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(groups_with_env(&[("PROCFS_TEST_MARK", "x1")]).is_empty());
     }
 }
