@@ -123,9 +123,16 @@ async fn stop_kills_grandchildren_and_reports_only_when_all_are_gone() -> R {
 #[tokio::test]
 async fn kill_timeout_escalates_to_sigkill() -> R {
     let s = Supervised::new(bin())?;
-    let stubborn = "trap '' TERM; while :; do sleep 0.05; done";
-    s.ok(&["start", "stubborn", "--kill-timeout-ms", "300", "--", "sh", "-c", stubborn])?;
+    let ready = s.dir().with_file_name("trapped");
+    let stubborn = format!("trap '' TERM; touch '{}'; while :; do sleep 0.05; done", ready.display());
+    s.ok(&["start", "stubborn", "--kill-timeout-ms", "300", "--", "sh", "-c", &stubborn])?;
     let p = s.wait_for("stubborn", "online", |p| p["status"] == "online").await?;
+    // Online means spawned; the shell ignores TERM only once it has run the trap.
+    let deadline = Instant::now() + testkit::WAIT;
+    while !ready.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the child never set its trap");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let pid = p["pid"].as_i64().unwrap() as i32;
     let t0 = Instant::now();
     s.ok(&["stop", "stubborn"])?;
