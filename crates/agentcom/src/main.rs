@@ -36,17 +36,20 @@ struct Remote {
     /// Data dir whose admin.token is the default token.
     #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = hub::config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// PEM CA certificates to trust for an https:// hub, besides the built-in roots.
+    #[arg(long, env = "AGENTCOM_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print the hub's JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 impl Remote {
-    fn client(&self) -> Client {
+    fn client(&self) -> Result<Client, client::ClientError> {
         let token = self.token.clone().or_else(|| {
             std::fs::read_to_string(hub::admin_token_path(&self.data_dir)).ok().map(|t| t.trim().to_string())
         });
-        Client::new(&self.url, token)
+        Client::new(&self.url, token, self.ca_file.as_deref())
     }
 }
 
@@ -66,6 +69,12 @@ enum Cmd {
         /// Admin token (otherwise read from or generated into <data-dir>/admin.token).
         #[arg(long, env = "AGENTCOM_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
+        #[arg(long, env = "AGENTCOM_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, env = "AGENTCOM_TLS_KEY")]
+        tls_key: Option<PathBuf>,
     },
     /// Run a sidecar beside one agent.
     Sidecar {
@@ -462,11 +471,16 @@ struct HubTarget {
     token: Option<String>,
     #[arg(long = "agent", env = "AGENTCOM_AGENT_ID")]
     agent_id: Option<String>,
+    /// PEM CA certificates to trust for an https:// hub, besides the built-in roots.
+    #[arg(long, env = "AGENTCOM_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl HubTarget {
-    fn client(&self) -> Option<(Client, String)> {
-        Some((Client::new(self.url.as_ref()?, self.token.clone()), self.agent_id.clone()?))
+    /// The hub client and agent id, when both a hub and an agent are named.
+    fn client(&self) -> Result<Option<(Client, String)>, client::ClientError> {
+        let (Some(url), Some(agent)) = (self.url.as_ref(), self.agent_id.clone()) else { return Ok(None) };
+        Ok(Some((Client::new(url, self.token.clone(), self.ca_file.as_deref())?, agent)))
     }
 }
 
@@ -482,6 +496,9 @@ enum GuardCmd {
         hub: Option<String>,
         #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM CA certificates to trust for an https:// hub, besides the built-in roots.
+        #[arg(long, env = "AGENTCOM_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// The agent's id at the hub (default: the process name).
         #[arg(long = "agent")]
         agent_id: Option<String>,
@@ -767,7 +784,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 let c = guard::checkpoint::Checkpoint { objective, context, pending, state, history, saved_at };
                 c.save(&dir)?;
                 println!("saved {}", dir.join(guard::checkpoint::TASK_FILE).display());
-                if let Some((client, agent)) = hub.client() {
+                if let Some((client, agent)) = hub.client()? {
                     client
                         .request(
                             reqwest::Method::PUT,
@@ -793,7 +810,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 let c = match guard::checkpoint::Checkpoint::load(&dir) {
                     Ok(c) => c,
                     Err(local) => {
-                        let (client, agent) = hub.client().ok_or(local)?;
+                        let (client, agent) = hub.client()?.ok_or(local)?;
                         let v = client.get(&format!("/api/agents/{}/checkpoint", seg(&agent))).await?;
                         let c: guard::checkpoint::Checkpoint = serde_json::from_value(v["checkpoint"].clone())?;
                         c.save(&dir)?;
@@ -870,16 +887,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("{msg}");
         }
         Cmd::Guard {
-            cmd: GuardCmd::Watch { repo, process, hub, token, agent_id, offline_after, interval, state_dir, sup },
+            cmd:
+                GuardCmd::Watch { repo, process, hub, token, ca_file, agent_id, offline_after, interval, state_dir, sup },
         } => {
             init_logging(cli.log_format, "info");
             let shutdown = shutdown_on_signals()?;
+            let hub = hub.map(|url| Client::new(&url, token, ca_file.as_deref())).transpose()?;
             let opts = guard::watch::WatchOptions {
                 repo,
                 agent_id: agent_id.unwrap_or_else(|| process.clone()),
                 process,
                 hub,
-                token,
                 offline_after,
                 interval,
                 state_dir: state_dir.unwrap_or_else(guard::checkpoint::default_dir),
@@ -903,9 +921,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let code = sidecar::wrap::run_agent(&cmd)?;
             return Ok(u8::try_from(code).unwrap_or(1));
         }
-        Cmd::Hub { listen, data_dir, config, admin_token } => {
+        Cmd::Hub { listen, data_dir, config, admin_token, tls_cert, tls_key } => {
             init_logging(cli.log_format, "info");
-            let cfg = hub::HubConfig::load(hub::Overrides { config, listen, data_dir, admin_token })?;
+            let cfg =
+                hub::HubConfig::load(hub::Overrides { config, listen, data_dir, admin_token, tls_cert, tls_key })?;
             let shutdown = shutdown_on_signals()?;
             hub::run(cfg, shutdown).await?;
         }
@@ -924,7 +943,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(a) = assign_to {
                     body["assign_to"] = json!(a);
                 }
-                let v = remote.client().post("/api/tasks", body).await?;
+                let v = remote.client()?.post("/api/tasks", body).await?;
                 print(&remote, &v, |v| format!("{}\n", client::cell(&v["task_id"])));
             }
             TaskCmd::List { status, limit, remote } => {
@@ -932,42 +951,42 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 if let Some(s) = status {
                     path.push_str(&format!("&status={}", seg(&s)));
                 }
-                let v = remote.client().get(&path).await?;
+                let v = remote.client()?.get(&path).await?;
                 print(&remote, &v, render::tasks);
             }
             TaskCmd::Show { id, remote } => {
-                let v = remote.client().get(&format!("/api/tasks/{}", seg(&id))).await?;
+                let v = remote.client()?.get(&format!("/api/tasks/{}", seg(&id))).await?;
                 print(&remote, &v, render::task);
             }
             TaskCmd::Cancel { id, remote } => {
-                let v = remote.client().post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({})).await?;
+                let v = remote.client()?.post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({})).await?;
                 print(&remote, &v, |v| format!("cancelled {}\n", client::cell(&v["task_id"])));
             }
             TaskCmd::Retry { id, remote } => {
-                let v = remote.client().post(&format!("/api/tasks/{}/retry", seg(&id)), json!({})).await?;
+                let v = remote.client()?.post(&format!("/api/tasks/{}/retry", seg(&id)), json!({})).await?;
                 print(&remote, &v, |v| format!("queued {} again\n", client::cell(&v["task_id"])));
             }
         },
         Cmd::Agents { remote } => {
-            let v = remote.client().get("/api/agents").await?;
+            let v = remote.client()?.get("/api/agents").await?;
             print(&remote, &v, render::agents);
         }
         Cmd::Agent { cmd: AgentCmd::Restart { agent, reason, force, remote } } => {
             let path = format!("/api/admin/agents/{}/restart", seg(&agent));
-            let v = remote.client().post(&path, json!({ "reason": reason, "force": force })).await?;
+            let v = remote.client()?.post(&path, json!({ "reason": reason, "force": force })).await?;
             print(&remote, &v, |v| format!("restart commanded for {}\n", client::cell(&v["agent_id"])));
         }
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Create { agent, remote } => {
-                let v = remote.client().post("/admin/tokens", json!({ "agent_id": agent })).await?;
+                let v = remote.client()?.post("/admin/tokens", json!({ "agent_id": agent })).await?;
                 print(&remote, &v, |v| format!("{}\n", client::cell(&v["token"])));
             }
             TokenCmd::List { remote } => {
-                let v = remote.client().get("/admin/tokens").await?;
+                let v = remote.client()?.get("/admin/tokens").await?;
                 print(&remote, &v, render::tokens);
             }
             TokenCmd::Revoke { agent, remote } => {
-                let v = remote.client().delete(&format!("/admin/tokens/{}", seg(&agent))).await?;
+                let v = remote.client()?.delete(&format!("/admin/tokens/{}", seg(&agent))).await?;
                 print(&remote, &v, |v| {
                     format!("revoked {} token(s) of {}\n", v["revoked"], client::cell(&v["agent_id"]))
                 });

@@ -2,6 +2,7 @@
 
 use reqwest::Method;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:4000";
@@ -14,6 +15,8 @@ pub enum ClientError {
     Api { status: u16, error: String, message: Option<String> },
     #[error("unexpected answer from the hub (HTTP {status}): {body}")]
     Decode { status: u16, body: String },
+    #[error("CA file {path}: {message}")]
+    CaFile { path: String, message: String },
 }
 
 #[derive(Debug, Clone)]
@@ -24,10 +27,23 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> Self {
-        let http =
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a plain HTTP client builds");
-        Client { base: base.trim_end_matches('/').to_string(), token, http }
+    /// A client of the hub at `base` (`http://` or `https://`). `https://` trusts Mozilla's
+    /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub).
+    pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = ca_file {
+            let fail = |message: String| ClientError::CaFile { path: path.display().to_string(), message };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(root_cause(&e)))?;
+            if certs.is_empty() {
+                return Err(fail("no PEM certificate in the file".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Connect { url: base.into(), message: root_cause(&e) })?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
     }
 
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
@@ -74,7 +90,12 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    let text = cur.to_string();
+    if text.contains("invalid peer certificate") {
+        format!("{text} (to trust the hub's own CA, pass --ca-file or set AGENTCOM_CA_FILE)")
+    } else {
+        text
+    }
 }
 
 /// Percent-encodes one path segment.

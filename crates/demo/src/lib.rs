@@ -45,12 +45,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(root.join("hub")),
         admin_token: Some(admin.clone()),
+        ..Default::default()
     })?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let hub_task = tokio::spawn(hub::run_reporting(hub_cfg, shutdown.clone(), Some(ready_tx)));
     let addr = ready_rx.await.context("the hub did not start")?;
     let url = format!("http://{addr}");
-    let api = Client::new(&url, Some(admin));
+    let api = Client::new(&url, Some(admin), None)?;
     println!("agentcom demo");
     println!("  hub      {url}  (data in {})", root.display());
 

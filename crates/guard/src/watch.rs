@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 pub struct WatchOptions {
     pub repo: PathBuf,
     pub process: String,
-    pub hub: Option<String>,
-    pub token: Option<String>,
+    /// The hub that also sees the agent (connected or not) and keeps its checkpoint.
+    pub hub: Option<client::Client>,
     pub agent_id: String,
     pub offline_after: Duration,
     pub interval: Duration,
@@ -44,7 +44,7 @@ async fn online(o: &WatchOptions, backend: &Backend, hub: Option<&client::Client
 
 pub async fn run(o: WatchOptions, backend: Backend, shutdown: CancellationToken) -> Result<(), String> {
     let repo = Repo::open(&o.repo).map_err(|e| e.to_string())?;
-    let hub = o.hub.as_ref().map(|u| client::Client::new(u, o.token.clone()));
+    let hub = o.hub.clone();
     tracing::info!(repo = %o.repo.display(), process = %o.process, offline_after_ms = o.offline_after.as_millis() as u64, "guard watching");
     let mut offline_since: Option<Instant> = None;
     loop {

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
@@ -23,6 +24,9 @@ pub struct FileConfig {
     pub violation_limit: Option<u32>,
     pub violation_window_ms: Option<u64>,
     pub ban_ms: Option<Vec<u64>>,
+    /// PEM certificate chain; with `tls_key`, the hub serves `https://` and `wss://` only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Values given on the command line or in the environment (clap merges the two).
@@ -32,6 +36,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +80,8 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     pub admin_token: Option<String>,
     pub timings: Timings,
+    /// Set when the hub serves TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Every problem found in the configuration, listed together.
@@ -139,8 +147,20 @@ impl HubConfig {
             }
         }
         let data_dir = o.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let tls = match (o.tls_cert.or(file.tls_cert), o.tls_key.or(file.tls_key)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => crate::tls::server_config(&cert, &key).map_err(|e| errors.push(e)).ok(),
+            (Some(_), None) => {
+                errors.push("tls_key: required with tls_cert".into());
+                None
+            }
+            (None, Some(_)) => {
+                errors.push("tls_cert: required with tls_key".into());
+                None
+            }
+        };
         if errors.is_empty() {
-            Ok(HubConfig { listen, data_dir, admin_token, timings })
+            Ok(HubConfig { listen, data_dir, admin_token, timings, tls })
         } else {
             Err(ConfigErrors(errors))
         }

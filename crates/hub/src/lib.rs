@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
@@ -101,7 +102,8 @@ pub async fn run_reporting(
     let listener =
         tokio::net::TcpListener::bind(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("cannot read the bound address"))?;
-    tracing::info!(addr = %addr, data_dir = %cfg.data_dir.display(), open_tasks = open, "hub listening");
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}"), data_dir = %cfg.data_dir.display(), open_tasks = open, "hub listening");
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
@@ -115,11 +117,20 @@ pub async fn run_reporting(
         next_conn: Arc::new(AtomicU64::new(1)),
     };
     let app = http::router(state);
-    // Frames are small and latency matters: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let stop = shutdown.clone().cancelled_owned();
+    let served = match cfg.tls.clone() {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls, shutdown.clone());
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
+        None => {
+            // Frames are small and latency matters: no Nagle delay.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
+    };
     // Sockets see the same token and close with 1001; wait for them to say goodbye.
     tracker.close();
     tracker.wait().await;

@@ -11,8 +11,10 @@ use std::time::Duration;
 pub struct FileConfig {
     pub agent_id: Option<String>,
     pub token: Option<String>,
-    /// `ws://host:4000/ws`
+    /// `ws://host:4000/ws`, or `wss://` for a hub behind TLS.
     pub hub_url: Option<String>,
+    /// PEM file of extra CA certificates trusted for a `wss://` hub, besides Mozilla's roots.
+    pub tls_ca_file: Option<PathBuf>,
     pub capabilities: Option<Vec<String>>,
     pub wake_command: Option<String>,
     /// Default `./results`.
@@ -43,6 +45,8 @@ pub struct SidecarConfig {
     pub name: Option<String>,
     pub token: String,
     pub hub_url: String,
+    /// Set for a `wss://` hub.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub capabilities: Vec<String>,
     pub wake_command: Option<String>,
     pub results_dir: PathBuf,
@@ -72,6 +76,7 @@ const JSON_KEYS: &[&str] = &[
     "agent_id",
     "token",
     "hub_url",
+    "tls_ca_file",
     "capabilities",
     "wake_command",
     "results_dir",
@@ -174,6 +179,11 @@ impl SidecarConfig {
         if results_dir == state_dir {
             errors.push("state_dir: must differ from results_dir".into());
         }
+        let tls = if hub_url.starts_with("wss://") {
+            crate::tls::client_config(f.tls_ca_file.map(resolve).as_deref()).map_err(|e| errors.push(e)).ok()
+        } else {
+            None
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -182,6 +192,7 @@ impl SidecarConfig {
             name: f.name,
             token,
             hub_url,
+            tls,
             capabilities,
             wake_command,
             results_dir,

@@ -42,11 +42,19 @@ pub async fn run(
             return;
         }
         let ws_config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
-        let connect = tokio_tungstenite::connect_async_with_config(cfg.hub_url.as_str(), Some(ws_config), true);
+        let connector = cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(cfg.hub_url.as_str(), Some(ws_config), true, connector);
         let identified = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok((ws, _))) => session(ws, &cfg, &identify, &events, &shutdown).await,
             Ok(Err(e)) => {
-                tracing::warn!(hub_url = %cfg.hub_url, error = %e, "cannot connect to the hub");
+                let error = e.to_string();
+                let hint = if error.contains("invalid peer certificate") {
+                    "set tls_ca_file to the PEM of the CA that signed the hub's certificate"
+                } else {
+                    ""
+                };
+                tracing::warn!(hub_url = %cfg.hub_url, error = %error, hint, "cannot connect to the hub");
                 false
             }
             Err(_) => {

@@ -1,0 +1,159 @@
+//! End-to-end tests of TLS: a hub serving `https://` and `wss://` with a certificate from a
+//! private CA, the CLI and a sidecar that trust that CA, and clear refusals for those that do not.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use testkit::{Hub, Sidecar};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentcom"))
+}
+
+type R = anyhow::Result<()>;
+
+struct Env {
+    hub: Hub,
+    tls: testkit::tls::TlsFiles,
+    root: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> anyhow::Result<Env> {
+        let root = tempfile::tempdir()?;
+        let tls = testkit::tls::tls_files(&root.path().join("certs"))?;
+        let config = format!(
+            "tls_cert = {}\ntls_key = {}\n",
+            testkit::toml_string(&tls.cert.display().to_string()),
+            testkit::toml_string(&tls.key.display().to_string())
+        );
+        let hub = Hub::start(bin(), &config)?;
+        Ok(Env { hub, tls, root })
+    }
+    fn https(&self) -> String {
+        format!("https://localhost:{}", self.hub.addr.port())
+    }
+    /// Runs a client command against `url`, trusting `ca` when given.
+    fn cli(&self, url: &str, ca: Option<&Path>, args: &[&str]) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("AGENTCOM_URL", url)
+            .env("AGENTCOM_TOKEN", &self.hub.admin_token)
+            .env_remove("AGENTCOM_CA_FILE");
+        if let Some(ca) = ca {
+            c.env("AGENTCOM_CA_FILE", ca);
+        }
+        c.output().expect("the agentcom binary runs")
+    }
+    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cli(&self.https(), Some(&self.tls.ca), args);
+        anyhow::ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    }
+    fn sidecar(&self, agent: &str, token: &str, ca: Option<&Path>) -> anyhow::Result<Sidecar> {
+        let wake = format!("{} sample-agent --work-ms 20", bin().display());
+        let url = format!("wss://localhost:{}/ws", self.hub.addr.port());
+        let mut cfg = testkit::sidecar_config(agent, token, &url, Some(&wake));
+        if let Some(ca) = ca {
+            cfg.push_str(&format!("tls_ca_file = {}\n", testkit::toml_string(&ca.display().to_string())));
+        }
+        Sidecar::start(bin(), &self.root.path().join(agent), &cfg)
+    }
+}
+
+#[tokio::test]
+async fn cli_and_sidecar_work_over_https_and_wss() -> R {
+    let e = Env::new()?;
+    let token = e.ok(&["token", "create", "a1"])?.trim().to_string();
+    assert_eq!(token.len(), 64);
+    let _s = e.sidecar("a1", &token, Some(&e.tls.ca))?;
+    let id = e.ok(&["task", "submit", "over TLS"])?.trim().to_string();
+    let deadline = Instant::now() + testkit::WAIT;
+    loop {
+        let t: Value = serde_json::from_str(&e.ok(&["task", "show", &id, "--json"])?)?;
+        if t["status"] == "completed" {
+            assert_eq!(t["assigned_to"].as_str().or(t["completed_by"].as_str()), Some("a1"), "{t}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the task never completed over wss: {t}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agents: Value = serde_json::from_str(&e.ok(&["agents", "--json"])?)?;
+    assert_eq!(agents["agents"][0]["connected"], true);
+    let mut e = e;
+    assert!(e.hub.terminate()?.success(), "a TLS hub shuts down cleanly too");
+    Ok(())
+}
+
+#[tokio::test]
+async fn untrusted_or_plain_clients_are_refused_with_a_reason_and_the_hub_keeps_serving() -> R {
+    let e = Env::new()?;
+    // The CLI without the CA: a certificate error, non-zero exit, one line.
+    let out = e.cli(&e.https(), None, &["agents"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.contains("cannot reach the hub") && err.to_lowercase().contains("issuer"), "{err}");
+    assert!(err.contains("AGENTCOM_CA_FILE"), "the error says how to fix it: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Plain HTTP on the TLS port is refused, not half-served.
+    let plain = format!("http://127.0.0.1:{}", e.hub.addr.port());
+    let out = e.cli(&plain, None, &["agents"]);
+    assert!(!out.status.success());
+    // A CA file that is not PEM is named.
+    let junk = e.root.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate")?;
+    let out = e.cli(&e.https(), Some(&junk), &["agents"]);
+    let err = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && err.contains("junk.pem"), "{err}");
+    // A sidecar without the CA cannot connect, and says why.
+    let token = e.ok(&["token", "create", "a2"])?.trim().to_string();
+    let s = e.sidecar("a2", &token, None)?;
+    let line = s.wait_log("cannot connect to the hub").await?;
+    assert!(line["error"].as_str().unwrap_or_default().to_lowercase().contains("issuer"), "{line}");
+    assert!(line["hint"].as_str().unwrap_or_default().contains("tls_ca_file"), "{line}");
+    // And the hub still serves those that trust it.
+    let agents: Value = serde_json::from_str(&e.ok(&["agents", "--json"])?)?;
+    assert!(agents["agents"].as_array().unwrap().iter().all(|a| a["connected"] != true), "{agents}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_configuration_errors_are_listed_at_start() -> R {
+    let dir = tempfile::tempdir()?;
+    let tls = testkit::tls::tls_files(&dir.path().join("certs"))?;
+    let other = testkit::tls::tls_files(&dir.path().join("other"))?;
+    let run = |cfg: &str| -> anyhow::Result<String> {
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, cfg)?;
+        let out = Command::new(bin())
+            .args(["hub", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&path)
+            .output()?;
+        anyhow::ensure!(!out.status.success(), "the hub started on {cfg}");
+        Ok(String::from_utf8(out.stderr)?)
+    };
+    let q = |p: &Path| testkit::toml_string(&p.display().to_string());
+    let err = run(&format!("tls_cert = {}\nlisten = \"nowhere\"\n", q(&tls.cert)))?;
+    assert!(err.contains("tls_key: required with tls_cert") && err.contains("listen:"), "{err}");
+    let err = run(&format!("tls_cert = {}\ntls_key = {}\nlisten = \"127.0.0.1:0\"\n", q(&tls.cert), q(&other.key)))?;
+    assert!(err.contains("does not fit") && err.contains("hub.key"), "{err}");
+    let missing = dir.path().join("missing.pem");
+    let err = run(&format!("tls_cert = {}\ntls_key = {}\nlisten = \"127.0.0.1:0\"\n", q(&missing), q(&tls.key)))?;
+    assert!(err.contains("tls_cert") && err.contains("missing.pem"), "{err}");
+    // The sidecar checks its CA file at start too.
+    let cfg = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}tls_ca_file = \"nope.pem\"\n",
+            testkit::sidecar_config("a", "t", "wss://localhost:1/ws", Some("true"))
+        ),
+    )?;
+    let out = Command::new(bin()).args(["sidecar", "--config"]).arg(&cfg).output()?;
+    let err = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && err.contains("tls_ca_file") && err.contains("nope.pem"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! TLS for `wss://` hub URLs: Mozilla's roots built in, plus the CA certificates of
+//! `tls_ca_file` (a private CA, or a hub's self-signed certificate).
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect())
+            .map_err(|e| format!("tls_ca_file: {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("tls_ca_file: {}: no PEM certificate in the file", path.display()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("tls_ca_file: {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
