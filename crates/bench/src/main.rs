@@ -50,14 +50,23 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
 
 /// Resident set size of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+}
+
+/// Resident memory that is the process's own (anonymous pages: heap, stacks), as opposed to
+/// the binary's code pages, which every agentcom process on the machine shares.
+pub fn private_bytes(pid: u32) -> Result<u64> {
+    status_kb(pid, "RssAnon:").map(|kb| kb * 1024)
+}
+
+fn status_kb(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     for line in status.lines() {
-        if let Some(v) = line.strip_prefix("VmRSS:") {
-            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
-            return Ok(kb * 1024);
+        if let Some(v) = line.strip_prefix(key) {
+            return Ok(v.trim().trim_end_matches("kB").trim().parse()?);
         }
     }
-    bail!("no VmRSS for pid {pid}")
+    bail!("no {key} for pid {pid}")
 }
 
 pub fn raise_nofile() {

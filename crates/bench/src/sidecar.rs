@@ -1,7 +1,7 @@
 //! Sidecar benchmark: RSS idle and working, `task_assign` → `task_accepted` latency (the
 //! fsync of queue.json included), and result file written → task `completed` at the hub.
 
-use crate::{pct, rss_bytes};
+use crate::{pct, private_bytes, rss_bytes};
 use anyhow::{bail, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -18,6 +18,9 @@ pub struct Args {
     /// Assignments for the accept-latency run.
     #[arg(long, default_value_t = 1000)]
     assigns: usize,
+    /// Run the hub with TLS and the sidecar over `wss://`.
+    #[arg(long)]
+    tls: bool,
 }
 
 const STARTED_ONLY: &str = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"";
@@ -25,15 +28,20 @@ const STARTED_ONLY: &str = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.star
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("agentcom sidecar benchmark (release binary {})", bin.display());
     let root = tempfile::tempdir()?;
-    let hub = Hub::start(bin, "")?;
+    let hub = if args.tls { Hub::start_tls(bin, "")? } else { Hub::start(bin, "")? };
+    println!("hub at {}", hub.url());
     let token = hub.token("bench-agent").await?;
-    let cfg = testkit::sidecar_config("bench-agent", &token, &hub.ws_url(), Some(STARTED_ONLY));
+    let mut cfg = testkit::sidecar_config("bench-agent", &token, &hub.ws_url(), Some(STARTED_ONLY));
+    if let Some(ca) = &hub.ca {
+        cfg.push_str(&format!("tls_ca_file = {}\n", testkit::toml_string(&ca.display().to_string())));
+    }
     // Production cadence for the safety-net rescan: the inotify path is what is measured.
     let cfg = testkit::merge_config(&cfg, "rescan_interval_ms = 2000\nping_interval_ms = 30000\n");
     let sidecar = Sidecar::start(bin, &root.path().join("agent"), &cfg)?;
     sidecar.wait_log("identified to the hub").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_bytes(sidecar.pid())?;
+    let idle_private = private_bytes(sidecar.pid())?;
 
     let api = hub.admin();
     let mut lat = Vec::with_capacity(args.tasks);
@@ -63,7 +71,11 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         }
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    println!("sidecar RSS idle (identified): {:.1} MB", idle as f64 / 1e6);
+    println!(
+        "sidecar RSS idle (identified): {:.1} MB, of which private (anonymous) {:.1} MB",
+        idle as f64 / 1e6,
+        idle_private as f64 / 1e6
+    );
     println!("sidecar RSS while working (max over {} tasks): {:.1} MB", args.tasks, working_rss as f64 / 1e6);
     println!(
         "result file renamed in -> task completed at the hub ({} tasks): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

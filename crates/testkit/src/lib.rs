@@ -88,6 +88,8 @@ pub struct Hub {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub admin_token: String,
+    /// The CA that signed the hub's certificate, when it serves TLS.
+    pub ca: Option<PathBuf>,
     logs: Arc<Mutex<Vec<String>>>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -138,14 +140,38 @@ impl Hub {
             .env("AGENTCOM_LOG", std::env::var("TESTKIT_HUB_LOG").unwrap_or_else(|_| "info".into()));
         let (child, logs, addr) = spawn_until(cmd, "hub", "hub listening", "addr")?;
         let addr = addr.parse().context("listening address")?;
-        Ok(Hub { child, addr, dir: dir.to_path_buf(), admin_token, logs, _temp: None })
+        Ok(Hub { child, addr, dir: dir.to_path_buf(), admin_token, ca: None, logs, _temp: None })
     }
 
+    /// Like [`Hub::start`], serving `https://` and `wss://` with a certificate from a fresh CA.
+    pub fn start_tls(bin: &Path, extra_config: &str) -> Result<Hub> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().join("hub");
+        let files = tls::tls_files(&temp.path().join("certs"))?;
+        let tls_config = format!(
+            "tls_cert = {}\ntls_key = {}\n",
+            toml_string(&files.cert.display().to_string()),
+            toml_string(&files.key.display().to_string())
+        );
+        let config = merge_config(&merge_config(&fast_config(), &tls_config), extra_config);
+        let mut hub = Hub::start_in(bin, &dir, &config)?;
+        hub.ca = Some(files.ca);
+        hub._temp = Some(temp);
+        Ok(hub)
+    }
+
+    /// The base URL; a TLS hub is named `localhost`, as its certificate says.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.ca {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        match self.ca {
+            Some(_) => format!("wss://localhost:{}/ws", self.addr.port()),
+            None => format!("ws://{}/ws", self.addr),
+        }
     }
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
@@ -155,10 +181,16 @@ impl Hub {
     }
 
     pub fn admin(&self) -> Api {
-        Api::new(&self.url(), Some(&self.admin_token))
+        self.api(Some(&self.admin_token))
     }
     pub fn api(&self, token: Option<&str>) -> Api {
-        Api::new(&self.url(), token)
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).expect("the test CA was written");
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("the test CA is PEM"));
+        }
+        let http = http.build().expect("an HTTP client builds");
+        Api { base: self.url(), token: token.map(str::to_string), http }
     }
 
     /// Creates an agent token through the admin API.
