@@ -15,24 +15,15 @@ type R = anyhow::Result<()>;
 
 struct Env {
     hub: Hub,
-    tls: testkit::tls::TlsFiles,
     root: tempfile::TempDir,
 }
 
 impl Env {
     fn new() -> anyhow::Result<Env> {
-        let root = tempfile::tempdir()?;
-        let tls = testkit::tls::tls_files(&root.path().join("certs"))?;
-        let config = format!(
-            "tls_cert = {}\ntls_key = {}\n",
-            testkit::toml_string(&tls.cert.display().to_string()),
-            testkit::toml_string(&tls.key.display().to_string())
-        );
-        let hub = Hub::start(bin(), &config)?;
-        Ok(Env { hub, tls, root })
+        Ok(Env { hub: Hub::start_tls(bin(), "")?, root: tempfile::tempdir()? })
     }
-    fn https(&self) -> String {
-        format!("https://localhost:{}", self.hub.addr.port())
+    fn tls(&self) -> &testkit::tls::TlsFiles {
+        self.hub.tls.as_ref().expect("a TLS hub")
     }
     /// Runs a client command against `url`, trusting `ca` when given.
     fn cli(&self, url: &str, ca: Option<&Path>, args: &[&str]) -> Output {
@@ -47,14 +38,13 @@ impl Env {
         c.output().expect("the agentcom binary runs")
     }
     fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.cli(&self.https(), Some(&self.tls.ca), args);
+        let out = self.cli(&self.hub.url(), Some(&self.tls().ca), args);
         anyhow::ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8(out.stdout)?)
     }
     fn sidecar(&self, agent: &str, token: &str, ca: Option<&Path>) -> anyhow::Result<Sidecar> {
         let wake = format!("{} sample-agent --work-ms 20", bin().display());
-        let url = format!("wss://localhost:{}/ws", self.hub.addr.port());
-        let mut cfg = testkit::sidecar_config(agent, token, &url, Some(&wake));
+        let mut cfg = testkit::sidecar_config(agent, token, &self.hub.ws_url(), Some(&wake));
         if let Some(ca) = ca {
             cfg.push_str(&format!("tls_ca_file = {}\n", testkit::toml_string(&ca.display().to_string())));
         }
@@ -67,7 +57,7 @@ async fn cli_and_sidecar_work_over_https_and_wss() -> R {
     let e = Env::new()?;
     let token = e.ok(&["token", "create", "a1"])?.trim().to_string();
     assert_eq!(token.len(), 64);
-    let _s = e.sidecar("a1", &token, Some(&e.tls.ca))?;
+    let _s = e.sidecar("a1", &token, Some(&e.tls().ca))?;
     let id = e.ok(&["task", "submit", "over TLS"])?.trim().to_string();
     let deadline = Instant::now() + testkit::WAIT;
     loop {
@@ -90,7 +80,7 @@ async fn cli_and_sidecar_work_over_https_and_wss() -> R {
 async fn untrusted_or_plain_clients_are_refused_with_a_reason_and_the_hub_keeps_serving() -> R {
     let e = Env::new()?;
     // The CLI without the CA: a certificate error, non-zero exit, one line.
-    let out = e.cli(&e.https(), None, &["agents"]);
+    let out = e.cli(&e.hub.url(), None, &["agents"]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr)?;
     assert!(err.contains("cannot reach the hub") && err.to_lowercase().contains("issuer"), "{err}");
@@ -103,7 +93,7 @@ async fn untrusted_or_plain_clients_are_refused_with_a_reason_and_the_hub_keeps_
     // A CA file that is not PEM is named.
     let junk = e.root.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate")?;
-    let out = e.cli(&e.https(), Some(&junk), &["agents"]);
+    let out = e.cli(&e.hub.url(), Some(&junk), &["agents"]);
     let err = String::from_utf8(out.stderr)?;
     assert!(!out.status.success() && err.contains("junk.pem"), "{err}");
     // A sidecar without the CA cannot connect, and says why.
@@ -155,5 +145,34 @@ async fn tls_configuration_errors_are_listed_at_start() -> R {
     let out = Command::new(bin()).args(["sidecar", "--config"]).arg(&cfg).output()?;
     let err = String::from_utf8(out.stderr)?;
     assert!(!out.status.success() && err.contains("tls_ca_file") && err.contains("nope.pem"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() -> R {
+    let e = Env::new()?;
+    e.ok(&["agents"])?;
+    let renewed = testkit::tls::tls_files(&e.root.path().join("renewed"))?;
+    let replace = |from: &Path, to: &Path| -> anyhow::Result<()> {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp)?;
+        std::fs::rename(&tmp, to)?;
+        Ok(())
+    };
+    // Half way through the renewal the new key does not fit the old certificate: the hub keeps
+    // serving the old pair and says why.
+    replace(&renewed.key, &e.tls().key)?;
+    e.ok(&["agents"])?;
+    let deadline = Instant::now() + testkit::WAIT;
+    while !e.hub.logs().iter().any(|l| l.contains("does not load; keeping the previous one")) {
+        anyhow::ensure!(Instant::now() < deadline, "no warning about the half-renewed pair");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replace(&renewed.cert, &e.tls().cert)?;
+    let out = e.cli(&e.hub.url(), Some(&renewed.ca), &["agents"]);
+    assert!(out.status.success(), "the renewed certificate is served: {}", String::from_utf8_lossy(&out.stderr));
+    let out = e.cli(&e.hub.url(), Some(&e.tls().ca), &["agents"]);
+    assert!(!out.status.success(), "the old certificate is no longer served");
+    assert!(e.hub.logs().iter().any(|l| l.contains("TLS certificate reloaded")));
     Ok(())
 }

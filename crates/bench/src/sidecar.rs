@@ -32,8 +32,8 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("hub at {}", hub.url());
     let token = hub.token("bench-agent").await?;
     let mut cfg = testkit::sidecar_config("bench-agent", &token, &hub.ws_url(), Some(STARTED_ONLY));
-    if let Some(ca) = &hub.ca {
-        cfg.push_str(&format!("tls_ca_file = {}\n", testkit::toml_string(&ca.display().to_string())));
+    if let Some(tls) = &hub.tls {
+        cfg.push_str(&format!("tls_ca_file = {}\n", testkit::toml_string(&tls.ca.display().to_string())));
     }
     // Production cadence for the safety-net rescan: the inotify path is what is measured.
     let cfg = testkit::merge_config(&cfg, "rescan_interval_ms = 2000\nping_interval_ms = 30000\n");

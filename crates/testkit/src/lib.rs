@@ -88,8 +88,8 @@ pub struct Hub {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub admin_token: String,
-    /// The CA that signed the hub's certificate, when it serves TLS.
-    pub ca: Option<PathBuf>,
+    /// The hub's certificate files and their CA, when it serves TLS.
+    pub tls: Option<tls::TlsFiles>,
     logs: Arc<Mutex<Vec<String>>>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -140,7 +140,7 @@ impl Hub {
             .env("AGENTCOM_LOG", std::env::var("TESTKIT_HUB_LOG").unwrap_or_else(|_| "info".into()));
         let (child, logs, addr) = spawn_until(cmd, "hub", "hub listening", "addr")?;
         let addr = addr.parse().context("listening address")?;
-        Ok(Hub { child, addr, dir: dir.to_path_buf(), admin_token, ca: None, logs, _temp: None })
+        Ok(Hub { child, addr, dir: dir.to_path_buf(), admin_token, tls: None, logs, _temp: None })
     }
 
     /// Like [`Hub::start`], serving `https://` and `wss://` with a certificate from a fresh CA.
@@ -155,20 +155,20 @@ impl Hub {
         );
         let config = merge_config(&merge_config(&fast_config(), &tls_config), extra_config);
         let mut hub = Hub::start_in(bin, &dir, &config)?;
-        hub.ca = Some(files.ca);
+        hub.tls = Some(files);
         hub._temp = Some(temp);
         Ok(hub)
     }
 
     /// The base URL; a TLS hub is named `localhost`, as its certificate says.
     pub fn url(&self) -> String {
-        match self.ca {
+        match self.tls {
             Some(_) => format!("https://localhost:{}", self.addr.port()),
             None => format!("http://{}", self.addr),
         }
     }
     pub fn ws_url(&self) -> String {
-        match self.ca {
+        match self.tls {
             Some(_) => format!("wss://localhost:{}/ws", self.addr.port()),
             None => format!("ws://{}/ws", self.addr),
         }
@@ -185,8 +185,8 @@ impl Hub {
     }
     pub fn api(&self, token: Option<&str>) -> Api {
         let mut http = reqwest::Client::builder();
-        if let Some(ca) = &self.ca {
-            let pem = std::fs::read(ca).expect("the test CA was written");
+        if let Some(tls) = &self.tls {
+            let pem = std::fs::read(&tls.ca).expect("the test CA was written");
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("the test CA is PEM"));
         }
         let http = http.build().expect("an HTTP client builds");
