@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use testkit::Hub;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,14 +31,24 @@ pub struct Args {
     /// Idle connection counts to measure RSS at.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     idle: Vec<usize>,
+    /// Serve TLS: agents on wss://, submissions over https://.
+    #[arg(long)]
+    tls: bool,
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// One simulated agent: identifies with the admin token, then accepts and completes every
 /// task it is given, recording when each `task_assign` arrived.
-async fn agent(url: String, agent_id: String, token: String, seen: Seen, done: Arc<AtomicU64>) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+async fn agent(
+    url: String,
+    connector: Option<Connector>,
+    agent_id: String,
+    token: String,
+    seen: Seen,
+    done: Arc<AtomicU64>,
+) -> Result<()> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
     let identify = json!({"type": "identify", "agent_id": agent_id, "token": token, "client_type": "sidecar", "protocol_version": 1});
     ws.send(Message::text(identify.to_string())).await?;
     while let Some(msg) = ws.next().await {
@@ -85,13 +96,16 @@ async fn wait_agents(hub: &Hub, n: usize) -> Result<()> {
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("agentcom hub benchmark ({} agents, release binary {})", args.agents, bin.display());
     // Production timings: nothing here depends on a short timeout.
-    let hub = Hub::start(bin, "grace_period_ms = 60000\naccept_timeout_ms = 60000\nheartbeat_timeout_ms = 600000\n")?;
+    let config = "grace_period_ms = 60000\naccept_timeout_ms = 60000\nheartbeat_timeout_ms = 600000\n";
+    let hub = if args.tls { Hub::start_tls(bin, config)? } else { Hub::start(bin, config)? };
+    println!("hub at {} (agents on {})", hub.url(), hub.ws_url());
     let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicU64::new(0));
     let mut agents = Vec::new();
     for i in 0..args.agents {
         agents.push(tokio::spawn(agent(
             hub.ws_url(),
+            hub.ws_connector(),
             format!("bench-{i}"),
             hub.admin_token.clone(),
             seen.clone(),
@@ -175,7 +189,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
 
     // 3. Memory per idle identified connection, on a fresh hub.
     for n in args.idle {
-        idle_rss(bin, n).await?;
+        idle_rss(bin, n, args.tls).await?;
     }
     Ok(())
 }
@@ -187,8 +201,9 @@ async fn commits(hub: &Hub) -> Result<f64> {
     Ok(line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0))
 }
 
-async fn idle_rss(bin: &Path, n: usize) -> Result<()> {
-    let hub = Hub::start(bin, "heartbeat_timeout_ms = 600000\n")?;
+async fn idle_rss(bin: &Path, n: usize, tls: bool) -> Result<()> {
+    let config = "heartbeat_timeout_ms = 600000\n";
+    let hub = if tls { Hub::start_tls(bin, config)? } else { Hub::start(bin, config)? };
     let base = rss_bytes(hub.pid())?;
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let mut conns = Vec::with_capacity(n);
@@ -196,11 +211,12 @@ async fn idle_rss(bin: &Path, n: usize) -> Result<()> {
     for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
         let mut batch = Vec::new();
         for i in chunk {
-            let url = hub.ws_url();
+            let (url, connector) = (hub.ws_url(), hub.ws_connector());
             let token = hub.admin_token.clone();
             let i = *i;
             batch.push(tokio::spawn(async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+                let (mut ws, _) =
+                    tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector).await?;
                 let id =
                     json!({"type": "identify", "agent_id": format!("idle-{i}"), "token": token, "protocol_version": 1});
                 ws.send(Message::text(id.to_string())).await?;

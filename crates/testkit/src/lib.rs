@@ -180,6 +180,23 @@ impl Hub {
         self.child.pid()
     }
 
+    /// What a WebSocket client needs to reach this hub: for a TLS hub, a connector that
+    /// trusts its CA; `None` for a plain one.
+    pub fn ws_connector(&self) -> Option<tokio_tungstenite::Connector> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let tls = self.tls.as_ref()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&tls.ca).expect("the test CA was written") {
+            roots.add(cert.expect("the test CA is PEM")).expect("the test CA is a certificate");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Some(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    }
+
     pub fn admin(&self) -> Api {
         self.api(Some(&self.admin_token))
     }
