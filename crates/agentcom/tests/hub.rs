@@ -738,3 +738,42 @@ async fn sigkill_under_load_loses_nothing() -> R {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn agents_are_remembered_across_a_hub_restart() -> R {
+    let mut hub = Hub::start(bin(), "")?;
+    let p1 = hub.agent("p1", &["rust", "docs"]).await?;
+    let mut p2 = hub.agent("p2", &[]).await?;
+    p2.send(json!({"type": "agent_restarting", "reason": "upgrade"})).await?;
+    p1.close().await;
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    let before = loop {
+        let (_, v) = hub.admin().get("/api/agents").await?;
+        let by_id = |id: &str| v["agents"].as_array().unwrap().iter().find(|a| a["agent_id"] == id).cloned();
+        if by_id("p1").is_some_and(|a| a["status"] == "offline")
+            && by_id("p2").is_some_and(|a| a["status"] == "restarting")
+        {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "presence never settled: {v}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // What the listing showed was durable: SIGKILL, restart, and it is all still there.
+    hub.kill9();
+    drop(p2);
+    let hub = Hub::start_in(bin(), &hub.dir, &testkit::fast_config())?;
+    let (_, after) = hub.admin().get("/api/agents").await?;
+    let find = |v: &Value, id: &str| v["agents"].as_array().unwrap().iter().find(|a| a["agent_id"] == id).cloned();
+    let (a1, b1) = (find(&after, "p1").expect("p1 remembered"), find(&before, "p1").unwrap());
+    assert_eq!((a1["status"].as_str(), a1["connected"].as_bool()), (Some("offline"), Some(false)), "{a1}");
+    assert_eq!(a1["capabilities"], json!(["docs", "rust"]));
+    assert_eq!(a1["last_seen"], b1["last_seen"], "last seen when it disconnected");
+    assert_eq!(find(&after, "p2").expect("p2 remembered")["status"], "restarting");
+    // Coming back makes it live again.
+    let token = hub.token("p1").await?;
+    let _p1 = WsAgent::identify(&hub.ws_url(), "p1", &token, &["rust"]).await?;
+    let (_, v) = hub.admin().get("/api/agents").await?;
+    let a1 = find(&v, "p1").unwrap();
+    assert_eq!((a1["status"].as_str(), a1["capabilities"].clone()), (Some("idle"), json!(["rust"])), "{a1}");
+    Ok(())
+}

@@ -9,7 +9,7 @@
 use crate::auth::{self, Role};
 use crate::config::Timings;
 use crate::metrics::Metrics;
-use crate::model::{now_ms, Priority, Task, TaskStatus, TokenRecord, Transition};
+use crate::model::{now_ms, AgentRecord, Priority, Task, TaskStatus, TokenRecord, Transition};
 use crate::store::{Mutation, Store, StoreError};
 use proto::{AgentFrame, ErrorFrame, HubFrame, Identify, ProcessInfo, TaskAssign};
 use serde_json::{json, Map, Value};
@@ -229,6 +229,38 @@ struct Agent {
 }
 
 impl Agent {
+    fn from_record(r: AgentRecord) -> Agent {
+        Agent {
+            agent_id: r.agent_id,
+            conn: None,
+            name: r.name,
+            client_type: r.client_type,
+            capabilities: r.capabilities.into_iter().collect(),
+            process_info: r.process_info,
+            reported_status: None,
+            resources: None,
+            connected_at: r.connected_at,
+            last_seen: r.last_seen,
+            current_task: None,
+            restarting: r.restarting,
+            idle_since: r.last_seen,
+            paused_until: None,
+        }
+    }
+
+    fn record(&self) -> AgentRecord {
+        AgentRecord {
+            agent_id: self.agent_id.clone(),
+            name: self.name.clone(),
+            client_type: self.client_type.clone(),
+            capabilities: self.capabilities.iter().cloned().collect(),
+            process_info: self.process_info.clone(),
+            connected_at: self.connected_at,
+            last_seen: self.last_seen,
+            restarting: self.restarting,
+        }
+    }
+
     fn status(&self) -> AgentStatus {
         if self.restarting {
             AgentStatus::Restarting
@@ -305,8 +337,20 @@ impl<S: Store> Core<S> {
             dispatch_needed: true,
             metrics: Metrics::default(),
         };
+        // Agents seen before the restart are listed (offline) until they reconnect.
+        for r in core.store.agents()? {
+            let agent = Agent::from_record(r);
+            core.agents.insert(agent.agent_id.clone(), agent);
+        }
         core.load_open_tasks()?;
         Ok(core)
+    }
+
+    /// Records the agent's presence; it rides along with the next group commit.
+    fn record_agent(&mut self, agent_id: &str) {
+        if let Some(a) = self.agents.get(agent_id) {
+            self.pending.push(Mutation::PutAgent(a.record()));
+        }
     }
 
     /// Rebuilds the in-memory task state from the store: at start, and after a failed commit.
@@ -760,6 +804,8 @@ impl<S: Store> Core<S> {
         agent.conn = None;
         agent.last_seen = now_ms();
         tracing::info!(agent_id = %agent_id, "agent disconnected");
+        self.record_agent(&agent_id);
+        let agent = self.agents.get_mut(&agent_id).expect("present above");
         if let Some(task_id) = agent.current_task.clone() {
             if let Some(g) = self.tasks.get(&task_id).map(|o| o.task.generation) {
                 self.arm(self.t.grace_period, Timer::Grace { task_id, generation: g });
@@ -858,6 +904,7 @@ impl<S: Store> Core<S> {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     a.restarting = true;
                 }
+                self.record_agent(&agent_id);
                 tracing::info!(agent_id = %agent_id, reason = reason.as_deref().unwrap_or(""), "agent restarting");
             }
             AgentFrame::ResourceReport(map) => {
@@ -1009,6 +1056,7 @@ impl<S: Store> Core<S> {
             c.agent = Some(agent_id.clone());
         }
         tracing::info!(agent_id = %agent_id, replaced = replaced.is_some(), "agent identified");
+        self.record_agent(&agent_id);
         self.effects.push(Effect::Send { conn, out: Out::Identified(agent_id.clone()), kind: SendKind::Plain });
         self.send(conn, HubFrame::Identified { agent_id }, SendKind::Plain);
         self.dispatch_needed = true;
@@ -1507,6 +1555,9 @@ mod tests {
         }
         fn checkpoint(&mut self, a: &str) -> Result<Option<(Value, u64)>, StoreError> {
             self.inner.checkpoint(a)
+        }
+        fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError> {
+            self.inner.agents()
         }
     }
 

@@ -152,6 +152,26 @@ pub struct TokenRecord {
     pub created_at: u64,
 }
 
+/// What the hub remembers of an agent across its own restarts: who it is and when it was
+/// last seen, so `GET /api/agents` lists it (offline) before it reconnects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub client_type: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub process_info: Option<proto::ProcessInfo>,
+    #[serde(default)]
+    pub connected_at: Option<u64>,
+    pub last_seen: u64,
+    #[serde(default)]
+    pub restarting: bool,
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

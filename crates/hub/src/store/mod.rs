@@ -7,7 +7,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use crate::model::{Task, TaskStatus, TokenRecord, Transition};
+use crate::model::{AgentRecord, Task, TaskStatus, TokenRecord, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +28,7 @@ pub enum Mutation {
     PutToken(TokenRecord),
     DeleteTokens { agent_id: String },
     PutCheckpoint { agent_id: String, body: serde_json::Value, at: u64 },
+    PutAgent(AgentRecord),
 }
 
 pub trait Store: Send + 'static {
@@ -43,4 +44,6 @@ pub trait Store: Send + 'static {
     fn count_by_status(&mut self) -> Result<Vec<(TaskStatus, u64)>, StoreError>;
     fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError>;
     fn checkpoint(&mut self, agent_id: &str) -> Result<Option<(serde_json::Value, u64)>, StoreError>;
+    /// Every agent the hub has seen, as last recorded.
+    fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError>;
 }

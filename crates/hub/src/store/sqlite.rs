@@ -1,7 +1,7 @@
 //! SQLite store: WAL, `synchronous=FULL`, versioned migrations, one transaction per group commit.
 
 use super::{Mutation, Store, StoreError};
-use crate::model::{Task, TaskStatus, TokenRecord, Transition};
+use crate::model::{AgentRecord, Task, TaskStatus, TokenRecord, Transition};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,10 @@ const MIGRATIONS: &[&str] = &[
         agent_id TEXT PRIMARY KEY,
         body TEXT NOT NULL,
         updated_at INTEGER NOT NULL
+    );",
+    "CREATE TABLE agents (
+        agent_id TEXT PRIMARY KEY,
+        body TEXT NOT NULL
     );",
 ];
 
@@ -171,6 +175,11 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![agent_id, body.to_string(), *at as i64])?;
                 }
+                Mutation::PutAgent(a) => {
+                    let body = serde_json::to_string(a).expect("an agent record serializes");
+                    tx.prepare_cached("INSERT OR REPLACE INTO agents (agent_id, body) VALUES (?1, ?2)")?
+                        .execute(params![a.agent_id, body])?;
+                }
             }
         }
         // With WAL and synchronous=FULL, COMMIT returns after the WAL is fsynced.
@@ -239,6 +248,21 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Decode { task_id: format!("checkpoint:{agent_id}"), message: e.to_string() })
         })
         .transpose()
+    }
+
+    fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT agent_id, body FROM agents ORDER BY agent_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (agent_id, body) = row?;
+            // Presence is a convenience: a record we cannot read is skipped, not fatal.
+            match serde_json::from_str(&body) {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::warn!(agent_id = %agent_id, error = %e, "skipping an unreadable agent record"),
+            }
+        }
+        Ok(out)
     }
 }
 
