@@ -465,6 +465,8 @@ async fn network_cut_and_restored() -> R {
     let s = Sidecar::start(bin(), &e.root.path().join("a1"), &cfg)?;
     let id = e.submit("work through an outage", 0).await?;
     s.wait_phase("working").await?;
+    // The accept travels through the proxy too: cut only once the hub has it.
+    e.hub.wait_status(&id, "working").await?;
     proxy.cut();
     e.go();
     s.wait_phase("reporting").await?;

@@ -647,19 +647,22 @@ impl Proxy {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { return };
+                // The generation first: a cut between the two reads still reaches this link.
+                let mut cut = gen_rx.clone();
+                let born = *cut.borrow_and_update();
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound); // refused while the link is down
                     continue;
                 }
-                let mut cut = gen_rx.clone();
-                let born = *cut.borrow();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
+                    // Biased: once cut, not one more byte is forwarded, even if data is waiting.
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        biased;
                         _ = cut.wait_for(|g| *g != born) => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
             }
