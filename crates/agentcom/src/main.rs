@@ -188,9 +188,12 @@ enum Cmd {
         /// Test command, run on the branch in a separate worktree.
         #[arg(long, required_unless_present = "resume")]
         test: Option<String>,
-        /// Health check: an http:// URL that must answer 2xx, or a command that must exit 0.
+        /// Health check: an http:// or https:// URL that must answer 2xx, or a command that must exit 0.
         #[arg(long, required_unless_present = "resume")]
         health: Option<String>,
+        /// PEM CA certificates to trust for an https:// health URL, besides the built-in roots.
+        #[arg(long)]
+        health_ca_file: Option<PathBuf>,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         health_timeout: std::time::Duration,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -829,6 +832,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             branch,
             test,
             health,
+            health_ca_file,
             health_timeout,
             stable_for,
             test_timeout,
@@ -862,6 +866,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     branch: branch.unwrap_or_default(),
                     test: test.unwrap_or_default(),
                     health: health.unwrap_or_default(),
+                    health_ca_file,
                     health_timeout,
                     stable_for,
                     test_timeout,

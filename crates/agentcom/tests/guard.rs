@@ -131,16 +131,20 @@ impl Agent {
             branch,
             "--test",
             test,
-            "--health",
-            &health,
             "--state-dir",
             &state,
             "--backend",
             self.backend,
             "--json",
         ];
-        // Defaults for the window, unless the caller sets them.
-        for (flag, value) in [("--health-timeout", "4s"), ("--stable-for", "400ms"), ("--check-interval", "50ms")] {
+        // Defaults for the health check and its window, unless the caller sets them.
+        let defaults = [
+            ("--health", health.as_str()),
+            ("--health-timeout", "4s"),
+            ("--stable-for", "400ms"),
+            ("--check-interval", "50ms"),
+        ];
+        for (flag, value) in defaults {
             if !extra.contains(&flag) {
                 args.extend([flag, value]);
             }
@@ -573,5 +577,30 @@ async fn checkpoint_save_show_and_load_survive_the_machine_through_the_hub() -> 
     assert_eq!(st, 403);
     let (st, _) = hub.api(Some(&other)).get("/api/agents/agent-7/checkpoint").await?;
     assert_eq!(st, 403, "nor read it");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_https_health_url_is_checked_against_its_ca() -> R {
+    let a = Agent::new("native")?;
+    a.wait_healthy("ok 1").await?;
+    // A real TLS endpoint with a certificate from a private CA: a hub's /health.
+    let hub = testkit::Hub::start_tls(bin(), "")?;
+    let url = format!("{}/health", hub.url());
+    let ca = hub.tls.as_ref().expect("a TLS hub").ca.display().to_string();
+    a.branch("feature/v2", "2");
+    let (ok, r) = a.upgrade("feature/v2", "true", &["--health", &url, "--health-ca-file", &ca])?;
+    assert!(ok, "{r:#}");
+    assert_eq!(r["outcome"], "upgraded");
+    // A CA file that cannot be used is refused before anything changes.
+    let junk = a.root.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate")?;
+    let head = a.head();
+    a.branch("feature/v3", "3");
+    let (ok, r) = a.upgrade("feature/v3", "true", &["--health", &url, "--health-ca-file", junk.to_str().unwrap()])?;
+    assert!(!ok);
+    assert_eq!(r["outcome"], "refused", "{r:#}");
+    assert!(r["error"].as_str().unwrap().contains("junk.pem"), "{r}");
+    assert_eq!(a.head(), head);
     Ok(())
 }

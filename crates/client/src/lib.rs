@@ -1,5 +1,7 @@
 //! HTTP client for the hub API (used by the CLI), and plain-text tables for people.
 
+pub mod tls;
+
 use reqwest::Method;
 use serde_json::Value;
 use std::path::Path;

@@ -8,6 +8,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::git::{run_with_timeout, GitError, Repo};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use supervisor::backend::{Backend, Kind};
 
@@ -37,6 +38,9 @@ pub struct Journal {
     pub last_good: String,
     pub new_commit: Option<String>,
     pub health: String,
+    /// Extra CA certificates for an `https://` health URL.
+    #[serde(default)]
+    pub health_ca_file: Option<PathBuf>,
     pub health_timeout_ms: u64,
     pub stable_for_ms: u64,
     pub backend: String,
@@ -51,6 +55,7 @@ pub struct Options {
     pub branch: String,
     pub test: String,
     pub health: String,
+    pub health_ca_file: Option<PathBuf>,
     pub health_timeout: Duration,
     pub stable_for: Duration,
     pub test_timeout: Duration,
@@ -186,7 +191,7 @@ fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: 
         }
         let branch_sha = repo.resolve(&opts.branch).ok_or_else(|| format!("branch {} does not exist", opts.branch))?;
         if opts.health.starts_with("https://") {
-            return Err("https health URLs are not supported; use a command such as `curl -fsS https://...`".into());
+            client::tls::client_config(opts.health_ca_file.as_deref()).map_err(|e| format!("health CA file: {e}"))?;
         }
         let head = repo.head().map_err(|e| e.to_string())?;
         let procs = backend.list().map_err(|e| e.to_string())?;
@@ -225,6 +230,7 @@ fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: 
         last_good: last_good.clone(),
         new_commit: None,
         health: opts.health.clone(),
+        health_ca_file: opts.health_ca_file.clone(),
         health_timeout_ms: opts.health_timeout.as_millis() as u64,
         stable_for_ms: opts.stable_for.as_millis() as u64,
         backend: match backend.kind {
@@ -403,6 +409,7 @@ pub fn resume(
 
 pub struct Window {
     pub health: String,
+    pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub stable_for: Duration,
     pub interval: Duration,
@@ -412,6 +419,7 @@ impl Window {
     fn of(j: &Journal, interval: Duration) -> Window {
         Window {
             health: j.health.clone(),
+            ca_file: j.health_ca_file.clone(),
             timeout: Duration::from_millis(j.health_timeout_ms),
             stable_for: Duration::from_millis(j.stable_for_ms),
             interval,
@@ -439,8 +447,8 @@ pub fn health_window(backend: &Backend, process: &str, w: &Window, repo: &Repo) 
                 if restarted {
                     Some(format!("the process restarted again (restart count {})", s.restart_count))
                 } else {
-                    check(&w.health, &repo.dir, w.interval.max(Duration::from_millis(500)).min(Duration::from_secs(10)))
-                        .err()
+                    let limit = w.interval.max(Duration::from_millis(500)).min(Duration::from_secs(10));
+                    check(&w.health, w.ca_file.as_deref(), &repo.dir, limit).err()
                 }
             }
         };
@@ -473,10 +481,15 @@ fn fmt_ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
-/// One health check: an `http://` URL must answer 2xx; anything else is a command that must exit 0.
-pub fn check(health: &str, dir: &Path, limit: Duration) -> Result<(), String> {
+/// One health check: an `http://` or `https://` URL must answer 2xx (`https://` trusting the
+/// built-in roots and `ca_file`); anything else is a command that must exit 0.
+pub fn check(health: &str, ca_file: Option<&Path>, dir: &Path, limit: Duration) -> Result<(), String> {
     if let Some(rest) = health.strip_prefix("http://") {
-        return http_get(rest, limit);
+        return http_get(health, rest, None, limit);
+    }
+    if let Some(rest) = health.strip_prefix("https://") {
+        let tls = client::tls::client_config(ca_file).map_err(|e| format!("health CA file: {e}"))?;
+        return http_get(health, rest, Some(tls), limit);
     }
     let log = std::env::temp_dir().join(format!("agentcom-health-{}.log", std::process::id()));
     let r = run_with_timeout(health, dir, limit, &log).map_err(|e| format!("health check `{health}` failed: {e}"));
@@ -484,30 +497,46 @@ pub fn check(health: &str, dir: &Path, limit: Duration) -> Result<(), String> {
     r
 }
 
-/// A minimal HTTP/1.1 GET: enough for a local health endpoint, and no client library.
-fn http_get(rest: &str, limit: Duration) -> Result<(), String> {
+/// A minimal HTTP/1.1 GET that reads only the status line: enough for a local health endpoint.
+fn http_get(url: &str, rest: &str, tls: Option<Arc<rustls::ClientConfig>>, limit: Duration) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
+    let fail = |what: String| format!("health URL {url}: {what}");
     let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let addr = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let has_port = hostport.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok());
+    let default_port = if tls.is_some() { 443 } else { 80 };
+    let addr = if has_port { hostport.to_string() } else { format!("{hostport}:{default_port}") };
     let target =
-        addr.to_socket_addrs().map_err(|e| format!("health URL: {e}"))?.next().ok_or("health URL: no address")?;
-    let mut s =
-        std::net::TcpStream::connect_timeout(&target, limit).map_err(|e| format!("health URL http://{rest}: {e}"))?;
-    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+        addr.to_socket_addrs().map_err(|e| fail(e.to_string()))?.next().ok_or_else(|| fail("no address".into()))?;
+    let tcp = std::net::TcpStream::connect_timeout(&target, limit).map_err(|e| fail(e.to_string()))?;
+    tcp.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let host = if has_port { hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport) } else { hostport };
+            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| fail(e.to_string()))?;
+            let conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| fail(e.to_string()))?;
     let mut head = [0u8; 64];
-    let n = s.read(&mut head).map_err(|e| format!("health URL http://{rest}: no answer ({e})"))?;
+    let n = stream.read(&mut head).map_err(|e| fail(format!("no answer ({e})")))?;
     let line = String::from_utf8_lossy(&head[..n]);
     let code: u16 =
-        line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("health URL: not an HTTP answer")?;
+        line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| fail("not an HTTP answer".into()))?;
     if (200..300).contains(&code) {
         Ok(())
     } else {
-        Err(format!("health URL http://{rest} answered {code}"))
+        Err(fail(format!("answered {code}")))
     }
 }
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// The agent's checkpoint is kept as it is; one is created if the agent has none.
 fn ensure_checkpoint(dir: &Path, process: &str, branch: &str, last_good: &str) -> Result<(), String> {

@@ -9,7 +9,6 @@ pub mod config;
 pub mod conn;
 pub mod queue;
 pub mod runner;
-pub mod tls;
 pub mod wake;
 pub mod wrap;
 

@@ -1,22 +1,24 @@
-//! TLS for `wss://` hub URLs: Mozilla's roots built in, plus the CA certificates of
-//! `tls_ca_file` (a private CA, or a hub's self-signed certificate).
+//! TLS client configuration shared by everything that connects out (the sidecar's `wss://`,
+//! the guard's `https://` health checks): Mozilla's roots built in, plus the CA certificates
+//! of a PEM file (a private CA, or a self-signed server).
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Errors name the file and what is wrong with it; callers prefix the setting's name.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect())
-            .map_err(|e| format!("tls_ca_file: {}: {e}", path.display()))?;
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if certs.is_empty() {
-            return Err(format!("tls_ca_file: {}: no PEM certificate in the file", path.display()));
+            return Err(format!("{}: no PEM certificate in the file", path.display()));
         }
         for c in certs {
-            roots.add(c).map_err(|e| format!("tls_ca_file: {}: {e}", path.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
