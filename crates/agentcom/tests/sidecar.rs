@@ -111,6 +111,16 @@ fn task_files(dir: &Path, id: &str) -> Vec<String> {
 }
 
 /// The task completed exactly once, on its first assignment, and left no files behind.
+/// Runs one task with no retries on a sidecar waking the agent in `mode` (None: no wake
+/// command) and returns the reason it ended in the dead letter queue.
+async fn dead_letter_reason(mode: Option<&str>, extra: &str) -> anyhow::Result<String> {
+    let e = Env::new("")?;
+    let _s = e.sidecar("a1", mode, extra).await?;
+    let id = e.submit(&format!("runs as {mode:?}"), 0).await?;
+    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    Ok(t["last_error"].as_str().unwrap_or_default().to_string())
+}
+
 async fn completed_once(e: &Env, s: &Sidecar, id: &str) -> anyhow::Result<Value> {
     let t = e.hub.wait_status(id, "completed").await?;
     assert_eq!(count(&t["history"], "completed"), 1, "{t}");
@@ -184,39 +194,27 @@ async fn wake_failures_are_retried_then_fail_the_task() -> R {
 
 #[tokio::test]
 async fn no_wake_command_fails_the_task() -> R {
-    let e = Env::new("")?;
-    let _s = e.sidecar("a1", None, "").await?;
-    let id = e.submit("nobody to wake", 0).await?;
-    assert_eq!(e.hub.wait_status(&id, "dead_letter").await?["last_error"], "no_wake_command_configured");
+    assert_eq!(dead_letter_reason(None, "").await?, "no_wake_command_configured");
     Ok(())
 }
 
 #[tokio::test]
 async fn confirmation_timeout() -> R {
-    let e = Env::new("")?;
-    let _s = e.sidecar("a1", Some("nostart"), "confirmation_timeout_ms = 300").await?;
-    let id = e.submit("never starts", 0).await?;
-    assert_eq!(e.hub.wait_status(&id, "dead_letter").await?["last_error"], "confirmation_timeout");
+    assert_eq!(dead_letter_reason(Some("nostart"), "confirmation_timeout_ms = 300").await?, "confirmation_timeout");
     Ok(())
 }
 
 #[tokio::test]
 async fn result_parse_error() -> R {
-    let e = Env::new("")?;
-    let _s = e.sidecar("a1", Some("garbage"), "").await?;
-    let id = e.submit("garbage out", 0).await?;
-    let t = e.hub.wait_status(&id, "dead_letter").await?;
-    assert!(t["last_error"].as_str().unwrap().starts_with("result_parse_error: "), "{t}");
+    let reason = dead_letter_reason(Some("garbage"), "").await?;
+    assert!(reason.starts_with("result_parse_error: "), "{reason}");
     Ok(())
 }
 
 #[tokio::test]
 async fn agent_exiting_without_result_fails_the_task() -> R {
-    let e = Env::new("")?;
-    let _s = e.sidecar("a1", Some("quit"), "").await?;
-    let id = e.submit("gives up", 0).await?;
-    let t = e.hub.wait_status(&id, "dead_letter").await?;
-    assert!(t["last_error"].as_str().unwrap().starts_with("agent_exited_without_result"), "{t}");
+    let reason = dead_letter_reason(Some("quit"), "").await?;
+    assert!(reason.starts_with("agent_exited_without_result"), "{reason}");
     Ok(())
 }
 
