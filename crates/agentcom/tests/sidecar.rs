@@ -332,15 +332,21 @@ async fn sigkill_while_waking_reruns_the_unconfirmed_wake() -> R {
     let first = e.first_wake_pid().await?;
     s.kill9();
     assert!(testkit::alive(first), "the wake outlives the sidecar (own process group)");
-    let s = e.restart("a1")?;
     // The recovered sidecar stops the orphaned wake and runs it again.
+    restart_replaces_the_wake(&e, &id, first).await
+}
+
+/// Restarts the sidecar and checks it stops the wake `first` left by its earlier run, wakes
+/// the task once more, and completes it exactly once.
+async fn restart_replaces_the_wake(e: &Env, id: &str, first: i32) -> R {
+    let s = e.restart("a1")?;
     let deadline = std::time::Instant::now() + testkit::WAIT;
     while testkit::alive(first) || e.runs().len() < 2 {
         assert!(std::time::Instant::now() < deadline, "old wake not replaced: {:?}", e.runs());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     e.go();
-    completed_once(&e, &s, &id).await?;
+    completed_once(e, &s, id).await?;
     assert_eq!(e.runs().len(), 2);
     Ok(())
 }
@@ -366,7 +372,7 @@ async fn sigkill_while_working_never_reruns_a_confirmed_wake() -> R {
 
 /// Kills the sidecar while its wake blocks, then rewinds `queue.json` to the instant after the
 /// accept was persisted and acked, as if the crash came before the wake was recorded.
-async fn crash_before_the_wake_is_recorded(e: &Env) -> anyhow::Result<(Sidecar, String, i32)> {
+async fn crash_before_the_wake_is_recorded(e: &Env) -> anyhow::Result<(String, i32)> {
     let mut s = e.sidecar("a1", Some("block-wake"), "").await?;
     let id = e.submit("crash right after accept", 0).await?;
     s.wait_phase("waking").await?;
@@ -378,13 +384,13 @@ async fn crash_before_the_wake_is_recorded(e: &Env) -> anyhow::Result<(Sidecar, 
     q["active"]["wake_attempts"] = json!(0);
     q["active"]["wake_pgid"] = Value::Null;
     std::fs::write(&qpath, serde_json::to_vec(&q)?)?;
-    Ok((s, id, pid))
+    Ok((id, pid))
 }
 
 #[tokio::test]
 async fn sigkill_after_accept_before_the_wake() -> R {
     let e = Env::new("")?;
-    let (_, id, pid) = crash_before_the_wake_is_recorded(&e).await?;
+    let (id, pid) = crash_before_the_wake_is_recorded(&e).await?;
     // No wake ran at all.
     let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))?;
     nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
@@ -397,19 +403,10 @@ async fn sigkill_after_accept_before_the_wake() -> R {
 #[tokio::test]
 async fn sigkill_between_spawn_and_record_stops_the_unrecorded_wake() -> R {
     let e = Env::new("")?;
-    let (_, id, first) = crash_before_the_wake_is_recorded(&e).await?;
+    let (id, first) = crash_before_the_wake_is_recorded(&e).await?;
     assert!(testkit::alive(first));
-    let s = e.restart("a1")?;
     // Found by its environment, not by a recorded pid, and replaced.
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while testkit::alive(first) || e.runs().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "unrecorded wake not replaced: {:?}", e.runs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    e.go();
-    completed_once(&e, &s, &id).await?;
-    assert_eq!(e.runs().len(), 2);
-    Ok(())
+    restart_replaces_the_wake(&e, &id, first).await
 }
 
 #[tokio::test]

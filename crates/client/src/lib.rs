@@ -17,8 +17,8 @@ pub enum ClientError {
     Api { status: u16, error: String, message: Option<String> },
     #[error("unexpected answer from the hub (HTTP {status}): {body}")]
     Decode { status: u16, body: String },
-    #[error("CA file {path}: {message}")]
-    CaFile { path: String, message: String },
+    #[error("CA file {0}")]
+    CaFile(String),
 }
 
 #[derive(Debug, Clone)]
@@ -30,21 +30,15 @@ pub struct Client {
 
 impl Client {
     /// A client of the hub at `base` (`http://` or `https://`). `https://` trusts Mozilla's
-    /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub).
+    /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub): the
+    /// same [`tls::client_config`] as every other outgoing connection.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
-        if let Some(path) = ca_file {
-            let fail = |message: String| ClientError::CaFile { path: path.display().to_string(), message };
-            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(root_cause(&e)))?;
-            if certs.is_empty() {
-                return Err(fail("no PEM certificate in the file".into()));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder.build().map_err(|e| ClientError::Connect { url: base.into(), message: root_cause(&e) })?;
+        let tls = tls::client_config(ca_file).map_err(ClientError::CaFile)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
+            .build()
+            .map_err(|e| ClientError::Connect { url: base.into(), message: root_cause(&e) })?;
         Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
     }
 

@@ -1,5 +1,5 @@
-//! TLS client configuration shared by everything that connects out (the sidecar's `wss://`,
-//! the guard's `https://` health checks): Mozilla's roots built in, plus the CA certificates
+//! TLS client configuration shared by everything that connects out (the CLI's `https://`, the
+//! sidecar's `wss://`, the guard's `https://` health checks): Mozilla's roots built in, plus the CA certificates
 //! of a PEM file (a private CA, or a self-signed server).
 
 use rustls::pki_types::pem::PemObject;

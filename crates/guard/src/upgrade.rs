@@ -503,9 +503,13 @@ fn http_get(url: &str, rest: &str, tls: Option<Arc<rustls::ClientConfig>>, limit
     use std::net::ToSocketAddrs;
     let fail = |what: String| format!("health URL {url}: {what}");
     let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let has_port = hostport.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok());
-    let default_port = if tls.is_some() { 443 } else { 80 };
-    let addr = if has_port { hostport.to_string() } else { format!("{hostport}:{default_port}") };
+    // `host:port`, `host`, `[v6]:port` or `[v6]`; a bare IPv6 address has colons but no port.
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
+        _ => (hostport, None),
+    };
+    let port = port.unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let addr = format!("{host}:{port}");
     let target =
         addr.to_socket_addrs().map_err(|e| fail(e.to_string()))?.next().ok_or_else(|| fail("no address".into()))?;
     let tcp = std::net::TcpStream::connect_timeout(&target, limit).map_err(|e| fail(e.to_string()))?;
@@ -514,7 +518,6 @@ fn http_get(url: &str, rest: &str, tls: Option<Arc<rustls::ClientConfig>>, limit
     let mut stream: Box<dyn ReadWrite> = match tls {
         None => Box::new(tcp),
         Some(config) => {
-            let host = if has_port { hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport) } else { hostport };
             let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
                 .map_err(|e| fail(e.to_string()))?;
             let conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;

@@ -804,13 +804,12 @@ impl<S: Store> Core<S> {
         agent.conn = None;
         agent.last_seen = now_ms();
         tracing::info!(agent_id = %agent_id, "agent disconnected");
-        self.record_agent(&agent_id);
-        let agent = self.agents.get_mut(&agent_id).expect("present above");
         if let Some(task_id) = agent.current_task.clone() {
             if let Some(g) = self.tasks.get(&task_id).map(|o| o.task.generation) {
                 self.arm(self.t.grace_period, Timer::Grace { task_id, generation: g });
             }
         }
+        self.record_agent(&agent_id);
     }
 
     fn on_frame(&mut self, conn: ConnId, frame: AgentFrame) {

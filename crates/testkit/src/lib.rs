@@ -180,21 +180,16 @@ impl Hub {
         self.child.pid()
     }
 
+    /// The TLS client configuration that trusts this hub's CA, for a TLS hub.
+    fn tls_client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        let tls = self.tls.as_ref()?;
+        Some(client::tls::client_config(Some(&tls.ca)).expect("the test CA is usable"))
+    }
+
     /// What a WebSocket client needs to reach this hub: for a TLS hub, a connector that
     /// trusts its CA; `None` for a plain one.
     pub fn ws_connector(&self) -> Option<tokio_tungstenite::Connector> {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let tls = self.tls.as_ref()?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&tls.ca).expect("the test CA was written") {
-            roots.add(cert.expect("the test CA is PEM")).expect("the test CA is a certificate");
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Some(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+        self.tls_client().map(tokio_tungstenite::Connector::Rustls)
     }
 
     pub fn admin(&self) -> Api {
@@ -202,9 +197,8 @@ impl Hub {
     }
     pub fn api(&self, token: Option<&str>) -> Api {
         let mut http = reqwest::Client::builder();
-        if let Some(tls) = &self.tls {
-            let pem = std::fs::read(&tls.ca).expect("the test CA was written");
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("the test CA is PEM"));
+        if let Some(tls) = self.tls_client() {
+            http = http.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
         }
         let http = http.build().expect("an HTTP client builds");
         Api { base: self.url(), token: token.map(str::to_string), http }
