@@ -572,7 +572,7 @@ async fn generated_admin_token_is_private_and_used_by_the_cli() -> R {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir()?;
     let mut child = std::process::Command::new(bin())
-        .args(["--log-format", "json", "hub", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["hub", "--log-format", "json", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env_remove("AGENTCOM_ADMIN_TOKEN")
         .stderr(std::process::Stdio::piped())

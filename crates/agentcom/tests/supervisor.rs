@@ -211,7 +211,7 @@ async fn supervisor_restarted_brings_desired_processes_back() -> R {
     assert_eq!(s.proc("parked")?["status"], "stopped", "a stopped process stays stopped");
     assert!(after["pid"].as_u64().unwrap() > 0);
     testkit::signal(daemon.id(), nix::sys::signal::Signal::SIGTERM)?;
-    let status = testkit::wait_timeout(&mut daemon, testkit::WAIT)?;
+    let status = testkit::wait_exit(&mut daemon)?;
     assert!(status.success());
     assert!(!testkit::alive(after["pid"].as_i64().unwrap() as i32), "a stopping supervisor stops its children");
     Ok(())

@@ -140,7 +140,7 @@ async fn native(bin: &Path, args: &Args) -> Result<()> {
         pct(&r, 0.99)
     );
     testkit::signal(daemon.id(), nix::sys::signal::Signal::SIGTERM)?;
-    let _ = testkit::wait_timeout(&mut daemon, Duration::from_secs(60));
+    let _ = testkit::wait_exit(&mut daemon);
     Ok(())
 }
 

@@ -1,7 +1,5 @@
 //! HTTP client for the hub API (used by the CLI), and plain-text tables for people.
 
-pub mod tls;
-
 use reqwest::Method;
 use serde_json::Value;
 use std::path::Path;
@@ -31,9 +29,9 @@ pub struct Client {
 impl Client {
     /// A client of the hub at `base` (`http://` or `https://`). `https://` trusts Mozilla's
     /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub): the
-    /// same [`tls::client_config`] as every other outgoing connection.
+    /// same [`osutil::tls::client_config`] as every other outgoing connection.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
-        let tls = tls::client_config(ca_file).map_err(ClientError::CaFile)?;
+        let tls = osutil::tls::client_config(ca_file).map_err(ClientError::CaFile)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))

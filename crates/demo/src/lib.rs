@@ -86,7 +86,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         };
         let cfg = sidecar::SidecarConfig::from_file(file, &dir).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
         println!("  sidecar  {name}  capabilities {caps:?}  results in {}", cfg.results_dir.display());
-        sidecars.push(tokio::spawn(sidecar::run(cfg, shutdown.clone())));
+        sidecars.push(tokio::spawn(sidecar::run(cfg, sidecar::Host::unsupervised(), shutdown.clone())));
     }
     println!("  wake     {wake}");
     println!();
@@ -197,7 +197,7 @@ pub fn sample_agent(work_ms: u64) -> Result<()> {
     } else {
         json!({"status": "success", "summary": format!("done: {desc}"), "tokens_used": 1200 + desc.len()})
     };
-    fsutil::write_atomic(&dir.join(format!("{id}.json")), result.to_string().as_bytes())?;
+    osutil::fs::write_atomic(&dir.join(format!("{id}.json")), result.to_string().as_bytes())?;
     Ok(())
 }
 

@@ -88,11 +88,11 @@ impl Checkpoint {
             lines.push_str(&v.to_string());
             lines.push('\n');
         }
-        fsutil::write_atomic(&dir.join(HISTORY_FILE), lines.as_bytes())
+        osutil::fs::write_atomic(&dir.join(HISTORY_FILE), lines.as_bytes())
             .map_err(io(format!("cannot write {HISTORY_FILE}")))?;
-        fsutil::write_atomic(&dir.join(TASK_FILE), self.markdown().as_bytes())
+        osutil::fs::write_atomic(&dir.join(TASK_FILE), self.markdown().as_bytes())
             .map_err(io(format!("cannot write {TASK_FILE}")))?;
-        fsutil::write_atomic(&dir.join("checkpoint.json"), &serde_json::to_vec_pretty(self).expect("json"))
+        osutil::fs::write_atomic(&dir.join("checkpoint.json"), &serde_json::to_vec_pretty(self).expect("json"))
             .map_err(io("cannot write checkpoint.json".into()))
     }
 

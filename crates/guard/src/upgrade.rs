@@ -133,13 +133,13 @@ pub fn read_journal(repo: &Repo) -> Option<Journal> {
 
 fn write_journal(repo: &Repo, j: &Journal) -> Result<(), String> {
     let p = journal_path(repo).map_err(|e| e.to_string())?;
-    fsutil::write_atomic(&p, &serde_json::to_vec_pretty(j).expect("json"))
+    osutil::fs::write_atomic(&p, &serde_json::to_vec_pretty(j).expect("json"))
         .map_err(|e| format!("cannot write the journal {}: {e}", p.display()))
 }
 
 fn clear_journal(repo: &Repo) {
     if let Ok(p) = journal_path(repo) {
-        let _ = fsutil::remove_durable(&p);
+        let _ = osutil::fs::remove_durable(&p);
     }
 }
 
@@ -191,7 +191,7 @@ fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: 
         }
         let branch_sha = repo.resolve(&opts.branch).ok_or_else(|| format!("branch {} does not exist", opts.branch))?;
         if opts.health.starts_with("https://") {
-            client::tls::client_config(opts.health_ca_file.as_deref()).map_err(|e| format!("health CA file: {e}"))?;
+            osutil::tls::client_config(opts.health_ca_file.as_deref()).map_err(|e| format!("health CA file: {e}"))?;
         }
         let head = repo.head().map_err(|e| e.to_string())?;
         let procs = backend.list().map_err(|e| e.to_string())?;
@@ -488,7 +488,7 @@ pub fn check(health: &str, ca_file: Option<&Path>, dir: &Path, limit: Duration) 
         return http_get(health, rest, None, limit);
     }
     if let Some(rest) = health.strip_prefix("https://") {
-        let tls = client::tls::client_config(ca_file).map_err(|e| format!("health CA file: {e}"))?;
+        let tls = osutil::tls::client_config(ca_file).map_err(|e| format!("health CA file: {e}"))?;
         return http_get(health, rest, Some(tls), limit);
     }
     let log = std::env::temp_dir().join(format!("agentcom-health-{}.log", std::process::id()));
@@ -573,7 +573,7 @@ fn append_history(repo: &Repo, from: &str, to: &str) {
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
     text.push_str(&serde_json::json!({ "from": from, "to": to, "at": now() }).to_string());
     text.push('\n');
-    let _ = fsutil::write_atomic(&path, text.as_bytes());
+    let _ = osutil::fs::write_atomic(&path, text.as_bytes());
 }
 
 /// The last committed upgrade, (from, to), unless it was already rolled back.

@@ -100,7 +100,7 @@ async fn act(
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
     text.push_str(&serde_json::json!({ "from": to, "to": from, "rolled_back": true }).to_string());
     text.push('\n');
-    let _ = fsutil::write_atomic(&path, text.as_bytes());
+    let _ = osutil::fs::write_atomic(&path, text.as_bytes());
     Ok(Some(format!(
         "agent offline past {:?} after an upgrade: rolled back {} -> {} and restarted {}",
         o.offline_after,

@@ -54,7 +54,7 @@ fn admin_token(cfg: &HubConfig) -> Result<String, HubError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = auth::generate_token();
-            fsutil::write_atomic_mode(&path, format!("{token}\n").as_bytes(), Some(0o600))
+            osutil::fs::write_atomic_mode(&path, format!("{token}\n").as_bytes(), Some(0o600))
                 .map_err(io(format!("cannot write {}", path.display())))?;
             tracing::info!(path = %path.display(), "generated a new admin token");
             Ok(token)

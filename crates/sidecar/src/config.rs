@@ -180,7 +180,7 @@ impl SidecarConfig {
             errors.push("state_dir: must differ from results_dir".into());
         }
         let tls = if hub_url.starts_with("wss://") {
-            client::tls::client_config(f.tls_ca_file.map(resolve).as_deref())
+            osutil::tls::client_config(f.tls_ca_file.map(resolve).as_deref())
                 .map_err(|e| errors.push(format!("tls_ca_file: {e}")))
                 .ok()
         } else {

@@ -20,6 +20,44 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::SidecarConfig;
 
+/// What the sidecar knows of whatever supervises it. The binary fills it in from the supervisor
+/// crate, so the sidecar never depends on a daemon crate.
+#[derive(Clone)]
+pub struct Host {
+    /// "native", "pm2", "systemd" or "none", for logs and for the hub.
+    pub kind: &'static str,
+    /// Whether exiting hands the restart to a supervisor (without one, exiting stops the agent).
+    pub restarts_us: bool,
+    /// Our process numbers as the supervisor sees them. Blocking: it may ask the supervisor.
+    pub process_info: Arc<dyn Fn() -> proto::ProcessInfo + Send + Sync>,
+}
+
+impl Host {
+    /// No supervisor: a restart command is refused, and our numbers are our own.
+    pub fn unsupervised() -> Host {
+        Host {
+            kind: "none",
+            restarts_us: false,
+            process_info: Arc::new(|| {
+                let me = std::process::id() as i32;
+                proto::ProcessInfo {
+                    supervisor: Some("none".into()),
+                    status: Some("online".into()),
+                    uptime_ms: osutil::procfs::uptime_ms(me),
+                    memory_bytes: osutil::procfs::rss_bytes(me),
+                    ..Default::default()
+                }
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("kind", &self.kind).field("restarts_us", &self.restarts_us).finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
     #[error("{context}: {source}")]
@@ -42,7 +80,7 @@ fn writable_dir(dir: &Path, what: &str) -> Result<(), SidecarError> {
 }
 
 /// Runs the sidecar until `shutdown` is cancelled. The active task stays on disk.
-pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), SidecarError> {
+pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) -> Result<(), SidecarError> {
     writable_dir(&cfg.results_dir, "results dir")?;
     writable_dir(&cfg.state_dir.join("tasks"), "state dir")?;
     let store = queue::QueueStore::new(&cfg.state_dir);
@@ -74,15 +112,12 @@ pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), 
         .map_err(|e| SidecarError::Watch { path: cfg.results_dir.display().to_string(), message: e.to_string() })?;
 
     // Who restarts us, and our numbers as it sees them: in identify, and refreshed after.
-    let (sup, info) = tokio::task::spawn_blocking(|| {
-        let s = supervisor::selfinfo::detect();
-        let info = supervisor::selfinfo::process_info(&s);
-        (s, info)
-    })
-    .await
-    .map_err(|e| SidecarError::Io { context: "detecting the supervisor".into(), source: std::io::Error::other(e) })?;
+    let probe = host.process_info.clone();
+    let info = tokio::task::spawn_blocking(move || probe())
+        .await
+        .map_err(|e| SidecarError::Io { context: "asking the supervisor".into(), source: std::io::Error::other(e) })?;
     tracing::info!(
-        supervisor = sup.kind(),
+        supervisor = host.kind,
         name = info.name.as_deref().unwrap_or(""),
         restart_count = info.restart_count,
         "process self-awareness"
@@ -95,7 +130,7 @@ pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), 
         corrupt,
         identify_tx,
         ev_tx.clone(),
-        sup.clone(),
+        host.clone(),
         shutdown.clone(),
     );
     runner.set_process_info(info);
@@ -104,8 +139,8 @@ pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), 
     let refresher = tokio::spawn(async move {
         loop {
             tokio::time::sleep(refresh_every).await;
-            let s = sup.clone();
-            let Ok(info) = tokio::task::spawn_blocking(move || supervisor::selfinfo::process_info(&s)).await else {
+            let probe = host.process_info.clone();
+            let Ok(info) = tokio::task::spawn_blocking(move || probe()).await else {
                 break;
             };
             if refresh_tx.send(runner::Event::ProcessInfo(info)).is_err() {

@@ -1,5 +1,5 @@
 //! `queue.json`: the sidecar's durable state, in AgentCom's shape `{"active", "recovering"}`.
-//! Written with `fsutil::write_atomic` before anything is acknowledged to the hub.
+//! Written with `osutil::fs::write_atomic` before anything is acknowledged to the hub.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -105,7 +105,7 @@ impl QueueStore {
                     .unwrap_or(0);
                 let aside = self.path.with_file_name(format!("queue.json.corrupt-{ms}"));
                 std::fs::rename(&self.path, &aside)?;
-                fsutil::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+                osutil::fs::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
                 Ok(Loaded { queue: QueueFile::default(), moved_aside: Some((aside, e.to_string())) })
             }
         }
@@ -113,7 +113,7 @@ impl QueueStore {
 
     pub fn save(&self, q: &QueueFile) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(q).expect("the queue serializes");
-        fsutil::write_atomic(&self.path, &bytes)
+        osutil::fs::write_atomic(&self.path, &bytes)
     }
 }
 

@@ -70,7 +70,7 @@ pub struct Runner {
     /// A corrupt queue.json moved aside at start, not yet reported to the hub.
     corrupt_report: Option<String>,
     /// Who restarts us when we exit (detected at start).
-    supervisor: supervisor::selfinfo::Supervisor,
+    host: crate::Host,
     /// A `restart_sidecar` waiting for the working task to end.
     pending_restart: Option<String>,
     /// Cancelled to stop the whole sidecar (shutdown, or a commanded restart).
@@ -86,7 +86,7 @@ impl Runner {
         corrupt_report: Option<String>,
         identify: watch::Sender<Identify>,
         events: mpsc::UnboundedSender<Event>,
-        supervisor: supervisor::selfinfo::Supervisor,
+        host: crate::Host,
         stop: CancellationToken,
     ) -> Runner {
         let mut r = Runner {
@@ -100,7 +100,7 @@ impl Runner {
             deadline: None,
             progress_offset: 0,
             corrupt_report,
-            supervisor,
+            host,
             pending_restart: None,
             stop,
         };
@@ -308,7 +308,7 @@ impl Runner {
 
     /// `restart_sidecar`: exit so our supervisor restarts us, when that loses no work.
     fn on_restart_command(&mut self, reason: String, force: bool) {
-        if !self.supervisor.restarts_us() {
+        if !self.host.restarts_us {
             tracing::warn!(reason = %reason, "restart refused: no supervisor detected, and exiting would stop this agent");
             let status =
                 "restart_refused: no supervisor detected (native, pm2 or systemd); exiting would stop the agent".into();
@@ -337,7 +337,7 @@ impl Runner {
                     .map(|t| vec![self.path(&t.task_id, "started"), self.path(&t.task_id, "json")])
                     .unwrap_or_default();
                 for f in files {
-                    let _ = fsutil::remove_durable(&f);
+                    let _ = osutil::fs::remove_durable(&f);
                 }
                 self.persist();
                 self.restart_now(reason);
@@ -350,7 +350,7 @@ impl Runner {
     }
 
     fn restart_now(&mut self, reason: String) {
-        tracing::info!(reason = %reason, supervisor = self.supervisor.kind(), "restarting on the hub's command");
+        tracing::info!(reason = %reason, supervisor = self.host.kind, "restarting on the hub's command");
         self.send(AgentFrame::AgentRestarting { reason: Some(reason) });
         self.stop.cancel();
     }
@@ -467,7 +467,7 @@ impl Runner {
         let task_file = self.task_file(&task.task_id);
         let task_json = serde_json::to_string(&task_json(&task)).expect("task serializes");
         let _ = std::fs::create_dir_all(task_file.parent().expect("has a parent"));
-        if let Err(e) = fsutil::write_atomic(&task_file, task_json.as_bytes()) {
+        if let Err(e) = osutil::fs::write_atomic(&task_file, task_json.as_bytes()) {
             tracing::error!(path = %task_file.display(), error = %e, "cannot write the task file");
         }
         let log = self.wake_log(&task.task_id);
@@ -791,7 +791,7 @@ impl Runner {
             self.task_file(id),
             self.wake_log(id),
         ] {
-            if let Err(e) = fsutil::remove_durable(&p) {
+            if let Err(e) = osutil::fs::remove_durable(&p) {
                 tracing::warn!(path = %p.display(), error = %e, "cannot remove a task file");
             }
         }

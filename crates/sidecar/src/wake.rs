@@ -57,19 +57,19 @@ pub fn spawn(spec: &WakeSpec<'_>) -> std::io::Result<tokio::process::Child> {
 
 /// SIGTERM to the group, then SIGKILL after `grace`; returns when no process of it is alive.
 pub async fn stop_group(pgid: i32, grace: Duration) {
-    supervisor::daemon::stop_group(pgid, "SIGTERM", grace).await
+    osutil::pgroup::stop_group(pgid, nix::sys::signal::Signal::SIGTERM, grace).await
 }
 
 /// Whether process group `pgid` still runs a wake of `task_id`. After our own restart the pid
 /// may have been reused, so a process of the group must carry our task id in its environment.
 pub fn group_runs_task(pgid: i32, task_id: &str) -> bool {
-    supervisor::procfs::group_has_env(pgid, "AGENTCOM_TASK_ID", task_id)
+    osutil::procfs::group_has_env(pgid, "AGENTCOM_TASK_ID", task_id)
 }
 
 /// Every process group still running a wake of `task_id` for `agent_id`, found by environment:
 /// a crash between spawning a wake and persisting its pid leaves no other trace of it.
 pub fn groups_running(task_id: &str, agent_id: &str) -> Vec<i32> {
-    supervisor::procfs::groups_with_env(&[("AGENTCOM_TASK_ID", task_id), ("AGENTCOM_AGENT_ID", agent_id)])
+    osutil::procfs::groups_with_env(&[("AGENTCOM_TASK_ID", task_id), ("AGENTCOM_AGENT_ID", agent_id)])
 }
 
 /// The last `max` characters of a wake's log, for error reports.

@@ -84,7 +84,7 @@ pub fn run_agent(cmd: &[String]) -> Result<i32, WrapError> {
     } else {
         json!({ "status": "failed", "reason": format!("{program} exited with {status}"), "exit_code": code, "output_tail": output })
     };
-    fsutil::write_atomic(&dir.join(format!("{id}.json")), result.to_string().as_bytes())
+    osutil::fs::write_atomic(&dir.join(format!("{id}.json")), result.to_string().as_bytes())
         .map_err(io(format!("cannot write {id}.json")))?;
     Ok(code)
 }

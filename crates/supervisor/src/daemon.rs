@@ -3,7 +3,7 @@
 //! is reported only once every process of the group is gone.
 
 use crate::logs::{self, LogFile};
-use crate::procfs;
+use osutil::procfs;
 use proto::control::{Describe, ProcSpec, ProcStatus, Request, Response, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -178,7 +178,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             .map_err(io(format!("cannot restrict {}", socket.display())))?;
     }
     let pid_file = cfg.dir.join("supervisor.pid");
-    fsutil::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+    osutil::fs::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .map_err(io(format!("cannot write {}", pid_file.display())))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
@@ -294,7 +294,7 @@ impl Daemon {
                 .collect(),
         };
         let path = self.cfg.dir.join(STATE);
-        if let Err(e) = fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&p).expect("state serializes")) {
+        if let Err(e) = osutil::fs::write_atomic(&path, &serde_json::to_vec_pretty(&p).expect("state serializes")) {
             tracing::error!(path = %path.display(), error = %e, "cannot write the supervisor state");
         }
     }
@@ -769,38 +769,20 @@ pub fn backoff(base_ms: u64, max_ms: u64, n: u32) -> Duration {
     Duration::from_millis((ms as u64).min(max_ms))
 }
 
-/// The kill signal to the whole group, SIGKILL after `timeout`, and back only when no process
-/// of the group is left.
+/// The kill signal (by name) to the whole group, SIGKILL after `timeout`, and back only when no
+/// process of the group is left.
 pub async fn stop_group(pgid: i32, signal: &str, timeout: Duration) {
-    use nix::sys::signal::{killpg, Signal};
-    let pg = nix::unistd::Pid::from_raw(pgid);
-    let sig = proto::control::signal_number(signal).and_then(|n| Signal::try_from(n).ok()).unwrap_or(Signal::SIGTERM);
-    if killpg(pg, sig).is_err() {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut killed = false;
-    while procfs::group_alive(pgid) {
-        if !killed && tokio::time::Instant::now() >= deadline {
-            tracing::warn!(pgid, "kill timeout passed; SIGKILL to the group");
-            let _ = killpg(pg, Signal::SIGKILL);
-            killed = true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    osutil::pgroup::stop_group(pgid, signal_of(signal), timeout).await
 }
 
 /// Blocking variant for start-up, before the runtime serves anything.
 fn kill_group_now(pgid: i32, signal: &str, timeout: Duration) {
-    use nix::sys::signal::{killpg, Signal};
-    let pg = nix::unistd::Pid::from_raw(pgid);
-    let sig = proto::control::signal_number(signal).and_then(|n| Signal::try_from(n).ok()).unwrap_or(Signal::SIGTERM);
-    let _ = killpg(pg, sig);
-    let deadline = Instant::now() + timeout;
-    while procfs::group_alive(pgid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = killpg(pg, Signal::SIGKILL);
+    osutil::pgroup::kill_group_now(pgid, signal_of(signal), timeout)
+}
+
+fn signal_of(name: &str) -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    proto::control::signal_number(name).and_then(|n| Signal::try_from(n).ok()).unwrap_or(Signal::SIGTERM)
 }
 
 #[cfg(test)]

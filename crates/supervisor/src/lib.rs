@@ -8,5 +8,4 @@ pub mod client;
 pub mod daemon;
 pub mod logs;
 pub mod pm2;
-pub mod procfs;
 pub mod selfinfo;

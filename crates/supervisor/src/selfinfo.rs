@@ -2,7 +2,8 @@
 //! name, and its status, uptime, restart count and memory as that supervisor sees them.
 
 use crate::client::Client;
-use crate::{pm2, procfs};
+use crate::pm2;
+use osutil::procfs;
 use proto::control::{Request, Response};
 use proto::ProcessInfo;
 use std::path::PathBuf;

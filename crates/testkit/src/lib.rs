@@ -21,6 +21,43 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Polls `probe` every few milliseconds until it returns `Ok`, for at most [`WAIT`]: the one way
+/// tests wait for a condition (never a fixed sleep, never a hand-written deadline loop).
+/// `Err` carries what the probe saw, so a failure says what it was waiting for and what it got.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match probe().await {
+            Ok(v) => return Ok(v),
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                bail!("timed out after {WAIT:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// [`eventually`] for code outside a runtime.
+pub fn eventually_blocking<T>(what: &str, mut probe: impl FnMut() -> std::result::Result<T, String>) -> Result<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match probe() {
+            Ok(v) => return Ok(v),
+            Err(seen) if Instant::now() >= deadline => {
+                bail!("timed out after {WAIT:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(5);
+
 /// A child process we own: killed with SIGKILL when dropped, unless stopped before.
 pub struct Owned {
     child: Option<Child>,
@@ -47,7 +84,7 @@ impl Owned {
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         let mut c = self.child.take().with_context(|| format!("{} already stopped", self.what))?;
         signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
-        wait_timeout(&mut c, WAIT)
+        wait_exit(&mut c)
     }
 }
 
@@ -133,7 +170,7 @@ impl Hub {
         std::fs::create_dir_all(dir)?;
         std::fs::write(&cfg_path, format!("admin_token = \"{admin_token}\"\n{config}"))?;
         let mut cmd = Command::new(bin);
-        cmd.args(["--log-format", "json", "hub", "--listen", listen, "--data-dir"])
+        cmd.args(["hub", "--log-format", "json", "--listen", listen, "--data-dir"])
             .arg(dir)
             .arg("--config")
             .arg(&cfg_path)
@@ -183,7 +220,7 @@ impl Hub {
     /// The TLS client configuration that trusts this hub's CA, for a TLS hub.
     fn tls_client(&self) -> Option<Arc<rustls::ClientConfig>> {
         let tls = self.tls.as_ref()?;
-        Some(client::tls::client_config(Some(&tls.ca)).expect("the test CA is usable"))
+        Some(osutil::tls::client_config(Some(&tls.ca)).expect("the test CA is usable"))
     }
 
     /// What a WebSocket client needs to reach this hub: for a TLS hub, a connector that
@@ -238,17 +275,15 @@ impl Hub {
 
     /// Polls until the task has `status` (the hub changes it on a timer we do not observe).
     pub async fn wait_status(&self, id: &str, status: &str) -> Result<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let t = self.task(id).await?;
+        eventually(&format!("task {id} to be {status}"), || async {
+            let t = self.task(id).await.map_err(|e| e.to_string())?;
             if t["status"] == status {
-                return Ok(t);
+                Ok(t)
+            } else {
+                Err(t.to_string())
             }
-            if Instant::now() > deadline {
-                bail!("task {id} never reached {status}: {t}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     pub fn kill9(&mut self) {
@@ -265,18 +300,18 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).context("send signal")
 }
 
-pub fn wait_timeout(c: &mut Child, limit: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = c.try_wait()? {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            bail!("process {} did not exit within {limit:?}", c.id());
-        }
-        std::thread::sleep(Duration::from_millis(5));
+/// Waits for `c` to exit (killing it if it has not after [`WAIT`]).
+pub fn wait_exit(c: &mut Child) -> Result<ExitStatus> {
+    let pid = c.id();
+    let r = eventually_blocking(&format!("process {pid} to exit"), || match c.try_wait() {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err("still running".into()),
+        Err(e) => Err(e.to_string()),
+    });
+    if r.is_err() {
+        let _ = c.kill();
     }
+    r
 }
 
 /// Reads JSON log lines into `logs`; returns the `field` of the first line whose message is
@@ -552,7 +587,7 @@ impl Sidecar {
     /// Starts a sidecar on an existing config file (TOML or AgentCom JSON).
     pub fn start_file(bin: &Path, dir: &Path, config: &Path) -> Result<Sidecar> {
         let mut cmd = Command::new(bin);
-        cmd.args(["--log-format", "json", "sidecar", "--config"]).arg(config).env("AGENTCOM_LOG", "info");
+        cmd.args(["sidecar", "--log-format", "json", "--config"]).arg(config).env("AGENTCOM_LOG", "info");
         let (child, logs, _) = spawn_until(cmd, "sidecar", "sidecar started", "agent_id")?;
         Ok(Sidecar { child, dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
     }
@@ -580,37 +615,27 @@ impl Sidecar {
 
     /// Waits until the active (or recovering) task in queue.json has `status`.
     pub async fn wait_phase(&self, status: &str) -> Result<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        eventually(&format!("the queue to reach {status}"), || async {
             let q = self.queue();
-            for slot in ["active", "recovering"] {
-                if q[slot]["status"] == status {
-                    return Ok(q[slot].clone());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("queue never reached {status}: {q}\nlogs:\n{}", self.logs().join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            ["active", "recovering"]
+                .iter()
+                .find(|slot| q[**slot]["status"] == status)
+                .map(|slot| q[*slot].clone())
+                .ok_or_else(|| format!("{q}\nlogs:\n{}", self.logs().join("\n")))
+        })
+        .await
     }
 
     /// Waits for a log line whose message is `message`.
     pub async fn wait_log(&self, message: &str) -> Result<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for l in self.logs() {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    if v["message"] == message {
-                        return Ok(v);
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no log {message:?}; logs:\n{}", self.logs().join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually(&format!("a log line {message:?}"), || async {
+            let logs = self.logs();
+            logs.iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["message"] == message)
+                .ok_or_else(|| logs.join("\n"))
+        })
+        .await
     }
 
     pub fn kill9(&mut self) {
@@ -769,7 +794,7 @@ impl Supervised {
 
     /// Process ids of the live members of a process group.
     pub fn group(pgid: i32) -> Vec<i32> {
-        supervisor::procfs::scan_groups().remove(&pgid).map(|g| g.pids).unwrap_or_default()
+        osutil::procfs::scan_groups().remove(&pgid).map(|g| g.pids).unwrap_or_default()
     }
 }
 

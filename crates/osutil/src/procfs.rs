@@ -149,7 +149,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pgid = child.id() as i32;
-        assert!(group_has_env(pgid, "PROCFS_TEST_MARK", "x1"));
+        // `spawn` returns once exec has begun, which can be a moment before the kernel has set
+        // up the new environment that /proc shows.
+        testkit::eventually_blocking("the child's environment in /proc", || {
+            group_has_env(pgid, "PROCFS_TEST_MARK", "x1").then_some(()).ok_or_else(|| "not yet".to_string())
+        })
+        .unwrap();
         assert!(!group_has_env(pgid, "PROCFS_TEST_MARK", "x2"));
         assert_eq!(groups_with_env(&[("PROCFS_TEST_MARK", "x1")]), vec![pgid]);
         assert!(groups_with_env(&[("PROCFS_TEST_MARK", "x1"), ("PROCFS_OTHER", "y")]).is_empty());

@@ -1,0 +1,71 @@
+//! The commands that run beside an agent: `sidecar`, `run-agent`, and the `demo` with its
+//! `sample-agent`.
+
+use crate::logging::{self, LogArgs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct SidecarArgs {
+    /// TOML file, or an AgentCom config.json.
+    #[arg(long, env = "AGENTCOM_SIDECAR_CONFIG")]
+    config: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// How long the sample agent works on each task, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    work_ms: u64,
+    /// Keep the demo's data here (default: a temp dir removed at the end).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SampleAgentArgs {
+    /// How long to work on the task, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    work_ms: u64,
+}
+
+#[derive(clap::Args)]
+pub struct RunAgentArgs {
+    /// The agent's command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    cmd: Vec<String>,
+}
+
+pub async fn sidecar(a: SidecarArgs) -> anyhow::Result<u8> {
+    logging::init(a.log.log_format, "info");
+    let cfg = sidecar::SidecarConfig::load(&a.config)?;
+    let shutdown = crate::shutdown_on_signals()?;
+    let detected = tokio::task::spawn_blocking(supervisor::selfinfo::detect).await?;
+    let host = sidecar::Host {
+        kind: detected.kind(),
+        restarts_us: detected.restarts_us(),
+        process_info: Arc::new(move || supervisor::selfinfo::process_info(&detected)),
+    };
+    sidecar::run(cfg, host, shutdown).await?;
+    Ok(0)
+}
+
+pub async fn demo(a: DemoArgs) -> anyhow::Result<u8> {
+    logging::init(logging::LogFormat::Human, "error");
+    let shutdown = crate::shutdown_on_signals()?;
+    demo::run(demo::DemoOptions { work_ms: a.work_ms, data_dir: a.data_dir }, shutdown).await?;
+    Ok(0)
+}
+
+pub fn sample_agent(a: SampleAgentArgs) -> anyhow::Result<u8> {
+    demo::sample_agent(a.work_ms)?;
+    Ok(0)
+}
+
+pub fn run_agent(a: RunAgentArgs) -> anyhow::Result<u8> {
+    // The wrapped agent's exit code becomes ours, for the wake log.
+    let code = sidecar::wrap::run_agent(&a.cmd)?;
+    Ok(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,156 @@
+//! `agentcom daemons plan|apply|watch|install-watcher`.
+
+use super::process::Sup;
+use crate::logging::{self, LogArgs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum DaemonsCmd {
+    /// What apply would do: start, recreate (with the changed fields), unchanged, stop-and-delete, error.
+    Plan {
+        #[command(flatten)]
+        root: DaemonsRoot,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Carry the plan out, touching nothing else.
+    Apply {
+        #[command(flatten)]
+        root: DaemonsRoot,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply on every change (debounced), and fully every minute.
+    Watch {
+        #[command(flatten)]
+        root: DaemonsRoot,
+        /// Quiet time after a file event before applying.
+        #[arg(long, default_value_t = 200)]
+        debounce_ms: u64,
+        /// A full apply this often, whatever the events.
+        #[arg(long, default_value_t = 60000)]
+        full_every_ms: u64,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Put the watcher itself under the supervisor.
+    InstallWatcher {
+        #[command(flatten)]
+        root: DaemonsRoot,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DaemonsRoot {
+    /// The folder holding the definitions (`**/daemon.toml`).
+    #[arg(long)]
+    root: PathBuf,
+    #[command(flatten)]
+    sup: Sup,
+    /// Leave processes whose definition is gone running.
+    #[arg(long)]
+    no_prune: bool,
+}
+
+fn print_plan(items: &[(String, String, String, String)]) {
+    let rows: Vec<Vec<String>> =
+        items.iter().map(|(a, b, c, d)| vec![a.clone(), b.clone(), c.clone(), d.clone()]).collect();
+    if rows.is_empty() {
+        println!("no daemons");
+    } else {
+        print!("{}", client::table(&["ACTION", "DAEMON", "PROCESS", "DETAILS"], &rows, 100));
+    }
+}
+
+fn plan_row(it: &daemons::PlanItem) -> (String, String, String, String) {
+    let details = match (it.action, &it.message) {
+        (daemons::Action::Error, Some(m)) => {
+            format!("{}{}: {m}", it.file.as_deref().unwrap_or(""), it.line.map(|l| format!(":{l}")).unwrap_or_default())
+        }
+        _ => it.changed.join(", "),
+    };
+    (it.action.as_str().into(), it.daemon.clone(), it.process.clone(), details)
+}
+
+pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
+    match cmd {
+        DaemonsCmd::Plan { root, json } => {
+            let items =
+                daemons::plan(&root.root, &root.sup.launching_backend()?, &daemons::Options { prune: !root.no_prune })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                print_plan(&items.iter().map(plan_row).collect::<Vec<_>>());
+            }
+            if items.iter().any(|i| i.action == daemons::Action::Error) {
+                return Ok(1);
+            }
+        }
+        DaemonsCmd::Apply { root, json } => {
+            // The table says it all; logs only when asked for (AGENTCOM_LOG).
+            logging::init(logging::LogFormat::Human, "off");
+            let done = daemons::apply(
+                &root.root,
+                &root.sup.launching_backend()?,
+                &daemons::Options { prune: !root.no_prune },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                let rows: Vec<_> = done
+                    .iter()
+                    .map(|a| {
+                        let mut r = plan_row(&a.item);
+                        if let Some(e) = &a.error {
+                            r.3 = format!("FAILED: {e}");
+                        }
+                        r
+                    })
+                    .collect();
+                print_plan(&rows);
+            }
+            if done.iter().any(|a| !a.ok || a.item.action == daemons::Action::Error) {
+                return Ok(1);
+            }
+        }
+        DaemonsCmd::Watch { root, debounce_ms, full_every_ms, log } => {
+            logging::init(log.log_format, "info");
+            let shutdown = crate::shutdown_on_signals()?;
+            let opts = daemons::WatchOptions {
+                debounce: Duration::from_millis(debounce_ms),
+                full_every: Duration::from_millis(full_every_ms.max(1)),
+                prune: !root.no_prune,
+            };
+            daemons::watch(root.root.clone(), root.sup.launching_backend()?, opts, shutdown).await?;
+        }
+        DaemonsCmd::InstallWatcher { root } => {
+            let backend = root.sup.launching_backend()?;
+            let abs = daemons::canonical_root(&root.root)?;
+            let exe = std::env::current_exe()?.display().to_string();
+            let tag: String = abs
+                .display()
+                .to_string()
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                .to_string();
+            let mut args = vec!["daemons".to_string(), "watch".into(), "--root".into(), abs.display().to_string()];
+            args.extend(["--backend".into(), root.sup.backend.as_str().into()]);
+            if root.no_prune {
+                args.push("--no-prune".into());
+            }
+            let mut spec = proto::control::ProcSpec::new(&format!("daemons-watcher.{tag}"), &exe, args);
+            if backend.kind == supervisor::backend::Kind::Native {
+                let dir = std::fs::canonicalize(&backend.dir).unwrap_or(backend.dir.clone());
+                spec.env.insert("AGENTCOM_SUPERVISOR_DIR".into(), dir.display().to_string());
+            }
+            if let Ok(h) = std::env::var("PM2_HOME") {
+                spec.env.insert("PM2_HOME".into(), h);
+            }
+            println!("{}", backend.start(&spec)?);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,44 @@
+//! `agentcom hub`.
+
+use crate::logging::{self, LogArgs};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct HubArgs {
+    /// Address to listen on [default: 127.0.0.1:4000]
+    #[arg(long, env = "AGENTCOM_LISTEN")]
+    listen: Option<String>,
+    /// Data directory [default: ./agentcom-data/hub]
+    #[arg(long, env = "AGENTCOM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "AGENTCOM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Admin token (otherwise read from or generated into <data-dir>/admin.token).
+    #[arg(long, env = "AGENTCOM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
+    #[arg(long, env = "AGENTCOM_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "AGENTCOM_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+pub async fn run(a: HubArgs) -> anyhow::Result<u8> {
+    logging::init(a.log.log_format, "info");
+    let overrides = hub::Overrides {
+        config: a.config,
+        listen: a.listen,
+        data_dir: a.data_dir,
+        admin_token: a.admin_token,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+    };
+    let cfg = hub::HubConfig::load(overrides)?;
+    let shutdown = crate::shutdown_on_signals()?;
+    hub::run(cfg, shutdown).await?;
+    Ok(0)
+}

@@ -1,0 +1,8 @@
+//! One module per group of commands: its flags (clap derive) and the glue that calls a library.
+
+pub mod agent;
+pub mod daemons;
+pub mod guard;
+pub mod hub;
+pub mod process;
+pub mod remote;

@@ -1,0 +1,265 @@
+//! The process commands (`supervisor`, `start`, `stop`, `restart`, `delete`, `ps`, `describe`,
+//! `logs`), on the native supervisor or on pm2.
+
+use crate::logging::{self, LogArgs};
+use anyhow::Context;
+use clap::ValueEnum;
+use std::time::Duration;
+
+/// Which supervisor the process commands drive.
+#[derive(clap::Args, Clone)]
+pub struct Sup {
+    /// The supervisor: our own (native) or a real pm2.
+    #[arg(long, value_enum, default_value = "native", env = "AGENTCOM_BACKEND")]
+    pub backend: BackendKind,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BackendKind {
+    Native,
+    Pm2,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Native => "native",
+            BackendKind::Pm2 => "pm2",
+        }
+    }
+}
+
+impl Sup {
+    /// For `daemons`: the native supervisor is launched in the background if none runs.
+    pub fn launching_backend(&self) -> anyhow::Result<supervisor::backend::Backend> {
+        Ok(supervisor::backend::Backend { launch: true, ..self.backend()? })
+    }
+
+    pub fn backend(&self) -> anyhow::Result<supervisor::backend::Backend> {
+        Ok(supervisor::backend::Backend {
+            kind: match self.backend {
+                BackendKind::Native => supervisor::backend::Kind::Native,
+                BackendKind::Pm2 => supervisor::backend::Kind::Pm2,
+            },
+            dir: supervisor::client::default_dir(),
+            exe: std::env::current_exe().context("find the agentcom binary")?,
+            launch: false,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SupervisorArgs {
+    /// How often process-group memory is checked against max_memory_bytes.
+    #[arg(long, env = "AGENTCOM_SUPERVISOR_MEMORY_CHECK_MS", default_value_t = 5000)]
+    memory_check_ms: u64,
+    /// Uptime after which the restart backoff starts again from the base delay.
+    #[arg(long, env = "AGENTCOM_SUPERVISOR_BACKOFF_RESET_MS", default_value_t = 30000)]
+    backoff_reset_ms: u64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// The process's name, unique within the supervisor.
+    name: String,
+    #[command(flatten)]
+    opts: StartOpts,
+    #[command(flatten)]
+    sup: Sup,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+/// Options of `agentcom start`; names match the daemon.toml keys.
+#[derive(clap::Args, Clone)]
+pub struct StartOpts {
+    /// Working directory of the process.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// An environment variable, K=V (repeatable).
+    #[arg(long = "env", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// When to restart the process after it exits.
+    #[arg(long, value_enum, default_value = "always")]
+    restart: RestartArg,
+    /// The signal that asks the process to stop.
+    #[arg(long, default_value = "SIGTERM")]
+    kill_signal: String,
+    /// How long a stop waits after the signal before SIGKILL.
+    #[arg(long, default_value_t = 5000)]
+    kill_timeout_ms: u64,
+    /// A run shorter than this counts as a crash for max_restarts.
+    #[arg(long, default_value_t = 1000)]
+    min_uptime_ms: u64,
+    /// Consecutive crashes after which the process is left `errored`.
+    #[arg(long, default_value_t = 16)]
+    max_restarts: u32,
+    /// First delay of the crash backoff (x1.5 per consecutive crash).
+    #[arg(long, default_value_t = 100)]
+    restart_backoff_ms: u64,
+    /// Longest delay of the crash backoff.
+    #[arg(long, default_value_t = 15000)]
+    restart_backoff_max_ms: u64,
+    /// Exit code that means "stopped on purpose" (repeatable).
+    #[arg(long = "stop-exit-code")]
+    stop_exit_codes: Vec<i32>,
+    /// A shell command that exits 0 while the process is healthy.
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// How often the health command runs.
+    #[arg(long, default_value_t = 10000)]
+    health_interval_ms: u64,
+    /// Consecutive failed health checks that restart the process.
+    #[arg(long, default_value_t = 3)]
+    health_failures: u32,
+    /// Restart when the process group's memory goes above this.
+    #[arg(long)]
+    max_memory_bytes: Option<u64>,
+    /// Rotate a log file when it reaches this size.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    log_max_bytes: u64,
+    /// Rotated log files kept.
+    #[arg(long, default_value_t = 3)]
+    log_keep: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RestartArg {
+    Always,
+    OnFailure,
+    Never,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not K=V"))
+}
+
+impl StartOpts {
+    fn spec(self, name: String, cmd: Vec<String>) -> proto::control::ProcSpec {
+        use proto::control::RestartPolicy;
+        let (command, args) = cmd.split_first().map(|(c, a)| (c.clone(), a.to_vec())).unwrap_or_default();
+        proto::control::ProcSpec {
+            name,
+            command,
+            args,
+            cwd: self.cwd,
+            env: self.env.into_iter().collect(),
+            restart: match self.restart {
+                RestartArg::Always => RestartPolicy::Always,
+                RestartArg::OnFailure => RestartPolicy::OnFailure,
+                RestartArg::Never => RestartPolicy::Never,
+            },
+            kill_signal: self.kill_signal,
+            kill_timeout_ms: self.kill_timeout_ms,
+            min_uptime_ms: self.min_uptime_ms,
+            max_restarts: self.max_restarts,
+            restart_backoff_ms: self.restart_backoff_ms,
+            restart_backoff_max_ms: self.restart_backoff_max_ms,
+            stop_exit_codes: self.stop_exit_codes,
+            health_cmd: self.health_cmd,
+            health_interval_ms: self.health_interval_ms,
+            health_failures: self.health_failures,
+            max_memory_bytes: self.max_memory_bytes,
+            log_max_bytes: self.log_max_bytes,
+            log_keep: self.log_keep,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct NameArgs {
+    /// The process's name.
+    name: String,
+    #[command(flatten)]
+    sup: Sup,
+}
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    sup: Sup,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// The process's name.
+    name: String,
+    /// Keep printing new lines, across rotations.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(long, default_value_t = 20)]
+    lines: usize,
+    #[command(flatten)]
+    sup: Sup,
+}
+
+pub async fn supervisor(a: SupervisorArgs) -> anyhow::Result<u8> {
+    logging::init(a.log.log_format, "info");
+    let cfg = supervisor::daemon::DaemonConfig {
+        dir: supervisor::client::default_dir(),
+        memory_check: Duration::from_millis(a.memory_check_ms.max(1)),
+        backoff_reset: Duration::from_millis(a.backoff_reset_ms),
+    };
+    let shutdown = crate::shutdown_on_signals()?;
+    supervisor::daemon::run(cfg, shutdown).await?;
+    Ok(0)
+}
+
+pub fn start(a: StartArgs) -> anyhow::Result<u8> {
+    let spec = a.opts.spec(a.name, a.cmd);
+    let problems = spec.validate();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    println!("{}", a.sup.backend()?.start(&spec)?);
+    Ok(0)
+}
+
+pub fn stop(a: NameArgs) -> anyhow::Result<u8> {
+    println!("{}", a.sup.backend()?.stop(&a.name)?);
+    Ok(0)
+}
+
+pub fn restart(a: NameArgs) -> anyhow::Result<u8> {
+    println!("{}", a.sup.backend()?.restart(&a.name)?);
+    Ok(0)
+}
+
+pub fn delete(a: NameArgs) -> anyhow::Result<u8> {
+    println!("{}", a.sup.backend()?.delete(&a.name)?);
+    Ok(0)
+}
+
+pub fn ps(a: PsArgs) -> anyhow::Result<u8> {
+    let list = a.sup.backend()?.list()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        print!("{}", supervisor::cli::ps_table(&list));
+    }
+    Ok(0)
+}
+
+pub fn describe(a: NameArgs) -> anyhow::Result<u8> {
+    println!("{}", serde_json::to_string_pretty(&a.sup.backend()?.describe(&a.name)?)?);
+    Ok(0)
+}
+
+pub async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
+    let d = a.sup.backend()?.describe(&a.name)?;
+    let (out, err) = match (d["out_log"].as_str(), d["pm2_env"]["pm_out_log_path"].as_str()) {
+        (Some(o), _) => (o.to_string(), d["err_log"].as_str().unwrap_or_default().to_string()),
+        (None, Some(o)) => (o.to_string(), d["pm2_env"]["pm_err_log_path"].as_str().unwrap_or_default().to_string()),
+        _ => anyhow::bail!("no log files known for {}", a.name),
+    };
+    let (lines, follow) = (a.lines, a.follow);
+    tokio::task::spawn_blocking(move || supervisor::cli::logs(out.as_ref(), err.as_ref(), lines, follow)).await?;
+    Ok(0)
+}

@@ -1,0 +1,8 @@
+//! Small OS helpers shared by every agentcom daemon, so that `hub`, `sidecar` and `supervisor`
+//! never reach into one another: durable files ([`fs`]), process groups ([`pgroup`]), `/proc`
+//! ([`procfs`]) and the TLS client configuration of every outgoing connection ([`tls`]).
+
+pub mod fs;
+pub mod pgroup;
+pub mod procfs;
+pub mod tls;
