@@ -17,8 +17,24 @@ pub const MAX_AGENT_ID: usize = 128;
 pub const MAX_DESCRIPTION: usize = 10_000;
 pub const MAX_TOKEN: usize = 256;
 pub const MAX_REASON: usize = 2_000;
-/// Upper bound for short free-text fields the sheet does not name (status, name, task ids...).
+/// Upper bound for short free-text fields the sheet does not name (status, name...).
 pub const MAX_SHORT: usize = 256;
+/// Longest task id either side accepts.
+pub const MAX_TASK_ID: usize = 128;
+
+/// Whether `id` is a task id both sides accept: 1 to [`MAX_TASK_ID`] ASCII letters, digits, `-`,
+/// `_` and `.`, starting with a letter or digit. A sidecar builds file names from task ids, so
+/// an id can never be a path (`/`, `..`), a hidden file or carry control characters.
+pub fn check_task_id(id: &str) -> Result<(), String> {
+    let first_ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let chars_ok = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if id.len() > MAX_TASK_ID || !first_ok || !chars_ok {
+        return Err(format!(
+            "task_id: must be 1 to {MAX_TASK_ID} ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
 
 /// Process information an agent reports about itself (AgentCom's `pm2_info`, extended).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -305,12 +321,14 @@ impl FrameError {
 #[derive(Clone, Copy)]
 enum Kind {
     Str(usize),
-    /// A string or null.
-    OptStr(usize),
     UInt,
     Num,
     Obj,
     StrArray(usize),
+    /// A task id ([`check_task_id`]).
+    TaskId,
+    /// A task id or null.
+    OptTaskId,
     Any,
 }
 
@@ -332,7 +350,7 @@ macro_rules! opt {
     };
 }
 
-const ID: Kind = Kind::Str(MAX_SHORT);
+const ID: Kind = Kind::TaskId;
 const REASON: Kind = Kind::Str(MAX_REASON);
 
 fn schema(message_type: &str) -> Option<&'static [Field]> {
@@ -371,7 +389,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
         }
         "task_recovering" => &[req!("task_id", ID), opt!("last_status", Str(MAX_SHORT))],
         "state_report" => &[
-            opt!("task_id", OptStr(MAX_SHORT)),
+            opt!("task_id", OptTaskId),
             opt!("status", Str(MAX_SHORT)),
             opt!("generation", UInt),
             opt!("assigned_at", UInt),
@@ -402,8 +420,13 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
     };
     match (field.kind, v) {
         (Kind::Any, _) => {}
-        (Kind::Str(max), Value::String(s)) | (Kind::OptStr(max), Value::String(s)) => str_len(s, max, errors),
-        (Kind::OptStr(_), Value::Null) => {}
+        (Kind::Str(max), Value::String(s)) => str_len(s, max, errors),
+        (Kind::OptTaskId, Value::Null) => {}
+        (Kind::TaskId | Kind::OptTaskId, Value::String(s)) => {
+            if let Err(e) = check_task_id(s) {
+                errors.push(e);
+            }
+        }
         (Kind::UInt, Value::Number(n)) if n.is_u64() => {}
         (Kind::UInt, other) => {
             errors.push(format!("{name}: expected a non-negative integer, got {}", kind_name(other)))
@@ -421,7 +444,7 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
         }
         (kind, other) => {
             let want = match kind {
-                Kind::Str(_) | Kind::OptStr(_) => "string",
+                Kind::Str(_) | Kind::TaskId | Kind::OptTaskId => "string",
                 Kind::Num => "number",
                 Kind::Obj => "object",
                 Kind::StrArray(_) => "array of strings",
@@ -451,7 +474,7 @@ pub fn parse_agent_frame(text: &str) -> Result<AgentFrame, FrameError> {
                     errors.push(format!("{}: required", f.name));
                 }
             }
-            Some(Value::Null) if !f.required && !matches!(f.kind, Kind::OptStr(_)) => {}
+            Some(Value::Null) if !f.required && !matches!(f.kind, Kind::OptTaskId) => {}
             Some(v) => check(f, v, &mut errors),
         }
     }
@@ -466,7 +489,8 @@ pub fn parse_agent_frame(text: &str) -> Result<AgentFrame, FrameError> {
 /// Optional fields sent as `null` mean "absent"; the typed structs expect them missing.
 fn strip_nulls(mut obj: Map<String, Value>, fields: &[Field]) -> Map<String, Value> {
     for f in fields {
-        if !f.required && !matches!(f.kind, Kind::OptStr(_) | Kind::Any) && obj.get(f.name) == Some(&Value::Null) {
+        let nullable = matches!(f.kind, Kind::OptTaskId | Kind::Any);
+        if !f.required && !nullable && obj.get(f.name) == Some(&Value::Null) {
             obj.remove(f.name);
         }
     }
@@ -534,6 +558,20 @@ mod tests {
         assert!(matches!(f, AgentFrame::TaskFailed { reason: None, generation: 2, .. }));
         let f = parse_agent_frame(r#"{"type":"state_report","task_id":null}"#).unwrap();
         assert!(matches!(f, AgentFrame::StateReport { task_id: None, .. }));
+    }
+
+    #[test]
+    fn task_ids_can_never_be_paths() {
+        for ok in ["task-0123abcd", "T1", "a.b_c-d", &"x".repeat(MAX_TASK_ID)] {
+            assert_eq!(check_task_id(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "..", "../../victim/data", "a/b", ".hidden", "-x", "a\nb", "a b", "é", &"x".repeat(129)] {
+            assert!(check_task_id(bad).is_err(), "{bad:?}");
+        }
+        let e = parse_agent_frame(r#"{"type":"task_accepted","task_id":"../../etc/passwd"}"#).unwrap_err();
+        assert!(matches!(e, FrameError::Invalid { ref errors, .. } if errors[0].starts_with("task_id: must be")));
+        let e = parse_agent_frame(r#"{"type":"state_report","task_id":"a/b"}"#).unwrap_err();
+        assert!(matches!(e, FrameError::Invalid { .. }));
     }
 
     #[test]
