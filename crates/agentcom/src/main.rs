@@ -3,6 +3,7 @@
 
 mod cmd;
 mod logging;
+mod out;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -158,6 +159,7 @@ fn main() -> std::process::ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
+        Err(e) if out::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes joined.
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();

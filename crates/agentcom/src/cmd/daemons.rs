@@ -55,13 +55,13 @@ pub struct DaemonsRoot {
     no_prune: bool,
 }
 
-fn print_plan(items: &[(String, String, String, String)]) {
+fn print_plan(items: &[(String, String, String, String)]) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> =
         items.iter().map(|(a, b, c, d)| vec![a.clone(), b.clone(), c.clone(), d.clone()]).collect();
     if rows.is_empty() {
-        println!("no daemons");
+        crate::out::println("no daemons")
     } else {
-        print!("{}", client::table(&["ACTION", "DAEMON", "PROCESS", "DETAILS"], &rows, 100));
+        crate::out::print(client::table(&["ACTION", "DAEMON", "PROCESS", "DETAILS"], &rows, 100))
     }
 }
 
@@ -81,9 +81,9 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
             let items =
                 daemons::plan(&root.root, &root.sup.launching_backend()?, &daemons::Options { prune: !root.no_prune })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&items)?);
+                crate::out::println(serde_json::to_string_pretty(&items)?)?;
             } else {
-                print_plan(&items.iter().map(plan_row).collect::<Vec<_>>());
+                print_plan(&items.iter().map(plan_row).collect::<Vec<_>>())?;
             }
             if items.iter().any(|i| i.action == daemons::Action::Error) {
                 return Ok(1);
@@ -98,7 +98,7 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
                 &daemons::Options { prune: !root.no_prune },
             )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&done)?);
+                crate::out::println(serde_json::to_string_pretty(&done)?)?;
             } else {
                 let rows: Vec<_> = done
                     .iter()
@@ -110,7 +110,7 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
                         r
                     })
                     .collect();
-                print_plan(&rows);
+                print_plan(&rows)?;
             }
             if done.iter().any(|a| !a.ok || a.item.action == daemons::Action::Error) {
                 return Ok(1);
@@ -149,7 +149,7 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
             if let Ok(h) = std::env::var("PM2_HOME") {
                 spec.env.insert("PM2_HOME".into(), h);
             }
-            println!("{}", backend.start(&spec)?);
+            crate::out::println(backend.start(&spec)?)?;
         }
     }
     Ok(0)

@@ -175,7 +175,8 @@ pub enum GuardCmd {
 }
 
 fn print_step(s: &guard::upgrade::Step) {
-    println!("[{}] {:<45} {}", if s.ok { " ok " } else { "FAIL" }, s.step, s.detail);
+    // A closed stdout must not stop an upgrade half way: the journal and the final report matter.
+    let _ = crate::out::println(format!("[{}] {:<45} {}", if s.ok { " ok " } else { "FAIL" }, s.step, s.detail));
 }
 
 pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
@@ -193,7 +194,7 @@ pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
             let saved_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             let c = guard::checkpoint::Checkpoint { objective, context, pending, state, history, saved_at };
             c.save(&dir)?;
-            println!("saved {}", dir.join(guard::checkpoint::TASK_FILE).display());
+            crate::out::println(format!("saved {}", dir.join(guard::checkpoint::TASK_FILE).display()))?;
             if let Some((client, agent)) = hub.client()? {
                 client
                     .request(
@@ -202,14 +203,18 @@ pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
                         Some(serde_json::to_value(&c)?),
                     )
                     .await?;
-                println!("stored at the hub for {agent}");
+                crate::out::println(format!("stored at the hub for {agent}"))?;
             }
         }
         CheckpointCmd::Show { state_dir } => {
             let dir = state_dir.unwrap_or_else(guard::checkpoint::default_dir);
             let c = guard::checkpoint::Checkpoint::load(&dir)?;
-            print!("{}", c.markdown());
-            println!("history: {} lines in {}", c.history.len(), dir.join(guard::checkpoint::HISTORY_FILE).display());
+            crate::out::print(c.markdown())?;
+            crate::out::println(format!(
+                "history: {} lines in {}",
+                c.history.len(),
+                dir.join(guard::checkpoint::HISTORY_FILE).display()
+            ))?;
         }
         CheckpointCmd::Load { state_dir, print, hub } => {
             let dir = state_dir.unwrap_or_else(guard::checkpoint::default_dir);
@@ -224,7 +229,7 @@ pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
                 }
             };
             if print {
-                print!("{}", c.markdown());
+                crate::out::print(c.markdown())?;
             }
         }
     }
@@ -264,11 +269,11 @@ pub fn upgrade(a: UpgradeArgs) -> anyhow::Result<u8> {
         guard::upgrade::upgrade(&opts, &a.sup.backend()?, &mut printer)
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::out::println(serde_json::to_string_pretty(&report)?)?;
     } else if let Some(e) = &report.error {
         eprintln!("error: {}: {e}", report.outcome);
     } else {
-        println!("{}", report.outcome);
+        crate::out::println(&report.outcome)?;
     }
     Ok(if report.ok() { 0 } else { 1 })
 }
@@ -276,7 +281,7 @@ pub fn upgrade(a: UpgradeArgs) -> anyhow::Result<u8> {
 pub fn rollback(a: RollbackArgs) -> anyhow::Result<u8> {
     let msg = guard::upgrade::manual_rollback(&a.repo, &a.process, a.to.as_deref(), &a.sup.backend()?)
         .map_err(anyhow::Error::msg)?;
-    println!("{msg}");
+    crate::out::println(msg)?;
     Ok(0)
 }
 

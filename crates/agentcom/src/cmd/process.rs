@@ -218,37 +218,37 @@ pub fn start(a: StartArgs) -> anyhow::Result<u8> {
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("; "));
     }
-    println!("{}", a.sup.backend()?.start(&spec)?);
+    crate::out::println(a.sup.backend()?.start(&spec)?)?;
     Ok(0)
 }
 
 pub fn stop(a: NameArgs) -> anyhow::Result<u8> {
-    println!("{}", a.sup.backend()?.stop(&a.name)?);
+    crate::out::println(a.sup.backend()?.stop(&a.name)?)?;
     Ok(0)
 }
 
 pub fn restart(a: NameArgs) -> anyhow::Result<u8> {
-    println!("{}", a.sup.backend()?.restart(&a.name)?);
+    crate::out::println(a.sup.backend()?.restart(&a.name)?)?;
     Ok(0)
 }
 
 pub fn delete(a: NameArgs) -> anyhow::Result<u8> {
-    println!("{}", a.sup.backend()?.delete(&a.name)?);
+    crate::out::println(a.sup.backend()?.delete(&a.name)?)?;
     Ok(0)
 }
 
 pub fn ps(a: PsArgs) -> anyhow::Result<u8> {
     let list = a.sup.backend()?.list()?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        crate::out::println(serde_json::to_string_pretty(&list)?)?;
     } else {
-        print!("{}", supervisor::cli::ps_table(&list));
+        crate::out::print(supervisor::cli::ps_table(&list))?;
     }
     Ok(0)
 }
 
 pub fn describe(a: NameArgs) -> anyhow::Result<u8> {
-    println!("{}", serde_json::to_string_pretty(&a.sup.backend()?.describe(&a.name)?)?);
+    crate::out::println(serde_json::to_string_pretty(&a.sup.backend()?.describe(&a.name)?)?)?;
     Ok(0)
 }
 

@@ -33,11 +33,11 @@ impl RemoteArgs {
         Client::new(&self.url, token, self.ca_file.as_deref())
     }
 
-    fn print(&self, v: &Value, human: impl FnOnce(&Value) -> String) {
+    fn print(&self, v: &Value, human: impl FnOnce(&Value) -> String) -> std::io::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+            crate::out::println(serde_json::to_string_pretty(v).unwrap_or_default())
         } else {
-            print!("{}", human(v));
+            crate::out::print(human(v))
         }
     }
 }
@@ -157,7 +157,7 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
                 body["assign_to"] = json!(a);
             }
             let v = remote.client()?.post("/api/tasks", body).await?;
-            remote.print(&v, |v| format!("{}\n", client::cell(&v["task_id"])));
+            remote.print(&v, |v| format!("{}\n", client::cell(&v["task_id"])))?;
         }
         TaskCmd::List { status, limit, remote } => {
             let mut path = format!("/api/tasks?limit={limit}");
@@ -165,19 +165,19 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
                 path.push_str(&format!("&status={}", seg(&s)));
             }
             let v = remote.client()?.get(&path).await?;
-            remote.print(&v, render::tasks);
+            remote.print(&v, render::tasks)?;
         }
         TaskCmd::Show { id, remote } => {
             let v = remote.client()?.get(&format!("/api/tasks/{}", seg(&id))).await?;
-            remote.print(&v, render::task);
+            remote.print(&v, render::task)?;
         }
         TaskCmd::Cancel { id, remote } => {
             let v = remote.client()?.post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({})).await?;
-            remote.print(&v, |v| format!("cancelled {}\n", client::cell(&v["task_id"])));
+            remote.print(&v, |v| format!("cancelled {}\n", client::cell(&v["task_id"])))?;
         }
         TaskCmd::Retry { id, remote } => {
             let v = remote.client()?.post(&format!("/api/tasks/{}/retry", seg(&id)), json!({})).await?;
-            remote.print(&v, |v| format!("queued {} again\n", client::cell(&v["task_id"])));
+            remote.print(&v, |v| format!("queued {} again\n", client::cell(&v["task_id"])))?;
         }
     }
     Ok(0)
@@ -185,7 +185,7 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
 
 pub async fn agents(remote: RemoteArgs) -> anyhow::Result<u8> {
     let v = remote.client()?.get("/api/agents").await?;
-    remote.print(&v, render::agents);
+    remote.print(&v, render::agents)?;
     Ok(0)
 }
 
@@ -193,7 +193,7 @@ pub async fn agent(cmd: AgentCmd) -> anyhow::Result<u8> {
     let AgentCmd::Restart { agent, reason, force, remote } = cmd;
     let path = format!("/api/admin/agents/{}/restart", seg(&agent));
     let v = remote.client()?.post(&path, json!({ "reason": reason, "force": force })).await?;
-    remote.print(&v, |v| format!("restart commanded for {}\n", client::cell(&v["agent_id"])));
+    remote.print(&v, |v| format!("restart commanded for {}\n", client::cell(&v["agent_id"])))?;
     Ok(0)
 }
 
@@ -201,15 +201,15 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
     match cmd {
         TokenCmd::Create { agent, remote } => {
             let v = remote.client()?.post("/admin/tokens", json!({ "agent_id": agent })).await?;
-            remote.print(&v, |v| format!("{}\n", client::cell(&v["token"])));
+            remote.print(&v, |v| format!("{}\n", client::cell(&v["token"])))?;
         }
         TokenCmd::List { remote } => {
             let v = remote.client()?.get("/admin/tokens").await?;
-            remote.print(&v, render::tokens);
+            remote.print(&v, render::tokens)?;
         }
         TokenCmd::Revoke { agent, remote } => {
             let v = remote.client()?.delete(&format!("/admin/tokens/{}", seg(&agent))).await?;
-            remote.print(&v, |v| format!("revoked {} token(s) of {}\n", v["revoked"], client::cell(&v["agent_id"])));
+            remote.print(&v, |v| format!("revoked {} token(s) of {}\n", v["revoked"], client::cell(&v["agent_id"])))?;
         }
     }
     Ok(0)
