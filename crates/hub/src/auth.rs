@@ -5,13 +5,13 @@ use subtle::ConstantTimeEq;
 
 pub fn generate_token() -> String {
     let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
     hex::encode(bytes)
 }
 
 pub fn random_hex(n_bytes: usize) -> String {
     let mut bytes = vec![0u8; n_bytes];
-    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
     hex::encode(bytes)
 }
 

@@ -25,7 +25,7 @@ pub enum ConnEvent {
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let cap = base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max);
     let mut b = [0u8; 8];
-    let r = getrandom::getrandom(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
+    let r = getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
     let ms = cap.as_millis() as u64;
     Duration::from_millis(if ms == 0 { 0 } else { r % (ms + 1) })
 }
