@@ -129,6 +129,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// The chain of causes joined, each said once: errors that print their cause and also expose it
+/// as their source would otherwise repeat it.
+fn one_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A sidecar or a process command does little at a time: one thread keeps it small.
@@ -161,9 +177,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) if out::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes joined.
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", msg.join(": "));
+            eprintln!("error: {}", one_message(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,10 +1,11 @@
 //! End-to-end tests of the hub: the real binary on port 0 in a temp dir, driven over HTTP and
 //! WebSocket with AgentCom v1 frames.
 
+use proto::api::{AgentStatus, ErrorCode, ListAgents, ListDeadLetter, ListTasks, RestartAgent, SubmitTask, TaskStatus};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-use testkit::{Closed, Hub, WsAgent};
+use testkit::{eventually, Closed, Hub, WsAgent};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentcom"))
@@ -12,11 +13,19 @@ fn bin() -> &'static Path {
 
 type R = anyhow::Result<()>;
 
+/// A submission as a user writes it (v1 JSON), validated into the typed request.
+fn task(v: Value) -> SubmitTask {
+    SubmitTask::from_json(v.as_object().expect("an object").clone()).expect("a valid submission")
+}
+
+fn reasons(t: &proto::api::TaskDetail) -> Vec<&str> {
+    t.history.iter().map(|h| h.reason.as_str()).collect()
+}
+
 #[tokio::test]
 async fn identify_assign_accept_complete() -> R {
     let hub = Hub::start(bin(), "")?;
-    let id = hub
-        .submit(json!({"description": "write tests", "metadata": {"k": "v"}, "repo": "git@x:y", "routing_decision": {"target_type": "wake"}}))
+    let id = hub.submit(task(json!({"description": "write tests", "metadata": {"k": "v"}, "repo": "git@x:y", "routing_decision": {"target_type": "wake"}})))
         .await?;
     let mut a = hub.agent("agent-1", &["rust"]).await?;
     let assign = a.expect("task_assign").await?;
@@ -28,17 +37,16 @@ async fn identify_assign_accept_complete() -> R {
     assert!(assign["assigned_at"].as_u64().unwrap() > 0);
     a.send(json!({"type": "task_accepted", "task_id": id})).await?;
     assert_eq!(a.expect("task_ack").await?, json!({"type": "task_ack", "task_id": id, "status": "accepted"}));
-    assert_eq!(hub.task(&id).await?["status"], "working");
+    assert_eq!(hub.task(&id).await?.task.status, TaskStatus::Working);
     let ack = a.complete(&id, 1).await?;
     assert_eq!(ack, json!({"type": "task_ack", "task_id": id, "status": "complete"}));
     let t = hub.task(&id).await?;
-    assert_eq!(t["status"], "completed");
-    assert_eq!(t["result"], json!({"status": "success"}));
-    assert_eq!(t["assigned_to"], "agent-1");
-    assert_eq!(t["attempts"], 1);
-    let steps: Vec<&str> = t["history"].as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["queued", "assigned", "working", "completed"]);
-    assert!(t["history"][1]["at"].as_u64().unwrap() >= t["history"][0]["at"].as_u64().unwrap());
+    assert_eq!(t.task.status, TaskStatus::Completed);
+    assert_eq!(t.task.result, Some(json!({"status": "success"})));
+    assert_eq!((t.task.assigned_to.as_deref(), t.task.attempts), (Some("agent-1"), 1));
+    let steps: Vec<TaskStatus> = t.history.iter().map(|h| h.to).collect();
+    assert_eq!(steps, [TaskStatus::Queued, TaskStatus::Assigned, TaskStatus::Working, TaskStatus::Completed]);
+    assert!(t.history[1].at >= t.history[0].at);
     // A re-sent report for the same attempt is acknowledged again, not refused.
     assert_eq!(a.complete(&id, 1).await?["status"], "complete");
     Ok(())
@@ -47,13 +55,15 @@ async fn identify_assign_accept_complete() -> R {
 #[tokio::test]
 async fn priorities_fifo_capabilities_and_pinning() -> R {
     let hub = Hub::start(bin(), "")?;
-    let low = hub.submit(json!({"description": "low", "priority": "low"})).await?;
-    let normal1 = hub.submit(json!({"description": "n1"})).await?;
-    let urgent = hub.submit(json!({"description": "urgent", "priority": "urgent"})).await?;
-    let gpu = hub.submit(json!({"description": "gpu", "priority": "urgent", "needed_capabilities": ["gpu"]})).await?;
-    let normal2 = hub.submit(json!({"description": "n2"})).await?;
-    let high = hub.submit(json!({"description": "high", "priority": "high"})).await?;
-    let pinned = hub.submit(json!({"description": "pinned", "priority": "urgent", "assign_to": "agent-pin"})).await?;
+    let low = hub.submit(task(json!({"description": "low", "priority": "low"}))).await?;
+    let normal1 = hub.submit_text("n1").await?;
+    let urgent = hub.submit(task(json!({"description": "urgent", "priority": "urgent"}))).await?;
+    let gpu =
+        hub.submit(task(json!({"description": "gpu", "priority": "urgent", "needed_capabilities": ["gpu"]}))).await?;
+    let normal2 = hub.submit_text("n2").await?;
+    let high = hub.submit(task(json!({"description": "high", "priority": "high"}))).await?;
+    let pinned =
+        hub.submit(task(json!({"description": "pinned", "priority": "urgent", "assign_to": "agent-pin"}))).await?;
 
     let mut a = hub.agent("agent-cpu", &["rust"]).await?;
     let mut order = Vec::new();
@@ -64,8 +74,8 @@ async fn priorities_fifo_capabilities_and_pinning() -> R {
     }
     assert_eq!(order, [urgent, high, normal1, normal2, low]);
     a.expect_silence(Duration::from_millis(150)).await?;
-    assert_eq!(hub.task(&gpu).await?["status"], "queued", "needs a capability nobody has");
-    assert_eq!(hub.task(&pinned).await?["status"], "queued", "pinned to another agent");
+    assert_eq!(hub.task(&gpu).await?.task.status, TaskStatus::Queued, "needs a capability nobody has");
+    assert_eq!(hub.task(&pinned).await?.task.status, TaskStatus::Queued, "pinned to another agent");
 
     let mut g = hub.agent("agent-gpu", &["gpu", "rust"]).await?;
     let (id, _) = g.take_task().await?;
@@ -79,8 +89,8 @@ async fn priorities_fifo_capabilities_and_pinning() -> R {
 #[tokio::test]
 async fn one_active_task_per_agent() -> R {
     let hub = Hub::start(bin(), "")?;
-    let first = hub.submit(json!({"description": "1"})).await?;
-    let second = hub.submit(json!({"description": "2"})).await?;
+    let first = hub.submit_text("1").await?;
+    let second = hub.submit_text("2").await?;
     let mut a = hub.agent("a", &[]).await?;
     let (id, g) = a.take_task().await?;
     assert_eq!(id, first);
@@ -93,11 +103,11 @@ async fn one_active_task_per_agent() -> R {
 #[tokio::test]
 async fn stale_generation_is_refused_and_changes_nothing() -> R {
     let hub = Hub::start(bin(), "grace_period_ms = 100\n")?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let mut a1 = hub.agent("a1", &[]).await?;
     let (_, g1) = a1.take_task().await?;
     a1.cut();
-    hub.wait_status(&id, "queued").await?;
+    hub.wait_status(&id, TaskStatus::Queued).await?;
     let mut a2 = hub.agent("a2", &[]).await?;
     let (_, g2) = a2.take_task().await?;
     assert!(g2 > g1, "generation goes up on every assign: {g1} -> {g2}");
@@ -109,10 +119,8 @@ async fn stale_generation_is_refused_and_changes_nothing() -> R {
     assert_eq!(err["error"], "stale_generation");
     late.send(json!({"type": "task_failed", "task_id": id, "generation": g1, "reason": "late"})).await?;
     assert_eq!(late.expect("error").await?["error"], "stale_generation");
-    let t = hub.task(&id).await?;
-    assert_eq!(t["status"], "working");
-    assert_eq!(t["assigned_to"], "a2");
-    assert_eq!(t["failures"], 0);
+    let t = hub.task(&id).await?.task;
+    assert_eq!((t.status, t.assigned_to.as_deref(), t.failures), (TaskStatus::Working, Some("a2"), 0));
     assert_eq!(a2.complete(&id, g2).await?["status"], "complete");
     Ok(())
 }
@@ -120,7 +128,7 @@ async fn stale_generation_is_refused_and_changes_nothing() -> R {
 #[tokio::test]
 async fn reconnect_within_grace_carries_on() -> R {
     let hub = Hub::start(bin(), "grace_period_ms = 5000\n")?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let token = hub.token("a").await?;
     let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
     let (_, g) = a.take_task().await?;
@@ -133,7 +141,7 @@ async fn reconnect_within_grace_carries_on() -> R {
     assert_eq!(a.expect("task_continue").await?, json!({"type": "task_continue", "task_id": id, "generation": g}));
     a.send(json!({"type": "state_report", "task_id": id, "status": "working", "generation": g})).await?;
     assert_eq!(a.expect("state_report_ack").await?["action"], "continue");
-    assert_eq!(hub.task(&id).await?["status"], "working");
+    assert_eq!(hub.task(&id).await?.task.status, TaskStatus::Working);
     assert_eq!(a.complete(&id, g).await?["status"], "complete");
     Ok(())
 }
@@ -141,18 +149,14 @@ async fn reconnect_within_grace_carries_on() -> R {
 #[tokio::test]
 async fn beyond_grace_requeues_with_new_generation() -> R {
     let hub = Hub::start(bin(), "grace_period_ms = 150\n")?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let token = hub.token("a").await?;
     let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
     let (_, g) = a.take_task().await?;
     a.cut();
-    let t = hub.wait_status(&id, "queued").await?;
-    assert!(t["generation"].as_u64().unwrap() > g);
-    assert!(t["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|h| h["reason"].as_str().unwrap().starts_with("lease_expired")));
+    let t = hub.wait_status(&id, TaskStatus::Queued).await?;
+    assert!(t.task.generation > g);
+    assert!(reasons(&t).iter().any(|r| r.starts_with("lease_expired")), "{:?}", reasons(&t));
     let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
     let assign = a.expect("task_assign").await?;
     assert!(assign["generation"].as_u64().unwrap() > g);
@@ -164,11 +168,11 @@ async fn beyond_grace_requeues_with_new_generation() -> R {
 #[tokio::test]
 async fn task_recovering_after_requeue_gets_reassign() -> R {
     let hub = Hub::start(bin(), "grace_period_ms = 100\n")?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let mut a = hub.agent("a", &[]).await?;
     a.take_task().await?;
     a.cut();
-    hub.wait_status(&id, "queued").await?;
+    hub.wait_status(&id, TaskStatus::Queued).await?;
     let mut b = hub.agent("b", &[]).await?;
     b.take_task().await?;
     let token = hub.token("a").await?;
@@ -182,7 +186,7 @@ async fn task_recovering_after_requeue_gets_reassign() -> R {
 async fn task_rejected_requeues_at_once_without_a_failure() -> R {
     let hub = Hub::start(bin(), "")?;
     let mut a = hub.agent("a", &[]).await?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let assign = a.expect("task_assign").await?;
     let mut b = hub.agent("b", &[]).await?;
     a.send(json!({"type": "task_rejected", "task_id": id, "reason": "busy"})).await?;
@@ -191,8 +195,8 @@ async fn task_rejected_requeues_at_once_without_a_failure() -> R {
     assert_eq!(bid, id);
     assert!(g > assign["generation"].as_u64().unwrap());
     let t = hub.task(&id).await?;
-    assert_eq!(t["failures"], 0);
-    assert!(t["history"].as_array().unwrap().iter().any(|h| h["reason"] == "rejected by a: busy"));
+    assert_eq!(t.task.failures, 0);
+    assert!(reasons(&t).contains(&"rejected by a: busy"));
     a.expect_silence(Duration::from_millis(100)).await?;
     Ok(())
 }
@@ -200,7 +204,7 @@ async fn task_rejected_requeues_at_once_without_a_failure() -> R {
 #[tokio::test]
 async fn accept_timeout_requeues() -> R {
     let hub = Hub::start(bin(), "accept_timeout_ms = 100\n")?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let mut a = hub.agent("a", &[]).await?;
     let first = a.expect("task_assign").await?;
     // The agent never accepts: the task is requeued and, the agent being idle again, re-sent.
@@ -208,18 +212,14 @@ async fn accept_timeout_requeues() -> R {
     assert_eq!(again["task_id"], id.as_str());
     assert!(again["generation"].as_u64() > first["generation"].as_u64());
     let t = hub.task(&id).await?;
-    assert!(t["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|h| h["reason"].as_str().unwrap().starts_with("accept_timeout")));
+    assert!(reasons(&t).iter().any(|r| r.starts_with("accept_timeout")), "{:?}", reasons(&t));
     Ok(())
 }
 
 #[tokio::test]
 async fn failures_retry_with_backoff_then_dead_letter_then_manual_retry() -> R {
     let hub = Hub::start(bin(), "")?;
-    let id = hub.submit(json!({"description": "flaky", "max_retries": 2})).await?;
+    let id = hub.submit(task(json!({"description": "flaky", "max_retries": 2}))).await?;
     let mut a = hub.agent("a", &[]).await?;
     let mut gens = Vec::new();
     for expected in ["retried", "retried", "dead_letter"] {
@@ -232,15 +232,15 @@ async fn failures_retry_with_backoff_then_dead_letter_then_manual_retry() -> R {
     }
     assert!(gens.windows(2).all(|w| w[1] > w[0]), "{gens:?}");
     let t = hub.task(&id).await?;
-    assert_eq!(t["status"], "dead_letter");
-    assert_eq!(t["failures"], 3);
-    assert_eq!(t["last_error"], "tests failed");
-    let retries: Vec<&Value> = t["history"].as_array().unwrap().iter().filter(|h| h["to"] == "waiting_retry").collect();
+    assert_eq!((t.task.status, t.task.failures), (TaskStatus::DeadLetter, 3));
+    assert_eq!(t.task.last_error.as_deref(), Some("tests failed"));
+    let retries: Vec<&str> =
+        t.history.iter().filter(|h| h.to == TaskStatus::WaitingRetry).map(|h| h.reason.as_str()).collect();
     assert_eq!(retries.len(), 2);
-    assert!(retries[0]["reason"].as_str().unwrap().contains("in 50ms"), "{}", retries[0]);
-    assert!(retries[1]["reason"].as_str().unwrap().contains("in 100ms"), "backoff doubles: {}", retries[1]);
-    let (_, dl) = hub.admin().get("/api/tasks/dead-letter").await?;
-    assert_eq!(dl["tasks"][0]["task_id"], id.as_str());
+    assert!(retries[0].contains("in 50ms"), "{}", retries[0]);
+    assert!(retries[1].contains("in 100ms"), "backoff doubles: {}", retries[1]);
+    let dl = hub.admin_client().call(&ListDeadLetter::default()).await?;
+    assert_eq!(dl.tasks[0].task_id, id);
     let (s, v) = hub.admin().post(&format!("/api/tasks/{id}/retry"), json!({})).await?;
     assert_eq!((s, v["status"].as_str()), (200, Some("queued")));
     let (tid, _) = a.take_task().await?;
@@ -251,8 +251,8 @@ async fn failures_retry_with_backoff_then_dead_letter_then_manual_retry() -> R {
 #[tokio::test]
 async fn cancel_pushes_task_cancelled_to_the_holder() -> R {
     let hub = Hub::start(bin(), "")?;
-    let id = hub.submit(json!({"description": "long"})).await?;
-    let next = hub.submit(json!({"description": "next"})).await?;
+    let id = hub.submit_text("long").await?;
+    let next = hub.submit_text("next").await?;
     let mut a = hub.agent("a", &[]).await?;
     let (_, g) = a.take_task().await?;
     let (s, v) = hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
@@ -264,10 +264,10 @@ async fn cancel_pushes_task_cancelled_to_the_holder() -> R {
     assert_eq!(a.complete(&id, g).await?["error"], "invalid_state");
     let (s, _) = hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
     assert_eq!(s, 409);
-    let queued = hub.submit(json!({"description": "never runs", "assign_to": "nobody"})).await?;
+    let queued = hub.submit(task(json!({"description": "never runs", "assign_to": "nobody"}))).await?;
     let (s, _) = hub.admin().post(&format!("/api/tasks/{queued}/cancel"), json!({})).await?;
     assert_eq!(s, 200);
-    assert_eq!(hub.task(&queued).await?["status"], "cancelled");
+    assert_eq!(hub.task(&queued).await?.task.status, TaskStatus::Cancelled);
     Ok(())
 }
 
@@ -320,11 +320,11 @@ async fn second_connection_replaces_the_first() -> R {
     let mut first = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
     let mut second = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
     assert_eq!(first.closed().await?, Closed::Code(1000, "replaced by a newer connection".into()));
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     assert_eq!(second.take_task().await?.0, id);
-    let (_, agents) = hub.admin().get("/api/agents").await?;
-    assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
-    assert_eq!(agents["agents"][0]["status"], "working");
+    let agents = hub.admin_client().call(&ListAgents::default()).await?;
+    assert_eq!(agents.agents.len(), 1);
+    assert_eq!(agents.agents[0].status, AgentStatus::Working);
     Ok(())
 }
 
@@ -347,24 +347,31 @@ async fn v1_frames_presence_and_restart_command() -> R {
     assert_eq!(a.expect("status_updated").await?["status"], "busy");
     a.send(json!({"type": "resource_report", "cpu_percent": 12.5, "ram_used_bytes": 1000, "ram_total_bytes": 4000}))
         .await?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let (_, g) = a.take_task().await?;
     a.send(json!({"type": "wake_result", "task_id": id, "status": "failed", "attempt": 1, "error": "exit 1"})).await?;
     a.send(json!({"type": "wake_result", "task_id": id, "status": "success", "attempt": 2})).await?;
     a.send(json!({"type": "task_progress", "task_id": id, "progress": {"step": "compiling"}})).await?;
     a.send(json!({"type": "ping"})).await?;
     a.expect("pong").await?; // every frame before it was handled
-    let t = hub.task(&id).await?;
-    assert_eq!(t["progress"], json!({"step": "compiling"}));
-    assert!(t["history"].as_array().unwrap().iter().any(|h| h["reason"] == "wake_result failed (attempt 1): exit 1"));
-    let (_, v) = hub.admin().get("/api/agents").await?;
-    let ag = &v["agents"][0];
-    assert_eq!(ag["status"], "working");
-    assert_eq!(ag["current_task"], id.as_str());
-    assert_eq!(ag["pm2_info"]["restart_count"], 2);
-    assert_eq!(ag["capabilities"], json!(["elixir"]));
-    assert_eq!(ag["resources"]["cpu_percent"], 12.5);
-    assert!(ag["connected_at"].as_u64().is_some() && ag["last_seen"].as_u64().is_some());
+    let t = eventually("the progress line to be stored", || async {
+        let t = hub.task(&id).await.map_err(|e| e.to_string())?;
+        if t.task.progress.is_some() {
+            Ok(t)
+        } else {
+            Err(format!("{:?}", t.task))
+        }
+    })
+    .await?;
+    assert_eq!(t.task.progress, Some(json!({"step": "compiling"})));
+    assert!(reasons(&t).contains(&"wake_result failed (attempt 1): exit 1"));
+    let v = hub.admin_client().call(&ListAgents::default()).await?;
+    let ag = &v.agents[0];
+    assert_eq!((ag.status, ag.current_task.as_deref()), (AgentStatus::Working, Some(id.as_str())));
+    assert_eq!(ag.pm2_info.as_ref().and_then(|p| p.restart_count), Some(2));
+    assert_eq!(ag.capabilities, ["elixir"]);
+    assert_eq!(ag.resources.as_ref().unwrap()["cpu_percent"], 12.5);
+    assert!(ag.connected_at.is_some() && ag.last_seen > 0);
 
     let (s, v) = hub.admin().post("/api/admin/agents/v1/restart", json!({"reason": "upgrade"})).await?;
     assert_eq!(
@@ -376,11 +383,20 @@ async fn v1_frames_presence_and_restart_command() -> R {
     a.send(json!({"type": "agent_restarting", "reason": "upgrade"})).await?;
     a.send(json!({"type": "ping"})).await?;
     a.expect("pong").await?;
-    let (_, v) = hub.admin().get("/api/agents").await?;
-    assert_eq!(v["agents"][0]["status"], "restarting");
+    let v = hub.admin_client().call(&ListAgents::default()).await?;
+    assert_eq!(v.agents[0].status, AgentStatus::Restarting);
     a.close().await;
     let (s, v) = hub.admin().post("/api/admin/agents/ghost/restart", json!({})).await?;
-    assert_eq!((s, v["error"].as_str()), (404, Some("agent_not_connected")));
+    assert_eq!((s, v["error"].as_str()), (404, Some("unknown_agent")), "never seen");
+    let restart = RestartAgent { agent_id: "v1".into(), reason: None, force: false };
+    let e = eventually("v1 to be gone", || async {
+        match hub.admin_client().call(&restart).await {
+            Err(e) if e.code() == Some(ErrorCode::AgentNotConnected) => Ok(e),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert!(e.to_string().contains("v1 is restarting; it gets no commands"), "{e}");
     Ok(())
 }
 
@@ -389,8 +405,8 @@ async fn heartbeat_silence_evicts() -> R {
     let hub = Hub::start(bin(), "heartbeat_timeout_ms = 200\n")?;
     let mut a = hub.agent("quiet", &[]).await?;
     assert_eq!(a.closed().await?, Closed::Code(1001, "heartbeat timeout".into()));
-    let (_, v) = hub.admin().get("/api/agents").await?;
-    assert_eq!(v["agents"][0]["status"], "offline");
+    let v = hub.admin_client().call(&ListAgents::default()).await?;
+    assert_eq!(v.agents[0].status, AgentStatus::Offline);
     Ok(())
 }
 
@@ -471,7 +487,8 @@ async fn bad_http_bodies_name_the_field() -> R {
     assert_eq!(v["errors"][0], "description: expected string");
     assert!(v["errors"][1].as_str().unwrap().starts_with("priority:"));
     let (s, v) = api.post("/api/tasks", json!({"description": "x".repeat(10_001)})).await?;
-    assert_eq!((s, v["errors"][0].as_str()), (422, Some("description: longer than 10000 characters")));
+    assert_eq!((s, v["error"].as_str()), (413, Some("field_too_large")));
+    assert!(v["message"].as_str().unwrap().starts_with("description: 10001 characters"), "{v}");
     let big = format!("{{\"description\":\"{}\"}}", "x".repeat(3 << 20));
     // The hub closes the connection after a 413; use a client of its own.
     let (s, v) = hub.admin().raw(reqwest::Method::POST, "/api/tasks", Some(big)).await?;
@@ -491,14 +508,13 @@ async fn bad_http_bodies_name_the_field() -> R {
 async fn stats_and_metrics() -> R {
     let hub = Hub::start(bin(), "")?;
     let mut a = hub.agent("a", &[]).await?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let (_, g) = a.take_task().await?;
     a.complete(&id, g).await?;
-    hub.submit(json!({"description": "q", "assign_to": "x"})).await?;
-    let (_, s) = hub.admin().get("/api/tasks/stats").await?;
-    assert_eq!(s["by_status"]["completed"], 1);
-    assert_eq!(s["by_status"]["queued"], 1);
-    assert_eq!(s["agents"]["idle"], 1);
+    hub.submit(task(json!({"description": "q", "assign_to": "x"}))).await?;
+    let s = hub.admin_client().call(&proto::api::GetStats).await?;
+    assert_eq!((s.by_status[&TaskStatus::Completed], s.by_status[&TaskStatus::Queued]), (1, 1));
+    assert_eq!(s.agents[&AgentStatus::Idle], 1);
     let m = reqwest::get(format!("{}/metrics", hub.url())).await?.text().await?;
     assert!(m.contains("agentcom_tasks{status=\"completed\"} 1"), "{m}");
     assert!(m.contains("agentcom_agents{status=\"idle\"} 1"));
@@ -511,13 +527,13 @@ async fn stats_and_metrics() -> R {
 async fn sigterm_closes_sockets_with_1001_and_exits_zero() -> R {
     let mut hub = Hub::start(bin(), "")?;
     let mut a = hub.agent("a", &[]).await?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     a.take_task().await?;
     let status = hub.terminate()?;
     assert!(status.success(), "{status:?}");
     assert_eq!(a.closed().await?, Closed::Code(1001, "hub shutting down".into()));
     let again = Hub::start_in(bin(), &hub.dir, &testkit::fast_config())?;
-    assert_eq!(again.task(&id).await?["status"], "working", "held tasks survive a restart");
+    assert_eq!(again.task(&id).await?.task.status, TaskStatus::Working, "held tasks survive a restart");
     Ok(())
 }
 
@@ -526,7 +542,7 @@ async fn restart_keeps_held_tasks_for_reconnecting_agents() -> R {
     let mut hub = Hub::start(bin(), "")?;
     let token = hub.token("a").await?;
     let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
-    let id = hub.submit(json!({"description": "t"})).await?;
+    let id = hub.submit_text("t").await?;
     let (_, g) = a.take_task().await?;
     hub.kill9();
     let hub2 = Hub::start_in(bin(), &hub.dir, &testkit::fast_config())?;
@@ -669,23 +685,27 @@ async fn sigkill_under_load_loses_nothing() -> R {
     let submitted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut submitters = Vec::new();
     for _ in 0..4 {
-        let api = hub.admin();
+        let api = hub.admin_client();
         let submitted = submitted.clone();
         submitters.push(tokio::spawn(async move {
             for n in 0..1000 {
-                match api.post("/api/tasks", json!({"description": format!("load {n}")})).await {
-                    Ok((201, v)) => submitted.lock().unwrap().push(v["task_id"].as_str().unwrap().to_string()),
+                match api.call(&SubmitTask::new(format!("load {n}"))).await {
+                    Ok(v) => submitted.lock().unwrap().push(v.task_id),
                     _ => break,
                 }
             }
         }));
     }
     // Kill once real work is flowing.
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while completed.lock().unwrap().len() < 40 {
-        assert!(std::time::Instant::now() < deadline, "no progress before the kill");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("40 completions before the kill", || async {
+        let n = completed.lock().unwrap().len();
+        if n >= 40 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await?;
     hub.kill9();
     for s in submitters {
         s.await?;
@@ -699,18 +719,21 @@ async fn sigkill_under_load_loses_nothing() -> R {
 
     let hub2 =
         Hub::start_in(bin(), &hub.dir, &testkit::merge_config(&testkit::fast_config(), "grace_period_ms = 200"))?;
-    let (_, all) = hub2.admin().get("/api/tasks?limit=10000").await?;
-    let stored: std::collections::HashMap<String, String> = all["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["task_id"].as_str().unwrap().to_string(), t["status"].as_str().unwrap().to_string()))
-        .collect();
+    let mut stored = std::collections::HashMap::new();
+    let mut cursor = None;
+    loop {
+        let page = hub2.admin_client().call(&ListTasks { limit: Some(1000), cursor, ..Default::default() }).await?;
+        stored.extend(page.tasks.into_iter().map(|t| (t.task_id, t.status)));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
     for id in &submitted {
         assert!(stored.contains_key(id), "acknowledged task {id} was lost");
     }
     for id in &completed {
-        assert_eq!(stored[id], "completed", "acknowledged completion of {id} was lost");
+        assert_eq!(stored[id], TaskStatus::Completed, "acknowledged completion of {id} was lost");
     }
     // Everything left finishes once agents come back (held tasks after their lease).
     let mut workers = Vec::new();
@@ -724,15 +747,15 @@ async fn sigkill_under_load_loses_nothing() -> R {
             }
         }));
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, s) = hub2.admin().get("/api/tasks/stats").await?;
-        if s["by_status"]["completed"].as_u64() == Some(stored.len() as u64) {
-            break;
+    eventually("every task completed after the restart", || async {
+        let s = hub2.admin_client().call(&proto::api::GetStats).await.map_err(|e| e.to_string())?;
+        if s.by_status[&TaskStatus::Completed] == stored.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "not all tasks completed after restart: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await?;
     for w in workers {
         w.abort();
     }
@@ -746,34 +769,33 @@ async fn agents_are_remembered_across_a_hub_restart() -> R {
     let mut p2 = hub.agent("p2", &[]).await?;
     p2.send(json!({"type": "agent_restarting", "reason": "upgrade"})).await?;
     p1.close().await;
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    let before = loop {
-        let (_, v) = hub.admin().get("/api/agents").await?;
-        let by_id = |id: &str| v["agents"].as_array().unwrap().iter().find(|a| a["agent_id"] == id).cloned();
-        if by_id("p1").is_some_and(|a| a["status"] == "offline")
-            && by_id("p2").is_some_and(|a| a["status"] == "restarting")
-        {
-            break v;
+    let find = |v: &proto::api::AgentList, id: &str| v.agents.iter().find(|a| a.agent_id == id).cloned();
+    let before = eventually("p1 offline and p2 restarting", || async {
+        let v = hub.admin_client().call(&ListAgents::default()).await.map_err(|e| e.to_string())?;
+        let settled = find(&v, "p1").is_some_and(|a| a.status == AgentStatus::Offline)
+            && find(&v, "p2").is_some_and(|a| a.status == AgentStatus::Restarting);
+        if settled {
+            Ok(v)
+        } else {
+            Err(format!("{v:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "presence never settled: {v}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    })
+    .await?;
     // What the listing showed was durable: SIGKILL, restart, and it is all still there.
     hub.kill9();
     drop(p2);
     let hub = Hub::start_in(bin(), &hub.dir, &testkit::fast_config())?;
-    let (_, after) = hub.admin().get("/api/agents").await?;
-    let find = |v: &Value, id: &str| v["agents"].as_array().unwrap().iter().find(|a| a["agent_id"] == id).cloned();
+    let after = hub.admin_client().call(&ListAgents::default()).await?;
     let (a1, b1) = (find(&after, "p1").expect("p1 remembered"), find(&before, "p1").unwrap());
-    assert_eq!((a1["status"].as_str(), a1["connected"].as_bool()), (Some("offline"), Some(false)), "{a1}");
-    assert_eq!(a1["capabilities"], json!(["docs", "rust"]));
-    assert_eq!(a1["last_seen"], b1["last_seen"], "last seen when it disconnected");
-    assert_eq!(find(&after, "p2").expect("p2 remembered")["status"], "restarting");
+    assert_eq!((a1.status, a1.connected), (AgentStatus::Offline, false), "{a1:?}");
+    assert_eq!(a1.capabilities, ["docs", "rust"]);
+    assert_eq!(a1.last_seen, b1.last_seen, "last seen when it disconnected");
+    assert_eq!(find(&after, "p2").expect("p2 remembered").status, AgentStatus::Restarting);
     // Coming back makes it live again.
     let token = hub.token("p1").await?;
     let _p1 = WsAgent::identify(&hub.ws_url(), "p1", &token, &["rust"]).await?;
-    let (_, v) = hub.admin().get("/api/agents").await?;
+    let v = hub.admin_client().call(&ListAgents::default()).await?;
     let a1 = find(&v, "p1").unwrap();
-    assert_eq!((a1["status"].as_str(), a1["capabilities"].clone()), (Some("idle"), json!(["rust"])), "{a1}");
+    assert_eq!((a1.status, a1.capabilities.as_slice()), (AgentStatus::Idle, ["rust".to_string()].as_slice()), "{a1:?}");
     Ok(())
 }

@@ -94,7 +94,14 @@ impl Env {
         std::fs::write(&path, format!("{kept}wake_command = {}\n", testkit::toml_string(&self.wake(mode)))).unwrap();
     }
     async fn submit(&self, desc: &str, max_retries: u32) -> anyhow::Result<String> {
-        self.hub.submit(json!({"description": desc, "max_retries": max_retries})).await
+        self.hub
+            .submit(
+                proto::api::SubmitTask::from_json(
+                    json!({"description": desc, "max_retries": max_retries}).as_object().unwrap().clone(),
+                )
+                .unwrap(),
+            )
+            .await
     }
 }
 
@@ -117,12 +124,12 @@ async fn dead_letter_reason(mode: Option<&str>, extra: &str) -> anyhow::Result<S
     let e = Env::new("")?;
     let _s = e.sidecar("a1", mode, extra).await?;
     let id = e.submit(&format!("runs as {mode:?}"), 0).await?;
-    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
     Ok(t["last_error"].as_str().unwrap_or_default().to_string())
 }
 
 async fn completed_once(e: &Env, s: &Sidecar, id: &str) -> anyhow::Result<Value> {
-    let t = e.hub.wait_status(id, "completed").await?;
+    let t = serde_json::to_value(e.hub.wait_status(id, proto::api::TaskStatus::Completed).await?)?;
     assert_eq!(count(&t["history"], "completed"), 1, "{t}");
     assert_eq!(t["attempts"], 1, "never reassigned: {t}");
     // Result files go only after the hub's ack; wait for the sidecar to clear the queue.
@@ -160,7 +167,7 @@ async fn failure_result_is_reported_with_its_reason() -> R {
     let e = Env::new("")?;
     let s = e.sidecar("a1", Some("fail"), "").await?;
     let id = e.submit("break", 0).await?;
-    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
     assert_eq!(t["last_error"], "compile error");
     while !task_files(&s.results(), &id).is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -173,7 +180,7 @@ async fn wake_failures_are_retried_then_fail_the_task() -> R {
     let e = Env::new("")?;
     let _s = e.sidecar("a1", Some("exit3"), "").await?;
     let id = e.submit("wake me", 0).await?;
-    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
     assert_eq!(t["last_error"], "wake_failed_after_3_attempts");
     let wakes: Vec<&str> = t["history"]
         .as_array()
@@ -235,7 +242,7 @@ async fn task_text_never_runs_as_a_command() -> R {
         ["$(touch X)", "`touch X`", "'; touch X; '", "\"; touch X; \"", "x && touch X", "$(touch /tmp/agentcom-X-$$)"]
     {
         let id = e.submit(evil, 0).await?;
-        e.hub.wait_status(&id, "completed").await?;
+        serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::Completed).await?)?;
         let deadline = std::time::Instant::now() + testkit::WAIT;
         while !s.queue()["active"].is_null() {
             assert!(std::time::Instant::now() < deadline);
@@ -266,7 +273,15 @@ async fn description_reaches_the_agent_verbatim() -> R {
         &testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(wake)),
     )?;
     let text = "it's a \"quoted\" $HOME `x` \\ task\nwith two lines";
-    let id = e.hub.submit(json!({"description": text, "metadata": {"k": 1}, "repo": "r"})).await?;
+    let id = e
+        .hub
+        .submit(
+            proto::api::SubmitTask::from_json(
+                json!({"description": text, "metadata": {"k": 1}, "repo": "r"}).as_object().unwrap().clone(),
+            )
+            .unwrap(),
+        )
+        .await?;
     completed_once(&e, &s, &id).await?;
     assert_eq!(std::fs::read_to_string(s.dir.join("seen.txt"))?, text);
     let task: Value = serde_json::from_slice(&std::fs::read(s.dir.join("task.json"))?)?;
@@ -415,13 +430,12 @@ async fn result_written_while_the_hub_is_down_is_reported_once_after_both_restar
     let mut s = e.sidecar("a1", Some("block-work"), "").await?;
     let id = e.submit("finish during an outage", 0).await?;
     s.wait_phase("working").await?;
-    let (addr, dir) = (e.hub.addr.to_string(), e.hub.dir.clone());
     e.hub.kill9();
     e.go();
     s.wait_phase("reporting").await?;
     assert!(task_files(&s.results(), &id).iter().any(|f| f.ends_with(".json")), "kept until the hub acks");
     s.kill9();
-    e.hub = Hub::start_at(bin(), &dir, &testkit::fast_config(), &addr)?;
+    e.hub.restart_after_kill(bin(), &testkit::fast_config())?;
     let s = e.restart("a1")?;
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -433,9 +447,8 @@ async fn hub_restart_mid_task() -> R {
     let s = e.sidecar("a1", Some("block-work"), "").await?;
     let id = e.submit("survive a hub restart", 0).await?;
     s.wait_phase("working").await?;
-    let (addr, dir) = (e.hub.addr.to_string(), e.hub.dir.clone());
     e.hub.kill9();
-    e.hub = Hub::start_at(bin(), &dir, &testkit::fast_config(), &addr)?;
+    e.hub.restart_after_kill(bin(), &testkit::fast_config())?;
     // The sidecar reconnects and claims its task with state_report before the agent finishes.
     let deadline = std::time::Instant::now() + testkit::WAIT;
     loop {
@@ -461,12 +474,12 @@ async fn network_cut_and_restored() -> R {
     let id = e.submit("work through an outage", 0).await?;
     s.wait_phase("working").await?;
     // The accept travels through the proxy too: cut only once the hub has it.
-    e.hub.wait_status(&id, "working").await?;
+    serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::Working).await?)?;
     proxy.cut();
     e.go();
     s.wait_phase("reporting").await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // reconnect attempts are refused meanwhile
-    assert_eq!(e.hub.task(&id).await?["status"], "working");
+    assert_eq!(serde_json::to_value(e.hub.task(&id).await?)?["status"], "working");
     proxy.restore();
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -538,8 +551,16 @@ async fn agentcom_config_json_is_accepted() -> R {
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
     let s = Sidecar::start_file(bin(), &dir, &dir.join("config.json"))?;
-    let id = e.hub.submit(json!({"description": "v1 config", "needed_capabilities": ["code"]})).await?;
-    e.hub.wait_status(&id, "completed").await?;
+    let id = e
+        .hub
+        .submit(
+            proto::api::SubmitTask::from_json(
+                json!({"description": "v1 config", "needed_capabilities": ["code"]}).as_object().unwrap().clone(),
+            )
+            .unwrap(),
+        )
+        .await?;
+    serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::Completed).await?)?;
     assert!(dir.join("out").is_dir(), "relative results_dir resolves against the config's folder");
     drop(s);
     Ok(())
@@ -614,8 +635,16 @@ async fn run_agent_wraps_a_plain_command_line_agent() -> R {
         &e.root.path().join("a2"),
         &testkit::sidecar_config("a2", &token, &e.hub.ws_url(), Some(&failing)),
     )?;
-    let id = e.hub.submit(json!({"description": "fails", "max_retries": 0, "assign_to": "a2"})).await?;
-    let t = e.hub.wait_status(&id, "dead_letter").await?;
+    let id = e
+        .hub
+        .submit(
+            proto::api::SubmitTask::from_json(
+                json!({"description": "fails", "max_retries": 0, "assign_to": "a2"}).as_object().unwrap().clone(),
+            )
+            .unwrap(),
+        )
+        .await?;
+    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
     assert_eq!(t["last_error"], "sh exited with exit status: 3");
     Ok(())
 }

@@ -352,7 +352,15 @@ async fn restart_commanded_mid_task_waits_for_the_task() -> R {
     let cfg = f.config("sc2").await?;
     s.ok(&["start", "sc2", "--", bin().to_str().unwrap(), "sidecar", "--config", cfg.to_str().unwrap()])?;
     f.wait_agent("sc2", "identified", |a| a["connected"] == true).await?;
-    let id = f.hub.submit(json!({"description": "long", "max_retries": 0})).await?;
+    let id = f
+        .hub
+        .submit(
+            proto::api::SubmitTask::from_json(
+                json!({"description": "long", "max_retries": 0}).as_object().unwrap().clone(),
+            )
+            .unwrap(),
+        )
+        .await?;
     f.wait_agent("sc2", "working", |a| a["status"] == "working").await?;
     let started = f.root.path().join("sc2/results").join(format!("{id}.started"));
     let deadline = Instant::now() + testkit::WAIT;
@@ -370,12 +378,12 @@ async fn restart_commanded_mid_task_waits_for_the_task() -> R {
     );
     assert_eq!(s.proc("sc2")?["restart_count"], 0);
     std::fs::write(f.root.path().join("control/go"), b"")?;
-    let t = f.hub.wait_status(&id, "completed").await?;
+    let t = serde_json::to_value(f.hub.wait_status(&id, proto::api::TaskStatus::Completed).await?)?;
     f.wait_agent("sc2", "back after the deferred restart", |a| {
         a["connected"] == true && a["process_info"]["restart_count"] == 1
     })
     .await?;
-    let t2 = f.hub.task(&id).await?;
+    let t2 = serde_json::to_value(f.hub.task(&id).await?)?;
     let completions = t2["history"].as_array().unwrap().iter().filter(|h| h["to"] == "completed").count();
     assert_eq!((completions, t["attempts"].as_u64()), (1, Some(1)), "completed exactly once");
     let runs = std::fs::read_to_string(f.root.path().join("control/runs"))?;
@@ -462,7 +470,15 @@ async fn forced_restart_mid_task_stops_the_agent_and_the_task_is_continued_after
     let cfg = f.config("sc3").await?;
     s.ok(&["start", "sc3", "--", bin().to_str().unwrap(), "sidecar", "--config", cfg.to_str().unwrap()])?;
     f.wait_agent("sc3", "identified", |a| a["connected"] == true).await?;
-    let id = f.hub.submit(json!({"description": "interrupted by force", "max_retries": 0})).await?;
+    let id = f
+        .hub
+        .submit(
+            proto::api::SubmitTask::from_json(
+                json!({"description": "interrupted by force", "max_retries": 0}).as_object().unwrap().clone(),
+            )
+            .unwrap(),
+        )
+        .await?;
     let runs = f.root.path().join("control/runs");
     let deadline = Instant::now() + testkit::WAIT;
     while std::fs::read_to_string(&runs).unwrap_or_default().lines().count() < 1 {
@@ -485,7 +501,7 @@ async fn forced_restart_mid_task_stops_the_agent_and_the_task_is_continued_after
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     std::fs::write(f.root.path().join("control/go"), b"")?;
-    let t = f.hub.wait_status(&id, "completed").await?;
+    let t = serde_json::to_value(f.hub.wait_status(&id, proto::api::TaskStatus::Completed).await?)?;
     let completions = t["history"].as_array().unwrap().iter().filter(|h| h["to"] == "completed").count();
     assert_eq!((completions, t["attempts"].as_u64()), (1, Some(1)), "continued, not reassigned: {t}");
     Ok(())

@@ -47,7 +47,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     let mut lat = Vec::with_capacity(args.tasks);
     let mut working_rss = 0u64;
     for n in 0..args.tasks {
-        let id = hub.submit(json!({"description": format!("bench {n}")})).await?;
+        let id = hub.submit_text(&format!("bench {n}")).await?;
         sidecar.wait_phase("working").await?;
         working_rss = working_rss.max(rss_bytes(sidecar.pid())?);
         // The agent's move: write the result atomically (temp file, then rename in).

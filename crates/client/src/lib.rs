@@ -1,7 +1,7 @@
-//! HTTP client for the hub API (used by the CLI), and plain-text tables for people.
+//! Typed HTTP client for the hub API (the CLI, the demo, the guard and the tests use it), and
+//! plain-text tables for people.
 
-use reqwest::Method;
-use serde_json::Value;
+use proto::api::{ApiError, Endpoint, Method};
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,15 +9,33 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:4000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error(
+        "malformed hub URL {url:?}: {why}; expected http://HOST:PORT or https://HOST:PORT (for example {DEFAULT_URL})"
+    )]
+    BadUrl { url: String, why: String },
     #[error("cannot reach the hub at {url}: {message}")]
     Connect { url: String, message: String },
-    #[error("{error}{}", .message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Api { status: u16, error: String, message: Option<String> },
+    /// The hub answered with an error body.
+    #[error("{error}")]
+    Api { status: u16, error: ApiError },
     #[error("unexpected answer from the hub (HTTP {status}): {body}")]
     Decode { status: u16, body: String },
     #[error("CA file {0}")]
     CaFile(String),
 }
+
+impl ClientError {
+    /// The hub's error code, when the hub answered with one.
+    pub fn code(&self) -> Option<proto::api::ErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.error),
+            _ => None,
+        }
+    }
+}
+
+/// Longest answer read from a hub: a page of 1,000 tasks at their size limits fits.
+const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -26,57 +44,100 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// Checks that `url` is an http(s) base URL with a host, and returns it without a trailing `/`.
+pub fn parse_base_url(url: &str) -> Result<String, ClientError> {
+    let bad = |why: &str| ClientError::BadUrl { url: url.into(), why: why.into() };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad(&format!("the scheme is {:?}", parsed.scheme())));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("there is no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("a base URL has no query or fragment"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 impl Client {
     /// A client of the hub at `base` (`http://` or `https://`). `https://` trusts Mozilla's
     /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub): the
     /// same [`osutil::tls::client_config`] as every other outgoing connection.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        let base = parse_base_url(base)?;
         let tls = osutil::tls::client_config(ca_file).map_err(ClientError::CaFile)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
             .build()
-            .map_err(|e| ClientError::Connect { url: base.into(), message: root_cause(&e) })?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+            .map_err(|e| ClientError::Connect { url: base.clone(), message: root_cause(&e) })?;
+        Ok(Client { base, token, http })
     }
 
-    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one typed request and decodes its typed response (or the hub's error body).
+    pub async fn call<E: Endpoint>(&self, req: &E) -> Result<E::Response, ClientError> {
+        let method = match E::METHOD {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let (status, bytes) = self.send(method, &req.path(), req.body()).await?;
+        decode(status, &bytes)
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, bytes) = self.send(reqwest::Method::GET, "/metrics", None).await?;
+        if status >= 400 {
+            return Err(decode::<()>(status, &bytes)
+                .err()
+                .unwrap_or(ClientError::Decode { status, body: String::new() }));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let connect = |e: &reqwest::Error| ClientError::Connect { url: self.base.clone(), message: root_cause(e) };
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp =
-            req.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), message: root_cause(&e) })?;
+        let mut resp = req.send().await.map_err(|e| connect(&e))?;
         let status = resp.status().as_u16();
-        let text =
-            resp.text().await.map_err(|e| ClientError::Connect { url: self.base.clone(), message: root_cause(&e) })?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|_| ClientError::Decode { status, body: text.clone() })?;
-        if status >= 400 {
-            let error = value["error"].as_str().unwrap_or("error").to_string();
-            let mut message = value["message"].as_str().map(str::to_string);
-            if let Some(errs) = value["errors"].as_array() {
-                let list: Vec<&str> = errs.iter().filter_map(Value::as_str).collect();
-                message = Some(list.join("; "));
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| connect(&e))? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(ClientError::Decode { status, body: format!("answer larger than {MAX_RESPONSE} bytes") });
             }
-            return Err(ClientError::Api { status, error, message });
+            bytes.extend_from_slice(&chunk);
         }
-        Ok(value)
+        Ok((status, bytes))
     }
+}
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.request(Method::GET, path, None).await
+fn decode<T: serde::de::DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<T, ClientError> {
+    let shown = || String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned();
+    if status >= 400 {
+        return match serde_json::from_slice::<ApiError>(bytes) {
+            Ok(error) => Err(ClientError::Api { status, error }),
+            Err(_) => Err(ClientError::Decode { status, body: shown() }),
+        };
     }
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
-        self.request(Method::POST, path, Some(body)).await
-    }
-    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
-        self.request(Method::DELETE, path, None).await
-    }
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode { status, body: format!("{e}: {}", shown()) })
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {
@@ -90,19 +151,6 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     } else {
         text
     }
-}
-
-/// Percent-encodes one path segment.
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A left-aligned text table; cells are truncated to `max` characters.
@@ -135,22 +183,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], max: usize) -> String {
     out
 }
 
-/// Renders a value for a table cell: strings bare, null as "-", others as JSON.
-pub fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.is_empty() => "-".into(),
-        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
-}
-
 /// "3s ago"-style age of an epoch-milliseconds timestamp.
-pub fn age(ms: &Value, now_ms: u64) -> String {
-    let Some(t) = ms.as_u64() else {
-        return "-".into();
-    };
+pub fn age(ms: Option<u64>, now_ms: u64) -> String {
+    let Some(t) = ms else { return "-".into() };
     let s = now_ms.saturating_sub(t) / 1000;
     match s {
         0..=59 => format!("{s}s ago"),
@@ -160,10 +195,32 @@ pub fn age(ms: &Value, now_ms: u64) -> String {
     }
 }
 
+/// An epoch-milliseconds timestamp as ISO 8601 (UTC, milliseconds) with its age.
+pub fn when(ms: Option<u64>, now_ms: u64) -> String {
+    let Some(t) = ms else { return "-".into() };
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(t);
+    format!("{} ({})", humantime::format_rfc3339_millis(at), age(Some(t), now_ms))
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_else(|| "-".into())
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn tables_align_and_truncate() {
@@ -172,102 +229,124 @@ mod tests {
     }
 
     #[test]
-    fn cells_and_segments() {
-        assert_eq!(cell(&json!(null)), "-");
-        assert_eq!(cell(&json!(["a", "b"])), "a,b");
-        assert_eq!(seg("a b/c"), "a%20b%2Fc");
-        assert_eq!(age(&json!(1000), 61_000), "1m ago");
+    fn times_read_as_people_read_them() {
+        assert_eq!(age(Some(1000), 61_000), "1m ago");
+        assert_eq!(age(None, 5), "-");
+        assert_eq!(when(Some(1_700_000_000_123), 1_700_000_060_123), "2023-11-14T22:13:20.123Z (1m ago)");
+    }
+
+    #[test]
+    fn base_urls_are_checked_once() {
+        assert_eq!(parse_base_url("http://127.0.0.1:4000/").unwrap(), "http://127.0.0.1:4000");
+        for bad in ["127.0.0.1:4000", "ws://h:1", "http://", "nonsense", "http://h:1/?q"] {
+            let e = parse_base_url(bad).unwrap_err().to_string();
+            assert!(e.starts_with("malformed hub URL") && e.contains("http://HOST:PORT"), "{bad}: {e}");
+        }
     }
 }
 
-/// Output of the CLI commands: a table or summary for people, the raw JSON for scripts.
+/// Output of the CLI commands: a table or summary for people (scripts use `--json`).
 pub mod render {
-    use super::{age, cell, table};
-    use serde_json::Value;
+    use super::{age, list, now_ms, opt, table, when};
+    use proto::api::{AgentList, TaskDetail, TaskList, TaskView, TokenList};
 
-    fn now_ms() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-    }
-
-    pub fn tasks(v: &Value) -> String {
+    /// A description for a table: one line, cut with an ellipsis.
+    fn rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
         let now = now_ms();
-        let rows: Vec<Vec<String>> = v["tasks"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or_default()
+        tasks
             .iter()
             .map(|t| {
                 vec![
-                    cell(&t["task_id"]),
-                    cell(&t["status"]),
-                    cell(&t["priority"]),
-                    cell(&t["assigned_to"]),
-                    cell(&t["generation"]),
-                    cell(&t["attempts"]),
-                    age(&t["created_at"], now),
-                    cell(&t["description"]),
+                    t.task_id.clone(),
+                    t.status.to_string(),
+                    t.priority.to_string(),
+                    opt(&t.assigned_to),
+                    t.generation.to_string(),
+                    t.attempts.to_string(),
+                    age(Some(t.created_at), now),
+                    t.description.clone(),
                 ]
             })
-            .collect();
-        if rows.is_empty() {
-            return "no tasks\n".into();
-        }
-        table(&["TASK", "STATUS", "PRIORITY", "AGENT", "GEN", "ATTEMPTS", "CREATED", "DESCRIPTION"], &rows, 48)
+            .collect()
     }
 
-    pub fn task(t: &Value) -> String {
-        let mut out = String::new();
-        for k in [
-            "task_id",
-            "status",
-            "priority",
-            "description",
-            "generation",
-            "assigned_to",
-            "attempts",
-            "failures",
-            "max_retries",
-            "needed_capabilities",
-            "assign_to",
-            "last_error",
-            "submitted_by",
-        ] {
-            out.push_str(&format!("{k:<20} {}\n", cell(&t[k])));
+    pub fn tasks(v: &TaskList) -> String {
+        if v.tasks.is_empty() {
+            return "no tasks\n".into();
         }
-        for k in ["metadata", "result", "progress"] {
-            if !t[k].is_null() {
-                out.push_str(&format!("{k:<20} {}\n", t[k]));
-            }
+        let mut out = table(
+            &["TASK", "STATUS", "PRIORITY", "AGENT", "GEN", "ATTEMPTS", "CREATED", "DESCRIPTION"],
+            &rows(&v.tasks),
+            48,
+        );
+        if v.next_cursor.is_some() {
+            out.push_str(&format!("(first {} shown; --limit for more, --json for the cursor)\n", v.count));
+        }
+        out
+    }
+
+    pub fn task(d: &TaskDetail) -> String {
+        let now = now_ms();
+        let t = &d.task;
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k:<20} {v}\n"));
+        line("task_id", t.task_id.clone());
+        line("status", t.status.to_string());
+        line("priority", t.priority.to_string());
+        line("description", t.description.replace('\n', "\n                     "));
+        line("generation", t.generation.to_string());
+        line("assigned_to", opt(&t.assigned_to));
+        line("attempts", t.attempts.to_string());
+        line("failures", format!("{} of max_retries {}", t.failures, t.max_retries));
+        line("needed_capabilities", list(&t.needed_capabilities));
+        line("assign_to", opt(&t.assign_to));
+        line("last_error", opt(&t.last_error));
+        line("submitted_by", t.submitted_by.clone());
+        line("created", when(Some(t.created_at), now));
+        line("updated", when(Some(t.updated_at), now));
+        if t.completed_at.is_some() {
+            line("completed", when(t.completed_at, now));
+        }
+        if t.retry_at.is_some() {
+            line("retry_at", when(t.retry_at, now));
+        }
+        if t.metadata.as_object().is_some_and(|m| !m.is_empty()) {
+            line("metadata", t.metadata.to_string());
+        }
+        if let Some(r) = &t.result {
+            line("result", r.to_string());
+        }
+        if let Some(p) = &t.progress {
+            line("progress", p.to_string());
         }
         out.push_str("history:\n");
-        for h in t["history"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+        for h in &d.history {
+            let from = h.from.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
             out.push_str(&format!(
                 "  {}  {:>13} -> {:<13} gen {:<3} {}\n",
-                cell(&h["at"]),
-                cell(&h["from"]),
-                cell(&h["to"]),
-                cell(&h["generation"]),
-                cell(&h["reason"])
+                when(Some(h.at), now),
+                from,
+                h.to.to_string(),
+                h.generation,
+                h.reason
             ));
         }
         out
     }
 
-    pub fn agents(v: &Value) -> String {
+    pub fn agents(v: &AgentList) -> String {
         let now = now_ms();
-        let rows: Vec<Vec<String>> = v["agents"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or_default()
+        let rows: Vec<Vec<String>> = v
+            .agents
             .iter()
             .map(|a| {
                 vec![
-                    cell(&a["agent_id"]),
-                    cell(&a["status"]),
-                    cell(&a["current_task"]),
-                    cell(&a["capabilities"]),
-                    cell(&a["process_info"]["restart_count"]),
-                    age(&a["last_seen"], now),
+                    a.agent_id.clone(),
+                    a.status.to_string(),
+                    opt(&a.current_task),
+                    a.capabilities.join(","),
+                    a.process_info.as_ref().and_then(|p| p.restart_count).map(|r| r.to_string()).unwrap_or("-".into()),
+                    age(Some(a.last_seen), now),
                 ]
             })
             .collect();
@@ -277,14 +356,12 @@ pub mod render {
         table(&["AGENT", "STATUS", "TASK", "CAPABILITIES", "RESTARTS", "LAST SEEN"], &rows, 40)
     }
 
-    pub fn tokens(v: &Value) -> String {
+    pub fn tokens(v: &TokenList) -> String {
         let now = now_ms();
-        let rows: Vec<Vec<String>> = v["tokens"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or_default()
+        let rows: Vec<Vec<String>> = v
+            .tokens
             .iter()
-            .map(|t| vec![cell(&t["agent_id"]), age(&t["created_at"], now), cell(&t["fingerprint"])])
+            .map(|t| vec![t.agent_id.clone(), age(Some(t.created_at), now), t.fingerprint.clone()])
             .collect();
         if rows.is_empty() {
             return "no tokens\n".into();

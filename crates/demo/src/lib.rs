@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use client::Client;
+use proto::api::{CreateToken, ListTasks, Priority, SubmitTask, TaskList, TaskStatus, TaskView};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,23 +58,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
 
     let mut ids = Vec::new();
     for (desc, prio, caps) in TASKS {
-        let v = api
-            .post(
-                "/api/tasks",
-                json!({"description": desc, "priority": prio, "needed_capabilities": caps, "max_retries": 2}),
-            )
-            .await?;
-        ids.push(v["task_id"].as_str().unwrap_or_default().to_string());
+        let mut task = SubmitTask::new(*desc);
+        task.priority = prio.parse::<Priority>().map_err(anyhow::Error::msg)?;
+        task.needed_capabilities = caps.iter().map(|c| c.to_string()).collect();
+        task.max_retries = 2;
+        ids.push(api.call(&task).await?.task_id);
     }
     let exe = std::env::current_exe().context("find the agentcom binary")?;
     let wake =
         format!("{} sample-agent --work-ms {}", sidecar::wake::shell_quote(&exe.display().to_string()), opts.work_ms);
     let mut sidecars = Vec::new();
     for (name, caps) in [("demo-agent-1", vec!["rust".to_string()]), ("demo-agent-2", vec![])] {
-        let token = api.post("/admin/tokens", json!({"agent_id": name})).await?["token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let token = api.call(&CreateToken { agent_id: name.into() }).await?.token;
         let dir = root.join(name);
         let file = sidecar::config::FileConfig {
             agent_id: Some(name.into()),
@@ -115,39 +111,40 @@ async fn watch(api: &Client, ids: &[String], shutdown: &CancellationToken) -> Re
             println!("\ninterrupted; stopping the hub and sidecars");
             return Ok(());
         }
-        let v = api.get("/api/tasks?limit=100").await?;
-        let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+        let page = api.call(&ListTasks { limit: Some(100), ..Default::default() }).await?;
+        let tasks: Vec<TaskView> = page.tasks.into_iter().filter(|t| ids.contains(&t.task_id)).collect();
         let mut done = 0;
         for t in tasks.iter().rev() {
-            let id = t["task_id"].as_str().unwrap_or_default().to_string();
-            let status = t["status"].as_str().unwrap_or_default().to_string();
-            let agent = t["assigned_to"].as_str().unwrap_or("-").to_string();
-            let progress = t["progress"]["step"].as_str().map(str::to_string).unwrap_or_default();
-            if matches!(status.as_str(), "completed" | "dead_letter" | "cancelled") {
+            let agent = t.assigned_to.clone().unwrap_or_else(|| "-".into());
+            // The hub shows the current attempt's progress only: a re-assigned task starts afresh.
+            let progress = t.progress.as_ref().and_then(|p| p["step"].as_str()).unwrap_or_default().to_string();
+            if t.status.is_terminal() {
                 done += 1;
             }
-            let now = (status.clone(), agent.clone(), progress.clone());
-            if last.get(&id) != Some(&now) {
-                let desc: String = t["description"].as_str().unwrap_or_default().chars().take(46).collect();
-                let what = match status.as_str() {
-                    "assigned" | "working" if !progress.is_empty() => format!("{status:<13} {agent}  {progress}"),
-                    "assigned" | "working" => format!("{status:<13} {agent}"),
-                    "waiting_retry" => format!("{status:<13} {}", t["last_error"].as_str().unwrap_or("")),
-                    _ => status.clone(),
+            let now = (t.status.to_string(), agent.clone(), progress.clone());
+            if last.get(&t.task_id) != Some(&now) {
+                let status = t.status;
+                let what = match status {
+                    TaskStatus::Assigned | TaskStatus::Working if !progress.is_empty() => {
+                        format!("{status:<13} {agent}  {progress}")
+                    }
+                    TaskStatus::Assigned | TaskStatus::Working => format!("{status:<13} {agent}"),
+                    TaskStatus::WaitingRetry => format!("{status:<13} {}", t.last_error.as_deref().unwrap_or("")),
+                    _ => status.to_string(),
                 };
                 println!(
                     "[{:>5.1}s] {:<8} {:<46}  {what}",
                     t0.elapsed().as_secs_f64(),
-                    t["priority"].as_str().unwrap_or(""),
-                    desc
+                    t.priority,
+                    shorten(&t.description, 46)
                 );
-                last.insert(id, now);
+                last.insert(t.task_id.clone(), now);
             }
         }
         if done == ids.len() {
-            let completed = tasks.iter().filter(|t| t["status"] == "completed").count();
+            let completed = tasks.iter().filter(|t| t.status == TaskStatus::Completed).count();
             println!("\n{completed} of {} tasks completed in {:.1}s", ids.len(), t0.elapsed().as_secs_f64());
-            print!("{}", client::render::tasks(&json!({"tasks": tasks})));
+            print!("{}", client::render::tasks(&TaskList { count: tasks.len(), tasks, next_cursor: None }));
             return Ok(());
         }
         if t0.elapsed() > deadline {
@@ -157,6 +154,15 @@ async fn watch(api: &Client, ids: &[String], shutdown: &CancellationToken) -> Re
             _ = tokio::time::sleep(Duration::from_millis(150)) => {}
             _ = shutdown.cancelled() => {}
         }
+    }
+}
+
+/// `s` in at most `max` characters, with an ellipsis when it was cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        s.chars().take(max.saturating_sub(1)).collect::<String>() + "…"
     }
 }
 

@@ -31,12 +31,13 @@ async fn online(o: &WatchOptions, backend: &Backend, hub: Option<&client::Client
         None => return (false, format!("{} is not known to the supervisor", o.process)),
     }
     if let Some(h) = hub {
-        if let Ok(v) = h.get("/api/agents").await {
-            let agent =
-                v["agents"].as_array().and_then(|a| a.iter().find(|x| x["agent_id"] == o.agent_id.as_str()).cloned());
-            if agent.as_ref().is_none_or(|a| a["connected"] != true) {
-                return (false, format!("{} is not connected at the hub", o.agent_id));
-            }
+        let connected = match h.call(&proto::api::GetAgent { agent_id: o.agent_id.clone() }).await {
+            Ok(a) => Some(a.connected),
+            Err(e) if e.code() == Some(proto::api::ErrorCode::UnknownAgent) => Some(false),
+            Err(_) => None,
+        };
+        if connected == Some(false) {
+            return (false, format!("{} is not connected at the hub", o.agent_id));
         }
     }
     (true, String::new())
@@ -116,8 +117,8 @@ async fn restore_checkpoint(o: &WatchOptions, hub: Option<&client::Client>) {
         return;
     }
     let Some(h) = hub else { return };
-    if let Ok(v) = h.get(&format!("/api/agents/{}/checkpoint", client::seg(&o.agent_id))).await {
-        if let Ok(c) = serde_json::from_value::<Checkpoint>(v["checkpoint"].clone()) {
+    if let Ok(v) = h.call(&proto::api::GetCheckpoint { agent_id: o.agent_id.clone() }).await {
+        if let Ok(c) = serde_json::from_value::<Checkpoint>(v.checkpoint) {
             let _ = c.save(&o.state_dir);
         }
     }

@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
+    /// A file holding the admin token (kept out of the process list and the config).
+    pub admin_token_file: Option<PathBuf>,
     pub grace_period_ms: Option<u64>,
     pub accept_timeout_ms: Option<u64>,
     pub heartbeat_timeout_ms: Option<u64>,
@@ -27,6 +29,18 @@ pub struct FileConfig {
     /// PEM certificate chain; with `tls_key`, the hub serves `https://` and `wss://` only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub max_open_tasks: Option<usize>,
+    pub max_description_chars: Option<usize>,
+    pub max_metadata_bytes: Option<usize>,
+    pub max_extra_bytes: Option<usize>,
+    pub max_progress_bytes: Option<usize>,
+    pub max_checkpoint_bytes: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub keep_alive_timeout_ms: Option<u64>,
+    pub identify_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub agent_reserve_percent: Option<u8>,
+    pub reader_connections: Option<usize>,
 }
 
 /// Values given on the command line or in the environment (clap merges the two).
@@ -36,6 +50,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -74,12 +89,92 @@ impl Default for Timings {
     }
 }
 
+/// Sizes and counts the hub accepts: every input is bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open (not yet finished) tasks; a submission beyond it gets `queue_full`.
+    pub max_open_tasks: usize,
+    /// A task's description, in characters (AgentCom v1's limit by default).
+    pub max_description_chars: usize,
+    /// A task's metadata, as JSON bytes.
+    pub max_metadata_bytes: usize,
+    /// A task's other (v1) fields together, as JSON bytes.
+    pub max_extra_bytes: usize,
+    /// One progress line as stored; a longer one is cut down (and says so).
+    pub max_progress_bytes: usize,
+    /// An agent's checkpoint, as JSON bytes.
+    pub max_checkpoint_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_open_tasks: 1_000_000,
+            max_description_chars: proto::MAX_DESCRIPTION,
+            max_metadata_bytes: 64 * 1024,
+            max_extra_bytes: 64 * 1024,
+            max_progress_bytes: 16 * 1024,
+            max_checkpoint_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest submission body the limits allow, with room for JSON's own punctuation.
+    pub fn max_submission_bytes(&self) -> usize {
+        self.max_description_chars * 4 * 2 + self.max_metadata_bytes + self.max_extra_bytes + 64 * 1024
+    }
+
+    /// A progress value within `max_progress_bytes`: kept as it is, or replaced by its start.
+    pub fn bounded_progress(&self, v: serde_json::Value) -> serde_json::Value {
+        let text = v.to_string();
+        if text.len() <= self.max_progress_bytes {
+            return v;
+        }
+        let keep = self.max_progress_bytes / 2;
+        let cut = text.char_indices().map(|(i, _)| i).take_while(|i| *i <= keep).last().unwrap_or(0);
+        serde_json::json!({ "truncated": true, "bytes": text.len(), "start": &text[..cut] })
+    }
+}
+
+/// The connection layer's bounds: timeouts and how many sockets it holds.
+#[derive(Debug, Clone)]
+pub struct NetLimits {
+    /// A client must send a whole request head within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keep_alive_timeout: Duration,
+    /// A WebSocket must identify within this.
+    pub identify_timeout: Duration,
+    /// Open connections at most; `None`: derived from the open-files limit at start.
+    pub max_connections: Option<usize>,
+    /// The share of `max_connections` only identified agents may use.
+    pub agent_reserve_percent: u8,
+    /// Read-only store connections serving the API's reads.
+    pub reader_connections: usize,
+}
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        NetLimits {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(30),
+            identify_timeout: Duration::from_secs(10),
+            max_connections: None,
+            agent_reserve_percent: 20,
+            reader_connections: 4,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub listen: String,
     pub data_dir: PathBuf,
     pub admin_token: Option<String>,
     pub timings: Timings,
+    pub limits: Limits,
+    pub net: NetLimits,
     /// Set when the hub serves TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -133,6 +228,84 @@ impl HubConfig {
                 None => d.bans,
             },
         };
+        let positive = |name: &str, v: Option<usize>, def: usize, errors: &mut Vec<String>| match v {
+            Some(0) => {
+                errors.push(format!("{name}: must be greater than 0"));
+                def
+            }
+            Some(v) => v,
+            None => def,
+        };
+        let dl = Limits::default();
+        let limits = Limits {
+            max_open_tasks: positive("max_open_tasks", file.max_open_tasks, dl.max_open_tasks, &mut errors),
+            max_description_chars: positive(
+                "max_description_chars",
+                file.max_description_chars,
+                dl.max_description_chars,
+                &mut errors,
+            ),
+            max_metadata_bytes: positive(
+                "max_metadata_bytes",
+                file.max_metadata_bytes,
+                dl.max_metadata_bytes,
+                &mut errors,
+            ),
+            max_extra_bytes: positive("max_extra_bytes", file.max_extra_bytes, dl.max_extra_bytes, &mut errors),
+            max_progress_bytes: match file.max_progress_bytes {
+                Some(n) if n < 256 => {
+                    errors.push("max_progress_bytes: must be at least 256".into());
+                    dl.max_progress_bytes
+                }
+                Some(n) => n,
+                None => dl.max_progress_bytes,
+            },
+            max_checkpoint_bytes: positive(
+                "max_checkpoint_bytes",
+                file.max_checkpoint_bytes,
+                dl.max_checkpoint_bytes,
+                &mut errors,
+            ),
+        };
+        let dn = NetLimits::default();
+        let net = NetLimits {
+            header_read_timeout: ms(
+                "header_read_timeout_ms",
+                file.header_read_timeout_ms,
+                dn.header_read_timeout,
+                &mut errors,
+            ),
+            keep_alive_timeout: ms(
+                "keep_alive_timeout_ms",
+                file.keep_alive_timeout_ms,
+                dn.keep_alive_timeout,
+                &mut errors,
+            ),
+            identify_timeout: ms("identify_timeout_ms", file.identify_timeout_ms, dn.identify_timeout, &mut errors),
+            max_connections: match file.max_connections {
+                Some(n) if n < 16 => {
+                    errors.push("max_connections: must be at least 16".into());
+                    None
+                }
+                v => v,
+            },
+            agent_reserve_percent: match file.agent_reserve_percent {
+                Some(p) if p > 90 => {
+                    errors.push("agent_reserve_percent: must be at most 90".into());
+                    dn.agent_reserve_percent
+                }
+                Some(p) => p,
+                None => dn.agent_reserve_percent,
+            },
+            reader_connections: match file.reader_connections {
+                Some(n) if !(1..=64).contains(&n) => {
+                    errors.push("reader_connections: must be 1 to 64".into());
+                    dn.reader_connections
+                }
+                Some(n) => n,
+                None => dn.reader_connections,
+            },
+        };
         if timings.retry_max < timings.retry_base {
             errors.push("retry_max_ms: must not be below retry_base_ms".into());
         }
@@ -140,7 +313,25 @@ impl HubConfig {
         if !listen.contains(':') {
             errors.push(format!("listen: {listen:?} is not HOST:PORT"));
         }
-        let admin_token = o.admin_token.or(file.admin_token).filter(|t| !t.is_empty());
+        let token_file = o.admin_token_file.or(file.admin_token_file);
+        let from_file = match &token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(t) if t.trim().is_empty() => {
+                    errors.push(format!("admin_token_file: {} is empty", path.display()));
+                    None
+                }
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    errors.push(format!("admin_token_file: cannot read {}: {e}", path.display()));
+                    None
+                }
+            },
+            None => None,
+        };
+        if from_file.is_some() && (o.admin_token.is_some() || file.admin_token.is_some()) {
+            errors.push("admin_token_file: give either admin_token or admin_token_file, not both".into());
+        }
+        let admin_token = from_file.or(o.admin_token).or(file.admin_token).filter(|t| !t.is_empty());
         if let Some(t) = &admin_token {
             if t.len() < 16 || t.len() > proto::MAX_TOKEN {
                 errors.push(format!("admin_token: must be 16 to {} characters", proto::MAX_TOKEN));
@@ -160,7 +351,7 @@ impl HubConfig {
             }
         };
         if errors.is_empty() {
-            Ok(HubConfig { listen, data_dir, admin_token, timings, tls })
+            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, tls })
         } else {
             Err(ConfigErrors(errors))
         }

@@ -1,17 +1,29 @@
 //! HTTP routes: the AgentCom v1 core subset plus `/metrics`, and `GET /ws` for agents.
-//! Handlers only parse and validate; every decision is the core's.
+//! Handlers parse and validate the typed requests of `proto::api`, ask the core (writes, and who
+//! a token is) or the store's reader (reads, off the core thread), and map the answers to status
+//! codes: this is the only place that knows them.
 
-use crate::config::Timings;
-use crate::core::{ApiBody, ApiError, ApiRequest, ApiResult, CoreHandle, NewTask};
-use crate::model::{Priority, TaskStatus};
+use crate::auth::Role;
+use crate::authz;
+use crate::config::{Limits, NetLimits, Timings};
+use crate::core::api::{ApiRequest, ApiResult, Reply};
+use crate::core::CoreHandle;
+use crate::model::TaskStatus;
+use crate::paging;
+use crate::server::ConnTicket;
+use crate::store::{Reader, TaskQuery};
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State, WebSocketUpgrade};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use axum::{Extension, Json, Router};
+use proto::api::{
+    ApiError, Checkpoint, CreateToken, ErrorCode, Health, HealthStatus, ListAgents, ListDeadLetter, ListTasks,
+    ListTokens, RestartAgent, SubmitTask, TaskDetail, TaskList,
+};
+use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -20,52 +32,86 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct AppState {
     pub core: CoreHandle,
+    pub reader: Arc<dyn Reader>,
     pub timings: Timings,
+    pub limits: Limits,
+    pub net: NetLimits,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub next_conn: Arc<AtomicU64>,
 }
 
+/// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
+const SMALL_BODY: usize = 64 * 1024;
+
 pub fn router(state: AppState) -> Router {
+    let submission = state.limits.max_submission_bytes();
+    let checkpoint = state.limits.max_checkpoint_bytes + 4096;
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
-        .route("/api/tasks", post(submit).get(list_tasks))
+        .route("/api/tasks", post(submit).get(list_tasks).layer(DefaultBodyLimit::max(submission)))
         .route("/api/tasks/dead-letter", get(dead_letter))
         .route("/api/tasks/stats", get(stats))
         .route("/api/tasks/{task_id}", get(get_task))
         .route("/api/tasks/{task_id}/retry", post(retry))
         .route("/api/tasks/{task_id}/cancel", post(cancel))
         .route("/api/agents", get(agents))
-        .route("/api/agents/{agent_id}/checkpoint", get(get_checkpoint).put(put_checkpoint))
+        .route("/api/agents/{agent_id}", get(agent))
+        .route(
+            "/api/agents/{agent_id}/checkpoint",
+            get(get_checkpoint).put(put_checkpoint).layer(DefaultBodyLimit::max(checkpoint)),
+        )
         .route("/api/admin/agents/{agent_id}/restart", post(restart_agent))
         .route("/admin/tokens", post(create_token).get(list_tokens))
         .route("/admin/tokens/{agent_id}", axum::routing::delete(revoke_token))
-        .fallback(|| async { error(ApiError::new(404, "not_found").msg("no such route")) })
-        .method_not_allowed_fallback(|| async { error(ApiError::new(405, "method_not_allowed")) })
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        .fallback(|| async { error(ApiError::new(ErrorCode::NotFound).msg("no such route")) })
+        .method_not_allowed_fallback(|| async { error(ApiError::new(ErrorCode::MethodNotAllowed)) })
         .with_state(state)
 }
 
-fn error(e: ApiError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = json!({ "error": e.error });
-    if let Some(m) = e.message {
-        body["message"] = m.into();
+/// The HTTP status of each error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized | ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound | ErrorCode::UnknownAgent | ErrorCode::AgentNotConnected => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidJson | ErrorCode::InvalidBody | ErrorCode::InvalidQuery => StatusCode::BAD_REQUEST,
+        ErrorCode::BodyTooLarge | ErrorCode::FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::InvalidState => StatusCode::CONFLICT,
+        ErrorCode::StorageUnavailable | ErrorCode::ShuttingDown | ErrorCode::Overloaded | ErrorCode::QueueFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
-    (status, Json(body)).into_response()
 }
 
+fn error(e: ApiError) -> Response {
+    (status_of(e.error), Json(e)).into_response()
+}
+
+/// The response of a core reply: 201 for what was created, 200 for the rest.
 fn respond(r: ApiResult) -> Response {
     match r {
-        Ok((status, body)) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            match body {
-                ApiBody::Json(v) => (status, Json(v)).into_response(),
-                ApiBody::Text(t) => (status, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
-            }
-        }
         Err(e) => error(e),
+        Ok(reply) => match reply {
+            Reply::Submitted(v) => (StatusCode::CREATED, Json(v)).into_response(),
+            Reply::TokenCreated(v) => (StatusCode::CREATED, Json(v)).into_response(),
+            Reply::Changed(v) => Json(v).into_response(),
+            Reply::Stats(v) => Json(v).into_response(),
+            Reply::Agents(v) => Json(v).into_response(),
+            Reply::Agent(v) => Json(v).into_response(),
+            Reply::Tokens(v) => Json(v).into_response(),
+            Reply::Revoked(v) => Json(v).into_response(),
+            Reply::Restart(v) => Json(v).into_response(),
+            Reply::CheckpointStored(v) => Json(v).into_response(),
+            Reply::Metrics(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+            Reply::Role(_) => error(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
+        },
     }
 }
 
@@ -79,6 +125,28 @@ async fn call(s: &AppState, headers: &HeaderMap, req: ApiRequest) -> Response {
     respond(s.core.call(bearer(headers), req).await)
 }
 
+/// Who the token belongs to (any role); reads need nothing more.
+async fn role(s: &AppState, headers: &HeaderMap) -> Result<Role, Response> {
+    match s.core.call(bearer(headers), ApiRequest::Authenticate).await {
+        Ok(Reply::Role(r)) => Ok(r),
+        Ok(_) => Err(error(ApiError::new(ErrorCode::Unknown))),
+        Err(e) => Err(error(e)),
+    }
+}
+
+/// Runs a blocking read on the store's reader, off the async workers and off the core.
+async fn read<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let reader = s.reader.clone();
+    match tokio::task::spawn_blocking(move || f(reader.as_ref())).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string()))),
+        Err(e) => Err(error(ApiError::new(ErrorCode::Unknown).msg(e.to_string()))),
+    }
+}
+
 /// A JSON object body whose every rejection (size, syntax, shape) is a JSON error.
 struct JsonBody(Map<String, Value>);
 
@@ -86,138 +154,82 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Response;
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            let status = e.status().as_u16();
-            let code = if status == 413 { "body_too_large" } else { "invalid_body" };
-            error(ApiError::new(status, code).msg(e.body_text()))
+            let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ErrorCode::BodyTooLarge
+            } else {
+                ErrorCode::InvalidBody
+            };
+            error(ApiError::new(code).msg(e.body_text()))
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(Map::new()));
         }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => Ok(JsonBody(m)),
-            Ok(_) => Err(error(ApiError::new(400, "invalid_json").msg("the body must be a JSON object"))),
-            Err(e) => Err(error(ApiError::new(400, "invalid_json").msg(e.to_string()))),
+            Ok(_) => Err(error(ApiError::new(ErrorCode::InvalidJson).msg("the body must be a JSON object"))),
+            Err(e) => Err(error(ApiError::new(ErrorCode::InvalidJson).msg(e.to_string()))),
         }
     }
 }
 
 fn invalid(errors: Vec<String>) -> Response {
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "validation_failed", "errors": errors }))).into_response()
+    error(ApiError::fields(errors))
 }
 
-fn opt_str(m: &Map<String, Value>, key: &str, max: usize, errors: &mut Vec<String>) -> Option<String> {
-    match m.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() > max => {
-            errors.push(format!("{key}: longer than {max} characters"));
-            None
-        }
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            errors.push(format!("{key}: expected string"));
-            None
-        }
-    }
+fn bad_query(e: QueryRejection) -> Response {
+    error(ApiError::new(ErrorCode::InvalidQuery).msg(e.body_text()))
 }
 
-/// Fields the hub owns; a submission may not set them.
-const RESERVED: &[&str] =
-    &["task_id", "status", "generation", "assigned_at", "assigned_to", "type", "attempts", "failures"];
-
-fn parse_new_task(mut m: Map<String, Value>) -> Result<NewTask, Vec<String>> {
-    let mut errors = Vec::new();
-    let description = match m.get("description") {
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            errors.push("description: must not be empty".into());
-            String::new()
-        }
-        Some(Value::String(_)) => opt_str(&m, "description", proto::MAX_DESCRIPTION, &mut errors).unwrap_or_default(),
-        Some(_) => {
-            errors.push("description: expected string".into());
-            String::new()
-        }
-        None => {
-            errors.push("description: required".into());
-            String::new()
-        }
+/// The configured size limits of a submission, each naming its field.
+fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
+    let too_large = |field: &str, size: String, max: String| {
+        ApiError::new(ErrorCode::FieldTooLarge).msg(format!("{field}: {size}, more than the hub accepts ({max})"))
     };
-    let priority = match opt_str(&m, "priority", 16, &mut errors).map(|p| p.parse::<Priority>()) {
-        None => Priority::Normal,
-        Some(Ok(p)) => p,
-        Some(Err(e)) => {
-            errors.push(format!("priority: {e}"));
-            Priority::Normal
-        }
-    };
-    let metadata = match m.get("metadata") {
-        None | Some(Value::Null) => json!({}),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => {
-            errors.push("metadata: expected object".into());
-            json!({})
-        }
-    };
-    let max_retries = match m.get("max_retries") {
-        None | Some(Value::Null) => 3,
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 100) => n.as_u64().unwrap_or(3) as u32,
-        Some(_) => {
-            errors.push("max_retries: expected an integer from 0 to 100".into());
-            3
-        }
-    };
-    let needed_capabilities = match m.get("needed_capabilities") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.len() <= 64 => {
-            let mut caps = Vec::new();
-            for (i, c) in items.iter().enumerate() {
-                match c {
-                    Value::String(s) if !s.is_empty() && s.len() <= proto::MAX_SHORT => caps.push(s.clone()),
-                    _ => errors.push(format!(
-                        "needed_capabilities[{i}]: expected a non-empty string up to {} characters",
-                        proto::MAX_SHORT
-                    )),
-                }
-            }
-            caps
-        }
-        Some(_) => {
-            errors.push("needed_capabilities: expected an array of at most 64 strings".into());
-            Vec::new()
-        }
-    };
-    let assign_to = opt_str(&m, "assign_to", proto::MAX_AGENT_ID, &mut errors);
-    for k in RESERVED {
-        if m.contains_key(*k) {
-            errors.push(format!("{k}: set by the hub, not by a submission"));
-        }
+    let chars = t.description.chars().count();
+    if chars > l.max_description_chars {
+        let max = format!("max_description_chars = {}", l.max_description_chars);
+        return Err(too_large("description", format!("{chars} characters"), max));
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    let meta = serde_json::to_vec(&t.metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+    if meta > l.max_metadata_bytes {
+        let max = format!("max_metadata_bytes = {}", l.max_metadata_bytes);
+        return Err(too_large("metadata", format!("{meta} bytes"), max));
     }
-    for k in ["description", "priority", "metadata", "max_retries", "needed_capabilities", "assign_to"] {
-        m.remove(k);
+    let extra = serde_json::to_vec(&t.extra).map(|v| v.len()).unwrap_or(usize::MAX);
+    if extra > l.max_extra_bytes {
+        let largest = t.extra.iter().max_by_key(|(_, v)| v.to_string().len()).map(|(k, _)| k.as_str()).unwrap_or("");
+        let max = format!("max_extra_bytes = {}", l.max_extra_bytes);
+        return Err(too_large(&format!("{largest} (with the other v1 fields)"), format!("{extra} bytes"), max));
     }
-    Ok(NewTask { description, priority, metadata, max_retries, needed_capabilities, assign_to, extra: m })
+    Ok(())
 }
 
 async fn health() -> Response {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+    Json(Health { status: HealthStatus::Ok, version: env!("CARGO_PKG_VERSION").into() }).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
     respond(s.core.call(None, ApiRequest::Metrics).await)
 }
 
-async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(State(s): State<AppState>, ticket: Option<Extension<ConnTicket>>, upgrade: WebSocketUpgrade) -> Response {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (core, timings, shutdown, tracker) = (s.core.clone(), s.timings.clone(), s.shutdown.clone(), s.tracker.clone());
+    let w = crate::ws::WsConn {
+        conn,
+        core: s.core.clone(),
+        timings: s.timings.clone(),
+        identify_timeout: s.net.identify_timeout,
+        shutdown: s.shutdown.clone(),
+        ticket: ticket.map(|Extension(t)| t),
+    };
+    let tracker = s.tracker.clone();
     // Small buffers: an idle agent should cost a few KiB, not tungstenite's 128 KiB default.
     upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(proto::MAX_FRAME_BYTES)
         .max_frame_size(proto::MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, conn, core, timings, shutdown)))
+        .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, w)))
 }
 
 async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Result<JsonBody, Response>) -> Response {
@@ -225,32 +237,65 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Result<Json
         Ok(b) => b,
         Err(r) => return r,
     };
-    match parse_new_task(m) {
-        Ok(n) => call(&s, &headers, ApiRequest::Submit(n)).await,
-        Err(errors) => invalid(errors),
+    let task = match SubmitTask::from_json(m) {
+        Ok(t) => t,
+        Err(errors) => return invalid(errors),
+    };
+    if let Err(e) = check_sizes(&task, &s.limits) {
+        return error(e);
+    }
+    call(&s, &headers, ApiRequest::Submit(task)).await
+}
+
+async fn list(
+    s: &AppState,
+    headers: &HeaderMap,
+    status: Option<TaskStatus>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Response {
+    if let Err(r) = role(s, headers).await {
+        return r;
+    }
+    let limit = match paging::page_size(limit) {
+        Ok(l) => l,
+        Err(e) => return error(e),
+    };
+    let before_seq: Option<i64> = match paging::decode(cursor.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    let q = TaskQuery { status, before_seq, limit };
+    match read(s, move |r| r.list_tasks(q)).await {
+        Ok((rows, more)) => {
+            let next_cursor = if more { rows.last().map(|t| paging::encode(&t.head.seq)) } else { None };
+            let tasks: Vec<_> = rows.into_iter().map(|t| t.view()).collect();
+            Json(TaskList { count: tasks.len(), tasks, next_cursor }).into_response()
+        }
+        Err(r) => r,
     }
 }
 
 async fn list_tasks(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    q: Result<Query<ListTasks>, QueryRejection>,
 ) -> Response {
-    let status = match q.get("status").map(|v| v.parse::<TaskStatus>()) {
-        None => None,
-        Some(Ok(st)) => Some(st),
-        Some(Err(e)) => return error(ApiError::new(400, "invalid_query").msg(format!("status: {e}"))),
-    };
-    let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
-        None => 1000,
-        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
-        Some(_) => return error(ApiError::new(400, "invalid_query").msg("limit: expected an integer from 1 to 10000")),
-    };
-    call(&s, &headers, ApiRequest::ListTasks { status, limit }).await
+    match q {
+        Ok(Query(q)) => list(&s, &headers, q.status, q.limit, q.cursor).await,
+        Err(e) => bad_query(e),
+    }
 }
 
-async fn dead_letter(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    call(&s, &headers, ApiRequest::ListTasks { status: Some(TaskStatus::DeadLetter), limit: 10_000 }).await
+async fn dead_letter(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListDeadLetter>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => list(&s, &headers, Some(TaskStatus::DeadLetter), q.limit, q.cursor).await,
+        Err(e) => bad_query(e),
+    }
 }
 
 async fn stats(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -258,7 +303,20 @@ async fn stats(State(s): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn get_task(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    call(&s, &headers, ApiRequest::GetTask(id)).await
+    if let Err(r) = role(&s, &headers).await {
+        return r;
+    }
+    let wanted = id.clone();
+    let found = read(&s, move |r| {
+        let Some(task) = r.task(&wanted)? else { return Ok(None) };
+        Ok(Some((task, r.transitions(&wanted)?)))
+    })
+    .await;
+    match found {
+        Ok(Some((task, history))) => Json(TaskDetail { task: task.view(), history }).into_response(),
+        Ok(None) => error(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}"))),
+        Err(r) => r,
+    }
 }
 
 async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -269,14 +327,24 @@ async fn cancel(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<St
     call(&s, &headers, ApiRequest::Cancel(id)).await
 }
 
-async fn agents(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    call(&s, &headers, ApiRequest::Agents).await
+async fn agents(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListAgents>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => call(&s, &headers, ApiRequest::Agents { limit: q.limit, cursor: q.cursor }).await,
+        Err(e) => bad_query(e),
+    }
+}
+
+async fn agent(State(s): State<AppState>, headers: HeaderMap, Path(agent_id): Path<String>) -> Response {
+    call(&s, &headers, ApiRequest::Agent(agent_id)).await
 }
 
 /// A response naming the problem when `id` is not a valid agent id.
 fn bad_agent_id(id: &str) -> Option<Response> {
-    let bad = id.is_empty() || id.chars().count() > proto::MAX_AGENT_ID || id.chars().any(char::is_control);
-    bad.then(|| invalid(vec![format!("agent_id: must be 1 to {} printable characters", proto::MAX_AGENT_ID)]))
+    proto::api::check_agent_id(id).err().map(|e| invalid(vec![e]))
 }
 
 async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Result<JsonBody, Response>) -> Response {
@@ -284,19 +352,26 @@ async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Resul
         Ok(b) => b,
         Err(r) => return r,
     };
-    let agent_id = match m.get("agent_id") {
-        Some(Value::String(a)) => a.clone(),
+    let req: CreateToken = match m.get("agent_id") {
+        Some(Value::String(a)) => CreateToken { agent_id: a.clone() },
         Some(_) => return invalid(vec!["agent_id: expected string".into()]),
         None => return invalid(vec!["agent_id: required".into()]),
     };
-    if let Some(r) = bad_agent_id(&agent_id) {
+    if let Some(r) = bad_agent_id(&req.agent_id) {
         return r;
     }
-    call(&s, &headers, ApiRequest::CreateToken(agent_id)).await
+    call(&s, &headers, ApiRequest::CreateToken(req.agent_id)).await
 }
 
-async fn list_tokens(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    call(&s, &headers, ApiRequest::ListTokens).await
+async fn list_tokens(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListTokens>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => call(&s, &headers, ApiRequest::ListTokens { limit: q.limit, cursor: q.cursor }).await,
+        Err(e) => bad_query(e),
+    }
 }
 
 async fn revoke_token(State(s): State<AppState>, headers: HeaderMap, Path(agent_id): Path<String>) -> Response {
@@ -314,7 +389,18 @@ async fn restart_agent(
         Err(r) => return r,
     };
     let mut errors = Vec::new();
-    let reason = opt_str(&m, "reason", proto::MAX_REASON, &mut errors).unwrap_or_else(|| "admin_commanded".into());
+    let reason = match m.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if r.chars().count() > proto::MAX_REASON => {
+            errors.push(format!("reason: longer than {} characters", proto::MAX_REASON));
+            None
+        }
+        Some(Value::String(r)) => Some(r.clone()),
+        Some(_) => {
+            errors.push("reason: expected string".into());
+            None
+        }
+    };
     let force = match m.get("force") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -326,7 +412,7 @@ async fn restart_agent(
     if !errors.is_empty() {
         return invalid(errors);
     }
-    call(&s, &headers, ApiRequest::RestartAgent { agent_id, reason, force }).await
+    call(&s, &headers, ApiRequest::RestartAgent(RestartAgent { agent_id, reason, force })).await
 }
 
 async fn put_checkpoint(
@@ -342,34 +428,21 @@ async fn put_checkpoint(
     if let Some(r) = bad_agent_id(&agent_id) {
         return r;
     }
-    call(&s, &headers, ApiRequest::PutCheckpoint { agent_id, body: Value::Object(m) }).await
+    call(&s, &headers, ApiRequest::PutCheckpoint { agent_id, body: m }).await
 }
 
 async fn get_checkpoint(State(s): State<AppState>, headers: HeaderMap, Path(agent_id): Path<String>) -> Response {
-    call(&s, &headers, ApiRequest::GetCheckpoint(agent_id)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn submission_errors_name_fields() {
-        let m = json!({"priority": "asap", "max_retries": -1, "needed_capabilities": ["ok", 3], "status": "done"});
-        let errors = parse_new_task(m.as_object().unwrap().clone()).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("description: required")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("priority:")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("max_retries:")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("needed_capabilities[1]:")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("status:")), "{errors:?}");
+    let role = match role(&s, &headers).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(e) = authz::may_checkpoint(&role, &agent_id, "read") {
+        return error(e);
     }
-
-    #[test]
-    fn v1_fields_pass_through() {
-        let m = json!({"description": "d", "repo": "r", "routing_decision": {"target_type": "wake"}});
-        let t = parse_new_task(m.as_object().unwrap().clone()).unwrap();
-        assert_eq!(t.extra["repo"], "r");
-        assert_eq!(t.priority, Priority::Normal);
-        assert_eq!(t.max_retries, 3);
+    let wanted = agent_id.clone();
+    match read(&s, move |r| r.checkpoint(&wanted)).await {
+        Ok(Some((checkpoint, updated_at))) => Json(Checkpoint { agent_id, updated_at, checkpoint }).into_response(),
+        Ok(None) => error(ApiError::new(ErrorCode::NotFound).msg(format!("no checkpoint for {agent_id}"))),
+        Err(r) => r,
     }
 }

@@ -1,18 +1,24 @@
 //! agentcom hub: a durable task queue that hands tasks to connected agents over WebSocket.
 //!
-//! [`run`] wires the pieces: the SQLite [`store`], the single-owner [`core`] thread, and the
-//! axum [`http`] server whose `/ws` route hands each socket to a [`ws`] connection task.
+//! [`run`] wires the pieces: the SQLite [`store`] (a writer for the core, a reader for the API),
+//! the single-owner [`core`] thread, the axum [`http`] routes whose `/ws` hands each socket to a
+//! [`ws`] task, and the [`server`] that accepts connections and bounds them.
 
 pub mod auth;
+pub mod authz;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod paging;
+pub mod server;
 pub mod store;
 pub mod tls;
 pub mod ws;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -30,13 +36,15 @@ pub enum HubError {
     Config(#[from] config::ConfigErrors),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
     let context = context.into();
-    move |source| HubError::Io { context, source }
+    move |cause| HubError::Io { context, cause }
 }
 
 /// The admin token: from the configuration, else `<data-dir>/admin.token`, else a new one
@@ -48,10 +56,9 @@ fn admin_token(cfg: &HubConfig) -> Result<String, HubError> {
     let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        Ok(_) => Err(HubError::Io {
-            context: format!("{} is empty; delete it to generate a new admin token", path.display()),
-            source: std::io::ErrorKind::InvalidData.into(),
-        }),
+        Ok(_) => {
+            Err(HubError::Refused(format!("{} is empty; delete it to generate a new admin token", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = auth::generate_token();
             osutil::fs::write_atomic_mode(&path, format!("{token}\n").as_bytes(), Some(0o600))
@@ -68,13 +75,59 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join(ADMIN_TOKEN_FILE)
 }
 
-/// Lets one process hold many sockets: raise the soft open-files limit to the hard limit.
-fn raise_nofile_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+/// The data dir is private (0700) and so are its files (0600): the database holds checkpoints,
+/// which hold agents' conversations. An older, more open install is tightened, and says so.
+fn private_data_dir(dir: &Path) -> Result<(), HubError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("cannot create data dir {}", dir.display())))?;
+    let tighten = |p: &Path, mode: u32| -> Result<(), HubError> {
+        let Ok(meta) = std::fs::metadata(p) else { return Ok(()) };
+        if meta.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(io(format!("cannot make {} private", p.display())))?;
+            tracing::warn!(path = %p.display(), mode = format!("{mode:o}"), "tightened permissions");
         }
+        Ok(())
+    };
+    tighten(dir, 0o700)?;
+    for name in [DB_FILE, "hub.db-wal", "hub.db-shm", ADMIN_TOKEN_FILE] {
+        tighten(&dir.join(name), 0o600)?;
+    }
+    Ok(())
+}
+
+/// Refuses to start over a database that was lost: an empty `hub.db` beside an existing admin
+/// token means the data (tasks, tokens) was truncated, not that this is a first start. Creates
+/// the file 0600 on a real first start, so SQLite's WAL and shm files are private too.
+fn check_database_file(dir: &Path) -> Result<PathBuf, HubError> {
+    let db = dir.join(DB_FILE);
+    let token = dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::metadata(&db) {
+        Ok(m) if m.len() == 0 && token.exists() => Err(HubError::Refused(format!(
+            "{} is empty but {} exists: the hub's data (tasks, tokens, checkpoints) was lost or truncated. \
+             Refusing to start an empty hub in its place. Restore {} from a backup, or remove both files \
+             to start a new hub deliberately.",
+            db.display(),
+            token.display(),
+            DB_FILE
+        ))),
+        Ok(_) => Ok(db),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if token.exists() {
+                tracing::warn!(db = %db.display(), "no database beside an existing admin token; starting a new, empty one");
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&db)
+                .map_err(io(format!("cannot create {}", db.display())))?;
+            Ok(db)
+        }
+        Err(e) => Err(io(format!("cannot read {}", db.display()))(e)),
     }
 }
 
@@ -90,20 +143,24 @@ pub async fn run_reporting(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), HubError> {
-    raise_nofile_limit();
-    std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("cannot create data dir {}", cfg.data_dir.display())))?;
-    let admin = admin_token(&cfg)?;
-    let db_path = cfg.data_dir.join(DB_FILE);
-    let store = store::SqliteStore::open(&db_path)?;
-    let core = core::Core::new(store, cfg.timings.clone(), &admin)?;
-    let open = core.open_task_count();
-    let (handle, core_thread) = core::spawn(core);
-
+    // Bind first: a hub that cannot listen must not touch the data dir (or mint a token).
     let listener =
         tokio::net::TcpListener::bind(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("cannot read the bound address"))?;
+    let fd_limit = server::raise_nofile_limit();
+    private_data_dir(&cfg.data_dir)?;
+    let db_path = check_database_file(&cfg.data_dir)?;
+    let admin = admin_token(&cfg)?;
+    let store = store::SqliteStore::open(&db_path)?;
+    let reader: Arc<dyn store::Reader> = Arc::new(store.reader(cfg.net.reader_connections)?);
+    let core = core::Core::new(store, clock::SystemClock, cfg.timings.clone(), cfg.limits.clone(), &admin)?;
+    let open = core.open_task_count();
+    let (handle, core_thread) = core::spawn(core);
+
+    let limits = server::ConnLimits::new(&cfg.net, fd_limit);
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}"), data_dir = %cfg.data_dir.display(), open_tasks = open, "hub listening");
+    tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}"), data_dir = %cfg.data_dir.display(),
+        open_tasks = open, max_connections = limits.max, "hub listening");
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
@@ -111,33 +168,30 @@ pub async fn run_reporting(
     let tracker = TaskTracker::new();
     let state = http::AppState {
         core: handle.clone(),
+        reader,
         timings: cfg.timings.clone(),
+        limits: cfg.limits.clone(),
+        net: cfg.net.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
     };
-    let app = http::router(state);
-    let stop = shutdown.clone().cancelled_owned();
-    let served = match cfg.tls.clone() {
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls, shutdown.clone());
-            axum::serve(listener, app).with_graceful_shutdown(stop).await
-        }
-        None => {
-            // Frames are small and latency matters: no Nagle delay.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app).with_graceful_shutdown(stop).await
-        }
+    let server = server::Server {
+        listener,
+        app: http::router(state),
+        tls: cfg.tls.clone(),
+        net: cfg.net.clone(),
+        limits,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
     };
+    server.run().await;
     // Sockets see the same token and close with 1001; wait for them to say goodbye.
     tracker.close();
     tracker.wait().await;
-    handle.send(core::Event::Shutdown);
+    handle.send(core::Event::Shutdown).await;
     drop(handle);
     let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
-    served.map_err(io("the HTTP server failed"))?;
     tracing::info!("hub stopped");
     Ok(())
 }

@@ -1,147 +1,110 @@
-//! Hub domain types: tasks, their statuses and priorities, transitions and tokens.
+//! Hub domain types. A task is stored in three parts: the [`TaskHead`] (everything that changes
+//! as it moves: status, generation, holder, counters), kept in the core's memory while the task is
+//! open; the [`Payload`] (description, metadata, v1 fields), written once and read from the store
+//! when the task is handed out; and the [`Outcome`] (result, report), written when it completes.
+//! So a queue of a million tasks costs the core a few hundred bytes each, whatever their size.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::fmt;
-use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    Urgent,
-    High,
-    Normal,
-    Low,
-}
+pub use proto::api::{AgentStatus, Priority, TaskStatus, Transition};
 
-impl Priority {
-    pub const ALL: [Priority; 4] = [Priority::Urgent, Priority::High, Priority::Normal, Priority::Low];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Urgent => "urgent",
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-}
-
-impl FromStr for Priority {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Priority::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown priority {s:?} (expected urgent, high, normal or low)"))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Queued,
-    Assigned,
-    /// Accepted by the agent (`task_accepted`).
-    Working,
-    Completed,
-    /// Failed, waiting for its backoff before it is queued again.
-    WaitingRetry,
-    DeadLetter,
-    Cancelled,
-}
-
-impl TaskStatus {
-    pub const ALL: [TaskStatus; 7] = [
-        TaskStatus::Queued,
-        TaskStatus::Assigned,
-        TaskStatus::Working,
-        TaskStatus::Completed,
-        TaskStatus::WaitingRetry,
-        TaskStatus::DeadLetter,
-        TaskStatus::Cancelled,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Queued => "queued",
-            TaskStatus::Assigned => "assigned",
-            TaskStatus::Working => "working",
-            TaskStatus::Completed => "completed",
-            TaskStatus::WaitingRetry => "waiting_retry",
-            TaskStatus::DeadLetter => "dead_letter",
-            TaskStatus::Cancelled => "cancelled",
-        }
-    }
-    /// Terminal tasks leave the hub's memory; they live only in the store.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::DeadLetter | TaskStatus::Cancelled)
-    }
-    /// Held by an agent.
-    pub fn is_held(self) -> bool {
-        matches!(self, TaskStatus::Assigned | TaskStatus::Working)
-    }
-}
-
-impl fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for TaskStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
-            let all: Vec<_> = TaskStatus::ALL.iter().map(|t| t.as_str()).collect();
-            format!("unknown status {s:?} (expected one of {})", all.join(", "))
-        })
-    }
-}
-
-/// A task as stored. Serialized whole into the store's `body` column and returned by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Task {
+pub struct TaskHead {
     pub task_id: String,
     /// Submission order; first in, first out within a lane.
     pub seq: i64,
-    pub description: String,
     pub priority: Priority,
-    pub metadata: Value,
-    pub needed_capabilities: Vec<String>,
-    pub assign_to: Option<String>,
-    pub max_retries: u32,
-    /// Optional v1 fields passed through to `task_assign` (repo, branch, routing_decision, ...).
-    pub extra: Map<String, Value>,
     pub status: TaskStatus,
     pub generation: u64,
+    #[serde(default)]
+    pub needed_capabilities: Vec<String>,
+    #[serde(default)]
+    pub assign_to: Option<String>,
+    pub max_retries: u32,
+    #[serde(default)]
     pub assigned_to: Option<String>,
+    #[serde(default)]
     pub assigned_at: Option<u64>,
     /// How many times the task was handed to an agent.
+    #[serde(default)]
     pub attempts: u32,
     /// Counted failures (`task_failed`); above `max_retries` the task is dead-lettered.
-    pub failures: u32,
-    pub retry_at: Option<u64>,
-    pub result: Option<Value>,
-    /// Other fields of `task_complete` (tokens_used, verification_report, ...).
-    pub report: Map<String, Value>,
-    pub last_error: Option<String>,
-    /// The agent's last `task_progress`; saved with the task's next transition.
     #[serde(default)]
-    pub progress: Option<Value>,
+    pub failures: u32,
+    #[serde(default)]
+    pub retry_at: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// `admin`, or the agent whose token submitted the task (it may cancel and retry it).
     pub submitted_by: String,
     pub created_at: u64,
     pub updated_at: u64,
+    #[serde(default)]
     pub completed_at: Option<u64>,
 }
 
-/// One status change in a task's history.
+/// What the submitter asked for; never changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Transition {
-    pub at: u64,
-    pub from: Option<TaskStatus>,
-    pub to: TaskStatus,
-    pub reason: String,
-    pub agent_id: Option<String>,
-    pub generation: u64,
+pub struct Payload {
+    pub description: String,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Optional v1 fields passed through to `task_assign` (repo, branch, routing_decision, ...).
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+
+/// What the agent reported when it completed the task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Other fields of `task_complete` (tokens_used, verification_report, ...).
+    #[serde(default)]
+    pub report: Map<String, Value>,
+}
+
+/// A whole task as read back from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTask {
+    pub head: TaskHead,
+    pub payload: Payload,
+    pub outcome: Option<Outcome>,
+    /// The latest `task_progress` of the current generation.
+    pub progress: Option<Value>,
+}
+
+impl StoredTask {
+    /// The task as the API shows it.
+    pub fn view(self) -> proto::api::TaskView {
+        let (h, p, o) = (self.head, self.payload, self.outcome.unwrap_or_default());
+        proto::api::TaskView {
+            task_id: h.task_id,
+            description: p.description,
+            priority: h.priority,
+            metadata: Value::Object(p.metadata),
+            needed_capabilities: h.needed_capabilities,
+            assign_to: h.assign_to,
+            max_retries: h.max_retries,
+            extra: p.extra,
+            status: h.status,
+            generation: h.generation,
+            assigned_to: h.assigned_to,
+            assigned_at: h.assigned_at,
+            attempts: h.attempts,
+            failures: h.failures,
+            retry_at: h.retry_at,
+            result: o.result,
+            report: o.report,
+            last_error: h.last_error,
+            progress: self.progress,
+            submitted_by: h.submitted_by,
+            created_at: h.created_at,
+            updated_at: h.updated_at,
+            completed_at: h.completed_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,8 +133,4 @@ pub struct AgentRecord {
     pub last_seen: u64,
     #[serde(default)]
     pub restarting: bool,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -1,25 +1,15 @@
-//! Serving `https://` and `wss://`: the certificate and key (re-read when renewed), and a
-//! listener that hands axum only connections whose TLS handshake has finished.
+//! Serving `https://` and `wss://`: the certificate and key, re-read when renewed. Handshakes
+//! run in each connection's own task, bounded like a request head (see `server.rs`).
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
-
-/// How long a client gets to finish its handshake; a slow or silent one never holds up others.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight; past this, new connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Builds the server's TLS configuration from PEM files: the certificate chain (leaf first) and
 /// its private key (PKCS#8, PKCS#1 or SEC1). Errors name the file and what is wrong with it.
@@ -105,69 +95,5 @@ impl ResolvesServerCert for ReloadingCert {
             }
         }
         Some(current.key.clone())
-    }
-}
-
-/// A listener for `axum::serve` that yields TLS streams. Handshakes run in their own tasks,
-/// so one stalled client delays nobody; failed ones are logged and dropped.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>, shutdown: CancellationToken) -> Self {
-        let addr = tcp.local_addr().expect("a bound listener has an address");
-        let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = pending.clone().acquire_owned().await else { return };
-                let (stream, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off rather than spin.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = stream.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            drop(permit);
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::info!(peer = %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::info!(peer = %peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener { ready, addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The acceptor only stops at shutdown, when axum stops asking.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
     }
 }

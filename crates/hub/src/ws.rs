@@ -2,9 +2,10 @@
 //! heartbeat eviction. Everything else is the core's business.
 
 use crate::config::Timings;
-use crate::core::{ConnId, CoreHandle, Event, Out};
+use crate::core::{ConnId, CoreHandle, Event, Out, OUT_CAPACITY};
+use crate::server::ConnTicket;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use proto::{AgentFrame, ErrorFrame, HubFrame};
+use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame};
 use std::collections::VecDeque;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -13,16 +14,37 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
-pub async fn serve(mut socket: WebSocket, conn: ConnId, core: CoreHandle, t: Timings, shutdown: CancellationToken) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    core.send(Event::Connected { conn, tx });
+/// What one socket task is given.
+pub struct WsConn {
+    pub conn: ConnId,
+    pub core: CoreHandle,
+    pub timings: Timings,
+    /// How long the socket may stay without a successful identify.
+    pub identify_timeout: std::time::Duration,
+    pub shutdown: CancellationToken,
+    /// The connection's slot in the hub's limits, when served by [`crate::server`].
+    pub ticket: Option<ConnTicket>,
+}
+
+pub async fn serve(mut socket: WebSocket, w: WsConn) {
+    let WsConn { conn, core, timings: t, identify_timeout, shutdown, ticket } = w;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(OUT_CAPACITY);
+    core.send(Event::Connected { conn, tx }).await;
     let mut state = ConnState { identify_sent: false, identified: false, violations: VecDeque::new() };
     let idle = tokio::time::sleep(t.heartbeat_timeout);
     tokio::pin!(idle);
+    let identify_deadline = tokio::time::sleep(identify_timeout);
+    tokio::pin!(identify_deadline);
+    let evicted = ticket.as_ref().map(|t| t.0.evicted().clone()).unwrap_or_default();
     let close: Option<(u16, String)> = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "hub shutting down".into())),
+            _ = evicted.cancelled() => break Some((CLOSE_TRY_AGAIN, "hub busy; reconnect and identify promptly".into())),
+            _ = &mut identify_deadline, if !state.identified => {
+                break Some((CLOSE_POLICY, format!("no identify within {} ms", identify_timeout.as_millis())));
+            }
             _ = &mut idle => {
                 tracing::info!(conn, "no frame within the heartbeat timeout; evicting");
                 break Some((CLOSE_GOING_AWAY, "heartbeat timeout".into()));
@@ -33,11 +55,16 @@ pub async fn serve(mut socket: WebSocket, conn: ConnId, core: CoreHandle, t: Tim
                         break None;
                     }
                 }
-                Some(Out::Identified(_)) => state.identified = true,
+                Some(Out::Identified(_)) => {
+                    state.identified = true;
+                    if let Some(t) = &ticket {
+                        t.0.identified();
+                    }
+                }
                 Some(Out::IdentifyFailed) => {
                     state.identify_sent = state.identified;
                     if state.violation(&t) {
-                        core.send(Event::Banned { conn });
+                        core.send(Event::Banned { conn }).await;
                         break Some((CLOSE_POLICY, "too many protocol violations".into()));
                     }
                 }
@@ -50,17 +77,17 @@ pub async fn serve(mut socket: WebSocket, conn: ConnId, core: CoreHandle, t: Tim
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Err(e)) => break too_big(e).then(|| (CLOSE_TOO_BIG, format!("frame larger than {} bytes", proto::MAX_FRAME_BYTES))),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => Some(HubFrame::Error(ErrorFrame::new("invalid_json").message("binary frames are not supported; send JSON text frames"))),
+                    Some(Ok(Message::Binary(_))) => Some(HubFrame::Error(ErrorFrame::new(FrameErrorCode::InvalidJson).message("binary frames are not supported; send JSON text frames"))),
                     Some(Ok(Message::Text(text))) => match proto::parse_agent_frame(text.as_str()) {
                         Ok(frame) => {
                             if matches!(frame, AgentFrame::Identify(_)) {
                                 state.identify_sent = true;
-                                core.send(Event::Frame { conn, frame });
+                                core.send(Event::Frame { conn, frame }).await;
                                 None
                             } else if !state.identify_sent {
-                                Some(HubFrame::Error(ErrorFrame::new("not_identified")))
+                                Some(HubFrame::Error(ErrorFrame::new(FrameErrorCode::NotIdentified)))
                             } else {
-                                core.send(Event::Frame { conn, frame });
+                                core.send(Event::Frame { conn, frame }).await;
                                 None
                             }
                         }
@@ -73,14 +100,14 @@ pub async fn serve(mut socket: WebSocket, conn: ConnId, core: CoreHandle, t: Tim
                         break None;
                     }
                     if state.violation(&t) {
-                        core.send(Event::Banned { conn });
+                        core.send(Event::Banned { conn }).await;
                         break Some((CLOSE_POLICY, "too many protocol violations".into()));
                     }
                 }
             }
         }
     };
-    core.send(Event::Disconnected { conn });
+    core.send(Event::Disconnected { conn }).await;
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: reason.into() };
         if socket.send(Message::Close(Some(frame))).await.is_ok() {

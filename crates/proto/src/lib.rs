@@ -5,6 +5,7 @@
 //! `validation_failed`), then deserialized into a typed [`AgentFrame`]. Unknown fields are
 //! allowed, because v1 sidecars send extras such as `protocol_version` on every frame.
 
+pub mod api;
 pub mod control;
 
 use serde::{Deserialize, Serialize};
@@ -211,7 +212,7 @@ pub enum HubFrame {
     TaskAssign(TaskAssign),
     TaskAck {
         task_id: String,
-        status: String,
+        status: AckStatus,
     },
     TaskContinue {
         task_id: String,
@@ -223,7 +224,7 @@ pub enum HubFrame {
     StateReportAck {
         #[serde(default)]
         task_id: Option<String>,
-        action: String,
+        action: ReportAction,
     },
     TaskCancelled {
         task_id: String,
@@ -237,9 +238,81 @@ pub enum HubFrame {
     Error(ErrorFrame),
 }
 
+/// What a `task_ack` confirms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// `task_accepted` was recorded.
+    Accepted,
+    /// `task_rejected` was recorded; the task is queued again.
+    Requeued,
+    /// `task_complete` was recorded.
+    Complete,
+    /// `task_failed` was recorded; the task will be retried.
+    Retried,
+    /// `task_failed` was recorded; the task is in the dead letter queue.
+    DeadLetter,
+}
+
+/// The hub's answer to a `state_report` about a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportAction {
+    /// The agent holds the task: go on.
+    Continue,
+    /// The agent does not hold it (any more): drop it.
+    Abort,
+}
+
+/// The codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameErrorCode {
+    InvalidJson,
+    ValidationFailed,
+    NotIdentified,
+    AlreadyIdentified,
+    InvalidToken,
+    TokenAgentMismatch,
+    /// Identify refused for a while after too many protocol violations (`retry_after_ms`).
+    IdentifyRefused,
+    InvalidState,
+    NotFound,
+    StaleGeneration,
+    StorageUnavailable,
+    /// A code this side does not know (a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl FrameErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameErrorCode::InvalidJson => "invalid_json",
+            FrameErrorCode::ValidationFailed => "validation_failed",
+            FrameErrorCode::NotIdentified => "not_identified",
+            FrameErrorCode::AlreadyIdentified => "already_identified",
+            FrameErrorCode::InvalidToken => "invalid_token",
+            FrameErrorCode::TokenAgentMismatch => "token_agent_mismatch",
+            FrameErrorCode::IdentifyRefused => "identify_refused",
+            FrameErrorCode::InvalidState => "invalid_state",
+            FrameErrorCode::NotFound => "not_found",
+            FrameErrorCode::StaleGeneration => "stale_generation",
+            FrameErrorCode::StorageUnavailable => "storage_unavailable",
+            FrameErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FrameErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorFrame {
-    pub error: String,
+    pub error: FrameErrorCode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,15 +326,8 @@ pub struct ErrorFrame {
 }
 
 impl ErrorFrame {
-    pub fn new(error: impl Into<String>) -> Self {
-        ErrorFrame {
-            error: error.into(),
-            message_type: None,
-            task_id: None,
-            errors: Vec::new(),
-            message: None,
-            retry_after_ms: None,
-        }
+    pub fn new(error: FrameErrorCode) -> Self {
+        ErrorFrame { error, message_type: None, task_id: None, errors: Vec::new(), message: None, retry_after_ms: None }
     }
     pub fn task(mut self, task_id: &str) -> Self {
         self.task_id = Some(task_id.to_string());
@@ -299,19 +365,20 @@ pub enum FrameError {
 impl FrameError {
     pub fn to_frame(&self) -> HubFrame {
         let e = match self {
-            FrameError::Malformed(m) => ErrorFrame::new("invalid_json").message(m.clone()),
-            FrameError::MissingType => {
-                ErrorFrame { errors: vec!["type: required string".into()], ..ErrorFrame::new("validation_failed") }
-            }
+            FrameError::Malformed(m) => ErrorFrame::new(FrameErrorCode::InvalidJson).message(m.clone()),
+            FrameError::MissingType => ErrorFrame {
+                errors: vec!["type: required string".into()],
+                ..ErrorFrame::new(FrameErrorCode::ValidationFailed)
+            },
             FrameError::UnknownType(t) => ErrorFrame {
                 message_type: Some(t.clone()),
                 errors: vec![format!("type: unknown message type {t:?}")],
-                ..ErrorFrame::new("validation_failed")
+                ..ErrorFrame::new(FrameErrorCode::ValidationFailed)
             },
             FrameError::Invalid { message_type, errors } => ErrorFrame {
                 message_type: Some(message_type.clone()),
                 errors: errors.clone(),
-                ..ErrorFrame::new("validation_failed")
+                ..ErrorFrame::new(FrameErrorCode::ValidationFailed)
             },
         };
         HubFrame::Error(e)
@@ -576,7 +643,7 @@ mod tests {
 
     #[test]
     fn hub_frames_serialize_like_v1() {
-        let f = HubFrame::TaskAck { task_id: "t".into(), status: "accepted".into() };
+        let f = HubFrame::TaskAck { task_id: "t".into(), status: AckStatus::Accepted };
         assert_eq!(serde_json::to_value(&f).unwrap(), json!({"type":"task_ack","task_id":"t","status":"accepted"}));
         let mut extra = Map::new();
         extra.insert("repo".into(), json!("r"));
@@ -593,6 +660,21 @@ mod tests {
         assert_eq!(v["type"], "task_assign");
         assert_eq!(v["repo"], "r");
         assert_eq!(parse_hub_frame(&a.to_text()).unwrap(), a);
+    }
+
+    #[test]
+    fn closed_sets_are_enums_with_v1_strings() {
+        let f = HubFrame::StateReportAck { task_id: None, action: ReportAction::Abort };
+        assert_eq!(
+            serde_json::to_value(&f).unwrap(),
+            json!({"type":"state_report_ack","task_id":null,"action":"abort"})
+        );
+        let f = HubFrame::TaskAck { task_id: "t".into(), status: AckStatus::DeadLetter };
+        assert_eq!(serde_json::to_value(&f).unwrap()["status"], "dead_letter");
+        let e: HubFrame = parse_hub_frame(r#"{"type":"error","error":"stale_generation"}"#).unwrap();
+        assert!(matches!(e, HubFrame::Error(ErrorFrame { error: FrameErrorCode::StaleGeneration, .. })));
+        let e: HubFrame = parse_hub_frame(r#"{"type":"error","error":"brand_new"}"#).unwrap();
+        assert!(matches!(e, HubFrame::Error(ErrorFrame { error: FrameErrorCode::Unknown, .. })));
     }
 
     #[test]

@@ -238,8 +238,8 @@ impl Runner {
             HubFrame::TaskAck { task_id, status } => {
                 let reporting =
                     self.q.active.as_ref().is_some_and(|t| t.task_id == task_id && t.status == Phase::Reporting);
-                if reporting && status != "accepted" {
-                    tracing::info!(task_id = %task_id, status = %status, "hub acknowledged the report");
+                if reporting && status != proto::AckStatus::Accepted {
+                    tracing::info!(task_id = %task_id, status = ?status, "hub acknowledged the report");
                     self.finish_task();
                 }
             }
@@ -259,7 +259,7 @@ impl Runner {
                     self.drop_task(t);
                 }
             }
-            HubFrame::StateReportAck { task_id: Some(task_id), action } if action == "abort" => {
+            HubFrame::StateReportAck { task_id: Some(task_id), action: proto::ReportAction::Abort } => {
                 if self.q.active.as_ref().is_some_and(|t| t.task_id == task_id) {
                     if let Some(t) = self.q.active.take() {
                         tracing::warn!(task_id = %task_id, "hub says abort; dropping the task");

@@ -180,6 +180,16 @@ impl Hub {
         Ok(Hub { child, addr, dir: dir.to_path_buf(), admin_token, tls: None, logs, _temp: None })
     }
 
+    /// SIGKILLs the hub and starts a new one on the same address and data dir, in place: the
+    /// temp dir stays owned (dropping the old `Hub` would delete the new hub's data under it).
+    pub fn restart_after_kill(&mut self, bin: &Path, config: &str) -> Result<()> {
+        self.kill9();
+        let mut next = Hub::start_at(bin, &self.dir, config, &self.addr.to_string())?;
+        next._temp = self._temp.take();
+        *self = next;
+        Ok(())
+    }
+
     /// Like [`Hub::start`], serving `https://` and `wss://` with a certificate from a fresh CA.
     pub fn start_tls(bin: &Path, extra_config: &str) -> Result<Hub> {
         let temp = tempfile::tempdir()?;
@@ -241,13 +251,20 @@ impl Hub {
         Api { base: self.url(), token: token.map(str::to_string), http }
     }
 
+    /// The typed API client, with `token` (and this hub's CA for a TLS hub).
+    pub fn client(&self, token: Option<&str>) -> client::Client {
+        let ca = self.tls.as_ref().map(|t| t.ca.clone());
+        client::Client::new(&self.url(), token.map(str::to_string), ca.as_deref()).expect("a client of the test hub")
+    }
+
+    /// The typed API client with the admin token.
+    pub fn admin_client(&self) -> client::Client {
+        self.client(Some(&self.admin_token))
+    }
+
     /// Creates an agent token through the admin API.
     pub async fn token(&self, agent_id: &str) -> Result<String> {
-        let (status, v) = self.admin().post("/admin/tokens", json!({ "agent_id": agent_id })).await?;
-        if status != 201 {
-            bail!("token create: {status} {v}");
-        }
-        Ok(v["token"].as_str().unwrap_or_default().to_string())
+        Ok(self.admin_client().call(&proto::api::CreateToken { agent_id: agent_id.into() }).await?.token)
     }
 
     /// Creates a token and connects an identified agent with the given capabilities.
@@ -257,30 +274,27 @@ impl Hub {
     }
 
     /// Submits a task as admin; returns its id.
-    pub async fn submit(&self, body: Value) -> Result<String> {
-        let (status, v) = self.admin().post("/api/tasks", body).await?;
-        if status != 201 {
-            bail!("submit: {status} {v}");
-        }
-        Ok(v["task_id"].as_str().unwrap_or_default().to_string())
+    pub async fn submit(&self, task: proto::api::SubmitTask) -> Result<String> {
+        Ok(self.admin_client().call(&task).await?.task_id)
     }
 
-    pub async fn task(&self, id: &str) -> Result<Value> {
-        let (status, v) = self.admin().get(&format!("/api/tasks/{id}")).await?;
-        if status != 200 {
-            bail!("get task {id}: {status} {v}");
-        }
-        Ok(v)
+    /// Submits a task with only a description.
+    pub async fn submit_text(&self, description: &str) -> Result<String> {
+        self.submit(proto::api::SubmitTask::new(description)).await
+    }
+
+    pub async fn task(&self, id: &str) -> Result<proto::api::TaskDetail> {
+        Ok(self.admin_client().call(&proto::api::GetTask { task_id: id.into() }).await?)
     }
 
     /// Polls until the task has `status` (the hub changes it on a timer we do not observe).
-    pub async fn wait_status(&self, id: &str, status: &str) -> Result<Value> {
+    pub async fn wait_status(&self, id: &str, status: proto::api::TaskStatus) -> Result<proto::api::TaskDetail> {
         eventually(&format!("task {id} to be {status}"), || async {
             let t = self.task(id).await.map_err(|e| e.to_string())?;
-            if t["status"] == status {
+            if t.task.status == status {
                 Ok(t)
             } else {
-                Err(t.to_string())
+                Err(format!("{:?}", t.task))
             }
         })
         .await

@@ -3,7 +3,7 @@
 use super::process::Sup;
 use crate::logging::{self, LogArgs};
 use anyhow::Context;
-use client::{seg, Client};
+use client::Client;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -196,13 +196,10 @@ pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
             c.save(&dir)?;
             crate::out::println(format!("saved {}", dir.join(guard::checkpoint::TASK_FILE).display()))?;
             if let Some((client, agent)) = hub.client()? {
-                client
-                    .request(
-                        reqwest::Method::PUT,
-                        &format!("/api/agents/{}/checkpoint", seg(&agent)),
-                        Some(serde_json::to_value(&c)?),
-                    )
-                    .await?;
+                let serde_json::Value::Object(checkpoint) = serde_json::to_value(&c)? else {
+                    anyhow::bail!("a checkpoint serializes to a JSON object");
+                };
+                client.call(&proto::api::PutCheckpoint { agent_id: agent.clone(), checkpoint }).await?;
                 crate::out::println(format!("stored at the hub for {agent}"))?;
             }
         }
@@ -222,8 +219,8 @@ pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
                 Ok(c) => c,
                 Err(local) => {
                     let (client, agent) = hub.client()?.ok_or(local)?;
-                    let v = client.get(&format!("/api/agents/{}/checkpoint", seg(&agent))).await?;
-                    let c: guard::checkpoint::Checkpoint = serde_json::from_value(v["checkpoint"].clone())?;
+                    let v = client.call(&proto::api::GetCheckpoint { agent_id: agent }).await?;
+                    let c: guard::checkpoint::Checkpoint = serde_json::from_value(v.checkpoint)?;
                     c.save(&dir)?;
                     c
                 }

@@ -14,9 +14,13 @@ pub struct HubArgs {
     /// TOML configuration file.
     #[arg(long, env = "AGENTCOM_CONFIG")]
     config: Option<PathBuf>,
-    /// Admin token (otherwise read from or generated into <data-dir>/admin.token).
+    /// Admin token (otherwise read from or generated into <data-dir>/admin.token). On the
+    /// command line it is visible to every local user in the process list: prefer --admin-token-file.
     #[arg(long, env = "AGENTCOM_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, env = "AGENTCOM_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
     #[arg(long, env = "AGENTCOM_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -29,11 +33,15 @@ pub struct HubArgs {
 
 pub async fn run(a: HubArgs) -> anyhow::Result<u8> {
     logging::init(a.log.log_format, "info");
+    if std::env::args().any(|arg| arg == "--admin-token" || arg.starts_with("--admin-token=")) {
+        tracing::warn!("--admin-token on the command line is visible to every local user in /proc/<pid>/cmdline; use --admin-token-file or AGENTCOM_ADMIN_TOKEN");
+    }
     let overrides = hub::Overrides {
         config: a.config,
         listen: a.listen,
         data_dir: a.data_dir,
         admin_token: a.admin_token,
+        admin_token_file: a.admin_token_file,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
     };

@@ -1,8 +1,12 @@
 //! The commands that talk to a hub over HTTP: `task`, `agents`, `agent`, `token`.
 
 use anyhow::Context;
-use client::{render, seg, Client};
-use serde_json::{json, Value};
+use clap::builder::TypedValueParser as _;
+use client::{render, Client, ClientError};
+use proto::api::{
+    CancelTask, CreateToken, Endpoint, ErrorCode, GetTask, ListAgents, ListTasks, ListTokens, Priority, RestartAgent,
+    RetryTask, RevokeTokens, SubmitTask, TaskStatus,
+};
 use std::path::PathBuf;
 
 /// Where client commands find the hub.
@@ -25,21 +29,62 @@ pub struct RemoteArgs {
     json: bool,
 }
 
+/// Where the token a command sends came from, so a refusal can say what to change.
+enum TokenSource {
+    Given,
+    AdminFile(PathBuf),
+    None(PathBuf),
+}
+
 impl RemoteArgs {
-    fn client(&self) -> Result<Client, client::ClientError> {
-        let token = self.token.clone().or_else(|| {
-            std::fs::read_to_string(hub::admin_token_path(&self.data_dir)).ok().map(|t| t.trim().to_string())
-        });
-        Client::new(&self.url, token, self.ca_file.as_deref())
+    fn token(&self) -> (Option<String>, TokenSource) {
+        if let Some(t) = &self.token {
+            return (Some(t.clone()), TokenSource::Given);
+        }
+        let path = hub::admin_token_path(&self.data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => (Some(t.trim().to_string()), TokenSource::AdminFile(path)),
+            _ => (None, TokenSource::None(path)),
+        }
     }
 
-    fn print(&self, v: &Value, human: impl FnOnce(&Value) -> String) -> std::io::Result<()> {
+    /// Sends one typed request; a refused token is explained with where it came from.
+    async fn call<E: Endpoint>(&self, req: &E) -> anyhow::Result<E::Response> {
+        let (token, source) = self.token();
+        let client = Client::new(&self.url, token, self.ca_file.as_deref())?;
+        client.call(req).await.map_err(|e| explain(e, &source))
+    }
+
+    fn print<T: serde::Serialize>(&self, v: &T, human: impl FnOnce(&T) -> String) -> std::io::Result<()> {
         if self.json {
             crate::out::println(serde_json::to_string_pretty(v).unwrap_or_default())
         } else {
             crate::out::print(human(v))
         }
     }
+}
+
+fn explain(e: ClientError, source: &TokenSource) -> anyhow::Error {
+    let hint = match (e.code(), source) {
+        (Some(ErrorCode::Unauthorized), TokenSource::None(path)) => format!(
+            "no token was sent: none given (--token or AGENTCOM_TOKEN), and no admin token at {} \
+             (AGENTCOM_DATA_DIR or --data-dir names the hub's data dir). Set AGENTCOM_TOKEN to the \
+             hub's admin token or to an agent token (`agentcom token create AGENT` on the hub machine).",
+            path.display()
+        ),
+        (Some(ErrorCode::InvalidToken), TokenSource::Given) => {
+            "the hub refused the token given with --token or AGENTCOM_TOKEN (not its admin token, \
+             nor an agent token it knows; agent tokens are revoked with `agentcom token revoke`)"
+                .into()
+        }
+        (Some(ErrorCode::InvalidToken), TokenSource::AdminFile(path)) => format!(
+            "the hub refused the admin token read from {}: that file belongs to another hub \
+             (set AGENTCOM_DATA_DIR to this hub's data dir, or AGENTCOM_TOKEN)",
+            path.display()
+        ),
+        _ => return e.into(),
+    };
+    anyhow::anyhow!("{e}\n  {hint}")
 }
 
 #[derive(clap::Subcommand)]
@@ -49,8 +94,8 @@ pub enum TaskCmd {
         /// What the agent should do.
         description: String,
         /// The task's lane.
-        #[arg(long, default_value = "normal", value_parser = ["urgent", "high", "normal", "low"])]
-        priority: String,
+        #[arg(long, default_value = "normal", value_parser = clap::builder::PossibleValuesParser::new(["urgent", "high", "normal", "low"]).map(|s| s.parse::<Priority>().unwrap_or_default()))]
+        priority: Priority,
         /// A capability the agent must have (repeatable).
         #[arg(long = "capability")]
         capabilities: Vec<String>,
@@ -69,11 +114,14 @@ pub enum TaskCmd {
     /// List tasks, newest first.
     List {
         /// Only tasks in this status.
-        #[arg(long)]
-        status: Option<String>,
-        /// At most this many tasks.
+        #[arg(long, value_parser = |s: &str| s.parse::<TaskStatus>())]
+        status: Option<TaskStatus>,
+        /// At most this many tasks (1 to 1000).
         #[arg(long, default_value_t = 100)]
-        limit: usize,
+        limit: u32,
+        /// Continue after a page: the `next_cursor` of the previous `--json` answer.
+        #[arg(long)]
+        cursor: Option<String>,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -143,73 +191,80 @@ pub enum TokenCmd {
 pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
     match cmd {
         TaskCmd::Submit { description, priority, capabilities, metadata, max_retries, assign_to, remote } => {
-            let mut body = json!({ "description": description, "priority": priority });
-            if !capabilities.is_empty() {
-                body["needed_capabilities"] = json!(capabilities);
-            }
+            let mut req = SubmitTask::new(description);
+            req.priority = priority;
+            req.needed_capabilities = capabilities;
             if let Some(m) = metadata {
-                body["metadata"] = serde_json::from_str(&m).context("--metadata is not valid JSON")?;
+                let v: serde_json::Value = serde_json::from_str(&m).context("--metadata is not valid JSON")?;
+                let serde_json::Value::Object(m) = v else { anyhow::bail!("--metadata must be a JSON object") };
+                req.metadata = m;
             }
             if let Some(n) = max_retries {
-                body["max_retries"] = json!(n);
+                req.max_retries = n;
             }
-            if let Some(a) = assign_to {
-                body["assign_to"] = json!(a);
-            }
-            let v = remote.client()?.post("/api/tasks", body).await?;
-            remote.print(&v, |v| format!("{}\n", client::cell(&v["task_id"])))?;
+            req.assign_to = assign_to;
+            let v = remote.call(&req).await?;
+            remote.print(&v, |v| format!("{}\n", v.task_id))?;
         }
-        TaskCmd::List { status, limit, remote } => {
-            let mut path = format!("/api/tasks?limit={limit}");
-            if let Some(s) = status {
-                path.push_str(&format!("&status={}", seg(&s)));
-            }
-            let v = remote.client()?.get(&path).await?;
+        TaskCmd::List { status, limit, cursor, remote } => {
+            let v = remote.call(&ListTasks { status, limit: Some(limit), cursor }).await?;
             remote.print(&v, render::tasks)?;
         }
         TaskCmd::Show { id, remote } => {
-            let v = remote.client()?.get(&format!("/api/tasks/{}", seg(&id))).await?;
+            let v = remote.call(&GetTask { task_id: id }).await?;
             remote.print(&v, render::task)?;
         }
         TaskCmd::Cancel { id, remote } => {
-            let v = remote.client()?.post(&format!("/api/tasks/{}/cancel", seg(&id)), json!({})).await?;
-            remote.print(&v, |v| format!("cancelled {}\n", client::cell(&v["task_id"])))?;
+            let v = remote.call(&CancelTask { task_id: id }).await?;
+            remote.print(&v, |v| format!("cancelled {}\n", v.task_id))?;
         }
         TaskCmd::Retry { id, remote } => {
-            let v = remote.client()?.post(&format!("/api/tasks/{}/retry", seg(&id)), json!({})).await?;
-            remote.print(&v, |v| format!("queued {} again\n", client::cell(&v["task_id"])))?;
+            let v = remote.call(&RetryTask { task_id: id }).await?;
+            remote.print(&v, |v| format!("queued {} again\n", v.task_id))?;
         }
     }
     Ok(0)
 }
 
 pub async fn agents(remote: RemoteArgs) -> anyhow::Result<u8> {
-    let v = remote.client()?.get("/api/agents").await?;
-    remote.print(&v, render::agents)?;
+    let mut all = remote.call(&ListAgents { limit: Some(proto::api::MAX_PAGE), cursor: None }).await?;
+    // A fleet is listed whole: page through it.
+    while let Some(cursor) = all.next_cursor.take() {
+        let page = remote.call(&ListAgents { limit: Some(proto::api::MAX_PAGE), cursor: Some(cursor) }).await?;
+        all.agents.extend(page.agents);
+        all.next_cursor = page.next_cursor;
+    }
+    all.count = all.agents.len();
+    remote.print(&all, render::agents)?;
     Ok(0)
 }
 
 pub async fn agent(cmd: AgentCmd) -> anyhow::Result<u8> {
     let AgentCmd::Restart { agent, reason, force, remote } = cmd;
-    let path = format!("/api/admin/agents/{}/restart", seg(&agent));
-    let v = remote.client()?.post(&path, json!({ "reason": reason, "force": force })).await?;
-    remote.print(&v, |v| format!("restart commanded for {}\n", client::cell(&v["agent_id"])))?;
+    let v = remote.call(&RestartAgent { agent_id: agent, reason: Some(reason), force }).await?;
+    remote.print(&v, |v| format!("restart commanded for {}\n", v.agent_id))?;
     Ok(0)
 }
 
 pub async fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
     match cmd {
         TokenCmd::Create { agent, remote } => {
-            let v = remote.client()?.post("/admin/tokens", json!({ "agent_id": agent })).await?;
-            remote.print(&v, |v| format!("{}\n", client::cell(&v["token"])))?;
+            let v = remote.call(&CreateToken { agent_id: agent }).await?;
+            remote.print(&v, |v| format!("{}\n", v.token))?;
         }
         TokenCmd::List { remote } => {
-            let v = remote.client()?.get("/admin/tokens").await?;
-            remote.print(&v, render::tokens)?;
+            let mut all = remote.call(&ListTokens { limit: Some(proto::api::MAX_PAGE), cursor: None }).await?;
+            while let Some(cursor) = all.next_cursor.take() {
+                let page = remote.call(&ListTokens { limit: Some(proto::api::MAX_PAGE), cursor: Some(cursor) }).await?;
+                all.tokens.extend(page.tokens);
+                all.next_cursor = page.next_cursor;
+            }
+            all.count = all.tokens.len();
+            remote.print(&all, render::tokens)?;
         }
         TokenCmd::Revoke { agent, remote } => {
-            let v = remote.client()?.delete(&format!("/admin/tokens/{}", seg(&agent))).await?;
-            remote.print(&v, |v| format!("revoked {} token(s) of {}\n", v["revoked"], client::cell(&v["agent_id"])))?;
+            let v = remote.call(&RevokeTokens { agent_id: agent }).await?;
+            remote.print(&v, |v| format!("revoked {} token(s) of {}\n", v.revoked, v.agent_id))?;
         }
     }
     Ok(0)

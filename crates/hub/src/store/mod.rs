@@ -1,13 +1,18 @@
-//! The hub's durable store: a narrow trait so a PostgreSQL backend can sit beside SQLite.
+//! The hub's durable store, behind two narrow traits so a PostgreSQL backend can sit beside SQLite.
 //!
-//! The core hands the store one batch of [`Mutation`]s per group commit; `commit` returns only
-//! once the batch is durable, and the core releases acks and replies only after that.
+//! [`Store`] is the writer, owned by the core thread: it loads the state at start and takes one
+//! batch of [`Mutation`]s per group commit, returning only once the batch is durable (the core
+//! releases acks and replies only after that). [`Reader`] serves the API's reads on other
+//! threads, so a large listing never holds up dispatch; it sees only committed data, and
+//! since nothing is acknowledged before its commit, a client always reads its own writes.
 
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteReader, SqliteStore};
 
-use crate::model::{AgentRecord, Task, TaskStatus, TokenRecord, Transition};
+use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
+use serde_json::Value;
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -15,35 +20,83 @@ pub enum StoreError {
     Corrupt { path: String, message: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("stored task {task_id} cannot be decoded: {message}")]
-    Decode { task_id: String, message: String },
+    #[error("stored {what} cannot be decoded: {message}")]
+    Decode { what: String, message: String },
     #[error("cannot open database {path}: {message}")]
     Open { path: String, message: String },
 }
 
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    PutTask(Box<Task>),
-    AddTransition { task_id: String, transition: Transition },
+    InsertTask {
+        head: Box<TaskHead>,
+        payload: Box<Payload>,
+    },
+    PutHead(Box<TaskHead>),
+    SetOutcome {
+        task_id: String,
+        outcome: Box<Outcome>,
+    },
+    AddTransition {
+        task_id: String,
+        transition: Transition,
+    },
+    /// One `task_progress`; the store keeps the latest [`PROGRESS_KEPT`] of each task.
+    AddProgress {
+        task_id: String,
+        generation: u64,
+        at: u64,
+        body: Value,
+    },
     PutToken(TokenRecord),
-    DeleteTokens { agent_id: String },
-    PutCheckpoint { agent_id: String, body: serde_json::Value, at: u64 },
+    DeleteTokens {
+        agent_id: String,
+    },
+    PutCheckpoint {
+        agent_id: String,
+        body: Value,
+        at: u64,
+    },
     PutAgent(AgentRecord),
 }
 
-pub trait Store: Send + 'static {
+/// Progress lines kept per task.
+pub const PROGRESS_KEPT: i64 = 100;
+
+/// Everything the core needs at start (and after a failed commit, to go back to the truth).
+#[derive(Debug, Default)]
+pub struct Snapshot {
     /// Every task that is not terminal, in submission order.
-    fn open_tasks(&mut self) -> Result<Vec<Task>, StoreError>;
-    fn max_seq(&mut self) -> Result<i64, StoreError>;
+    pub open: Vec<TaskHead>,
+    pub max_seq: i64,
+    pub counts: HashMap<TaskStatus, u64>,
+    pub tokens: Vec<TokenRecord>,
+    pub agents: Vec<AgentRecord>,
+}
+
+pub trait Store: Send + 'static {
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// The head of any task, terminal ones included (a retry brings one back).
+    fn head(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError>;
+    /// The payloads of the given tasks (those that exist).
+    fn payloads(&mut self, task_ids: &[&str]) -> Result<HashMap<String, Payload>, StoreError>;
     /// Applies the batch in one transaction and makes it durable before returning.
     fn commit(&mut self, batch: &[Mutation]) -> Result<(), StoreError>;
-    fn task(&mut self, task_id: &str) -> Result<Option<Task>, StoreError>;
-    fn transitions(&mut self, task_id: &str) -> Result<Vec<Transition>, StoreError>;
-    /// Newest first.
-    fn list_tasks(&mut self, status: Option<TaskStatus>, limit: usize) -> Result<Vec<Task>, StoreError>;
-    fn count_by_status(&mut self) -> Result<Vec<(TaskStatus, u64)>, StoreError>;
-    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError>;
-    fn checkpoint(&mut self, agent_id: &str) -> Result<Option<(serde_json::Value, u64)>, StoreError>;
-    /// Every agent the hub has seen, as last recorded.
-    fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError>;
+}
+
+/// Which tasks a listing wants: newest first, below the cursor.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    /// Only tasks submitted before this one (the `seq` of the previous page's last row).
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+pub trait Reader: Send + Sync + 'static {
+    /// The page, and whether more rows follow it. Rows carry their `seq` for the next cursor.
+    fn list_tasks(&self, q: TaskQuery) -> Result<(Vec<StoredTask>, bool), StoreError>;
+    fn task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError>;
+    fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError>;
+    fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError>;
 }

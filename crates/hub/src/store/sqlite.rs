@@ -1,47 +1,152 @@
-//! SQLite store: WAL, `synchronous=FULL`, versioned migrations, one transaction per group commit.
+//! SQLite store: WAL, `synchronous=FULL`, versioned migrations, one transaction per group commit;
+//! and a reader over a few read-only connections for the API's reads.
 
-use super::{Mutation, Store, StoreError};
-use crate::model::{AgentRecord, Task, TaskStatus, TokenRecord, Transition};
-use rusqlite::{params, Connection, OptionalExtension};
+use super::{Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+enum Migration {
+    Sql(&'static str),
+    /// A step that needs code (reshaping stored JSON).
+    Code(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
 
 /// Each entry moves the schema one version up; `PRAGMA user_version` records how far we got.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE tasks (
-        task_id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL UNIQUE,
-        status TEXT NOT NULL,
-        updated_at INTEGER NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX tasks_status ON tasks(status, seq);
-    CREATE TABLE transitions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        task_id TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        from_status TEXT,
-        to_status TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        agent_id TEXT,
-        generation INTEGER NOT NULL
-    );
-    CREATE INDEX transitions_task ON transitions(task_id, id);
-    CREATE TABLE tokens (
-        hash TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE INDEX tokens_agent ON tokens(agent_id);",
-    "CREATE TABLE checkpoints (
-        agent_id TEXT PRIMARY KEY,
-        body TEXT NOT NULL,
-        updated_at INTEGER NOT NULL
-    );",
-    "CREATE TABLE agents (
-        agent_id TEXT PRIMARY KEY,
-        body TEXT NOT NULL
-    );",
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        "CREATE TABLE tasks (
+            task_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            updated_at INTEGER NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX tasks_status ON tasks(status, seq);
+        CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            from_status TEXT,
+            to_status TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            agent_id TEXT,
+            generation INTEGER NOT NULL
+        );
+        CREATE INDEX transitions_task ON transitions(task_id, id);
+        CREATE TABLE tokens (
+            hash TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX tokens_agent ON tokens(agent_id);",
+    ),
+    Migration::Sql(
+        "CREATE TABLE checkpoints (
+            agent_id TEXT PRIMARY KEY,
+            body TEXT NOT NULL,
+            updated_at INTEGER NOT NULL
+        );",
+    ),
+    Migration::Sql(
+        "CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY,
+            body TEXT NOT NULL
+        );",
+    ),
+    Migration::Code(split_task_bodies),
 ];
+
+/// Version 4: a task's one JSON body becomes head (rewritten on every transition), payload
+/// (written once) and outcome, and progress gets a table of its own.
+fn split_task_bodies(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE tasks_v4 (
+            task_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            generation INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            head TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            outcome TEXT
+        );
+        CREATE TABLE progress (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            generation INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX progress_task ON progress(task_id, id);",
+    )?;
+    let rows: Vec<(String, String)> = {
+        let mut stmt = tx.prepare("SELECT task_id, body FROM tasks ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let bad = |task_id: &str, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("task {task_id}: {e}").into())
+    };
+    for (task_id, body) in rows {
+        let Value::Object(mut m) = serde_json::from_str(&body).map_err(|e| bad(&task_id, e.to_string()))? else {
+            return Err(bad(&task_id, "not an object".into()));
+        };
+        let take = |m: &mut Map<String, Value>, k: &str| m.remove(k).unwrap_or(Value::Null);
+        let as_map = |v: Value| match v {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        let payload = Payload {
+            description: take(&mut m, "description").as_str().unwrap_or_default().to_string(),
+            metadata: as_map(take(&mut m, "metadata")),
+            extra: as_map(take(&mut m, "extra")),
+        };
+        let result = take(&mut m, "result");
+        let report = as_map(take(&mut m, "report"));
+        let outcome = (!result.is_null() || !report.is_empty())
+            .then(|| Outcome { result: (!result.is_null()).then_some(result), report });
+        let progress = take(&mut m, "progress");
+        let head: TaskHead = serde_json::from_value(Value::Object(m)).map_err(|e| bad(&task_id, e.to_string()))?;
+        tx.execute(
+            "INSERT INTO tasks_v4 (task_id, seq, status, generation, updated_at, head, payload, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                head.task_id,
+                head.seq,
+                head.status.as_str(),
+                head.generation as i64,
+                head.updated_at as i64,
+                json(&head),
+                json(&payload),
+                outcome.as_ref().map(json),
+            ],
+        )?;
+        if !progress.is_null() {
+            tx.execute(
+                "INSERT INTO progress (task_id, generation, at, body) VALUES (?1, ?2, ?3, ?4)",
+                params![head.task_id, head.generation as i64, head.updated_at as i64, progress.to_string()],
+            )?;
+        }
+    }
+    tx.execute_batch(
+        "DROP TABLE tasks;
+         ALTER TABLE tasks_v4 RENAME TO tasks;
+         CREATE INDEX tasks_status ON tasks(status, seq);",
+    )
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("stored types always serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: impl Fn() -> String, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Decode { what: what(), message: e.to_string() })
+}
 
 pub struct SqliteStore {
     conn: Connection,
@@ -77,9 +182,12 @@ impl SqliteStore {
                 MIGRATIONS.len()
             )));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
+            match step {
+                Migration::Sql(sql) => tx.execute_batch(sql)?,
+                Migration::Code(f) => f(&tx)?,
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
@@ -90,24 +198,10 @@ impl SqliteStore {
         &self.path
     }
 
-    fn decode(task_id: String, body: String) -> Result<Task, StoreError> {
-        serde_json::from_str(&body).map_err(|e| StoreError::Decode { task_id, message: e.to_string() })
+    /// A reader over `connections` read-only connections to the same database.
+    pub fn reader(&self, connections: usize) -> Result<SqliteReader, StoreError> {
+        SqliteReader::open(&self.path, connections)
     }
-
-    fn query_tasks(&mut self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Task>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, body) = row?;
-            out.push(Self::decode(id, body)?);
-        }
-        Ok(out)
-    }
-}
-
-fn status_col(s: Option<TaskStatus>) -> Option<&'static str> {
-    s.map(TaskStatus::as_str)
 }
 
 fn parse_status(s: &str) -> rusqlite::Result<TaskStatus> {
@@ -115,35 +209,104 @@ fn parse_status(s: &str) -> rusqlite::Result<TaskStatus> {
 }
 
 impl Store for SqliteStore {
-    fn open_tasks(&mut self) -> Result<Vec<Task>, StoreError> {
-        self.query_tasks(
-            "SELECT task_id, body FROM tasks WHERE status NOT IN ('completed','dead_letter','cancelled') ORDER BY seq",
-            [],
-        )
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let mut snap = Snapshot::default();
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT task_id, head FROM tasks WHERE status NOT IN ('completed','dead_letter','cancelled') ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, head) = row?;
+                snap.open.push(decode(|| format!("task {id}"), &head)?);
+            }
+        }
+        snap.max_seq = self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM tasks", [], |r| r.get(0))?;
+        {
+            let mut stmt = self.conn.prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
+            let rows =
+                stmt.query_map([], |r| Ok((parse_status(&r.get::<_, String>(0)?)?, r.get::<_, i64>(1)? as u64)))?;
+            for row in rows {
+                let (s, n) = row?;
+                snap.counts.insert(s, n);
+            }
+        }
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT hash, agent_id, created_at FROM tokens ORDER BY agent_id, created_at")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TokenRecord { hash: r.get(0)?, agent_id: r.get(1)?, created_at: r.get::<_, i64>(2)? as u64 })
+            })?;
+            snap.tokens = rows.collect::<Result<_, _>>()?;
+        }
+        let mut stmt = self.conn.prepare_cached("SELECT agent_id, body FROM agents ORDER BY agent_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (agent_id, body) = row?;
+            // Presence is a convenience: a record we cannot read is skipped, not fatal.
+            match serde_json::from_str::<AgentRecord>(&body) {
+                Ok(a) => snap.agents.push(a),
+                Err(e) => tracing::warn!(agent_id = %agent_id, error = %e, "skipping an unreadable agent record"),
+            }
+        }
+        Ok(snap)
     }
 
-    fn max_seq(&mut self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM tasks", [], |r| r.get(0))?)
+    fn head(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError> {
+        let head: Option<String> = self
+            .conn
+            .prepare_cached("SELECT head FROM tasks WHERE task_id = ?1")?
+            .query_row([task_id], |r| r.get(0))
+            .optional()?;
+        head.map(|h| decode(|| format!("task {task_id}"), &h)).transpose()
+    }
+
+    fn payloads(&mut self, task_ids: &[&str]) -> Result<HashMap<String, Payload>, StoreError> {
+        let mut out = HashMap::with_capacity(task_ids.len());
+        let mut stmt = self.conn.prepare_cached("SELECT payload FROM tasks WHERE task_id = ?1")?;
+        for id in task_ids {
+            if let Some(p) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+                out.insert(id.to_string(), decode(|| format!("payload of {id}"), &p)?);
+            }
+        }
+        Ok(out)
     }
 
     fn commit(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for m in batch {
             match m {
-                Mutation::PutTask(t) => {
-                    let body = serde_json::to_string(t).expect("tasks always serialize");
+                Mutation::InsertTask { head, payload } => {
                     tx.prepare_cached(
-                        "INSERT INTO tasks (task_id, seq, status, updated_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT(task_id) DO UPDATE SET status = excluded.status,
-                           updated_at = excluded.updated_at, body = excluded.body",
+                        "INSERT INTO tasks (task_id, seq, status, generation, updated_at, head, payload)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
-                        t.task_id,
-                        t.seq,
-                        t.status.as_str(),
-                        t.updated_at as i64,
-                        body
+                        head.task_id,
+                        head.seq,
+                        head.status.as_str(),
+                        head.generation as i64,
+                        head.updated_at as i64,
+                        json(head),
+                        json(payload)
                     ])?;
+                }
+                Mutation::PutHead(head) => {
+                    tx.prepare_cached(
+                        "UPDATE tasks SET status = ?2, generation = ?3, updated_at = ?4, head = ?5 WHERE task_id = ?1",
+                    )?
+                    .execute(params![
+                        head.task_id,
+                        head.status.as_str(),
+                        head.generation as i64,
+                        head.updated_at as i64,
+                        json(head)
+                    ])?;
+                }
+                Mutation::SetOutcome { task_id, outcome } => {
+                    tx.prepare_cached("UPDATE tasks SET outcome = ?2 WHERE task_id = ?1")?
+                        .execute(params![task_id, json(outcome)])?;
                 }
                 Mutation::AddTransition { task_id, transition: tr } => {
                     tx.prepare_cached(
@@ -153,12 +316,21 @@ impl Store for SqliteStore {
                     .execute(params![
                         task_id,
                         tr.at as i64,
-                        status_col(tr.from),
+                        tr.from.map(TaskStatus::as_str),
                         tr.to.as_str(),
                         tr.reason,
                         tr.agent_id,
                         tr.generation as i64
                     ])?;
+                }
+                Mutation::AddProgress { task_id, generation, at, body } => {
+                    tx.prepare_cached("INSERT INTO progress (task_id, generation, at, body) VALUES (?1, ?2, ?3, ?4)")?
+                        .execute(params![task_id, *generation as i64, *at as i64, body.to_string()])?;
+                    tx.prepare_cached(
+                        "DELETE FROM progress WHERE task_id = ?1 AND id <= (
+                           SELECT id FROM progress WHERE task_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    )?
+                    .execute(params![task_id, PROGRESS_KEPT])?;
                 }
                 Mutation::PutToken(t) => {
                     tx.prepare_cached(
@@ -176,9 +348,8 @@ impl Store for SqliteStore {
                     .execute(params![agent_id, body.to_string(), *at as i64])?;
                 }
                 Mutation::PutAgent(a) => {
-                    let body = serde_json::to_string(a).expect("an agent record serializes");
                     tx.prepare_cached("INSERT OR REPLACE INTO agents (agent_id, body) VALUES (?1, ?2)")?
-                        .execute(params![a.agent_id, body])?;
+                        .execute(params![a.agent_id, json(a)])?;
                 }
             }
         }
@@ -186,83 +357,128 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(())
     }
+}
 
-    fn task(&mut self, task_id: &str) -> Result<Option<Task>, StoreError> {
-        Ok(self.query_tasks("SELECT task_id, body FROM tasks WHERE task_id = ?1", [task_id])?.pop())
-    }
+/// Read-only connections for the API's reads, used from blocking threads.
+pub struct SqliteReader {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
 
-    fn transitions(&mut self, task_id: &str) -> Result<Vec<Transition>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT at, from_status, to_status, reason, agent_id, generation FROM transitions WHERE task_id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([task_id], |r| {
-            let from: Option<String> = r.get(1)?;
-            Ok(Transition {
-                at: r.get::<_, i64>(0)? as u64,
-                from: from.as_deref().map(parse_status).transpose()?,
-                to: parse_status(&r.get::<_, String>(2)?)?,
-                reason: r.get(3)?,
-                agent_id: r.get(4)?,
-                generation: r.get::<_, i64>(5)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
+/// One task row as read: id, head, payload, outcome, latest progress (JSON texts).
+type TaskRow = (String, String, String, Option<String>, Option<String>);
 
-    fn list_tasks(&mut self, status: Option<TaskStatus>, limit: usize) -> Result<Vec<Task>, StoreError> {
-        let limit = limit as i64;
-        match status {
-            Some(s) => self.query_tasks(
-                "SELECT task_id, body FROM tasks WHERE status = ?1 ORDER BY seq DESC LIMIT ?2",
-                params![s.as_str(), limit],
-            ),
-            None => self.query_tasks("SELECT task_id, body FROM tasks ORDER BY seq DESC LIMIT ?1", params![limit]),
+/// The columns every task read selects, in [`SqliteReader::row`]'s order.
+const TASK_COLUMNS: &str = "t.task_id, t.head, t.payload, t.outcome,
+    (SELECT p.body FROM progress p WHERE p.task_id = t.task_id AND p.generation = t.generation
+     ORDER BY p.id DESC LIMIT 1)";
+
+impl SqliteReader {
+    fn open(path: &Path, connections: usize) -> Result<SqliteReader, StoreError> {
+        let shown = path.display().to_string();
+        let mut conns = Vec::new();
+        for _ in 0..connections.max(1) {
+            // Read-write but query-only: a read-only connection to a WAL database fails with an
+            // I/O error when it has to rebuild the shared-memory index (after a crash).
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(|e| StoreError::Open { path: shown.clone(), message: e.to_string() })?;
+            conn.pragma_update(None, "query_only", true)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conns.push(Mutex::new(conn));
         }
+        Ok(SqliteReader { conns, next: AtomicUsize::new(0) })
     }
 
-    fn count_by_status(&mut self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
-        let rows = stmt.query_map([], |r| Ok((parse_status(&r.get::<_, String>(0)?)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let conn = self.conns[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn)
     }
 
-    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT hash, agent_id, created_at FROM tokens ORDER BY agent_id, created_at")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(TokenRecord { hash: r.get(0)?, agent_id: r.get(1)?, created_at: r.get::<_, i64>(2)? as u64 })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
     }
 
-    fn checkpoint(&mut self, agent_id: &str) -> Result<Option<(serde_json::Value, u64)>, StoreError> {
-        let row: Option<(String, i64)> = self
-            .conn
-            .query_row("SELECT body, updated_at FROM checkpoints WHERE agent_id = ?1", [agent_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        row.map(|(body, at)| {
-            serde_json::from_str(&body)
-                .map(|v| (v, at as u64))
-                .map_err(|e| StoreError::Decode { task_id: format!("checkpoint:{agent_id}"), message: e.to_string() })
+    fn decode_task((id, head, payload, outcome, progress): TaskRow) -> Result<StoredTask, StoreError> {
+        Ok(StoredTask {
+            head: decode(|| format!("task {id}"), &head)?,
+            payload: decode(|| format!("payload of {id}"), &payload)?,
+            outcome: outcome.map(|o| decode(|| format!("outcome of {id}"), &o)).transpose()?,
+            progress: progress.map(|p| decode(|| format!("progress of {id}"), &p)).transpose()?,
         })
-        .transpose()
+    }
+}
+
+impl Reader for SqliteReader {
+    fn list_tasks(&self, q: TaskQuery) -> Result<(Vec<StoredTask>, bool), StoreError> {
+        self.with(|conn| {
+            // One more row than asked tells whether a next page exists.
+            let limit = q.limit as i64 + 1;
+            let before = q.before_seq.unwrap_or(i64::MAX);
+            let rows: Vec<_> = match q.status {
+                Some(s) => {
+                    let sql = format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.status = ?1 AND t.seq < ?2 ORDER BY t.seq DESC LIMIT ?3"
+                    );
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map(params![s.as_str(), before, limit], Self::row)?;
+                    rows.collect::<Result<_, _>>()?
+                }
+                None => {
+                    let sql =
+                        format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.seq < ?1 ORDER BY t.seq DESC LIMIT ?2");
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map(params![before, limit], Self::row)?;
+                    rows.collect::<Result<_, _>>()?
+                }
+            };
+            let more = rows.len() > q.limit;
+            let tasks = rows.into_iter().take(q.limit).map(Self::decode_task).collect::<Result<Vec<_>, _>>()?;
+            Ok((tasks, more))
+        })
     }
 
-    fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT agent_id, body FROM agents ORDER BY agent_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (agent_id, body) = row?;
-            // Presence is a convenience: a record we cannot read is skipped, not fatal.
-            match serde_json::from_str(&body) {
-                Ok(a) => out.push(a),
-                Err(e) => tracing::warn!(agent_id = %agent_id, error = %e, "skipping an unreadable agent record"),
-            }
-        }
-        Ok(out)
+    fn task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError> {
+        self.with(|conn| {
+            let sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = ?1");
+            let row = conn.prepare_cached(&sql)?.query_row([task_id], Self::row).optional()?;
+            row.map(Self::decode_task).transpose()
+        })
+    }
+
+    fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, from_status, to_status, reason, agent_id, generation FROM transitions
+                 WHERE task_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([task_id], |r| {
+                let from: Option<String> = r.get(1)?;
+                Ok(Transition {
+                    at: r.get::<_, i64>(0)? as u64,
+                    from: from.as_deref().map(parse_status).transpose()?,
+                    to: parse_status(&r.get::<_, String>(2)?)?,
+                    reason: r.get(3)?,
+                    agent_id: r.get(4)?,
+                    generation: r.get::<_, i64>(5)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError> {
+        self.with(|conn| {
+            let row: Option<(String, i64)> = conn
+                .prepare_cached("SELECT body, updated_at FROM checkpoints WHERE agent_id = ?1")?
+                .query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            row.map(|(body, at)| decode(|| format!("checkpoint of {agent_id}"), &body).map(|v| (v, at as u64)))
+                .transpose()
+        })
     }
 }
 
@@ -272,28 +488,22 @@ mod tests {
     use crate::model::Priority;
     use serde_json::json;
 
-    fn task(id: &str, seq: i64, status: TaskStatus) -> Task {
-        Task {
+    pub(crate) fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
+        TaskHead {
             task_id: id.into(),
             seq,
-            description: "d".into(),
             priority: Priority::Normal,
-            metadata: json!({}),
+            status,
+            generation: 0,
             needed_capabilities: vec![],
             assign_to: None,
             max_retries: 3,
-            extra: Default::default(),
-            status,
-            generation: 0,
             assigned_to: None,
             assigned_at: None,
             attempts: 0,
             failures: 0,
             retry_at: None,
-            result: None,
-            report: Default::default(),
             last_error: None,
-            progress: None,
             submitted_by: "admin".into(),
             created_at: 1,
             updated_at: 1,
@@ -301,36 +511,107 @@ mod tests {
         }
     }
 
+    fn insert(id: &str, seq: i64, status: TaskStatus) -> Mutation {
+        let payload = Payload { description: format!("do {id}"), metadata: Map::new(), extra: Map::new() };
+        Mutation::InsertTask { head: Box::new(head(id, seq, status)), payload: Box::new(payload) }
+    }
+
     #[test]
-    fn commit_and_reopen() {
+    fn commit_reopen_and_read_pages() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hub.db");
         {
             let mut s = SqliteStore::open(&p).unwrap();
-            s.commit(&[
-                Mutation::PutTask(Box::new(task("a", 1, TaskStatus::Queued))),
-                Mutation::PutTask(Box::new(task("b", 2, TaskStatus::Completed))),
-                Mutation::AddTransition {
-                    task_id: "a".into(),
-                    transition: Transition {
-                        at: 5,
-                        from: None,
-                        to: TaskStatus::Queued,
-                        reason: "submitted".into(),
-                        agent_id: None,
-                        generation: 0,
-                    },
+            let mut batch = vec![insert("a", 1, TaskStatus::Queued), insert("b", 2, TaskStatus::Completed)];
+            batch.extend((3..=7).map(|i| insert(&format!("t{i}"), i, TaskStatus::Queued)));
+            batch.push(Mutation::AddTransition {
+                task_id: "a".into(),
+                transition: Transition {
+                    at: 5,
+                    from: None,
+                    to: TaskStatus::Queued,
+                    reason: "submitted".into(),
+                    agent_id: None,
+                    generation: 0,
                 },
-            ])
-            .unwrap();
+            });
+            batch.push(Mutation::SetOutcome {
+                task_id: "b".into(),
+                outcome: Box::new(Outcome { result: Some(json!({"ok": 1})), report: Map::new() }),
+            });
+            s.commit(&batch).unwrap();
         }
         let mut s = SqliteStore::open(&p).unwrap();
-        let open = s.open_tasks().unwrap();
-        assert_eq!(open.len(), 1);
-        assert_eq!(open[0].task_id, "a");
-        assert_eq!(s.max_seq().unwrap(), 2);
-        assert_eq!(s.transitions("a").unwrap()[0].reason, "submitted");
-        assert_eq!(s.list_tasks(Some(TaskStatus::Completed), 10).unwrap().len(), 1);
+        let snap = s.load().unwrap();
+        assert_eq!(snap.open.len(), 6);
+        assert_eq!(snap.open[0].task_id, "a");
+        assert_eq!(snap.max_seq, 7);
+        assert_eq!(snap.counts[&TaskStatus::Queued], 6);
+        assert_eq!(s.payloads(&["t3", "nope"]).unwrap()["t3"].description, "do t3");
+        let r = s.reader(2).unwrap();
+        assert_eq!(r.transitions("a").unwrap()[0].reason, "submitted");
+        let b = r.task("b").unwrap().unwrap();
+        assert_eq!(b.outcome.unwrap().result, Some(json!({"ok": 1})));
+        let (page, more) =
+            r.list_tasks(TaskQuery { status: Some(TaskStatus::Queued), before_seq: None, limit: 4 }).unwrap();
+        let ids: Vec<_> = page.iter().map(|t| t.head.task_id.as_str()).collect();
+        assert_eq!((ids, more), (vec!["t7", "t6", "t5", "t4"], true));
+        let (page, more) =
+            r.list_tasks(TaskQuery { status: Some(TaskStatus::Queued), before_seq: Some(4), limit: 4 }).unwrap();
+        let ids: Vec<_> = page.iter().map(|t| t.head.task_id.as_str()).collect();
+        assert_eq!((ids, more), (vec!["t3", "a"], false));
+    }
+
+    #[test]
+    fn progress_is_per_generation_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        s.commit(&[insert("a", 1, TaskStatus::Working)]).unwrap();
+        let batch: Vec<_> = (0..150)
+            .map(|i| Mutation::AddProgress { task_id: "a".into(), generation: 0, at: i, body: json!({"step": i}) })
+            .collect();
+        s.commit(&batch).unwrap();
+        let r = s.reader(1).unwrap();
+        assert_eq!(r.task("a").unwrap().unwrap().progress, Some(json!({"step": 149})));
+        let kept: i64 = r.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM progress", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(kept, PROGRESS_KEPT);
+        // A new attempt starts without the previous attempt's progress.
+        let mut h = head("a", 1, TaskStatus::Assigned);
+        h.generation = 1;
+        s.commit(&[Mutation::PutHead(Box::new(h))]).unwrap();
+        assert_eq!(r.task("a").unwrap().unwrap().progress, None);
+    }
+
+    #[test]
+    fn a_version_3_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.db");
+        {
+            let conn = Connection::open(&p).unwrap();
+            for m in &MIGRATIONS[..3] {
+                let Migration::Sql(sql) = m else { unreachable!() };
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            let old = json!({"task_id": "old", "seq": 9, "description": "legacy", "priority": "high",
+                "metadata": {"k": 1}, "needed_capabilities": ["rust"], "assign_to": null, "max_retries": 2,
+                "extra": {"repo": "r"}, "status": "completed", "generation": 3, "assigned_to": "a1",
+                "assigned_at": 5, "attempts": 3, "failures": 1, "retry_at": null, "result": {"status": "success"},
+                "report": {"tokens_used": 7}, "last_error": "x", "progress": {"p": 1}, "submitted_by": "admin",
+                "created_at": 1, "updated_at": 6, "completed_at": 6});
+            conn.execute(
+                "INSERT INTO tasks (task_id, seq, status, updated_at, body) VALUES ('old', 9, 'completed', 6, ?1)",
+                [old.to_string()],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        let t = s.reader(1).unwrap().task("old").unwrap().unwrap();
+        assert_eq!((t.head.priority, t.head.generation, t.head.attempts), (Priority::High, 3, 3));
+        assert_eq!((t.payload.description.as_str(), &t.payload.extra["repo"]), ("legacy", &json!("r")));
+        let o = t.outcome.unwrap();
+        assert_eq!((o.result, o.report["tokens_used"].clone()), (Some(json!({"status": "success"})), json!(7)));
+        assert_eq!(t.progress, Some(json!({"p": 1})));
     }
 
     #[test]

@@ -1,0 +1,449 @@
+//! Agents and their connections: identify, presence, bans, and the frames agents send.
+
+use super::{ConnId, Core, Effect, Out, OutTx, SendKind, Timer};
+use crate::auth;
+use crate::clock::Clock;
+use crate::model::{AgentRecord, AgentStatus, TaskStatus, Transition};
+use crate::store::{Mutation, Store};
+use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame, Identify, ProcessInfo, ReportAction};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+pub(super) struct Agent {
+    pub agent_id: String,
+    pub conn: Option<ConnId>,
+    pub name: Option<String>,
+    pub client_type: Option<String>,
+    pub capabilities: BTreeSet<String>,
+    pub process_info: Option<ProcessInfo>,
+    pub reported_status: Option<String>,
+    pub resources: Option<Map<String, Value>>,
+    pub connected_at: Option<u64>,
+    pub last_seen: u64,
+    pub current_task: Option<String>,
+    pub restarting: bool,
+    /// Orders idle agents: the one idle longest gets the next task.
+    pub idle_since: u64,
+    /// After a `busy` rejection the agent gets no new task before this instant.
+    pub paused_until: Option<Instant>,
+}
+
+impl Agent {
+    fn new(agent_id: String, now_ms: u64) -> Agent {
+        Agent {
+            agent_id,
+            conn: None,
+            name: None,
+            client_type: None,
+            capabilities: BTreeSet::new(),
+            process_info: None,
+            reported_status: None,
+            resources: None,
+            connected_at: None,
+            last_seen: now_ms,
+            current_task: None,
+            restarting: false,
+            idle_since: now_ms,
+            paused_until: None,
+        }
+    }
+
+    pub fn from_record(r: AgentRecord) -> Agent {
+        Agent {
+            name: r.name,
+            client_type: r.client_type,
+            capabilities: r.capabilities.into_iter().collect(),
+            process_info: r.process_info,
+            connected_at: r.connected_at,
+            restarting: r.restarting,
+            ..Agent::new(r.agent_id, r.last_seen)
+        }
+    }
+
+    /// After a reload: what only memory knows (the socket, the last reports) carries over.
+    pub fn keep_live_state(&mut self, old: Agent) {
+        self.conn = old.conn;
+        self.reported_status = old.reported_status;
+        self.resources = old.resources;
+        self.paused_until = old.paused_until;
+        self.idle_since = old.idle_since;
+    }
+
+    pub fn record(&self) -> AgentRecord {
+        AgentRecord {
+            agent_id: self.agent_id.clone(),
+            name: self.name.clone(),
+            client_type: self.client_type.clone(),
+            capabilities: self.capabilities.iter().cloned().collect(),
+            process_info: self.process_info.clone(),
+            connected_at: self.connected_at,
+            last_seen: self.last_seen,
+            restarting: self.restarting,
+        }
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        if self.restarting {
+            AgentStatus::Restarting
+        } else if self.conn.is_none() {
+            AgentStatus::Offline
+        } else if self.current_task.is_some() {
+            AgentStatus::Working
+        } else {
+            AgentStatus::Idle
+        }
+    }
+
+    pub fn view(&self) -> proto::api::AgentView {
+        proto::api::AgentView {
+            agent_id: self.agent_id.clone(),
+            name: self.name.clone(),
+            status: self.status(),
+            connected: self.conn.is_some(),
+            connected_at: self.connected_at,
+            last_seen: self.last_seen,
+            capabilities: self.capabilities.iter().cloned().collect(),
+            client_type: self.client_type.clone(),
+            current_task: self.current_task.clone(),
+            reported_status: self.reported_status.clone(),
+            process_info: self.process_info.clone(),
+            pm2_info: self.process_info.clone(),
+            resources: self.resources.clone(),
+        }
+    }
+}
+
+pub(super) struct Conn {
+    pub tx: OutTx,
+    pub agent: Option<String>,
+}
+
+pub(super) struct Ban {
+    level: usize,
+    until: Instant,
+    last: Instant,
+}
+
+impl<S: Store, C: Clock> Core<S, C> {
+    /// Records the agent's presence; it rides along with the next group commit.
+    pub(super) fn record_agent(&mut self, agent_id: &str) {
+        if let Some(a) = self.agents.get(agent_id) {
+            self.pending.push(Mutation::PutAgent(a.record()));
+        }
+    }
+
+    pub(super) fn on_banned(&mut self, conn: ConnId) {
+        self.metrics.bans += 1;
+        let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) else { return };
+        let now = self.now.mono;
+        let ban = self.bans.entry(agent.clone()).or_insert(Ban { level: 0, until: now, last: now });
+        // Escalation resets after an hour of good behaviour.
+        if now.duration_since(ban.last) > Duration::from_secs(3600) {
+            ban.level = 0;
+        }
+        let d = self.t.bans[ban.level.min(self.t.bans.len() - 1)];
+        ban.until = now + d;
+        ban.last = now;
+        ban.level += 1;
+        tracing::warn!(agent_id = %agent, ban_ms = d.as_millis() as u64, "too many protocol violations; identify refused for a while");
+    }
+
+    pub(super) fn on_disconnect(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(agent_id) = c.agent else { return };
+        let Some(agent) = self.agents.get_mut(&agent_id) else { return };
+        if agent.conn != Some(conn) {
+            return; // replaced by a newer connection
+        }
+        agent.conn = None;
+        agent.last_seen = self.now.wall_ms;
+        tracing::info!(agent_id = %agent_id, "agent disconnected");
+        if let Some(task_id) = agent.current_task.clone() {
+            if let Some(generation) = self.tasks.get(&task_id).map(|o| o.head.generation) {
+                self.arm(self.t.grace_period, Timer::Grace { task_id, generation });
+            }
+        }
+        self.record_agent(&agent_id);
+    }
+
+    pub(super) fn on_frame(&mut self, conn: ConnId, frame: AgentFrame) {
+        let agent_id = self.conns.get(&conn).and_then(|c| c.agent.clone());
+        if let AgentFrame::Identify(id) = frame {
+            return self.on_identify(conn, agent_id, *id);
+        }
+        let Some(agent_id) = agent_id else {
+            return self.send_error(conn, ErrorFrame::new(FrameErrorCode::NotIdentified));
+        };
+        if let Some(a) = self.agents.get_mut(&agent_id) {
+            a.last_seen = self.now.wall_ms;
+        }
+        self.note_claim(&agent_id, &frame);
+        match frame {
+            AgentFrame::Identify(_) => unreachable!("handled above"),
+            AgentFrame::Ping => self.send(conn, HubFrame::Pong { timestamp: self.now.wall_ms }, SendKind::Plain),
+            AgentFrame::Status { status } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.reported_status = Some(status.clone());
+                }
+                self.send(conn, HubFrame::StatusUpdated { status }, SendKind::Plain);
+            }
+            AgentFrame::TaskAccepted { task_id } => self.on_accepted(conn, &agent_id, task_id),
+            AgentFrame::TaskRejected { task_id, reason } => self.on_rejected(conn, &agent_id, task_id, reason),
+            AgentFrame::TaskProgress { task_id, progress, execution_event } => {
+                self.on_progress(&agent_id, task_id, progress.or(execution_event))
+            }
+            AgentFrame::WakeResult { task_id, status, attempt, error } => {
+                let held = self.tasks.get(&task_id).filter(|o| o.head.assigned_to.as_deref() == Some(&agent_id));
+                if let Some(o) = held {
+                    let mut reason = format!("wake_result {status}");
+                    if let Some(a) = attempt {
+                        reason.push_str(&format!(" (attempt {a})"));
+                    }
+                    if let Some(e) = error {
+                        reason.push_str(&format!(": {e}"));
+                    }
+                    let tr = Transition {
+                        at: self.now.wall_ms,
+                        from: Some(o.head.status),
+                        to: o.head.status,
+                        reason,
+                        agent_id: Some(agent_id.clone()),
+                        generation: o.head.generation,
+                    };
+                    self.pending.push(Mutation::AddTransition { task_id, transition: tr });
+                }
+            }
+            AgentFrame::TaskComplete {
+                task_id,
+                generation,
+                result,
+                tokens_used,
+                verification_report,
+                verification_history,
+            } => {
+                let mut report = Map::new();
+                for (k, v) in [
+                    ("tokens_used", tokens_used),
+                    ("verification_report", verification_report),
+                    ("verification_history", verification_history),
+                ] {
+                    if let Some(v) = v {
+                        report.insert(k.into(), v);
+                    }
+                }
+                self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)));
+            }
+            AgentFrame::TaskFailed { task_id, generation, reason, error } => {
+                let why = reason.or(error).unwrap_or_else(|| "unknown".into());
+                self.on_report(conn, &agent_id, task_id, generation, Err(why));
+            }
+            AgentFrame::TaskRecovering { task_id, .. } => {
+                let frame = match self.held_by(&task_id, &agent_id) {
+                    Some(generation) => HubFrame::TaskContinue { task_id, generation },
+                    None => HubFrame::TaskReassign { task_id },
+                };
+                self.send(conn, frame, SendKind::Plain);
+            }
+            AgentFrame::StateReport { task_id, generation, .. } => {
+                self.on_state_report(conn, &agent_id, task_id, generation)
+            }
+            AgentFrame::AgentRestarting { reason } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.restarting = true;
+                }
+                self.record_agent(&agent_id);
+                tracing::info!(agent_id = %agent_id, reason = reason.as_deref().unwrap_or(""), "agent restarting");
+            }
+            AgentFrame::ResourceReport(map) => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    // Our sidecars send their supervisor's view here when it changes.
+                    if let Some(info) = map.get("process_info").and_then(|v| serde_json::from_value(v.clone()).ok()) {
+                        a.process_info = Some(info);
+                    }
+                    a.resources = Some(map);
+                }
+            }
+        }
+    }
+
+    /// Any frame about a task the agent holds (for the current attempt) claims it after a reconnect.
+    fn note_claim(&mut self, agent_id: &str, frame: &AgentFrame) {
+        let (task_id, generation) = match frame {
+            AgentFrame::TaskAccepted { task_id }
+            | AgentFrame::TaskProgress { task_id, .. }
+            | AgentFrame::WakeResult { task_id, .. }
+            | AgentFrame::TaskRecovering { task_id, .. } => (task_id, None),
+            AgentFrame::TaskComplete { task_id, generation, .. }
+            | AgentFrame::TaskFailed { task_id, generation, .. } => (task_id, Some(*generation)),
+            AgentFrame::StateReport { task_id: Some(task_id), generation, .. } => (task_id, *generation),
+            _ => return,
+        };
+        if let Some(current) = self.held_by(task_id, agent_id) {
+            if generation.is_none_or(|g| g == current) {
+                if let Some(o) = self.tasks.get_mut(task_id) {
+                    o.unclaimed = None;
+                }
+            }
+        }
+    }
+
+    /// The generation of `task_id` if `agent_id` holds it now.
+    pub(super) fn held_by(&self, task_id: &str, agent_id: &str) -> Option<u64> {
+        self.tasks
+            .get(task_id)
+            .filter(|o| o.head.status.is_held() && o.head.assigned_to.as_deref() == Some(agent_id))
+            .map(|o| o.head.generation)
+    }
+
+    fn on_identify(&mut self, conn: ConnId, bound: Option<String>, id: Identify) {
+        let refuse = |core: &mut Self, e: ErrorFrame| {
+            core.send_error(conn, e);
+            core.effects.push(Effect::Send { conn, out: Out::IdentifyFailed, kind: SendKind::Plain });
+        };
+        if let Some(b) = &bound {
+            if b != &id.agent_id {
+                let e =
+                    ErrorFrame::new(FrameErrorCode::AlreadyIdentified).message(format!("this connection is agent {b}"));
+                return refuse(self, e);
+            }
+        }
+        if let Err(e) = proto::api::check_agent_id(&id.agent_id) {
+            let e = ErrorFrame::new(FrameErrorCode::ValidationFailed).message(e);
+            return refuse(self, e);
+        }
+        if let Some(ban) = self.bans.get(&id.agent_id) {
+            if ban.until > self.now.mono {
+                let ms = ban.until.duration_since(self.now.mono).as_millis() as u64;
+                let e = ErrorFrame { retry_after_ms: Some(ms), ..ErrorFrame::new(FrameErrorCode::IdentifyRefused) };
+                self.send_error(conn, e);
+                self.effects.push(Effect::Send {
+                    conn,
+                    out: Out::Close(1008, "identify refused after protocol violations".into()),
+                    kind: SendKind::Plain,
+                });
+                return;
+            }
+        }
+        let hash = auth::hash_token(&id.token);
+        let allowed = if auth::hashes_equal(&hash, &self.admin_hash) {
+            Ok(())
+        } else {
+            match self.tokens.get(&hash) {
+                Some(rec) if auth::hashes_equal(&rec.hash, &hash) && rec.agent_id == id.agent_id => Ok(()),
+                Some(_) => Err(FrameErrorCode::TokenAgentMismatch),
+                None => Err(FrameErrorCode::InvalidToken),
+            }
+        };
+        if let Err(e) = allowed {
+            tracing::warn!(agent_id = %id.agent_id, error = %e, "identify refused");
+            return refuse(self, ErrorFrame::new(e));
+        }
+        let agent_id = id.agent_id.clone();
+        let now = self.now.wall_ms;
+        if !self.agents.contains_key(&agent_id) {
+            // First identify since the hub started: the store may say it holds a task.
+            let held = self
+                .tasks
+                .values()
+                .find(|o| o.head.status.is_held() && o.head.assigned_to.as_deref() == Some(agent_id.as_str()))
+                .map(|o| o.head.task_id.clone());
+            let mut agent = Agent::new(agent_id.clone(), now);
+            agent.current_task = held;
+            self.agents.insert(agent_id.clone(), agent);
+        }
+        let agent = self.agents.get_mut(&agent_id).expect("inserted above");
+        let replaced = agent.conn.filter(|c| *c != conn);
+        agent.conn = Some(conn);
+        agent.name = id.name;
+        agent.client_type = id.client_type;
+        agent.capabilities = id.capabilities.into_iter().collect();
+        agent.process_info = id.process_info.or(id.pm2_info);
+        agent.reported_status = id.status;
+        agent.connected_at = Some(now);
+        agent.last_seen = now;
+        agent.restarting = false;
+        agent.paused_until = None;
+        if agent.current_task.is_none() {
+            agent.idle_since = now;
+        }
+        // A new connection must claim the task the hub thinks it holds, or lose it after the
+        // grace period: a sidecar that restarted with an empty queue must not block forever.
+        let claim = agent.current_task.clone().filter(|_| replaced.is_some() || bound.is_none());
+        if let Some(task_id) = claim {
+            if let Some(o) = self.tasks.get_mut(&task_id) {
+                o.unclaimed = Some(conn);
+                let generation = o.head.generation;
+                self.arm(self.t.grace_period, Timer::Claim { task_id, generation, conn });
+            }
+        }
+        if let Some(old) = replaced {
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.agent = None;
+            }
+            self.effects.push(Effect::Send {
+                conn: old,
+                out: Out::Close(1000, "replaced by a newer connection".into()),
+                kind: SendKind::Plain,
+            });
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.agent = Some(agent_id.clone());
+        }
+        tracing::info!(agent_id = %agent_id, replaced = replaced.is_some(), "agent identified");
+        self.record_agent(&agent_id);
+        self.effects.push(Effect::Send { conn, out: Out::Identified(agent_id.clone()), kind: SendKind::Plain });
+        self.send(conn, HubFrame::Identified { agent_id }, SendKind::Plain);
+        self.dispatch_needed = true;
+    }
+
+    fn on_state_report(&mut self, conn: ConnId, agent_id: &str, task_id: Option<String>, generation: Option<u64>) {
+        let Some(task_id) = task_id else {
+            // The agent holds nothing. Release a task it held on an earlier connection (not yet
+            // claimed on this one) now rather than after the lease; a task assigned on this
+            // connection may simply still be in flight to it.
+            let held = self.agents.get(agent_id).and_then(|a| a.current_task.clone());
+            if let Some(held) = held.filter(|h| self.tasks.get(h).is_some_and(|o| o.unclaimed == Some(conn))) {
+                self.requeue(&held, format!("released: {agent_id} reports no task"));
+            }
+            let ack = HubFrame::StateReportAck { task_id: None, action: ReportAction::Continue };
+            return self.send(conn, ack, SendKind::Plain);
+        };
+        let action = match self.held_by(&task_id, agent_id) {
+            Some(g) if generation.is_none_or(|r| r == g) => ReportAction::Continue,
+            _ => ReportAction::Abort,
+        };
+        self.send(conn, HubFrame::StateReportAck { task_id: Some(task_id), action }, SendKind::Plain);
+    }
+
+    /// The agent's numbers by status, for stats and metrics.
+    pub(super) fn agent_counts(&self) -> Vec<(AgentStatus, u64)> {
+        AgentStatus::ALL
+            .iter()
+            .map(|s| (*s, self.agents.values().filter(|a| a.status() == *s).count() as u64))
+            .collect()
+    }
+
+    /// Whether a task may be offered to the agent now.
+    pub(super) fn available(a: &Agent, now: Instant) -> bool {
+        a.conn.is_some() && !a.restarting && a.current_task.is_none() && a.paused_until.is_none_or(|u| u <= now)
+    }
+
+    /// A task whose holder's last known state is this agent.
+    pub(super) fn holder_online(&self, task_id: &str) -> bool {
+        self.tasks
+            .get(task_id)
+            .and_then(|o| o.head.assigned_to.as_ref())
+            .and_then(|a| self.agents.get(a))
+            .is_some_and(|a| a.conn.is_some())
+    }
+
+    /// The statuses held tasks can be in: for `on_timer`.
+    pub(super) fn is_held(&self, task_id: &str, generation: u64) -> bool {
+        self.tasks.get(task_id).is_some_and(|o| o.head.generation == generation && o.head.status.is_held())
+    }
+
+    pub(super) fn status_of(&self, task_id: &str, generation: u64) -> Option<TaskStatus> {
+        self.tasks.get(task_id).filter(|o| o.head.generation == generation).map(|o| o.head.status)
+    }
+}

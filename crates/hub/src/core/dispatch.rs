@@ -1,0 +1,141 @@
+//! Scheduling: queued tasks (lane, then FIFO) matched with idle agents (longest idle first),
+//! and the timers that take tasks back from agents that went quiet.
+
+use super::agents::Agent;
+use super::{Core, OpenTask, SendKind, Timer};
+use crate::clock::Clock;
+use crate::model::{Payload, TaskStatus};
+use crate::store::Store;
+use proto::{HubFrame, TaskAssign};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+impl<S: Store, C: Clock> Core<S, C> {
+    fn eligible(t: &OpenTask, a: &Agent, now: Instant) -> bool {
+        if let Some(pin) = &t.head.assign_to {
+            if pin != &a.agent_id {
+                return false;
+            }
+        }
+        if let Some((who, until)) = &t.rejected_by {
+            if who == &a.agent_id && *until > now {
+                return false;
+            }
+        }
+        t.head.needed_capabilities.iter().all(|c| a.capabilities.contains(c))
+    }
+
+    /// Matches queued tasks (lane, then FIFO) with idle agents (longest idle first).
+    pub(super) fn dispatch(&mut self) {
+        self.tick();
+        self.dispatch_needed = false;
+        if self.queue.is_empty() {
+            return;
+        }
+        let now = self.now.mono;
+        let mut idle: Vec<&Agent> = self.agents.values().filter(|a| Self::available(a, now)).collect();
+        if idle.is_empty() {
+            return;
+        }
+        idle.sort_by(|a, b| (a.idle_since, &a.agent_id).cmp(&(b.idle_since, &b.agent_id)));
+        let mut plan = Vec::new();
+        for (_, _, id) in &self.queue {
+            if idle.is_empty() {
+                break;
+            }
+            let t = &self.tasks[id];
+            if let Some(pos) = idle.iter().position(|a| Self::eligible(t, a, now)) {
+                plan.push((id.clone(), idle.remove(pos).agent_id.clone()));
+            }
+        }
+        if plan.is_empty() {
+            return;
+        }
+        // Payloads of tasks queued in earlier batches are on disk only: one read for the plan.
+        let wanted: Vec<&str> =
+            plan.iter().filter(|(id, _)| self.tasks[id].payload.is_none()).map(|(id, _)| id.as_str()).collect();
+        let mut loaded: HashMap<String, Payload> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            match self.store.payloads(&wanted) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read task payloads; dispatch retried in a second");
+                    self.arm(Duration::from_secs(1), Timer::Redispatch);
+                    return;
+                }
+            }
+        };
+        for (task_id, agent_id) in plan {
+            let payload = match self.tasks[&task_id].payload.as_deref() {
+                Some(p) => p.clone(),
+                None => match loaded.remove(&task_id) {
+                    Some(p) => p,
+                    None => {
+                        tracing::error!(task_id = %task_id, "a queued task has no stored payload; leaving it queued");
+                        continue;
+                    }
+                },
+            };
+            self.assign(&task_id, &agent_id, payload);
+        }
+    }
+
+    fn assign(&mut self, task_id: &str, agent_id: &str, payload: Payload) {
+        let Some(conn) = self.agents.get(agent_id).and_then(|a| a.conn) else { return };
+        let now = self.now.wall_ms;
+        let agent = agent_id.to_string();
+        self.transition(task_id, TaskStatus::Assigned, format!("assigned to {agent_id}"), |t| {
+            t.generation += 1;
+            t.attempts += 1;
+            t.assigned_to = Some(agent);
+            t.assigned_at = Some(now);
+        });
+        let open = &self.tasks[task_id];
+        let h = &open.head;
+        let frame = HubFrame::TaskAssign(TaskAssign {
+            task_id: h.task_id.clone(),
+            description: payload.description,
+            metadata: serde_json::Value::Object(payload.metadata),
+            generation: h.generation,
+            assigned_at: now,
+            priority: Some(h.priority.as_str().to_string()),
+            extra: payload.extra,
+        });
+        let (generation, queued_at) = (h.generation, open.queued_at);
+        self.send(conn, frame, SendKind::Push { dispatch_started: Some(queued_at) });
+        self.arm(self.t.accept_timeout, Timer::AcceptDeadline { task_id: task_id.to_string(), generation });
+    }
+
+    pub(super) fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::AcceptDeadline { task_id, generation } => {
+                if self.status_of(&task_id, generation) == Some(TaskStatus::Assigned) {
+                    let secs = self.t.accept_timeout.as_secs_f64();
+                    self.requeue(&task_id, format!("accept_timeout: no task_accepted within {secs}s"));
+                }
+            }
+            Timer::Grace { task_id, generation } => {
+                if self.is_held(&task_id, generation) && !self.holder_online(&task_id) {
+                    let secs = self.t.grace_period.as_secs_f64();
+                    self.requeue(&task_id, format!("lease_expired: agent offline for {secs}s"));
+                }
+            }
+            Timer::RetryDue { task_id, generation } => {
+                if self.status_of(&task_id, generation) == Some(TaskStatus::WaitingRetry) {
+                    self.transition(&task_id, TaskStatus::Queued, "retry_due".into(), |t| t.retry_at = None);
+                }
+            }
+            Timer::Claim { task_id, generation, conn } => {
+                let unclaimed = self.tasks.get(&task_id).is_some_and(|o| o.unclaimed == Some(conn));
+                if unclaimed && self.is_held(&task_id, generation) {
+                    let secs = self.t.grace_period.as_secs_f64();
+                    let reason =
+                        format!("unclaimed: agent reconnected without task_recovering or state_report within {secs}s");
+                    self.requeue(&task_id, reason);
+                }
+            }
+            Timer::Redispatch => self.dispatch_needed = true,
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Tasks: submission, the one place a task changes status, reports, retry and cancel.
+
+use super::{ConnId, Core, OpenTask, SendKind, Timer};
+use crate::auth::{self, Role};
+use crate::clock::Clock;
+use crate::model::{Outcome, Payload, TaskHead, TaskStatus, Transition};
+use crate::store::{Mutation, Store, StoreError};
+use proto::api::{ApiError, ErrorCode, SubmitTask, TaskChanged, TaskSubmitted};
+use proto::{AckStatus, ErrorFrame, FrameErrorCode, HubFrame};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// How a report ended: the result and the rest of `task_complete`, or the failure reason.
+pub(super) type ReportOutcome = Result<(Option<Value>, Map<String, Value>), String>;
+
+impl<S: Store, C: Clock> Core<S, C> {
+    pub(super) fn submit(&mut self, n: SubmitTask, role: &Role) -> Result<TaskSubmitted, ApiError> {
+        if self.tasks.len() >= self.limits.max_open_tasks {
+            return Err(ApiError::new(ErrorCode::QueueFull).msg(format!(
+                "the hub holds {} open tasks, its limit (max_open_tasks); try again when some have finished",
+                self.tasks.len()
+            )));
+        }
+        let now = self.now.wall_ms;
+        let task_id = format!("task-{}", auth::random_hex(8));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let head = TaskHead {
+            task_id: task_id.clone(),
+            seq,
+            priority: n.priority,
+            status: TaskStatus::Queued,
+            generation: 0,
+            needed_capabilities: n.needed_capabilities,
+            assign_to: n.assign_to,
+            max_retries: n.max_retries,
+            assigned_to: None,
+            assigned_at: None,
+            attempts: 0,
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+            submitted_by: role.name().to_string(),
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        };
+        let payload = Payload { description: n.description, metadata: n.metadata, extra: n.extra };
+        let priority = head.priority;
+        self.pending.push(Mutation::InsertTask { head: Box::new(head.clone()), payload: Box::new(payload.clone()) });
+        self.pending.push(Mutation::AddTransition {
+            task_id: task_id.clone(),
+            transition: Transition {
+                at: now,
+                from: None,
+                to: TaskStatus::Queued,
+                reason: format!("submitted by {}", role.name()),
+                agent_id: None,
+                generation: 0,
+            },
+        });
+        *self.counts.entry(TaskStatus::Queued).or_default() += 1;
+        self.metrics.submitted += 1;
+        self.queue.insert((priority, seq, task_id.clone()));
+        let mut open = OpenTask::new(head, self.now.mono);
+        open.payload = Some(Box::new(payload));
+        self.tasks.insert(task_id.clone(), open);
+        self.fresh.push(task_id.clone());
+        self.dispatch_needed = true;
+        Ok(TaskSubmitted { status: TaskStatus::Queued, task_id, priority, created_at: now })
+    }
+
+    /// The one place a task changes status: persists the head and a history row, keeps the
+    /// queue index, the holder's `current_task` and the status counts in step.
+    pub(super) fn transition(
+        &mut self,
+        task_id: &str,
+        to: TaskStatus,
+        reason: String,
+        change: impl FnOnce(&mut TaskHead),
+    ) {
+        let (now_ms, now) = (self.now.wall_ms, self.now.mono);
+        let Some(open) = self.tasks.get_mut(task_id) else { return };
+        let head = &mut open.head;
+        let from = head.status;
+        let old_holder = from.is_held().then(|| head.assigned_to.clone()).flatten();
+        if from == TaskStatus::Queued {
+            self.queue.remove(&(head.priority, head.seq, head.task_id.clone()));
+        }
+        change(head);
+        head.status = to;
+        head.updated_at = now_ms;
+        if to.is_terminal() {
+            head.completed_at = Some(now_ms);
+        }
+        if to == TaskStatus::Queued {
+            open.queued_at = now;
+            self.queue.insert((head.priority, head.seq, head.task_id.clone()));
+            self.dispatch_needed = true;
+        }
+        let new_holder = to.is_held().then(|| head.assigned_to.clone()).flatten();
+        let transition = Transition {
+            at: now_ms,
+            from: Some(from),
+            to,
+            reason,
+            agent_id: head.assigned_to.clone(),
+            generation: head.generation,
+        };
+        tracing::debug!(task_id, from = %from, to = %to, reason = %transition.reason, "task transition");
+        self.pending.push(Mutation::PutHead(Box::new(head.clone())));
+        self.pending.push(Mutation::AddTransition { task_id: task_id.to_string(), transition });
+        if from != to {
+            let c = self.counts.entry(from).or_default();
+            *c = c.saturating_sub(1);
+            *self.counts.entry(to).or_default() += 1;
+        }
+        if old_holder != new_holder {
+            if let Some(a) = old_holder.and_then(|h| self.agents.get_mut(&h)) {
+                if a.current_task.as_deref() == Some(task_id) {
+                    a.current_task = None;
+                    a.idle_since = now_ms;
+                    self.dispatch_needed = true;
+                }
+            }
+            if let Some(a) = new_holder.and_then(|h| self.agents.get_mut(&h)) {
+                a.current_task = Some(task_id.to_string());
+            }
+        }
+        if to.is_terminal() {
+            self.tasks.remove(task_id);
+        }
+    }
+
+    pub(super) fn requeue(&mut self, task_id: &str, reason: String) {
+        self.transition(task_id, TaskStatus::Queued, reason, |t| {
+            t.generation += 1;
+            t.assigned_to = None;
+            t.assigned_at = None;
+            t.retry_at = None;
+        });
+    }
+
+    /// Brings a terminal task back into memory so it can be retried; `None` if it never existed.
+    fn reopen(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError> {
+        if let Some(t) = self.tasks.get(task_id) {
+            return Ok(Some(t.head.clone()));
+        }
+        let Some(head) = self.store.head(task_id)? else { return Ok(None) };
+        self.tasks.insert(task_id.to_string(), OpenTask::new(head.clone(), self.now.mono));
+        Ok(Some(head))
+    }
+
+    /// A terminal task loaded by `reopen` that was not changed goes back out of memory.
+    fn drop_if_terminal(&mut self, id: &str) {
+        if self.tasks.get(id).is_some_and(|o| o.head.status.is_terminal()) {
+            self.tasks.remove(id);
+        }
+    }
+
+    pub(super) fn retry(&mut self, id: &str, role: &Role) -> Result<TaskChanged, ApiError> {
+        let head = self.reopen(id).map_err(store_err)?;
+        let Some(head) = head else {
+            return Err(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}")));
+        };
+        if let Err(e) = crate::authz::may_change(role, &head.submitted_by, "retry") {
+            self.drop_if_terminal(id);
+            return Err(e);
+        }
+        match head.status {
+            TaskStatus::DeadLetter | TaskStatus::Cancelled | TaskStatus::WaitingRetry => {
+                self.transition(id, TaskStatus::Queued, format!("retried by {}", role.name()), |t| {
+                    t.generation += 1;
+                    t.failures = 0;
+                    t.retry_at = None;
+                    t.assigned_to = None;
+                    t.assigned_at = None;
+                    t.completed_at = None;
+                });
+                Ok(TaskChanged { status: TaskStatus::Queued, task_id: id.to_string() })
+            }
+            s => {
+                self.drop_if_terminal(id);
+                Err(ApiError::new(ErrorCode::InvalidState)
+                    .msg(format!("task is {s}; only dead_letter, cancelled or waiting_retry tasks can be retried")))
+            }
+        }
+    }
+
+    pub(super) fn cancel(&mut self, id: &str, role: &Role) -> Result<TaskChanged, ApiError> {
+        let head = self.reopen(id).map_err(store_err)?;
+        let Some(head) = head else {
+            return Err(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}")));
+        };
+        if let Err(e) = crate::authz::may_change(role, &head.submitted_by, "cancel") {
+            self.drop_if_terminal(id);
+            return Err(e);
+        }
+        match head.status {
+            s @ (TaskStatus::Completed | TaskStatus::Cancelled) => {
+                self.drop_if_terminal(id);
+                Err(ApiError::new(ErrorCode::InvalidState).msg(format!("task is already {s}")))
+            }
+            s => {
+                let holder = if s.is_held() { head.assigned_to.clone() } else { None };
+                self.transition(id, TaskStatus::Cancelled, format!("cancelled by {}", role.name()), |_| {});
+                if let Some(conn) = holder.and_then(|h| self.agents.get(&h)).and_then(|a| a.conn) {
+                    let frame = HubFrame::TaskCancelled { task_id: id.to_string(), timestamp: self.now.wall_ms };
+                    self.send(conn, frame, SendKind::Push { dispatch_started: None });
+                }
+                Ok(TaskChanged { status: TaskStatus::Cancelled, task_id: id.to_string() })
+            }
+        }
+    }
+
+    pub(super) fn on_accepted(&mut self, conn: ConnId, agent_id: &str, task_id: String) {
+        let ack = |task_id: &str| HubFrame::TaskAck { task_id: task_id.to_string(), status: AckStatus::Accepted };
+        match self.tasks.get(&task_id).map(|o| (o.head.status, o.head.assigned_to.as_deref() == Some(agent_id))) {
+            Some((TaskStatus::Assigned, true)) => {
+                self.transition(&task_id, TaskStatus::Working, format!("accepted by {agent_id}"), |_| {});
+                self.send(conn, ack(&task_id), SendKind::Ack { task_id });
+            }
+            Some((TaskStatus::Working, true)) => self.send(conn, ack(&task_id), SendKind::Plain),
+            Some(_) => self.send_error(conn, ErrorFrame::new(FrameErrorCode::InvalidState).task(&task_id)),
+            None => self.send_error(conn, ErrorFrame::new(FrameErrorCode::NotFound).task(&task_id)),
+        }
+    }
+
+    pub(super) fn on_rejected(&mut self, conn: ConnId, agent_id: &str, task_id: String, reason: Option<String>) {
+        if self.held_by(&task_id, agent_id).is_none() {
+            return self.send_error(conn, ErrorFrame::new(FrameErrorCode::InvalidState).task(&task_id));
+        }
+        let reason = reason.unwrap_or_else(|| "unspecified".into());
+        let until = self.now.mono + self.t.reject_cooldown;
+        self.requeue(&task_id, format!("rejected by {agent_id}: {reason}"));
+        if let Some(o) = self.tasks.get_mut(&task_id) {
+            o.rejected_by = Some((agent_id.to_string(), until));
+        }
+        if reason == "busy" {
+            if let Some(a) = self.agents.get_mut(agent_id) {
+                a.paused_until = Some(until);
+            }
+        }
+        self.arm(self.t.reject_cooldown, Timer::Redispatch);
+        let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: AckStatus::Requeued };
+        self.send(conn, ack, SendKind::Ack { task_id });
+    }
+
+    /// Stores the holder's progress line, cut down to the configured size.
+    pub(super) fn on_progress(&mut self, agent_id: &str, task_id: String, progress: Option<Value>) {
+        let Some(generation) = self.held_by(&task_id, agent_id) else { return };
+        let Some(body) = progress else { return };
+        let body = self.limits.bounded_progress(body);
+        self.pending.push(Mutation::AddProgress { task_id, generation, at: self.now.wall_ms, body });
+    }
+
+    /// `task_complete` (Ok) or `task_failed` (Err), fenced by generation.
+    pub(super) fn on_report(
+        &mut self,
+        conn: ConnId,
+        agent_id: &str,
+        task_id: String,
+        generation: u64,
+        outcome: ReportOutcome,
+    ) {
+        let current = match self.tasks.get(&task_id) {
+            Some(o) => Some(o.head.clone()),
+            None => match self.store.head(&task_id) {
+                Ok(t) => t,
+                Err(e) => {
+                    let e = ErrorFrame::new(FrameErrorCode::StorageUnavailable).task(&task_id).message(e.to_string());
+                    return self.send_error(conn, e);
+                }
+            },
+        };
+        let Some(task) = current else {
+            return self.send_error(conn, ErrorFrame::new(FrameErrorCode::NotFound).task(&task_id));
+        };
+        if task.generation != generation {
+            let e = ErrorFrame::new(FrameErrorCode::StaleGeneration)
+                .task(&task_id)
+                .message(format!("generation {generation} is stale; current is {}", task.generation));
+            return self.send_error(conn, e);
+        }
+        let mine = task.assigned_to.as_deref() == Some(agent_id);
+        // A re-sent report for the same attempt (the sidecar did not see our ack) is acked again.
+        let repeat = match (&outcome, task.status) {
+            (Ok(_), TaskStatus::Completed) if mine => Some(AckStatus::Complete),
+            (Err(_), TaskStatus::WaitingRetry) if mine => Some(AckStatus::Retried),
+            (Err(_), TaskStatus::DeadLetter) if mine => Some(AckStatus::DeadLetter),
+            _ => None,
+        };
+        if let Some(status) = repeat {
+            return self.send(conn, HubFrame::TaskAck { task_id, status }, SendKind::Plain);
+        }
+        if !task.status.is_held() || !mine {
+            let e = ErrorFrame::new(FrameErrorCode::InvalidState)
+                .task(&task_id)
+                .message(format!("task is {}", task.status));
+            return self.send_error(conn, e);
+        }
+        let ack_status = match outcome {
+            Ok((result, report)) => {
+                let outcome = Outcome { result, report };
+                self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
+                self.transition(&task_id, TaskStatus::Completed, format!("completed by {agent_id}"), |_| {});
+                AckStatus::Complete
+            }
+            Err(why) => {
+                let failures = task.failures + 1;
+                if failures > task.max_retries {
+                    let reason = format!("dead_letter after {failures} failures: {why}");
+                    self.transition(&task_id, TaskStatus::DeadLetter, reason, |t| {
+                        t.failures = failures;
+                        t.last_error = Some(why);
+                    });
+                    AckStatus::DeadLetter
+                } else {
+                    let backoff = self.backoff(failures);
+                    let retry_at = self.now.wall_ms + backoff.as_millis() as u64;
+                    let reason =
+                        format!("failed ({why}); retry {failures}/{} in {}ms", task.max_retries, backoff.as_millis());
+                    self.transition(&task_id, TaskStatus::WaitingRetry, reason, |t| {
+                        t.failures = failures;
+                        t.last_error = Some(why);
+                        t.retry_at = Some(retry_at);
+                    });
+                    self.arm(backoff, Timer::RetryDue { task_id: task_id.clone(), generation });
+                    AckStatus::Retried
+                }
+            }
+        };
+        self.send(conn, HubFrame::TaskAck { task_id: task_id.clone(), status: ack_status }, SendKind::Ack { task_id });
+    }
+
+    /// 1 s doubling per failure, capped (5 min by default).
+    pub(super) fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.t.retry_base.saturating_mul(factor).min(self.t.retry_max)
+    }
+}
+
+pub(super) fn store_err(e: StoreError) -> ApiError {
+    ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string())
+}

@@ -1,0 +1,354 @@
+//! The core driven directly, with a manual clock: leases, claims, retries and timers are tested
+//! by advancing time, never by sleeping; a real SQLite store underneath, whose commits can be
+//! made to fail as on a full disk.
+
+use super::api::{ApiRequest, ApiResult, Reply};
+use super::*;
+use crate::auth::Role;
+use crate::clock::ManualClock;
+use crate::store::{Reader, SqliteStore, TaskQuery};
+use proto::api::{RestartAgent, SubmitTask};
+use proto::{AckStatus, Identify};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A real SQLite store whose commits can be made to fail as on a full disk.
+struct FlakyStore {
+    inner: SqliteStore,
+    full: Arc<AtomicBool>,
+}
+
+impl Store for FlakyStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+    fn head(&mut self, id: &str) -> Result<Option<TaskHead>, StoreError> {
+        self.inner.head(id)
+    }
+    fn payloads(&mut self, ids: &[&str]) -> Result<HashMap<String, Payload>, StoreError> {
+        self.inner.payloads(ids)
+    }
+    fn commit(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
+        if self.full.load(Ordering::SeqCst) {
+            let e = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL);
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, Some("database or disk is full".into()))));
+        }
+        self.inner.commit(batch)
+    }
+}
+
+struct Harness {
+    core: Core<FlakyStore, ManualClock>,
+    clock: ManualClock,
+    full: Arc<AtomicBool>,
+    reader: crate::store::SqliteReader,
+    _dir: tempfile::TempDir,
+}
+
+fn timings() -> Timings {
+    Timings {
+        grace_period: Duration::from_secs(60),
+        accept_timeout: Duration::from_secs(30),
+        retry_base: Duration::from_secs(1),
+        retry_max: Duration::from_secs(300),
+        reject_cooldown: Duration::from_secs(5),
+        ..Timings::default()
+    }
+}
+
+fn harness_with(limits: Limits) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let full = Arc::new(AtomicBool::new(false));
+    let inner = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+    let reader = inner.reader(1).unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = FlakyStore { inner, full: full.clone() };
+    let core = Core::new(store, clock.clone(), timings(), limits, ADMIN).unwrap();
+    Harness { core, clock, full, reader, _dir: dir }
+}
+
+fn harness() -> Harness {
+    harness_with(Limits::default())
+}
+
+struct Agent {
+    conn: ConnId,
+    rx: mpsc::Receiver<Out>,
+}
+
+impl Agent {
+    /// Every frame sent to this agent since the last look.
+    fn frames(&mut self) -> Vec<HubFrame> {
+        let mut out = Vec::new();
+        while let Ok(o) = self.rx.try_recv() {
+            if let Out::Frame(f) = o {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    fn assigned(&mut self) -> Option<(String, u64)> {
+        self.frames().into_iter().find_map(|f| match f {
+            HubFrame::TaskAssign(a) => Some((a.task_id, a.generation)),
+            _ => None,
+        })
+    }
+}
+
+impl Harness {
+    fn api(&mut self, token: &str, req: ApiRequest) -> ApiResult {
+        let (reply, mut rx) = oneshot::channel();
+        self.core.step([Event::Api { auth: Some(token.into()), req, reply }]);
+        rx.try_recv().expect("a reply is released after the flush")
+    }
+
+    fn submit(&mut self, token: &str, description: &str) -> Result<String, ApiError> {
+        match self.api(token, ApiRequest::Submit(SubmitTask::new(description)))? {
+            Reply::Submitted(s) => Ok(s.task_id),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn agent_token(&mut self, agent_id: &str) -> String {
+        match self.api(ADMIN, ApiRequest::CreateToken(agent_id.into())).unwrap() {
+            Reply::TokenCreated(t) => t.token,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, agent_id: &str, token: &str) -> Agent {
+        let (tx, rx) = mpsc::channel(64);
+        let id = Identify {
+            agent_id: agent_id.into(),
+            token: token.into(),
+            name: None,
+            status: None,
+            capabilities: vec![],
+            client_type: None,
+            protocol_version: Some(1),
+            pm2_info: None,
+            process_info: None,
+            ollama_url: None,
+        };
+        self.core
+            .step([Event::Connected { conn, tx }, Event::Frame { conn, frame: AgentFrame::Identify(Box::new(id)) }]);
+        Agent { conn, rx }
+    }
+
+    fn frame(&mut self, agent: &Agent, frame: AgentFrame) {
+        self.core.step([Event::Frame { conn: agent.conn, frame }]);
+    }
+
+    fn disconnect(&mut self, agent: Agent) {
+        self.core.step([Event::Disconnected { conn: agent.conn }]);
+    }
+
+    /// Moves the clock and lets the core fire what became due.
+    fn advance(&mut self, by: Duration) {
+        self.clock.advance(by);
+        self.core.step([]);
+    }
+
+    fn status(&self, task_id: &str) -> (TaskStatus, u64) {
+        let t = self.reader.task(task_id).unwrap().expect("stored");
+        (t.head.status, t.head.generation)
+    }
+}
+
+#[test]
+fn a_failed_commit_rolls_back_everything_the_batch_changed() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    h.submit(ADMIN, "before").unwrap();
+    h.full.store(true, Ordering::SeqCst);
+    let err = h.submit(ADMIN, "lost?").unwrap_err();
+    assert_eq!(err.error, ErrorCode::StorageUnavailable);
+    assert!(err.message.unwrap().contains("disk is full"));
+    assert_eq!(h.core.open_task_count(), 1, "the refused submission is gone from memory");
+    // A revoke that did not commit leaves the token valid; a token that did not commit is not.
+    assert!(h.api(ADMIN, ApiRequest::RevokeToken("a1".into())).is_err());
+    let refused_token = h.api(ADMIN, ApiRequest::CreateToken("a2".into()));
+    assert!(refused_token.is_err(), "a created token is only shown once it is durable");
+    h.full.store(false, Ordering::SeqCst);
+    assert!(matches!(h.api(&token, ApiRequest::Authenticate), Ok(Reply::Role(Role::Agent(a))) if a == "a1"));
+    assert_eq!(h.core.tokens.len(), 1, "memory went back to the durable tokens");
+    assert_eq!(h.core.metrics.commit_errors, 3);
+    h.submit(ADMIN, "after").unwrap();
+    let (rows, _) = h.reader.list_tasks(TaskQuery { limit: 10, ..Default::default() }).unwrap();
+    let stored: Vec<_> = rows.into_iter().map(|t| t.payload.description).collect();
+    assert_eq!(stored, ["after", "before"], "the refused submission was never stored, nothing else lost");
+}
+
+#[test]
+fn a_failed_commit_keeps_agents_connected_and_their_task_assignable() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    h.full.store(true, Ordering::SeqCst);
+    // The identify's presence record fails to commit; the socket is still there.
+    let mut a = h.connect(1, "a1", &token);
+    h.full.store(false, Ordering::SeqCst);
+    let id = h.submit(ADMIN, "work").unwrap();
+    h.advance(Duration::from_secs(1)); // the core retries dispatch after a failed commit
+    assert_eq!(a.assigned().map(|(t, _)| t), Some(id));
+}
+
+#[test]
+fn a_disconnected_holder_keeps_its_task_for_the_grace_period_only() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "work").unwrap();
+    let (_, generation) = a.assigned().expect("assigned at once");
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    h.disconnect(a);
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.status(&id), (TaskStatus::Working, generation), "still inside the lease");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.status(&id), (TaskStatus::Queued, generation + 1), "requeued with a new generation");
+}
+
+#[test]
+fn a_reconnected_holder_must_claim_its_task_within_the_window() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "work").unwrap();
+    let (_, generation) = a.assigned().unwrap();
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    h.disconnect(a);
+    // Back within the lease, claiming with task_recovering: the task carries on.
+    let mut b = h.connect(2, "a1", &token);
+    h.frame(&b, AgentFrame::TaskRecovering { task_id: id.clone(), last_status: None });
+    assert!(b.frames().iter().any(|f| matches!(f, HubFrame::TaskContinue { generation: g, .. } if *g == generation)));
+    h.advance(Duration::from_secs(120));
+    assert_eq!(h.status(&id), (TaskStatus::Working, generation));
+    // Back again, saying nothing about it: after the window the task goes to someone else.
+    h.disconnect(b);
+    let _c = h.connect(3, "a1", &token);
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.status(&id).0, TaskStatus::Working);
+    h.advance(Duration::from_secs(1));
+    let history = h.reader.transitions(&id).unwrap();
+    let requeue = history.iter().find(|t| t.reason.starts_with("unclaimed")).expect("requeued as unclaimed");
+    assert_eq!((requeue.to, requeue.generation), (TaskStatus::Queued, generation + 1));
+}
+
+#[test]
+fn an_unaccepted_assignment_is_requeued_after_the_accept_timeout() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "work").unwrap();
+    let (_, generation) = a.assigned().unwrap();
+    h.advance(Duration::from_millis(29_999));
+    assert_eq!(h.status(&id), (TaskStatus::Assigned, generation));
+    h.advance(Duration::from_millis(1));
+    // Requeued, and handed straight back to the only (idle) agent with the next generation.
+    assert_eq!(h.status(&id), (TaskStatus::Assigned, generation + 2));
+    assert_eq!(a.assigned(), Some((id, generation + 2)));
+}
+
+#[test]
+fn failures_back_off_doubling_then_dead_letter() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = match h.api(ADMIN, ApiRequest::Submit(SubmitTask { max_retries: 2, ..SubmitTask::new("flaky") })).unwrap()
+    {
+        Reply::Submitted(s) => s.task_id,
+        other => panic!("{other:?}"),
+    };
+    for (failure, backoff) in [(1, 1_000), (2, 2_000)] {
+        let (_, generation) = a.assigned().expect("assigned");
+        h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+        let reason = Some(format!("boom {failure}"));
+        h.frame(&a, AgentFrame::TaskFailed { task_id: id.clone(), generation, reason, error: None });
+        assert!(a.frames().iter().any(|f| matches!(f, HubFrame::TaskAck { status: AckStatus::Retried, .. })));
+        assert_eq!(h.status(&id).0, TaskStatus::WaitingRetry);
+        h.advance(Duration::from_millis(backoff - 1));
+        assert_eq!(h.status(&id).0, TaskStatus::WaitingRetry, "failure {failure}: not before {backoff} ms");
+        h.advance(Duration::from_millis(1));
+    }
+    let (_, generation) = a.assigned().expect("third attempt");
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    h.frame(&a, AgentFrame::TaskFailed { task_id: id.clone(), generation, reason: Some("boom 3".into()), error: None });
+    assert_eq!(h.status(&id).0, TaskStatus::DeadLetter);
+    assert!(a.frames().iter().any(|f| matches!(f, HubFrame::TaskAck { status: AckStatus::DeadLetter, .. })));
+}
+
+#[test]
+fn a_busy_rejection_pauses_the_agent_for_the_cooldown() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "work").unwrap();
+    a.assigned().unwrap();
+    h.frame(&a, AgentFrame::TaskRejected { task_id: id.clone(), reason: Some("busy".into()) });
+    assert_eq!(h.status(&id).0, TaskStatus::Queued);
+    h.advance(Duration::from_millis(4_999));
+    assert_eq!(a.assigned(), None, "not offered again during the cooldown");
+    h.advance(Duration::from_millis(1));
+    assert!(a.assigned().is_some(), "offered again after it");
+}
+
+#[test]
+fn agents_cancel_and_retry_only_what_they_submitted() {
+    let mut h = harness();
+    let t1 = h.agent_token("a1");
+    let t2 = h.agent_token("a2");
+    let mine = h.submit(&t1, "mine").unwrap();
+    let admins = h.submit(ADMIN, "admin's").unwrap();
+    let e = h.api(&t2, ApiRequest::Cancel(mine.clone())).unwrap_err();
+    assert_eq!(e.error, ErrorCode::Forbidden);
+    assert!(e.message.unwrap().contains("submitted by a1"));
+    assert_eq!(h.api(&t1, ApiRequest::Cancel(admins.clone())).unwrap_err().error, ErrorCode::Forbidden);
+    assert_eq!(h.status(&admins).0, TaskStatus::Queued, "nothing changed");
+    assert!(matches!(h.api(&t1, ApiRequest::Cancel(mine.clone())), Ok(Reply::Changed(_))));
+    // The cancelled task was loaded back for the check and leaves memory again.
+    assert_eq!(h.api(&t2, ApiRequest::Retry(mine.clone())).unwrap_err().error, ErrorCode::Forbidden);
+    assert_eq!(h.core.open_task_count(), 1);
+    assert!(matches!(h.api(&t1, ApiRequest::Retry(mine)), Ok(Reply::Changed(_))));
+    assert!(matches!(h.api(ADMIN, ApiRequest::Cancel(admins)), Ok(Reply::Changed(_))));
+}
+
+#[test]
+fn restart_tells_unknown_from_offline() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let a = h.connect(1, "a1", &token);
+    h.disconnect(a);
+    let restart = |agent_id: &str| RestartAgent { agent_id: agent_id.into(), reason: None, force: false };
+    let e = h.api(ADMIN, ApiRequest::RestartAgent(restart("nobody"))).unwrap_err();
+    assert_eq!(e.error, ErrorCode::UnknownAgent);
+    let e = h.api(ADMIN, ApiRequest::RestartAgent(restart("a1"))).unwrap_err();
+    assert_eq!(e.error, ErrorCode::AgentNotConnected);
+    assert!(e.message.unwrap().contains("offline"));
+}
+
+#[test]
+fn the_open_task_limit_refuses_more() {
+    let mut h = harness_with(Limits { max_open_tasks: 2, ..Limits::default() });
+    h.submit(ADMIN, "1").unwrap();
+    h.submit(ADMIN, "2").unwrap();
+    assert_eq!(h.submit(ADMIN, "3").unwrap_err().error, ErrorCode::QueueFull);
+}
+
+#[test]
+fn a_queued_task_is_handed_out_with_its_stored_payload() {
+    let mut h = harness();
+    let mut submit = SubmitTask::new("from disk");
+    submit.extra.insert("repo".into(), serde_json::json!("r"));
+    h.api(ADMIN, ApiRequest::Submit(submit)).unwrap();
+    assert!(h.core.tasks.values().all(|o| o.payload.is_none()), "memory keeps only the head once committed");
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let assign = a.frames().into_iter().find_map(|f| match f {
+        HubFrame::TaskAssign(t) => Some(t),
+        _ => None,
+    });
+    let assign = assign.expect("assigned on identify");
+    assert_eq!((assign.description.as_str(), &assign.extra["repo"]), ("from disk", &serde_json::json!("r")));
+}

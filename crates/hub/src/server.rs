@@ -1,0 +1,293 @@
+//! The connection layer: accepts TCP (and TLS) connections and serves HTTP/1.1 on each with hyper,
+//! bounding what any client can hold.
+//!
+//! - Every connection holds a slot of `max_connections` (derived from the open-files limit), so
+//!   the hub never runs out of file descriptors; beyond it, a connection is answered 503 and closed.
+//! - Connections that are not identified agents (HTTP clients, WebSockets before `identify`) may
+//!   use only the part not reserved for agents. When that part is full, the oldest of them with
+//!   no request in flight (a half-open head, an idle keep-alive, a socket that never identified)
+//!   is closed to make room: a flood of silent sockets cannot lock out `/health` or an agent.
+//! - A request head must arrive within `header_read_timeout`; an idle keep-alive connection is
+//!   closed after `keep_alive_timeout`; a TLS handshake gets the same bound as a head.
+
+use crate::config::NetLimits;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Descriptors kept free for the database, logs and certificates.
+const FD_MARGIN: usize = 128;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    pub refused: AtomicU64,
+    pub evicted: AtomicU64,
+    pub open: AtomicUsize,
+}
+
+/// The bounds every connection counts against, shared by the accept loop and the slots.
+pub struct ConnLimits {
+    total: Arc<Semaphore>,
+    unidentified: Arc<Semaphore>,
+    /// Unidentified connections by age (ids grow), weakly: a slot leaves when its last holder drops it.
+    registry: Mutex<BTreeMap<u64, Weak<ConnSlot>>>,
+    next_id: AtomicU64,
+    pub stats: NetStats,
+    pub max: usize,
+}
+
+impl ConnLimits {
+    pub fn new(net: &NetLimits, fd_limit: u64) -> Arc<ConnLimits> {
+        let derived = (fd_limit as usize).saturating_sub(FD_MARGIN).max(16);
+        let max = net.max_connections.unwrap_or(derived).min(derived.max(16));
+        let reserved = max * net.agent_reserve_percent as usize / 100;
+        Arc::new(ConnLimits {
+            total: Arc::new(Semaphore::new(max)),
+            unidentified: Arc::new(Semaphore::new(max - reserved)),
+            registry: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            stats: NetStats::default(),
+            max,
+        })
+    }
+
+    /// A slot for a new connection, or `None` when the hub is full.
+    fn admit(self: &Arc<Self>) -> Option<Arc<ConnSlot>> {
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        let unidentified = match self.unidentified.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self.evict_oldest_idle()?,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(ConnSlot {
+            id,
+            limits: Arc::downgrade(self),
+            busy: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+            evict: CancellationToken::new(),
+            unidentified: Mutex::new(Some(unidentified)),
+            _total: total,
+        });
+        self.lock_registry().insert(id, Arc::downgrade(&slot));
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        Some(slot)
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Weak<ConnSlot>>> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the oldest unidentified connection with nothing in flight and hands over its permit.
+    fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
+        let mut registry = self.lock_registry();
+        let victim = registry
+            .iter()
+            .filter_map(|(id, w)| w.upgrade().map(|s| (*id, s)))
+            .find(|(_, s)| s.busy.load(Ordering::Acquire) == 0)?;
+        registry.remove(&victim.0);
+        drop(registry);
+        let permit = victim.1.unidentified.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        victim.1.evict.cancel();
+        self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        Some(permit)
+    }
+}
+
+/// One connection's share of the limits. The HTTP task holds it, and so does a WebSocket task
+/// after an upgrade; its permits go back when the last holder drops it (the socket is closed).
+pub struct ConnSlot {
+    id: u64,
+    limits: Weak<ConnLimits>,
+    /// Requests in flight (or streams pinned open); only a connection at zero may be evicted.
+    busy: AtomicUsize,
+    last_active: Mutex<Instant>,
+    evict: CancellationToken,
+    unidentified: Mutex<Option<OwnedSemaphorePermit>>,
+    _total: OwnedSemaphorePermit,
+}
+
+impl ConnSlot {
+    /// The connection is an identified agent now: it leaves the evictable pool and uses the
+    /// capacity reserved for agents.
+    pub fn identified(&self) {
+        if let Some(l) = self.limits.upgrade() {
+            l.lock_registry().remove(&self.id);
+        }
+        self.unidentified.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Cancelled when this connection is closed to make room for others.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evict
+    }
+
+    /// Keeps the connection busy (not evictable) while the guard lives: a request, a stream.
+    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_active.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some(l) = self.limits.upgrade() {
+            l.lock_registry().remove(&self.id);
+            l.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct BusyGuard(Arc<ConnSlot>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        *self.0.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The request extension through which handlers reach their connection's slot.
+#[derive(Clone)]
+pub struct ConnTicket(pub Arc<ConnSlot>);
+
+/// Raises the soft open-files limit to the hard one; returns the limit in force.
+pub fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open-files limit (RLIMIT_NOFILE) to its hard limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+pub struct Server {
+    pub listener: TcpListener,
+    pub app: Router,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub net: NetLimits,
+    pub limits: Arc<ConnLimits>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Server {
+    /// Accepts until shutdown; every connection task is tracked so the caller can wait for them.
+    pub async fn run(self) {
+        let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors or the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(slot) = self.limits.admit() else {
+                self.limits.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if acceptor.is_none() {
+                    // Best effort and never blocking: the socket is new, its buffer empty.
+                    let _ = stream.try_write(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 63\r\nconnection: close\r\n\r\n{\"error\":\"overloaded\",\"message\":\"too many connections; retry\"}",
+                    );
+                }
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let conn =
+                Connection { app: self.app.clone(), net: self.net.clone(), slot, shutdown: self.shutdown.clone() };
+            match acceptor.clone() {
+                Some(acceptor) => self.tracker.spawn(conn.serve_tls(acceptor, stream, peer)),
+                None => self.tracker.spawn(conn.serve(stream)),
+            };
+        }
+    }
+}
+
+struct Connection {
+    app: Router,
+    net: NetLimits,
+    slot: Arc<ConnSlot>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve_tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream, peer: std::net::SocketAddr) {
+        let handshake = tokio::time::timeout(self.net.header_read_timeout, acceptor.accept(stream));
+        let tls = tokio::select! {
+            _ = self.slot.evict.cancelled() => return,
+            _ = self.shutdown.cancelled() => return,
+            r = handshake => match r {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::info!(peer = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::info!(peer = %peer, "TLS handshake timed out"),
+            },
+        };
+        self.serve(tls).await
+    }
+
+    async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: I) {
+        let (app, slot) = (self.app, self.slot.clone());
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let guard = slot.busy();
+            req.extensions_mut().insert(ConnTicket(slot.clone()));
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req.map(axum::body::Body::new)).await;
+                drop(guard);
+                resp
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(self.net.header_read_timeout).keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        tokio::pin!(conn);
+        let keep_alive = self.net.keep_alive_timeout;
+        let mut shutting_down = false;
+        loop {
+            let check =
+                tokio::time::sleep(keep_alive.saturating_sub(self.slot.idle_for()).max(Duration::from_millis(10)));
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = self.slot.evict.cancelled() => break,
+                _ = self.shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = check => {
+                    if self.slot.busy.load(Ordering::Acquire) == 0 && self.slot.idle_for() >= keep_alive {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
