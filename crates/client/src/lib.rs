@@ -47,7 +47,10 @@ pub struct Client {
 /// Checks that `url` is an http(s) base URL with a host, and returns it without a trailing `/`.
 pub fn parse_base_url(url: &str) -> Result<String, ClientError> {
     let bad = |why: &str| ClientError::BadUrl { url: url.into(), why: why.into() };
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => bad("it has no scheme (http:// or https://)"),
+        other => bad(&other.to_string()),
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad(&format!("the scheme is {:?}", parsed.scheme())));
     }

@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub header_read_timeout_ms: Option<u64>,
     pub keep_alive_timeout_ms: Option<u64>,
     pub identify_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub agent_reserve_percent: Option<u8>,
     pub reader_connections: Option<usize>,
@@ -146,6 +147,8 @@ pub struct NetLimits {
     pub keep_alive_timeout: Duration,
     /// A WebSocket must identify within this.
     pub identify_timeout: Duration,
+    /// A request body must have arrived within this.
+    pub body_read_timeout: Duration,
     /// Open connections at most; `None`: derived from the open-files limit at start.
     pub max_connections: Option<usize>,
     /// The share of `max_connections` only identified agents may use.
@@ -160,6 +163,7 @@ impl Default for NetLimits {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(30),
             identify_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             max_connections: None,
             agent_reserve_percent: 20,
             reader_connections: 4,
@@ -194,6 +198,12 @@ impl HubConfig {
             }),
             None => FileConfig::default(),
         };
+        HubConfig::resolve(file, o, errors)
+    }
+
+    /// The configuration from a parsed file and the overrides, every problem listed (with
+    /// those already found in `errors`). No IO but reading `admin_token_file` and TLS files.
+    pub fn resolve(file: FileConfig, o: Overrides, mut errors: Vec<String>) -> Result<HubConfig, ConfigErrors> {
         let d = Timings::default();
         let ms = |name: &str, v: Option<u64>, def: Duration, errors: &mut Vec<String>| match v {
             Some(0) => {
@@ -282,6 +292,7 @@ impl HubConfig {
                 &mut errors,
             ),
             identify_timeout: ms("identify_timeout_ms", file.identify_timeout_ms, dn.identify_timeout, &mut errors),
+            body_read_timeout: ms("body_read_timeout_ms", file.body_read_timeout_ms, dn.body_read_timeout, &mut errors),
             max_connections: match file.max_connections {
                 Some(n) if n < 16 => {
                     errors.push("max_connections: must be at least 16".into());
@@ -360,8 +371,12 @@ impl HubConfig {
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    toml::from_str(&text)
-        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end().replace('\n', "\n    ")))
+    parse_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The TOML text of a configuration file, strictly: an unknown key is an error naming its line.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n    "))
 }
 
 #[cfg(test)]
@@ -385,6 +400,63 @@ mod tests {
         std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_ms = 5\n").unwrap();
         let err = HubConfig::load(Overrides { config: Some(p), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("hub.toml") && err.contains("line 2") && err.contains("grace_ms"), "{err}");
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "listen",
+            "grace_period_ms",
+            "accept_timeout_ms",
+            "retry_base_ms",
+            "retry_max_ms",
+            "violation_limit",
+            "ban_ms",
+            "max_open_tasks",
+            "max_description_chars",
+            "max_progress_bytes",
+            "max_connections",
+            "agent_reserve_percent",
+            "reader_connections",
+            "header_read_timeout_ms",
+            "no_such_key",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<u8>().prop_map(|n| n.to_string()),
+                "[a-z0-9:. ]{0,12}".prop_map(|s| format!("{s:?}")),
+                proptest::collection::vec(any::<u16>(), 0..4).prop_map(|v| format!("{v:?}")),
+                Just("true".to_string()),
+                "\\PC{0,20}",
+            ]
+        }
+
+        proptest! {
+            // Failures are reported, not written into the source tree.
+            #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any file: parsed or refused with a message, never a panic; every error names its key.
+            #[test]
+            fn any_config_file_is_parsed_or_refused_by_name(
+                lines in proptest::collection::vec((0..KEYS.len(), value()), 0..6)
+            ) {
+                let text: String = lines.iter().map(|(k, v)| format!("{} = {v}\n", KEYS[*k])).collect();
+                match parse_file(&text) {
+                    Err(e) => prop_assert!(!e.is_empty()),
+                    Ok(file) => {
+                        if let Err(errors) = HubConfig::resolve(file, Overrides::default(), Vec::new()) {
+                            for e in &errors.0 {
+                                prop_assert!(KEYS.iter().any(|k| e.starts_with(k)), "{e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,9 +12,8 @@ use crate::model::TaskStatus;
 use crate::paging;
 use crate::server::ConnTicket;
 use crate::store::{Reader, TaskQuery};
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,19 +38,19 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub next_conn: Arc<AtomicU64>,
+    /// The connection layer's counters, for `/metrics`.
+    pub conns: Arc<crate::server::ConnLimits>,
 }
 
 /// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
 const SMALL_BODY: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let submission = state.limits.max_submission_bytes();
-    let checkpoint = state.limits.max_checkpoint_bytes + 4096;
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
-        .route("/api/tasks", post(submit).get(list_tasks).layer(DefaultBodyLimit::max(submission)))
+        .route("/api/tasks", post(submit).get(list_tasks))
         .route("/api/tasks/dead-letter", get(dead_letter))
         .route("/api/tasks/stats", get(stats))
         .route("/api/tasks/{task_id}", get(get_task))
@@ -59,14 +58,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/cancel", post(cancel))
         .route("/api/agents", get(agents))
         .route("/api/agents/{agent_id}", get(agent))
-        .route(
-            "/api/agents/{agent_id}/checkpoint",
-            get(get_checkpoint).put(put_checkpoint).layer(DefaultBodyLimit::max(checkpoint)),
-        )
+        .route("/api/agents/{agent_id}/checkpoint", get(get_checkpoint).put(put_checkpoint))
         .route("/api/admin/agents/{agent_id}/restart", post(restart_agent))
         .route("/admin/tokens", post(create_token).get(list_tokens))
         .route("/admin/tokens/{agent_id}", axum::routing::delete(revoke_token))
-        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        // Bodies are read by `read_json` with each route's own limit.
+        .layer(DefaultBodyLimit::disable())
         .fallback(|| async { error(ApiError::new(ErrorCode::NotFound).msg("no such route")) })
         .method_not_allowed_fallback(|| async { error(ApiError::new(ErrorCode::MethodNotAllowed)) })
         .with_state(state)
@@ -147,28 +144,52 @@ async fn read<T: Send + 'static>(
     }
 }
 
-/// A JSON object body whose every rejection (size, syntax, shape) is a JSON error.
-struct JsonBody(Map<String, Value>);
+/// Bodies over their limit are still read (and thrown away, within the body timeout) up to this
+/// many times the limit, and at least [`DRAIN_MIN`], so the client sees the 413 instead of a
+/// reset while it is still sending.
+const DRAIN_FACTOR: usize = 8;
+const DRAIN_MIN: usize = 16 << 20;
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = Response;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ErrorCode::BodyTooLarge
-            } else {
-                ErrorCode::InvalidBody
-            };
-            error(ApiError::new(code).msg(e.body_text()))
-        })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonBody(Map::new()));
+/// Reads a JSON object body of at most `limit` bytes within `timeout`; every rejection (size,
+/// syntax, shape, a client too slow to send it) is a JSON error.
+async fn read_json(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Map<String, Value>, Response> {
+    use futures_util::StreamExt;
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let (mut bytes, mut seen) = (Vec::new(), 0usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| error(ApiError::new(ErrorCode::InvalidBody).msg(e.to_string())))?;
+            seen += chunk.len();
+            if seen <= limit {
+                bytes.extend_from_slice(&chunk);
+            } else if seen > limit.saturating_mul(DRAIN_FACTOR).max(DRAIN_MIN) {
+                break;
+            }
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(JsonBody(m)),
-            Ok(_) => Err(error(ApiError::new(ErrorCode::InvalidJson).msg("the body must be a JSON object"))),
-            Err(e) => Err(error(ApiError::new(ErrorCode::InvalidJson).msg(e.to_string()))),
+        if seen > limit {
+            return Err(error(ApiError::new(ErrorCode::BodyTooLarge).msg(format!("the body is over {limit} bytes"))));
         }
+        Ok(bytes)
+    };
+    let bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            let e = ApiError::new(ErrorCode::InvalidBody)
+                .msg(format!("the body did not arrive within {} ms", timeout.as_millis()));
+            return Err(error(e));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(ApiError::new(ErrorCode::InvalidJson).msg("the body must be a JSON object"))),
+        Err(e) => Err(error(ApiError::new(ErrorCode::InvalidJson).msg(e.to_string()))),
     }
 }
 
@@ -209,7 +230,13 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    respond(s.core.call(None, ApiRequest::Metrics).await)
+    match s.core.call(None, ApiRequest::Metrics).await {
+        Ok(Reply::Metrics(mut text)) => {
+            s.conns.render(&mut text);
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
+        other => respond(other),
+    }
 }
 
 async fn ws(State(s): State<AppState>, ticket: Option<Extension<ConnTicket>>, upgrade: WebSocketUpgrade) -> Response {
@@ -232,9 +259,9 @@ async fn ws(State(s): State<AppState>, ticket: Option<Extension<ConnTicket>>, up
         .on_upgrade(move |socket| tracker.track_future(crate::ws::serve(socket, w)))
 }
 
-async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Result<JsonBody, Response>) -> Response {
-    let JsonBody(m) = match body {
-        Ok(b) => b,
+async fn submit(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let m = match read_json(body, s.limits.max_submission_bytes(), s.net.body_read_timeout).await {
+        Ok(m) => m,
         Err(r) => return r,
     };
     let task = match SubmitTask::from_json(m) {
@@ -347,9 +374,9 @@ fn bad_agent_id(id: &str) -> Option<Response> {
     proto::api::check_agent_id(id).err().map(|e| invalid(vec![e]))
 }
 
-async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Result<JsonBody, Response>) -> Response {
-    let JsonBody(m) = match body {
-        Ok(b) => b,
+async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let m = match read_json(body, SMALL_BODY, s.net.body_read_timeout).await {
+        Ok(m) => m,
         Err(r) => return r,
     };
     let req: CreateToken = match m.get("agent_id") {
@@ -382,10 +409,10 @@ async fn restart_agent(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(agent_id): Path<String>,
-    body: Result<JsonBody, Response>,
+    body: axum::body::Body,
 ) -> Response {
-    let JsonBody(m) = match body {
-        Ok(b) => b,
+    let m = match read_json(body, SMALL_BODY, s.net.body_read_timeout).await {
+        Ok(m) => m,
         Err(r) => return r,
     };
     let mut errors = Vec::new();
@@ -419,10 +446,10 @@ async fn put_checkpoint(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(agent_id): Path<String>,
-    body: Result<JsonBody, Response>,
+    body: axum::body::Body,
 ) -> Response {
-    let JsonBody(m) = match body {
-        Ok(b) => b,
+    let m = match read_json(body, s.limits.max_checkpoint_bytes, s.net.body_read_timeout).await {
+        Ok(m) => m,
         Err(r) => return r,
     };
     if let Some(r) = bad_agent_id(&agent_id) {

@@ -175,6 +175,7 @@ pub async fn run_reporting(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
+        conns: limits.clone(),
     };
     let server = server::Server {
         listener,

@@ -62,11 +62,45 @@ impl ConnLimits {
         })
     }
 
+    /// Appends the connection counters in Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.stats;
+        for (name, help, kind, v) in [
+            (
+                "agentcom_connections_open",
+                "Open connections (HTTP and WebSocket).",
+                "gauge",
+                s.open.load(Ordering::Relaxed) as u64,
+            ),
+            ("agentcom_connections_max", "The connection limit.", "gauge", self.max as u64),
+            (
+                "agentcom_connections_refused_total",
+                "Connections refused at the limit.",
+                "counter",
+                s.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "agentcom_connections_evicted_total",
+                "Idle unidentified connections closed to make room.",
+                "counter",
+                s.evicted.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
+
     /// A slot for a new connection, or `None` when the hub is full.
     fn admit(self: &Arc<Self>) -> Option<Arc<ConnSlot>> {
-        let total = self.total.clone().try_acquire_owned().ok()?;
-        let unidentified = match self.unidentified.clone().try_acquire_owned() {
-            Ok(p) => p,
+        let (total, unidentified) = match self.unidentified.clone().try_acquire_owned() {
+            Ok(u) => match self.total.clone().try_acquire_owned() {
+                Ok(t) => (t, u),
+                // Agents hold the rest: only an unidentified connection can make room.
+                Err(_) => (self.evict_oldest_idle()?.0, u),
+            },
+            // Full: the oldest idle unidentified connection hands over both of its permits now,
+            // so admission does not wait for its task to notice and let go of its socket.
             Err(_) => self.evict_oldest_idle()?,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +111,7 @@ impl ConnLimits {
             last_active: Mutex::new(Instant::now()),
             evict: CancellationToken::new(),
             unidentified: Mutex::new(Some(unidentified)),
-            _total: total,
+            total: Mutex::new(Some(total)),
         });
         self.lock_registry().insert(id, Arc::downgrade(&slot));
         self.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -88,8 +122,8 @@ impl ConnLimits {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the oldest unidentified connection with nothing in flight and hands over its permit.
-    fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
+    /// Closes the oldest unidentified connection with nothing in flight and hands over its permits.
+    fn evict_oldest_idle(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         let mut registry = self.lock_registry();
         let victim = registry
             .iter()
@@ -97,10 +131,11 @@ impl ConnLimits {
             .find(|(_, s)| s.busy.load(Ordering::Acquire) == 0)?;
         registry.remove(&victim.0);
         drop(registry);
-        let permit = victim.1.unidentified.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let unidentified = victim.1.unidentified.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let total = victim.1.total.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         victim.1.evict.cancel();
         self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-        Some(permit)
+        Some((total, unidentified))
     }
 }
 
@@ -114,7 +149,8 @@ pub struct ConnSlot {
     last_active: Mutex<Instant>,
     evict: CancellationToken,
     unidentified: Mutex<Option<OwnedSemaphorePermit>>,
-    _total: OwnedSemaphorePermit,
+    /// Taken by an eviction (the socket closes moments later); otherwise released with the slot.
+    total: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl ConnSlot {
@@ -198,6 +234,7 @@ impl Server {
     /// Accepts until shutdown; every connection task is tracked so the caller can wait for them.
     pub async fn run(self) {
         let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
         loop {
             let (stream, peer) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -214,10 +251,9 @@ impl Server {
             let Some(slot) = self.limits.admit() else {
                 self.limits.stats.refused.fetch_add(1, Ordering::Relaxed);
                 if acceptor.is_none() {
-                    // Best effort and never blocking: the socket is new, its buffer empty.
-                    let _ = stream.try_write(
-                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 63\r\nconnection: close\r\n\r\n{\"error\":\"overloaded\",\"message\":\"too many connections; retry\"}",
-                    );
+                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                        self.tracker.spawn(refuse(stream, permit));
+                    }
                 }
                 continue;
             };
@@ -230,6 +266,28 @@ impl Server {
             };
         }
     }
+}
+
+/// Refused connections answered at once; beyond these, a refused socket is just closed.
+const MAX_REFUSALS: usize = 64;
+
+/// Answers 503 on a connection the hub has no room for, then lets the client read it: closing
+/// with unread input would reset the socket and destroy the answer.
+async fn refuse(mut stream: TcpStream, _permit: OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = r#"{"error":"overloaded","message":"too many connections; retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 struct Connection {

@@ -960,6 +960,61 @@ mod tests {
         }
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn field() -> impl Strategy<Value = (String, Value)> {
+            let keys = prop_oneof![
+                Just("description"),
+                Just("priority"),
+                Just("metadata"),
+                Just("max_retries"),
+                Just("needed_capabilities"),
+                Just("assign_to"),
+                Just("status"),
+                Just("repo"),
+                Just("routing_decision"),
+            ];
+            let values = prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                "\\PC{0,30}".prop_map(Value::from),
+                prop_oneof![Just("urgent"), Just("low"), Just("soon")].prop_map(Value::from),
+                proptest::collection::vec("\\PC{0,10}", 0..3).prop_map(|v| json!(v)),
+                Just(json!({"k": 1})),
+            ];
+            (keys, values).prop_map(|(k, v)| (k.to_string(), v))
+        }
+
+        proptest! {
+            // Failures are reported, not written into the source tree.
+            #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any submission: a valid one survives the client's round trip unchanged; an
+            /// invalid one names each field it refuses.
+            #[test]
+            fn any_submission_roundtrips_or_names_its_fields(fields in proptest::collection::vec(field(), 0..6)) {
+                let m: Map<String, Value> = fields.into_iter().collect();
+                match SubmitTask::from_json(m) {
+                    Ok(t) => {
+                        let body = t.body().unwrap();
+                        prop_assert_eq!(SubmitTask::from_json(body.as_object().unwrap().clone()), Ok(t));
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            let named = ["description", "priority", "metadata", "max_retries", "needed_capabilities", "assign_to", "status"]
+                                .iter()
+                                .any(|f| e.starts_with(f));
+                            prop_assert!(named, "{}", e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn stats_maps_use_status_names() {
         let s = Stats {

@@ -548,7 +548,11 @@ pub fn parse_agent_frame(text: &str) -> Result<AgentFrame, FrameError> {
     if !errors.is_empty() {
         return Err(FrameError::Invalid { message_type: t, errors });
     }
-    let obj = strip_nulls(obj, fields);
+    let mut obj = strip_nulls(obj, fields);
+    if t == "resource_report" {
+        // The report is a free-form map; the transport's own field is not part of it.
+        obj.remove("protocol_version");
+    }
     serde_json::from_value(Value::Object(obj))
         .map_err(|e| FrameError::Invalid { message_type: t, errors: vec![e.to_string()] })
 }
@@ -675,6 +679,127 @@ mod tests {
         assert!(matches!(e, HubFrame::Error(ErrorFrame { error: FrameErrorCode::StaleGeneration, .. })));
         let e: HubFrame = parse_hub_frame(r#"{"type":"error","error":"brand_new"}"#).unwrap();
         assert!(matches!(e, HubFrame::Error(ErrorFrame { error: FrameErrorCode::Unknown, .. })));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        const TYPES: &[&str] = &[
+            "identify",
+            "ping",
+            "status",
+            "task_accepted",
+            "task_rejected",
+            "task_progress",
+            "wake_result",
+            "task_complete",
+            "task_failed",
+            "task_recovering",
+            "state_report",
+            "agent_restarting",
+            "resource_report",
+            "teleport",
+        ];
+        const FIELDS: &[&str] = &[
+            "agent_id",
+            "token",
+            "task_id",
+            "generation",
+            "status",
+            "reason",
+            "error",
+            "result",
+            "progress",
+            "capabilities",
+            "attempt",
+            "process_info",
+            "pm2_info",
+            "cpu_percent",
+            "last_status",
+            "name",
+        ];
+
+        /// Any JSON value, a few levels deep.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                // Binary fractions: serde_json (without float_roundtrip) may round other decimals.
+                any::<i32>().prop_map(|n| Value::from(n as f64 / 1024.0)),
+                "\\PC{0,40}".prop_map(Value::from),
+                "[a-z0-9./-]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A frame-shaped object: a known (or unknown) type and known fields with any values.
+        fn frame() -> impl Strategy<Value = Value> {
+            (0..TYPES.len(), proptest::collection::vec((0..FIELDS.len(), json_value()), 0..6)).prop_map(
+                |(t, fields)| {
+                    let mut m = Map::new();
+                    m.insert("type".into(), json!(TYPES[t]));
+                    for (f, v) in fields {
+                        m.insert(FIELDS[f].into(), v);
+                    }
+                    Value::Object(m)
+                },
+            )
+        }
+
+        proptest! {
+            // Failures are reported, not written into the source tree.
+            #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any text: parsed or refused with an error frame, never a panic.
+            #[test]
+            fn any_text_is_parsed_or_refused(text in "\\PC{0,200}") {
+                if let Err(e) = parse_agent_frame(&text) {
+                    prop_assert!(matches!(e.to_frame(), HubFrame::Error(_)));
+                }
+            }
+
+            /// Any frame-shaped object: a valid frame survives a round trip unchanged, and an
+            /// invalid one is refused with every error naming a field.
+            #[test]
+            fn any_frame_roundtrips_or_names_its_fields(v in frame()) {
+                match parse_agent_frame(&v.to_string()) {
+                    Ok(f) => prop_assert_eq!(parse_agent_frame(&f.to_text()).ok(), Some(f)),
+                    Err(FrameError::Invalid { errors, .. }) => {
+                        prop_assert!(!errors.is_empty());
+                        for e in &errors {
+                            prop_assert!(FIELDS.iter().chain(["type"].iter()).any(|f| e.starts_with(f)) || e.contains("missing field") || e.contains("invalid"), "{}", e);
+                        }
+                    }
+                    Err(FrameError::UnknownType(t)) => prop_assert_eq!(t, "teleport"),
+                    Err(other) => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            /// The hub's frames, as a sidecar reads them: anything parses or errors, never panics.
+            #[test]
+            fn any_hub_text_is_parsed_or_refused(v in json_value()) {
+                let _ = parse_hub_frame(&v.to_string());
+            }
+
+            /// Task ids: accepted only in the safe form, whatever the input.
+            #[test]
+            fn task_ids_are_safe_or_refused(id in "\\PC{0,140}") {
+                if check_task_id(&id).is_ok() {
+                    prop_assert!(!id.contains('/') && !id.starts_with('.') && id.len() <= MAX_TASK_ID);
+                    prop_assert!(id.chars().all(|c| c.is_ascii_graphic()));
+                }
+            }
+        }
     }
 
     #[test]
