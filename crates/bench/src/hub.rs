@@ -36,11 +36,11 @@ pub struct Args {
     tls: bool,
 }
 
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+pub type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// One simulated agent: identifies with the admin token, then accepts and completes every
 /// task it is given, recording when each `task_assign` arrived.
-async fn agent(
+pub async fn agent(
     url: String,
     connector: Option<Connector>,
     agent_id: String,

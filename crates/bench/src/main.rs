@@ -3,6 +3,7 @@
 
 mod daemons;
 mod guard;
+mod hostile;
 mod hub;
 mod sidecar;
 mod supervisor;
@@ -33,6 +34,11 @@ enum Cmd {
     Daemons(daemons::Args),
     /// Guard: restart into a bad change -> old version healthy again, beyond the health timeout.
     Guard(guard::Args),
+    /// Hostile input: agents working through 20,000 half-open connections; a 100,000-task backlog.
+    Hostile(hostile::Args),
+    /// (Used by `hostile`) hold half-open connections to a hub until killed.
+    #[command(hide = true)]
+    HoldSockets(hostile::HoldArgs),
 }
 
 pub fn default_bin() -> PathBuf {
@@ -90,5 +96,7 @@ fn main() -> Result<()> {
         Cmd::Supervisor(args) => rt.block_on(supervisor::run(&bin, args)),
         Cmd::Daemons(args) => rt.block_on(daemons::run(&bin, args)),
         Cmd::Guard(args) => rt.block_on(guard::run(&bin, args)),
+        Cmd::Hostile(args) => rt.block_on(hostile::run(&bin, args)),
+        Cmd::HoldSockets(args) => rt.block_on(hostile::hold(args)),
     }
 }

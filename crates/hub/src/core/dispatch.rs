@@ -2,30 +2,29 @@
 //! and the timers that take tasks back from agents that went quiet.
 
 use super::agents::Agent;
+use super::queue::{Class, Entry};
 use super::{Core, OpenTask, SendKind, Timer};
 use crate::clock::Clock;
 use crate::model::{Payload, TaskStatus};
 use crate::store::Store;
 use proto::{HubFrame, TaskAssign};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 impl<S: Store, C: Clock> Core<S, C> {
-    fn eligible(t: &OpenTask, a: &Agent, now: Instant) -> bool {
-        if let Some(pin) = &t.head.assign_to {
-            if pin != &a.agent_id {
-                return false;
-            }
-        }
-        if let Some((who, until)) = &t.rejected_by {
-            if who == &a.agent_id && *until > now {
-                return false;
-            }
-        }
-        t.head.needed_capabilities.iter().all(|c| a.capabilities.contains(c))
+    fn fits(class: &Class, a: &Agent) -> bool {
+        class.pin.as_ref().is_none_or(|pin| pin == &a.agent_id) && class.caps.iter().all(|c| a.capabilities.contains(c))
     }
 
-    /// Matches queued tasks (lane, then FIFO) with idle agents (longest idle first).
+    /// After `task_rejected`, not offered to the same agent again during the cooldown.
+    fn refused_by(t: &OpenTask, a: &Agent, now: Instant) -> bool {
+        t.rejected_by.as_ref().is_some_and(|(who, until)| who == &a.agent_id && *until > now)
+    }
+
+    /// Matches queued tasks (lane, then FIFO, across classes) with idle agents (longest idle
+    /// first). Each class is matched against the idle agents once; a class none of them can
+    /// take is skipped whole, however many tasks it holds.
     pub(super) fn dispatch(&mut self) {
         self.tick();
         self.dispatch_needed = false;
@@ -38,14 +37,35 @@ impl<S: Store, C: Clock> Core<S, C> {
             return;
         }
         idle.sort_by(|a, b| (a.idle_since, &a.agent_id).cmp(&(b.idle_since, &b.agent_id)));
-        let mut plan = Vec::new();
-        for (_, _, id) in &self.queue {
-            if idle.is_empty() {
-                break;
+        // Per class: the idle agents (indices into `idle`) that fit it, and its next entry.
+        let mut classes: Vec<(Vec<usize>, std::collections::btree_set::Iter<'_, Entry>)> = Vec::new();
+        let mut heads = BinaryHeap::new();
+        for (class, entries) in self.queue.classes() {
+            let fits: Vec<usize> = (0..idle.len()).filter(|i| Self::fits(class, idle[*i])).collect();
+            let mut entries = entries.iter();
+            if let (false, Some(first)) = (fits.is_empty(), entries.next()) {
+                heads.push(Reverse((first, classes.len())));
+                classes.push((fits, entries));
             }
-            let t = &self.tasks[id];
-            if let Some(pos) = idle.iter().position(|a| Self::eligible(t, a, now)) {
-                plan.push((id.clone(), idle.remove(pos).agent_id.clone()));
+        }
+        let mut taken = vec![false; idle.len()];
+        let mut free = idle.len();
+        let mut plan = Vec::new();
+        while free > 0 {
+            let Some(Reverse((entry, c))) = heads.pop() else { break };
+            let (fits, rest) = &mut classes[c];
+            fits.retain(|i| !taken[*i]);
+            if fits.is_empty() {
+                continue; // every agent that fits this class is spoken for
+            }
+            let task = &self.tasks[&entry.2];
+            if let Some(&i) = fits.iter().find(|i| !Self::refused_by(task, idle[**i], now)) {
+                taken[i] = true;
+                free -= 1;
+                plan.push((entry.2.clone(), idle[i].agent_id.clone()));
+            }
+            if let Some(next) = rest.next() {
+                heads.push(Reverse((next, c)));
             }
         }
         if plan.is_empty() {

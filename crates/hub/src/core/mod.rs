@@ -15,6 +15,7 @@
 mod agents;
 pub mod api;
 mod dispatch;
+mod queue;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -22,13 +23,13 @@ mod tests;
 use crate::clock::{Clock, Now};
 use crate::config::{Limits, Timings};
 use crate::metrics::Metrics;
-use crate::model::{Payload, Priority, TaskHead, TaskStatus, TokenRecord};
+use crate::model::{Payload, TaskHead, TaskStatus, TokenRecord};
 use crate::store::{Mutation, Snapshot, Store, StoreError};
 use agents::{Agent, Ban, Conn};
 use api::{ApiRequest, ApiResult};
 use proto::api::{ApiError, ErrorCode};
 use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -162,8 +163,8 @@ pub struct Core<S: Store, C: Clock> {
     limits: Limits,
     admin_hash: String,
     tasks: HashMap<String, OpenTask>,
-    /// Queued tasks in dispatch order: lane, then submission order.
-    queue: BTreeSet<(Priority, i64, String)>,
+    /// Queued tasks by class, each in dispatch order: lane, then submission order.
+    queue: queue::Queue,
     agents: BTreeMap<String, Agent>,
     conns: HashMap<ConnId, Conn>,
     tokens: HashMap<String, TokenRecord>,
@@ -195,7 +196,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             limits,
             admin_hash: crate::auth::hash_token(admin_token),
             tasks: HashMap::new(),
-            queue: BTreeSet::new(),
+            queue: queue::Queue::default(),
             agents: BTreeMap::new(),
             conns: HashMap::new(),
             tokens: HashMap::new(),
@@ -253,9 +254,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         for head in open {
             let id = head.task_id.clone();
             match head.status {
-                TaskStatus::Queued => {
-                    self.queue.insert((head.priority, head.seq, id.clone()));
-                }
+                TaskStatus::Queued => self.queue.insert(&head),
                 TaskStatus::Assigned | TaskStatus::Working => {
                     let holder = head.assigned_to.clone().unwrap_or_default();
                     let connected = self.agents.get(&holder).is_some_and(|a| a.conn.is_some());
@@ -288,6 +287,10 @@ impl<S: Store, C: Clock> Core<S, C> {
 
     pub fn open_task_count(&self) -> usize {
         self.tasks.len()
+    }
+
+    pub fn queued_count(&self) -> usize {
+        self.queue.len()
     }
 
     /// Reads the clock: every entry point calls it first, so one event sees one time.

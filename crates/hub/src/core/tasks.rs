@@ -61,7 +61,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         });
         *self.counts.entry(TaskStatus::Queued).or_default() += 1;
         self.metrics.submitted += 1;
-        self.queue.insert((priority, seq, task_id.clone()));
+        self.queue.insert(&head);
         let mut open = OpenTask::new(head, self.now.mono);
         open.payload = Some(Box::new(payload));
         self.tasks.insert(task_id.clone(), open);
@@ -85,7 +85,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         let from = head.status;
         let old_holder = from.is_held().then(|| head.assigned_to.clone()).flatten();
         if from == TaskStatus::Queued {
-            self.queue.remove(&(head.priority, head.seq, head.task_id.clone()));
+            self.queue.remove(head);
         }
         change(head);
         head.status = to;
@@ -95,7 +95,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         }
         if to == TaskStatus::Queued {
             open.queued_at = now;
-            self.queue.insert((head.priority, head.seq, head.task_id.clone()));
+            self.queue.insert(head);
             self.dispatch_needed = true;
         }
         let new_holder = to.is_held().then(|| head.assigned_to.clone()).flatten();

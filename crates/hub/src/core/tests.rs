@@ -352,3 +352,38 @@ fn a_queued_task_is_handed_out_with_its_stored_payload() {
     let assign = assign.expect("assigned on identify");
     assert_eq!((assign.description.as_str(), &assign.extra["repo"]), ("from disk", &serde_json::json!("r")));
 }
+
+#[test]
+fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
+    let mut h = harness();
+    for n in 0..2_000 {
+        let mut t = SubmitTask::new(format!("gpu {n}"));
+        t.needed_capabilities = vec!["gpu".into()];
+        t.priority = proto::api::Priority::Urgent;
+        h.api(ADMIN, ApiRequest::Submit(t)).unwrap();
+    }
+    let plain = h.submit(ADMIN, "anyone").unwrap();
+    let token = h.agent_token("cpu");
+    let mut cpu = h.connect(1, "cpu", &token);
+    assert_eq!(cpu.assigned().map(|(t, _)| t), Some(plain), "the urgent backlog needs a GPU");
+    assert_eq!(h.core.queued_count(), 2_000);
+    let token = h.agent_token("gpu");
+    let (tx, rx) = mpsc::channel(64);
+    let id = Identify {
+        agent_id: "gpu".into(),
+        token,
+        name: None,
+        status: None,
+        capabilities: vec!["gpu".into()],
+        client_type: None,
+        protocol_version: Some(1),
+        pm2_info: None,
+        process_info: None,
+        ollama_url: None,
+    };
+    h.core.step([Event::Connected { conn: 2, tx }, Event::Frame { conn: 2, frame: AgentFrame::Identify(Box::new(id)) }]);
+    let mut gpu = Agent { conn: 2, rx };
+    let (first, _) = gpu.assigned().expect("the oldest GPU task");
+    let (rows, _) = h.reader.list_tasks(TaskQuery { status: Some(TaskStatus::Assigned), limit: 10, ..Default::default() }).unwrap();
+    assert!(rows.iter().any(|t| t.head.task_id == first && t.payload.description == "gpu 0"));
+}
