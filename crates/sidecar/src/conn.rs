@@ -1,6 +1,9 @@
 //! The WebSocket to the hub: connect, identify, ping/pong, reconnect with exponential backoff
-//! and full jitter (reset on `identified`). Frames go to the runner; the runner's frames come
-//! back through a per-session channel it receives in [`ConnEvent::Identified`].
+//! and full jitter. The backoff starts again from the base only after a connection stayed
+//! identified for `reconnect_healthy_ms`: a hub that accepts identify and then closes (for
+//! example on a frame it refuses) is retried ever more slowly, never in a tight loop.
+//! Frames go to the executor; its frames come back through a per-session channel it receives
+//! in [`ConnEvent::Identified`].
 
 use crate::config::SidecarConfig;
 use futures_util::{SinkExt, StreamExt};
@@ -41,11 +44,15 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return;
         }
-        let ws_config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_HUB_FRAME_BYTES))
+            .max_frame_size(Some(MAX_HUB_FRAME_BYTES));
         let connector = cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls);
         let connect =
             tokio_tungstenite::connect_async_tls_with_config(cfg.hub_url.as_str(), Some(ws_config), true, connector);
-        let identified = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        let healthy_for = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok((ws, _))) => session(ws, &cfg, &identify, &events, &shutdown).await,
             Ok(Err(e)) => {
                 let error = e.to_string();
@@ -55,14 +62,14 @@ pub async fn run(
                     ""
                 };
                 tracing::warn!(hub_url = %cfg.hub_url, error = %error, hint, "cannot connect to the hub");
-                false
+                None
             }
             Err(_) => {
                 tracing::warn!(hub_url = %cfg.hub_url, "connecting to the hub timed out");
-                false
+                None
             }
         };
-        if identified {
+        if healthy_for.is_some_and(|d| d >= cfg.reconnect_healthy) {
             failures = 0;
         }
         if shutdown.is_cancelled() {
@@ -80,18 +87,22 @@ pub async fn run(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// One connection. Returns whether it got as far as `identified`.
+/// The largest frame taken from the hub (a `task_assign` is far smaller).
+pub const MAX_HUB_FRAME_BYTES: usize = 16 << 20;
+
+/// One connection. Returns how long it stayed identified, if it got that far.
 async fn session(
     mut ws: Ws,
     cfg: &SidecarConfig,
     identify: &watch::Receiver<Identify>,
     events: &mpsc::UnboundedSender<ConnEvent>,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Duration> {
     let hello = AgentFrame::Identify(Box::new(identify.borrow().clone()));
     if ws.send(Message::text(hello.to_text())).await.is_err() {
-        return false;
+        return None;
     }
+    let mut identified_at = None;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<AgentFrame>();
     let mut identified = false;
     let mut ping = tokio::time::interval(cfg.ping_interval);
@@ -111,7 +122,13 @@ async fn session(
                 break Some((CloseCode::Away, "sidecar shutting down"));
             }
             Some(frame) = out_rx.recv() => {
-                if ws.send(Message::text(frame.to_text())).await.is_err() {
+                let text = frame.to_text();
+                if text.len() > proto::MAX_FRAME_BYTES {
+                    // The machine never builds one; if it did, the hub would close on it.
+                    tracing::error!(frame = frame.type_name(), bytes = text.len(), "not sending a frame over the hub's limit");
+                    continue;
+                }
+                if ws.send(Message::text(text)).await.is_err() {
                     break None;
                 }
             }
@@ -145,13 +162,15 @@ async fn session(
                 let frame = match proto::parse_hub_frame(text.as_str()) {
                     Ok(f) => f,
                     Err(e) => {
-                        tracing::warn!(error = %e, frame = %truncate(text.as_str(), 300), "ignoring a malformed frame from the hub");
+                        tracing::warn!(error = %truncate(&e, 300), frame = %truncate(text.as_str(), 300), "ignoring a malformed frame from the hub");
                         continue;
                     }
                 };
                 match frame {
+                    HubFrame::Identified { .. } if identified => {}
                     HubFrame::Identified { .. } => {
                         identified = true;
+                        identified_at.get_or_insert_with(tokio::time::Instant::now);
                         tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, "identified to the hub");
                         let _ = events.send(ConnEvent::Identified(out_tx.clone()));
                     }
@@ -160,7 +179,8 @@ async fn session(
                         pong_deadline.as_mut().reset(far);
                     }
                     HubFrame::Error(e) if !identified => {
-                        tracing::error!(error = %e.error, message = e.message.as_deref().unwrap_or(""), "the hub refused identify");
+                        let message = truncate(e.message.as_deref().unwrap_or(""), 300);
+                        tracing::error!(error = %truncate(&e.error, 100), message = %message, "the hub refused identify");
                         break None;
                     }
                     other => {
@@ -178,7 +198,7 @@ async fn session(
     if identified {
         let _ = events.send(ConnEvent::Lost);
     }
-    identified
+    identified_at.map(|at| at.elapsed())
 }
 
 fn truncate(s: &str, max: usize) -> String {

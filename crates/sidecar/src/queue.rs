@@ -1,37 +1,25 @@
 //! `queue.json`: the sidecar's durable state, in AgentCom's shape `{"active", "recovering"}`.
 //! Written with `osutil::fs::write_atomic` before anything is acknowledged to the hub.
+//!
+//! This is the edge between the file and the machine's typed [`Held`]: a file written by
+//! AgentCom or by an earlier agentcom loads, and what we write keeps their shape.
 
+use crate::task::{Held, Phase, Report, Task};
+use proto::AgentFrame;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Where a task is in its life beside the agent. Persisted on every change.
+/// The `status` strings of `queue.json`: AgentCom's, plus our `reporting`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Persisted; `task_accepted` sent; the wake has not started.
+pub enum Status {
     Accepted,
-    /// The wake command is running.
     Waking,
-    /// The wake command succeeded; waiting for `<task_id>.started`.
     WakingConfirmation,
-    /// The agent confirmed; waiting for `<task_id>.json`.
     Working,
-    /// A report (`report`) is on its way to the hub and not yet acknowledged.
     Reporting,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Accepted => "accepted",
-            Phase::Waking => "waking",
-            Phase::WakingConfirmation => "waking_confirmation",
-            Phase::Working => "working",
-            Phase::Reporting => "reporting",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +33,7 @@ pub struct QueuedTask {
     pub generation: u64,
     #[serde(default)]
     pub assigned_at: u64,
-    pub status: Phase,
+    pub status: Status,
     /// Wake attempts made so far.
     #[serde(default)]
     pub wake_attempts: u32,
@@ -64,6 +52,85 @@ pub struct QueuedTask {
 pub struct QueueFile {
     pub active: Option<QueuedTask>,
     pub recovering: Option<QueuedTask>,
+}
+
+impl QueuedTask {
+    /// The record of `held` as it goes to disk.
+    pub fn from_held(held: &Held) -> QueuedTask {
+        let t = &held.task;
+        let (status, report) = match &held.phase {
+            Phase::Accepted => (Status::Accepted, None),
+            Phase::Waking { .. } | Phase::WakingRecovered => (Status::Waking, None),
+            // The failed wake is the one on record; a restart runs it again.
+            Phase::WakeBackoff { .. } => (Status::Waking, None),
+            Phase::WakingConfirmation { .. } => (Status::WakingConfirmation, None),
+            Phase::Working { .. } => (Status::Working, None),
+            Phase::Reporting { report, .. } => {
+                let mut v = serde_json::to_value(report.frame(t)).expect("frames serialize");
+                if let (Report::Failed { keep_result: true, .. }, Value::Object(m)) = (report, &mut v) {
+                    m.insert("keep_result".into(), true.into());
+                }
+                (Status::Reporting, Some(v))
+            }
+        };
+        QueuedTask {
+            task_id: t.id.clone(),
+            description: t.description.clone(),
+            metadata: t.metadata.clone(),
+            generation: t.generation,
+            assigned_at: t.assigned_at,
+            status,
+            wake_attempts: held.wakes,
+            wake_pgid: held.group,
+            report,
+            extra: t.extra.clone(),
+        }
+    }
+
+    /// The task as the machine holds it. Deadlines start at `now`; a `reporting` record whose
+    /// report cannot be read goes back to `working`, so the result file (kept until the hub
+    /// acknowledged it) is read again.
+    pub fn into_held(self, now: crate::machine::Now) -> Result<Held, String> {
+        let _ = now;
+        proto::check_task_id(&self.task_id)?;
+        let report = self.report.as_ref().map(|v| {
+            let keep_result = v.get("keep_result").and_then(Value::as_bool).unwrap_or(false);
+            match serde_json::from_value::<AgentFrame>(v.clone()) {
+                Ok(AgentFrame::TaskComplete { result, tokens_used, .. }) => {
+                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used })
+                }
+                Ok(AgentFrame::TaskFailed { reason, error, .. }) => Some(Report::Failed {
+                    reason: reason.or(error).unwrap_or_else(|| "unknown".into()),
+                    keep_result,
+                }),
+                _ => None,
+            }
+        });
+        let phase = match (self.status, report.flatten()) {
+            (Status::Accepted, _) => Phase::Accepted,
+            (Status::Waking, _) => Phase::WakingRecovered,
+            (Status::WakingConfirmation, _) => Phase::WakingConfirmation { deadline: now },
+            (Status::Working, _) => Phase::Working { foreground: false, exited: None },
+            (Status::Reporting, Some(report)) => Phase::Reporting { report, resend_at: None },
+            (Status::Reporting, None) => {
+                tracing::warn!(task_id = %self.task_id, "the stored report cannot be read; reading the result file again");
+                Phase::Working { foreground: false, exited: None }
+            }
+        };
+        Ok(Held {
+            task: Task {
+                id: self.task_id,
+                description: self.description,
+                metadata: self.metadata,
+                generation: self.generation,
+                assigned_at: self.assigned_at,
+                extra: self.extra,
+            },
+            phase,
+            wakes: self.wake_attempts,
+            group: self.wake_pgid,
+        })
+    }
 }
 
 pub struct QueueStore {
@@ -134,7 +201,7 @@ mod tests {
             metadata: json!({}),
             generation: 2,
             assigned_at: 5,
-            status: Phase::WakingConfirmation,
+            status: Status::WakingConfirmation,
             wake_attempts: 1,
             wake_pgid: None,
             report: None,
