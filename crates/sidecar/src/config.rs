@@ -330,4 +330,101 @@ mod tests {
         let e = SidecarConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("wake_comand") && e.contains("line 2"), "{e}");
     }
+
+    #[test]
+    fn an_unsafe_wake_command_is_listed_with_the_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "s.toml",
+            "agent_id = \"a\"\ntoken = \"t\"\nhub_url = \"ws://h/ws\"\nwake_command = \"echo $(cat ${TASK_ID})\"\nmax_result_bytes = 2000000\n",
+        );
+        let e = SidecarConfig::load(&p).unwrap_err().errors.join("|");
+        assert!(e.contains("wake_command: line 1, column 12: ${TASK_ID} is inside $(...)"), "{e}");
+        assert!(e.contains("max_result_bytes: must be 1 to"), "{e}");
+    }
+
+    #[test]
+    fn json_type_errors_name_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "config.json", r#"{"agent_id":"a","token":7,"ping_interval_ms":"soon","capabilities":"x"}"#);
+        let e = SidecarConfig::load(&p).unwrap_err().errors;
+        for key in ["token:", "ping_interval_ms:", "capabilities:"] {
+            assert!(e.iter().any(|x| x.starts_with(key)), "{key} in {e:?}");
+        }
+        let p = write(dir.path(), "config.json", "[1, 2]");
+        assert!(SidecarConfig::load(&p).unwrap_err().errors[0].contains("JSON object"));
+    }
+
+    /// Keys and a value of each kind, to build configs from.
+    const KEYS: &[&str] = &[
+        "agent_id", "token", "hub_url", "capabilities", "wake_command", "results_dir", "state_dir",
+        "confirmation_timeout_ms", "wake_timeout_ms", "wake_retry_delays_ms", "ping_interval_ms",
+        "max_result_bytes", "max_progress_bytes", "reconnect_healthy_ms", "kill_timeout_ms", "repo_dir",
+    ];
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::json;
+        prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            "\\PC{0,12}".prop_map(|s| json!(s)),
+            prop::collection::vec(any::<u32>(), 0..4).prop_map(|v| json!(v)),
+            prop::collection::vec("[a-z]{0,4}", 0..4).prop_map(|v| json!(v)),
+            Just(json!({"nested": [1, "x"]})),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10_000, ..Default::default() })]
+
+        /// Any JSON object over the known keys (and others): loading never panics, and every
+        /// error names a field.
+        #[test]
+        fn json_configs_never_panic_and_errors_name_fields(
+            fields in proptest::collection::vec((proptest::sample::select(KEYS), json_value()), 0..8),
+            extra in "[a-z_]{1,8}",
+        ) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in &fields {
+                obj.insert(k.to_string(), v.clone());
+            }
+            obj.insert(extra, serde_json::json!(1));
+            let p = scratch("config.json");
+            std::fs::write(&p, serde_json::to_vec(&obj).unwrap()).unwrap();
+            if let Err(e) = SidecarConfig::load(&p) {
+                for err in &e.errors {
+                    let named = KEYS.iter().chain(["tls_ca_file", "hub_api_url", "name", "log_file"].iter())
+                        .any(|k| err.starts_with(&format!("{k}")));
+                    proptest::prop_assert!(named, "unnamed error {err:?} for {obj:?}");
+                }
+            }
+        }
+
+        /// Any text as a TOML file: never panics; a config with one ill-typed key names it.
+        #[test]
+        fn toml_configs_never_panic_and_errors_name_fields(
+            text in "\\PC{0,80}",
+            key in proptest::sample::select(&KEYS[7..]),
+        ) {
+            let p = scratch("s.toml");
+            std::fs::write(&p, &text).unwrap();
+            let _ = SidecarConfig::load(&p);
+            let bad = format!("agent_id = \"a\"\ntoken = \"t\"\nhub_url = \"ws://h/ws\"\n{key} = {{ x = 1 }}\n");
+            std::fs::write(&p, &bad).unwrap();
+            let e = SidecarConfig::load(&p).unwrap_err().to_string();
+            proptest::prop_assert!(e.contains(key), "{key} not named in {e}");
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+        // A file per thread: cases of different tests run in parallel.
+        dir.path().join(format!("{:?}-{name}", std::thread::current().id()))
+    }
 }

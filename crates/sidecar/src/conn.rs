@@ -24,9 +24,45 @@ pub enum ConnEvent {
     Lost,
 }
 
+/// Reconnect pacing: every connection that ends counts as a failure unless it stayed
+/// identified for `healthy` — only then does the delay start again from the base.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    healthy: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration, healthy: Duration) -> Backoff {
+        Backoff { base, max, healthy, failures: 0 }
+    }
+
+    /// The delay before the next attempt, after a connection that stayed identified for
+    /// `healthy_for` (`None`: it never got that far).
+    pub fn next(&mut self, healthy_for: Option<Duration>) -> Duration {
+        if healthy_for.is_some_and(|d| d >= self.healthy) {
+            self.failures = 0;
+        }
+        let delay = backoff(self.base, self.max, self.failures);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// The most the next delay can be.
+    pub fn cap(&self) -> Duration {
+        cap(self.base, self.max, self.failures)
+    }
+}
+
+fn cap(base: Duration, max: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max)
+}
+
 /// Full jitter: a uniform delay in `[0, min(max, base * 2^attempt)]`.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let cap = base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max);
+    let cap = cap(base, max, attempt);
     let mut b = [0u8; 8];
     let r = getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
     let ms = cap.as_millis() as u64;
@@ -39,7 +75,7 @@ pub async fn run(
     events: mpsc::UnboundedSender<ConnEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut failures: u32 = 0;
+    let mut pacing = Backoff::new(cfg.reconnect_base, cfg.reconnect_max, cfg.reconnect_healthy);
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -69,14 +105,10 @@ pub async fn run(
                 None
             }
         };
-        if healthy_for.is_some_and(|d| d >= cfg.reconnect_healthy) {
-            failures = 0;
-        }
         if shutdown.is_cancelled() {
             return;
         }
-        let delay = backoff(cfg.reconnect_base, cfg.reconnect_max, failures);
-        failures = failures.saturating_add(1);
+        let delay = pacing.next(healthy_for);
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting to the hub");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -221,5 +253,21 @@ mod tests {
         }
         let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, max, 5)).collect();
         assert!(samples.len() > 10, "delays are spread, not fixed");
+    }
+
+    /// A hub that identifies and then closes at once (as on a frame it refuses) is retried ever
+    /// more slowly: only a connection that stayed up resets the pacing.
+    #[test]
+    fn backoff_resets_only_after_a_healthy_connection() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(60_000), ms(30_000));
+        for _ in 0..12 {
+            b.next(Some(ms(5)));
+        }
+        assert_eq!(b.cap(), ms(60_000));
+        b.next(None);
+        assert_eq!(b.cap(), ms(60_000));
+        b.next(Some(ms(30_000)));
+        assert_eq!(b.cap(), ms(200), "reset, then one failure");
     }
 }

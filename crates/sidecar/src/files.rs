@@ -169,6 +169,9 @@ pub fn read_progress(path: &Path, cursor: ProgressCursor, cap: usize) -> Found<P
                 Some(i) => {
                     if out.cursor.skipping {
                         out.cursor.skipping = false;
+                    } else if pending.len() + i > cap {
+                        pending.clear();
+                        out.skipped += 1;
                     } else {
                         pending.extend_from_slice(&data[..i]);
                         out.lines.push(std::mem::take(&mut pending));

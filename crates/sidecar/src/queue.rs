@@ -228,4 +228,59 @@ mod tests {
         assert!(!why.is_empty());
         assert!(!s.path().exists());
     }
+
+    #[test]
+    fn files_written_by_main_and_by_agentcom_load_and_keep_their_shape() {
+        let main = json!({
+            "active": {
+                "task_id": "task-abc", "description": "d", "metadata": {"k": 1}, "generation": 3,
+                "assigned_at": 5, "status": "reporting", "wake_attempts": 1, "wake_pgid": 1234,
+                "report": {"type": "task_complete", "task_id": "task-abc", "generation": 3,
+                           "result": {"status": "success"}, "tokens_used": 7},
+                "repo": "r"
+            },
+            "recovering": null
+        });
+        let q: QueueFile = serde_json::from_value(main.clone()).unwrap();
+        let held = q.active.clone().unwrap().into_held(std::time::Duration::ZERO).unwrap();
+        assert_eq!(held.task.extra["repo"], "r");
+        assert_eq!(held.group, Some(1234));
+        let crate::task::Phase::Reporting { report, .. } = &held.phase else { panic!("{:?}", held.phase) };
+        assert_eq!(report, &Report::Complete { result: json!({"status": "success"}), tokens_used: Some(json!(7)) });
+        // Written back, it is the same file.
+        let back = QueueFile { active: Some(QueuedTask::from_held(&held)), recovering: None };
+        assert_eq!(serde_json::to_value(&back).unwrap(), main);
+
+        let v1 = json!({"active": {"task_id": "t1", "status": "waking_confirmation", "description": "x"}, "recovering": null});
+        let q: QueueFile = serde_json::from_value(v1).unwrap();
+        let held = q.active.unwrap().into_held(std::time::Duration::ZERO).unwrap();
+        assert!(matches!(held.phase, crate::task::Phase::WakingConfirmation { .. }));
+    }
+
+    #[test]
+    fn a_stored_task_id_that_is_a_path_is_refused() {
+        let q: QueueFile =
+            serde_json::from_value(json!({"active": {"task_id": "../../x", "status": "working"}, "recovering": null}))
+                .unwrap();
+        assert!(q.active.unwrap().into_held(std::time::Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_report_goes_back_to_working_and_a_kept_result_is_remembered() {
+        let q: QueueFile = serde_json::from_value(json!({"active": {
+            "task_id": "t", "status": "reporting", "report": {"type": "nonsense"}}, "recovering": null}))
+        .unwrap();
+        let held = q.active.unwrap().into_held(std::time::Duration::ZERO).unwrap();
+        assert!(matches!(held.phase, crate::task::Phase::Working { .. }));
+        let kept = Held {
+            phase: crate::task::Phase::Reporting {
+                report: Report::Failed { reason: "result_too_large: x".into(), keep_result: true },
+                resend_at: None,
+            },
+            ..held
+        };
+        let record = QueuedTask::from_held(&kept);
+        assert_eq!(record.report.as_ref().unwrap()["keep_result"], true);
+        assert_eq!(record.into_held(std::time::Duration::ZERO).unwrap().phase, kept.phase);
+    }
 }
