@@ -3,7 +3,6 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use testkit::{Hub, Sidecar};
 
 fn bin() -> &'static Path {
@@ -64,14 +63,11 @@ impl Env {
     /// The pid of the first wake. The queue says `waking` as soon as the wake is spawned, which
     /// can be before the script has written its line, so wait for the line itself.
     async fn first_wake_pid(&self) -> anyhow::Result<i32> {
-        let deadline = std::time::Instant::now() + testkit::WAIT;
-        loop {
-            if let Some(line) = self.runs().first() {
-                return Ok(line.split(' ').nth(2).unwrap_or_default().parse()?);
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "the wake never recorded its run");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        testkit::eventually("the wake to record its run", || async {
+            let line = self.runs().first().cloned().ok_or("no run yet")?;
+            line.split(' ').nth(2).unwrap_or_default().parse().map_err(|e| format!("{line:?}: {e}"))
+        })
+        .await
     }
     async fn config(&self, agent: &str, mode: Option<&str>, extra: &str) -> anyhow::Result<String> {
         let token = self.hub.token(agent).await?;
@@ -102,11 +98,11 @@ fn count(history: &Value, to: &str) -> usize {
     history.as_array().map(|h| h.iter().filter(|x| x["to"] == to && x["from"] != to).count()).unwrap_or(0)
 }
 
+/// The task's files the sidecar owns in the results dir (`.started`, `.json`, `.progress`).
 fn task_files(dir: &Path, id: &str) -> Vec<String> {
+    let ours = |n: &str| ["started", "json", "progress"].iter().any(|ext| n == format!("{id}.{ext}"));
     std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(id)).collect()
-        })
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| ours(n)).collect())
         .unwrap_or_default()
 }
 
@@ -126,17 +122,30 @@ async fn completed_once(e: &Env, s: &Sidecar, id: &str) -> anyhow::Result<Value>
     assert_eq!(count(&t["history"], "completed"), 1, "{t}");
     assert_eq!(t["attempts"], 1, "never reassigned: {t}");
     // Result files go only after the hub's ack; wait for the sidecar to clear the queue.
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while !s.queue()["active"].is_null() || !task_files(&s.results(), id).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sidecar kept the task: {} {:?}",
-            s.queue(),
-            task_files(&s.results(), id)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    cleared(s, id).await?;
     Ok(t)
+}
+
+/// Waits until the sidecar holds no task and `id` has no file left in the results dir.
+async fn cleared(s: &Sidecar, id: &str) -> R {
+    testkit::eventually("the sidecar to clear the task", || async {
+        let (q, files) = (s.queue(), task_files(&s.results(), id));
+        if q["active"].is_null() && q["recovering"].is_null() && files.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{q} {files:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until the hub lists its first agent as `connected` (or not).
+async fn agent_connected(e: &Env, want: bool) -> R {
+    testkit::eventually("the agent's presence at the hub", || async {
+        let (_, a) = e.hub.admin().get("/api/agents").await.map_err(|e| e.to_string())?;
+        (a["agents"][0]["connected"] == want).then_some(()).ok_or_else(|| a.to_string())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -162,10 +171,7 @@ async fn failure_result_is_reported_with_its_reason() -> R {
     let id = e.submit("break", 0).await?;
     let t = e.hub.wait_status(&id, "dead_letter").await?;
     assert_eq!(t["last_error"], "compile error");
-    while !task_files(&s.results(), &id).is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
+    cleared(&s, &id).await
 }
 
 #[tokio::test]
@@ -231,24 +237,13 @@ async fn task_text_never_runs_as_a_command() -> R {
     let mut cfg = testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(wake));
     cfg.push_str(&format!("repo_dir = {}\n", testkit::toml_string(&work.display().to_string())));
     let s = Sidecar::start(bin(), &e.root.path().join("a1"), &cfg)?;
-    for evil in
-        ["$(touch X)", "`touch X`", "'; touch X; '", "\"; touch X; \"", "x && touch X", "$(touch /tmp/agentcom-X-$$)"]
-    {
+    for evil in ["$(touch X)", "`touch X`", "'; touch X; '", "\"; touch X; \"", "x && touch X", "$(touch ./X)"] {
         let id = e.submit(evil, 0).await?;
         e.hub.wait_status(&id, "completed").await?;
-        let deadline = std::time::Instant::now() + testkit::WAIT;
-        while !s.queue()["active"].is_null() {
-            assert!(std::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        cleared(&s, &id).await?;
         assert!(!work.join("X").exists(), "{evil:?} ran as a command");
     }
     assert!(!s.results().join("X").exists());
-    let stray: Vec<_> = std::fs::read_dir(std::env::temp_dir())?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("agentcom-X-"))
-        .collect();
-    assert!(stray.is_empty());
     Ok(())
 }
 
@@ -281,26 +276,22 @@ async fn cancel_mid_work_kills_the_agent_and_frees_the_sidecar() -> R {
     let s = e.sidecar("a1", Some("hang"), "").await?;
     let id = e.submit("long job", 0).await?;
     s.wait_phase("working").await?;
-    let child_pid = loop {
-        if let Ok(p) = std::fs::read_to_string(e.control().join("child.pid")) {
-            if let Ok(p) = p.trim().parse::<i32>() {
-                break p;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let child_pid: i32 = testkit::eventually("the agent's child pid", || async {
+        let p = std::fs::read_to_string(e.control().join("child.pid")).map_err(|e| e.to_string())?;
+        p.trim().parse().map_err(|e| format!("{p:?}: {e}"))
+    })
+    .await?;
     let wake_pid = e.first_wake_pid().await?;
     let (st, _) = e.hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
     assert_eq!(st, 200);
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while testkit::alive(child_pid) || testkit::alive(wake_pid) {
-        assert!(std::time::Instant::now() < deadline, "the agent's process group survived the cancel");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    while !s.queue()["active"].is_null() || !task_files(&s.results(), &id).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "files kept after cancel");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    testkit::eventually("the agent's process group to be stopped by the cancel", || async {
+        match (testkit::alive(child_pid), testkit::alive(wake_pid)) {
+            (false, false) => Ok(()),
+            alive => Err(format!("child, wake alive: {alive:?}")),
+        }
+    })
+    .await?;
+    cleared(&s, &id).await?;
     e.rewrite_wake("a1", "success");
     drop(s);
     let s = e.restart("a1")?;
@@ -340,11 +331,13 @@ async fn sigkill_while_waking_reruns_the_unconfirmed_wake() -> R {
 /// the task once more, and completes it exactly once.
 async fn restart_replaces_the_wake(e: &Env, id: &str, first: i32) -> R {
     let s = e.restart("a1")?;
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while testkit::alive(first) || e.runs().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "old wake not replaced: {:?}", e.runs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually("the old wake to be replaced", || async {
+        match (testkit::alive(first), e.runs()) {
+            (false, runs) if runs.len() >= 2 => Ok(()),
+            (alive, runs) => Err(format!("first alive: {alive}, runs: {runs:?}")),
+        }
+    })
+    .await?;
     e.go();
     completed_once(e, &s, id).await?;
     assert_eq!(e.runs().len(), 2);
@@ -437,15 +430,7 @@ async fn hub_restart_mid_task() -> R {
     e.hub.kill9();
     e.hub = Hub::start_at(bin(), &dir, &testkit::fast_config(), &addr)?;
     // The sidecar reconnects and claims its task with state_report before the agent finishes.
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let (_, a) = e.hub.admin().get("/api/agents").await?;
-        if a["agents"][0]["connected"] == true {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "sidecar did not reconnect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    agent_connected(&e, true).await?;
     e.go();
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -465,7 +450,8 @@ async fn network_cut_and_restored() -> R {
     proxy.cut();
     e.go();
     s.wait_phase("reporting").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await; // reconnect attempts are refused meanwhile
+    // A reconnect attempt is refused while the link is down; the hub has not seen the result.
+    s.wait_log("cannot connect to the hub").await?;
     assert_eq!(e.hub.task(&id).await?["status"], "working");
     proxy.restore();
     completed_once(&e, &s, &id).await?;
@@ -487,15 +473,12 @@ async fn corrupt_queue_is_moved_aside_and_the_sidecar_carries_on() -> R {
     assert_eq!(std::fs::read(aside[0].path())?, b"{\"active\": {\"task_id\": 12");
     let logged = s.wait_log("queue.json was corrupt; moved it aside and starting with an empty queue").await?;
     assert_eq!(logged["level"], "ERROR");
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let (_, a) = e.hub.admin().get("/api/agents").await?;
-        if a["agents"][0]["reported_status"].as_str().is_some_and(|r| r.starts_with("queue_corrupt: moved aside to ")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the hub was not told: {a}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually("the hub to be told of the corrupt queue", || async {
+        let (_, a) = e.hub.admin().get("/api/agents").await.map_err(|e| e.to_string())?;
+        let told = a["agents"][0]["reported_status"].as_str().is_some_and(|r| r.starts_with("queue_corrupt: moved aside to "));
+        told.then_some(()).ok_or_else(|| a.to_string())
+    })
+    .await?;
     let id = e.submit("after the corruption", 0).await?;
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -510,15 +493,7 @@ async fn sigterm_exits_zero_and_keeps_the_task_for_recovery() -> R {
     let status = s.terminate()?;
     assert!(status.success(), "{status:?}");
     assert_eq!(s.queue()["active"]["task_id"], id.as_str());
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let (_, a) = e.hub.admin().get("/api/agents").await?;
-        if a["agents"][0]["status"] == "offline" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    agent_connected(&e, false).await?;
     e.go();
     let s = e.restart("a1")?;
     completed_once(&e, &s, &id).await?;
@@ -628,51 +603,27 @@ fn sidecar_quote(p: &Path) -> String {
 /// malformed frames are logged and ignored, and a second task while busy is rejected.
 #[tokio::test]
 async fn busy_rejects_and_malformed_hub_frames_are_ignored() -> R {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let root = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/ws", listener.local_addr()?);
+    let hub = testkit::ScriptedHub::bind().await?;
     let wake = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"";
-    let s = Sidecar::start(bin(), &root.path().join("a"), &testkit::sidecar_config("a", "t", &url, Some(wake)))?;
-    let (tcp, _) = listener.accept().await?;
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
-    let hello: Value = loop {
-        match tokio::time::timeout(testkit::WAIT, ws.next()).await? {
-            Some(Ok(Message::Text(t))) => break serde_json::from_str(t.as_str())?,
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("socket ended: {other:?}"),
-        }
-    };
-    assert_eq!(hello["type"], "identify");
-    let send = |v: &str| Message::text(v.to_string());
-    ws.send(send(r#"{"type":"identified","agent_id":"a"}"#)).await?;
+    let cfg = testkit::merge_config(
+        &testkit::sidecar_config("a", "t", &hub.ws_url(), Some(wake)),
+        "ping_interval_ms = 600000\n",
+    );
+    let s = Sidecar::start(bin(), &root.path().join("a"), &cfg)?;
+    let mut conn = hub.accept_identified().await?;
     for junk in ["{not json", r#"{"type":"task_assign","task_id":5}"#, r#"{"type":"teleport"}"#, "[]"] {
-        ws.send(send(junk)).await?;
+        conn.send_text(junk).await?;
     }
     let assign = |id: &str| {
         json!({"type":"task_assign","task_id":id,"description":"d","metadata":{},"generation":1,"assigned_at":1})
-            .to_string()
     };
-    ws.send(send(&assign("t1"))).await?;
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while !seen.iter().any(|v: &Value| v["type"] == "task_accepted") {
-        assert!(std::time::Instant::now() < deadline, "no accept: {seen:?}");
-        if let Some(Ok(Message::Text(t))) = tokio::time::timeout(testkit::WAIT, ws.next()).await? {
-            seen.push(serde_json::from_str(t.as_str())?);
-        }
-    }
+    conn.send(assign("t1")).await?;
+    conn.wait_for("task_accepted").await?;
     s.wait_phase("working").await?;
-    ws.send(send(&assign("t2"))).await?;
-    loop {
-        let Some(Ok(Message::Text(t))) = tokio::time::timeout(testkit::WAIT, ws.next()).await? else { continue };
-        let v: Value = serde_json::from_str(t.as_str())?;
-        if v["type"] == "task_rejected" {
-            assert_eq!((v["task_id"].as_str(), v["reason"].as_str()), (Some("t2"), Some("busy")));
-            break;
-        }
-    }
+    conn.send(assign("t2")).await?;
+    let (rejected, _) = conn.wait_for("task_rejected").await?;
+    assert_eq!((rejected["task_id"].as_str(), rejected["reason"].as_str()), (Some("t2"), Some("busy")));
     assert_eq!(s.queue()["active"]["task_id"], "t1", "the held task is untouched");
     let warned = s.logs().iter().filter(|l| l.contains("ignoring a malformed frame from the hub")).count();
     assert_eq!(warned, 4, "{:?}", s.logs());
