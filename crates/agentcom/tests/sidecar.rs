@@ -475,7 +475,8 @@ async fn corrupt_queue_is_moved_aside_and_the_sidecar_carries_on() -> R {
     assert_eq!(logged["level"], "ERROR");
     testkit::eventually("the hub to be told of the corrupt queue", || async {
         let (_, a) = e.hub.admin().get("/api/agents").await.map_err(|e| e.to_string())?;
-        let told = a["agents"][0]["reported_status"].as_str().is_some_and(|r| r.starts_with("queue_corrupt: moved aside to "));
+        let told =
+            a["agents"][0]["reported_status"].as_str().is_some_and(|r| r.starts_with("queue_corrupt: moved aside to "));
         told.then_some(()).ok_or_else(|| a.to_string())
     })
     .await?;
@@ -615,9 +616,7 @@ async fn busy_rejects_and_malformed_hub_frames_are_ignored() -> R {
     for junk in ["{not json", r#"{"type":"task_assign","task_id":5}"#, r#"{"type":"teleport"}"#, "[]"] {
         conn.send_text(junk).await?;
     }
-    let assign = |id: &str| {
-        json!({"type":"task_assign","task_id":id,"description":"d","metadata":{},"generation":1,"assigned_at":1})
-    };
+    let assign = |id: &str| json!({"type":"task_assign","task_id":id,"description":"d","metadata":{},"generation":1,"assigned_at":1});
     conn.send(assign("t1")).await?;
     conn.wait_for("task_accepted").await?;
     s.wait_phase("working").await?;

@@ -79,11 +79,7 @@ async fn idle(s: &Sidecar) -> R {
 }
 
 fn log_count(s: &Sidecar, message: &str) -> usize {
-    s.logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == message)
-        .count()
+    s.logs().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["message"] == message).count()
 }
 
 /// Sidecar settings for a scripted hub, which never answers pings.
@@ -146,7 +142,8 @@ async fn placeholders_deliver_task_text_verbatim_and_never_run_it() -> R {
 async fn an_unsafe_wake_command_is_refused_at_start_naming_its_column() -> R {
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("s.toml");
-    let base = testkit::sidecar_config("a", "t", "ws://127.0.0.1:9/ws", Some("claude -p \"$(echo ${TASK_DESCRIPTION})\""));
+    let base =
+        testkit::sidecar_config("a", "t", "ws://127.0.0.1:9/ws", Some("claude -p \"$(echo ${TASK_DESCRIPTION})\""));
     let text = testkit::merge_config(&base, "ping_interval_ms = 0\n");
     std::fs::write(&cfg, text)?;
     let out = std::process::Command::new(bin()).args(["sidecar", "--config"]).arg(&cfg).output()?;
@@ -166,7 +163,10 @@ async fn a_result_over_the_frame_limit_fails_once_and_is_kept_for_the_operator()
     let t = e.run("a1", "a big answer", "dead_letter").await?;
     let id = t["task_id"].as_str().unwrap_or_default();
     let reason = t["last_error"].as_str().unwrap_or_default();
-    assert!(reason.starts_with(&format!("result_too_large: {}", s.results().join(format!("{id}.json")).display())), "{reason}");
+    assert!(
+        reason.starts_with(&format!("result_too_large: {}", s.results().join(format!("{id}.json")).display())),
+        "{reason}"
+    );
     let kept = PathBuf::from(reason.rsplit_once("kept as ").map(|(_, p)| p).unwrap_or_default());
     idle(&s).await?;
     testkit::eventually("the result file set aside", || async {
@@ -238,7 +238,10 @@ async fn a_task_id_that_is_a_path_is_rejected_and_never_used() -> R {
     conn.send(assign(evil)).await?;
     let (rejected, _) = conn.wait_for("task_rejected").await?;
     assert_eq!(rejected["task_id"], evil);
-    assert!(rejected["reason"].as_str().unwrap_or_default().starts_with("invalid_task_id: task_id: must be"), "{rejected}");
+    assert!(
+        rejected["reason"].as_str().unwrap_or_default().starts_with("invalid_task_id: task_id: must be"),
+        "{rejected}"
+    );
     for frame in [
         json!({"type": "task_cancelled", "task_id": evil, "timestamp": 0}),
         json!({"type": "task_ack", "task_id": evil, "status": "complete"}),
@@ -277,6 +280,26 @@ async fn a_task_too_large_for_the_environment_fails_with_its_reason() -> R {
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("task_too_large_for_wake: ${TASK_JSON} (AGENTCOM_TASK_JSON)"), "{reason}");
     conn.send(json!({"type": "task_ack", "task_id": "big-1", "status": "dead_letter"})).await?;
+    idle(&s).await?;
+    Ok(())
+}
+
+/// `run-agent` drains any output: on main a line of invalid UTF-8 stopped its reader, and the
+/// agent then blocked for good on a full pipe.
+#[tokio::test]
+async fn run_agent_drains_invalid_utf8_and_endless_lines() -> R {
+    let e = Env::new()?;
+    let wake = format!(
+        "'{}' run-agent -- sh -c 'printf \"bad \\377\\376 bytes\\n\"; head -c 5000000 /dev/zero | tr \"\\0\" q; echo; echo done'",
+        bin().display()
+    );
+    let s = e.sidecar("a1", &wake, "").await?;
+    let t = e.run("a1", "noisy agent", "completed").await?;
+    let tail: Vec<&str> =
+        t["result"]["output_tail"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    assert_eq!(tail.first().copied(), Some("bad \u{fffd}\u{fffd} bytes"), "{tail:?}");
+    assert_eq!(tail.get(1).map(|l| l.len()), Some(2000), "a long line is cut, not held whole");
+    assert_eq!(tail.last().copied(), Some("done"));
     idle(&s).await?;
     Ok(())
 }

@@ -347,7 +347,11 @@ mod tests {
     #[test]
     fn json_type_errors_name_their_field() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "config.json", r#"{"agent_id":"a","token":7,"ping_interval_ms":"soon","capabilities":"x"}"#);
+        let p = write(
+            dir.path(),
+            "config.json",
+            r#"{"agent_id":"a","token":7,"ping_interval_ms":"soon","capabilities":"x"}"#,
+        );
         let e = SidecarConfig::load(&p).unwrap_err().errors;
         for key in ["token:", "ping_interval_ms:", "capabilities:"] {
             assert!(e.iter().any(|x| x.starts_with(key)), "{key} in {e:?}");
@@ -358,9 +362,22 @@ mod tests {
 
     /// Keys and a value of each kind, to build configs from.
     const KEYS: &[&str] = &[
-        "agent_id", "token", "hub_url", "capabilities", "wake_command", "results_dir", "state_dir",
-        "confirmation_timeout_ms", "wake_timeout_ms", "wake_retry_delays_ms", "ping_interval_ms",
-        "max_result_bytes", "max_progress_bytes", "reconnect_healthy_ms", "kill_timeout_ms", "repo_dir",
+        "agent_id",
+        "token",
+        "hub_url",
+        "capabilities",
+        "wake_command",
+        "results_dir",
+        "state_dir",
+        "confirmation_timeout_ms",
+        "wake_timeout_ms",
+        "wake_retry_delays_ms",
+        "ping_interval_ms",
+        "max_result_bytes",
+        "max_progress_bytes",
+        "reconnect_healthy_ms",
+        "kill_timeout_ms",
+        "repo_dir",
     ];
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
@@ -399,7 +416,7 @@ mod tests {
             if let Err(e) = SidecarConfig::load(&p) {
                 for err in &e.errors {
                     let named = KEYS.iter().chain(["tls_ca_file", "hub_api_url", "name", "log_file"].iter())
-                        .any(|k| err.starts_with(&format!("{k}")));
+                        .any(|k| err.starts_with(*k));
                     proptest::prop_assert!(named, "unnamed error {err:?} for {obj:?}");
                 }
             }

@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Input {
     Conn(ConnEvent),
     /// A file in the results dir changed.
-    File { path: PathBuf, closed: bool },
+    File {
+        path: PathBuf,
+        closed: bool,
+    },
     /// A wake command ended (sent by its waiter task).
     Machine(Event),
     /// Fresh numbers from our supervisor.
@@ -162,7 +165,9 @@ impl Executor {
                             tracing::warn!(path = %kept.display(), "kept the result file that was too large to send");
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => tracing::error!(path = %result.display(), error = %e, "cannot set the result file aside"),
+                        Err(e) => {
+                            tracing::error!(path = %result.display(), error = %e, "cannot set the result file aside")
+                        }
                     }
                 }
                 for p in [

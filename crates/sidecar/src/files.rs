@@ -86,15 +86,14 @@ fn open_regular<T>(path: &Path) -> Result<(File, Metadata), Found<T>> {
         Ok(m) if !m.file_type().is_file() => return Err(Found::NotRegular(kind(&m))),
         Ok(_) => {}
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::ELOOP) => Found::NotRegular("a symbolic link"),
-            _ if e.kind() == io::ErrorKind::NotFound => Found::Missing,
-            _ => Found::Unreadable(e.to_string()),
-        })?;
+    let file =
+        OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path).map_err(
+            |e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => Found::NotRegular("a symbolic link"),
+                _ if e.kind() == io::ErrorKind::NotFound => Found::Missing,
+                _ => Found::Unreadable(e.to_string()),
+            },
+        )?;
     // fstat the open file: whatever was swapped in after the lstat is what we hold now.
     let m = file.metadata().map_err(|e| Found::Unreadable(e.to_string()))?;
     if !m.file_type().is_file() {

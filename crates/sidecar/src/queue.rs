@@ -99,10 +99,9 @@ impl QueuedTask {
                 Ok(AgentFrame::TaskComplete { result, tokens_used, .. }) => {
                     Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used })
                 }
-                Ok(AgentFrame::TaskFailed { reason, error, .. }) => Some(Report::Failed {
-                    reason: reason.or(error).unwrap_or_else(|| "unknown".into()),
-                    keep_result,
-                }),
+                Ok(AgentFrame::TaskFailed { reason, error, .. }) => {
+                    Some(Report::Failed { reason: reason.or(error).unwrap_or_else(|| "unknown".into()), keep_result })
+                }
                 _ => None,
             }
         });

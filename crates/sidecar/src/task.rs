@@ -36,10 +36,16 @@ impl Task {
 /// What the hub is told when the task ends; kept until the hub acknowledges it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    Complete { result: Value, tokens_used: Option<Value> },
+    Complete {
+        result: Value,
+        tokens_used: Option<Value>,
+    },
     /// `keep_result`: the result file is set aside for the operator (it was too large to send)
     /// instead of being removed with the task's other files.
-    Failed { reason: String, keep_result: bool },
+    Failed {
+        reason: String,
+        keep_result: bool,
+    },
 }
 
 impl Report {

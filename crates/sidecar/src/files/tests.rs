@@ -20,7 +20,10 @@ fn only_regular_files_are_read_and_nothing_blocks() {
     assert_eq!(read_result(&d.join("dir.json"), 100), Found::NotRegular("a directory"));
     assert_eq!(read_result(&d.join("none.json"), 100), Found::Missing);
     assert_eq!(read_progress(&fifo, ProgressCursor::default(), 100), Found::NotRegular("a FIFO"));
-    assert_eq!(read_progress(&d.join("zero.json"), ProgressCursor::default(), 100), Found::NotRegular("a symbolic link"));
+    assert_eq!(
+        read_progress(&d.join("zero.json"), ProgressCursor::default(), 100),
+        Found::NotRegular("a symbolic link")
+    );
     assert_eq!(marker(&fifo), Found::NotRegular("a FIFO"));
     assert_eq!(marker(&d.join("zero.json")), Found::NotRegular("a symbolic link"));
     assert_eq!(marker(&d.join("target.json")), Found::Regular(()));
@@ -63,7 +66,10 @@ fn progress_lines_are_bounded_and_long_ones_skipped() {
     let q = dir.path().join("u.progress");
     std::fs::write(&q, vec![b'y'; 3000]).unwrap();
     let first = lines(read_progress(&q, ProgressCursor::default(), 1000));
-    assert_eq!((first.lines.len(), first.skipped, first.cursor), (0, 1, ProgressCursor { offset: 3000, skipping: true }));
+    assert_eq!(
+        (first.lines.len(), first.skipped, first.cursor),
+        (0, 1, ProgressCursor { offset: 3000, skipping: true })
+    );
     std::fs::write(&q, [vec![b'y'; 6000], b"\nafter\n".to_vec()].concat()).unwrap();
     let second = lines(read_progress(&q, first.cursor, 1000));
     assert_eq!(second.lines, vec![b"after".to_vec()]);

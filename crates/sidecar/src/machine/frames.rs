@@ -35,7 +35,8 @@ pub fn progress(task_id: &str, line: &[u8]) -> Option<AgentFrame> {
         return None;
     }
     let progress = serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_string()));
-    let frame = AgentFrame::TaskProgress { task_id: task_id.to_string(), progress: Some(progress), execution_event: None };
+    let frame =
+        AgentFrame::TaskProgress { task_id: task_id.to_string(), progress: Some(progress), execution_event: None };
     fits(&frame).then_some(frame)
 }
 
@@ -56,7 +57,9 @@ mod tests {
         assert!(progress("t", b"   ").is_none());
         let Some(AgentFrame::TaskProgress { progress: Some(v), .. }) = progress("t", b"{\"step\":1}") else { panic!() };
         assert_eq!(v["step"], 1);
-        let Some(AgentFrame::TaskProgress { progress: Some(v), .. }) = progress("t", b"plain \xff text") else { panic!() };
+        let Some(AgentFrame::TaskProgress { progress: Some(v), .. }) = progress("t", b"plain \xff text") else {
+            panic!()
+        };
         assert_eq!(v, "plain \u{fffd} text");
         // 200 KiB of control characters is 1.2 MB as JSON.
         assert!(progress("t", &vec![1u8; 200 * 1024]).is_none());

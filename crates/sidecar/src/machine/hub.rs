@@ -137,7 +137,8 @@ impl Machine {
         match target.as_ref().map(|t| t.as_str()) {
             None | Some(Some("wake")) => self.start_wake(1, now, out),
             Some(other) => {
-                let shown = other.map(str::to_string).unwrap_or_else(|| target.map(|t| t.to_string()).unwrap_or_default());
+                let shown =
+                    other.map(str::to_string).unwrap_or_else(|| target.map(|t| t.to_string()).unwrap_or_default());
                 self.report_failure(format!("unsupported_routing_target: {}", clip(&shown, 200)), out)
             }
         }
@@ -155,7 +156,8 @@ impl Machine {
     fn on_restart_command(&mut self, reason: String, force: bool, out: &mut Vec<Action>) {
         if !self.restarts_us {
             tracing::warn!(reason = %clip(&reason, 200), "restart refused: no supervisor detected, and exiting would stop this agent");
-            let status = "restart_refused: no supervisor detected (native, pm2 or systemd); exiting would stop the agent";
+            let status =
+                "restart_refused: no supervisor detected (native, pm2 or systemd); exiting would stop the agent";
             return self.send(out, AgentFrame::Status { status: clip(status, proto::MAX_SHORT) });
         }
         let phase = match &self.slot {

@@ -53,15 +53,31 @@ pub enum Event {
     Connected,
     Disconnected,
     Frame(HubFrame),
-    WakeSpawned { task_id: String, attempt: u32, pgid: i32 },
+    WakeSpawned {
+        task_id: String,
+        attempt: u32,
+        pgid: i32,
+    },
     /// The wake command ended. `started`: `<id>.started` existed at that moment;
     /// `log_tail`: the end of its output.
-    WakeExited { task_id: String, attempt: u32, outcome: WakeOutcome, started: bool, log_tail: String },
+    WakeExited {
+        task_id: String,
+        attempt: u32,
+        outcome: WakeOutcome,
+        started: bool,
+        log_tail: String,
+    },
     /// A file in the results dir changed; `closed`: closed after writing, or renamed in.
-    FileChanged { name: String, closed: bool },
+    FileChanged {
+        name: String,
+        closed: bool,
+    },
     /// The safety-net rescan.
     Rescan,
-    Observed { look: Look, observation: Observation },
+    Observed {
+        look: Look,
+        observation: Observation,
+    },
     /// A timer may be due.
     Tick,
     /// A required persist failed; the actions after it were not carried out.
@@ -72,23 +88,49 @@ pub enum Event {
 pub enum Action {
     /// Write `queue.json` durably. When `required` fails, the rest of the batch is dropped and
     /// [`Event::PersistFailed`] comes back.
-    Persist { queue: QueueFile, required: bool },
+    Persist {
+        queue: QueueFile,
+        required: bool,
+    },
     Send(AgentFrame),
     /// Write the task file and start wake number `attempt`; answer with `WakeSpawned`, or
     /// `WakeExited` with `SpawnFailed`, and `WakeExited` when it ends.
-    SpawnWake { task_id: String, attempt: u32, generation: u64, task_json: String, vars: Vec<(&'static str, String)> },
+    SpawnWake {
+        task_id: String,
+        attempt: u32,
+        generation: u64,
+        task_json: String,
+        vars: Vec<(&'static str, String)>,
+    },
     /// Stop process group `pgid` if it still runs a wake of `task_id`.
-    StopGroup { pgid: i32, task_id: String },
+    StopGroup {
+        pgid: i32,
+        task_id: String,
+    },
     /// Stop every group running a wake of `task_id` for this agent (found by environment), and
     /// the `recorded` group if it still runs one.
-    StopOrphans { task_id: String, recorded: Option<i32> },
+    StopOrphans {
+        task_id: String,
+        recorded: Option<i32>,
+    },
     /// Remove `<id>.started`, `<id>.json` and `<id>.progress` left from an earlier attempt.
-    ClearResults { task_id: String },
+    ClearResults {
+        task_id: String,
+    },
     /// Remove all the task's files; the result file is renamed to `keep_result_as` instead.
-    RemoveFiles { task_id: String, keep_result_as: Option<PathBuf> },
+    RemoveFiles {
+        task_id: String,
+        keep_result_as: Option<PathBuf>,
+    },
     /// Read the task's files and answer with `Observed`; with `check_agent`, also whether a
     /// process of the task's wake still runs (`recorded` group, or found by environment).
-    Observe { task_id: String, progress: ProgressCursor, result_closed: bool, look: Look, check_agent: Option<Option<i32>> },
+    Observe {
+        task_id: String,
+        progress: ProgressCursor,
+        result_closed: bool,
+        look: Look,
+        check_agent: Option<Option<i32>>,
+    },
     /// Exit so that our supervisor starts us again.
     Exit,
 }
@@ -223,9 +265,9 @@ impl Machine {
             Event::FileChanged { name, closed } => {
                 if let Slot::Active(h) = &self.slot {
                     let id = &h.task.id;
-                    let ours = name.strip_prefix(id.as_str()).is_some_and(|ext| {
-                        matches!(ext, ".json" | ".started" | ".progress")
-                    });
+                    let ours = name
+                        .strip_prefix(id.as_str())
+                        .is_some_and(|ext| matches!(ext, ".json" | ".started" | ".progress"));
                     if ours && h.phase.watches_files() {
                         let closed = closed && name.ends_with(".json");
                         out.push(self.observe(closed, Look::Watch));
@@ -247,8 +289,12 @@ impl Machine {
                         let task_id = h.task.id.clone();
                         tracing::error!(task_id = %task_id, "cannot persist the accepted task; rejecting it");
                         self.slot = Slot::Idle;
-                        let reason = format!("storage_error: cannot write {}", self.cfg.state_dir.join("queue.json").display());
-                        self.send(&mut out, AgentFrame::TaskRejected { task_id, reason: Some(clip(&reason, proto::MAX_REASON)) });
+                        let reason =
+                            format!("storage_error: cannot write {}", self.cfg.state_dir.join("queue.json").display());
+                        self.send(
+                            &mut out,
+                            AgentFrame::TaskRejected { task_id, reason: Some(clip(&reason, proto::MAX_REASON)) },
+                        );
                     }
                 }
             }
@@ -333,9 +379,12 @@ impl Machine {
                 generation: Some(h.task.generation),
                 assigned_at: Some(h.task.assigned_at),
             },
-            Slot::Idle => {
-                AgentFrame::StateReport { task_id: None, status: Some("idle".into()), generation: None, assigned_at: None }
-            }
+            Slot::Idle => AgentFrame::StateReport {
+                task_id: None,
+                status: Some("idle".into()),
+                generation: None,
+                assigned_at: None,
+            },
         };
         self.send(out, frame);
         if let Slot::Active(Held { task, phase: Phase::Reporting { report, .. }, .. }) = &self.slot {
@@ -353,8 +402,7 @@ impl Machine {
         };
         let Some(h) = self.active() else { return };
         let task_json = h.task.to_json().to_string();
-        let values =
-            wake::TaskValues { task_id: &h.task.id, task_json: &task_json, description: &h.task.description };
+        let values = wake::TaskValues { task_id: &h.task.id, task_json: &task_json, description: &h.task.description };
         let vars = match wake::task_environment(&command, &values) {
             Ok((vars, omitted)) => {
                 for note in omitted {
@@ -413,7 +461,8 @@ impl Machine {
                 if status == "success" {
                     self.set_phase(Phase::WakingConfirmation { deadline: now + self.cfg.confirmation_timeout }, out);
                     out.push(self.observe(false, Look::Watch));
-                } else if let Some(delay) = self.cfg.wake_retry_delays.get(attempt.saturating_sub(1) as usize).copied() {
+                } else if let Some(delay) = self.cfg.wake_retry_delays.get(attempt.saturating_sub(1) as usize).copied()
+                {
                     if let Some(h) = self.active() {
                         h.phase = Phase::WakeBackoff { at: now + delay };
                     }
@@ -433,7 +482,7 @@ impl Machine {
     // ---- timers --------------------------------------------------------------------------
 
     fn on_tick(&mut self, now: Now, out: &mut Vec<Action>) {
-        if !self.next_deadline().is_some_and(|d| d <= now) {
+        if self.next_deadline().is_none_or(|d| d > now) {
             return;
         }
         let Some(h) = self.active() else { return };
@@ -505,7 +554,8 @@ impl Machine {
             let rescan = self.cfg.rescan_interval;
             if let Some(h) = self.active() {
                 if let Phase::Working { exited: None, .. } = h.phase {
-                    let why = "agent_exited_without_result: its process was gone when the sidecar restarted".to_string();
+                    let why =
+                        "agent_exited_without_result: its process was gone when the sidecar restarted".to_string();
                     h.phase = Phase::Working { foreground: false, exited: Some((now + rescan, why)) };
                 }
             }

@@ -116,7 +116,10 @@ impl FakeHub {
             }
             AgentFrame::StateReport { task_id: Some(id), generation, .. } => {
                 let ok = self.held() && generation.is_none_or(|g| g == self.generation);
-                vec![HubFrame::StateReportAck { task_id: Some(id), action: if ok { "continue" } else { "abort" }.into() }]
+                vec![HubFrame::StateReportAck {
+                    task_id: Some(id),
+                    action: if ok { "continue" } else { "abort" }.into(),
+                }]
             }
             AgentFrame::TaskComplete { generation, .. } | AgentFrame::TaskFailed { generation, .. }
                 if generation != self.generation =>
@@ -262,7 +265,15 @@ impl World {
                 let pgid = self.next_pgid;
                 self.next_pgid += 1;
                 let steps = (self.script)(attempt).into();
-                self.procs.push(Proc { task_id: task_id.clone(), attempt, pgid, epoch: self.epoch, steps, exited: false, dead: false });
+                self.procs.push(Proc {
+                    task_id: task_id.clone(),
+                    attempt,
+                    pgid,
+                    epoch: self.epoch,
+                    steps,
+                    exited: false,
+                    dead: false,
+                });
                 self.pending.push_back(Event::WakeSpawned { task_id, attempt, pgid });
             }
             Action::StopGroup { pgid, task_id } => self.kill(|p| p.pgid == pgid && p.task_id == task_id),
@@ -281,8 +292,7 @@ impl World {
                 }
             }
             Action::Observe { task_id, progress, result_closed, look, check_agent } => {
-                let agent_alive = check_agent
-                    .map(|_| self.procs.iter().any(|p| p.task_id == task_id && !p.dead));
+                let agent_alive = check_agent.map(|_| self.procs.iter().any(|p| p.task_id == task_id && !p.dead));
                 let file = |ext: &str| self.files.get(&format!("{task_id}.{ext}")).cloned();
                 let started = if file("started").is_some() { Found::Regular(()) } else { Found::Missing };
                 let progress = match file("progress") {
@@ -294,7 +304,8 @@ impl World {
                         Found::Regular(ProgressLines {
                             lines: lines[..complete].to_vec(),
                             cursor: ProgressCursor {
-                                offset: progress.offset + rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i as u64 + 1),
+                                offset: progress.offset
+                                    + rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i as u64 + 1),
                                 skipping: false,
                             },
                             skipped: 0,
@@ -351,13 +362,17 @@ impl World {
                     self.scenario_cancelled = true;
                     self.hub.status = HubStatus::Cancelled;
                     if self.connected {
-                        self.pending.push_back(Event::Frame(HubFrame::TaskCancelled { task_id: id.clone(), timestamp: 0 }));
+                        self.pending
+                            .push_back(Event::Frame(HubFrame::TaskCancelled { task_id: id.clone(), timestamp: 0 }));
                     }
                 }
                 (format!("{id}.started"), false)
             }
             Step::Progress(line) => {
-                self.files.entry(format!("{id}.progress")).or_default().extend_from_slice(format!("{line}\n").as_bytes());
+                self.files
+                    .entry(format!("{id}.progress"))
+                    .or_default()
+                    .extend_from_slice(format!("{line}\n").as_bytes());
                 (format!("{id}.progress"), false)
             }
             Step::Result(bytes) => {
@@ -469,7 +484,9 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "the agent reports a failure",
             wake: true,
-            script: |_| vec![Step::Started, Step::Result(br#"{"status":"failed","reason":"no"}"#.to_vec()), Step::Exit(true)],
+            script: |_| {
+                vec![Step::Started, Step::Result(br#"{"status":"failed","reason":"no"}"#.to_vec()), Step::Exit(true)]
+            },
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
         },
@@ -522,10 +539,7 @@ fn run(s: &Scenario, crash_at: Vec<usize>) -> World {
 
 /// Each scenario runs in a thread of its own.
 fn each_scenario(f: impl Fn(&Scenario) + Send + Sync + Copy + 'static) {
-    let handles: Vec<_> = scenarios()
-        .into_iter()
-        .map(|s| std::thread::spawn(move || f(&s)))
-        .collect();
+    let handles: Vec<_> = scenarios().into_iter().map(|s| std::thread::spawn(move || f(&s))).collect();
     for h in handles {
         h.join().unwrap();
     }

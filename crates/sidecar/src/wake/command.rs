@@ -611,7 +611,14 @@ impl<'a> Lexer<'a> {
                 }
                 for p in Placeholder::ALL {
                     if let Some(i) = line.find(p.text()) {
-                        self.error(line_start + i, format!("{} is in a here-document, where it cannot be quoted; use ${} there", p.text(), p.env_var()));
+                        self.error(
+                            line_start + i,
+                            format!(
+                                "{} is in a here-document, where it cannot be quoted; use ${} there",
+                                p.text(),
+                                p.env_var()
+                            ),
+                        );
                     }
                 }
                 self.out.push_str(line);

@@ -27,13 +27,13 @@ pub struct TaskValues<'a> {
     pub description: &'a str,
 }
 
-/// The placeholders' variables for one wake. A value the environment cannot carry (longer
+/// Environment variables for a wake: name and value.
+pub type Vars = Vec<(&'static str, String)>;
+
+/// The placeholders' variables for one wake, and notes on the ones left out. A value the environment cannot carry (longer
 /// than [`MAX_ENV_STRING`], or holding a NUL byte) fails the wake if the command uses it, with
 /// the reason; otherwise it is left out and noted (the task file always has the whole task).
-pub fn task_environment(
-    cmd: &WakeCommand,
-    values: &TaskValues<'_>,
-) -> Result<(Vec<(&'static str, String)>, Vec<String>), String> {
+pub fn task_environment(cmd: &WakeCommand, values: &TaskValues<'_>) -> Result<(Vars, Vec<String>), String> {
     let mut vars = Vec::new();
     let mut omitted = Vec::new();
     for p in Placeholder::ALL {
@@ -140,8 +140,11 @@ mod tests {
     #[test]
     fn shell_quote_is_one_literal_word() {
         for evil in ["$(touch X)", "`touch X`", "'; touch X; '", "a\nb", "\\'"] {
-            let out =
-                std::process::Command::new("sh").arg("-c").arg(format!("printf %s {}", shell_quote(evil))).output().unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(evil)))
+                .output()
+                .unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), evil);
         }
     }
@@ -153,7 +156,10 @@ mod tests {
         let big = "x".repeat(MAX_ENV_STRING);
         let values = TaskValues { task_id: "t", task_json: &big, description: "nul\0inside" };
         let e = task_environment(&uses_json, &values).unwrap_err();
-        assert!(e.starts_with("task_too_large_for_wake: ${TASK_JSON} (AGENTCOM_TASK_JSON)") && e.contains("131072"), "{e}");
+        assert!(
+            e.starts_with("task_too_large_for_wake: ${TASK_JSON} (AGENTCOM_TASK_JSON)") && e.contains("131072"),
+            "{e}"
+        );
         let (vars, omitted) = task_environment(&plain, &values).unwrap();
         assert_eq!(vars, vec![("AGENTCOM_TASK_ID", "t".to_string())]);
         assert_eq!(omitted.len(), 2, "{omitted:?}");
@@ -168,7 +174,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cmd = WakeCommand::compile("printf %s \"${TASK_JSON}\" | wc -c > n").unwrap();
         let json = "j".repeat(MAX_ENV_STRING - "AGENTCOM_TASK_JSON".len() - 2);
-        let (vars, _) = task_environment(&cmd, &TaskValues { task_id: "t", task_json: &json, description: "" }).unwrap();
+        let (vars, _) =
+            task_environment(&cmd, &TaskValues { task_id: "t", task_json: &json, description: "" }).unwrap();
         let spec = WakeSpec {
             command: &cmd,
             vars: &vars,

@@ -162,7 +162,12 @@ fn hostile_text_reaches_sh_verbatim_in_every_context() {
                     "inner" => format!("<{payload}><{payload}>"),
                     _ => payload.clone(),
                 };
-                assert!(got == want.as_bytes(), "{} in {name}: {payload:?} arrived as {:?}", p.text(), String::from_utf8_lossy(&got));
+                assert!(
+                    got == want.as_bytes(),
+                    "{} in {name}: {payload:?} arrived as {:?}",
+                    p.text(),
+                    String::from_utf8_lossy(&got)
+                );
                 assert!(!dir.path().join("pwned").exists(), "{payload:?} ran in {name}");
             }
         }
@@ -172,10 +177,9 @@ fn hostile_text_reaches_sh_verbatim_in_every_context() {
 #[test]
 fn agentcom_example_delivers_the_task_json_verbatim() {
     let dir = tempfile::tempdir().unwrap();
-    let compiled = WakeCommand::compile(
-        r#"printf '%s\n' agent --message "Task: ${TASK_JSON}" --session-id ${TASK_ID} > out"#,
-    )
-    .unwrap();
+    let compiled =
+        WakeCommand::compile(r#"printf '%s\n' agent --message "Task: ${TASK_JSON}" --session-id ${TASK_ID} > out"#)
+            .unwrap();
     let json = r#"{"task_id":"t-1","description":"it's \"$(touch pwned)\" `x`"}"#;
     let got = run_sh(&compiled, dir.path(), json);
     assert_eq!(String::from_utf8(got).unwrap(), format!("agent\n--message\nTask: {json}\n--session-id\n{json}\n"));
@@ -198,9 +202,8 @@ fn placeholder() -> impl Strategy<Value = Placeholder> {
 }
 
 fn piece() -> impl Strategy<Value = Piece> {
-    let inner = |text: &'static str| {
-        prop::collection::vec(prop_oneof![text.prop_map(Ok), placeholder().prop_map(Err)], 0..4)
-    };
+    let inner =
+        |text: &'static str| prop::collection::vec(prop_oneof![text.prop_map(Ok), placeholder().prop_map(Err)], 0..4);
     prop_oneof![
         "[a-zA-Z0-9._/=:,+-]{1,6}".prop_map(Piece::Bare),
         inner("[^\"\\\\$`]{0,6}").prop_map(Piece::Double),
