@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::config::FileConfig;
-use crate::files::{ProgressLines, ResultBytes};
+use crate::files::{Found, ProgressLines, ResultBytes};
 use crate::queue::QueueFile;
 use proto::TaskAssign;
 use std::collections::{BTreeMap, VecDeque};
