@@ -125,6 +125,7 @@ impl Machine {
         self.slot = Slot::Active(Held { task, phase: Phase::Accepted, wakes: 0, group: None });
         // Persist, fsync, then ack: if the persist fails, nothing after it runs.
         out.push(self.persist(true));
+        self.accept_unconfirmed = true;
         tracing::info!(task_id = %a.task_id, generation = a.generation, "task accepted");
         self.send(out, AgentFrame::TaskAccepted { task_id: a.task_id.clone() });
         // Whatever an earlier attempt of this task left (a wake, its files) is not this attempt's.

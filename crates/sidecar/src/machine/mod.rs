@@ -156,6 +156,9 @@ pub struct Machine {
     progress: ProgressCursor,
     /// Problems with the active task's files already logged (each is logged once).
     warned: Vec<&'static str>,
+    /// The last batch began with the required persist of a task just accepted: if the executor
+    /// answers `PersistFailed`, that task is dropped and rejected (nothing after it ran).
+    accept_unconfirmed: bool,
 }
 
 /// How long after a `storage_unavailable` error the report is sent again.
@@ -199,6 +202,7 @@ impl Machine {
             corrupt_note,
             progress: ProgressCursor::default(),
             warned: Vec::new(),
+            accept_unconfirmed: false,
         }
     }
 
@@ -242,6 +246,7 @@ impl Machine {
 
     pub fn handle(&mut self, event: Event, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
+        let accept_unconfirmed = std::mem::take(&mut self.accept_unconfirmed);
         match event {
             Event::Start => {
                 if let Slot::Recovering(h) = &self.slot {
@@ -285,7 +290,7 @@ impl Machine {
             Event::Tick => self.on_tick(now, &mut out),
             Event::PersistFailed => {
                 if let Slot::Active(h) = &self.slot {
-                    if h.phase == Phase::Accepted && h.wakes == 0 {
+                    if accept_unconfirmed {
                         let task_id = h.task.id.clone();
                         tracing::error!(task_id = %task_id, "cannot persist the accepted task; rejecting it");
                         self.slot = Slot::Idle;
