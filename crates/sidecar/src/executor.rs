@@ -139,13 +139,16 @@ impl Executor {
                 return Step::Answer(self.spawn_wake(task_id, attempt, generation, &task_json, &vars));
             }
             Action::StopGroup { pgid, task_id } => {
-                if wake::group_runs_task(pgid, &task_id) {
+                // A pgid from queue.json is only a hint: the group must still run this task.
+                if pgid > 1 && wake::group_runs_task(pgid, &task_id) {
                     tokio::spawn(wake::stop_group(pgid, self.cfg.kill_timeout));
                 }
             }
             Action::StopOrphans { task_id, recorded } => {
                 let mut groups = wake::groups_running(&task_id, &self.cfg.agent_id);
-                groups.extend(recorded.filter(|pg| !groups.contains(pg) && wake::group_runs_task(*pg, &task_id)));
+                groups.extend(
+                    recorded.filter(|pg| *pg > 1 && !groups.contains(pg) && wake::group_runs_task(*pg, &task_id)),
+                );
                 for pgid in groups {
                     tracing::info!(task_id = %task_id, pgid, "stopping a wake left by an earlier run");
                     tokio::spawn(wake::stop_group(pgid, self.cfg.kill_timeout));
@@ -238,7 +241,7 @@ impl Executor {
                 return Event::WakeExited { task_id, attempt, outcome, started: false, log_tail: String::new() };
             }
         };
-        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pgid = child.id().map(|p| p as i32);
         let inputs = self.inputs.clone();
         let started_file = self.result_path(&task_id, "started");
         let id = task_id.clone();
@@ -252,7 +255,11 @@ impl Executor {
             let log_tail = wake::log_tail(&log, 400);
             let _ = inputs.send(Input::Machine(Event::WakeExited { task_id: id, attempt, outcome, started, log_tail }));
         });
-        Event::WakeSpawned { task_id, attempt, pgid }
+        match pgid {
+            Some(pgid) => Event::WakeSpawned { task_id, attempt, pgid },
+            // Already reaped (it cannot be yet): its exit is on its way; no group to record.
+            None => Event::Rescan,
+        }
     }
 
     fn remove(&self, p: &std::path::Path) {
