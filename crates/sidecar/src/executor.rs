@@ -64,50 +64,59 @@ impl Executor {
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
-        self.handle(Event::Start);
+        self.handle(Event::Start).await;
         let mut rescan = tokio::time::interval(self.cfg.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = self.machine.next_deadline().and_then(|d| self.started.checked_add(d));
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                Some(input) = rx.recv() => self.on_input(input),
-                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => self.handle(Event::Tick),
-                _ = rescan.tick() => self.handle(Event::Rescan),
+                Some(input) = rx.recv() => self.on_input(input).await,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => self.handle(Event::Tick).await,
+                _ = rescan.tick() => self.handle(Event::Rescan).await,
             }
         }
         // Every change was persisted when it happened; the task stays on disk for recovery.
         tracing::info!(busy = self.machine.is_busy(), "sidecar stopping");
     }
 
-    fn on_input(&mut self, input: Input) {
+    async fn on_input(&mut self, input: Input) {
         match input {
             Input::Conn(ConnEvent::Identified(tx)) => {
                 self.hub = Some(tx);
-                self.handle(Event::Connected);
+                self.handle(Event::Connected).await;
             }
             Input::Conn(ConnEvent::Lost) => {
                 self.hub = None;
-                self.handle(Event::Disconnected);
+                self.handle(Event::Disconnected).await;
             }
-            Input::Conn(ConnEvent::Frame(f)) => self.handle(Event::Frame(f)),
+            Input::Conn(ConnEvent::Frame(f)) => self.handle(Event::Frame(f)).await,
             Input::File { path, closed } => {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-                self.handle(Event::FileChanged { name, closed });
+                self.handle(Event::FileChanged { name, closed }).await;
             }
-            Input::Machine(ev) => self.handle(ev),
+            Input::Machine(ev) => self.handle(ev).await,
             Input::ProcessInfo(info) => self.set_process_info(info),
         }
     }
 
     /// Hands `event` to the machine and carries out its actions, then those of the events
-    /// the IO answered with, in order.
-    fn handle(&mut self, event: Event) {
+    /// the IO answered with, in order. After the first frame of a batch it lets the socket
+    /// task run, so an ack (`task_accepted`) leaves before the rest of the batch's IO.
+    async fn handle(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
+        let mut flushed = false;
         while let Some(event) = events.pop_front() {
             let actions = self.machine.handle(event, self.now());
-            for action in actions {
-                match self.execute(action) {
+            let mut actions = actions.into_iter().peekable();
+            while let Some(action) = actions.next() {
+                let is_send = matches!(action, Action::Send(_));
+                let step = self.execute(action);
+                if is_send && !flushed && actions.peek().is_some() {
+                    flushed = true;
+                    tokio::task::yield_now().await;
+                }
+                match step {
                     Step::Done => {}
                     Step::Answer(ev) => events.push_back(ev),
                     Step::Abort(ev) => {
