@@ -210,7 +210,7 @@ async fn fifo_symlink_and_directory_results_fail_the_task_and_the_sidecar_keeps_
 async fn odd_progress_and_results_never_panic() -> R {
     let e = Env::new()?;
     e.mode("odd")?;
-    let s = e.sidecar("a1", &e.wake(), "max_progress_bytes = 65536").await?;
+    let s = e.sidecar("a1", &e.wake(), "").await?;
     let t = e.run("a1", "odd data", "dead_letter").await?;
     let reason = t["last_error"].as_str().unwrap_or_default();
     assert!(reason.starts_with("status: {\"nested\":\"zzz") && reason.chars().count() <= 210, "{reason}");
