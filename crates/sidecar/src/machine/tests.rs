@@ -565,6 +565,7 @@ fn every_single_crash_point_of_every_scenario() {
     each_scenario(|s| {
         let total = run(s, vec![]).actions;
         assert!(total > 3, "{}: {total} actions", s.name);
+        eprintln!("{}: {total} crash points", s.name);
         for k in 0..total {
             let w = run(s, vec![k]);
             w.check(s, &[k]);
