@@ -1,9 +1,9 @@
 //! End-to-end tests of the sidecar: the real hub and sidecar binaries, and a fake agent script
 //! that writes `.started`, `.progress` and result files the way a real agent's wrapper does.
 
+use proto::api::{ListAgents, SubmitTask, TaskDetail, TaskStatus, TaskView};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use testkit::{Hub, Sidecar};
 
 fn bin() -> &'static Path {
@@ -64,14 +64,11 @@ impl Env {
     /// The pid of the first wake. The queue says `waking` as soon as the wake is spawned, which
     /// can be before the script has written its line, so wait for the line itself.
     async fn first_wake_pid(&self) -> anyhow::Result<i32> {
-        let deadline = std::time::Instant::now() + testkit::WAIT;
-        loop {
-            if let Some(line) = self.runs().first() {
-                return Ok(line.split(' ').nth(2).unwrap_or_default().parse()?);
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "the wake never recorded its run");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        testkit::eventually("the wake to record its run", || async {
+            let line = self.runs().first().cloned().ok_or("no run yet")?;
+            line.split(' ').nth(2).unwrap_or_default().parse().map_err(|e| format!("{line:?}: {e}"))
+        })
+        .await
     }
     async fn config(&self, agent: &str, mode: Option<&str>, extra: &str) -> anyhow::Result<String> {
         let token = self.hub.token(agent).await?;
@@ -94,26 +91,24 @@ impl Env {
         std::fs::write(&path, format!("{kept}wake_command = {}\n", testkit::toml_string(&self.wake(mode)))).unwrap();
     }
     async fn submit(&self, desc: &str, max_retries: u32) -> anyhow::Result<String> {
-        self.hub
-            .submit(
-                proto::api::SubmitTask::from_json(
-                    json!({"description": desc, "max_retries": max_retries}).as_object().unwrap().clone(),
-                )
-                .unwrap(),
-            )
-            .await
+        self.hub.submit(SubmitTask { max_retries, ..SubmitTask::new(desc) }).await
     }
 }
 
-fn count(history: &Value, to: &str) -> usize {
-    history.as_array().map(|h| h.iter().filter(|x| x["to"] == to && x["from"] != to).count()).unwrap_or(0)
+/// How many times the task entered `to` (history rows that stay in a status are not entries).
+fn count(t: &TaskDetail, to: TaskStatus) -> usize {
+    t.history.iter().filter(|h| h.to == to && h.from != Some(to)).count()
 }
 
+fn reasons(t: &TaskDetail) -> Vec<&str> {
+    t.history.iter().map(|h| h.reason.as_str()).collect()
+}
+
+/// The task's files the sidecar owns in the results dir (`.started`, `.json`, `.progress`).
 fn task_files(dir: &Path, id: &str) -> Vec<String> {
+    let ours = |n: &str| ["started", "json", "progress"].iter().any(|ext| n == format!("{id}.{ext}"));
     std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(id)).collect()
-        })
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| ours(n)).collect())
         .unwrap_or_default()
 }
 
@@ -124,26 +119,39 @@ async fn dead_letter_reason(mode: Option<&str>, extra: &str) -> anyhow::Result<S
     let e = Env::new("")?;
     let _s = e.sidecar("a1", mode, extra).await?;
     let id = e.submit(&format!("runs as {mode:?}"), 0).await?;
-    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
-    Ok(t["last_error"].as_str().unwrap_or_default().to_string())
+    let t = e.hub.wait_status(&id, TaskStatus::DeadLetter).await?;
+    Ok(t.task.last_error.unwrap_or_default())
 }
 
-async fn completed_once(e: &Env, s: &Sidecar, id: &str) -> anyhow::Result<Value> {
-    let t = serde_json::to_value(e.hub.wait_status(id, proto::api::TaskStatus::Completed).await?)?;
-    assert_eq!(count(&t["history"], "completed"), 1, "{t}");
-    assert_eq!(t["attempts"], 1, "never reassigned: {t}");
+async fn completed_once(e: &Env, s: &Sidecar, id: &str) -> anyhow::Result<TaskView> {
+    let t = e.hub.wait_status(id, TaskStatus::Completed).await?;
+    assert_eq!(count(&t, TaskStatus::Completed), 1, "{t:?}");
+    assert_eq!(t.task.attempts, 1, "never reassigned: {t:?}");
     // Result files go only after the hub's ack; wait for the sidecar to clear the queue.
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while !s.queue()["active"].is_null() || !task_files(&s.results(), id).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sidecar kept the task: {} {:?}",
-            s.queue(),
-            task_files(&s.results(), id)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(t)
+    cleared(s, id).await?;
+    Ok(t.task)
+}
+
+/// Waits until the sidecar holds no task and `id` has no file left in the results dir.
+async fn cleared(s: &Sidecar, id: &str) -> R {
+    testkit::eventually("the sidecar to clear the task", || async {
+        let (q, files) = (s.queue(), task_files(&s.results(), id));
+        if q["active"].is_null() && q["recovering"].is_null() && files.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{q} {files:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until the hub lists its first agent as `connected` (or not).
+async fn agent_connected(e: &Env, want: bool) -> R {
+    testkit::eventually("the agent's presence at the hub", || async {
+        let a = e.hub.admin_client().call(&ListAgents::default()).await.map_err(|e| e.to_string())?;
+        (a.agents.first().is_some_and(|a| a.connected == want)).then_some(()).ok_or_else(|| format!("{a:?}"))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -152,13 +160,13 @@ async fn success_with_progress_and_cleanup() -> R {
     let s = e.sidecar("a1", Some("success"), "").await?;
     let id = e.submit("say hello", 3).await?;
     let t = completed_once(&e, &s, &id).await?;
-    assert_eq!(t["result"], json!({"status": "success", "answer": 42, "task": id}));
-    assert_eq!(t["progress"], json!({"step": "two"}), "the last progress line reached the hub");
-    let wake_ok = t["history"].as_array().unwrap().iter().any(|h| h["reason"] == "wake_result success (attempt 1)");
-    assert!(wake_ok, "{}", t["history"]);
+    assert_eq!(t.result, Some(json!({"status": "success", "answer": 42, "task": id})));
+    assert_eq!(t.progress, Some(json!({"step": "two"})), "the last progress line reached the hub");
+    let detail = e.hub.task(&id).await?;
+    assert!(reasons(&detail).contains(&"wake_result success (attempt 1)"), "{:?}", reasons(&detail));
     assert!(s.queue()["active"].is_null());
-    let (_, agents) = e.hub.admin().get("/api/agents").await?;
-    assert_eq!(agents["agents"][0]["client_type"], "sidecar");
+    let agents = e.hub.admin_client().call(&ListAgents::default()).await?;
+    assert_eq!(agents.agents[0].client_type.as_deref(), Some("sidecar"));
     Ok(())
 }
 
@@ -167,12 +175,9 @@ async fn failure_result_is_reported_with_its_reason() -> R {
     let e = Env::new("")?;
     let s = e.sidecar("a1", Some("fail"), "").await?;
     let id = e.submit("break", 0).await?;
-    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
-    assert_eq!(t["last_error"], "compile error");
-    while !task_files(&s.results(), &id).is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
+    let t = e.hub.wait_status(&id, TaskStatus::DeadLetter).await?;
+    assert_eq!(t.task.last_error.as_deref(), Some("compile error"));
+    cleared(&s, &id).await
 }
 
 #[tokio::test]
@@ -180,15 +185,9 @@ async fn wake_failures_are_retried_then_fail_the_task() -> R {
     let e = Env::new("")?;
     let _s = e.sidecar("a1", Some("exit3"), "").await?;
     let id = e.submit("wake me", 0).await?;
-    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
-    assert_eq!(t["last_error"], "wake_failed_after_3_attempts");
-    let wakes: Vec<&str> = t["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| h["reason"].as_str())
-        .filter(|r| r.starts_with("wake_result"))
-        .collect();
+    let t = e.hub.wait_status(&id, TaskStatus::DeadLetter).await?;
+    assert_eq!(t.task.last_error.as_deref(), Some("wake_failed_after_3_attempts"));
+    let wakes: Vec<&str> = reasons(&t).into_iter().filter(|r| r.starts_with("wake_result")).collect();
     assert_eq!(wakes.len(), 4, "the first try and three retries: {wakes:?}");
     assert!(
         wakes[0].starts_with("wake_result failed (attempt 1): exit status: 3")
@@ -238,24 +237,13 @@ async fn task_text_never_runs_as_a_command() -> R {
     let mut cfg = testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(wake));
     cfg.push_str(&format!("repo_dir = {}\n", testkit::toml_string(&work.display().to_string())));
     let s = Sidecar::start(bin(), &e.root.path().join("a1"), &cfg)?;
-    for evil in
-        ["$(touch X)", "`touch X`", "'; touch X; '", "\"; touch X; \"", "x && touch X", "$(touch /tmp/agentcom-X-$$)"]
-    {
+    for evil in ["$(touch X)", "`touch X`", "'; touch X; '", "\"; touch X; \"", "x && touch X", "$(touch ./X)"] {
         let id = e.submit(evil, 0).await?;
-        serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::Completed).await?)?;
-        let deadline = std::time::Instant::now() + testkit::WAIT;
-        while !s.queue()["active"].is_null() {
-            assert!(std::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        e.hub.wait_status(&id, TaskStatus::Completed).await?;
+        cleared(&s, &id).await?;
         assert!(!work.join("X").exists(), "{evil:?} ran as a command");
     }
     assert!(!s.results().join("X").exists());
-    let stray: Vec<_> = std::fs::read_dir(std::env::temp_dir())?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("agentcom-X-"))
-        .collect();
-    assert!(stray.is_empty());
     Ok(())
 }
 
@@ -273,15 +261,10 @@ async fn description_reaches_the_agent_verbatim() -> R {
         &testkit::sidecar_config("a1", &token, &e.hub.ws_url(), Some(wake)),
     )?;
     let text = "it's a \"quoted\" $HOME `x` \\ task\nwith two lines";
-    let id = e
-        .hub
-        .submit(
-            proto::api::SubmitTask::from_json(
-                json!({"description": text, "metadata": {"k": 1}, "repo": "r"}).as_object().unwrap().clone(),
-            )
-            .unwrap(),
-        )
-        .await?;
+    let mut task = SubmitTask::new(text);
+    task.metadata.insert("k".into(), json!(1));
+    task.extra.insert("repo".into(), json!("r"));
+    let id = e.hub.submit(task).await?;
     completed_once(&e, &s, &id).await?;
     assert_eq!(std::fs::read_to_string(s.dir.join("seen.txt"))?, text);
     let task: Value = serde_json::from_slice(&std::fs::read(s.dir.join("task.json"))?)?;
@@ -296,26 +279,22 @@ async fn cancel_mid_work_kills_the_agent_and_frees_the_sidecar() -> R {
     let s = e.sidecar("a1", Some("hang"), "").await?;
     let id = e.submit("long job", 0).await?;
     s.wait_phase("working").await?;
-    let child_pid = loop {
-        if let Ok(p) = std::fs::read_to_string(e.control().join("child.pid")) {
-            if let Ok(p) = p.trim().parse::<i32>() {
-                break p;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let child_pid: i32 = testkit::eventually("the agent's child pid", || async {
+        let p = std::fs::read_to_string(e.control().join("child.pid")).map_err(|e| e.to_string())?;
+        p.trim().parse().map_err(|e| format!("{p:?}: {e}"))
+    })
+    .await?;
     let wake_pid = e.first_wake_pid().await?;
-    let (st, _) = e.hub.admin().post(&format!("/api/tasks/{id}/cancel"), json!({})).await?;
+    let st = e.hub.admin_client().call(&proto::api::CancelTask { task_id: id.clone() }).await.map(|_| 200).unwrap_or(0);
     assert_eq!(st, 200);
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while testkit::alive(child_pid) || testkit::alive(wake_pid) {
-        assert!(std::time::Instant::now() < deadline, "the agent's process group survived the cancel");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    while !s.queue()["active"].is_null() || !task_files(&s.results(), &id).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "files kept after cancel");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    testkit::eventually("the agent's process group to be stopped by the cancel", || async {
+        match (testkit::alive(child_pid), testkit::alive(wake_pid)) {
+            (false, false) => Ok(()),
+            alive => Err(format!("child, wake alive: {alive:?}")),
+        }
+    })
+    .await?;
+    cleared(&s, &id).await?;
     e.rewrite_wake("a1", "success");
     drop(s);
     let s = e.restart("a1")?;
@@ -355,11 +334,13 @@ async fn sigkill_while_waking_reruns_the_unconfirmed_wake() -> R {
 /// the task once more, and completes it exactly once.
 async fn restart_replaces_the_wake(e: &Env, id: &str, first: i32) -> R {
     let s = e.restart("a1")?;
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while testkit::alive(first) || e.runs().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "old wake not replaced: {:?}", e.runs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually("the old wake to be replaced", || async {
+        match (testkit::alive(first), e.runs()) {
+            (false, runs) if runs.len() >= 2 => Ok(()),
+            (alive, runs) => Err(format!("first alive: {alive}, runs: {runs:?}")),
+        }
+    })
+    .await?;
     e.go();
     completed_once(e, &s, id).await?;
     assert_eq!(e.runs().len(), 2);
@@ -450,15 +431,7 @@ async fn hub_restart_mid_task() -> R {
     e.hub.kill9();
     e.hub.restart_after_kill(bin(), &testkit::fast_config())?;
     // The sidecar reconnects and claims its task with state_report before the agent finishes.
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let (_, a) = e.hub.admin().get("/api/agents").await?;
-        if a["agents"][0]["connected"] == true {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "sidecar did not reconnect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    agent_connected(&e, true).await?;
     e.go();
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -474,12 +447,13 @@ async fn network_cut_and_restored() -> R {
     let id = e.submit("work through an outage", 0).await?;
     s.wait_phase("working").await?;
     // The accept travels through the proxy too: cut only once the hub has it.
-    serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::Working).await?)?;
+    e.hub.wait_status(&id, TaskStatus::Working).await?;
     proxy.cut();
     e.go();
     s.wait_phase("reporting").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await; // reconnect attempts are refused meanwhile
-    assert_eq!(serde_json::to_value(e.hub.task(&id).await?)?["status"], "working");
+    // A reconnect attempt is refused while the link is down; the hub has not seen the result.
+    s.wait_log("cannot connect to the hub").await?;
+    assert_eq!(e.hub.task(&id).await?.task.status, TaskStatus::Working);
     proxy.restore();
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -500,15 +474,16 @@ async fn corrupt_queue_is_moved_aside_and_the_sidecar_carries_on() -> R {
     assert_eq!(std::fs::read(aside[0].path())?, b"{\"active\": {\"task_id\": 12");
     let logged = s.wait_log("queue.json was corrupt; moved it aside and starting with an empty queue").await?;
     assert_eq!(logged["level"], "ERROR");
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let (_, a) = e.hub.admin().get("/api/agents").await?;
-        if a["agents"][0]["reported_status"].as_str().is_some_and(|r| r.starts_with("queue_corrupt: moved aside to ")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the hub was not told: {a}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually("the hub to be told of the corrupt queue", || async {
+        let a = e.hub.admin_client().call(&ListAgents::default()).await.map_err(|e| e.to_string())?;
+        let told = a
+            .agents
+            .first()
+            .and_then(|a| a.reported_status.as_deref())
+            .is_some_and(|r| r.starts_with("queue_corrupt: moved aside to "));
+        told.then_some(()).ok_or_else(|| format!("{a:?}"))
+    })
+    .await?;
     let id = e.submit("after the corruption", 0).await?;
     completed_once(&e, &s, &id).await?;
     Ok(())
@@ -523,15 +498,7 @@ async fn sigterm_exits_zero_and_keeps_the_task_for_recovery() -> R {
     let status = s.terminate()?;
     assert!(status.success(), "{status:?}");
     assert_eq!(s.queue()["active"]["task_id"], id.as_str());
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    loop {
-        let (_, a) = e.hub.admin().get("/api/agents").await?;
-        if a["agents"][0]["status"] == "offline" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    agent_connected(&e, false).await?;
     e.go();
     let s = e.restart("a1")?;
     completed_once(&e, &s, &id).await?;
@@ -551,16 +518,9 @@ async fn agentcom_config_json_is_accepted() -> R {
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
     let s = Sidecar::start_file(bin(), &dir, &dir.join("config.json"))?;
-    let id = e
-        .hub
-        .submit(
-            proto::api::SubmitTask::from_json(
-                json!({"description": "v1 config", "needed_capabilities": ["code"]}).as_object().unwrap().clone(),
-            )
-            .unwrap(),
-        )
-        .await?;
-    serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::Completed).await?)?;
+    let id =
+        e.hub.submit(SubmitTask { needed_capabilities: vec!["code".into()], ..SubmitTask::new("v1 config") }).await?;
+    e.hub.wait_status(&id, TaskStatus::Completed).await?;
     assert!(dir.join("out").is_dir(), "relative results_dir resolves against the config's folder");
     drop(s);
     Ok(())
@@ -621,11 +581,12 @@ async fn run_agent_wraps_a_plain_command_line_agent() -> R {
     )?;
     let id = e.submit("fix it; $(touch X)", 0).await?;
     let t = completed_once(&e, &s, &id).await?;
-    assert_eq!(t["result"]["status"], "success");
-    assert_eq!(t["result"]["exit_code"], 0);
-    let tail: Vec<&str> = t["result"]["output_tail"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let result = t.result.clone().unwrap_or_default();
+    assert_eq!((result["status"].as_str(), result["exit_code"].as_i64()), (Some("success"), Some(0)), "{result}");
+    let tail: Vec<&str> = result["output_tail"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     assert!(tail.contains(&"working on: fix it; $(touch X)") && tail.contains(&"done"), "{tail:?}");
-    assert!(t["progress"]["line"].as_str().is_some(), "output lines are forwarded as progress: {t}");
+    let line = t.progress.as_ref().and_then(|p| p["line"].as_str());
+    assert!(line.is_some(), "output lines are forwarded as progress: {t:?}");
     drop(s);
 
     let token = e.hub.token("a2").await?;
@@ -635,17 +596,10 @@ async fn run_agent_wraps_a_plain_command_line_agent() -> R {
         &e.root.path().join("a2"),
         &testkit::sidecar_config("a2", &token, &e.hub.ws_url(), Some(&failing)),
     )?;
-    let id = e
-        .hub
-        .submit(
-            proto::api::SubmitTask::from_json(
-                json!({"description": "fails", "max_retries": 0, "assign_to": "a2"}).as_object().unwrap().clone(),
-            )
-            .unwrap(),
-        )
-        .await?;
-    let t = serde_json::to_value(e.hub.wait_status(&id, proto::api::TaskStatus::DeadLetter).await?)?;
-    assert_eq!(t["last_error"], "sh exited with exit status: 3");
+    let task = SubmitTask { max_retries: 0, assign_to: Some("a2".into()), ..SubmitTask::new("fails") };
+    let id = e.hub.submit(task).await?;
+    let t = e.hub.wait_status(&id, TaskStatus::DeadLetter).await?;
+    assert_eq!(t.task.last_error.as_deref(), Some("sh exited with exit status: 3"));
     Ok(())
 }
 
@@ -657,51 +611,25 @@ fn sidecar_quote(p: &Path) -> String {
 /// malformed frames are logged and ignored, and a second task while busy is rejected.
 #[tokio::test]
 async fn busy_rejects_and_malformed_hub_frames_are_ignored() -> R {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let root = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/ws", listener.local_addr()?);
+    let hub = testkit::ScriptedHub::bind().await?;
     let wake = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"";
-    let s = Sidecar::start(bin(), &root.path().join("a"), &testkit::sidecar_config("a", "t", &url, Some(wake)))?;
-    let (tcp, _) = listener.accept().await?;
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
-    let hello: Value = loop {
-        match tokio::time::timeout(testkit::WAIT, ws.next()).await? {
-            Some(Ok(Message::Text(t))) => break serde_json::from_str(t.as_str())?,
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("socket ended: {other:?}"),
-        }
-    };
-    assert_eq!(hello["type"], "identify");
-    let send = |v: &str| Message::text(v.to_string());
-    ws.send(send(r#"{"type":"identified","agent_id":"a"}"#)).await?;
+    let cfg = testkit::merge_config(
+        &testkit::sidecar_config("a", "t", &hub.ws_url(), Some(wake)),
+        "ping_interval_ms = 600000\n",
+    );
+    let s = Sidecar::start(bin(), &root.path().join("a"), &cfg)?;
+    let mut conn = hub.accept_identified().await?;
     for junk in ["{not json", r#"{"type":"task_assign","task_id":5}"#, r#"{"type":"teleport"}"#, "[]"] {
-        ws.send(send(junk)).await?;
+        conn.send_text(junk).await?;
     }
-    let assign = |id: &str| {
-        json!({"type":"task_assign","task_id":id,"description":"d","metadata":{},"generation":1,"assigned_at":1})
-            .to_string()
-    };
-    ws.send(send(&assign("t1"))).await?;
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + testkit::WAIT;
-    while !seen.iter().any(|v: &Value| v["type"] == "task_accepted") {
-        assert!(std::time::Instant::now() < deadline, "no accept: {seen:?}");
-        if let Some(Ok(Message::Text(t))) = tokio::time::timeout(testkit::WAIT, ws.next()).await? {
-            seen.push(serde_json::from_str(t.as_str())?);
-        }
-    }
+    let assign = |id: &str| json!({"type":"task_assign","task_id":id,"description":"d","metadata":{},"generation":1,"assigned_at":1});
+    conn.send(assign("t1")).await?;
+    conn.wait_for("task_accepted").await?;
     s.wait_phase("working").await?;
-    ws.send(send(&assign("t2"))).await?;
-    loop {
-        let Some(Ok(Message::Text(t))) = tokio::time::timeout(testkit::WAIT, ws.next()).await? else { continue };
-        let v: Value = serde_json::from_str(t.as_str())?;
-        if v["type"] == "task_rejected" {
-            assert_eq!((v["task_id"].as_str(), v["reason"].as_str()), (Some("t2"), Some("busy")));
-            break;
-        }
-    }
+    conn.send(assign("t2")).await?;
+    let (rejected, _) = conn.wait_for("task_rejected").await?;
+    assert_eq!((rejected["task_id"].as_str(), rejected["reason"].as_str()), (Some("t2"), Some("busy")));
     assert_eq!(s.queue()["active"]["task_id"], "t1", "the held task is untouched");
     let warned = s.logs().iter().filter(|l| l.contains("ignoring a malformed frame from the hub")).count();
     assert_eq!(warned, 4, "{:?}", s.logs());

@@ -101,7 +101,11 @@ async fn start_agents(hub: &Hub, n: usize) -> Result<Agents> {
     testkit::eventually(&format!("{n} agents identified"), || async {
         let s = hub.admin_client().call(&GetStats).await.map_err(|e| e.to_string())?;
         let idle = s.agents.get(&proto::api::AgentStatus::Idle).copied().unwrap_or(0) as usize;
-        if idle >= n { Ok(()) } else { Err(format!("{idle} idle")) }
+        if idle >= n {
+            Ok(())
+        } else {
+            Err(format!("{idle} idle"))
+        }
     })
     .await?;
     Ok(Agents { seen, tasks })
@@ -145,7 +149,13 @@ async fn flood(bin: &Path, args: &Args) -> Result<()> {
     let t0 = Instant::now();
     for _ in 0..args.holders {
         let mut child = Command::new(&me)
-            .args(["hold-sockets", "--addr", &hub.addr.to_string(), "--count", &(args.half_open / args.holders).to_string()])
+            .args([
+                "hold-sockets",
+                "--addr",
+                &hub.addr.to_string(),
+                "--count",
+                &(args.half_open / args.holders).to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -159,7 +169,12 @@ async fn flood(bin: &Path, args: &Args) -> Result<()> {
             bail!("a socket holder did not get its connections open");
         }
     }
-    println!("{} half-open connections opened in {:.1} s by {} processes", args.half_open, t0.elapsed().as_secs_f64(), args.holders);
+    println!(
+        "{} half-open connections opened in {:.1} s by {} processes",
+        args.half_open,
+        t0.elapsed().as_secs_f64(),
+        args.holders
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let probe = {
         let (client, stop) = (hub.client(None), stop.clone());
@@ -255,7 +270,11 @@ async fn backlog(bin: &Path, args: &Args) -> Result<()> {
         }
     }
     pages.sort_by(|a, b| a.total_cmp(b));
-    println!("GET /api/tasks?limit=1000 with them: p50 {:.1} ms, max {:.1} ms (20 pages)", pct(&pages, 0.5), pages.last().copied().unwrap_or(0.0));
+    println!(
+        "GET /api/tasks?limit=1000 with them: p50 {:.1} ms, max {:.1} ms (20 pages)",
+        pct(&pages, 0.5),
+        pages.last().copied().unwrap_or(0.0)
+    );
     let agents = start_agents(&hub, args.agents).await?;
     let quiet = latencies(&hub, &agents.seen, args.latency_tasks / 2).await?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -264,6 +264,24 @@ pub enum ReportAction {
     Abort,
 }
 
+impl AckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Requeued => "requeued",
+            AckStatus::Complete => "complete",
+            AckStatus::Retried => "retried",
+            AckStatus::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+impl std::fmt::Display for AckStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The codes of `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,7 @@
 //! Sidecar configuration: a TOML file (strict), or an AgentCom `config.json` as it is.
 //! Relative paths resolve against the file's folder. Every error is listed with its field.
 
+use crate::wake::WakeCommand;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +33,12 @@ pub struct FileConfig {
     pub rescan_interval_ms: Option<u64>,
     /// How long a wake's process group gets after SIGTERM before SIGKILL.
     pub kill_timeout_ms: Option<u64>,
+    /// Largest result file; a bigger one fails the task with `result_too_large`.
+    pub max_result_bytes: Option<u64>,
+    /// Largest `.progress` line; longer lines are skipped.
+    pub max_progress_bytes: Option<u64>,
+    /// A connection must stay up this long before the reconnect backoff starts again from the base.
+    pub reconnect_healthy_ms: Option<u64>,
     // AgentCom fields we accept and do not need.
     pub hub_api_url: Option<String>,
     pub log_file: Option<String>,
@@ -48,7 +55,8 @@ pub struct SidecarConfig {
     /// Set for a `wss://` hub.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub capabilities: Vec<String>,
-    pub wake_command: Option<String>,
+    /// Compiled once here: placeholders are environment references ([`WakeCommand`]).
+    pub wake_command: Option<WakeCommand>,
     pub results_dir: PathBuf,
     pub state_dir: PathBuf,
     pub repo_dir: Option<PathBuf>,
@@ -61,7 +69,18 @@ pub struct SidecarConfig {
     pub reconnect_max: Duration,
     pub rescan_interval: Duration,
     pub kill_timeout: Duration,
+    pub max_result_bytes: usize,
+    pub max_progress_bytes: usize,
+    pub reconnect_healthy: Duration,
 }
+
+/// Default [`SidecarConfig::max_result_bytes`]: 768 KiB, safely below the hub's frame limit.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 768 * 1024;
+/// The most `max_result_bytes` and `max_progress_bytes` may be: a frame carrying that much
+/// still fits the hub's limit ([`proto::MAX_FRAME_BYTES`]) with room for its envelope.
+pub const MAX_PAYLOAD_BYTES: usize = proto::MAX_FRAME_BYTES - 64 * 1024;
+/// The longest any timing may be (30 days): time arithmetic never overflows.
+const MAX_MS: u64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid sidecar configuration {file}:\n  - {}", .errors.join("\n  - "))]
@@ -90,6 +109,9 @@ const JSON_KEYS: &[&str] = &[
     "reconnect_max_ms",
     "rescan_interval_ms",
     "kill_timeout_ms",
+    "max_result_bytes",
+    "max_progress_bytes",
+    "reconnect_healthy_ms",
     "hub_api_url",
     "log_file",
     "repo_dir",
@@ -105,12 +127,24 @@ impl SidecarConfig {
         let file: FileConfig = if is_json {
             let mut v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
-            if let Some(obj) = v.as_object_mut() {
-                let unknown: Vec<String> = obj.keys().filter(|k| !JSON_KEYS.contains(&k.as_str())).cloned().collect();
-                for k in unknown {
-                    tracing::warn!(key = %k, file = %shown, "ignoring an AgentCom config key agentcom does not use");
-                    obj.remove(&k);
-                }
+            let Some(obj) = v.as_object_mut() else {
+                return Err(fail("must be a JSON object".into()));
+            };
+            let unknown: Vec<String> = obj.keys().filter(|k| !JSON_KEYS.contains(&k.as_str())).cloned().collect();
+            for k in unknown {
+                tracing::warn!(key = %k, file = %shown, "ignoring an AgentCom config key agentcom does not use");
+                obj.remove(&k);
+            }
+            // Field by field, so that every type error names its key.
+            let errors: Vec<String> = obj
+                .iter()
+                .filter_map(|(k, x)| {
+                    let one = serde_json::Value::Object([(k.clone(), x.clone())].into_iter().collect());
+                    serde_json::from_value::<FileConfig>(one).err().map(|e| format!("{k}: {e}"))
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(ConfigErrors { file: shown, errors });
             }
             serde_json::from_value(v).map_err(|e| fail(e.to_string()))?
         } else {
@@ -144,11 +178,27 @@ impl SidecarConfig {
             errors.push(format!("hub_url: {hub_url:?} must start with ws:// or wss://"));
         }
         let ms = |name: &str, v: Option<u64>, def: u64, errors: &mut Vec<String>| {
-            if v == Some(0) {
-                errors.push(format!("{name}: must be greater than 0"));
+            match v {
+                Some(0) => errors.push(format!("{name}: must be greater than 0")),
+                Some(v) if v > MAX_MS => errors.push(format!("{name}: must be at most {MAX_MS} (30 days)")),
+                _ => {}
             }
-            Duration::from_millis(v.unwrap_or(def))
+            Duration::from_millis(v.unwrap_or(def).min(MAX_MS))
         };
+        let bytes = |name: &str, v: Option<u64>, def: usize, errors: &mut Vec<String>| match v {
+            None => def,
+            Some(v) if v == 0 || v > MAX_PAYLOAD_BYTES as u64 => {
+                errors.push(format!(
+                    "{name}: must be 1 to {MAX_PAYLOAD_BYTES} (the hub refuses frames over {} bytes)",
+                    proto::MAX_FRAME_BYTES
+                ));
+                def
+            }
+            Some(v) => v as usize,
+        };
+        let max_result_bytes = bytes("max_result_bytes", f.max_result_bytes, DEFAULT_MAX_RESULT_BYTES, &mut errors);
+        let max_progress_bytes = bytes("max_progress_bytes", f.max_progress_bytes, 64 * 1024, &mut errors);
+        let reconnect_healthy = ms("reconnect_healthy_ms", f.reconnect_healthy_ms, 30_000, &mut errors);
         let confirmation_timeout = ms("confirmation_timeout_ms", f.confirmation_timeout_ms, 30_000, &mut errors);
         let wake_timeout = ms("wake_timeout_ms", f.wake_timeout_ms, 60_000, &mut errors);
         let ping_interval = ms("ping_interval_ms", f.ping_interval_ms, 30_000, &mut errors);
@@ -160,19 +210,39 @@ impl SidecarConfig {
         if reconnect_max < reconnect_base {
             errors.push("reconnect_max_ms: must not be below reconnect_base_ms".into());
         }
-        let wake_retry_delays: Vec<Duration> = f
-            .wake_retry_delays_ms
-            .unwrap_or_else(|| vec![5_000, 15_000, 30_000])
-            .into_iter()
-            .map(Duration::from_millis)
-            .collect();
+        let delays = f.wake_retry_delays_ms.unwrap_or_else(|| vec![5_000, 15_000, 30_000]);
+        if delays.len() > 100 {
+            errors.push("wake_retry_delays_ms: at most 100 retries".into());
+        }
+        if delays.iter().any(|d| *d > MAX_MS) {
+            errors.push(format!("wake_retry_delays_ms: each must be at most {MAX_MS} (30 days)"));
+        }
+        let wake_retry_delays: Vec<Duration> =
+            delays.into_iter().take(100).map(|d| Duration::from_millis(d.min(MAX_MS))).collect();
         let capabilities = f.capabilities.unwrap_or_default();
+        if capabilities.len() > 256 {
+            errors.push("capabilities: at most 256".into());
+        }
         for (i, c) in capabilities.iter().enumerate() {
             if c.is_empty() || c.len() > proto::MAX_SHORT {
                 errors.push(format!("capabilities[{i}]: must be 1 to {} characters", proto::MAX_SHORT));
             }
         }
-        let wake_command = f.wake_command.filter(|w| !w.trim().is_empty());
+        let wake_command = match f.wake_command.filter(|w| !w.trim().is_empty()) {
+            None => None,
+            // `sh -c <script>`: the script is one argv string, under Linux's limit for one.
+            Some(w) if w.len() > crate::wake::MAX_ENV_STRING / 2 => {
+                errors.push(format!("wake_command: longer than {} bytes", crate::wake::MAX_ENV_STRING / 2));
+                None
+            }
+            Some(w) => match WakeCommand::compile(&w) {
+                Ok(c) => Some(c),
+                Err(es) => {
+                    errors.extend(es.into_iter().map(|e| format!("wake_command: {e}")));
+                    None
+                }
+            },
+        };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let results_dir = resolve(f.results_dir.unwrap_or_else(|| PathBuf::from("results")));
         let state_dir = resolve(f.state_dir.unwrap_or_else(|| PathBuf::from("state")));
@@ -209,6 +279,9 @@ impl SidecarConfig {
             reconnect_max,
             rescan_interval,
             kill_timeout,
+            max_result_bytes,
+            max_progress_bytes,
+            reconnect_healthy,
         })
     }
 }
@@ -256,5 +329,119 @@ mod tests {
         let p = write(dir.path(), "s.toml", "agent_id = \"a\"\nwake_comand = \"x\"\n");
         let e = SidecarConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("wake_comand") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn an_unsafe_wake_command_is_listed_with_the_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "s.toml",
+            "agent_id = \"a\"\ntoken = \"t\"\nhub_url = \"ws://h/ws\"\nwake_command = \"echo $(cat ${TASK_ID})\"\nmax_result_bytes = 2000000\n",
+        );
+        let e = SidecarConfig::load(&p).unwrap_err().errors.join("|");
+        assert!(e.contains("wake_command: line 1, column 12: ${TASK_ID} is inside $(...)"), "{e}");
+        assert!(e.contains("max_result_bytes: must be 1 to"), "{e}");
+    }
+
+    #[test]
+    fn json_type_errors_name_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "config.json",
+            r#"{"agent_id":"a","token":7,"ping_interval_ms":"soon","capabilities":"x"}"#,
+        );
+        let e = SidecarConfig::load(&p).unwrap_err().errors;
+        for key in ["token:", "ping_interval_ms:", "capabilities:"] {
+            assert!(e.iter().any(|x| x.starts_with(key)), "{key} in {e:?}");
+        }
+        let p = write(dir.path(), "config.json", "[1, 2]");
+        assert!(SidecarConfig::load(&p).unwrap_err().errors[0].contains("JSON object"));
+    }
+
+    /// Keys and a value of each kind, to build configs from.
+    const KEYS: &[&str] = &[
+        "agent_id",
+        "token",
+        "hub_url",
+        "capabilities",
+        "wake_command",
+        "results_dir",
+        "state_dir",
+        "confirmation_timeout_ms",
+        "wake_timeout_ms",
+        "wake_retry_delays_ms",
+        "ping_interval_ms",
+        "max_result_bytes",
+        "max_progress_bytes",
+        "reconnect_healthy_ms",
+        "kill_timeout_ms",
+        "repo_dir",
+    ];
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::json;
+        prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            "\\PC{0,12}".prop_map(|s| json!(s)),
+            prop::collection::vec(any::<u32>(), 0..4).prop_map(|v| json!(v)),
+            prop::collection::vec("[a-z]{0,4}", 0..4).prop_map(|v| json!(v)),
+            Just(json!({"nested": [1, "x"]})),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10_000, ..Default::default() })]
+
+        /// Any JSON object over the known keys (and others): loading never panics, and every
+        /// error names a field.
+        #[test]
+        fn json_configs_never_panic_and_errors_name_fields(
+            fields in proptest::collection::vec((proptest::sample::select(KEYS), json_value()), 0..8),
+            extra in "[a-z_]{1,8}",
+        ) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in &fields {
+                obj.insert(k.to_string(), v.clone());
+            }
+            obj.insert(extra, serde_json::json!(1));
+            let p = scratch("config.json");
+            std::fs::write(&p, serde_json::to_vec(&obj).unwrap()).unwrap();
+            if let Err(e) = SidecarConfig::load(&p) {
+                for err in &e.errors {
+                    let named = KEYS.iter().chain(["tls_ca_file", "hub_api_url", "name", "log_file"].iter())
+                        .any(|k| err.starts_with(*k));
+                    proptest::prop_assert!(named, "unnamed error {err:?} for {obj:?}");
+                }
+            }
+        }
+
+        /// Any text as a TOML file: never panics; a config with one ill-typed key names it.
+        #[test]
+        fn toml_configs_never_panic_and_errors_name_fields(
+            text in "\\PC{0,80}",
+            key in proptest::sample::select(&KEYS[7..]),
+        ) {
+            let p = scratch("s.toml");
+            std::fs::write(&p, &text).unwrap();
+            let _ = SidecarConfig::load(&p);
+            let bad = format!("agent_id = \"a\"\ntoken = \"t\"\nhub_url = \"ws://h/ws\"\n{key} = {{ x = 1 }}\n");
+            std::fs::write(&p, &bad).unwrap();
+            let e = SidecarConfig::load(&p).unwrap_err().to_string();
+            proptest::prop_assert!(e.contains(key), "{key} not named in {e}");
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+        // A file per thread: cases of different tests run in parallel.
+        dir.path().join(format!("{:?}-{name}", std::thread::current().id()))
     }
 }

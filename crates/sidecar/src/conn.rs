@@ -1,6 +1,9 @@
 //! The WebSocket to the hub: connect, identify, ping/pong, reconnect with exponential backoff
-//! and full jitter (reset on `identified`). Frames go to the runner; the runner's frames come
-//! back through a per-session channel it receives in [`ConnEvent::Identified`].
+//! and full jitter. The backoff starts again from the base only after a connection stayed
+//! identified for `reconnect_healthy_ms`: a hub that accepts identify and then closes (for
+//! example on a frame it refuses) is retried ever more slowly, never in a tight loop.
+//! Frames go to the executor; its frames come back through a per-session channel it receives
+//! in [`ConnEvent::Identified`].
 
 use crate::config::SidecarConfig;
 use futures_util::{SinkExt, StreamExt};
@@ -21,9 +24,45 @@ pub enum ConnEvent {
     Lost,
 }
 
+/// Reconnect pacing: every connection that ends counts as a failure unless it stayed
+/// identified for `healthy` — only then does the delay start again from the base.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    healthy: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration, healthy: Duration) -> Backoff {
+        Backoff { base, max, healthy, failures: 0 }
+    }
+
+    /// The delay before the next attempt, after a connection that stayed identified for
+    /// `healthy_for` (`None`: it never got that far).
+    pub fn next(&mut self, healthy_for: Option<Duration>) -> Duration {
+        if healthy_for.is_some_and(|d| d >= self.healthy) {
+            self.failures = 0;
+        }
+        let delay = backoff(self.base, self.max, self.failures);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// The most the next delay can be.
+    pub fn cap(&self) -> Duration {
+        cap(self.base, self.max, self.failures)
+    }
+}
+
+fn cap(base: Duration, max: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max)
+}
+
 /// Full jitter: a uniform delay in `[0, min(max, base * 2^attempt)]`.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let cap = base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max);
+    let cap = cap(base, max, attempt);
     let mut b = [0u8; 8];
     let r = getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
     let ms = cap.as_millis() as u64;
@@ -36,16 +75,20 @@ pub async fn run(
     events: mpsc::UnboundedSender<ConnEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut failures: u32 = 0;
+    let mut pacing = Backoff::new(cfg.reconnect_base, cfg.reconnect_max, cfg.reconnect_healthy);
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        let ws_config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_HUB_FRAME_BYTES))
+            .max_frame_size(Some(MAX_HUB_FRAME_BYTES));
         let connector = cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls);
         let connect =
             tokio_tungstenite::connect_async_tls_with_config(cfg.hub_url.as_str(), Some(ws_config), true, connector);
-        let identified = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        let healthy_for = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok((ws, _))) => session(ws, &cfg, &identify, &events, &shutdown).await,
             Ok(Err(e)) => {
                 let error = e.to_string();
@@ -55,21 +98,17 @@ pub async fn run(
                     ""
                 };
                 tracing::warn!(hub_url = %cfg.hub_url, error = %error, hint, "cannot connect to the hub");
-                false
+                None
             }
             Err(_) => {
                 tracing::warn!(hub_url = %cfg.hub_url, "connecting to the hub timed out");
-                false
+                None
             }
         };
-        if identified {
-            failures = 0;
-        }
         if shutdown.is_cancelled() {
             return;
         }
-        let delay = backoff(cfg.reconnect_base, cfg.reconnect_max, failures);
-        failures = failures.saturating_add(1);
+        let delay = pacing.next(healthy_for);
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting to the hub");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -80,18 +119,22 @@ pub async fn run(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// One connection. Returns whether it got as far as `identified`.
+/// The largest frame taken from the hub (a `task_assign` is far smaller).
+pub const MAX_HUB_FRAME_BYTES: usize = 16 << 20;
+
+/// One connection. Returns how long it stayed identified, if it got that far.
 async fn session(
     mut ws: Ws,
     cfg: &SidecarConfig,
     identify: &watch::Receiver<Identify>,
     events: &mpsc::UnboundedSender<ConnEvent>,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Duration> {
     let hello = AgentFrame::Identify(Box::new(identify.borrow().clone()));
     if ws.send(Message::text(hello.to_text())).await.is_err() {
-        return false;
+        return None;
     }
+    let mut identified_at = None;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<AgentFrame>();
     let mut identified = false;
     let mut ping = tokio::time::interval(cfg.ping_interval);
@@ -111,7 +154,13 @@ async fn session(
                 break Some((CloseCode::Away, "sidecar shutting down"));
             }
             Some(frame) = out_rx.recv() => {
-                if ws.send(Message::text(frame.to_text())).await.is_err() {
+                let text = frame.to_text();
+                if text.len() > proto::MAX_FRAME_BYTES {
+                    // The machine never builds one; if it did, the hub would close on it.
+                    tracing::error!(frame = frame.type_name(), bytes = text.len(), "not sending a frame over the hub's limit");
+                    continue;
+                }
+                if ws.send(Message::text(text)).await.is_err() {
                     break None;
                 }
             }
@@ -145,13 +194,15 @@ async fn session(
                 let frame = match proto::parse_hub_frame(text.as_str()) {
                     Ok(f) => f,
                     Err(e) => {
-                        tracing::warn!(error = %e, frame = %truncate(text.as_str(), 300), "ignoring a malformed frame from the hub");
+                        tracing::warn!(error = %truncate(&e, 300), frame = %truncate(text.as_str(), 300), "ignoring a malformed frame from the hub");
                         continue;
                     }
                 };
                 match frame {
+                    HubFrame::Identified { .. } if identified => {}
                     HubFrame::Identified { .. } => {
                         identified = true;
+                        identified_at.get_or_insert_with(tokio::time::Instant::now);
                         tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, "identified to the hub");
                         let _ = events.send(ConnEvent::Identified(out_tx.clone()));
                     }
@@ -160,7 +211,8 @@ async fn session(
                         pong_deadline.as_mut().reset(far);
                     }
                     HubFrame::Error(e) if !identified => {
-                        tracing::error!(error = %e.error, message = e.message.as_deref().unwrap_or(""), "the hub refused identify");
+                        let message = truncate(e.message.as_deref().unwrap_or(""), 300);
+                        tracing::error!(error = %e.error, message = %message, "the hub refused identify");
                         break None;
                     }
                     other => {
@@ -178,7 +230,7 @@ async fn session(
     if identified {
         let _ = events.send(ConnEvent::Lost);
     }
-    identified
+    identified_at.map(|at| at.elapsed())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -201,5 +253,21 @@ mod tests {
         }
         let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, max, 5)).collect();
         assert!(samples.len() > 10, "delays are spread, not fixed");
+    }
+
+    /// A hub that identifies and then closes at once (as on a frame it refuses) is retried ever
+    /// more slowly: only a connection that stayed up resets the pacing.
+    #[test]
+    fn backoff_resets_only_after_a_healthy_connection() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(60_000), ms(30_000));
+        for _ in 0..12 {
+            b.next(Some(ms(5)));
+        }
+        assert_eq!(b.cap(), ms(60_000));
+        b.next(None);
+        assert_eq!(b.cap(), ms(60_000));
+        b.next(Some(ms(30_000)));
+        assert_eq!(b.cap(), ms(200), "reset, then one failure");
     }
 }

@@ -3,12 +3,16 @@
 //! duplicates it.
 //!
 //! [`run`] starts three pieces: the [`conn`] task (the socket), a file watcher on the results
-//! dir, and the [`runner`], which owns `queue.json` and the active task.
+//! dir, and the [`executor`], which runs the [`machine`] (the pure state machine that owns the
+//! active task) and carries out its actions.
 
 pub mod config;
 pub mod conn;
+pub mod executor;
+pub mod files;
+pub mod machine;
 pub mod queue;
-pub mod runner;
+pub mod task;
 pub mod wake;
 pub mod wrap;
 
@@ -91,7 +95,7 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
     });
     let cfg = Arc::new(cfg);
 
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<executor::Input>();
     let watch_tx = ev_tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
@@ -103,7 +107,7 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
                 | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
         );
         for path in ev.paths {
-            let _ = watch_tx.send(runner::Event::File { path, complete });
+            let _ = watch_tx.send(executor::Input::File { path, closed: complete });
         }
     })
     .map_err(|e| SidecarError::Watch { path: cfg.results_dir.display().to_string(), message: e.to_string() })?;
@@ -122,18 +126,12 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
         restart_count = info.restart_count,
         "process self-awareness"
     );
-    let (identify_tx, identify_rx) = watch::channel(runner::empty_identify());
-    let mut runner = runner::Runner::new(
-        cfg.clone(),
-        store,
-        loaded.queue,
-        corrupt,
-        identify_tx,
-        ev_tx.clone(),
-        host.clone(),
-        shutdown.clone(),
-    );
-    runner.set_process_info(info);
+    let (identify_tx, identify_rx) = watch::channel(executor::empty_identify());
+    let started = tokio::time::Instant::now();
+    let machine = machine::Machine::new(cfg.clone(), host.restarts_us, loaded.queue, corrupt, started.elapsed());
+    let mut executor =
+        executor::Executor::new(cfg.clone(), store, machine, started, identify_tx, ev_tx.clone(), shutdown.clone());
+    executor.set_process_info(info);
     let refresh_tx = ev_tx.clone();
     let refresh_every = cfg.ping_interval;
     let refresher = tokio::spawn(async move {
@@ -143,7 +141,7 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
             let Ok(info) = tokio::task::spawn_blocking(move || probe()).await else {
                 break;
             };
-            if refresh_tx.send(runner::Event::ProcessInfo(info)).is_err() {
+            if refresh_tx.send(executor::Input::ProcessInfo(info)).is_err() {
                 break;
             }
         }
@@ -153,13 +151,13 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
     let conn = tokio::spawn(conn::run(cfg.clone(), identify_rx, conn_tx, shutdown.clone()));
     let forward = tokio::spawn(async move {
         while let Some(e) = conn_rx.recv().await {
-            if ev_tx.send(runner::Event::Conn(e)).is_err() {
+            if ev_tx.send(executor::Input::Conn(e)).is_err() {
                 break;
             }
         }
     });
     tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, results_dir = %cfg.results_dir.display(), "sidecar started");
-    runner.run(ev_rx, shutdown.clone()).await;
+    executor.run(ev_rx).await;
     let _ = conn.await;
     forward.abort();
     refresher.abort();

@@ -1,37 +1,25 @@
 //! `queue.json`: the sidecar's durable state, in AgentCom's shape `{"active", "recovering"}`.
 //! Written with `osutil::fs::write_atomic` before anything is acknowledged to the hub.
+//!
+//! This is the edge between the file and the machine's typed [`Held`]: a file written by
+//! AgentCom or by an earlier agentcom loads, and what we write keeps their shape.
 
+use crate::task::{Held, Phase, Report, Task};
+use proto::AgentFrame;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Where a task is in its life beside the agent. Persisted on every change.
+/// The `status` strings of `queue.json`: AgentCom's, plus our `reporting`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Persisted; `task_accepted` sent; the wake has not started.
+pub enum Status {
     Accepted,
-    /// The wake command is running.
     Waking,
-    /// The wake command succeeded; waiting for `<task_id>.started`.
     WakingConfirmation,
-    /// The agent confirmed; waiting for `<task_id>.json`.
     Working,
-    /// A report (`report`) is on its way to the hub and not yet acknowledged.
     Reporting,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Accepted => "accepted",
-            Phase::Waking => "waking",
-            Phase::WakingConfirmation => "waking_confirmation",
-            Phase::Working => "working",
-            Phase::Reporting => "reporting",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +33,7 @@ pub struct QueuedTask {
     pub generation: u64,
     #[serde(default)]
     pub assigned_at: u64,
-    pub status: Phase,
+    pub status: Status,
     /// Wake attempts made so far.
     #[serde(default)]
     pub wake_attempts: u32,
@@ -64,6 +52,84 @@ pub struct QueuedTask {
 pub struct QueueFile {
     pub active: Option<QueuedTask>,
     pub recovering: Option<QueuedTask>,
+}
+
+impl QueuedTask {
+    /// The record of `held` as it goes to disk.
+    pub fn from_held(held: &Held) -> QueuedTask {
+        let t = &held.task;
+        let (status, report) = match &held.phase {
+            Phase::Accepted => (Status::Accepted, None),
+            Phase::Waking { .. } | Phase::WakingRecovered => (Status::Waking, None),
+            // The failed wake is the one on record; a restart runs it again.
+            Phase::WakeBackoff { .. } => (Status::Waking, None),
+            Phase::WakingConfirmation { .. } => (Status::WakingConfirmation, None),
+            Phase::Working { .. } => (Status::Working, None),
+            Phase::Reporting { report, .. } => {
+                let mut v = serde_json::to_value(report.frame(t)).expect("frames serialize");
+                if let (Report::Failed { keep_result: true, .. }, Value::Object(m)) = (report, &mut v) {
+                    m.insert("keep_result".into(), true.into());
+                }
+                (Status::Reporting, Some(v))
+            }
+        };
+        QueuedTask {
+            task_id: t.id.clone(),
+            description: t.description.clone(),
+            metadata: t.metadata.clone(),
+            generation: t.generation,
+            assigned_at: t.assigned_at,
+            status,
+            wake_attempts: held.wakes,
+            wake_pgid: held.group,
+            report,
+            extra: t.extra.clone(),
+        }
+    }
+
+    /// The task as the machine holds it. Deadlines start at `now`; a `reporting` record whose
+    /// report cannot be read goes back to `working`, so the result file (kept until the hub
+    /// acknowledged it) is read again.
+    pub fn into_held(self, now: crate::machine::Now) -> Result<Held, String> {
+        let _ = now;
+        proto::check_task_id(&self.task_id)?;
+        let report = self.report.as_ref().map(|v| {
+            let keep_result = v.get("keep_result").and_then(Value::as_bool).unwrap_or(false);
+            match serde_json::from_value::<AgentFrame>(v.clone()) {
+                Ok(AgentFrame::TaskComplete { result, tokens_used, .. }) => {
+                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used })
+                }
+                Ok(AgentFrame::TaskFailed { reason, error, .. }) => {
+                    Some(Report::Failed { reason: reason.or(error).unwrap_or_else(|| "unknown".into()), keep_result })
+                }
+                _ => None,
+            }
+        });
+        let phase = match (self.status, report.flatten()) {
+            (Status::Accepted, _) => Phase::Accepted,
+            (Status::Waking, _) => Phase::WakingRecovered,
+            (Status::WakingConfirmation, _) => Phase::WakingConfirmation { deadline: now },
+            (Status::Working, _) => Phase::Working { foreground: false, exited: None },
+            (Status::Reporting, Some(report)) => Phase::Reporting { report, resend_at: None },
+            (Status::Reporting, None) => {
+                tracing::warn!(task_id = %self.task_id, "the stored report cannot be read; reading the result file again");
+                Phase::Working { foreground: false, exited: None }
+            }
+        };
+        Ok(Held {
+            task: Task {
+                id: self.task_id,
+                description: self.description,
+                metadata: self.metadata,
+                generation: self.generation,
+                assigned_at: self.assigned_at,
+                extra: self.extra,
+            },
+            phase,
+            wakes: self.wake_attempts,
+            group: self.wake_pgid,
+        })
+    }
 }
 
 pub struct QueueStore {
@@ -134,7 +200,7 @@ mod tests {
             metadata: json!({}),
             generation: 2,
             assigned_at: 5,
-            status: Phase::WakingConfirmation,
+            status: Status::WakingConfirmation,
             wake_attempts: 1,
             wake_pgid: None,
             report: None,
@@ -160,5 +226,60 @@ mod tests {
         assert_eq!(std::fs::read(&aside).unwrap(), b"{\"active\": tru");
         assert!(!why.is_empty());
         assert!(!s.path().exists());
+    }
+
+    #[test]
+    fn files_written_by_main_and_by_agentcom_load_and_keep_their_shape() {
+        let main = json!({
+            "active": {
+                "task_id": "task-abc", "description": "d", "metadata": {"k": 1}, "generation": 3,
+                "assigned_at": 5, "status": "reporting", "wake_attempts": 1, "wake_pgid": 1234,
+                "report": {"type": "task_complete", "task_id": "task-abc", "generation": 3,
+                           "result": {"status": "success"}, "tokens_used": 7},
+                "repo": "r"
+            },
+            "recovering": null
+        });
+        let q: QueueFile = serde_json::from_value(main.clone()).unwrap();
+        let held = q.active.clone().unwrap().into_held(std::time::Duration::ZERO).unwrap();
+        assert_eq!(held.task.extra["repo"], "r");
+        assert_eq!(held.group, Some(1234));
+        let crate::task::Phase::Reporting { report, .. } = &held.phase else { panic!("{:?}", held.phase) };
+        assert_eq!(report, &Report::Complete { result: json!({"status": "success"}), tokens_used: Some(json!(7)) });
+        // Written back, it is the same file.
+        let back = QueueFile { active: Some(QueuedTask::from_held(&held)), recovering: None };
+        assert_eq!(serde_json::to_value(&back).unwrap(), main);
+
+        let v1 = json!({"active": {"task_id": "t1", "status": "waking_confirmation", "description": "x"}, "recovering": null});
+        let q: QueueFile = serde_json::from_value(v1).unwrap();
+        let held = q.active.unwrap().into_held(std::time::Duration::ZERO).unwrap();
+        assert!(matches!(held.phase, crate::task::Phase::WakingConfirmation { .. }));
+    }
+
+    #[test]
+    fn a_stored_task_id_that_is_a_path_is_refused() {
+        let q: QueueFile =
+            serde_json::from_value(json!({"active": {"task_id": "../../x", "status": "working"}, "recovering": null}))
+                .unwrap();
+        assert!(q.active.unwrap().into_held(std::time::Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_report_goes_back_to_working_and_a_kept_result_is_remembered() {
+        let q: QueueFile = serde_json::from_value(json!({"active": {
+            "task_id": "t", "status": "reporting", "report": {"type": "nonsense"}}, "recovering": null}))
+        .unwrap();
+        let held = q.active.unwrap().into_held(std::time::Duration::ZERO).unwrap();
+        assert!(matches!(held.phase, crate::task::Phase::Working { .. }));
+        let kept = Held {
+            phase: crate::task::Phase::Reporting {
+                report: Report::Failed { reason: "result_too_large: x".into(), keep_result: true },
+                resend_at: None,
+            },
+            ..held
+        };
+        let record = QueuedTask::from_held(&kept);
+        assert_eq!(record.report.as_ref().unwrap()["keep_result"], true);
+        assert_eq!(record.into_held(std::time::Duration::ZERO).unwrap().phase, kept.phase);
     }
 }

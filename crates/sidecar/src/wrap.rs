@@ -22,6 +22,8 @@ pub enum WrapError {
 
 const TAIL_LINES: usize = 40;
 const MAX_LINE: usize = 2000;
+/// A line's bytes held at most (the characters kept are at most [`MAX_LINE`]).
+const MAX_LINE_BYTES: usize = 4 * MAX_LINE;
 
 /// Runs `cmd`, returns its exit code (the sidecar reads the result file, not the code).
 pub fn run_agent(cmd: &[String]) -> Result<i32, WrapError> {
@@ -55,21 +57,43 @@ pub fn run_agent(cmd: &[String]) -> Result<i32, WrapError> {
         let Some(stream) = stream else { continue };
         let (progress, tail) = (progress.clone(), tail.clone());
         readers.push(std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                // Our own output is the agent's too: pass it through for the wake log.
-                if name == "stdout" {
-                    println!("{line}");
-                } else {
-                    eprintln!("{line}");
-                }
-                let line: String = line.chars().take(MAX_LINE).collect();
+            let record = |line: &[u8]| {
+                let line: String = String::from_utf8_lossy(line).chars().take(MAX_LINE).collect();
                 let _ = writeln!(progress.lock().unwrap(), "{}", json!({ "stream": name, "line": line }));
                 let mut t = tail.lock().unwrap();
                 if t.len() == TAIL_LINES {
                     t.pop_front();
                 }
                 t.push_back(line);
+            };
+            // Bytes, not `lines()`: any output (invalid UTF-8, a line of gigabytes) is drained and
+            // passed through, and only the first MAX_LINE_BYTES of a line are held.
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            loop {
+                let chunk = match reader.fill_buf() {
+                    Ok([]) | Err(_) => break,
+                    Ok(chunk) => chunk,
+                };
+                // Our own output is the agent's too: pass it through for the wake log.
+                let _ = if name == "stdout" {
+                    std::io::stdout().write_all(chunk)
+                } else {
+                    std::io::stderr().write_all(chunk)
+                };
+                for &b in chunk {
+                    if b == b'\n' {
+                        record(&line);
+                        line.clear();
+                    } else if line.len() < MAX_LINE_BYTES {
+                        line.push(b);
+                    }
+                }
+                let n = chunk.len();
+                reader.consume(n);
+            }
+            if !line.is_empty() {
+                record(&line);
             }
         }));
     }

@@ -860,3 +860,73 @@ impl Drop for Pm2Home {
         let _ = Command::new("pm2").arg("kill").env("PM2_HOME", self.path()).output();
     }
 }
+
+/// The hub's side of a socket, scripted by a test: for what our hub never sends (hostile or
+/// malformed frames), and to time the sidecar alone. It speaks real WebSocket on loopback.
+pub struct ScriptedHub {
+    listener: tokio::net::TcpListener,
+}
+
+/// One sidecar connection to a [`ScriptedHub`].
+pub struct ScriptedConn {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl ScriptedHub {
+    pub async fn bind() -> Result<ScriptedHub> {
+        Ok(ScriptedHub { listener: tokio::net::TcpListener::bind("127.0.0.1:0").await? })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.listener.local_addr().expect("bound"))
+    }
+
+    /// Accepts the next connection, reads its `identify` and answers `identified`.
+    pub async fn accept_identified(&self) -> Result<ScriptedConn> {
+        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept()).await.context("no connection")??;
+        tcp.set_nodelay(true)?;
+        let ws = tokio_tungstenite::accept_async(tcp).await?;
+        let mut conn = ScriptedConn { ws };
+        let hello = conn.recv().await?;
+        if hello["type"] != "identify" {
+            bail!("expected identify, got {hello}");
+        }
+        conn.send(json!({"type": "identified", "agent_id": hello["agent_id"]})).await?;
+        Ok(conn)
+    }
+}
+
+impl ScriptedConn {
+    pub async fn send(&mut self, v: Value) -> Result<()> {
+        self.send_text(&v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text.to_string())).await.context("send frame")
+    }
+
+    /// The next text frame, within [`WAIT`].
+    pub async fn recv(&mut self) -> Result<Value> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.context("no frame from the sidecar")? {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("socket ended"),
+            }
+        }
+    }
+
+    /// Reads frames until one of type `ty`; returns it and the frames before it.
+    pub async fn wait_for(&mut self, ty: &str) -> Result<(Value, Vec<Value>)> {
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv().await?;
+            if v["type"] == ty {
+                return Ok((v, before));
+            }
+            before.push(v);
+        }
+    }
+}

@@ -381,9 +381,11 @@ fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
         process_info: None,
         ollama_url: None,
     };
-    h.core.step([Event::Connected { conn: 2, tx }, Event::Frame { conn: 2, frame: AgentFrame::Identify(Box::new(id)) }]);
+    h.core
+        .step([Event::Connected { conn: 2, tx }, Event::Frame { conn: 2, frame: AgentFrame::Identify(Box::new(id)) }]);
     let mut gpu = Agent { conn: 2, rx };
     let (first, _) = gpu.assigned().expect("the oldest GPU task");
-    let (rows, _) = h.reader.list_tasks(TaskQuery { status: Some(TaskStatus::Assigned), limit: 10, ..Default::default() }).unwrap();
+    let (rows, _) =
+        h.reader.list_tasks(TaskQuery { status: Some(TaskStatus::Assigned), limit: 10, ..Default::default() }).unwrap();
     assert!(rows.iter().any(|t| t.head.task_id == first && t.payload.description == "gpu 0"));
 }

@@ -1,0 +1,352 @@
+//! The thin shell around the [`Machine`]: it turns the world into events (hub frames, file
+//! events, wake exits, the clock), hands them to the machine, and carries out the actions it
+//! returns — file, process and socket IO, nothing decided here. Answers the IO gives at once
+//! (a spawned wake's pid, what the files hold, a failed persist) are fed back as events right
+//! after the batch that asked for them.
+
+use crate::config::SidecarConfig;
+use crate::conn::ConnEvent;
+use crate::files::{self, Observation};
+use crate::machine::{Action, Event, Machine, Now, WakeOutcome};
+use crate::queue::QueueStore;
+use crate::wake;
+use proto::{AgentFrame, Identify, ProcessInfo};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What reaches the executor from outside.
+#[derive(Debug)]
+pub enum Input {
+    Conn(ConnEvent),
+    /// A file in the results dir changed.
+    File {
+        path: PathBuf,
+        closed: bool,
+    },
+    /// A wake command ended (sent by its waiter task).
+    Machine(Event),
+    /// Fresh numbers from our supervisor.
+    ProcessInfo(ProcessInfo),
+}
+
+pub struct Executor {
+    cfg: Arc<SidecarConfig>,
+    store: QueueStore,
+    machine: Machine,
+    started: Instant,
+    hub: Option<mpsc::UnboundedSender<AgentFrame>>,
+    identify: watch::Sender<Identify>,
+    inputs: mpsc::UnboundedSender<Input>,
+    stop: CancellationToken,
+}
+
+impl Executor {
+    pub fn new(
+        cfg: Arc<SidecarConfig>,
+        store: QueueStore,
+        machine: Machine,
+        started: Instant,
+        identify: watch::Sender<Identify>,
+        inputs: mpsc::UnboundedSender<Input>,
+        stop: CancellationToken,
+    ) -> Executor {
+        let e = Executor { cfg, store, machine, started, hub: None, identify, inputs, stop };
+        e.update_identify();
+        e
+    }
+
+    fn now(&self) -> Now {
+        self.started.elapsed()
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        self.handle(Event::Start).await;
+        let mut rescan = tokio::time::interval(self.cfg.rescan_interval);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let due = self.machine.next_deadline().and_then(|d| self.started.checked_add(d));
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                Some(input) = rx.recv() => self.on_input(input).await,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => self.handle(Event::Tick).await,
+                _ = rescan.tick() => self.handle(Event::Rescan).await,
+            }
+        }
+        // Every change was persisted when it happened; the task stays on disk for recovery.
+        tracing::info!(busy = self.machine.is_busy(), "sidecar stopping");
+    }
+
+    async fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Conn(ConnEvent::Identified(tx)) => {
+                self.hub = Some(tx);
+                self.handle(Event::Connected).await;
+            }
+            Input::Conn(ConnEvent::Lost) => {
+                self.hub = None;
+                self.handle(Event::Disconnected).await;
+            }
+            Input::Conn(ConnEvent::Frame(f)) => self.handle(Event::Frame(f)).await,
+            Input::File { path, closed } => {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+                self.handle(Event::FileChanged { name, closed }).await;
+            }
+            Input::Machine(ev) => self.handle(ev).await,
+            Input::ProcessInfo(info) => self.set_process_info(info),
+        }
+    }
+
+    /// Hands `event` to the machine and carries out its actions, then those of the events
+    /// the IO answered with, in order. After the first frame of a batch it lets the socket
+    /// task run, so an ack (`task_accepted`) leaves before the rest of the batch's IO.
+    async fn handle(&mut self, event: Event) {
+        let mut events = VecDeque::from([event]);
+        let mut flushed = false;
+        while let Some(event) = events.pop_front() {
+            let actions = self.machine.handle(event, self.now());
+            let mut actions = actions.into_iter().peekable();
+            while let Some(action) = actions.next() {
+                let is_send = matches!(action, Action::Send(_));
+                let step = self.execute(action);
+                if is_send && !flushed && actions.peek().is_some() {
+                    flushed = true;
+                    tokio::task::yield_now().await;
+                }
+                match step {
+                    Step::Done => {}
+                    Step::Answer(ev) => events.push_back(ev),
+                    Step::Abort(ev) => {
+                        events.push_back(ev);
+                        break;
+                    }
+                }
+            }
+        }
+        self.update_identify();
+    }
+
+    fn execute(&mut self, action: Action) -> Step {
+        match action {
+            Action::Persist { queue, required } => {
+                if let Err(e) = self.store.save(&queue) {
+                    tracing::error!(path = %self.store.path().display(), error = %e, "cannot write the queue");
+                    if required {
+                        return Step::Abort(Event::PersistFailed);
+                    }
+                }
+            }
+            Action::Send(frame) => {
+                if let Some(hub) = &self.hub {
+                    let _ = hub.send(frame);
+                }
+            }
+            Action::SpawnWake { task_id, attempt, generation, task_json, vars } => {
+                return Step::Answer(self.spawn_wake(task_id, attempt, generation, &task_json, &vars));
+            }
+            Action::StopGroup { pgid, task_id } => {
+                // A pgid from queue.json is only a hint: the group must still run this task.
+                if pgid > 1 && wake::group_runs_task(pgid, &task_id) {
+                    tokio::spawn(wake::stop_group(pgid, self.cfg.kill_timeout));
+                }
+            }
+            Action::StopOrphans { task_id, recorded } => {
+                let mut groups = wake::groups_running(&task_id, &self.cfg.agent_id);
+                groups.extend(
+                    recorded.filter(|pg| *pg > 1 && !groups.contains(pg) && wake::group_runs_task(*pg, &task_id)),
+                );
+                for pgid in groups {
+                    tracing::info!(task_id = %task_id, pgid, "stopping a wake left by an earlier run");
+                    tokio::spawn(wake::stop_group(pgid, self.cfg.kill_timeout));
+                }
+            }
+            Action::ClearResults { task_id } => {
+                for ext in ["started", "json", "progress"] {
+                    self.remove(&self.result_path(&task_id, ext));
+                }
+            }
+            Action::RemoveFiles { task_id, keep_result_as } => {
+                let result = self.result_path(&task_id, "json");
+                if let Some(kept) = keep_result_as {
+                    match std::fs::rename(&result, &kept) {
+                        Ok(()) => {
+                            let _ = osutil::fs::sync_dir(&self.cfg.results_dir);
+                            tracing::warn!(path = %kept.display(), "kept the result file that was too large to send");
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::error!(path = %result.display(), error = %e, "cannot set the result file aside")
+                        }
+                    }
+                }
+                for p in [
+                    result,
+                    self.result_path(&task_id, "started"),
+                    self.result_path(&task_id, "progress"),
+                    self.task_file(&task_id),
+                    self.wake_log(&task_id),
+                ] {
+                    self.remove(&p);
+                }
+            }
+            Action::Observe { task_id, progress, result_closed, look, check_agent } => {
+                let agent_alive = check_agent.map(|recorded| {
+                    recorded.is_some_and(|pg| wake::group_runs_task(pg, &task_id))
+                        || !wake::groups_running(&task_id, &self.cfg.agent_id).is_empty()
+                });
+                let observation = Observation {
+                    agent_alive,
+                    started: files::marker(&self.result_path(&task_id, "started")),
+                    progress: files::read_progress(
+                        &self.result_path(&task_id, "progress"),
+                        progress,
+                        self.cfg.max_progress_bytes,
+                    ),
+                    result: files::read_result(&self.result_path(&task_id, "json"), self.cfg.max_result_bytes),
+                    result_closed,
+                    task_id,
+                };
+                return Step::Answer(Event::Observed { look, observation });
+            }
+            Action::Exit => self.stop.cancel(),
+        }
+        Step::Done
+    }
+
+    fn spawn_wake(
+        &mut self,
+        task_id: String,
+        attempt: u32,
+        generation: u64,
+        task_json: &str,
+        vars: &[(&'static str, String)],
+    ) -> Event {
+        let Some(command) = self.cfg.wake_command.as_ref() else {
+            let outcome = WakeOutcome::SpawnFailed("no wake command".into());
+            return Event::WakeExited { task_id, attempt, outcome, started: false, log_tail: String::new() };
+        };
+        let task_file = self.task_file(&task_id);
+        if let Err(e) = osutil::fs::write_atomic(&task_file, task_json.as_bytes()) {
+            tracing::error!(path = %task_file.display(), error = %e, "cannot write the task file");
+        }
+        let log = self.wake_log(&task_id);
+        let spec = wake::WakeSpec {
+            command,
+            vars,
+            generation,
+            task_file: &task_file,
+            results_dir: &self.cfg.results_dir,
+            log_file: &log,
+            cwd: self.cfg.repo_dir.as_deref(),
+            agent_id: &self.cfg.agent_id,
+        };
+        let mut child = match wake::spawn(&spec) {
+            Ok(c) => c,
+            Err(e) => {
+                let outcome = WakeOutcome::SpawnFailed(e.to_string());
+                return Event::WakeExited { task_id, attempt, outcome, started: false, log_tail: String::new() };
+            }
+        };
+        let pgid = child.id().map(|p| p as i32);
+        let inputs = self.inputs.clone();
+        let started_file = self.result_path(&task_id, "started");
+        let id = task_id.clone();
+        tokio::spawn(async move {
+            let outcome = match child.wait().await {
+                Ok(s) => WakeOutcome::Exited { success: s.success(), desc: s.to_string() },
+                Err(e) => WakeOutcome::Exited { success: false, desc: e.to_string() },
+            };
+            // Whether `.started` exists as the command ends tells whether it was the agent itself.
+            let started = files::marker(&started_file) == files::Found::Regular(());
+            let log_tail = wake::log_tail(&log, 400);
+            let _ = inputs.send(Input::Machine(Event::WakeExited { task_id: id, attempt, outcome, started, log_tail }));
+        });
+        match pgid {
+            Some(pgid) => Event::WakeSpawned { task_id, attempt, pgid },
+            // Already reaped (it cannot be yet): its exit is on its way; no group to record.
+            None => Event::Rescan,
+        }
+    }
+
+    fn remove(&self, p: &std::path::Path) {
+        if let Err(e) = osutil::fs::remove_durable(p) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot remove a task file");
+        }
+    }
+
+    fn result_path(&self, task_id: &str, ext: &str) -> PathBuf {
+        self.cfg.results_dir.join(format!("{task_id}.{ext}"))
+    }
+    fn task_file(&self, task_id: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(format!("{task_id}.json"))
+    }
+    fn wake_log(&self, task_id: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(format!("{task_id}.wake.log"))
+    }
+
+    fn update_identify(&self) {
+        let busy = self.machine.is_busy();
+        let cfg = &self.cfg;
+        self.identify.send_if_modified(|i| {
+            let status = Some(if busy { "busy" } else { "idle" }.to_string());
+            let changed = i.status != status || i.agent_id.is_empty();
+            i.agent_id = cfg.agent_id.clone();
+            i.token = cfg.token.clone();
+            i.name = Some(cfg.name.clone().unwrap_or_else(|| cfg.agent_id.clone()));
+            i.capabilities = cfg.capabilities.clone();
+            i.client_type = Some("sidecar".into());
+            i.protocol_version = Some(proto::PROTOCOL_VERSION as u64);
+            i.status = status;
+            changed
+        });
+    }
+
+    /// New process info from the supervisor: kept for the next identify, and sent now if it
+    /// changed in a way the hub shows (status, restart count).
+    pub fn set_process_info(&mut self, info: ProcessInfo) {
+        let before = self.identify.borrow().process_info.clone();
+        let changed = before.as_ref().is_none_or(|b| b.status != info.status || b.restart_count != info.restart_count);
+        self.identify.send_modify(|i| {
+            i.process_info = Some(info.clone());
+            i.pm2_info = Some(info.clone());
+        });
+        if changed && before.is_some() {
+            let mut m = serde_json::Map::new();
+            m.insert("process_info".into(), serde_json::to_value(&info).expect("serializes"));
+            if let Some(mem) = info.memory_bytes {
+                m.insert("ram_used_bytes".into(), mem.into());
+            }
+            if let Some(hub) = &self.hub {
+                let _ = hub.send(AgentFrame::ResourceReport(m));
+            }
+        }
+    }
+}
+
+/// What carrying out one action gave.
+enum Step {
+    Done,
+    /// An event to hand to the machine after this batch.
+    Answer(Event),
+    /// A required persist failed: drop the rest of the batch and hand the machine this.
+    Abort(Event),
+}
+
+/// The identify frame before the executor fills it in.
+pub fn empty_identify() -> Identify {
+    Identify {
+        agent_id: String::new(),
+        token: String::new(),
+        name: None,
+        status: None,
+        capabilities: Vec::new(),
+        client_type: None,
+        protocol_version: None,
+        pm2_info: None,
+        process_info: None,
+        ollama_url: None,
+    }
+}

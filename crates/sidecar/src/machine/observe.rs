@@ -1,0 +1,160 @@
+//! The machine's reading of what the agent's files hold ([`Observation`]): confirmation,
+//! progress, the result, and files that are not what they should be.
+
+use super::{clip, frames, Action, Look, Machine, Now};
+use crate::files::{Found, Observation};
+use crate::task::{Phase, Report};
+use serde_json::Value;
+
+impl Machine {
+    pub(super) fn on_observed(&mut self, look: Look, obs: Observation, now: Now, out: &mut Vec<Action>) {
+        let results_dir = self.cfg.results_dir.clone();
+        let shown = |ext: &str| results_dir.join(format!("{}.{ext}", obs.task_id)).display().to_string();
+        let Some(h) = self.active().filter(|h| h.task.id == obs.task_id && h.phase.watches_files()) else {
+            return;
+        };
+        let task_id = h.task.id.clone();
+        // `.started`
+        match &obs.started {
+            Found::Regular(()) => match h.phase.clone() {
+                Phase::Waking { .. } => {
+                    // The command still runs and the agent confirmed: the command is the agent.
+                    let attempt = h.wakes;
+                    tracing::info!(task_id = %task_id, "agent confirmed (.started) while its wake command runs");
+                    self.send(out, frames::wake_result(&task_id, "success", attempt, None));
+                    self.set_phase(Phase::Working { foreground: true, exited: None }, out);
+                }
+                Phase::WakingConfirmation { .. } | Phase::WakingRecovered => {
+                    tracing::info!(task_id = %task_id, "agent confirmed (.started)");
+                    self.set_phase(Phase::Working { foreground: false, exited: None }, out);
+                }
+                _ => {}
+            },
+            Found::Missing => {}
+            Found::NotRegular(kind) => {
+                return self.report_failure(format!("started_file_invalid: {} is {kind}", shown("started")), out)
+            }
+            Found::TooLarge(_) | Found::Unreadable(_) => {
+                if self.warn_once("started") {
+                    tracing::warn!(path = %shown("started"), found = ?obs.started, "cannot check the .started file");
+                }
+            }
+        }
+        if obs.agent_alive == Some(false) {
+            let rescan = self.cfg.rescan_interval;
+            if let Some(h) = self.active() {
+                if let Phase::Working { exited: None, .. } = h.phase {
+                    let why =
+                        "agent_exited_without_result: its process was gone when the sidecar restarted".to_string();
+                    h.phase = Phase::Working { foreground: false, exited: Some((now + rescan, why)) };
+                }
+            }
+        }
+        if let Some(h) = self.active().filter(|h| h.phase == Phase::WakingRecovered) {
+            // The wake from before the restart never confirmed: stop what is left of it, run it again.
+            let attempt = h.wakes.max(1);
+            out.push(Action::StopOrphans { task_id: task_id.clone(), recorded: h.group });
+            return self.start_wake(attempt, now, out);
+        }
+        // Progress before the result: an agent writes its progress first, so reading in this
+        // order never reports a result without the progress that preceded it.
+        match obs.progress {
+            Found::Regular(p) => {
+                self.progress = p.cursor;
+                if p.skipped > 0 && self.warn_once("progress_long") {
+                    tracing::warn!(path = %shown("progress"), max_progress_bytes = self.cfg.max_progress_bytes, "skipping progress lines longer than max_progress_bytes");
+                }
+                for line in p.lines.iter().filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+                    if let Some(frame) = frames::progress(&task_id, line) {
+                        self.send(out, frame);
+                    } else if self.warn_once("progress_frame") {
+                        tracing::warn!(path = %shown("progress"), "a progress line would make a frame over the hub's limit; skipped");
+                    }
+                }
+            }
+            Found::Missing => {}
+            Found::NotRegular(kind) => {
+                return self.report_failure(format!("progress_file_invalid: {} is {kind}", shown("progress")), out)
+            }
+            Found::TooLarge(_) | Found::Unreadable(_) => {
+                if self.warn_once("progress") {
+                    tracing::warn!(path = %shown("progress"), found = ?obs.progress, "cannot read the progress file");
+                }
+            }
+        }
+        match obs.result {
+            Found::Missing => {}
+            Found::Regular(r) => match serde_json::from_slice::<Value>(&r.bytes) {
+                Err(e) => {
+                    let settled = obs.result_closed || r.age.is_some_and(|age| age > self.cfg.rescan_interval * 2);
+                    // Until then it may still be being written: the close event or a rescan decides.
+                    if settled || look == Look::ExitCheckDue {
+                        return self.report_failure(format!("result_parse_error: {e}"), out);
+                    }
+                }
+                Ok(v) => return self.on_result(v, now, out),
+            },
+            Found::NotRegular(kind) => {
+                return self.report_failure(
+                    format!("result_file_invalid: {} is {kind}, not a regular file", shown("json")),
+                    out,
+                )
+            }
+            Found::TooLarge(size) => return self.result_too_large(size, out),
+            Found::Unreadable(e) => {
+                if self.warn_once("result") {
+                    tracing::warn!(path = %shown("json"), error = %e, "cannot read the result file");
+                }
+            }
+        }
+        // Nothing conclusive: the deadline that prompted this look decides.
+        let Some(h) = self.active() else { return };
+        match (look, &h.phase) {
+            (Look::ConfirmationDue, Phase::WakingConfirmation { .. }) => {
+                self.report_failure("confirmation_timeout".into(), out)
+            }
+            (Look::ExitCheckDue, Phase::Working { exited: Some((_, why)), .. }) => {
+                let why = why.clone();
+                self.report_failure(why, out)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_result(&mut self, v: Value, _now: Now, out: &mut Vec<Action>) {
+        let Some(h) = self.active() else { return };
+        if v.get("status").and_then(Value::as_str) == Some("success") {
+            let tokens_used = v.get("tokens_used").cloned();
+            let report = Report::Complete { result: v, tokens_used };
+            if frames::fits(&report.frame(&h.task)) {
+                return self.report(report, out);
+            }
+            let size = serde_json::to_string(&report.frame(&h.task)).map(|s| s.len() as u64).unwrap_or(u64::MAX);
+            return self.result_too_large(size, out);
+        }
+        let reason = ["reason", "error", "message"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_str))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let status = v.get("status").map(Value::to_string).unwrap_or("missing".into());
+                format!("status: {}", clip(&status, 200))
+            });
+        self.report_failure(reason, out);
+    }
+
+    fn result_too_large(&mut self, size: u64, out: &mut Vec<Action>) {
+        let Some(h) = self.active() else { return };
+        let task = h.task.clone();
+        let path = self.cfg.results_dir.join(format!("{}.json", task.id));
+        let kept = self.kept_result_path(&task);
+        let reason = format!(
+            "result_too_large: {} is {size} bytes or more, over max_result_bytes ({}) or the hub's frame limit; kept as {}",
+            path.display(),
+            self.cfg.max_result_bytes,
+            kept.display()
+        );
+        tracing::warn!(task_id = %task.id, reason = %reason, "task failed");
+        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: true }, out);
+    }
+}

@@ -1,0 +1,134 @@
+//! The task beside the agent and where it is in its life, as the state machine sees them:
+//! each phase carries the data it needs. `queue.rs` maps these to AgentCom's `queue.json`.
+
+use crate::machine::Now;
+use proto::AgentFrame;
+use serde_json::{Map, Value};
+
+/// A task as the hub assigned it (its id already checked with [`proto::check_task_id`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub description: String,
+    pub metadata: Value,
+    pub generation: u64,
+    pub assigned_at: u64,
+    /// The rest of `task_assign` (repo, branch, routing_decision, ...), kept for the agent.
+    pub extra: Map<String, Value>,
+}
+
+impl Task {
+    /// The task as handed to the agent (`${TASK_JSON}`, `AGENTCOM_TASK_FILE`).
+    pub fn to_json(&self) -> Value {
+        let mut v = Map::new();
+        v.insert("task_id".into(), self.id.clone().into());
+        v.insert("description".into(), self.description.clone().into());
+        v.insert("metadata".into(), self.metadata.clone());
+        v.insert("generation".into(), self.generation.into());
+        v.insert("assigned_at".into(), self.assigned_at.into());
+        for (k, x) in &self.extra {
+            v.insert(k.clone(), x.clone());
+        }
+        Value::Object(v)
+    }
+}
+
+/// What the hub is told when the task ends; kept until the hub acknowledges it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    Complete {
+        result: Value,
+        tokens_used: Option<Value>,
+    },
+    /// `keep_result`: the result file is set aside for the operator (it was too large to send)
+    /// instead of being removed with the task's other files.
+    Failed {
+        reason: String,
+        keep_result: bool,
+    },
+}
+
+impl Report {
+    pub fn frame(&self, task: &Task) -> AgentFrame {
+        match self {
+            Report::Complete { result, tokens_used } => AgentFrame::TaskComplete {
+                task_id: task.id.clone(),
+                generation: task.generation,
+                result: Some(result.clone()),
+                tokens_used: tokens_used.clone(),
+                verification_report: None,
+                verification_history: None,
+            },
+            Report::Failed { reason, .. } => AgentFrame::TaskFailed {
+                task_id: task.id.clone(),
+                generation: task.generation,
+                reason: Some(reason.clone()),
+                error: None,
+            },
+        }
+    }
+}
+
+/// Where the active task is. Deadlines are in the machine's clock ([`Now`]); they are not
+/// persisted: a recovered task gets fresh ones.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Persisted and acknowledged; no wake yet.
+    Accepted,
+    /// Wake number [`Held::wakes`] runs (or is being spawned).
+    Waking {
+        /// The wake is stopped if it neither exits nor confirms by then.
+        deadline: Now,
+        /// It was stopped for running too long; its exit is a timeout.
+        timed_out: bool,
+    },
+    /// After a restart: a wake from before it may still run, and whether it confirmed (its
+    /// `.started`) decides between working on and waking again.
+    WakingRecovered,
+    /// The last wake failed; wake number `wakes + 1` starts at `at`.
+    WakeBackoff { at: Now },
+    /// The wake command succeeded; `<id>.started` must appear by `deadline`.
+    WakingConfirmation { deadline: Now },
+    /// The agent confirmed; waiting for `<id>.json`.
+    Working {
+        /// The wake command is the agent itself and still runs (this attempt).
+        foreground: bool,
+        /// The agent exited: the result must show up by then, or the task fails with this.
+        exited: Option<(Now, String)>,
+    },
+    /// The report is on its way to the hub, re-sent until it is acknowledged.
+    Reporting { report: Report, resend_at: Option<Now> },
+}
+
+impl Phase {
+    /// The `status` string in `queue.json` (AgentCom's, plus our `reporting`).
+    pub fn status(&self) -> &'static str {
+        match self {
+            Phase::Accepted => "accepted",
+            Phase::Waking { .. } | Phase::WakingRecovered | Phase::WakeBackoff { .. } => "waking",
+            Phase::WakingConfirmation { .. } => "waking_confirmation",
+            Phase::Working { .. } => "working",
+            Phase::Reporting { .. } => "reporting",
+        }
+    }
+
+    /// Whether the agent's files are being watched.
+    pub fn watches_files(&self) -> bool {
+        matches!(
+            self,
+            Phase::Waking { .. } | Phase::WakingRecovered | Phase::WakingConfirmation { .. } | Phase::Working { .. }
+        )
+    }
+}
+
+/// The task we hold, with its phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub task: Task,
+    pub phase: Phase,
+    /// Wakes started so far (the current one while [`Phase::Waking`]).
+    pub wakes: u32,
+    /// The process group of the last wake: it outlives the wake command when the command
+    /// leaves the agent running in the background, so it is the task's, not the phase's.
+    pub group: Option<i32>,
+}
