@@ -22,6 +22,11 @@ pub const MAX_REASON: usize = 2_000;
 pub const MAX_SHORT: usize = 256;
 /// Longest task id either side accepts.
 pub const MAX_TASK_ID: usize = 128;
+/// A question an agent asks a person (`needs_input`), and the answer it gets (`task_input`).
+pub const MAX_QUESTION: usize = 8_000;
+pub const MAX_ANSWER: usize = 8_000;
+/// Choices offered with a question, and the length of each.
+pub const MAX_OPTIONS: usize = 20;
 
 /// Whether `id` is a task id both sides accept: 1 to [`MAX_TASK_ID`] ASCII letters, digits, `-`,
 /// `_` and `.`, starting with a letter or digit. A sidecar builds file names from task ids, so
@@ -35,6 +40,35 @@ pub fn check_task_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What an attempt at a task cost (our extension of `task_complete` and `task_failed`). AgentCom
+/// v1 sidecars send only `tokens_used`, which the hub reads as `total_tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl Usage {
+    /// Input and output tokens, or the total when that is all there is.
+    pub fn tokens(&self) -> u64 {
+        match (self.input_tokens, self.output_tokens) {
+            (None, None) => self.total_tokens.unwrap_or(0),
+            (i, o) => i.unwrap_or(0).saturating_add(o.unwrap_or(0)),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        *self == Usage::default()
+    }
 }
 
 /// Process information an agent reports about itself (AgentCom's `pm2_info`, extended).
@@ -119,6 +153,8 @@ pub enum AgentFrame {
         verification_report: Option<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verification_history: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     TaskFailed {
         task_id: String,
@@ -127,6 +163,22 @@ pub enum AgentFrame {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    },
+    /// The agent asks a person something (our extension): from `<task_id>.needs-input`. A new
+    /// `request_id` replaces an earlier question of the same task.
+    NeedsInput {
+        task_id: String,
+        request_id: String,
+        question: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        options: Vec<String>,
+    },
+    /// `<task_id>.input` holds the answer to `request_id`, durably (our extension).
+    TaskInputAck {
+        task_id: String,
+        request_id: String,
     },
     TaskRecovering {
         task_id: String,
@@ -163,6 +215,8 @@ impl AgentFrame {
             AgentFrame::WakeResult { .. } => "wake_result",
             AgentFrame::TaskComplete { .. } => "task_complete",
             AgentFrame::TaskFailed { .. } => "task_failed",
+            AgentFrame::NeedsInput { .. } => "needs_input",
+            AgentFrame::TaskInputAck { .. } => "task_input_ack",
             AgentFrame::TaskRecovering { .. } => "task_recovering",
             AgentFrame::StateReport { .. } => "state_report",
             AgentFrame::AgentRestarting { .. } => "agent_restarting",
@@ -229,6 +283,12 @@ pub enum HubFrame {
     TaskCancelled {
         task_id: String,
         timestamp: u64,
+    },
+    /// A person's answer to the agent's `needs_input` (our extension); re-sent until acked.
+    TaskInput {
+        task_id: String,
+        request_id: String,
+        answer: String,
     },
     RestartSidecar {
         reason: String,
@@ -414,6 +474,8 @@ enum Kind {
     TaskId,
     /// A task id or null.
     OptTaskId,
+    /// A [`Usage`] object: every field optional, each of its type.
+    UsageObj,
     Any,
 }
 
@@ -468,10 +530,22 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("tokens_used", Any),
             opt!("verification_report", Any),
             opt!("verification_history", Any),
+            opt!("usage", UsageObj),
         ],
-        "task_failed" => {
-            &[req!("task_id", ID), req!("generation", UInt), opt!("reason", REASON), opt!("error", REASON)]
-        }
+        "task_failed" => &[
+            req!("task_id", ID),
+            req!("generation", UInt),
+            opt!("reason", REASON),
+            opt!("error", REASON),
+            opt!("usage", UsageObj),
+        ],
+        "needs_input" => &[
+            req!("task_id", ID),
+            req!("request_id", Str(64)),
+            req!("question", Str(MAX_QUESTION)),
+            opt!("options", StrArray(MAX_SHORT)),
+        ],
+        "task_input_ack" => &[req!("task_id", ID), req!("request_id", Str(64))],
         "task_recovering" => &[req!("task_id", ID), opt!("last_status", Str(MAX_SHORT))],
         "state_report" => &[
             opt!("task_id", OptTaskId),
@@ -483,6 +557,17 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
         "resource_report" => &[opt!("cpu_percent", Num), opt!("ram_used_bytes", Num), opt!("ram_total_bytes", Num)],
         _ => return None,
     })
+}
+
+/// Most items a string array in a frame may hold (capabilities, options).
+const MAX_ARRAY: usize = 64;
+
+fn usage_kind(field: &str) -> &'static str {
+    match field {
+        "cost_usd" => "a non-negative number",
+        "model" => "a string of at most 256 characters",
+        _ => "a non-negative integer",
+    }
 }
 
 fn kind_name(v: &Value) -> &'static str {
@@ -517,9 +602,28 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
             errors.push(format!("{name}: expected a non-negative integer, got {}", kind_name(other)))
         }
         (Kind::Num, Value::Number(_)) => {}
+        (Kind::UsageObj, Value::Object(m)) => {
+            for (k, v) in m {
+                let ok = match (k.as_str(), v) {
+                    (_, Value::Null) => true,
+                    ("input_tokens" | "output_tokens" | "total_tokens", Value::Number(n)) => n.is_u64(),
+                    ("cost_usd", Value::Number(n)) => n.as_f64().is_some_and(|c| c >= 0.0 && c.is_finite()),
+                    ("model", Value::String(s)) => s.chars().count() <= MAX_SHORT,
+                    ("input_tokens" | "output_tokens" | "total_tokens" | "cost_usd" | "model", _) => false,
+                    // Other keys are the agent's own; they are dropped.
+                    _ => true,
+                };
+                if !ok {
+                    errors.push(format!("{name}.{k}: expected {}", usage_kind(k)));
+                }
+            }
+        }
         (Kind::Obj, Value::Object(_)) => {}
         (Kind::StrArray(max), Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
+            if items.len() > MAX_ARRAY {
+                errors.push(format!("{name}: more than {MAX_ARRAY} items"));
+            }
+            for (i, item) in items.iter().enumerate().take(MAX_ARRAY) {
                 match item {
                     Value::String(s) if s.chars().count() <= max => {}
                     Value::String(_) => errors.push(format!("{name}[{i}]: longer than {max} characters")),
@@ -531,7 +635,7 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
             let want = match kind {
                 Kind::Str(_) | Kind::TaskId | Kind::OptTaskId => "string",
                 Kind::Num => "number",
-                Kind::Obj => "object",
+                Kind::Obj | Kind::UsageObj => "object",
                 Kind::StrArray(_) => "array of strings",
                 Kind::UInt | Kind::Any => unreachable!("handled above"),
             };

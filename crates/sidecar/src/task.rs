@@ -58,12 +58,14 @@ impl Report {
                 tokens_used: tokens_used.clone(),
                 verification_report: None,
                 verification_history: None,
+                usage: None,
             },
             Report::Failed { reason, .. } => AgentFrame::TaskFailed {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 reason: Some(reason.clone()),
                 error: None,
+                usage: None,
             },
         }
     }

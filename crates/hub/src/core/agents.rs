@@ -221,6 +221,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 tokens_used,
                 verification_report,
                 verification_history,
+                usage: _,
             } => {
                 let mut report = Map::new();
                 for (k, v) in [
@@ -234,7 +235,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 }
                 self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)));
             }
-            AgentFrame::TaskFailed { task_id, generation, reason, error } => {
+            AgentFrame::TaskFailed { task_id, generation, reason, error, usage: _ } => {
                 let why = reason.or(error).unwrap_or_else(|| "unknown".into());
                 self.on_report(conn, &agent_id, task_id, generation, Err(why));
             }
@@ -255,6 +256,8 @@ impl<S: Store, C: Clock> Core<S, C> {
                 self.record_agent(&agent_id);
                 tracing::info!(agent_id = %agent_id, reason = reason.as_deref().unwrap_or(""), "agent restarting");
             }
+            // The hub side of questions arrives with the fleet console (issue 11).
+            AgentFrame::NeedsInput { .. } | AgentFrame::TaskInputAck { .. } => {}
             AgentFrame::ResourceReport(map) => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     // Our sidecars send their supervisor's view here when it changes.

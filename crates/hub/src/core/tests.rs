@@ -265,7 +265,7 @@ fn failures_back_off_doubling_then_dead_letter() {
         let (_, generation) = a.assigned().expect("assigned");
         h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
         let reason = Some(format!("boom {failure}"));
-        h.frame(&a, AgentFrame::TaskFailed { task_id: id.clone(), generation, reason, error: None });
+        h.frame(&a, AgentFrame::TaskFailed { task_id: id.clone(), generation, reason, error: None, usage: None });
         assert!(a.frames().iter().any(|f| matches!(f, HubFrame::TaskAck { status: AckStatus::Retried, .. })));
         assert_eq!(h.status(&id).0, TaskStatus::WaitingRetry);
         h.advance(Duration::from_millis(backoff - 1));
@@ -274,7 +274,16 @@ fn failures_back_off_doubling_then_dead_letter() {
     }
     let (_, generation) = a.assigned().expect("third attempt");
     h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
-    h.frame(&a, AgentFrame::TaskFailed { task_id: id.clone(), generation, reason: Some("boom 3".into()), error: None });
+    h.frame(
+        &a,
+        AgentFrame::TaskFailed {
+            task_id: id.clone(),
+            generation,
+            reason: Some("boom 3".into()),
+            error: None,
+            usage: None,
+        },
+    );
     assert_eq!(h.status(&id).0, TaskStatus::DeadLetter);
     assert!(a.frames().iter().any(|f| matches!(f, HubFrame::TaskAck { status: AckStatus::DeadLetter, .. })));
 }

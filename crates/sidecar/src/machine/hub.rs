@@ -86,7 +86,9 @@ impl Machine {
                 }
             }
             HubFrame::RestartSidecar { reason, force } => self.on_restart_command(reason, force, out),
-            HubFrame::Identified { .. }
+            // Answers to questions are forwarded once the sidecar asks questions (needs-input).
+            HubFrame::TaskInput { .. }
+            | HubFrame::Identified { .. }
             | HubFrame::Pong { .. }
             | HubFrame::StatusUpdated { .. }
             | HubFrame::StateReportAck { .. } => {}

@@ -677,7 +677,8 @@ fn storage_unavailable_resends_the_report_a_second_later() {
     let a = m.handle(Event::Tick, ms(1030));
     assert!(matches!(sent(&a)[..], [AgentFrame::TaskComplete { generation: 4, .. }]), "{a:?}");
     // The ack finishes it: files removed before the queue is emptied.
-    let a = m.handle(Event::Frame(HubFrame::TaskAck { task_id: ID.into(), status: proto::AckStatus::Complete }), ms(1040));
+    let a =
+        m.handle(Event::Frame(HubFrame::TaskAck { task_id: ID.into(), status: proto::AckStatus::Complete }), ms(1040));
     assert!(matches!(a[..], [Action::RemoveFiles { keep_result_as: None, .. }, Action::Persist { .. }]), "{a:?}");
     assert_eq!(m.slot(), &Slot::Idle);
 }
