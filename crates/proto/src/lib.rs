@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub const PROTOCOL_VERSION: u32 = 1;
+/// A standby hub (several hubs on one PostgreSQL, one leader) closes an agent's socket with this
+/// code; the close reason is the leader's WebSocket URL, or empty when no leader is known yet.
+/// A sidecar moves to the named URL only if it is one of its configured `hub_url`s.
+pub const CLOSE_NOT_LEADER: u16 = 4001;
 /// Largest frame the hub accepts; bigger frames close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 pub const MAX_AGENT_ID: usize = 128;
