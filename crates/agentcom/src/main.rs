@@ -81,6 +81,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd::remote::TokenCmd,
     },
+    /// Follow the hub's events live (transitions, progress, presence, questions, usage).
+    Events(cmd::remote::EventsArgs),
+    /// What agents reported they spent, by agent, model or day.
+    Usage(cmd::remote::UsageArgs),
 }
 
 /// Cancels the returned token on SIGINT or SIGTERM: the one shutdown signal passed down.
@@ -126,6 +130,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Agents(a) => cmd::remote::agents(a).await,
         Cmd::Agent { cmd } => cmd::remote::agent(cmd).await,
         Cmd::Token { cmd } => cmd::remote::token(cmd).await,
+        Cmd::Events(a) => cmd::remote::events(a).await,
+        Cmd::Usage(a) => cmd::remote::usage(a).await,
     }
 }
 
@@ -156,6 +162,8 @@ fn main() -> std::process::ExitCode {
             | Cmd::Agents(_)
             | Cmd::Agent { .. }
             | Cmd::Token { .. }
+            | Cmd::Events(_)
+            | Cmd::Usage(_)
             | Cmd::Checkpoint { .. }
             | Cmd::Upgrade(_)
             | Cmd::Rollback(_)

@@ -69,6 +69,11 @@ impl Owned {
         Owned { child: Some(child), what }
     }
 
+    /// The child's piped stdout, to read it as it runs.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
