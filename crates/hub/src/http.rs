@@ -86,9 +86,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidJson | ErrorCode::InvalidBody | ErrorCode::InvalidQuery => StatusCode::BAD_REQUEST,
         ErrorCode::BodyTooLarge | ErrorCode::FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::InvalidState => StatusCode::CONFLICT,
-        ErrorCode::StorageUnavailable | ErrorCode::ShuttingDown | ErrorCode::Overloaded | ErrorCode::QueueFull => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::StorageUnavailable
+        | ErrorCode::ShuttingDown
+        | ErrorCode::Overloaded
+        | ErrorCode::QueueFull
+        | ErrorCode::NotLeader => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -233,7 +235,14 @@ fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
 }
 
 async fn health() -> Response {
-    Json(Health { status: HealthStatus::Ok, version: env!("CARGO_PKG_VERSION").into() }).into_response()
+    Json(Health {
+        status: HealthStatus::Ok,
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: Some(proto::api::HubRole::Leader),
+        leader: None,
+        term: None,
+    })
+    .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

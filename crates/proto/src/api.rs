@@ -232,6 +232,8 @@ pub enum ErrorCode {
     QueueFull,
     /// Too many connections or requests right now; try again.
     Overloaded,
+    /// This hub is a standby: the leader (if one is known) is named in `leader`.
+    NotLeader,
     ShuttingDown,
     /// A code this client does not know (a newer hub).
     #[serde(other)]
@@ -258,6 +260,7 @@ impl ErrorCode {
             ErrorCode::UnknownAgent => "unknown_agent",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::NotLeader => "not_leader",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unknown => "unknown",
         }
@@ -279,18 +282,21 @@ pub struct ApiError {
     /// One entry per invalid field, each starting with the field's name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// With `not_leader`: the leading hub's base URL, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl ApiError {
     pub fn new(error: ErrorCode) -> ApiError {
-        ApiError { error, message: None, errors: Vec::new() }
+        ApiError { error, message: None, errors: Vec::new(), leader: None }
     }
     pub fn msg(mut self, m: impl Into<String>) -> ApiError {
         self.message = Some(m.into());
         self
     }
     pub fn fields(errors: Vec<String>) -> ApiError {
-        ApiError { error: ErrorCode::ValidationFailed, message: None, errors }
+        ApiError { error: ErrorCode::ValidationFailed, message: None, errors, leader: None }
     }
 }
 
@@ -1132,6 +1138,22 @@ impl Endpoint for GetHealth {
 pub struct Health {
     pub status: HealthStatus,
     pub version: String,
+    /// `leader` (a single hub always leads), or `standby` when several hubs share PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<HubRole>,
+    /// The leading hub's base URL, when this one is a standby and knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The leader's term (increases with every takeover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HubRole {
+    Leader,
+    Standby,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

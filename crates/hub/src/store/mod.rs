@@ -6,8 +6,10 @@
 //! threads, so a large listing never holds up dispatch; it sees only committed data, and
 //! since nothing is acknowledged before its commit, a client always reads its own writes.
 
+mod pg;
 mod sqlite;
 
+pub use pg::{PgReader, PgStore};
 pub use sqlite::{SqliteReader, SqliteStore};
 
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
@@ -24,6 +26,11 @@ pub enum StoreError {
     Decode { what: String, message: String },
     #[error("cannot open database {path}: {message}")]
     Open { path: String, message: String },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// Another hub leads now: this one's writes are fenced off.
+    #[error("this hub is no longer the leader (its term {term} ended)")]
+    Deposed { term: u64 },
 }
 
 #[derive(Debug, Clone)]
