@@ -283,7 +283,7 @@ impl Store for PgStore {
             let statuses: Vec<&str> = heads.iter().map(|h| h.status.as_str()).collect();
             let gens: Vec<i64> = heads.iter().map(|h| h.generation as i64).collect();
             let updated: Vec<i64> = heads.iter().map(|h| h.updated_at as i64).collect();
-            let bodies: Vec<String> = heads.iter().map(|h| json(h)).collect();
+            let bodies: Vec<String> = heads.iter().map(json).collect();
             tx.execute(
                 "UPDATE tasks SET status = u.status, generation = u.generation, updated_at = u.updated_at, head = u.head
                  FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
@@ -418,7 +418,7 @@ impl Store for PgStore {
         }));
         if !agents.is_empty() {
             let ids: Vec<&str> = agents.iter().map(|a| a.agent_id.as_str()).collect();
-            let bodies: Vec<String> = agents.iter().map(|a| json(a)).collect();
+            let bodies: Vec<String> = agents.iter().map(json).collect();
             tx.execute(
                 "INSERT INTO agents (agent_id, body) SELECT * FROM UNNEST($1::text[], $2::text[])
                  ON CONFLICT (agent_id) DO UPDATE SET body = excluded.body",
