@@ -67,7 +67,6 @@ impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

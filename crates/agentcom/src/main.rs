@@ -38,6 +38,8 @@ enum Cmd {
     Restart(cmd::process::NameArgs),
     /// Stop and forget a supervised process.
     Delete(cmd::process::NameArgs),
+    /// Stop every process, then the supervisor itself (as `pm2 kill`).
+    Kill(cmd::process::KillArgs),
     /// List supervised processes.
     Ps(cmd::process::PsArgs),
     /// Everything about one process (env values redacted under pm2).
@@ -114,12 +116,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Stop(a) => cmd::process::stop(a),
         Cmd::Restart(a) => cmd::process::restart(a),
         Cmd::Delete(a) => cmd::process::delete(a),
+        Cmd::Kill(a) => cmd::process::kill(a),
         Cmd::Ps(a) => cmd::process::ps(a),
         Cmd::Describe(a) => cmd::process::describe(a),
         Cmd::Logs(a) => cmd::process::logs(a).await,
         Cmd::Daemons { cmd } => cmd::daemons::run(cmd).await,
         Cmd::Checkpoint { cmd } => cmd::guard::checkpoint(cmd).await,
-        Cmd::Upgrade(a) => cmd::guard::upgrade(a),
+        Cmd::Upgrade(a) => cmd::guard::upgrade(a).await,
         Cmd::Rollback(a) => cmd::guard::rollback(a),
         Cmd::Guard { cmd } => cmd::guard::guard(cmd).await,
         Cmd::Task { cmd } => cmd::remote::task(cmd).await,

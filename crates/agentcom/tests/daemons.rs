@@ -4,8 +4,8 @@
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use testkit::Supervised;
+use std::time::Duration;
+use testkit::{eventually, Supervised};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentcom"))
@@ -90,16 +90,16 @@ impl Tree {
         what: &str,
         pred: impl Fn(&HashMap<String, u64>) -> bool,
     ) -> anyhow::Result<HashMap<String, u64>> {
-        let deadline = Instant::now() + testkit::WAIT;
-        loop {
+        eventually(what, || async {
             // The watcher may not have launched the supervisor yet.
             let p = self.pids().unwrap_or_default();
             if pred(&p) {
-                return Ok(p);
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
             }
-            anyhow::ensure!(Instant::now() < deadline, "never {what}: {p:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -180,18 +180,25 @@ async fn a_changed_spec_is_a_recreate_so_removed_env_vars_are_gone() -> R {
     t.define("envy", &format!("command = \"sh\"\nargs = [\"-c\", \"{script}\"]\n[env]\nA = \"1\"\nB = \"2\"\n"));
     t.apply()?;
     t.wait("online", |p| p.len() == 1).await?;
-    let deadline = Instant::now() + testkit::WAIT;
-    while std::fs::read_to_string(&out).unwrap_or_default().trim() != "A=1 B=2" {
-        anyhow::ensure!(Instant::now() < deadline, "first run: {:?}", std::fs::read_to_string(&out));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = |want: &'static str| {
+        let out = out.clone();
+        move || {
+            let out = out.clone();
+            async move {
+                let got = std::fs::read_to_string(&out).unwrap_or_default();
+                if got.trim() == want {
+                    Ok(())
+                } else {
+                    Err(got)
+                }
+            }
+        }
+    };
+    eventually("the first run's environment", seen("A=1 B=2")).await?;
     t.define("envy", &format!("command = \"sh\"\nargs = [\"-c\", \"{script}\"]\n[env]\nA = \"1\"\n"));
     assert_eq!(t.plan()?[0]["changed"][0], "env");
     t.apply()?;
-    while std::fs::read_to_string(&out).unwrap_or_default().trim() != "A=1 B=" {
-        anyhow::ensure!(Instant::now() < deadline, "after the edit: {:?}", std::fs::read_to_string(&out));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the environment after the edit", seen("A=1 B=")).await?;
     Ok(())
 }
 

@@ -60,13 +60,13 @@ async fn one(bin: &Path, backend: &str, n: usize) -> Result<()> {
     // A supervisor already running and empty: "cold" means no daemon runs yet.
     if backend == "native" {
         let mut d = s.cmd(&["supervisor"]).stderr(Stdio::null()).spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.run(&["ps"]).status.code() != Some(0) {
-            if Instant::now() > deadline {
-                bail!("supervisor did not start");
+        testkit::eventually_blocking("the supervisor to start", || {
+            if s.run(&["ps"]).status.success() {
+                Ok(())
+            } else {
+                Err("no answer".into())
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        })?;
         let _ = d.try_wait();
     } else {
         let _ = std::process::Command::new("pm2").arg("ping").env("PM2_HOME", pm2_home.path()).output()?;

@@ -23,35 +23,50 @@ impl RestartPolicy {
     }
 }
 
+/// The default of every `ProcSpec` field, in one place: the serde defaults, `ProcSpec::new`,
+/// the `start` flags and `daemon.toml` normalization all read them from here.
+pub mod defaults {
+    pub const KILL_SIGNAL: &str = "SIGTERM";
+    pub const KILL_TIMEOUT_MS: u64 = 5_000;
+    pub const MIN_UPTIME_MS: u64 = 1_000;
+    pub const MAX_RESTARTS: u32 = 16;
+    pub const RESTART_BACKOFF_MS: u64 = 100;
+    pub const RESTART_BACKOFF_MAX_MS: u64 = 15_000;
+    pub const HEALTH_INTERVAL_MS: u64 = 10_000;
+    pub const HEALTH_FAILURES: u32 = 3;
+    pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+    pub const LOG_KEEP: u32 = 3;
+}
+
 fn d_kill_signal() -> String {
-    "SIGTERM".into()
+    defaults::KILL_SIGNAL.into()
 }
 fn d_kill_timeout() -> u64 {
-    5_000
+    defaults::KILL_TIMEOUT_MS
 }
 fn d_min_uptime() -> u64 {
-    1_000
+    defaults::MIN_UPTIME_MS
 }
 fn d_max_restarts() -> u32 {
-    16
+    defaults::MAX_RESTARTS
 }
 fn d_backoff_base() -> u64 {
-    100
+    defaults::RESTART_BACKOFF_MS
 }
 fn d_backoff_max() -> u64 {
-    15_000
+    defaults::RESTART_BACKOFF_MAX_MS
 }
 fn d_health_interval() -> u64 {
-    10_000
+    defaults::HEALTH_INTERVAL_MS
 }
 fn d_health_failures() -> u32 {
-    3
+    defaults::HEALTH_FAILURES
 }
 fn d_log_max() -> u64 {
-    10 * 1024 * 1024
+    defaults::LOG_MAX_BYTES
 }
 fn d_log_keep() -> u32 {
-    3
+    defaults::LOG_KEEP
 }
 
 /// Everything needed to run one process. Field names are the `start` flags and the
@@ -204,6 +219,10 @@ pub struct ProcStatus {
     /// The `AGENTCOM_DAEMON_ROOT` of a process created by `agentcom daemons`.
     #[serde(default)]
     pub daemon_root: Option<String>,
+    /// Why the process is not online when it should be (for example a command that cannot be
+    /// executed), or why it was last restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +246,20 @@ pub enum Request {
     Describe {
         name: String,
     },
+    /// Stops every process (each stays listed as stopped), answers, then the supervisor exits.
+    Kill,
+}
+
+/// The longest request line the supervisor reads; a longer one is answered with an error and
+/// skipped up to its newline, without being buffered.
+pub const MAX_REQUEST_LINE: usize = 1024 * 1024;
+
+/// Parses one request line (without its newline). Every error is a sentence for the client:
+/// the supervisor answers it and keeps the connection.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line)
+        .map_err(|e| format!("bad request: not UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
+    serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,4 +281,28 @@ pub enum Response {
     List { processes: Vec<ProcStatus> },
     Described(Box<Describe>),
     Error { error: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_request_names_what_is_wrong() {
+        assert!(matches!(parse_request(br#"{"cmd":"ps"}"#), Ok(Request::Ps)));
+        assert!(matches!(parse_request(br#"{"cmd":"kill"}"#), Ok(Request::Kill)));
+        let e = parse_request(b"{\"cmd\":\"ps\xff\"}").unwrap_err();
+        assert_eq!(e, "bad request: not UTF-8 (invalid byte at offset 10)");
+        let e = parse_request(br#"{"cmd":"explode"}"#).unwrap_err();
+        assert!(e.starts_with("bad request: unknown variant `explode`"), "{e}");
+    }
+
+    #[test]
+    fn new_uses_the_documented_defaults() {
+        let s = ProcSpec::new("a", "true", vec![]);
+        let from_json: ProcSpec = serde_json::from_str(r#"{"name":"a","command":"true"}"#).unwrap();
+        assert_eq!(s, from_json, "serde defaults and ProcSpec::new agree");
+        assert_eq!((s.kill_timeout_ms, s.max_restarts), (defaults::KILL_TIMEOUT_MS, defaults::MAX_RESTARTS));
+        assert!(s.validate().is_empty());
+    }
 }

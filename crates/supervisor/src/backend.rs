@@ -79,6 +79,33 @@ impl Backend {
         self.simple(name, Request::Delete { name: name.into() }, pm2::delete)
     }
 
+    /// Stops every process, then the supervisor itself (`pm2 kill` under pm2). With no native
+    /// supervisor running there is nothing to do, and that is said.
+    pub fn kill(&self) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Native => {
+                let pid = crate::client::supervisor_pid(&self.dir);
+                let mut c = match Client::connect(&self.dir) {
+                    Ok(c) => c,
+                    Err(ClientError::NotRunning(_)) => return Ok("no supervisor running; nothing to stop".into()),
+                    Err(e) => return Err(e.into()),
+                };
+                let message = match c.call(&Request::Kill)? {
+                    Response::Ok { message } => message,
+                    other => format!("{other:?}"),
+                };
+                if let Some(pid) = pid {
+                    crate::client::wait_gone(pid, std::time::Duration::from_secs(30));
+                }
+                Ok(message)
+            }
+            Kind::Pm2 => {
+                pm2::pm2(&["kill"])?;
+                Ok("pm2 killed: every process and the pm2 daemon stopped".into())
+            }
+        }
+    }
+
     pub fn list(&self) -> Result<Vec<ProcStatus>, BackendError> {
         match self.kind {
             Kind::Native => match self.native(Request::Ps, false)? {

@@ -131,6 +131,7 @@ pub fn status(e: &Value, now_ms: u64) -> ProcStatus {
             .as_str()
             .or(env["AGENTCOM_DAEMON_ROOT"].as_str())
             .map(str::to_string),
+        reason: None,
     }
 }
 

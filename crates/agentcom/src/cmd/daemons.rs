@@ -55,24 +55,38 @@ pub struct DaemonsRoot {
     no_prune: bool,
 }
 
-fn print_plan(items: &[(String, String, String, String)]) -> std::io::Result<()> {
-    let rows: Vec<Vec<String>> =
-        items.iter().map(|(a, b, c, d)| vec![a.clone(), b.clone(), c.clone(), d.clone()]).collect();
-    if rows.is_empty() {
-        crate::out::println("no daemons")
-    } else {
-        crate::out::print(client::table(&["ACTION", "DAEMON", "PROCESS", "DETAILS"], &rows, 100))
-    }
+/// One row per daemon; an error's whole message (file:line: what) is printed under the table,
+/// on its own lines, never cut.
+struct Row {
+    action: String,
+    daemon: String,
+    process: String,
+    details: String,
+    error: Option<String>,
 }
 
-fn plan_row(it: &daemons::PlanItem) -> (String, String, String, String) {
-    let details = match (it.action, &it.message) {
-        (daemons::Action::Error, Some(m)) => {
-            format!("{}{}: {m}", it.file.as_deref().unwrap_or(""), it.line.map(|l| format!(":{l}")).unwrap_or_default())
+fn print_plan(rows: &[Row]) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return crate::out::println("no daemons");
+    }
+    let cells: Vec<Vec<String>> =
+        rows.iter().map(|r| vec![r.action.clone(), r.daemon.clone(), r.process.clone(), r.details.clone()]).collect();
+    let mut text = client::table(&["ACTION", "DAEMON", "PROCESS", "DETAILS"], &cells, usize::MAX);
+    for r in rows {
+        if let Some(e) = &r.error {
+            text.push_str(&format!("\nerror: {}: {e}\n", r.daemon));
         }
-        _ => it.changed.join(", "),
+    }
+    crate::out::print(text)
+}
+
+fn plan_row(it: &daemons::PlanItem) -> Row {
+    let place = format!("{}{}", it.file.as_deref().unwrap_or(""), it.line.map(|l| format!(":{l}")).unwrap_or_default());
+    let (details, error) = match (it.action, &it.message) {
+        (daemons::Action::Error, Some(m)) => (format!("{place} (see below)"), Some(format!("{place}: {m}"))),
+        _ => (it.changed.join(", "), None),
     };
-    (it.action.as_str().into(), it.daemon.clone(), it.process.clone(), details)
+    Row { action: it.action.as_str().into(), daemon: it.daemon.clone(), process: it.process.clone(), details, error }
 }
 
 pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
@@ -105,7 +119,8 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
                     .map(|a| {
                         let mut r = plan_row(&a.item);
                         if let Some(e) = &a.error {
-                            r.3 = format!("FAILED: {e}");
+                            r.details = "FAILED (see below)".into();
+                            r.error = Some(e.clone());
                         }
                         r
                     })

@@ -4,7 +4,9 @@
 use crate::logging::{self, LogArgs};
 use anyhow::Context;
 use clap::ValueEnum;
+use proto::control::defaults;
 use std::time::Duration;
+use supervisor::daemon::DaemonConfig;
 
 /// Which supervisor the process commands drive.
 #[derive(clap::Args, Clone)]
@@ -56,6 +58,15 @@ pub struct SupervisorArgs {
     /// Uptime after which the restart backoff starts again from the base delay.
     #[arg(long, env = "AGENTCOM_SUPERVISOR_BACKOFF_RESET_MS", default_value_t = 30000)]
     backoff_reset_ms: u64,
+    /// A control-socket connection that sends nothing for this long is closed.
+    #[arg(long, env = "AGENTCOM_SUPERVISOR_CONTROL_IDLE_MS", default_value_t = DaemonConfig::DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+    control_idle_ms: u64,
+    /// Control-socket connections served at once; one more is answered with an error.
+    #[arg(long, env = "AGENTCOM_SUPERVISOR_MAX_CONNECTIONS", default_value_t = DaemonConfig::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Processes the supervisor holds at most (each instance counts).
+    #[arg(long, env = "AGENTCOM_SUPERVISOR_MAX_PROCESSES", default_value_t = DaemonConfig::DEFAULT_MAX_PROCESSES)]
+    max_processes: usize,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -86,22 +97,22 @@ pub struct StartOpts {
     #[arg(long, value_enum, default_value = "always")]
     restart: RestartArg,
     /// The signal that asks the process to stop.
-    #[arg(long, default_value = "SIGTERM")]
+    #[arg(long, default_value = defaults::KILL_SIGNAL)]
     kill_signal: String,
     /// How long a stop waits after the signal before SIGKILL.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = defaults::KILL_TIMEOUT_MS)]
     kill_timeout_ms: u64,
     /// A run shorter than this counts as a crash for max_restarts.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::MIN_UPTIME_MS)]
     min_uptime_ms: u64,
     /// Consecutive crashes after which the process is left `errored`.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults::MAX_RESTARTS)]
     max_restarts: u32,
     /// First delay of the crash backoff (x1.5 per consecutive crash).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults::RESTART_BACKOFF_MS)]
     restart_backoff_ms: u64,
     /// Longest delay of the crash backoff.
-    #[arg(long, default_value_t = 15000)]
+    #[arg(long, default_value_t = defaults::RESTART_BACKOFF_MAX_MS)]
     restart_backoff_max_ms: u64,
     /// Exit code that means "stopped on purpose" (repeatable).
     #[arg(long = "stop-exit-code")]
@@ -110,19 +121,19 @@ pub struct StartOpts {
     #[arg(long)]
     health_cmd: Option<String>,
     /// How often the health command runs.
-    #[arg(long, default_value_t = 10000)]
+    #[arg(long, default_value_t = defaults::HEALTH_INTERVAL_MS)]
     health_interval_ms: u64,
     /// Consecutive failed health checks that restart the process.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = defaults::HEALTH_FAILURES)]
     health_failures: u32,
     /// Restart when the process group's memory goes above this.
     #[arg(long)]
     max_memory_bytes: Option<u64>,
     /// Rotate a log file when it reaches this size.
-    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    #[arg(long, default_value_t = defaults::LOG_MAX_BYTES)]
     log_max_bytes: u64,
     /// Rotated log files kept.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = defaults::LOG_KEEP)]
     log_keep: u32,
 }
 
@@ -141,31 +152,28 @@ impl StartOpts {
     fn spec(self, name: String, cmd: Vec<String>) -> proto::control::ProcSpec {
         use proto::control::RestartPolicy;
         let (command, args) = cmd.split_first().map(|(c, a)| (c.clone(), a.to_vec())).unwrap_or_default();
-        proto::control::ProcSpec {
-            name,
-            command,
-            args,
-            cwd: self.cwd,
-            env: self.env.into_iter().collect(),
-            restart: match self.restart {
-                RestartArg::Always => RestartPolicy::Always,
-                RestartArg::OnFailure => RestartPolicy::OnFailure,
-                RestartArg::Never => RestartPolicy::Never,
-            },
-            kill_signal: self.kill_signal,
-            kill_timeout_ms: self.kill_timeout_ms,
-            min_uptime_ms: self.min_uptime_ms,
-            max_restarts: self.max_restarts,
-            restart_backoff_ms: self.restart_backoff_ms,
-            restart_backoff_max_ms: self.restart_backoff_max_ms,
-            stop_exit_codes: self.stop_exit_codes,
-            health_cmd: self.health_cmd,
-            health_interval_ms: self.health_interval_ms,
-            health_failures: self.health_failures,
-            max_memory_bytes: self.max_memory_bytes,
-            log_max_bytes: self.log_max_bytes,
-            log_keep: self.log_keep,
-        }
+        let mut spec = proto::control::ProcSpec::new(&name, &command, args);
+        spec.cwd = self.cwd;
+        spec.env = self.env.into_iter().collect();
+        spec.restart = match self.restart {
+            RestartArg::Always => RestartPolicy::Always,
+            RestartArg::OnFailure => RestartPolicy::OnFailure,
+            RestartArg::Never => RestartPolicy::Never,
+        };
+        spec.kill_signal = self.kill_signal;
+        spec.kill_timeout_ms = self.kill_timeout_ms;
+        spec.min_uptime_ms = self.min_uptime_ms;
+        spec.max_restarts = self.max_restarts;
+        spec.restart_backoff_ms = self.restart_backoff_ms;
+        spec.restart_backoff_max_ms = self.restart_backoff_max_ms;
+        spec.stop_exit_codes = self.stop_exit_codes;
+        spec.health_cmd = self.health_cmd;
+        spec.health_interval_ms = self.health_interval_ms;
+        spec.health_failures = self.health_failures;
+        spec.max_memory_bytes = self.max_memory_bytes;
+        spec.log_max_bytes = self.log_max_bytes;
+        spec.log_keep = self.log_keep;
+        spec
     }
 }
 
@@ -202,10 +210,13 @@ pub struct LogsArgs {
 
 pub async fn supervisor(a: SupervisorArgs) -> anyhow::Result<u8> {
     logging::init(a.log.log_format, "info");
-    let cfg = supervisor::daemon::DaemonConfig {
-        dir: supervisor::client::default_dir(),
+    let cfg = DaemonConfig {
         memory_check: Duration::from_millis(a.memory_check_ms.max(1)),
         backoff_reset: Duration::from_millis(a.backoff_reset_ms),
+        control_idle_timeout: Duration::from_millis(a.control_idle_ms.max(1)),
+        max_connections: a.max_connections.max(1),
+        max_processes: a.max_processes.max(1),
+        ..DaemonConfig::new(supervisor::client::default_dir())
     };
     let shutdown = crate::shutdown_on_signals()?;
     supervisor::daemon::run(cfg, shutdown).await?;
@@ -229,6 +240,17 @@ pub fn stop(a: NameArgs) -> anyhow::Result<u8> {
 
 pub fn restart(a: NameArgs) -> anyhow::Result<u8> {
     crate::out::println(a.sup.backend()?.restart(&a.name)?)?;
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    #[command(flatten)]
+    sup: Sup,
+}
+
+pub fn kill(a: KillArgs) -> anyhow::Result<u8> {
+    crate::out::println(a.sup.backend()?.kill()?)?;
     Ok(0)
 }
 
@@ -260,6 +282,9 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
         _ => anyhow::bail!("no log files known for {}", a.name),
     };
     let (lines, follow) = (a.lines, a.follow);
-    tokio::task::spawn_blocking(move || supervisor::cli::logs(out.as_ref(), err.as_ref(), lines, follow)).await?;
+    tokio::task::spawn_blocking(move || {
+        supervisor::cli::logs(out.as_ref(), err.as_ref(), lines, follow, &mut |l| crate::out::println(l))
+    })
+    .await??;
     Ok(0)
 }
