@@ -31,7 +31,7 @@ enum Cmd {
     /// Run the process supervisor daemon (state in AGENTCOM_SUPERVISOR_DIR).
     Supervisor(cmd::process::SupervisorArgs),
     /// Start a supervised process (launches the supervisor in the background if none runs).
-    Start(cmd::process::StartArgs),
+    Start(Box<cmd::process::StartArgs>),
     /// Stop a supervised process (its whole process group).
     Stop(cmd::process::NameArgs),
     /// Restart a supervised process (also clears `errored`).
@@ -40,6 +40,10 @@ enum Cmd {
     Delete(cmd::process::NameArgs),
     /// Stop every process, then the supervisor itself (as `pm2 kill`).
     Kill(cmd::process::KillArgs),
+    /// Attach this terminal to a tmux process (detach with the tmux prefix, then d).
+    Attach(cmd::tmux::AttachArgs),
+    /// Type text into a tmux process, then Enter.
+    Send(cmd::tmux::SendArgs),
     /// List supervised processes.
     Ps(cmd::process::PsArgs),
     /// Everything about one process (env values redacted under pm2).
@@ -112,11 +116,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::SampleAgent(a) => cmd::agent::sample_agent(a),
         Cmd::RunAgent(a) => cmd::agent::run_agent(a),
         Cmd::Supervisor(a) => cmd::process::supervisor(a).await,
-        Cmd::Start(a) => cmd::process::start(a),
+        Cmd::Start(a) => cmd::process::start(*a),
         Cmd::Stop(a) => cmd::process::stop(a),
         Cmd::Restart(a) => cmd::process::restart(a),
         Cmd::Delete(a) => cmd::process::delete(a),
         Cmd::Kill(a) => cmd::process::kill(a),
+        Cmd::Attach(a) => cmd::tmux::attach(a),
+        Cmd::Send(a) => cmd::tmux::send(a),
         Cmd::Ps(a) => cmd::process::ps(a),
         Cmd::Describe(a) => cmd::process::describe(a),
         Cmd::Logs(a) => cmd::process::logs(a).await,

@@ -168,7 +168,7 @@ async fn broken_definition_keeps_its_last_good_version_running() -> R {
     assert!(table.contains("error") && table.contains("daemon.toml:3"), "{table}");
     assert_eq!(t.pids()?, before, "the old version still runs, untouched and not pruned");
     let lock: Value = serde_json::from_slice(&std::fs::read(t.root.path().join("api/dist/daemon.lock.json"))?)?;
-    assert_eq!(lock["spec"]["args"][0], "1000", "the lock keeps the last good spec");
+    assert_eq!(lock["daemons"]["daemons:api"]["spec"]["args"][0], "1000", "the lock keeps the last good spec");
     Ok(())
 }
 
@@ -265,7 +265,10 @@ async fn generated_files_say_where_they_come_from_and_match_what_runs() -> R {
     let lock: Value = serde_json::from_slice(&std::fs::read(dist.join("daemon.lock.json"))?)?;
     assert!(lock["_generated"].as_str().unwrap().contains("Do not edit"));
     let running = t.ps()?.into_iter().find(|p| p["name"] == "daemons:svc").unwrap();
-    assert_eq!(running["spec_hash"], lock["fingerprint"], "the fingerprint runs with the process");
+    assert_eq!(
+        running["spec_hash"], lock["daemons"]["daemons:svc"]["fingerprint"],
+        "the fingerprint runs with the process"
+    );
     Ok(())
 }
 

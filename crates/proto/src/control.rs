@@ -36,6 +36,11 @@ pub mod defaults {
     pub const HEALTH_FAILURES: u32 = 3;
     pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
     pub const LOG_KEEP: u32 = 3;
+    /// Quiet time after a change in a watched path before the restart (pm2's `watch_delay`).
+    pub const WATCH_DELAY_MS: u64 = 100;
+    pub const INSTANCES: u32 = 1;
+    /// Instances of one spec at most.
+    pub const MAX_INSTANCES: u32 = 128;
 }
 
 fn d_kill_signal() -> String {
@@ -114,7 +119,73 @@ pub struct ProcSpec {
     pub log_max_bytes: u64,
     #[serde(default = "d_log_keep")]
     pub log_keep: u32,
+    // The fields below are left out of the JSON while they hold their default, so a spec that
+    // does not use them keeps the fingerprint it had before they existed.
+    /// A delay before every restart, the first included (pm2's `restart_delay`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_delay_ms: u64,
+    /// Paths whose changes restart the process (recursive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<String>,
+    /// Globs of paths under `watch` whose changes are ignored: without a `/` a glob matches any
+    /// path component (`node_modules`), with one it matches the path below `cwd` (or absolute).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_watch: Vec<String>,
+    #[serde(default = "d_watch_delay", skip_serializing_if = "is_default_watch_delay")]
+    pub watch_delay_ms: u64,
+    /// N processes `name-0` … `name-(N-1)`, each with `NODE_APP_INSTANCE` (pm2's fork mode).
+    #[serde(default = "d_instances", skip_serializing_if = "is_one")]
+    pub instances: u32,
+    /// Restart on a crontab schedule (5 or 6 fields, local time), as pm2's `cron_restart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_restart: Option<String>,
+    /// Stamp every log line (false: the lines as written).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub time: bool,
+    /// The stamp's format, in day.js tokens as pm2 takes them (`YYYY-MM-DD HH:mm:ss Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_date_format: Option<String>,
+    /// Log files instead of `<dir>/logs/<name>-out.log` / `-err.log`; `log_file` gets both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
+    /// Run in a window of the supervisor's private tmux server: a real terminal.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tmux: bool,
 }
+
+fn d_watch_delay() -> u64 {
+    defaults::WATCH_DELAY_MS
+}
+fn d_instances() -> u32 {
+    defaults::INSTANCES
+}
+fn yes() -> bool {
+    true
+}
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+fn is_default_watch_delay(v: &u64) -> bool {
+    *v == defaults::WATCH_DELAY_MS
+}
+
+/// Marks each instance of a spec with `instances > 1`, with the spec's own name.
+pub const ENV_INSTANCE_OF: &str = "AGENTCOM_INSTANCE_OF";
+/// pm2's instance number variable.
+pub const ENV_INSTANCE: &str = "NODE_APP_INSTANCE";
 
 impl ProcSpec {
     pub fn new(name: &str, command: &str, args: Vec<String>) -> ProcSpec {
@@ -138,7 +209,47 @@ impl ProcSpec {
             max_memory_bytes: None,
             log_max_bytes: d_log_max(),
             log_keep: d_log_keep(),
+            restart_delay_ms: 0,
+            watch: Vec::new(),
+            ignore_watch: Vec::new(),
+            watch_delay_ms: d_watch_delay(),
+            instances: d_instances(),
+            cron_restart: None,
+            time: true,
+            log_date_format: None,
+            out_file: None,
+            error_file: None,
+            log_file: None,
+            tmux: false,
         }
+    }
+
+    /// The processes this spec stands for: itself, or with `instances = N > 1`, N specs named
+    /// `name-0` … `name-(N-1)`, each with `NODE_APP_INSTANCE` and its own log files (a `-i`
+    /// before the extension of a configured file), as pm2 runs them in fork mode.
+    pub fn expand_instances(&self) -> Vec<ProcSpec> {
+        if self.instances <= 1 {
+            return vec![self.clone()];
+        }
+        let suffixed = |f: &Option<String>, i: u32| {
+            f.as_ref().map(|f| match f.rsplit_once('.') {
+                Some((stem, ext)) if !stem.is_empty() && !ext.contains('/') => format!("{stem}-{i}.{ext}"),
+                _ => format!("{f}-{i}"),
+            })
+        };
+        (0..self.instances)
+            .map(|i| {
+                let mut s = self.clone();
+                s.name = format!("{}-{i}", self.name);
+                s.instances = 1;
+                s.env.insert(ENV_INSTANCE.into(), i.to_string());
+                s.env.insert(ENV_INSTANCE_OF.into(), self.name.clone());
+                s.out_file = suffixed(&self.out_file, i);
+                s.error_file = suffixed(&self.error_file, i);
+                s.log_file = suffixed(&self.log_file, i);
+                s
+            })
+            .collect()
     }
 
     /// Every problem with the spec, each naming its field.
@@ -165,6 +276,22 @@ impl ProcSpec {
         ] {
             if v == 0 {
                 e.push(format!("{k}: must be greater than 0"));
+            }
+        }
+        if self.instances == 0 || self.instances > defaults::MAX_INSTANCES {
+            e.push(format!("instances: must be 1 to {}", defaults::MAX_INSTANCES));
+        }
+        if self.instances > 1 && !valid_name(&format!("{}-{}", self.name, self.instances - 1)) {
+            e.push(format!("name: {:?} is too long for {} instances", self.name, self.instances));
+        }
+        for (k, paths) in [("watch", &self.watch)] {
+            if paths.iter().any(|p| !p.starts_with('/')) {
+                e.push(format!("{k}: paths must be absolute"));
+            }
+        }
+        for (k, f) in [("out_file", &self.out_file), ("error_file", &self.error_file), ("log_file", &self.log_file)] {
+            if f.as_ref().is_some_and(|f| !f.starts_with('/')) {
+                e.push(format!("{k}: must be an absolute path"));
             }
         }
         if self.restart_backoff_max_ms < self.restart_backoff_ms {
@@ -223,6 +350,12 @@ pub struct ProcStatus {
     /// executed), or why it was last restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Runs in the supervisor's private tmux server (`agentcom attach`, `agentcom send`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tmux: bool,
+    /// For one of the instances of a spec with `instances > 1`: the spec's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +381,13 @@ pub enum Request {
     },
     /// Stops every process (each stays listed as stopped), answers, then the supervisor exits.
     Kill,
+    /// Types `text` into a tmux process's terminal, then Enter unless `enter` is false.
+    Send {
+        name: String,
+        text: String,
+        #[serde(default = "yes")]
+        enter: bool,
+    },
 }
 
 /// The longest request line the supervisor reads; a longer one is answered with an error and
@@ -271,6 +411,16 @@ pub struct Describe {
     pub err_log: String,
     pub last_restart_reason: Option<String>,
     pub started_at_ms: Option<u64>,
+    /// Where a tmux process runs, to attach to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmux: Option<TmuxTarget>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TmuxTarget {
+    /// The private server's socket (`tmux -S`).
+    pub socket: String,
+    pub session: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -302,7 +452,28 @@ mod tests {
         let s = ProcSpec::new("a", "true", vec![]);
         let from_json: ProcSpec = serde_json::from_str(r#"{"name":"a","command":"true"}"#).unwrap();
         assert_eq!(s, from_json, "serde defaults and ProcSpec::new agree");
+        // Fields at their default stay out of the JSON, so older fingerprints do not change.
+        let json = serde_json::to_value(&s).unwrap();
+        for k in ["watch", "instances", "time", "tmux", "restart_delay_ms", "watch_delay_ms", "cron_restart"] {
+            assert!(json.get(k).is_none(), "{k} in {json}");
+        }
         assert_eq!((s.kill_timeout_ms, s.max_restarts), (defaults::KILL_TIMEOUT_MS, defaults::MAX_RESTARTS));
         assert!(s.validate().is_empty());
+    }
+
+    #[test]
+    fn instances_expand_like_pm2_fork_mode() {
+        let mut s = ProcSpec::new("web", "node", vec!["app.js".into()]);
+        s.instances = 3;
+        s.out_file = Some("/logs/web.log".into());
+        let all = s.expand_instances();
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web-0", "web-1", "web-2"]);
+        assert_eq!(all[2].env[ENV_INSTANCE], "2");
+        assert_eq!(all[2].env[ENV_INSTANCE_OF], "web");
+        assert_eq!(all[1].out_file.as_deref(), Some("/logs/web-1.log"));
+        assert!(all.iter().all(|s| s.instances == 1 && s.validate().is_empty()));
+        s.instances = 0;
+        assert!(s.validate().iter().any(|e| e.starts_with("instances")));
     }
 }

@@ -31,7 +31,7 @@ pub fn ps_table(list: &[ProcStatus]) -> String {
         return "no processes\n".into();
     }
     let with_reason = list.iter().any(|p| p.reason.is_some());
-    let mut headers = vec!["NAME", "PID", "STATUS", "UPTIME", "RESTARTS", "MEMORY", "CPU", "EXIT"];
+    let mut headers = vec!["NAME", "MODE", "PID", "STATUS", "UPTIME", "RESTARTS", "MEMORY", "CPU", "EXIT"];
     if with_reason {
         headers.push("REASON");
     }
@@ -40,6 +40,7 @@ pub fn ps_table(list: &[ProcStatus]) -> String {
         .map(|p| {
             let mut row = vec![
                 p.name.clone(),
+                if p.tmux { "tmux".into() } else { "fork".into() },
                 if p.pid == 0 { "-".into() } else { p.pid.to_string() },
                 p.status.clone(),
                 human_ms(p.uptime_ms),

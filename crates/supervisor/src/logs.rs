@@ -74,38 +74,143 @@ pub enum Stream {
     Err,
 }
 
-/// The timestamps a process's log lines get: RFC 3339 in UTC with microseconds, strictly
-/// increasing across both files of the process, so merging them by timestamp gives back the
-/// order in which the lines arrived.
-#[derive(Debug, Default)]
+/// How a process's log lines are stamped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StampFormat {
+    /// RFC 3339 in UTC with microseconds, strictly increasing across both files of the process,
+    /// so merging them by stamp gives back the order in which the lines arrived.
+    Rfc3339,
+    /// A chrono format in local time, from pm2's `log_date_format` (day.js tokens).
+    Local(String),
+    /// No stamp (`time = false`): the lines as written.
+    Off,
+}
+
+impl StampFormat {
+    pub fn of(spec: &proto::control::ProcSpec) -> StampFormat {
+        match (&spec.log_date_format, spec.time) {
+            (_, false) => StampFormat::Off,
+            (Some(f), true) => StampFormat::Local(dayjs_to_chrono(f)),
+            (None, true) => StampFormat::Rfc3339,
+        }
+    }
+}
+
+/// Translates a day.js format (what pm2's `log_date_format` takes: `YYYY-MM-DD HH:mm:ss.SSS Z`,
+/// text in `[brackets]` kept as it is) into a chrono format string.
+pub fn dayjs_to_chrono(fmt: &str) -> String {
+    const TOKENS: [(&str, &str); 26] = [
+        ("YYYY", "%Y"),
+        ("YY", "%y"),
+        ("MMMM", "%B"),
+        ("MMM", "%b"),
+        ("MM", "%m"),
+        ("M", "%-m"),
+        ("DD", "%d"),
+        ("D", "%-d"),
+        ("dddd", "%A"),
+        ("ddd", "%a"),
+        ("HH", "%H"),
+        ("H", "%-H"),
+        ("hh", "%I"),
+        ("h", "%-I"),
+        ("mm", "%M"),
+        ("m", "%-M"),
+        ("ss", "%S"),
+        ("s", "%-S"),
+        ("SSS", "%3f"),
+        ("SS", "%2f"),
+        ("S", "%1f"),
+        ("A", "%p"),
+        ("a", "%P"),
+        ("ZZ", "%z"),
+        ("Z", "%:z"),
+        ("X", "%s"),
+    ];
+    let mut out = String::new();
+    let mut rest = fmt;
+    'outer: while let Some(c) = rest.chars().next() {
+        if c == '[' {
+            if let Some(end) = rest.find(']') {
+                out.push_str(&rest[1..end].replace('%', "%%"));
+                rest = &rest[end + 1..];
+                continue;
+            }
+        }
+        for (token, chrono) in TOKENS {
+            if let Some(r) = rest.strip_prefix(token) {
+                out.push_str(chrono);
+                rest = r;
+                continue 'outer;
+            }
+        }
+        if c == '%' {
+            out.push_str("%%");
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// The stamps of one process's log lines.
+#[derive(Debug)]
 pub struct Stamp {
+    format: StampFormat,
     last: Option<SystemTime>,
 }
 
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp { format: StampFormat::Rfc3339, last: None }
+    }
+}
+
 impl Stamp {
-    pub fn next(&mut self, now: SystemTime) -> String {
-        let t = match self.last {
-            Some(last) if now <= last => last + Duration::from_micros(1),
-            _ => now,
-        };
-        self.last = Some(t);
-        humantime::format_rfc3339_micros(t).to_string()
+    pub fn new(format: StampFormat) -> Stamp {
+        Stamp { format, last: None }
+    }
+
+    pub fn next(&mut self, now: SystemTime) -> Option<String> {
+        match &self.format {
+            StampFormat::Off => None,
+            StampFormat::Local(f) => {
+                let local: chrono::DateTime<chrono::Local> = now.into();
+                let mut text = String::new();
+                // A format chrono cannot render is written as it is rather than panicking.
+                if std::fmt::write(&mut text, format_args!("{}", local.format(f))).is_err() {
+                    text = f.clone();
+                }
+                Some(text)
+            }
+            StampFormat::Rfc3339 => {
+                let t = match self.last {
+                    Some(last) if now <= last => last + Duration::from_micros(1),
+                    _ => now,
+                };
+                self.last = Some(t);
+                Some(humantime::format_rfc3339_micros(t).to_string())
+            }
+        }
     }
 }
 
 /// Every log file of one process behind one lock: its stdout and stderr pumps write through
 /// it, so a line is stamped and written in the order it arrived, whichever stream it came on.
+/// `combined` (pm2's `log_file`) gets both.
 pub struct LogSink {
     out: LogFile,
     err: LogFile,
+    combined: Option<LogFile>,
     stamp: Stamp,
 }
 
 pub type SharedSink = Arc<Mutex<LogSink>>;
 
 impl LogSink {
-    pub fn new(out: LogFile, err: LogFile) -> LogSink {
-        LogSink { out, err, stamp: Stamp::default() }
+    pub fn new(out: LogFile, err: LogFile, combined: Option<LogFile>, stamp: Stamp) -> LogSink {
+        LogSink { out, err, combined, stamp }
     }
 
     pub fn shared(self) -> SharedSink {
@@ -114,9 +219,12 @@ impl LogSink {
 
     pub fn write(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
         let prefix = self.stamp.next(SystemTime::now());
+        if let Some(c) = self.combined.as_mut() {
+            c.write_line(prefix.as_deref(), line)?;
+        }
         match stream {
-            Stream::Out => self.out.write_line(Some(&prefix), line),
-            Stream::Err => self.err.write_line(Some(&prefix), line),
+            Stream::Out => self.out.write_line(prefix.as_deref(), line),
+            Stream::Err => self.err.write_line(prefix.as_deref(), line),
         }
     }
 }
@@ -265,11 +373,24 @@ mod tests {
     fn stamps_strictly_increase_even_within_one_microsecond() {
         let mut s = Stamp::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let a = s.next(now);
-        let b = s.next(now);
-        let c = s.next(now - Duration::from_secs(1));
+        let a = s.next(now).unwrap();
+        let b = s.next(now).unwrap();
+        let c = s.next(now - Duration::from_secs(1)).unwrap();
         assert_eq!(a, "2023-11-14T22:13:20.000000Z");
         assert!(a < b && b < c, "{a} {b} {c}");
+    }
+
+    #[test]
+    fn dayjs_formats_as_pm2_users_write_them() {
+        assert_eq!(dayjs_to_chrono("YYYY-MM-DD HH:mm:ss.SSS Z"), "%Y-%m-%d %H:%M:%S.%3f %:z");
+        assert_eq!(dayjs_to_chrono("[at] HH:mm [100%]"), "at %H:%M 100%%");
+        let mut s = Stamp::new(StampFormat::Local(dayjs_to_chrono("YYYY/MM")));
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(s.next(t).unwrap().starts_with("2023/11"));
+        assert_eq!(Stamp::new(StampFormat::Off).next(t), None);
+        // Odd input never panics.
+        let mut odd = Stamp::new(StampFormat::Local(dayjs_to_chrono("%Q %% [ ] ]")));
+        let _ = odd.next(t);
     }
 
     #[test]

@@ -45,14 +45,40 @@ pub enum DaemonsCmd {
 
 #[derive(clap::Args, Clone)]
 pub struct DaemonsRoot {
-    /// The folder holding the definitions (`**/daemon.toml`).
+    /// The folder holding the definitions: `**/daemon.toml`, `**/ecosystem.edn` and other `*.edn`
+    /// with `:apps`, `**/ecosystem.config.{js,cjs,mjs,json}`.
     #[arg(long)]
     root: PathBuf,
+    /// Where relative `cwd` and log paths of pm2 definitions resolve, as pm2 run from there
+    /// [default: the top of the git work tree holding --root, else the current folder].
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Merge each pm2 app's `env_<NAME>` over its `env`, as `pm2 start --env NAME`.
+    #[arg(long, value_name = "NAME")]
+    env_name: Option<String>,
     #[command(flatten)]
     sup: Sup,
     /// Leave processes whose definition is gone running.
     #[arg(long)]
     no_prune: bool,
+}
+
+impl DaemonsRoot {
+    /// The workspace root, absolute: given, else found from the root.
+    fn workdir(&self) -> anyhow::Result<PathBuf> {
+        let dir = match &self.workdir {
+            Some(w) => w.clone(),
+            None => daemons::default_workdir(&daemons::canonical_root(&self.root)?),
+        };
+        Ok(std::fs::canonicalize(&dir).unwrap_or(dir))
+    }
+
+    fn options(&self) -> anyhow::Result<daemons::Options> {
+        Ok(daemons::Options {
+            prune: !self.no_prune,
+            context: daemons::discover::Context { workdir: self.workdir()?, env_name: self.env_name.clone() },
+        })
+    }
 }
 
 /// One row per daemon; an error's whole message (file:line: what) is printed under the table,
@@ -65,7 +91,7 @@ struct Row {
     error: Option<String>,
 }
 
-fn print_plan(rows: &[Row]) -> std::io::Result<()> {
+fn print_plan(rows: &[Row], warnings: &[String]) -> std::io::Result<()> {
     if rows.is_empty() {
         return crate::out::println("no daemons");
     }
@@ -76,6 +102,9 @@ fn print_plan(rows: &[Row]) -> std::io::Result<()> {
         if let Some(e) = &r.error {
             text.push_str(&format!("\nerror: {}: {e}\n", r.daemon));
         }
+    }
+    for w in warnings {
+        text.push_str(&format!("\nwarning: {w}\n"));
     }
     crate::out::print(text)
 }
@@ -92,12 +121,12 @@ fn plan_row(it: &daemons::PlanItem) -> Row {
 pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
     match cmd {
         DaemonsCmd::Plan { root, json } => {
-            let items =
-                daemons::plan(&root.root, &root.sup.launching_backend()?, &daemons::Options { prune: !root.no_prune })?;
+            let items = daemons::plan(&root.root, &root.sup.launching_backend()?, &root.options()?)?;
             if json {
                 crate::out::println(serde_json::to_string_pretty(&items)?)?;
             } else {
-                print_plan(&items.iter().map(plan_row).collect::<Vec<_>>())?;
+                let warnings: Vec<String> = items.iter().flat_map(|i| i.warnings.clone()).collect();
+                print_plan(&items.iter().map(plan_row).collect::<Vec<_>>(), &warnings)?;
             }
             if items.iter().any(|i| i.action == daemons::Action::Error) {
                 return Ok(1);
@@ -106,11 +135,7 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
         DaemonsCmd::Apply { root, json } => {
             // The table says it all; logs only when asked for (AGENTCOM_LOG).
             logging::init(logging::LogFormat::Human, "off");
-            let done = daemons::apply(
-                &root.root,
-                &root.sup.launching_backend()?,
-                &daemons::Options { prune: !root.no_prune },
-            )?;
+            let done = daemons::apply(&root.root, &root.sup.launching_backend()?, &root.options()?)?;
             if json {
                 crate::out::println(serde_json::to_string_pretty(&done)?)?;
             } else {
@@ -125,7 +150,8 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
                         r
                     })
                     .collect();
-                print_plan(&rows)?;
+                let warnings: Vec<String> = done.iter().flat_map(|a| a.item.warnings.clone()).collect();
+                print_plan(&rows, &warnings)?;
             }
             if done.iter().any(|a| !a.ok || a.item.action == daemons::Action::Error) {
                 return Ok(1);
@@ -137,7 +163,7 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
             let opts = daemons::WatchOptions {
                 debounce: Duration::from_millis(debounce_ms),
                 full_every: Duration::from_millis(full_every_ms.max(1)),
-                prune: !root.no_prune,
+                apply: root.options()?,
             };
             daemons::watch(root.root.clone(), root.sup.launching_backend()?, opts, shutdown).await?;
         }
@@ -153,6 +179,11 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
                 .to_string();
             let mut args = vec!["daemons".to_string(), "watch".into(), "--root".into(), abs.display().to_string()];
             args.extend(["--backend".into(), root.sup.backend.as_str().into()]);
+            // Recorded, so a restarted watcher resolves relative paths the same way.
+            args.extend(["--workdir".into(), root.workdir()?.display().to_string()]);
+            if let Some(env) = &root.env_name {
+                args.extend(["--env-name".into(), env.clone()]);
+            }
             if root.no_prune {
                 args.push("--no-prune".into());
             }

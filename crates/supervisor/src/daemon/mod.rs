@@ -4,10 +4,17 @@
 //! ([`persist`]) are the IO around it. Each child runs in its own process group; a stop is
 //! reported only once every process of the group is gone.
 
+mod checks;
 mod control;
 mod persist;
 mod spawn;
+mod status;
 mod table;
+mod tmux;
+mod watch;
+
+pub use checks::{next_cron, problems as spec_problems};
+pub use watch::ignore_set;
 
 pub use control::{Frame, Limits, LineReader};
 
@@ -88,6 +95,11 @@ enum Ev {
         gen: u64,
         ok: bool,
         detail: String,
+    },
+    /// A watched path of the process changed (once until the table handled it).
+    Watched {
+        name: String,
+        path: PathBuf,
     },
 }
 

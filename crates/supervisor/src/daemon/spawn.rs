@@ -2,24 +2,31 @@
 //! log sink. A command that cannot be executed is an error that says why, in words.
 
 use super::{Ev, ENV_NAME, ENV_SOCKET};
-use crate::logs::{self, LogFile, LogSink, SharedSink, Stream};
+use crate::logs::{self, LogFile, LogSink, SharedSink, Stamp, StampFormat, Stream};
 use proto::control::ProcSpec;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::sync::mpsc;
 
-/// The log files of a process: `<dir>/logs/<name>-out.log` and `-err.log`.
-pub fn log_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+/// The log files of a process: its `out_file` and `error_file`, by default
+/// `<dir>/logs/<name>-out.log` and `-err.log`.
+pub fn log_paths(dir: &Path, spec: &ProcSpec) -> (PathBuf, PathBuf) {
     let logs = dir.join("logs");
-    (logs.join(format!("{name}-out.log")), logs.join(format!("{name}-err.log")))
+    let name = &spec.name;
+    (
+        spec.out_file.as_ref().map(PathBuf::from).unwrap_or_else(|| logs.join(format!("{name}-out.log"))),
+        spec.error_file.as_ref().map(PathBuf::from).unwrap_or_else(|| logs.join(format!("{name}-err.log"))),
+    )
 }
 
-/// Opens both log files of a process behind one sink.
+/// Opens every log file of a process behind one sink.
 pub fn open_sink(dir: &Path, spec: &ProcSpec) -> std::io::Result<SharedSink> {
-    let (out, err) = log_paths(dir, &spec.name);
+    let (out, err) = log_paths(dir, spec);
     let out = LogFile::open(&out, spec.log_max_bytes, spec.log_keep)?;
     let err = LogFile::open(&err, spec.log_max_bytes, spec.log_keep)?;
-    Ok(LogSink::new(out, err).shared())
+    let combined =
+        spec.log_file.as_ref().map(|f| LogFile::open(Path::new(f), spec.log_max_bytes, spec.log_keep)).transpose()?;
+    Ok(LogSink::new(out, err, combined, Stamp::new(StampFormat::of(spec))).shared())
 }
 
 /// Why a spawn failed, as a person would say it.
@@ -38,11 +45,6 @@ pub fn exec_error(spec: &ProcSpec, e: &std::io::Error) -> String {
     }
 }
 
-/// A child that started: its pid (also its process group).
-pub struct Started {
-    pub pid: u32,
-}
-
 /// Spawns the process in its own group, pumps its output into `sink` and reports its exit as
 /// [`Ev::Exited`] for generation `gen`.
 pub fn spawn_fork(
@@ -51,7 +53,7 @@ pub fn spawn_fork(
     sink: &SharedSink,
     gen: u64,
     tx: &mpsc::UnboundedSender<Ev>,
-) -> Result<Started, String> {
+) -> Result<u32, String> {
     let mut c = tokio::process::Command::new(&spec.command);
     c.args(&spec.args)
         .envs(&spec.env)
@@ -84,5 +86,5 @@ pub fn spawn_fork(
         };
         let _ = tx.send(Ev::Exited { name, gen, code, desc });
     });
-    Ok(Started { pid })
+    Ok(pid)
 }

@@ -3,20 +3,20 @@
 //! persisted in reaction.
 
 use super::persist::{self, Persisted, PersistedProc};
-use super::spawn::{self, log_paths};
+use super::watch::Watches;
 use super::{backoff, kill_group_now, stop_group, DaemonConfig, Ev, ENV_NAME};
-use crate::logs::Stream;
+use super::{spawn, tmux};
+use crate::logs::{SharedSink, Stream};
 use osutil::procfs;
-use proto::control::{Describe, ProcSpec, ProcStatus, Request, Response, RestartPolicy};
+use proto::control::{ProcSpec, Request, Response, RestartPolicy};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     Launching,
     Online,
     Stopping,
@@ -26,7 +26,7 @@ enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             State::Launching => "launching",
             State::Online => "online",
@@ -36,47 +36,72 @@ impl State {
             State::WaitingRestart => "waiting-restart",
         }
     }
-    fn running(self) -> bool {
+    pub(super) fn running(self) -> bool {
         matches!(self, State::Online | State::Launching | State::Stopping)
     }
 }
 
 /// What to do once a stop completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
+pub(super) enum Then {
     Stay,
     Restart,
     Delete,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Timer {
-    RestartDue { name: String, gen: u64 },
-    HealthDue { name: String, gen: u64 },
+pub(super) enum Timer {
+    RestartDue {
+        name: String,
+        gen: u64,
+    },
+    HealthDue {
+        name: String,
+        gen: u64,
+    },
     MemoryCheck,
+    /// `watch_delay_ms` after the first change of a watched path.
+    WatchDue {
+        name: String,
+        path: PathBuf,
+    },
+    /// The next time of a `cron_restart` schedule; `seq` tells schedules of earlier specs apart.
+    CronDue {
+        name: String,
+        seq: u64,
+    },
 }
 
-struct Proc {
-    spec: ProcSpec,
+pub(super) struct Proc {
+    pub(super) spec: ProcSpec,
     /// Should run: survives supervisor restarts.
-    desired: bool,
-    state: State,
-    pid: Option<u32>,
-    pgid: Option<i32>,
-    started: Option<Instant>,
-    started_at_ms: Option<u64>,
-    restart_count: u64,
-    unstable_restarts: u32,
+    pub(super) desired: bool,
+    pub(super) state: State,
+    pub(super) pid: Option<u32>,
+    pub(super) pgid: Option<i32>,
+    pub(super) started: Option<Instant>,
+    pub(super) started_at_ms: Option<u64>,
+    pub(super) restart_count: u64,
+    pub(super) unstable_restarts: u32,
     /// Consecutive restarts, for the backoff; reset after `backoff_reset` of uptime.
-    consecutive: u32,
-    exit_code: Option<i32>,
-    gen: u64,
-    then: Then,
-    waiters: Vec<oneshot::Sender<Response>>,
-    health_failures: u32,
-    last_reason: Option<String>,
-    cpu_sample: Option<(u64, Instant)>,
-    cpu_percent: f64,
+    pub(super) consecutive: u32,
+    pub(super) exit_code: Option<i32>,
+    pub(super) gen: u64,
+    pub(super) then: Then,
+    pub(super) waiters: Vec<oneshot::Sender<Response>>,
+    pub(super) health_failures: u32,
+    pub(super) last_reason: Option<String>,
+    pub(super) cpu_sample: Option<(u64, Instant)>,
+    pub(super) cpu_percent: f64,
+    /// The log files, open for the life of this spec (every restart appends to them).
+    pub(super) sink: Option<SharedSink>,
+    /// For a tmux process: the FIFO its panes write into.
+    pub(super) tmux_output: Option<tmux::Output>,
+    /// Stopped by `stop` or `kill`, not by exiting: a cron schedule leaves it alone.
+    pub(super) user_stopped: bool,
+    /// A watch restart is armed.
+    pub(super) watch_armed: bool,
+    pub(super) cron_seq: u64,
 }
 
 fn new_proc(spec: ProcSpec) -> Proc {
@@ -99,32 +124,38 @@ fn new_proc(spec: ProcSpec) -> Proc {
         last_reason: None,
         cpu_sample: None,
         cpu_percent: 0.0,
+        sink: None,
+        tmux_output: None,
+        user_stopped: false,
+        watch_armed: false,
+        cron_seq: 0,
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn err(e: String) -> Response {
+pub(super) fn err(e: String) -> Response {
     Response::Error { error: e }
 }
 
-fn ok(message: String) -> Response {
+pub(super) fn ok(message: String) -> Response {
     Response::Ok { message }
 }
 
 pub struct Daemon {
-    cfg: DaemonConfig,
-    socket: PathBuf,
-    procs: BTreeMap<String, Proc>,
-    timers: BTreeMap<(Instant, u64), Timer>,
-    timer_seq: u64,
-    tx: mpsc::UnboundedSender<Ev>,
+    pub(super) cfg: DaemonConfig,
+    pub(super) socket: PathBuf,
+    pub(super) procs: BTreeMap<String, Proc>,
+    pub(super) timers: BTreeMap<(Instant, u64), Timer>,
+    pub(super) timer_seq: u64,
+    pub(super) tx: mpsc::UnboundedSender<Ev>,
     /// Cancelled to make the daemon exit (after a `kill` is answered).
-    exit: CancellationToken,
+    pub(super) exit: CancellationToken,
     /// A `kill` waiting for every stop to complete.
-    killing: Option<oneshot::Sender<Response>>,
+    pub(super) killing: Option<oneshot::Sender<Response>>,
+    pub(super) watches: Watches,
 }
 
 impl Daemon {
@@ -135,6 +166,7 @@ impl Daemon {
             procs: BTreeMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
+            watches: Watches::new(tx.clone()),
             tx,
             exit,
             killing: None,
@@ -151,7 +183,7 @@ impl Daemon {
         self.timers.keys().next().map(|(at, _)| *at)
     }
 
-    fn arm(&mut self, after: Duration, t: Timer) {
+    pub(super) fn arm(&mut self, after: Duration, t: Timer) {
         self.timer_seq += 1;
         self.timers.insert((Instant::now() + after, self.timer_seq), t);
     }
@@ -174,11 +206,13 @@ impl Daemon {
                     self.memory_check();
                     self.arm(self.cfg.memory_check, Timer::MemoryCheck);
                 }
+                Timer::WatchDue { name, path } => self.on_watch_due(&name, &path),
+                Timer::CronDue { name, seq } => self.on_cron_due(&name, seq),
             }
         }
     }
 
-    fn persist(&self) {
+    pub(super) fn persist(&self) {
         let p = Persisted {
             processes: self
                 .procs
@@ -198,6 +232,7 @@ impl Daemon {
     /// are stopped, then every process that should run is started afresh: we restart rather
     /// than re-adopt, because only a parent can wait for a child's exit status.
     pub fn restore(&mut self) {
+        tmux::kill_server(&self.cfg.dir);
         for pp in persist::load(&self.cfg.dir, now_ms()).processes {
             if let Some(pg) = pp.pgid.filter(|pg| procfs::group_has_env(*pg, ENV_NAME, &pp.spec.name)) {
                 tracing::warn!(name = %pp.spec.name, pgid = pg, "stopping a process left from before the supervisor restarted");
@@ -208,10 +243,12 @@ impl Daemon {
             p.desired = pp.desired;
             p.restart_count = pp.restart_count;
             self.procs.insert(name.clone(), p);
+            self.arm_cron(&name);
             if pp.desired {
                 let _ = self.spawn(&name);
             }
         }
+        self.sync_watches();
         self.persist();
     }
 
@@ -221,6 +258,7 @@ impl Daemon {
             Ev::Exited { name, gen, code, desc } => self.on_exit(&name, gen, code, desc),
             Ev::StopDone { name, gen } => self.on_stop_done(&name, gen),
             Ev::Health { name, gen, ok, detail } => self.on_health(&name, gen, ok, detail),
+            Ev::Watched { name, path } => self.on_watched(&name, path),
         }
         self.check_killed();
     }
@@ -239,6 +277,7 @@ impl Daemon {
                     return drop(reply.send(err(format!("no process named {name}"))));
                 };
                 p.desired = false;
+                p.user_stopped = true;
                 if p.state.running() {
                     self.persist();
                     return self.begin_stop(&name, Then::Stay, Some(reply));
@@ -253,6 +292,7 @@ impl Daemon {
                     return drop(reply.send(err(format!("no process named {name}"))));
                 };
                 p.desired = true;
+                p.user_stopped = false;
                 p.unstable_restarts = 0;
                 p.consecutive = 0;
                 if p.state.running() {
@@ -278,6 +318,7 @@ impl Daemon {
                     return self.begin_stop(&name, Then::Delete, Some(reply));
                 }
                 self.procs.remove(&name);
+                self.sync_watches();
                 self.persist();
                 ok(format!("deleted {name}"))
             }
@@ -286,6 +327,7 @@ impl Daemon {
                     self.procs.iter().filter(|(_, p)| p.state.running()).map(|(n, _)| n.clone()).collect();
                 for p in self.procs.values_mut() {
                     p.desired = false;
+                    p.user_stopped = true;
                     if !p.state.running() {
                         p.state = State::Stopped;
                         p.gen += 1;
@@ -298,6 +340,24 @@ impl Daemon {
                 }
                 self.killing = Some(reply);
                 return;
+            }
+            Request::Send { name, text, enter } => {
+                match self.procs.get(&name) {
+                    None => err(format!("no process named {name}")),
+                    Some(p) if !p.spec.tmux => err(format!("{name} does not run in tmux (start it with --tmux)")),
+                    Some(p) if p.state != State::Online => err(format!("{name} is {}", p.state.as_str())),
+                    Some(_) => {
+                        // tmux answers in milliseconds, but off the table's task all the same.
+                        let dir = self.cfg.dir.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = reply.send(match tmux::send(&dir, &name, &text, enter) {
+                                Ok(()) => ok(format!("sent {} bytes to {name}", text.len())),
+                                Err(e) => err(e),
+                            });
+                        });
+                        return;
+                    }
+                }
             }
         };
         let _ = reply.send(resp);
@@ -315,44 +375,73 @@ impl Daemon {
     }
 
     fn start(&mut self, spec: ProcSpec) -> Response {
-        let problems = spec.validate();
+        let mut problems = spec.validate();
+        problems.extend(super::checks::problems(&spec));
         if !problems.is_empty() {
             return err(problems.join("; "));
         }
-        let name = spec.name.clone();
-        let previous = match self.procs.get(&name) {
-            Some(p) if !matches!(p.state, State::Stopped | State::Errored) => {
-                return err(format!("{name} already exists ({}); stop or delete it first", p.state.as_str()));
+        let all = spec.expand_instances();
+        for s in &all {
+            if let Some(p) = self.procs.get(&s.name).filter(|p| !matches!(p.state, State::Stopped | State::Errored)) {
+                return err(format!("{} already exists ({}); stop or delete it first", s.name, p.state.as_str()));
             }
-            Some(_) => self.procs.remove(&name),
-            None if self.procs.len() >= self.cfg.max_processes => {
-                return err(format!("the supervisor already holds {} processes (its limit)", self.procs.len()));
-            }
-            None => None,
-        };
-        let mut p = new_proc(spec);
-        if let Some(old) = &previous {
-            p.restart_count = old.restart_count;
-            p.gen = old.gen;
         }
-        self.procs.insert(name.clone(), p);
-        match self.spawn(&name) {
-            Ok(()) => ok(format!("started {name}")),
-            Err(e) => {
-                // Nothing was started: the table is as it was before the request.
-                self.procs.remove(&name);
-                if let Some(old) = previous {
-                    self.procs.insert(name.clone(), old);
+        let new = all.iter().filter(|s| !self.procs.contains_key(&s.name)).count();
+        if self.procs.len() + new > self.cfg.max_processes {
+            return err(format!(
+                "the supervisor holds {} processes and its limit is {} (--max-processes)",
+                self.procs.len(),
+                self.cfg.max_processes
+            ));
+        }
+        let mut previous = Vec::new();
+        for s in &all {
+            let old = self.procs.remove(&s.name);
+            let mut p = new_proc(s.clone());
+            if let Some(old) = &old {
+                p.restart_count = old.restart_count;
+                p.gen = old.gen;
+                p.cron_seq = old.cron_seq + 1;
+            }
+            previous.push((s.name.clone(), old));
+            self.procs.insert(s.name.clone(), p);
+        }
+        for s in &all {
+            if let Err(e) = self.spawn(&s.name) {
+                // Nothing keeps running: the table is as it was before the request.
+                for (name, old) in previous {
+                    if let Some(p) = self.procs.get(&name).filter(|p| p.state.running()) {
+                        if let Some(pg) = p.pgid {
+                            let (sig, t) = (p.spec.kill_signal.clone(), Duration::from_millis(p.spec.kill_timeout_ms));
+                            tokio::spawn(async move { stop_group(pg, &sig, t).await });
+                        }
+                    }
+                    self.procs.remove(&name);
+                    if let Some(old) = old {
+                        self.procs.insert(name, old);
+                    }
                 }
                 self.persist();
-                err(format!("cannot start {name}: {e}"))
+                return err(format!("cannot start {}: {e}", s.name));
             }
         }
+        for s in &all {
+            self.arm_cron(&s.name);
+        }
+        self.sync_watches();
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        ok(format!("started {}", names.join(", ")))
+    }
+
+    /// The processes that watch files now: those that should run.
+    pub(super) fn sync_watches(&mut self) {
+        let specs: Vec<ProcSpec> = self.procs.values().filter(|p| p.desired).map(|p| p.spec.clone()).collect();
+        self.watches.sync(specs.iter());
     }
 
     /// Starts the process now. A command that cannot be executed counts as an exit (the
     /// restart policy applies) and its reason goes to the error log, so `logs` and `ps` show it.
-    fn spawn(&mut self, name: &str) -> Result<(), String> {
+    pub(super) fn spawn(&mut self, name: &str) -> Result<(), String> {
         let (socket, tx, dir) = (self.socket.clone(), self.tx.clone(), self.cfg.dir.clone());
         let Some(p) = self.procs.get_mut(name) else { return Err(format!("no process named {name}")) };
         p.gen += 1;
@@ -362,17 +451,27 @@ impl Daemon {
         p.cpu_percent = 0.0;
         p.started = Some(Instant::now());
         let gen = p.gen;
-        let result = match spawn::open_sink(&dir, &p.spec) {
-            Err(e) => Err(format!("cannot open its log files: {e}")),
-            Ok(sink) => {
-                let started = spawn::spawn_fork(&p.spec, &socket, &sink, gen, &tx);
-                if let Err(why) = &started {
-                    let line = format!("agentcom: cannot start {name}: {why}");
-                    let _ = sink.lock().unwrap_or_else(|p| p.into_inner()).write(Stream::Err, line.as_bytes());
-                }
-                started
-            }
+        let sink = match &p.sink {
+            Some(s) => Ok(s.clone()),
+            None => spawn::open_sink(&dir, &p.spec).map_err(|e| format!("cannot open its log files: {e}")),
         };
+        let result = sink.and_then(|sink| {
+            p.sink = Some(sink.clone());
+            let started = if p.spec.tmux {
+                if p.tmux_output.is_none() {
+                    p.tmux_output = Some(tmux::open_output(&dir, name, &sink)?);
+                }
+                let output = p.tmux_output.as_ref().expect("just opened");
+                tmux::spawn(&dir, &p.spec, &socket, output, gen, &tx)
+            } else {
+                spawn::spawn_fork(&p.spec, &socket, &sink, gen, &tx)
+            };
+            if let Err(why) = &started {
+                let line = format!("agentcom: cannot start {name}: {why}");
+                let _ = sink.lock().unwrap_or_else(|p| p.into_inner()).write(Stream::Err, line.as_bytes());
+            }
+            started
+        });
         let health = match &result {
             Err(why) => {
                 tracing::error!(name, error = %why, "spawn failed");
@@ -380,12 +479,12 @@ impl Daemon {
                     tx.send(Ev::Exited { name: name.into(), gen, code: None, desc: format!("cannot start: {why}") });
                 None
             }
-            Ok(started) => {
-                p.pid = Some(started.pid);
-                p.pgid = Some(started.pid as i32);
+            Ok(pid) => {
+                p.pid = Some(*pid);
+                p.pgid = Some(*pid as i32);
                 p.started_at_ms = Some(now_ms());
                 p.state = State::Online;
-                tracing::info!(name, pid = started.pid, restart_count = p.restart_count, "process started");
+                tracing::info!(name, pid, tmux = p.spec.tmux, restart_count = p.restart_count, "process started");
                 p.spec.health_cmd.as_ref().map(|_| Duration::from_millis(p.spec.health_interval_ms))
             }
         };
@@ -448,7 +547,8 @@ impl Daemon {
             self.persist();
             return;
         }
-        let delay = backoff(p.spec.restart_backoff_ms, p.spec.restart_backoff_max_ms, p.consecutive);
+        let delay = backoff(p.spec.restart_backoff_ms, p.spec.restart_backoff_max_ms, p.consecutive)
+            .max(Duration::from_millis(p.spec.restart_delay_ms));
         p.consecutive += 1;
         p.restart_count += 1;
         p.state = State::WaitingRestart;
@@ -460,7 +560,7 @@ impl Daemon {
 
     /// Sends the kill signal to the group, SIGKILL after the timeout, and reports back
     /// (`StopDone`) only when no process of the group is left.
-    fn begin_stop(&mut self, name: &str, then: Then, reply: Option<oneshot::Sender<Response>>) {
+    pub(super) fn begin_stop(&mut self, name: &str, then: Then, reply: Option<oneshot::Sender<Response>>) {
         let Some(p) = self.procs.get_mut(name) else { return };
         if let Some(r) = reply {
             p.waiters.push(r);
@@ -498,6 +598,7 @@ impl Daemon {
             Then::Restart => self.spawn(name).map(|_| format!("restarted {name}")),
             Then::Delete => {
                 self.procs.remove(name);
+                self.sync_watches();
                 Ok(format!("deleted {name}"))
             }
         };
@@ -528,124 +629,5 @@ impl Daemon {
                 _ => break,
             }
         }
-    }
-
-    fn health_check(&mut self, name: &str, gen: u64) {
-        let Some(p) = self.procs.get(name).filter(|p| p.gen == gen && p.state == State::Online) else { return };
-        let Some(cmd) = p.spec.health_cmd.clone() else { return };
-        let timeout = Duration::from_millis(p.spec.health_interval_ms.clamp(100, 30_000));
-        let (tx, n) = (self.tx.clone(), name.to_string());
-        tokio::spawn(async move {
-            let run = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&cmd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .output();
-            let (ok, detail) = match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(o)) if o.status.success() => (true, String::new()),
-                Ok(Ok(o)) => (false, format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
-                Ok(Err(e)) => (false, e.to_string()),
-                Err(_) => (false, format!("no answer within {}ms", timeout.as_millis())),
-            };
-            let _ = tx.send(Ev::Health { name: n, gen, ok, detail });
-        });
-    }
-
-    fn on_health(&mut self, name: &str, gen: u64, ok: bool, detail: String) {
-        let Some(p) = self.procs.get_mut(name).filter(|p| p.gen == gen && p.state == State::Online) else { return };
-        if ok {
-            p.health_failures = 0;
-        } else {
-            p.health_failures += 1;
-            tracing::warn!(name, failures = p.health_failures, detail = %detail, "health check failed");
-        }
-        if p.health_failures > p.spec.health_failures {
-            p.restart_count += 1;
-            p.last_reason = Some(format!("health check failed {} times: {detail}", p.health_failures));
-            tracing::warn!(name, "restarting after failed health checks");
-            return self.begin_stop(name, Then::Restart, None);
-        }
-        let interval = Duration::from_millis(p.spec.health_interval_ms);
-        self.arm(interval, Timer::HealthDue { name: name.into(), gen });
-    }
-
-    fn memory_check(&mut self) {
-        let limited: Vec<(String, i32, u64)> = self
-            .procs
-            .iter()
-            .filter(|(_, p)| p.state == State::Online)
-            .filter_map(|(n, p)| Some((n.clone(), p.pgid?, p.spec.max_memory_bytes?)))
-            .collect();
-        if limited.is_empty() {
-            return;
-        }
-        let groups = procfs::scan_groups();
-        for (name, pg, max) in limited {
-            let rss = groups.get(&pg).map(|g| g.rss_bytes).unwrap_or(0);
-            if rss > max {
-                if let Some(p) = self.procs.get_mut(&name) {
-                    p.restart_count += 1;
-                    p.last_reason = Some(format!("memory {rss} bytes over the limit of {max}"));
-                }
-                tracing::warn!(name = %name, rss, max, "memory over the limit; restarting");
-                self.begin_stop(&name, Then::Restart, None);
-            }
-        }
-    }
-
-    fn statuses(&mut self) -> Vec<ProcStatus> {
-        let groups = procfs::scan_groups();
-        let ticks = procfs::clock_ticks() as f64;
-        let now = Instant::now();
-        self.procs
-            .iter_mut()
-            .map(|(name, p)| {
-                let usage = p.pgid.and_then(|pg| groups.get(&pg));
-                let (rss, cpu) = usage.map(|g| (g.rss_bytes, g.cpu_ticks)).unwrap_or((0, 0));
-                if let Some((last, at)) = p.cpu_sample {
-                    let secs = now.duration_since(at).as_secs_f64();
-                    if secs > 0.05 {
-                        p.cpu_percent = (cpu.saturating_sub(last) as f64 / ticks) / secs * 100.0;
-                        p.cpu_sample = Some((cpu, now));
-                    }
-                } else if usage.is_some() {
-                    p.cpu_sample = Some((cpu, now));
-                }
-                let running = p.state.running();
-                ProcStatus {
-                    name: name.clone(),
-                    pid: if running { p.pid.unwrap_or(0) } else { 0 },
-                    status: p.state.as_str().into(),
-                    uptime_ms: if running { p.started.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0) } else { 0 },
-                    restart_count: p.restart_count,
-                    memory_bytes: rss,
-                    cpu_percent: (p.cpu_percent * 10.0).round() / 10.0,
-                    exit_code: p.exit_code,
-                    unstable_restarts: p.unstable_restarts,
-                    spec_hash: p.spec.env.get("AGENTCOM_SPEC_HASH").cloned(),
-                    daemon_root: p.spec.env.get("AGENTCOM_DAEMON_ROOT").cloned(),
-                    // Why it is not running: shown while it is not.
-                    reason: if running { None } else { p.last_reason.clone() },
-                }
-            })
-            .collect()
-    }
-
-    fn describe(&mut self, name: &str) -> Option<Describe> {
-        let status = self.statuses().into_iter().find(|s| s.name == name)?;
-        let p = self.procs.get(name)?;
-        let (out, err) = log_paths(&self.cfg.dir, name);
-        Some(Describe {
-            status,
-            spec: p.spec.clone(),
-            pgid: p.pgid,
-            out_log: out.display().to_string(),
-            err_log: err.display().to_string(),
-            last_restart_reason: p.last_reason.clone(),
-            started_at_ms: p.started_at_ms,
-        })
     }
 }
