@@ -134,6 +134,8 @@ fn help_describes_every_argument() {
         &["restart"],
         &["delete"],
         &["kill"],
+        &["attach"],
+        &["send"],
         &["ps"],
         &["describe"],
         &["logs"],

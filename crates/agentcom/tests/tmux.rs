@@ -78,6 +78,25 @@ async fn an_exit_status_is_read_from_the_pane_and_the_policy_applies() -> R {
     s.ok(&["start", "fails", "--tmux", "--restart", "never", "--", "sh", "-c", "exit 5"])?;
     let p = s.wait_for("fails", "stopped", |p| p["status"] == "stopped").await?;
     assert_eq!(p["exit_code"], 5);
+    // Its environment reaches the pane, and never a command line another user could read.
+    s.ok(&[
+        "start",
+        "envy",
+        "--tmux",
+        "--env",
+        "SECRET=hunter2",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$AGENTCOM_PROCESS_NAME $SECRET\"; exec sleep 1000",
+    ])?;
+    logs_show(&s, "envy", "envy hunter2").await?;
+    let sock = s.dir().join("tmux.sock");
+    let server =
+        Command::new("tmux").args(["-S", sock.to_str().unwrap(), "display-message", "-p", "#{pid}"]).output()?;
+    let server = String::from_utf8(server.stdout)?.trim().to_string();
+    let cmdline = std::fs::read(format!("/proc/{server}/cmdline"))?;
+    assert!(!String::from_utf8_lossy(&cmdline).contains("hunter2"), "{}", String::from_utf8_lossy(&cmdline));
     // Typing into a process that is not in tmux says so.
     s.ok(&["start", "plain", "--", "sleep", "1000"])?;
     let e = s.run(&["send", "plain", "x"]);

@@ -730,7 +730,8 @@ pub struct Supervised {
 impl Supervised {
     pub fn new(bin: &Path) -> Result<Supervised> {
         Ok(Supervised {
-            bin: bin.to_path_buf(),
+            // Absolute: commands run in the temp dir.
+            bin: bin.canonicalize().with_context(|| format!("{} not found", bin.display()))?,
             temp: tempfile::tempdir()?,
             env: vec![("AGENTCOM_SUPERVISOR_MEMORY_CHECK_MS".into(), "100".into())],
         })

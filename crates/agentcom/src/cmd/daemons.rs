@@ -165,7 +165,11 @@ pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
                 full_every: Duration::from_millis(full_every_ms.max(1)),
                 apply: root.options()?,
             };
-            daemons::watch(root.root.clone(), root.sup.launching_backend()?, opts, shutdown).await?;
+            // A watcher that runs under the supervisor (install-watcher) must never launch one:
+            // while that supervisor shuts down, a reconcile would start a second one.
+            let supervised = std::env::var_os(supervisor::daemon::ENV_SOCKET).is_some();
+            let backend = if supervised { root.sup.backend()? } else { root.sup.launching_backend()? };
+            daemons::watch(root.root.clone(), backend, opts, shutdown).await?;
         }
         DaemonsCmd::InstallWatcher { root } => {
             let backend = root.sup.launching_backend()?;

@@ -164,6 +164,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let _ = std::fs::remove_file(&pid_file);
     // Stop every child, whole groups, and wait for them; the desired state stays on disk.
     d.stop_all_for_exit(&mut rx).await;
+    // Its processes are stopped: the private tmux server (if one ran) goes too.
+    tmux::kill_server(&cfg.dir);
     // The last answers (to `kill`) are written before we go; idle connections end at once.
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;

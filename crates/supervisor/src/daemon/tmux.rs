@@ -104,18 +104,23 @@ pub fn spawn(
     let mut stale = tmux(dir);
     stale.args(["kill-session", "-t", &format!("={session}")]).stderr(std::process::Stdio::null());
     let _ = stale.output();
+    // The server starts with the supervisor's own environment, as a forked child would have it.
+    let mut server = tmux(dir);
+    server.args(["start-server", ";", "set-option", "-g", "exit-empty", "off", ";"]);
+    server.args(["set-option", "-gw", "remain-on-exit", "on"]);
+    run(server)?;
+    // The process's own variables travel in this client's environment, named in
+    // `update-environment` so tmux copies them into the new session: never on a command line,
+    // where any local user could read them.
+    let mut names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
+    names.extend([ENV_NAME, ENV_SOCKET]);
     let mut c = tmux(dir);
-    c.args(["start-server", ";", "set-option", "-g", "exit-empty", "off", ";"]);
-    c.args(["set-option", "-gw", "remain-on-exit", "on", ";"]);
+    c.envs(&spec.env).env(ENV_NAME, &spec.name).env(ENV_SOCKET, supervisor_socket);
+    c.args(["set-option", "-g", "update-environment", &names.join(" "), ";"]);
     c.args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", "-P", "-F", "#{pane_id} #{pane_pid}"]);
     if let Some(cwd) = &spec.cwd {
         c.args(["-c", cwd]);
     }
-    for (k, v) in &spec.env {
-        c.arg("-e").arg(format!("{k}={v}"));
-    }
-    c.arg("-e").arg(format!("{ENV_NAME}={}", spec.name));
-    c.arg("-e").arg(format!("{ENV_SOCKET}={}", supervisor_socket.display()));
     c.arg("--").arg(&spec.command).args(&spec.args);
     // In the same command queue as the new session: no output is missed before the pipe.
     c.args([
