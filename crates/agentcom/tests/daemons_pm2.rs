@@ -273,3 +273,22 @@ async fn start_an_ecosystem_file_starts_every_app() -> R {
         .all(|p| p["status"] == "stopped"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_js_file_without_node_is_an_error_that_says_so() -> R {
+    let w = Workspace::new("native")?;
+    w.write("js/ecosystem.config.js", "module.exports = { apps: [{ name: 'x', script: 'sleep' }] };");
+    w.write("t/daemon.toml", "command = \"/bin/sleep\"\nargs = [\"1000\"]\n");
+    // No node on PATH (nor anything else: the daemon.toml names its command by path).
+    let root = w.root().display().to_string();
+    let out = w.sup.cmd(&["daemons", "plan", "--root", &root, "--json"]).env("PATH", "/nonexistent").output()?;
+    let plan: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let js = plan.iter().find(|i| i["action"] == "error").expect("an error for the JS file");
+    assert!(js["file"].as_str().unwrap().ends_with("js/ecosystem.config.js"));
+    assert!(js["message"].as_str().unwrap().starts_with("node is needed to read a JS ecosystem file"), "{js}");
+    assert!(
+        plan.iter().any(|i| i["process"] == "daemons:t" && i["action"] == "start"),
+        "the rest is planned: {plan:#?}"
+    );
+    Ok(())
+}
