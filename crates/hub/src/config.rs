@@ -50,6 +50,14 @@ pub struct FileConfig {
     pub max_event_readers: Option<usize>,
     pub budgets: Option<BudgetsFile>,
     pub webhooks: Option<Vec<WebhookFile>>,
+    /// `postgres://...`: store everything in PostgreSQL; several hubs may share it.
+    pub database_url: Option<String>,
+    /// This hub's base URL as agents and clients reach it (for redirects from standbys).
+    pub advertise_url: Option<String>,
+    /// How long a leader's lease lasts without renewal.
+    pub lease_ms: Option<u64>,
+    /// This hub's name among the others (default: host name and pid).
+    pub hub_id: Option<String>,
 }
 
 /// `[budgets]`: spend allowed per UTC day, for the whole fleet and per agent.
@@ -97,6 +105,8 @@ pub struct Overrides {
     pub admin_token_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub advertise_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +318,8 @@ pub struct HubConfig {
     pub net: NetLimits,
     pub events: EventLimits,
     pub webhooks: Vec<Webhook>,
+    /// Set when the hub stores everything in PostgreSQL (several hubs, one leader).
+    pub ha: Option<crate::ha::HaConfig>,
     /// Set when the hub serves TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -333,6 +345,7 @@ impl HubConfig {
     /// The configuration from a parsed file and the overrides, every problem listed (with
     /// those already found in `errors`). No IO but reading `admin_token_file` and TLS files.
     pub fn resolve(file: FileConfig, o: Overrides, mut errors: Vec<String>) -> Result<HubConfig, ConfigErrors> {
+        let ha = ha(&o, &file, &mut errors);
         let d = Timings::default();
         let ms = |name: &str, v: Option<u64>, def: Duration, errors: &mut Vec<String>| match v {
             Some(0) => {
@@ -500,7 +513,13 @@ impl HubConfig {
             }
         };
         if errors.is_empty() {
-            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, events, webhooks, tls })
+            if ha.is_some() && admin_token.is_none() {
+                return Err(ConfigErrors(vec![
+                    "admin_token: hubs sharing PostgreSQL need the same admin token: give admin_token_file, admin_token or AGENTCOM_ADMIN_TOKEN"
+                        .into(),
+                ]));
+            }
+            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, events, webhooks, ha, tls })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -573,6 +592,51 @@ fn webhooks(files: Vec<WebhookFile>, errors: &mut Vec<String>) -> Vec<Webhook> {
         });
     }
     out
+}
+
+/// The PostgreSQL settings, when a database URL is given.
+fn ha(o: &Overrides, file: &FileConfig, errors: &mut Vec<String>) -> Option<crate::ha::HaConfig> {
+    let url = o.database_url.clone().or_else(|| file.database_url.clone())?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        errors.push("database_url: must be a postgres:// or postgresql:// URL".into());
+        return None;
+    }
+    if let Err(e) = url.parse::<postgres::Config>() {
+        errors.push(format!("database_url: {e}"));
+    }
+    let listen = o.listen.clone().or_else(|| file.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let advertise = o.advertise_url.clone().or_else(|| file.advertise_url.clone());
+    let unspecified = listen.starts_with("0.0.0.0:") || listen.starts_with("[::]:");
+    match &advertise {
+        Some(a) => match url::Url::parse(a) {
+            Ok(_) if a.len() > 110 => {
+                errors.push("advertise_url: at most 110 bytes (agents receive it in a WebSocket close frame)".into())
+            }
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => errors.push(format!("advertise_url: {a:?} is not an http:// or https:// URL")),
+        },
+        None if unspecified => errors.push(format!(
+            "advertise_url: required with database_url when listen ({listen}) does not say how others reach this hub"
+        )),
+        None => {}
+    }
+    let lease = match file.lease_ms {
+        Some(ms) if !(200..=600_000).contains(&ms) => {
+            errors.push("lease_ms: must be 200 to 600000".into());
+            Duration::from_secs(5)
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_secs(5),
+    };
+    let hub_id = file.hub_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    if hub_id.is_empty() || hub_id.chars().count() > 128 || hub_id.chars().any(char::is_control) {
+        errors.push("hub_id: must be 1 to 128 printable characters".into());
+    }
+    // The advertise URL may still be filled from `listen` once TLS is known.
+    Some(crate::ha::HaConfig { database_url: url, advertise_url: advertise.unwrap_or_default(), lease, hub_id })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {

@@ -7,7 +7,7 @@ use crate::auth::Role;
 use crate::authz;
 use crate::config::{Limits, NetLimits, Timings};
 use crate::core::api::{ApiRequest, ApiResult, Reply};
-use crate::core::CoreHandle;
+use crate::ha;
 use crate::model::TaskStatus;
 use crate::paging;
 use crate::server::ConnTicket;
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use proto::api::{
-    ApiError, Checkpoint, CreateToken, ErrorCode, Health, HealthStatus, ListAgents, ListDeadLetter, ListTasks,
+    ApiError, Checkpoint, CreateToken, ErrorCode, Health, HealthStatus, HubRole, ListAgents, ListDeadLetter, ListTasks,
     ListTokens, RestartAgent, SubmitTask, TaskDetail, TaskList,
 };
 use serde_json::{Map, Value};
@@ -30,8 +30,8 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub core: CoreHandle,
-    pub reader: Arc<dyn Reader>,
+    /// Whether this hub serves (it leads) and from which core, or where the leader is.
+    pub role: crate::ha::RoleRx,
     pub timings: Timings,
     pub limits: Limits,
     pub net: NetLimits,
@@ -47,6 +47,68 @@ pub struct AppState {
 
 /// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
 const SMALL_BODY: usize = 64 * 1024;
+
+impl AppState {
+    /// The leader's core and reader, or the answer that sends the client to the leader.
+    pub fn serving(&self) -> Result<crate::ha::Serving, NotServing> {
+        match &*self.role.borrow() {
+            ha::Role::Leader(s) => Ok(s.clone()),
+            ha::Role::Standby { leader } => Err(NotServing(leader.as_ref().map(|l| l.url.clone()))),
+        }
+    }
+}
+
+/// This hub stopped leading between the gate and the handler: the client retries, at the leader
+/// when one is known.
+pub struct NotServing(Option<String>);
+
+impl IntoResponse for NotServing {
+    fn into_response(self) -> Response {
+        let mut e = ApiError::new(ErrorCode::NotLeader).msg("this hub is no longer the leader; retry");
+        e.leader = self.0;
+        error(e)
+    }
+}
+
+impl From<NotServing> for Response {
+    fn from(n: NotServing) -> Response {
+        n.into_response()
+    }
+}
+
+/// A standby's answer: 307 to the leader (with the same path and query), or 503 when no leader
+/// is known yet. Clients follow it only to hubs they were configured with.
+fn not_leader(leader: Option<&crate::ha::LeaderInfo>, path_and_query: Option<&str>) -> Response {
+    match leader {
+        Some(l) => {
+            let location = format!("{}{}", l.url.trim_end_matches('/'), path_and_query.unwrap_or("/"));
+            let mut e =
+                ApiError::new(ErrorCode::NotLeader).msg(format!("this hub is a standby; the leader is {}", l.url));
+            e.leader = Some(l.url.clone());
+            let mut r = (StatusCode::TEMPORARY_REDIRECT, Json(e)).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        None => error(
+            ApiError::new(ErrorCode::NotLeader).msg("this hub is a standby and no leader is known yet; retry shortly"),
+        ),
+    }
+}
+
+/// On a standby, every route but `/health`, `/metrics` and `/ws` sends the client to the leader.
+async fn gate(State(s): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let open = matches!(req.uri().path(), "/health" | "/metrics" | "/ws");
+    let standby = match &*s.role.borrow() {
+        ha::Role::Leader(_) => None,
+        ha::Role::Standby { leader } => Some(leader.clone()),
+    };
+    match standby {
+        Some(leader) if !open => not_leader(leader.as_ref(), req.uri().path_and_query().map(|p| p.as_str())),
+        _ => next.run(req).await,
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -72,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { error(ApiError::new(ErrorCode::NotFound).msg("no such route")) })
         .method_not_allowed_fallback(|| async { error(ApiError::new(ErrorCode::MethodNotAllowed)) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
@@ -128,12 +191,16 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn call(s: &AppState, headers: &HeaderMap, req: ApiRequest) -> Response {
-    respond(s.core.call(bearer(headers), req).await)
+    match s.serving() {
+        Ok(serving) => respond(serving.core.call(bearer(headers), req).await),
+        Err(r) => r.into_response(),
+    }
 }
 
 /// Who the token belongs to (any role); reads need nothing more.
 pub(crate) async fn role(s: &AppState, headers: &HeaderMap) -> Result<Role, Response> {
-    match s.core.call(bearer(headers), ApiRequest::Authenticate).await {
+    let serving = s.serving()?;
+    match serving.core.call(bearer(headers), ApiRequest::Authenticate).await {
         Ok(Reply::Role(r)) => Ok(r),
         Ok(_) => Err(error(ApiError::new(ErrorCode::Unknown))),
         Err(e) => Err(error(e)),
@@ -145,7 +212,7 @@ async fn read<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let reader = s.reader.clone();
+    let reader = s.serving()?.reader;
     match tokio::task::spawn_blocking(move || f(reader.as_ref())).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(error(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string()))),
@@ -234,20 +301,29 @@ fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn health() -> Response {
-    Json(Health {
-        status: HealthStatus::Ok,
-        version: env!("CARGO_PKG_VERSION").into(),
-        role: Some(proto::api::HubRole::Leader),
-        leader: None,
-        term: None,
-    })
-    .into_response()
+async fn health(State(s): State<AppState>) -> Response {
+    let (role, leader, term) = match &*s.role.borrow() {
+        ha::Role::Leader(serving) => (HubRole::Leader, None, (serving.term > 0).then_some(serving.term)),
+        ha::Role::Standby { leader } => {
+            (HubRole::Standby, leader.as_ref().map(|l| l.url.clone()), leader.as_ref().map(|l| l.term))
+        }
+    };
+    Json(Health { status: HealthStatus::Ok, version: env!("CARGO_PKG_VERSION").into(), role: Some(role), leader, term })
+        .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    match s.core.call(None, ApiRequest::Metrics).await {
+    let Ok(serving) = s.serving() else {
+        // A standby reports only what it has: its connections, and that it does not lead.
+        let mut text = String::from(
+            "# HELP agentcom_hub_leader Whether this hub leads.\n# TYPE agentcom_hub_leader gauge\nagentcom_hub_leader 0\n",
+        );
+        s.conns.render(&mut text);
+        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response();
+    };
+    match serving.core.call(None, ApiRequest::Metrics).await {
         Ok(Reply::Metrics(mut text)) => {
+            text.push_str("# HELP agentcom_hub_leader Whether this hub leads.\n# TYPE agentcom_hub_leader gauge\nagentcom_hub_leader 1\n");
             s.conns.render(&mut text);
             crate::feed::render_metrics(&s, &mut text);
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -258,9 +334,22 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn ws(State(s): State<AppState>, ticket: Option<Extension<ConnTicket>>, upgrade: WebSocketUpgrade) -> Response {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
+    let serving = match &*s.role.borrow() {
+        ha::Role::Leader(serving) => Ok(serving.clone()),
+        ha::Role::Standby { leader } => Err(leader.as_ref().map(|l| l.ws_url.clone()).unwrap_or_default()),
+    };
+    let serving = match serving {
+        Ok(serving) => serving,
+        // A standby takes the socket only to say, with a close code, where the leader is.
+        Err(leader_ws) => {
+            return upgrade.on_upgrade(move |socket| crate::ws::redirect(socket, leader_ws));
+        }
+    };
     let w = crate::ws::WsConn {
         conn,
-        core: s.core.clone(),
+        core: serving.core.clone(),
+        role: s.role.clone(),
+        term: serving.term,
         timings: s.timings.clone(),
         identify_timeout: s.net.identify_timeout,
         shutdown: s.shutdown.clone(),

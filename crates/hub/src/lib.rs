@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod events;
 pub mod feed;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -134,6 +135,19 @@ fn check_database_file(dir: &Path) -> Result<PathBuf, HubError> {
     }
 }
 
+/// What runs the core: this hub's own (SQLite), or the lease keeper's (PostgreSQL).
+enum Leadership {
+    Single {
+        core: core::CoreHandle,
+        thread: std::thread::JoinHandle<()>,
+        /// Kept so the role channel stays open for the hub's life.
+        _tx: tokio::sync::watch::Sender<ha::Role>,
+    },
+    Shared {
+        thread: std::thread::JoinHandle<()>,
+    },
+}
+
 /// Runs the hub until `shutdown` is cancelled: stops accepting, closes sockets with 1001,
 /// commits every pending write, then returns.
 pub async fn run(cfg: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {
@@ -151,21 +165,51 @@ pub async fn run_reporting(
         tokio::net::TcpListener::bind(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("cannot read the bound address"))?;
     let fd_limit = server::raise_nofile_limit();
-    private_data_dir(&cfg.data_dir)?;
-    let db_path = check_database_file(&cfg.data_dir)?;
-    let admin = admin_token(&cfg)?;
-    let store = store::SqliteStore::open(&db_path)?;
-    let reader: Arc<dyn store::Reader> = Arc::new(store.reader(cfg.net.reader_connections)?);
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let bus = events::EventBus::new(clock::wall_ms(), cfg.events.window, cfg.events.reader_buffer);
-    let core =
-        core::Core::new(store, clock::SystemClock, cfg.timings.clone(), cfg.limits.clone(), &admin, bus.clone())?;
-    let open = core.open_task_count();
-    let (handle, core_thread) = core::spawn(core);
+    // Who serves: this hub alone on SQLite, or whichever hub leads on PostgreSQL.
+    let keeper_stop = CancellationToken::new();
+    let (role, leadership) = match cfg.ha.clone() {
+        None => {
+            private_data_dir(&cfg.data_dir)?;
+            let db_path = check_database_file(&cfg.data_dir)?;
+            let admin = admin_token(&cfg)?;
+            let store = store::SqliteStore::open(&db_path)?;
+            let reader: Arc<dyn store::Reader> = Arc::new(store.reader(cfg.net.reader_connections)?);
+            let core = core::Core::new(
+                store,
+                clock::SystemClock,
+                cfg.timings.clone(),
+                cfg.limits.clone(),
+                &admin,
+                bus.clone(),
+            )?;
+            let open = core.open_task_count();
+            let (handle, core_thread) = core::spawn(core);
+            tracing::info!(data_dir = %cfg.data_dir.display(), open_tasks = open, "state loaded");
+            let serving = ha::Serving { core: handle.clone(), reader, term: 0 };
+            let (_tx, rx) = tokio::sync::watch::channel(ha::Role::Leader(serving));
+            (rx, Leadership::Single { core: handle, thread: core_thread, _tx })
+        }
+        Some(mut h) => {
+            if h.advertise_url.is_empty() {
+                h.advertise_url = format!("{scheme}://{addr}");
+            }
+            let parts = ha::CoreParts {
+                timings: cfg.timings.clone(),
+                limits: cfg.limits.clone(),
+                admin_token: cfg.admin_token.clone().unwrap_or_default(),
+                bus: bus.clone(),
+                reader_connections: cfg.net.reader_connections,
+            };
+            tracing::info!(database = %store::pg_redact(&h.database_url), "storing in PostgreSQL");
+            let (rx, thread) = ha::start(h, parts, keeper_stop.clone());
+            (rx, Leadership::Shared { thread })
+        }
+    };
 
     let limits = server::ConnLimits::new(&cfg.net, fd_limit);
-    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}"), data_dir = %cfg.data_dir.display(),
-        open_tasks = open, max_connections = limits.max, "hub listening");
+    tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}"), max_connections = limits.max, "hub listening");
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
@@ -173,8 +217,7 @@ pub async fn run_reporting(
     let tracker = TaskTracker::new();
     webhooks::spawn(cfg.webhooks.clone(), &bus, shutdown.clone(), &tracker);
     let state = http::AppState {
-        core: handle.clone(),
-        reader,
+        role,
         timings: cfg.timings.clone(),
         limits: cfg.limits.clone(),
         net: cfg.net.clone(),
@@ -198,9 +241,18 @@ pub async fn run_reporting(
     // Sockets see the same token and close with 1001; wait for them to say goodbye.
     tracker.close();
     tracker.wait().await;
-    handle.send(core::Event::Shutdown).await;
-    drop(handle);
-    let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
+    match leadership {
+        Leadership::Single { core, thread, _tx } => {
+            core.send(core::Event::Shutdown).await;
+            drop(core);
+            drop(_tx);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        Leadership::Shared { thread } => {
+            keeper_stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
     tracing::info!("hub stopped");
     Ok(())
 }

@@ -20,6 +20,9 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 pub struct WsConn {
     pub conn: ConnId,
     pub core: CoreHandle,
+    /// The hub's role: when it stops leading (this `term`), the socket is sent to the new leader.
+    pub role: crate::ha::RoleRx,
+    pub term: u64,
     pub timings: Timings,
     /// How long the socket may stay without a successful identify.
     pub identify_timeout: std::time::Duration,
@@ -29,7 +32,7 @@ pub struct WsConn {
 }
 
 pub async fn serve(mut socket: WebSocket, w: WsConn) {
-    let WsConn { conn, core, timings: t, identify_timeout, shutdown, ticket } = w;
+    let WsConn { conn, core, mut role, term, timings: t, identify_timeout, shutdown, ticket } = w;
     let (tx, mut rx) = tokio::sync::mpsc::channel(OUT_CAPACITY);
     core.send(Event::Connected { conn, tx }).await;
     let mut state = ConnState { identify_sent: false, identified: false, violations: VecDeque::new() };
@@ -41,6 +44,14 @@ pub async fn serve(mut socket: WebSocket, w: WsConn) {
     let close: Option<(u16, String)> = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "hub shutting down".into())),
+            changed = role.changed() => {
+                let leader = match &*role.borrow_and_update() {
+                    crate::ha::Role::Leader(s) if s.term == term && changed.is_ok() => continue,
+                    crate::ha::Role::Leader(_) => String::new(),
+                    crate::ha::Role::Standby { leader } => leader.as_ref().map(|l| l.ws_url.clone()).unwrap_or_default(),
+                };
+                break Some((proto::CLOSE_NOT_LEADER, leader));
+            }
             _ = evicted.cancelled() => break Some((CLOSE_TRY_AGAIN, "hub busy; reconnect and identify promptly".into())),
             _ = &mut identify_deadline, if !state.identified => {
                 break Some((CLOSE_POLICY, format!("no identify within {} ms", identify_timeout.as_millis())));
@@ -119,6 +130,15 @@ pub async fn serve(mut socket: WebSocket, w: WsConn) {
                 linger(&mut socket).await;
             }
         }
+    }
+}
+
+/// A standby's answer to an agent: close with [`proto::CLOSE_NOT_LEADER`] naming the leader's
+/// WebSocket URL (empty when none is known yet).
+pub async fn redirect(mut socket: WebSocket, leader_ws: String) {
+    let frame = CloseFrame { code: proto::CLOSE_NOT_LEADER, reason: leader_ws.into() };
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        linger(&mut socket).await;
     }
 }
 

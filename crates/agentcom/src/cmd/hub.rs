@@ -27,6 +27,15 @@ pub struct HubArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "AGENTCOM_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Keep the queue in PostgreSQL (postgres://user:password@host/db) instead of SQLite; several
+    /// hubs on one database elect a leader (docs/ha.md). A password here is visible to every local
+    /// user in the process list: prefer AGENTCOM_DATABASE_URL or `database_url` in --config.
+    #[arg(long, env = "AGENTCOM_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// This hub's URL as agents and clients reach it (http://10.0.0.5:4000), sent to them by
+    /// standbys; with --database-url [default: from --listen]
+    #[arg(long, env = "AGENTCOM_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -36,6 +45,9 @@ pub async fn run(a: HubArgs) -> anyhow::Result<u8> {
     if std::env::args().any(|arg| arg == "--admin-token" || arg.starts_with("--admin-token=")) {
         tracing::warn!("--admin-token on the command line is visible to every local user in /proc/<pid>/cmdline; use --admin-token-file or AGENTCOM_ADMIN_TOKEN");
     }
+    if std::env::args().any(|arg| arg == "--database-url" || arg.starts_with("--database-url=")) {
+        tracing::warn!("--database-url on the command line is visible to every local user in /proc/<pid>/cmdline; use AGENTCOM_DATABASE_URL or database_url in the config file");
+    }
     let overrides = hub::Overrides {
         config: a.config,
         listen: a.listen,
@@ -44,6 +56,8 @@ pub async fn run(a: HubArgs) -> anyhow::Result<u8> {
         admin_token_file: a.admin_token_file,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
+        database_url: a.database_url,
+        advertise_url: a.advertise_url,
     };
     let cfg = hub::HubConfig::load(overrides)?;
     let shutdown = crate::shutdown_on_signals()?;

@@ -94,6 +94,11 @@ impl CoreHandle {
         let _ = self.tx.send(ev).await;
     }
 
+    /// For a thread outside the runtime (the lease keeper). False when the core has stopped.
+    pub fn blocking_send(&self, ev: Event) -> bool {
+        self.tx.blocking_send(ev).is_ok()
+    }
+
     pub async fn call(&self, auth: Option<String>, req: ApiRequest) -> ApiResult {
         let (reply, rx) = oneshot::channel();
         self.send(Event::Api { auth, req, reply }).await;
@@ -191,6 +196,8 @@ pub struct Core<S: Store, C: Clock> {
     spending: budget::Spending,
     dispatch_needed: bool,
     metrics: Metrics,
+    /// Another hub leads now (a commit was fenced off): this core stops.
+    deposed: bool,
 }
 
 const MAX_BATCH: usize = 1024;
@@ -232,6 +239,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             spending: budget::Spending::default(),
             dispatch_needed: true,
             metrics: Metrics::default(),
+            deposed: false,
         };
         core.reload()?;
         core.arm_new_day();
@@ -366,7 +374,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
             let stop = batch.iter().any(|e| matches!(e, Event::Shutdown));
             self.step(batch.drain(..).filter(|e| !matches!(e, Event::Shutdown)));
-            if stop {
+            if stop || self.deposed {
                 break;
             }
         }
@@ -408,6 +416,21 @@ impl<S: Store, C: Clock> Core<S, C> {
                         }
                         Effect::Reply { reply, result } => {
                             let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+            Err(err @ StoreError::Deposed { .. }) => {
+                tracing::error!(error = %err, "a commit was fenced off: another hub leads; this core stops");
+                self.events.clear();
+                self.deposed = true;
+                let refused = ApiError::new(ErrorCode::NotLeader).msg("this hub stopped leading; retry at the leader");
+                for e in effects {
+                    match e {
+                        Effect::Send { conn, out, kind: SendKind::Plain } => self.deliver(conn, out),
+                        Effect::Send { .. } => {}
+                        Effect::Reply { reply, result } => {
+                            let _ = reply.send(result.and(Err(refused.clone())));
                         }
                     }
                 }

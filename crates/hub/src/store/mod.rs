@@ -6,10 +6,10 @@
 //! threads, so a large listing never holds up dispatch; it sees only committed data, and
 //! since nothing is acknowledged before its commit, a client always reads its own writes.
 
-mod pg;
+pub(crate) mod pg;
 mod sqlite;
 
-pub use pg::{PgReader, PgStore};
+pub use pg::{redact as pg_redact, PgReader, PgStore};
 pub use sqlite::{SqliteReader, SqliteStore};
 
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
