@@ -157,7 +157,7 @@ impl Keeper {
             }
             Ok(None) => poll,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach PostgreSQL; standing by");
+                tracing::warn!(error = %e, "the lease round failed; standing by");
                 self.lease = None;
                 self.publish_standby(None);
                 poll.max(Duration::from_millis(200))
@@ -177,7 +177,7 @@ impl Keeper {
         if locked {
             let row = c.query_one(
                 "UPDATE leader SET term = term + 1, holder = $1, url = $2, ws_url = $3,
-                        expires_at = now() + $4 * interval '1 millisecond', pids = ARRAY[pg_backend_pid()]
+                        expires_at = now() + $4::bigint * interval '1 millisecond', pids = ARRAY[pg_backend_pid()]
                  WHERE id = 1 RETURNING term",
                 &[&id, &url, &ws, &lease_ms],
             )?;
@@ -257,7 +257,7 @@ impl Keeper {
         }
         let renewed = self.connection().and_then(|c| {
             Ok(c.execute(
-                "UPDATE leader SET expires_at = now() + $2 * interval '1 millisecond' WHERE id = 1 AND term = $1",
+                "UPDATE leader SET expires_at = now() + $2::bigint * interval '1 millisecond' WHERE id = 1 AND term = $1",
                 &[&term, &lease_ms],
             )?)
         });

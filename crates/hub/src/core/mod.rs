@@ -378,6 +378,10 @@ impl<S: Store, C: Clock> Core<S, C> {
                 break;
             }
         }
+        if self.deposed {
+            tracing::warn!("hub core stopped: another hub leads; nothing more was written");
+            return;
+        }
         self.flush();
         tracing::info!(open_tasks = self.tasks.len(), "hub core stopped; all writes committed");
     }

@@ -93,7 +93,11 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
         .tcp_user_timeout(timeout)
         .application_name("agentcom-hub");
     let mut client = cfg.connect(NoTls).map_err(|e| StoreError::Open { path: redact(url), message: e.to_string() })?;
-    client.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis().max(1)))?;
+    // Notices ("already exists, skipping") are not worth a log line each time a hub connects.
+    client.batch_execute(&format!(
+        "SET statement_timeout = {}; SET client_min_messages = warning",
+        timeout.as_millis().max(1)
+    ))?;
     Ok(client)
 }
 
@@ -157,13 +161,24 @@ fn parse_status(s: &str, what: &str) -> Result<TaskStatus, StoreError> {
 pub struct PgStore {
     client: Client,
     term: u64,
+    url: String,
+    timeout: Duration,
 }
 
 impl PgStore {
     pub fn open(url: &str, term: u64, timeout: Duration) -> Result<PgStore, StoreError> {
         let mut client = connect(url, timeout)?;
         migrate(&mut client)?;
-        Ok(PgStore { client, term })
+        Ok(PgStore { client, term, url: url.to_string(), timeout })
+    }
+
+    /// A lost connection is opened again on the next use: every commit is fenced by the term,
+    /// so a new session cannot write for a leader that was replaced meanwhile.
+    fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
+        if self.client.is_closed() {
+            self.client = connect(&self.url, self.timeout)?;
+        }
+        Ok(())
     }
 
     /// This connection's server process, recorded so a successor can cut it off.
@@ -186,6 +201,7 @@ fn last_by_key<'a, T>(items: impl Iterator<Item = (&'a str, T)>) -> Vec<T> {
 
 impl Store for PgStore {
     fn load(&mut self, day_start_ms: u64) -> Result<Snapshot, StoreError> {
+        self.reconnect_if_closed()?;
         let mut snap = Snapshot::default();
         for row in self.client.query(
             "SELECT task_id, head FROM tasks WHERE status NOT IN ('completed','dead_letter','cancelled') ORDER BY seq",
@@ -230,11 +246,13 @@ impl Store for PgStore {
     }
 
     fn head(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError> {
+        self.reconnect_if_closed()?;
         let row = self.client.query_opt("SELECT head FROM tasks WHERE task_id = $1", &[&task_id])?;
         row.map(|r| decode(|| format!("task {task_id}"), &r.get::<_, String>(0))).transpose()
     }
 
     fn payloads(&mut self, task_ids: &[&str]) -> Result<HashMap<String, Payload>, StoreError> {
+        self.reconnect_if_closed()?;
         let ids: Vec<&str> = task_ids.to_vec();
         let mut out = HashMap::with_capacity(ids.len());
         for row in self.client.query("SELECT task_id, payload FROM tasks WHERE task_id = ANY($1)", &[&ids])? {
@@ -246,6 +264,7 @@ impl Store for PgStore {
     }
 
     fn commit(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
         let term = self.term;
         let mut tx = self.client.transaction()?;
         // The fence: only the current term's leader writes. The row lock it takes also orders
@@ -443,6 +462,8 @@ const TASK_COLUMNS: &str = "t.task_id, t.head, t.payload, t.outcome,
 pub struct PgReader {
     conns: Vec<Mutex<Client>>,
     next: AtomicUsize,
+    url: String,
+    timeout: Duration,
 }
 
 impl PgReader {
@@ -451,12 +472,15 @@ impl PgReader {
         for _ in 0..connections.max(1) {
             conns.push(Mutex::new(connect(url, timeout)?));
         }
-        Ok(PgReader { conns, next: AtomicUsize::new(0) })
+        Ok(PgReader { conns, next: AtomicUsize::new(0), url: url.to_string(), timeout })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         let mut conn = self.conns[i].lock().unwrap_or_else(|e| e.into_inner());
+        if conn.is_closed() {
+            *conn = connect(&self.url, self.timeout)?;
+        }
         f(&mut conn)
     }
 

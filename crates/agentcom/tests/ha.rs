@@ -1,0 +1,313 @@
+//! Several real hub processes on one real PostgreSQL: election, standbys that send clients and
+//! agents to the leader, and failover after SIGKILL, SIGSTOP and a lost database connection,
+//! with tasks in flight continuing through `task_recovering`.
+
+use proto::api::{Health, HubRole, TaskStatus};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::Path;
+use testkit::{eventually, Closed, Hub, Postgres, Proxy, WsAgent};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentcom"))
+}
+
+type R = anyhow::Result<()>;
+
+/// Hubs sharing one fresh database. A slot is `None` while its hub is down.
+struct Cluster {
+    _pg: Postgres,
+    database_url: String,
+    hubs: Vec<Option<Hub>>,
+    addrs: Vec<SocketAddr>,
+    extra: String,
+    root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` hubs with a lease of `lease_ms`, each on its own port and data dir.
+    fn start(n: usize, lease_ms: u64) -> anyhow::Result<Cluster> {
+        let pg = Postgres::start()?;
+        let database_url = pg.database()?;
+        Cluster::start_on(pg, database_url, n, &format!("lease_ms = {lease_ms}\n"))
+    }
+
+    fn start_on(pg: Postgres, database_url: String, n: usize, extra: &str) -> anyhow::Result<Cluster> {
+        let mut c = Cluster {
+            _pg: pg,
+            database_url,
+            hubs: Vec::new(),
+            addrs: Vec::new(),
+            extra: extra.to_string(),
+            root: tempfile::tempdir()?,
+        };
+        for i in 0..n {
+            let hub = Hub::start_in(bin(), &c.dir(i), &c.config(i, &c.database_url))?;
+            c.addrs.push(hub.addr);
+            c.hubs.push(Some(hub));
+        }
+        Ok(c)
+    }
+
+    fn dir(&self, i: usize) -> std::path::PathBuf {
+        self.root.path().join(format!("hub-{i}"))
+    }
+
+    fn config(&self, i: usize, database_url: &str) -> String {
+        let own = format!("database_url = {}\nhub_id = \"hub-{i}\"\n{}", testkit::toml_string(database_url), self.extra);
+        testkit::merge_config(&testkit::fast_config(), &own)
+    }
+
+    fn hub(&self, i: usize) -> &Hub {
+        self.hubs[i].as_ref().expect("this hub is running")
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://{}", self.addrs[i])
+    }
+
+    fn ws_url(&self, i: usize) -> String {
+        format!("ws://{}/ws", self.addrs[i])
+    }
+
+    async fn health(&self, i: usize) -> anyhow::Result<Health> {
+        Ok(reqwest::get(format!("{}/health", self.url(i))).await?.error_for_status()?.json().await?)
+    }
+
+    /// Waits until exactly one running hub leads and every other running hub stands by naming
+    /// it in the same term; returns (leader index, term).
+    async fn settled(&self) -> anyhow::Result<(usize, u64)> {
+        eventually("one leader, the rest standing by behind it", || async {
+            let mut leader = None;
+            let mut seen = Vec::new();
+            for (i, hub) in self.hubs.iter().enumerate() {
+                if hub.is_none() {
+                    continue;
+                }
+                let h = self.health(i).await.map_err(|e| e.to_string())?;
+                if h.role == Some(HubRole::Leader) {
+                    if leader.is_some() {
+                        return Err(format!("two leaders: {seen:?} and hub {i}"));
+                    }
+                    leader = Some((i, h.term.ok_or("a leader without a term")?));
+                }
+                seen.push((i, h));
+            }
+            let (l, term) = leader.ok_or_else(|| format!("no leader yet: {seen:?}"))?;
+            for (i, h) in &seen {
+                if *i != l && (h.role != Some(HubRole::Standby) || h.leader != Some(self.url(l)) || h.term != Some(term)) {
+                    return Err(format!("hub {i} does not yet stand by behind hub {l} in term {term}: {h:?}"));
+                }
+            }
+            Ok((l, term))
+        })
+        .await
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut hub) = self.hubs[i].take() {
+            hub.kill9();
+        }
+    }
+
+    /// Starts hub `i` again on its port and data dir.
+    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let hub = Hub::start_at(bin(), &self.dir(i), &self.config(i, &self.database_url), &self.addrs[i].to_string())?;
+        self.hubs[i] = Some(hub);
+        Ok(())
+    }
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+#[tokio::test]
+async fn one_hub_leads_and_the_standbys_send_clients_and_agents_to_it() -> R {
+    let c = Cluster::start(3, 1000)?;
+    let (l, term) = c.settled().await?;
+    assert!(term >= 1);
+    let s = (l + 1) % 3;
+    let http = no_redirects();
+
+    // A read and a write on a standby: 307 to the same path on the leader, with a JSON body.
+    let r = http.get(format!("{}/api/tasks?limit=5", c.url(s))).bearer_auth(ADMIN).send().await?;
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["location"], format!("{}/api/tasks?limit=5", c.url(l)).as_str());
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!((body["error"].as_str(), body["leader"].as_str()), (Some("not_leader"), Some(c.url(l).as_str())));
+    let r = http.post(format!("{}/api/tasks", c.url(s))).bearer_auth(ADMIN).json(&json!({"description": "x"})).send().await?;
+    assert_eq!(r.status(), 307);
+    let listed = c.hub(l).admin().get("/api/tasks").await?;
+    assert_eq!(listed.1["count"], 0, "the standby wrote nothing: {listed:?}");
+
+    // Followed (307 keeps the method and body), the write lands once, at the leader.
+    let followed = reqwest::Client::new()
+        .post(format!("{}/api/tasks", c.url(s)))
+        .bearer_auth(ADMIN)
+        .json(&json!({"description": "via a standby"}))
+        .send()
+        .await?;
+    assert_eq!(followed.status(), 201);
+    assert_eq!(c.hub(l).admin().get("/api/tasks").await?.1["count"], 1);
+
+    // An agent at a standby is told where the leader is.
+    let mut a = WsAgent::connect(&c.ws_url(s)).await?;
+    assert_eq!(a.closed().await?, Closed::Code(proto::CLOSE_NOT_LEADER, c.ws_url(l)));
+
+    // Metrics say who leads; health and metrics need no token on a standby either.
+    let metric = |text: String| text.lines().find(|l| l.starts_with("agentcom_hub_leader ")).map(str::to_string);
+    let standby_metrics = reqwest::get(format!("{}/metrics", c.url(s))).await?.text().await?;
+    assert_eq!(metric(standby_metrics).as_deref(), Some("agentcom_hub_leader 0"));
+    let leader_metrics = http.get(format!("{}/metrics", c.url(l))).bearer_auth(ADMIN).send().await?.text().await?;
+    assert_eq!(metric(leader_metrics).as_deref(), Some("agentcom_hub_leader 1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_a_sigkill_of_the_leader_a_standby_serves_and_tasks_in_flight_continue() -> R {
+    let mut c = Cluster::start(2, 1000)?;
+    let (l, term) = c.settled().await?;
+    let s = 1 - l;
+    let token = c.hub(l).token("a").await?;
+    let mut a = WsAgent::identify(&c.ws_url(l), "a", &token, &[]).await?;
+    let held = c.hub(l).submit_text("held").await?;
+    let (_, generation) = a.take_task().await?;
+    let queued = c.hub(l).submit_text("queued").await?;
+
+    c.kill9(l);
+    assert_eq!(a.closed().await?, Closed::Dropped);
+    let (now, new_term) = c.settled().await?;
+    assert_eq!((now, new_term), (s, term + 1), "the standby took over in the next term");
+
+    // The agent re-identifies at the new leader and carries on with what it held.
+    let mut a = WsAgent::identify(&c.ws_url(s), "a", &token, &[]).await?;
+    a.send(json!({"type": "task_recovering", "task_id": held})).await?;
+    assert_eq!(a.expect("task_continue").await?["generation"], generation);
+    assert_eq!(a.complete(&held, generation).await?["status"], "complete");
+    let (next, g2) = a.take_task().await?;
+    assert_eq!(next, queued, "the queued task was not lost");
+    assert_eq!(a.complete(&next, g2).await?["status"], "complete");
+    for id in [&held, &queued] {
+        assert_eq!(c.hub(s).task(id).await?.task.status, TaskStatus::Completed);
+    }
+
+    // The old leader comes back as a standby.
+    c.restart(l)?;
+    assert_eq!(c.settled().await?, (s, term + 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_paused_leader_is_replaced_writes_nothing_more_and_steps_down_when_continued() -> R {
+    let c = Cluster::start(2, 1000)?;
+    let (l, term) = c.settled().await?;
+    let s = 1 - l;
+    let token = c.hub(l).token("a").await?;
+    let mut a = WsAgent::identify(&c.ws_url(l), "a", &token, &[]).await?;
+    let held = c.hub(l).submit_text("held").await?;
+    let (_, generation) = a.take_task().await?;
+
+    let pid = nix::unistd::Pid::from_raw(c.hub(l).pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    // Sent to the paused leader: a completion and a submission, both waiting in its sockets.
+    a.send(json!({"type": "task_complete", "task_id": held, "generation": generation, "result": {"status": "success"}}))
+        .await?;
+    let late_submit = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/api/tasks", c.url(l)))
+            .bearer_auth(ADMIN)
+            .json(&json!({"description": "sent to a paused leader"}))
+            .send(),
+    );
+
+    let (now, new_term) = eventually("the standby to take over from the paused leader", || async {
+        let h = c.health(s).await.map_err(|e| e.to_string())?;
+        match (h.role, h.term) {
+            (Some(HubRole::Leader), Some(t)) => Ok((s, t)),
+            _ => Err(format!("{h:?}")),
+        }
+    })
+    .await?;
+    assert_eq!((now, new_term), (s, term + 1));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+
+    // The old leader recorded neither: the task is still the agent's, the submission was refused.
+    let submitted = late_submit.await??;
+    assert_ne!(submitted.status(), 201, "{:?}", submitted.text().await);
+    assert_eq!(c.settled().await?, (s, term + 1), "the continued hub stands by");
+    let detail = c.hub(s).task(&held).await?;
+    assert_eq!((detail.task.status, detail.task.generation), (TaskStatus::Working, generation));
+    let all = c.hub(s).admin().get("/api/tasks").await?.1;
+    assert_eq!(all["count"], 1, "only the first task exists: {all}");
+
+    // Its agent is sent on, and finishes the task there, once.
+    let closed = a.closed().await?;
+    assert!(
+        matches!(&closed, Closed::Code(code, to) if *code == proto::CLOSE_NOT_LEADER && (to == &c.ws_url(s) || to.is_empty())),
+        "{closed:?}"
+    );
+    let mut a = WsAgent::identify(&c.ws_url(s), "a", &token, &[]).await?;
+    a.send(json!({"type": "task_recovering", "task_id": held})).await?;
+    assert_eq!(a.expect("task_continue").await?["generation"], generation);
+    assert_eq!(a.complete(&held, generation).await?["status"], "complete");
+    assert_eq!(c.hub(s).task(&held).await?.task.status, TaskStatus::Completed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_database_steps_down_and_rejoins_as_a_standby() -> R {
+    let pg = Postgres::start()?;
+    let database_url = pg.database()?;
+    let mut url = reqwest::Url::parse(&database_url)?;
+    let upstream: SocketAddr = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5432)).parse()?;
+    let proxy = Proxy::start(upstream).await?;
+    url.set_port(Some(proxy.addr.port())).map_err(|_| anyhow::anyhow!("set port"))?;
+
+    // Hub 0 reaches the database only through the proxy, and starts first so it leads.
+    let mut c = Cluster::start_on(pg, database_url.clone(), 0, "lease_ms = 1000\n")?;
+    let first = Hub::start_in(bin(), &c.dir(0), &c.config(0, url.as_str()))?;
+    c.addrs.push(first.addr);
+    c.hubs.push(Some(first));
+    eventually("hub 0 to lead", || async {
+        let h = c.health(0).await.map_err(|e| e.to_string())?;
+        if h.role == Some(HubRole::Leader) { Ok(()) } else { Err(format!("{h:?}")) }
+    })
+    .await?;
+    let second = Hub::start_in(bin(), &c.dir(1), &c.config(1, &database_url))?;
+    c.addrs.push(second.addr);
+    c.hubs.push(Some(second));
+    let (l, term) = c.settled().await?;
+    assert_eq!(l, 0);
+    let token = c.hub(0).token("a").await?;
+    let mut a = WsAgent::identify(&c.ws_url(0), "a", &token, &[]).await?;
+    let held = c.hub(0).submit_text("held").await?;
+    let (_, generation) = a.take_task().await?;
+
+    proxy.cut();
+    eventually("hub 1 to take over", || async {
+        let h = c.health(1).await.map_err(|e| e.to_string())?;
+        if h.role == Some(HubRole::Leader) && h.term == Some(term + 1) { Ok(()) } else { Err(format!("{h:?}")) }
+    })
+    .await?;
+    // Hub 0 cannot tell who leads while it cannot read the database; it stops serving.
+    let closed = a.closed().await?;
+    assert!(matches!(&closed, Closed::Code(code, _) if *code == proto::CLOSE_NOT_LEADER), "{closed:?}");
+    eventually("hub 0 to stand by", || async {
+        let h = c.health(0).await.map_err(|e| e.to_string())?;
+        if h.role == Some(HubRole::Standby) { Ok(()) } else { Err(format!("{h:?}")) }
+    })
+    .await?;
+
+    let mut a = WsAgent::identify(&c.ws_url(1), "a", &token, &[]).await?;
+    a.send(json!({"type": "task_recovering", "task_id": held})).await?;
+    assert_eq!(a.expect("task_continue").await?["generation"], generation);
+    assert_eq!(a.complete(&held, generation).await?["status"], "complete");
+
+    proxy.restore();
+    assert_eq!(c.settled().await?, (1, term + 1), "back on the network, hub 0 stands by behind hub 1");
+    Ok(())
+}
