@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 
 /// Certificates for TLS tests.
 pub mod tls;
+
+/// A real PostgreSQL cluster and fresh databases for tests.
+pub mod postgres;
+pub use postgres::Postgres;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};

@@ -14,6 +14,7 @@ pub use sqlite::{SqliteReader, SqliteStore};
 
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,7 @@ pub enum StoreError {
     Decode { what: String, message: String },
     #[error("cannot open database {path}: {message}")]
     Open { path: String, message: String },
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", pg::describe(.0))]
     Postgres(#[from] postgres::Error),
     /// Another hub leads now: this one's writes are fenced off.
     #[error("this hub is no longer the leader (its term {term} ended)")]
@@ -125,6 +126,16 @@ pub trait Reader: Send + Sync + 'static {
         until_ms: u64,
         agent: Option<&str>,
     ) -> Result<Vec<proto::api::UsageRow>, StoreError>;
+}
+
+/// A free-text column (a transition's reason, a model name: an agent's own words) as every store
+/// keeps it. PostgreSQL's text cannot hold NUL, and one agent's NUL must never fail the commit of
+/// a whole batch, so it becomes U+FFFD in every store alike.
+pub fn stored_text(s: &str) -> Cow<'_, str> {
+    match s.contains('\0') {
+        true => Cow::Owned(s.replace('\0', "\u{FFFD}")),
+        false => Cow::Borrowed(s),
+    }
 }
 
 /// Milliseconds in a day, for UTC day arithmetic.

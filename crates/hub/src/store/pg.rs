@@ -6,11 +6,12 @@
 //! (paused, cut off) cannot assign, complete or requeue anything. A group commit is a handful of
 //! statements whatever its size: rows of one kind go in one `UNNEST` statement.
 
-use super::{Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use super::{stored_text, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
 use crate::model::{AgentRecord, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
 use postgres::{Client, NoTls};
 use proto::api::{UsageBy, UsageRow};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -99,6 +100,17 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
         timeout.as_millis().max(1)
     ))?;
     Ok(client)
+}
+
+/// What went wrong, with the server's own message (`postgres::Error` alone says "db error").
+pub(super) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// The URL without its password, for messages and logs.
@@ -336,7 +348,7 @@ impl Store for PgStore {
             let at: Vec<i64> = trs.iter().map(|(_, t)| t.at as i64).collect();
             let from: Vec<Option<&str>> = trs.iter().map(|(_, t)| t.from.map(TaskStatus::as_str)).collect();
             let to: Vec<&str> = trs.iter().map(|(_, t)| t.to.as_str()).collect();
-            let reason: Vec<&str> = trs.iter().map(|(_, t)| t.reason.as_str()).collect();
+            let reason: Vec<Cow<'_, str>> = trs.iter().map(|(_, t)| stored_text(&t.reason)).collect();
             let agent: Vec<Option<&str>> = trs.iter().map(|(_, t)| t.agent_id.as_deref()).collect();
             let gen: Vec<i64> = trs.iter().map(|(_, t)| t.generation as i64).collect();
             tx.execute(
@@ -395,7 +407,8 @@ impl Store for PgStore {
             let agents: Vec<&str> = usage.iter().map(|u| u.1.as_str()).collect();
             let gens: Vec<i64> = usage.iter().map(|u| *u.2 as i64).collect();
             let at: Vec<i64> = usage.iter().map(|u| *u.3 as i64).collect();
-            let models: Vec<Option<&str>> = usage.iter().map(|u| u.4.model.as_deref()).collect();
+            let models: Vec<Option<Cow<'_, str>>> =
+                usage.iter().map(|u| u.4.model.as_deref().map(stored_text)).collect();
             let cost: Vec<Option<f64>> = usage.iter().map(|u| u.4.cost_usd).collect();
             tx.execute(
                 "INSERT INTO usage (task_id, agent_id, generation, at, model, input_tokens, output_tokens, total_tokens, cost_usd)
@@ -573,11 +586,13 @@ impl Reader for PgReader {
             UsageBy::Model => "COALESCE(model, 'unknown')",
             UsageBy::Day => "to_char(to_timestamp(at / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
         };
+        // Rows in byte order, as SQLite gives them, whatever the database's collation.
         let sql = format!(
-            "SELECT {key} AS k, COUNT(*)::int8, COALESCE(SUM(input_tokens), 0)::int8, COALESCE(SUM(output_tokens), 0)::int8,
+            "SELECT ({key}) COLLATE \"C\" AS k, COUNT(*)::int8, COALESCE(SUM(input_tokens), 0)::int8, COALESCE(SUM(output_tokens), 0)::int8,
                     COALESCE(SUM(COALESCE(total_tokens, COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0))), 0)::int8,
                     COALESCE(SUM(cost_usd), 0)::float8
-             FROM usage WHERE at >= $1 AND at < $2 AND ($3::text IS NULL OR agent_id = $3) GROUP BY k ORDER BY k"
+             FROM usage WHERE at >= $1 AND at < $2 AND ($3::text IS NULL OR agent_id = $3)
+             GROUP BY k ORDER BY k"
         );
         self.with(|c| {
             let rows = c.query(&sql, &[&(since_ms as i64), &(until_ms as i64), &agent])?;

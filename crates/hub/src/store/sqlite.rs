@@ -1,7 +1,7 @@
 //! SQLite store: WAL, `synchronous=FULL`, versioned migrations, one transaction per group commit;
 //! and a reader over a few read-only connections for the API's reads.
 
-use super::{Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use super::{stored_text, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
 use proto::api::{UsageBy, UsageRow};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -350,7 +350,7 @@ impl Store for SqliteStore {
                         tr.at as i64,
                         tr.from.map(TaskStatus::as_str),
                         tr.to.as_str(),
-                        tr.reason,
+                        stored_text(&tr.reason),
                         tr.agent_id,
                         tr.generation as i64
                     ])?;
@@ -389,7 +389,7 @@ impl Store for SqliteStore {
                         agent_id,
                         *generation as i64,
                         *at as i64,
-                        u.model,
+                        u.model.as_deref().map(stored_text),
                         u.input_tokens.map(|n| n as i64),
                         u.output_tokens.map(|n| n as i64),
                         u.total_tokens.map(|n| n as i64),

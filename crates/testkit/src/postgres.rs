@@ -1,0 +1,355 @@
+//! A real PostgreSQL for tests: the cluster `scripts/test` started (named by
+//! `AGENTCOM_TEST_PG_ADMIN_URL`), else a private one in a temp dir, stopped when the last handle
+//! in the process drops. Each test takes fresh databases from it, so tests never share data.
+//!
+//! The server refuses to run as root: as root (CI), every server command runs as the `postgres`
+//! user through `runuser`, in a temp dir that user owns.
+
+use crate::eventually_blocking;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+
+/// The admin URL of a running cluster to use instead of starting one (set by `scripts/test`).
+pub const ADMIN_URL_ENV: &str = "AGENTCOM_TEST_PG_ADMIN_URL";
+
+/// The superuser the private cluster is created with, whoever runs it.
+const SUPERUSER: &str = "postgres";
+
+/// How many ports are tried when another process takes the free one first.
+const PORT_ATTEMPTS: usize = 10;
+
+/// Settings of the private cluster: loopback only, no durability (tests never crash the server
+/// itself), room for the connections of several hubs at once.
+const SERVER_SETTINGS: &str = "
+listen_addresses = '127.0.0.1'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 200
+shared_buffers = 32MB
+log_min_messages = warning
+";
+
+/// One cluster per test process, shared by every [`Postgres`] handle alive at the same time.
+static SHARED: Mutex<Weak<Server>> = Mutex::new(Weak::new());
+
+/// A handle on the test cluster. The databases it created are dropped with it.
+pub struct Postgres {
+    server: Arc<Server>,
+    created: Mutex<Vec<String>>,
+}
+
+impl Postgres {
+    /// The cluster named by [`ADMIN_URL_ENV`], else this process's private one (started on the
+    /// first call). Fails, saying what to install, when PostgreSQL is not there.
+    pub fn start() -> Result<Postgres> {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        let server = match shared.upgrade() {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(Server::start()?);
+                *shared = Arc::downgrade(&s);
+                s
+            }
+        };
+        Ok(Postgres { server, created: Mutex::new(Vec::new()) })
+    }
+
+    /// A `postgres://` URL of the superuser's maintenance database.
+    pub fn admin_url(&self) -> &str {
+        &self.server.admin_url
+    }
+
+    /// Creates an empty database with a random name and returns its `postgres://` URL.
+    ///
+    /// Its collation follows language rules (ICU `en-US`), as most installations' does, rather
+    /// than byte order: a query whose results depend on the collation shows up in tests.
+    pub fn database(&self) -> Result<String> {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| anyhow!("random database name: {e}"))?;
+        let name = format!("agentcom_test_{}", hex(&random));
+        let mut admin = self.server.admin()?;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
+                 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            ))
+            .with_context(|| format!("create database {name}"))?;
+        self.created.lock().unwrap_or_else(|e| e.into_inner()).push(name.clone());
+        let mut url = reqwest::Url::parse(&self.server.admin_url).context("the admin URL")?;
+        url.set_path(&format!("/{name}"));
+        Ok(url.to_string())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        if names.is_empty() {
+            return;
+        }
+        // A shared cluster outlives this test: give back what it took.
+        if let Ok(mut admin) = self.server.admin() {
+            for name in names {
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Server {
+    admin_url: String,
+    /// Our own cluster, held for its drop (which stops it); `None` for one started by someone else.
+    _cluster: Option<Cluster>,
+}
+
+impl Server {
+    fn start() -> Result<Server> {
+        if let Some(url) = std::env::var(ADMIN_URL_ENV).ok().filter(|u| !u.trim().is_empty()) {
+            let server = Server { admin_url: url, _cluster: None };
+            server.admin().with_context(|| format!("the cluster named by {ADMIN_URL_ENV} does not answer"))?;
+            return Ok(server);
+        }
+        let cluster = Cluster::init()?;
+        let admin_url = cluster.start()?;
+        let server = Server { admin_url, _cluster: Some(cluster) };
+        eventually_blocking("the test cluster to accept connections", || {
+            server.admin().map(drop).map_err(|e| format!("{e:#}"))
+        })?;
+        Ok(server)
+    }
+
+    fn admin(&self) -> Result<postgres::Client> {
+        postgres::Client::connect(&self.admin_url, postgres::NoTls)
+            .with_context(|| format!("connect to {}", self.admin_url))
+    }
+}
+
+/// A cluster in a temp dir: `data/`, its log and its Unix socket.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bindir: PathBuf,
+    /// `postgres` when we are root (the server refuses to run as root).
+    run_as: Option<&'static str>,
+}
+
+impl Cluster {
+    fn init() -> Result<Cluster> {
+        let bindir = bindir()?;
+        let dir = tempfile::Builder::new().prefix("agentcom-pg-").tempdir().context("temp dir for PostgreSQL")?;
+        let run_as = if effective_uid()? == 0 {
+            let (uid, gid) = user_ids(SUPERUSER)?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .with_context(|| format!("give {} to the {SUPERUSER} user", dir.path().display()))?;
+            Some(SUPERUSER)
+        } else {
+            None
+        };
+        let cluster = Cluster { dir, bindir, run_as };
+        let data = cluster.data();
+        let mut initdb = cluster.command("initdb");
+        initdb.arg("-D").arg(&data).args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        check(&mut initdb, "initdb")?;
+        let conf = data.join("postgresql.conf");
+        let socket_dir = format!("\nunix_socket_directories = '{}'\n", cluster.dir.path().display());
+        let mut text = std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
+        text.push_str(SERVER_SETTINGS);
+        text.push_str(&socket_dir);
+        // Written in place, so the file keeps its owner.
+        std::fs::write(&conf, text).with_context(|| format!("write {}", conf.display()))?;
+        Ok(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// A server program, run as [`Cluster::run_as`], in the temp dir (the `postgres` user may
+    /// not enter the caller's directory).
+    fn command(&self, program: &str) -> Command {
+        let exe = self.bindir.join(program);
+        let mut cmd = match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null()).env_remove("PGDATA");
+        cmd
+    }
+
+    /// Starts the server on a free port (another one if that port is taken by the time the
+    /// server binds it); returns the admin URL.
+    fn start(&self) -> Result<String> {
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            let mut start = self.command("pg_ctl");
+            start
+                .arg("-D")
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.log())
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!("-p {port}"))
+                .arg("start");
+            let out = start.output().context("run pg_ctl start")?;
+            if out.status.success() {
+                return Ok(format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres"));
+            }
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            if !(log.contains("could not bind") || log.contains("Address already in use")) {
+                bail!("pg_ctl start failed: {}\n{}\nserver log:\n{log}", output_text(&out), self.data().display());
+            }
+            last = log;
+        }
+        bail!("PostgreSQL found no free port in {PORT_ATTEMPTS} tries; server log:\n{last}")
+    }
+
+    fn stop(&self) {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]);
+        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // pg_ctl finds the server through data/postmaster.pid: stopping one that never
+        // started (initdb or every start failed) is a harmless no-op.
+        self.stop();
+    }
+}
+
+/// The directory of `initdb` and `pg_ctl`: `pg_config --bindir`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian keeps the server programs off `PATH`).
+fn bindir() -> Result<PathBuf> {
+    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path().join("bin"))))
+        .filter(|(_, dir)| has_server(dir))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, dir)| dir).ok_or_else(|| {
+        anyhow!(
+            "PostgreSQL is not installed (no initdb and pg_ctl from `pg_config --bindir` or in \
+             /usr/lib/postgresql/*/bin): install Debian's postgresql package (scripts/test does), \
+             or set {ADMIN_URL_ENV} to the admin URL of a running cluster"
+        )
+    })
+}
+
+/// Our effective user id: `/proc/self` belongs to it.
+fn effective_uid() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self").context("read /proc/self")?.uid())
+}
+
+/// The user and group ids of `user`, from `id`.
+fn user_ids(user: &str) -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id").args([flag, user]).output().context("run id")?;
+        if !out.status.success() {
+            bail!(
+                "running as root, and PostgreSQL refuses to run as root, but there is no {user} user \
+                 to run it as (Debian's postgresql package creates it): {}",
+                output_text(&out)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().context("the output of id")
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// A port nobody listens on right now (bound on loopback and released).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?.local_addr()?.port())
+}
+
+/// Runs a command that must succeed.
+fn check(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", output_text(&out));
+    }
+    Ok(())
+}
+
+fn output_text(out: &Output) -> String {
+    format!("{}; {}{}", out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(url: &str, sql: &str) -> i64 {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        c.query_one(sql, &[]).unwrap().get(0)
+    }
+
+    #[test]
+    fn databases_are_fresh_and_sort_text_by_language_rules() {
+        let pg = Postgres::start().unwrap();
+        let (one, two) = (pg.database().unwrap(), pg.database().unwrap());
+        assert_ne!(one, two);
+        let mut c = postgres::Client::connect(&one, postgres::NoTls).unwrap();
+        c.batch_execute("CREATE TABLE t (s TEXT); INSERT INTO t VALUES ('B'), ('a'), ('c')").unwrap();
+        let sorted: Vec<String> =
+            c.query("SELECT s FROM t ORDER BY s", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(sorted, ["a", "B", "c"]);
+        let in_two = "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 't'";
+        assert_eq!(count(&two, in_two), 0, "a second database shares nothing with the first");
+        // A second handle in the same process shares the cluster.
+        let again = Postgres::start().unwrap();
+        assert_eq!(again.admin_url(), pg.admin_url());
+        drop(again);
+        let name = one.rsplit('/').next().unwrap().to_string();
+        drop(pg);
+        if std::env::var(ADMIN_URL_ENV).is_ok() {
+            // The shared cluster stays up; the databases this handle made are gone.
+            let admin = std::env::var(ADMIN_URL_ENV).unwrap();
+            let sql = format!("SELECT COUNT(*) FROM pg_database WHERE datname = '{name}'");
+            assert_eq!(count(&admin, &sql), 0);
+        }
+    }
+
+    #[test]
+    fn a_private_cluster_leaves_nothing_behind() {
+        let cluster = Cluster::init().unwrap();
+        let url = cluster.start().unwrap();
+        let server = Server { admin_url: url.clone(), _cluster: Some(cluster) };
+        eventually_blocking("the cluster to answer", || server.admin().map(drop).map_err(|e| format!("{e:#}")))
+            .unwrap();
+        let dir = server._cluster.as_ref().unwrap().dir.path().to_path_buf();
+        let pid_file = std::fs::read_to_string(dir.join("data/postmaster.pid")).unwrap();
+        let pid: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        assert!(crate::alive(pid));
+        drop(server);
+        assert!(!dir.exists(), "{} is removed", dir.display());
+        eventually_blocking("the server to exit", || if crate::alive(pid) { Err("alive".into()) } else { Ok(()) })
+            .unwrap();
+        assert!(postgres::Client::connect(&url, postgres::NoTls).is_err());
+    }
+}
