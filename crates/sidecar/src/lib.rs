@@ -11,8 +11,10 @@ pub mod conn;
 pub mod executor;
 pub mod files;
 pub mod machine;
+pub mod question;
 pub mod queue;
 pub mod task;
+pub mod usage;
 pub mod wake;
 pub mod wrap;
 
