@@ -15,7 +15,7 @@ fn cfg(wake: bool) -> Arc<SidecarConfig> {
     let f = FileConfig {
         agent_id: Some("a1".into()),
         token: Some("t".into()),
-        hub_url: Some("ws://127.0.0.1:1/ws".into()),
+        hub_url: Some("ws://127.0.0.1:1/ws".to_string().into()),
         wake_command: wake.then(|| "agent --task \"${TASK_JSON}\"".into()),
         results_dir: Some("/r".into()),
         state_dir: Some("/s".into()),
