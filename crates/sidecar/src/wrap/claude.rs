@@ -253,9 +253,10 @@ mod tests {
                 m.insert(k.to_string(), v);
             }
             let o = parse_line(Value::Object(m).to_string().as_bytes()).expect("a result object");
+            let reason = o.error_reason();
             if let Some(u) = o.usage {
                 let frame = proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1,
-                    reason: o.error_reason(), error: None, usage: Some(u) };
+                    reason, error: None, usage: Some(u) };
                 prop_assert!(proto::parse_agent_frame(&frame.to_text()).is_ok(), "{:?}", frame);
             }
         }
