@@ -3,7 +3,8 @@
 //! identified for `reconnect_healthy_ms`: a hub that accepts identify and then closes (for
 //! example on a frame it refuses) is retried ever more slowly, never in a tight loop.
 //! With several hubs configured, [`hubs::HubList`] picks the next one (a standby's
-//! [`proto::CLOSE_NOT_LEADER`] names the leader); the backoff applies after a full round.
+//! [`proto::CLOSE_NOT_LEADER`] names the leader); the backoff applies after a full round, and
+//! does not grow while a standby answers (a leader is being elected).
 //! Frames go to the executor; its frames come back through a per-session channel it receives
 //! in [`ConnEvent::Identified`].
 
@@ -62,6 +63,12 @@ impl Backoff {
         let delay = backoff(self.base, self.max, self.failures);
         self.failures = self.failures.saturating_add(1);
         delay
+    }
+
+    /// The delay while a leader is being elected (a standby answered): full jitter up to the
+    /// base, not counted as a failure, so a new leader is found soon after it serves.
+    pub fn election_delay(&self) -> Duration {
+        backoff(self.base, self.base, 0)
     }
 
     /// The most the next delay can be.
@@ -132,7 +139,7 @@ pub async fn run(
         if !next.wait {
             continue;
         }
-        let delay = pacing.delay();
+        let delay = if next.standby_answered { pacing.election_delay() } else { pacing.delay() };
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting to the hub");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -3,7 +3,9 @@
 //! leader's URL as the reason. The sidecar follows that URL at once only if it is one of its
 //! own `hub_url`s (the token goes to no hub the operator did not name); otherwise, and after
 //! any failed attempt, it tries the next URL in order. After a full round of attempts that
-//! came to nothing, it waits the usual backoff. No IO: unit-tested as a table.
+//! came to nothing, it waits the usual backoff; but a round in which a standby answered shows
+//! the hubs alive and a leader being elected, so the wait then stays short (it does not grow)
+//! and a new leader is found within about one `reconnect_base`. No IO: unit-tested as a table.
 
 use url::Url;
 
@@ -14,6 +16,8 @@ pub struct Next {
     pub index: usize,
     /// Wait the reconnect backoff first (a round ended, or a connection was lost).
     pub wait: bool,
+    /// A standby answered in the round that ended: the wait is short and does not grow.
+    pub standby_answered: bool,
     /// A leader URL a standby named that is not configured, the first time it is named.
     pub unlisted: Option<String>,
 }
@@ -27,13 +31,16 @@ pub struct HubList {
     current: usize,
     /// Attempts in this round that came to nothing.
     tried: usize,
+    /// A standby closed with 4001 in this round.
+    answered: bool,
     warned: Vec<String>,
 }
 
 impl HubList {
     /// Over the configured URLs (validated at load; at least one).
     pub fn new(urls: &[String]) -> HubList {
-        HubList { urls: urls.iter().map(|u| Url::parse(u).ok()).collect(), current: 0, tried: 0, warned: Vec::new() }
+        let urls = urls.iter().map(|u| Url::parse(u).ok()).collect();
+        HubList { urls, current: 0, tried: 0, answered: false, warned: Vec::new() }
     }
 
     pub fn current(&self) -> usize {
@@ -46,9 +53,11 @@ impl HubList {
         if identified {
             // It worked: a new round starts, at the hub it worked with.
             self.tried = 0;
+            self.answered = false;
         }
+        self.answered |= not_leader.is_some();
         match not_leader {
-            None if identified => Next { index: self.current, wait: true, unlisted: None },
+            None if identified => Next { index: self.current, wait: true, standby_answered: false, unlisted: None },
             None => self.step(self.next_in_order(), None),
             Some(reason) => {
                 let reason = reason.trim();
@@ -85,10 +94,12 @@ impl HubList {
         self.tried += 1;
         self.current = to;
         let wait = self.tried >= self.urls.len();
+        let standby_answered = wait && self.answered;
         if wait {
             self.tried = 0;
+            self.answered = false;
         }
-        Next { index: to, wait, unlisted }
+        Next { index: to, wait, standby_answered, unlisted }
     }
 }
 
@@ -101,7 +112,11 @@ mod tests {
     }
 
     fn next(index: usize, wait: bool) -> Next {
-        Next { index, wait, unlisted: None }
+        Next { index, wait, standby_answered: false, unlisted: None }
+    }
+
+    fn after_standby(index: usize) -> Next {
+        Next { index, wait: true, standby_answered: true, unlisted: None }
     }
 
     #[test]
@@ -109,8 +124,8 @@ mod tests {
         let mut h = list(1);
         assert_eq!(h.after(false, None), next(0, true));
         assert_eq!(h.after(true, None), next(0, true));
-        assert_eq!(h.after(false, Some("")), next(0, true));
-        assert_eq!(h.after(false, Some("ws://hub0.lan:4000/ws")), next(0, true));
+        assert_eq!(h.after(false, Some("")), after_standby(0));
+        assert_eq!(h.after(false, Some("ws://hub0.lan:4000/ws")), after_standby(0));
     }
 
     #[test]
@@ -146,11 +161,25 @@ mod tests {
         let n = h.after(false, Some("ws://evil.example:4000/ws"));
         assert_eq!((n.index, n.wait, n.unlisted.as_deref()), (1, false, Some("ws://evil.example:4000/ws")));
         let n = h.after(false, Some("ws://evil.example:4000/ws"));
-        assert_eq!(n, next(0, true), "warned once; a full round ends");
+        assert_eq!(n, after_standby(0), "warned once; a full round ends");
         assert_eq!(h.after(false, Some("not a url at all")).unlisted.as_deref(), Some("not a url at all"));
         // Same host, other port or path: not the configured hub.
         assert!(h.after(false, Some("ws://hub1.lan:4001/ws")).unlisted.is_some());
         assert!(h.after(false, Some("wss://hub1.lan:4000/ws")).unlisted.is_some());
+    }
+
+    #[test]
+    fn a_round_a_standby_answered_in_waits_short_one_of_dead_hubs_backs_off() {
+        let mut h = list(2);
+        // The leader is dead, the standby has no leader yet: an election.
+        assert_eq!(h.after(false, None), next(1, false));
+        assert_eq!(h.after(false, Some("")), after_standby(0));
+        // Both dead: the usual backoff.
+        assert_eq!(h.after(false, None), next(1, false));
+        assert_eq!(h.after(false, None), next(0, true));
+        // A standby answers in the first attempt of a round that then fails: still short.
+        assert_eq!(h.after(false, Some("")), next(1, false));
+        assert_eq!(h.after(false, None), after_standby(0));
     }
 
     #[test]
