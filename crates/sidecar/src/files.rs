@@ -32,11 +32,13 @@ pub struct ResultBytes {
 /// (renamed in, or written again in place) is another file, even with the same content.
 pub type FileId = String;
 
-/// A small agent file (`.needs-input`, `.usage`): its bytes and which file it was.
+/// A small agent file (`.needs-input`, `.usage`): its bytes, which file it was, and how long
+/// ago it was last written (a file still being written may not parse yet).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmallFile {
     pub bytes: Vec<u8>,
     pub id: FileId,
+    pub age: Option<Duration>,
 }
 
 /// Where progress reading stands: the offset up to which lines were forwarded, and whether we
@@ -166,7 +168,8 @@ pub fn read_small(path: &Path, cap: usize) -> Found<SmallFile> {
         return Found::TooLarge(bytes.len() as u64);
     }
     let id = format!("i{}-m{}.{:09}-s{}", m.ino(), m.mtime(), m.mtime_nsec(), m.len());
-    Found::Regular(SmallFile { bytes, id })
+    let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+    Found::Regular(SmallFile { bytes, id, age })
 }
 
 /// At most this many bytes of progress are read per look; the rest waits for the next one.

@@ -25,9 +25,31 @@ pub struct Asked {
     pub options: Vec<String>,
 }
 
+/// Why a `.needs-input` file is not a question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadQuestion {
+    /// Not JSON: perhaps still being written.
+    NotJson(String),
+    /// JSON, but not a question.
+    Invalid(String),
+}
+
+impl std::fmt::Display for BadQuestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadQuestion::NotJson(e) => write!(f, "not JSON: {e}"),
+            BadQuestion::Invalid(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Parses a `.needs-input` file.
-pub fn parse(bytes: &[u8]) -> Result<Asked, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse(bytes: &[u8]) -> Result<Asked, BadQuestion> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| BadQuestion::NotJson(e.to_string()))?;
+    shape(v).map_err(BadQuestion::Invalid)
+}
+
+fn shape(v: Value) -> Result<Asked, String> {
     let Value::Object(m) = v else {
         return Err("must be a JSON object {\"question\": \"...\", \"options\": [\"...\"]}".into());
     };
@@ -171,7 +193,7 @@ mod tests {
             (br#"{"question":"q","options":"yes"}"#, "options: expected an array"),
             (br#"{"question":"q","options":["a",1]}"#, "options[1]: expected a string"),
         ] {
-            let e = parse(bad).unwrap_err();
+            let e = parse(bad).unwrap_err().to_string();
             assert!(e.starts_with(why), "{e} for {}", String::from_utf8_lossy(bad));
         }
     }
@@ -214,6 +236,19 @@ mod tests {
         #[test]
         fn any_file_is_a_question_the_hub_accepts_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse(&bytes);
+        }
+
+        /// Any answer from the wire: the file is its start, within the hub's limit, and ends
+        /// with exactly the one newline it needs.
+        #[test]
+        fn any_answer_is_written_as_its_text_and_a_newline(answer in "\\PC{0,40}(\\n)?", long in 0usize..9000) {
+            for text in [answer.clone(), "ü".repeat(long)] {
+                let file = String::from_utf8(answer_file(&text)).unwrap();
+                prop_assert!(file.ends_with('\n'));
+                let body = if text.ends_with('\n') && text.chars().count() <= proto::MAX_ANSWER { file.as_str() } else { &file[..file.len() - 1] };
+                prop_assert!(text.starts_with(body), "{:?} from {:?}", file, text);
+                prop_assert!(body.chars().count() <= proto::MAX_ANSWER);
+            }
         }
 
         /// Any object with question-like fields: what is forwarded passes the hub's validation.

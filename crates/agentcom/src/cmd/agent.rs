@@ -42,9 +42,9 @@ pub struct RunAgentArgs {
     cmd: Vec<String>,
 }
 
+// No doc comments on the values: clap would list them as items under the flag.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum UsageFormat {
-    /// Claude Code's `--output-format json`.
     ClaudeJson,
 }
 

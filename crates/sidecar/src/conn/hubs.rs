@@ -182,6 +182,40 @@ mod tests {
         assert_eq!(h.after(false, None), after_standby(0));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10_000, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever a hub puts in its close reason (it is up to 123 bytes from the wire): the
+        /// next hub is a configured one, the one named only if it is configured, else the next
+        /// in order; a full round never passes without a wait.
+        #[test]
+        fn any_close_reason_leads_only_to_a_configured_hub(
+            reasons in proptest::collection::vec(proptest::option::of(proptest::prop_oneof![
+                "\\PC{0,123}",
+                "(ws|wss|http)://hub[0-3]\\.(lan|LAN)(:4000)?/ws",
+            ]), 1..12),
+            identified in proptest::collection::vec(proptest::bool::ANY, 12),
+        ) {
+            let urls: Vec<String> = (0..3).map(|i| format!("ws://hub{i}.lan:4000/ws")).collect();
+            let mut h = HubList::new(&urls);
+            let mut without_wait = 0;
+            for (reason, identified) in reasons.iter().zip(identified) {
+                let before = h.current();
+                let n = h.after(identified, reason.as_deref());
+                proptest::prop_assert!(n.index < urls.len());
+                let named = reason.as_deref().and_then(|r| Url::parse(r.trim()).ok())
+                    .and_then(|r| urls.iter().position(|u| Url::parse(u).ok() == Some(r.clone())));
+                match (reason, named) {
+                    (Some(_), Some(i)) => proptest::prop_assert_eq!(n.index, i),
+                    (None, _) if identified => proptest::prop_assert_eq!(n.index, before),
+                    _ => proptest::prop_assert_eq!(n.index, (before + 1) % urls.len()),
+                }
+                without_wait = if n.wait || identified { 0 } else { without_wait + 1 };
+                proptest::prop_assert!(without_wait < urls.len(), "a round without a wait");
+            }
+        }
+    }
+
     #[test]
     fn standbys_naming_each_other_cannot_loop_without_backoff() {
         let mut h = list(2);

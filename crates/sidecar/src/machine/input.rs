@@ -13,7 +13,7 @@
 
 use super::{clip, Action, Machine, Slot, TaskFile, Unconfirmed};
 use crate::files::{FileId, Found, SmallFile};
-use crate::question::{self, Asked, Asking, OpenQuestion};
+use crate::question::{self, Asked, Asking, BadQuestion, OpenQuestion};
 use crate::task::Phase;
 use proto::AgentFrame;
 use serde_json::json;
@@ -32,6 +32,8 @@ impl Machine {
             Found::Missing => {}
             Found::Regular(file) => match question::parse(&file.bytes) {
                 Ok(asked) => self.ask(asked, file.id, out),
+                // Perhaps still being written: a later look (a rescan at the latest) decides.
+                Err(BadQuestion::NotJson(_)) if file.age.is_some_and(|age| age <= self.cfg.rescan_interval) => {}
                 Err(e) => self.bad_question(file.id, format!("{shown}: {e}"), out),
             },
             Found::NotRegular(kind) => {

@@ -9,7 +9,7 @@ use crate::queue::QueueFile;
 use serde_json::json;
 
 fn file(bytes: &[u8], id: &str) -> Found<SmallFile> {
-    Found::Regular(SmallFile { bytes: bytes.to_vec(), id: id.into() })
+    Found::Regular(SmallFile { bytes: bytes.to_vec(), id: id.into(), age: None })
 }
 
 fn question(text: &str) -> Vec<u8> {
@@ -249,4 +249,25 @@ fn a_forced_restart_forgets_the_open_question_with_the_work() {
     let a = m.handle(Event::Frame(HubFrame::RestartSidecar { reason: "upgrade".into(), force: true }), ms(60));
     assert!(a.contains(&Action::ClearResults { task_id: ID.into() }), "{a:?}");
     assert_eq!(asking(&m).open, None::<OpenQuestion>);
+}
+
+#[test]
+fn text_that_is_not_json_yet_is_reported_only_once_it_has_settled() {
+    let mut m = working();
+    let young =
+        |bytes: &[u8], age| Found::Regular(SmallFile { bytes: bytes.to_vec(), id: "f1".into(), age: Some(age) });
+    // Being written (truncated, half there): a later look decides.
+    assert!(look(&mut m, young(b"", ms(5)), Found::Missing, None).is_empty());
+    assert!(look(&mut m, young(b"{\"question\":\"De", ms(5)), Found::Missing, None).is_empty());
+    // Still not JSON a rescan interval (100 ms here) later: reported.
+    let a = look(&mut m, young(b"{\"question\":\"De", ms(150)), Found::Missing, None);
+    assert!(matches!(sent(&a)[..], [AgentFrame::TaskProgress { .. }]), "{a:?}");
+    // JSON that is not a question cannot be half-written: reported at once.
+    let a = look(
+        &mut m,
+        Found::Regular(SmallFile { bytes: b"{}".to_vec(), id: "f2".into(), age: Some(ms(1)) }),
+        Found::Missing,
+        None,
+    );
+    assert!(matches!(sent(&a)[..], [AgentFrame::TaskProgress { .. }]), "{a:?}");
 }

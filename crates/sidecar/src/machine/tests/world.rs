@@ -330,7 +330,7 @@ impl World {
     fn small(&self, name: &str) -> Found<SmallFile> {
         match self.files.get(name) {
             None => Found::Missing,
-            Some((bytes, id)) => Found::Regular(SmallFile { bytes: bytes.clone(), id: format!("w{id}") }),
+            Some((bytes, id)) => Found::Regular(SmallFile { bytes: bytes.clone(), id: format!("w{id}"), age: None }),
         }
     }
 
