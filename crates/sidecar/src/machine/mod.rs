@@ -15,12 +15,13 @@ mod frames;
 mod hub;
 mod input;
 mod observe;
+mod report;
 
 use crate::config::SidecarConfig;
 use crate::files::{Observation, ProgressCursor};
 use crate::question::{Asked, Asking};
 use crate::queue::{QueueFile, QueuedTask};
-use crate::task::{Held, Phase, Report, Task};
+use crate::task::{Held, Phase, Task};
 use crate::wake;
 use proto::{AgentFrame, HubFrame, Usage};
 use std::collections::VecDeque;
@@ -595,66 +596,6 @@ impl Machine {
             }
             _ => {}
         }
-    }
-
-    // ---- reports -------------------------------------------------------------------------
-
-    fn report_failure(&mut self, reason: String, out: &mut Vec<Action>) {
-        if let Some(h) = self.active() {
-            tracing::warn!(task_id = %h.task.id, reason = %reason, "task failed");
-        }
-        let usage = self.usage.clone();
-        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: false, usage }, out);
-    }
-
-    /// Persists the report with the task, then sends it; it is re-sent until the hub acks.
-    fn report(&mut self, report: Report, out: &mut Vec<Action>) {
-        let Some(h) = self.active() else { return };
-        let frame = report.frame(&h.task);
-        tracing::info!(task_id = %h.task.id, frame = frame.type_name(), "reporting to the hub");
-        self.set_phase(Phase::Reporting { report, resend_at: None }, out);
-        self.send(out, frame);
-    }
-
-    /// The hub has the report: remove the task's files (the result only now) and forget it.
-    fn finish(&mut self, out: &mut Vec<Action>) {
-        let Slot::Active(h) = std::mem::replace(&mut self.slot, Slot::Idle) else { return };
-        out.push(self.remove_files(&h));
-        out.push(self.persist(false));
-        self.remember_answers(&h);
-        self.after_task(out);
-    }
-
-    /// Cancelled, reassigned or aborted: stop its wake (the recorded group, and any found by
-    /// environment: one spawned just before a crash was never recorded), remove its files, forget it.
-    fn drop_task(&mut self, h: Held, out: &mut Vec<Action>) {
-        out.push(Action::StopOrphans { task_id: h.task.id.clone(), recorded: h.group });
-        out.push(self.remove_files(&h));
-        self.slot = Slot::Idle;
-        out.push(self.persist(false));
-        self.remember_answers(&h);
-        self.after_task(out);
-    }
-
-    fn remove_files(&self, h: &Held) -> Action {
-        let keep = matches!(&h.phase, Phase::Reporting { report: Report::Failed { keep_result: true, .. }, .. });
-        Action::RemoveFiles { task_id: h.task.id.clone(), keep_result_as: keep.then(|| self.kept_result_path(&h.task)) }
-    }
-
-    fn after_task(&mut self, out: &mut Vec<Action>) {
-        self.progress = ProgressCursor::default();
-        self.warned.clear();
-        self.bad_question = None;
-        self.usage = None;
-        if let Some(reason) = self.pending_restart.take() {
-            self.restart_now(reason, out);
-        }
-    }
-
-    fn restart_now(&mut self, reason: String, out: &mut Vec<Action>) {
-        tracing::info!(reason = %reason, "restarting on the hub's command");
-        self.send(out, AgentFrame::AgentRestarting { reason: Some(clip(&reason, proto::MAX_REASON)) });
-        out.push(Action::Exit);
     }
 
     /// Continues a recovered task from the phase it was in.
