@@ -31,13 +31,19 @@ enum Cmd {
     /// Run the process supervisor daemon (state in AGENTCOM_SUPERVISOR_DIR).
     Supervisor(cmd::process::SupervisorArgs),
     /// Start a supervised process (launches the supervisor in the background if none runs).
-    Start(cmd::process::StartArgs),
+    Start(Box<cmd::process::StartArgs>),
     /// Stop a supervised process (its whole process group).
     Stop(cmd::process::NameArgs),
     /// Restart a supervised process (also clears `errored`).
     Restart(cmd::process::NameArgs),
     /// Stop and forget a supervised process.
     Delete(cmd::process::NameArgs),
+    /// Stop every process, then the supervisor itself (as `pm2 kill`).
+    Kill(cmd::process::KillArgs),
+    /// Attach this terminal to a tmux process (detach with the tmux prefix, then d).
+    Attach(cmd::tmux::AttachArgs),
+    /// Type text into a tmux process, then Enter.
+    Send(cmd::tmux::SendArgs),
     /// List supervised processes.
     Ps(cmd::process::PsArgs),
     /// Everything about one process (env values redacted under pm2).
@@ -81,6 +87,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd::remote::TokenCmd,
     },
+    /// Follow the hub's events live (transitions, progress, presence, questions, usage).
+    Events(cmd::remote::EventsArgs),
+    /// What agents reported they spent, by agent, model or day.
+    Usage(cmd::remote::UsageArgs),
 }
 
 /// Cancels the returned token on SIGINT or SIGTERM: the one shutdown signal passed down.
@@ -110,22 +120,27 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::SampleAgent(a) => cmd::agent::sample_agent(a),
         Cmd::RunAgent(a) => cmd::agent::run_agent(a),
         Cmd::Supervisor(a) => cmd::process::supervisor(a).await,
-        Cmd::Start(a) => cmd::process::start(a),
+        Cmd::Start(a) => cmd::process::start(*a),
         Cmd::Stop(a) => cmd::process::stop(a),
         Cmd::Restart(a) => cmd::process::restart(a),
         Cmd::Delete(a) => cmd::process::delete(a),
+        Cmd::Kill(a) => cmd::process::kill(a),
+        Cmd::Attach(a) => cmd::tmux::attach(a),
+        Cmd::Send(a) => cmd::tmux::send(a),
         Cmd::Ps(a) => cmd::process::ps(a),
         Cmd::Describe(a) => cmd::process::describe(a),
         Cmd::Logs(a) => cmd::process::logs(a).await,
         Cmd::Daemons { cmd } => cmd::daemons::run(cmd).await,
         Cmd::Checkpoint { cmd } => cmd::guard::checkpoint(cmd).await,
-        Cmd::Upgrade(a) => cmd::guard::upgrade(a),
+        Cmd::Upgrade(a) => cmd::guard::upgrade(a).await,
         Cmd::Rollback(a) => cmd::guard::rollback(a),
         Cmd::Guard { cmd } => cmd::guard::guard(cmd).await,
         Cmd::Task { cmd } => cmd::remote::task(cmd).await,
         Cmd::Agents(a) => cmd::remote::agents(a).await,
         Cmd::Agent { cmd } => cmd::remote::agent(cmd).await,
         Cmd::Token { cmd } => cmd::remote::token(cmd).await,
+        Cmd::Events(a) => cmd::remote::events(a).await,
+        Cmd::Usage(a) => cmd::remote::usage(a).await,
     }
 }
 
@@ -156,6 +171,8 @@ fn main() -> std::process::ExitCode {
             | Cmd::Agents(_)
             | Cmd::Agent { .. }
             | Cmd::Token { .. }
+            | Cmd::Events(_)
+            | Cmd::Usage(_)
             | Cmd::Checkpoint { .. }
             | Cmd::Upgrade(_)
             | Cmd::Rollback(_)

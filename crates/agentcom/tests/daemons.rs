@@ -4,8 +4,8 @@
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use testkit::Supervised;
+use std::time::Duration;
+use testkit::{eventually, Supervised};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentcom"))
@@ -90,16 +90,16 @@ impl Tree {
         what: &str,
         pred: impl Fn(&HashMap<String, u64>) -> bool,
     ) -> anyhow::Result<HashMap<String, u64>> {
-        let deadline = Instant::now() + testkit::WAIT;
-        loop {
+        eventually(what, || async {
             // The watcher may not have launched the supervisor yet.
             let p = self.pids().unwrap_or_default();
             if pred(&p) {
-                return Ok(p);
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
             }
-            anyhow::ensure!(Instant::now() < deadline, "never {what}: {p:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -168,7 +168,7 @@ async fn broken_definition_keeps_its_last_good_version_running() -> R {
     assert!(table.contains("error") && table.contains("daemon.toml:3"), "{table}");
     assert_eq!(t.pids()?, before, "the old version still runs, untouched and not pruned");
     let lock: Value = serde_json::from_slice(&std::fs::read(t.root.path().join("api/dist/daemon.lock.json"))?)?;
-    assert_eq!(lock["spec"]["args"][0], "1000", "the lock keeps the last good spec");
+    assert_eq!(lock["daemons"]["daemons:api"]["spec"]["args"][0], "1000", "the lock keeps the last good spec");
     Ok(())
 }
 
@@ -180,18 +180,25 @@ async fn a_changed_spec_is_a_recreate_so_removed_env_vars_are_gone() -> R {
     t.define("envy", &format!("command = \"sh\"\nargs = [\"-c\", \"{script}\"]\n[env]\nA = \"1\"\nB = \"2\"\n"));
     t.apply()?;
     t.wait("online", |p| p.len() == 1).await?;
-    let deadline = Instant::now() + testkit::WAIT;
-    while std::fs::read_to_string(&out).unwrap_or_default().trim() != "A=1 B=2" {
-        anyhow::ensure!(Instant::now() < deadline, "first run: {:?}", std::fs::read_to_string(&out));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = |want: &'static str| {
+        let out = out.clone();
+        move || {
+            let out = out.clone();
+            async move {
+                let got = std::fs::read_to_string(&out).unwrap_or_default();
+                if got.trim() == want {
+                    Ok(())
+                } else {
+                    Err(got)
+                }
+            }
+        }
+    };
+    eventually("the first run's environment", seen("A=1 B=2")).await?;
     t.define("envy", &format!("command = \"sh\"\nargs = [\"-c\", \"{script}\"]\n[env]\nA = \"1\"\n"));
     assert_eq!(t.plan()?[0]["changed"][0], "env");
     t.apply()?;
-    while std::fs::read_to_string(&out).unwrap_or_default().trim() != "A=1 B=" {
-        anyhow::ensure!(Instant::now() < deadline, "after the edit: {:?}", std::fs::read_to_string(&out));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the environment after the edit", seen("A=1 B=")).await?;
     Ok(())
 }
 
@@ -258,7 +265,10 @@ async fn generated_files_say_where_they_come_from_and_match_what_runs() -> R {
     let lock: Value = serde_json::from_slice(&std::fs::read(dist.join("daemon.lock.json"))?)?;
     assert!(lock["_generated"].as_str().unwrap().contains("Do not edit"));
     let running = t.ps()?.into_iter().find(|p| p["name"] == "daemons:svc").unwrap();
-    assert_eq!(running["spec_hash"], lock["fingerprint"], "the fingerprint runs with the process");
+    assert_eq!(
+        running["spec_hash"], lock["daemons"]["daemons:svc"]["fingerprint"],
+        "the fingerprint runs with the process"
+    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use testkit::Supervised;
+use testkit::{eventually, Supervised};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentcom"))
@@ -100,12 +100,15 @@ impl Agent {
     }
 
     async fn wait_healthy(&self, want: &str) -> R {
-        let deadline = Instant::now() + testkit::WAIT;
-        while self.health_now() != want {
-            anyhow::ensure!(Instant::now() < deadline, "agent never reported {want:?} (has {:?})", self.health_now());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        eventually(&format!("the agent to report {want:?}"), || async {
+            let now = self.health_now();
+            if now == want {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        })
+        .await
     }
 
     /// A branch that changes VERSION to `v`.
@@ -278,15 +281,16 @@ async fn guard_killed_mid_upgrade_then_resume_restores_a_consistent_state() -> R
     let head = a.head();
     let mut guard = a.upgrade_cmd("feature/hang", "true", &[]).stdout(std::process::Stdio::null()).spawn()?;
     let journal = a.repo().join(".git/agentcom-upgrade.json");
-    let deadline = Instant::now() + testkit::WAIT;
-    loop {
+    let j = eventually("the upgrade to reach its health window", || async {
         let j: Value = std::fs::read(&journal).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         if j["phase"] == "restarted" {
-            break;
+            Ok(j)
+        } else {
+            Err(j.to_string())
         }
-        anyhow::ensure!(Instant::now() < deadline, "never reached the health window");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await?;
+    assert_eq!(j["state_dir"].as_str(), a.state().to_str(), "the checkpoint's folder is journaled for --resume");
     guard.kill()?; // SIGKILL, mid health window
     guard.wait()?;
     assert_eq!(a.version(), "hang-2", "killed with the new code merged");
@@ -342,11 +346,14 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
     // The upgraded agent goes offline (here: stopped) and stays so, with work not committed.
     std::fs::write(a.repo().join("notes.txt"), "unfinished thoughts")?;
     a.sup.ok(&["stop", "agent"])?;
-    let deadline = Instant::now() + testkit::WAIT;
-    while a.head() != old {
-        anyhow::ensure!(Instant::now() < deadline, "the watchdog did not roll back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the watchdog to roll back", || async {
+        if a.head() == old {
+            Ok(())
+        } else {
+            Err(a.head())
+        }
+    })
+    .await?;
     let stash = git(&a.repo(), &["stash", "list"]);
     assert!(stash.contains("agentcom guard: before rollback"), "uncommitted work is stashed, not lost: {stash}");
     assert_eq!(git(&a.repo(), &["show", "stash@{0}^3:notes.txt"]), "unfinished thoughts");
@@ -453,6 +460,8 @@ async fn bad_input_and_faults_are_clear_one_line_errors_and_leave_main_as_it_was
             "true",
             "--health",
             &url,
+            "--state-dir",
+            a.state().to_str().unwrap(),
             "--health-timeout",
             "1500ms",
             "--stable-for",

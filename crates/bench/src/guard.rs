@@ -65,9 +65,14 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         std::fs::write(repo.join("VERSION"), format!("bad-{round}\n"))?;
         git(&repo, &["commit", "-q", "-am", "bad"])?;
         git(&repo, &["checkout", "-q", "main"])?;
-        while read() != "ok 1" {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        testkit::eventually_blocking("the old version to be healthy", || {
+            let now = read();
+            if now == "ok 1" {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        })?;
         let timeout = format!("{}ms", args.health_timeout_ms);
         let child = sup
             .cmd(&[

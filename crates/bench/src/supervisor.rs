@@ -55,16 +55,9 @@ async fn native(bin: &Path, args: &Args) -> Result<()> {
     let s = Supervised::new(bin)?;
     let mut daemon = s.cmd(&["supervisor"]).stderr(std::process::Stdio::null()).spawn()?;
     let dir = s.dir();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        if let Ok(c) = Client::connect(&dir) {
-            break c;
-        }
-        if Instant::now() > deadline {
-            bail!("supervisor did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let mut client =
+        testkit::eventually("the supervisor to start", || async { Client::connect(&dir).map_err(|e| e.to_string()) })
+            .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_bytes(daemon.id())?;
 
@@ -248,13 +241,14 @@ async fn restart_round_trip(bin: &Path, under_pm2: bool) -> Result<()> {
             Ok::<Value, anyhow::Error>(a["agents"][0].clone())
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent(&hub).await?["connected"] != true {
-        if Instant::now() > deadline {
-            bail!("sidecar never connected");
+    testkit::eventually("the sidecar to connect", || async {
+        match agent(&hub).await {
+            Ok(a) if a["connected"] == true => Ok(()),
+            Ok(a) => Err(a.to_string()),
+            Err(e) => Err(e.to_string()),
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await?;
     let mut times = Vec::new();
     for round in 1..=5u64 {
         let t0 = Instant::now();

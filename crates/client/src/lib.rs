@@ -34,6 +34,9 @@ impl ClientError {
     }
 }
 
+/// Longest line of the event stream accepted (the hub's events are a few KiB at most).
+const MAX_EVENT_LINE: usize = 4 << 20;
+
 /// Longest answer read from a hub: a page of 1,000 tasks at their size limits fits.
 const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
@@ -92,6 +95,50 @@ impl Client {
         };
         let (status, bytes) = self.send(method, &req.path(), req.body()).await?;
         decode(status, &bytes)
+    }
+
+    /// Follows `GET /api/events` from after `last_event_id` (or from now), until the hub closes
+    /// the stream. Each item is one event; a stream that ends can be resumed with the last id.
+    pub async fn events(
+        &self,
+        last_event_id: Option<String>,
+    ) -> Result<impl futures_util::Stream<Item = Result<proto::api::Event, ClientError>>, ClientError> {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let path = proto::api::FollowEvents { last_event_id }.path();
+        let connect = |e: &reqwest::Error| ClientError::Connect { url: self.base.clone(), message: root_cause(e) };
+        let mut req = self.http.get(format!("{}{}", self.base, path)).timeout(Duration::from_secs(365 * 86_400));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| connect(&e))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let bytes = resp.bytes().await.map_err(|e| connect(&e))?;
+            return Err(decode::<()>(status, &bytes)
+                .err()
+                .unwrap_or(ClientError::Decode { status, body: String::new() }));
+        }
+        let base = self.base.clone();
+        // No line may grow without end: the hub's events are small, anything else is refused.
+        let mut since_newline = 0usize;
+        let bytes = resp.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|e| std::io::Error::other(root_cause(&e)))?;
+            match chunk.iter().rposition(|b| *b == b'\n') {
+                Some(i) => since_newline = chunk.len() - i - 1,
+                None => since_newline += chunk.len(),
+            }
+            if since_newline > MAX_EVENT_LINE {
+                return Err(std::io::Error::other(format!("an event line longer than {MAX_EVENT_LINE} bytes")));
+            }
+            Ok(chunk)
+        });
+        let events = bytes.eventsource().map(move |e| match e {
+            Ok(e) => serde_json::from_str::<proto::api::Event>(&e.data)
+                .map_err(|err| ClientError::Decode { status: 200, body: format!("{err}: {}", e.data) }),
+            Err(err) => Err(ClientError::Connect { url: base.clone(), message: err.to_string() }),
+        });
+        Ok(events)
     }
 
     /// The Prometheus text of `/metrics`.
@@ -251,7 +298,7 @@ mod tests {
 /// Output of the CLI commands: a table or summary for people (scripts use `--json`).
 pub mod render {
     use super::{age, list, now_ms, opt, table, when};
-    use proto::api::{AgentList, TaskDetail, TaskList, TaskView, TokenList};
+    use proto::api::{AgentList, Event, EventKind, Spend, TaskDetail, TaskList, TaskView, TokenList, UsageReport};
 
     /// A description for a table: one line, cut with an ellipsis.
     fn rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
@@ -322,6 +369,33 @@ pub mod render {
         if let Some(p) = &t.progress {
             line("progress", p.to_string());
         }
+        if let Some(q) = &t.needs_input {
+            let options = if q.options.is_empty() { String::new() } else { format!(" [{}]", q.options.join(" / ")) };
+            line("NEEDS INPUT", format!("{}{options}", q.question));
+            line(
+                "  asked",
+                format!(
+                    "{} (request {}; answer with `agentcom task answer {} TEXT`)",
+                    when(Some(q.since), now),
+                    q.request_id,
+                    t.task_id
+                ),
+            );
+        }
+        if let Some(a) = &t.answer {
+            line(
+                "answer",
+                format!(
+                    "{:?} by {}, {}, not yet confirmed by the agent",
+                    a.answer,
+                    a.answered_by,
+                    when(Some(a.answered_at), now)
+                ),
+            );
+        }
+        if let Some(u) = &t.usage {
+            line("usage", usage_cell(u));
+        }
         out.push_str("history:\n");
         for h in &d.history {
             let from = h.from.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
@@ -337,18 +411,48 @@ pub mod render {
         out
     }
 
+    /// Spend against budget, as `$1.20 / $5.00` (and tokens when a token budget is set).
+    pub fn spend(s: &Spend) -> String {
+        let mut out = match s.budget_usd {
+            Some(b) => format!("${:.2} / ${b:.2}", s.cost_usd),
+            None if s.cost_usd > 0.0 => format!("${:.2}", s.cost_usd),
+            None => "-".into(),
+        };
+        if let Some(b) = s.budget_tokens {
+            out.push_str(&format!(" {} / {b} tok", s.tokens));
+        }
+        if s.exhausted {
+            out.push_str(" OVER");
+        }
+        out
+    }
+
+    fn usage_cell(u: &proto::Usage) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = u.cost_usd {
+            parts.push(format!("${c:.4}"));
+        }
+        parts.push(format!("{} tokens", u.tokens()));
+        if let Some(m) = &u.model {
+            parts.push(m.clone());
+        }
+        parts.join(", ")
+    }
+
     pub fn agents(v: &AgentList) -> String {
         let now = now_ms();
         let rows: Vec<Vec<String>> = v
             .agents
             .iter()
             .map(|a| {
+                let status = if a.needs_input { format!("{} (needs input)", a.status) } else { a.status.to_string() };
                 vec![
                     a.agent_id.clone(),
-                    a.status.to_string(),
+                    status,
                     opt(&a.current_task),
                     a.capabilities.join(","),
                     a.process_info.as_ref().and_then(|p| p.restart_count).map(|r| r.to_string()).unwrap_or("-".into()),
+                    spend(&a.spend),
                     age(Some(a.last_seen), now),
                 ]
             })
@@ -356,7 +460,61 @@ pub mod render {
         if rows.is_empty() {
             return "no agents\n".into();
         }
-        table(&["AGENT", "STATUS", "TASK", "CAPABILITIES", "RESTARTS", "LAST SEEN"], &rows, 40)
+        table(&["AGENT", "STATUS", "TASK", "CAPABILITIES", "RESTARTS", "SPEND TODAY", "LAST SEEN"], &rows, 40)
+    }
+
+    pub fn usage(v: &UsageReport) -> String {
+        let row = |r: &proto::api::UsageRow, key: &str| {
+            vec![
+                key.to_string(),
+                r.reports.to_string(),
+                r.input_tokens.to_string(),
+                r.output_tokens.to_string(),
+                r.total_tokens.to_string(),
+                format!("${:.4}", r.cost_usd),
+            ]
+        };
+        let mut rows: Vec<Vec<String>> = v.rows.iter().map(|r| row(r, &r.key)).collect();
+        rows.push(row(&v.total, "TOTAL"));
+        let by = match v.by {
+            proto::api::UsageBy::Agent => "AGENT",
+            proto::api::UsageBy::Model => "MODEL",
+            proto::api::UsageBy::Day => "DAY",
+        };
+        let mut out = format!("usage from {} to {} (UTC days)\n", v.since, v.until);
+        out.push_str(&table(&[by, "REPORTS", "INPUT", "OUTPUT", "TOKENS", "COST"], &rows, 40));
+        out
+    }
+
+    /// One event as a line for people.
+    pub fn event(e: &Event) -> String {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at);
+        let ts = humantime::format_rfc3339_millis(at);
+        let what = match &e.kind {
+            EventKind::Task { task_id, from, to, reason, .. } => match from {
+                Some(f) => format!("task {task_id} {f} -> {to}: {reason}"),
+                None => format!("task {task_id} {to}: {reason}"),
+            },
+            EventKind::Progress { task_id, agent_id, progress, .. } => {
+                format!("progress {task_id} ({agent_id}): {progress}")
+            }
+            EventKind::Agent { agent_id, status, .. } => format!("agent {agent_id} {status}"),
+            EventKind::NeedsInput { task_id, agent_id, question } => {
+                format!("NEEDS INPUT {task_id} ({agent_id}): {} [request {}]", question.question, question.request_id)
+            }
+            EventKind::InputAnswered { task_id, answered_by, .. } => format!("answered {task_id} by {answered_by}"),
+            EventKind::InputDelivered { task_id, .. } => format!("answer delivered {task_id}"),
+            EventKind::Usage { task_id, agent_id, usage } => {
+                format!("usage {task_id} ({agent_id}): {}", usage_cell(usage))
+            }
+            EventKind::BudgetExhausted { agent_id, spend: s } => {
+                format!("BUDGET {}: {}", agent_id.as_deref().unwrap_or("fleet"), spend(s))
+            }
+            EventKind::Resync { reason } => format!("(missed events: {reason})"),
+            EventKind::Dropped { reason } => format!("(dropped: {reason})"),
+        };
+        // One line per event, whatever the text holds.
+        format!("{ts} {}", what.replace(['\n', '\r'], " "))
     }
 
     pub fn tokens(v: &TokenList) -> String {

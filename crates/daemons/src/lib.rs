@@ -1,20 +1,28 @@
-//! agentcom daemons: a folder tree of `daemon.toml` files is the source of truth for what the
-//! supervisor (native or pm2) runs. [`plan`] compares each definition's fingerprint with the
+//! agentcom daemons: a folder tree of definitions is the source of truth for what the
+//! supervisor (native or pm2) runs: `daemon.toml` files and pm2 ecosystem files (EDN, JS,
+//! JSON) with several apps each. [`plan`] compares each definition's fingerprint with the
 //! `AGENTCOM_SPEC_HASH` the running process carries; [`apply`] starts, recreates and prunes only
 //! what differs; [`watch`] applies on every change, with a periodic full reconcile.
 
+pub mod discover;
+pub mod dist;
+pub mod ecosystem;
+pub mod edn;
+pub mod pm2app;
 pub mod spec;
+mod watcher;
 
+use discover::Context;
 use proto::control::{ProcSpec, ProcStatus};
 use serde::Serialize;
 use spec::{Definition, Normalized};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-use supervisor::backend::{Backend, BackendError, Kind};
-use tokio_util::sync::CancellationToken;
+use supervisor::backend::{Backend, BackendError};
 
-pub use spec::{discover, PREFIX};
+pub use discover::{default_workdir, discover};
+pub use spec::PREFIX;
+pub use watcher::{ignored, watch, WatchOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,6 +61,9 @@ pub struct PlanItem {
     pub line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Keys of the definition that are ignored, each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(skip)]
     spec: Option<ProcSpec>,
     #[serde(skip)]
@@ -69,15 +80,14 @@ pub enum DaemonsError {
     Backend(#[from] BackendError),
 }
 
+#[derive(Debug, Clone)]
 pub struct Options {
     pub prune: bool,
+    pub context: Context,
 }
 
-/// The last good spec of a definition, written by `apply` into `<folder>/dist/daemon.lock.json`.
-fn read_lock(def_file: &Path) -> Option<(ProcSpec, String)> {
-    let p = def_file.parent()?.join("dist").join("daemon.lock.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-    Some((serde_json::from_value(v["spec"].clone()).ok()?, v["fingerprint"].as_str()?.to_string()))
+fn folder_of(file: &Path) -> &Path {
+    file.parent().unwrap_or(Path::new("."))
 }
 
 pub fn canonical_root(root: &Path) -> Result<PathBuf, DaemonsError> {
@@ -102,41 +112,61 @@ fn item(def: &Definition, process: String, action: Action) -> PlanItem {
         file: Some(def.file.display().to_string()),
         line: None,
         message: None,
+        warnings: def.warnings.clone(),
         spec: None,
         source: Some(def.file.clone()),
         fingerprint: None,
     }
 }
 
+/// The running processes that belong to a daemon's spec: itself, or its instances.
+fn owned<'a>(name: &str, ours: &HashMap<&'a str, &'a ProcStatus>) -> Vec<&'a ProcStatus> {
+    let mut v: Vec<&ProcStatus> =
+        ours.values().filter(|p| p.name == name || p.instance_of.as_deref() == Some(name)).copied().collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
 /// What `apply` would do, compared with what really runs (not with a cache).
 pub fn plan(root: &Path, backend: &Backend, opts: &Options) -> Result<Vec<PlanItem>, DaemonsError> {
     let root = canonical_root(root)?;
-    let defs = discover(&root);
+    let defs = discover(&root, &opts.context);
     let running = backend.list()?;
     let ours = ours(&running, &root);
     let mut items = Vec::new();
     let mut claimed: HashSet<String> = HashSet::new();
+    let claim = |name: &str, claimed: &mut HashSet<String>| {
+        claimed.insert(name.to_string());
+        for p in owned(name, &ours) {
+            claimed.insert(p.name.clone());
+        }
+    };
     for def in &defs {
         match &def.result {
             Err(e) => {
-                // Keep the last good version running: protect its process from the prune.
-                let process =
-                    read_lock(&def.file).map(|(s, _)| s.name).unwrap_or_else(|| spec::process_name(&def.id, None));
-                claimed.insert(process.clone());
-                let mut it = item(def, process, Action::Error);
+                // Keep the last good version running: protect its processes from the prune.
+                let lock = dist::read_lock(folder_of(&def.file));
+                let source = def.file.display().to_string();
+                let mut protected: Vec<String> = match discover::claimed_name(def) {
+                    Some(n) => vec![n],
+                    None => lock.iter().filter(|(_, l)| l.source == source).map(|(n, _)| n.clone()).collect(),
+                };
+                if protected.is_empty()
+                    && def.id == folder_of(&def.file).strip_prefix(&root).unwrap_or(Path::new("")).to_string_lossy()
+                {
+                    protected.push(spec::process_name(&def.id, None));
+                }
+                for p in &protected {
+                    claim(p, &mut claimed);
+                }
+                let mut it = item(def, protected.join(", "), Action::Error);
                 it.line = e.line;
                 it.message = Some(e.message.clone());
                 items.push(it);
             }
             Ok(n) => {
-                let name = n.spec.name.clone();
-                if !claimed.insert(name.clone()) {
-                    let mut it = item(def, name.clone(), Action::Error);
-                    it.message = Some(format!("process name {name} is already used by another definition"));
-                    items.push(it);
-                    continue;
-                }
-                items.push(plan_one(def, n, ours.get(name.as_str()).copied()));
+                claim(&n.spec.name, &mut claimed);
+                items.push(plan_one(def, n, &owned(&n.spec.name, &ours)));
             }
         }
     }
@@ -152,6 +182,7 @@ pub fn plan(root: &Path, backend: &Backend, opts: &Options) -> Result<Vec<PlanIt
                 file: None,
                 line: None,
                 message: None,
+                warnings: Vec::new(),
                 spec: None,
                 source: None,
                 fingerprint: None,
@@ -161,34 +192,38 @@ pub fn plan(root: &Path, backend: &Backend, opts: &Options) -> Result<Vec<PlanIt
     Ok(items)
 }
 
-fn plan_one(def: &Definition, n: &Normalized, running: Option<&ProcStatus>) -> PlanItem {
-    let name = n.spec.name.clone();
-    let mut it = item(def, name, Action::Unchanged);
+fn plan_one(def: &Definition, n: &Normalized, running: &[&ProcStatus]) -> PlanItem {
+    let mut it = item(def, n.spec.name.clone(), Action::Unchanged);
     it.spec = Some(n.spec.clone());
     it.fingerprint = Some(n.fingerprint.clone());
-    match running {
-        _ if !n.enabled => {
-            if running.is_some() {
-                it.action = Action::StopAndDelete;
-                it.changed = vec!["enabled = false".into()];
-            }
+    let expected: Vec<String> = n.spec.expand_instances().into_iter().map(|s| s.name).collect();
+    let names: Vec<&str> = running.iter().map(|p| p.name.as_str()).collect();
+    let current = names == expected.iter().map(String::as_str).collect::<Vec<_>>()
+        && running.iter().all(|p| p.spec_hash.as_deref() == Some(n.fingerprint.as_str()));
+    if !n.enabled {
+        if !running.is_empty() {
+            it.action = Action::StopAndDelete;
+            it.changed = vec!["enabled = false".into()];
         }
-        None => it.action = Action::Start,
-        Some(p) if p.spec_hash.as_deref() == Some(n.fingerprint.as_str()) => {
-            if !matches!(p.status.as_str(), "online" | "launching" | "waiting-restart") {
-                it.action = Action::Start;
-                it.changed = vec![format!("was {}", p.status)];
-            }
+    } else if running.is_empty() {
+        it.action = Action::Start;
+    } else if current {
+        let down: Vec<&&ProcStatus> = running
+            .iter()
+            .filter(|p| !matches!(p.status.as_str(), "online" | "launching" | "waiting-restart"))
+            .collect();
+        if let Some(p) = down.first() {
+            it.action = Action::Start;
+            it.changed = vec![format!("was {}", p.status)];
         }
-        Some(_) => {
-            it.action = Action::Recreate;
-            it.changed = match read_lock(&def.file) {
-                Some((old, _)) => spec::changed_fields(&old, &n.spec),
-                None => vec!["spec".into()],
-            };
-            if it.changed.is_empty() {
-                it.changed = vec!["spec".into()];
-            }
+    } else {
+        it.action = Action::Recreate;
+        it.changed = match dist::read_lock(folder_of(&def.file)).get(&n.spec.name) {
+            Some(old) => spec::changed_fields(&old.spec, &n.spec),
+            None => vec!["spec".into()],
+        };
+        if it.changed.is_empty() {
+            it.changed = vec!["spec".into()];
         }
     }
     it
@@ -207,11 +242,31 @@ pub struct Applied {
 /// Carries the plan out, touching nothing else.
 pub fn apply(root: &Path, backend: &Backend, opts: &Options) -> Result<Vec<Applied>, DaemonsError> {
     let items = plan(root, backend, opts)?;
+    // The generated files of each folder, for its valid daemons.
+    let mut folders: BTreeMap<PathBuf, Vec<(String, String, ProcSpec)>> = BTreeMap::new();
+    for it in &items {
+        if let (Some(spec), Some(src), Some(fp)) = (&it.spec, &it.source, &it.fingerprint) {
+            folders.entry(folder_of(src).to_path_buf()).or_default().push((
+                src.display().to_string(),
+                fp.clone(),
+                spec.clone(),
+            ));
+        }
+    }
+    let mut generated: HashMap<PathBuf, Result<(), String>> = HashMap::new();
+    for (folder, current) in &folders {
+        let r = dist::generate(folder, current, backend.kind).map_err(|e| format!("cannot write generated files: {e}"));
+        generated.insert(folder.clone(), r);
+    }
     let mut out = Vec::with_capacity(items.len());
     for it in items {
         let result: Result<(), String> = (|| {
-            if let (Some(spec), Some(src), Some(fp)) = (&it.spec, &it.source, &it.fingerprint) {
-                generate(src, spec, fp, backend.kind).map_err(|e| format!("cannot write generated files: {e}"))?;
+            if let Some(src) = &it.source {
+                if let Some(Err(e)) = generated.get(folder_of(src)) {
+                    if it.spec.is_some() {
+                        return Err(e.clone());
+                    }
+                }
             }
             match it.action {
                 Action::Start => backend.start(it.spec.as_ref().expect("a start has a spec")).map(drop),
@@ -241,138 +296,4 @@ pub fn apply(root: &Path, backend: &Backend, opts: &Options) -> Result<Vec<Appli
         out.push(Applied { ok: result.is_ok(), error: result.err(), item: it });
     }
     Ok(out)
-}
-
-/// Writes `dist/ecosystem.config.cjs` and `dist/daemon.lock.json` beside the definition, each
-/// saying it is generated, from which source, when, and not to be edited. Skipped when the lock
-/// already holds this fingerprint.
-fn generate(source: &Path, spec: &ProcSpec, fingerprint: &str, kind: Kind) -> std::io::Result<()> {
-    let dist = source.parent().unwrap_or(Path::new(".")).join("dist");
-    if read_lock(source).is_some_and(|(_, fp)| fp == fingerprint) && dist.join("ecosystem.config.cjs").exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dist)?;
-    let when = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let banner = format!(
-        "GENERATED by agentcom from {} at {when}. Do not edit: edit daemon.toml, then `agentcom daemons apply` (or let the watcher) regenerate it.",
-        source.display()
-    );
-    osutil::fs::write_atomic(
-        &dist.join("ecosystem.config.cjs"),
-        supervisor::pm2::ecosystem_file(spec, &format!("// {banner}")).as_bytes(),
-    )?;
-    let lock = serde_json::json!({
-        "_generated": banner,
-        "source": source.display().to_string(),
-        "generated_at": when,
-        "backend": match kind { Kind::Native => "native", Kind::Pm2 => "pm2" },
-        "fingerprint": fingerprint,
-        "spec": spec,
-    });
-    osutil::fs::write_atomic(&dist.join("daemon.lock.json"), &serde_json::to_vec_pretty(&lock).expect("json"))
-}
-
-/// Whether a path is something the watcher ignores: generated files, dot-files, editor temps.
-pub fn ignored(root: &Path, path: &Path) -> bool {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    let comps: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-    if comps.iter().any(|c| c == "dist" || c.starts_with('.')) {
-        return true;
-    }
-    let name = comps.last().map(String::as_str).unwrap_or("");
-    name.ends_with('~')
-        || name.ends_with(".swp")
-        || name.ends_with(".swx")
-        || name.ends_with(".tmp")
-        || name == "4913"
-        || (name.starts_with('#') && name.ends_with('#'))
-}
-
-pub struct WatchOptions {
-    pub debounce: Duration,
-    pub full_every: Duration,
-    pub prune: bool,
-}
-
-fn apply_logged(root: &Path, backend: &Backend, prune: bool) {
-    match apply(root, backend, &Options { prune }) {
-        Ok(items) => {
-            let counts = items.iter().fold(BTreeMap::<&str, usize>::new(), |mut m, a| {
-                *m.entry(a.item.action.as_str()).or_default() += 1;
-                m
-            });
-            tracing::info!(?counts, "reconciled");
-        }
-        Err(e) => tracing::error!(error = %e, "reconcile failed"),
-    }
-}
-
-/// Applies now, then on every (debounced) change below `root`, and fully every `full_every`
-/// because file watchers can miss events. Renaming a folder is a delete plus a create.
-pub async fn watch(
-    root: PathBuf,
-    backend: Backend,
-    opts: WatchOptions,
-    shutdown: CancellationToken,
-) -> Result<(), DaemonsError> {
-    use notify::Watcher;
-    let root = canonical_root(&root)?;
-    let backend = std::sync::Arc::new(backend);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !ev.kind.is_access() {
-                for p in ev.paths {
-                    let _ = tx.send(p);
-                }
-            }
-        }
-    })
-    .map_err(|e| DaemonsError::Root { path: root.display().to_string(), message: e.to_string() })?;
-    watcher
-        .watch(&root, notify::RecursiveMode::Recursive)
-        .map_err(|e| DaemonsError::Root { path: root.display().to_string(), message: e.to_string() })?;
-    tracing::info!(root = %root.display(), debounce_ms = opts.debounce.as_millis() as u64, "watching daemon definitions");
-    let run = |root: PathBuf, backend: std::sync::Arc<Backend>, prune: bool| async move {
-        let _ = tokio::task::spawn_blocking(move || apply_logged(&root, &backend, prune)).await;
-    };
-    run(root.clone(), backend.clone(), opts.prune).await;
-    let mut full = tokio::time::interval(opts.full_every);
-    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    full.reset();
-    let mut due: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(p) = rx.recv() => {
-                if !ignored(&root, &p) {
-                    due = Some(tokio::time::Instant::now() + opts.debounce);
-                }
-            }
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                due = None;
-                run(root.clone(), backend.clone(), opts.prune).await;
-            }
-            _ = full.tick() => run(root.clone(), backend.clone(), opts.prune).await,
-        }
-    }
-    drop(watcher);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ignores_generated_hidden_and_editor_files() {
-        let r = Path::new("/r");
-        assert!(ignored(r, Path::new("/r/a/dist/daemon.lock.json")));
-        assert!(ignored(r, Path::new("/r/a/.daemon.toml.swp")));
-        assert!(ignored(r, Path::new("/r/a/daemon.toml~")));
-        assert!(ignored(r, Path::new("/r/a/4913")));
-        assert!(ignored(r, Path::new("/r/.git/index")));
-        assert!(!ignored(r, Path::new("/r/a/daemon.toml")));
-        assert!(!ignored(r, Path::new("/r/a")));
-    }
 }

@@ -1,5 +1,6 @@
 //! `daemon.toml`: strict parsing with file and line in every error, normalization into a
 //! supervisor `ProcSpec`, and the fingerprint that says whether a running process is current.
+//! The types every kind of definition shares ([`Definition`], [`Normalized`], [`DefError`]).
 
 use proto::control::{ProcSpec, RestartPolicy};
 use serde::Deserialize;
@@ -47,19 +48,39 @@ pub struct DaemonToml {
     pub max_memory_bytes: Option<u64>,
     pub log_max_bytes: Option<u64>,
     pub log_keep: Option<u32>,
+    pub restart_delay_ms: Option<u64>,
+    /// Relative paths are below this folder, as `cwd`.
+    #[serde(default)]
+    pub watch: Vec<String>,
+    #[serde(default)]
+    pub ignore_watch: Vec<String>,
+    pub watch_delay_ms: Option<u64>,
+    pub instances: Option<u32>,
+    pub cron_restart: Option<String>,
+    pub time: Option<bool>,
+    pub log_date_format: Option<String>,
+    pub out_file: Option<String>,
+    pub error_file: Option<String>,
+    pub log_file: Option<String>,
+    #[serde(default)]
+    pub tmux: bool,
 }
 
 fn yes() -> bool {
     true
 }
 
-/// One definition found under the root.
+/// One definition found under the root: a `daemon.toml`, or one app of an ecosystem file.
 #[derive(Debug, Clone)]
 pub struct Definition {
-    /// The folder below the root, e.g. `services/web`: the daemon's identity.
+    /// The daemon's identity: the folder below the root (`services/web`) for a `daemon.toml`,
+    /// the folder and the app's name (`services/indexer`) for an app of an ecosystem file, the
+    /// file for a file that cannot be read at all.
     pub id: String,
     pub file: PathBuf,
     pub result: Result<Normalized, DefError>,
+    /// Keys of the file that are ignored, each with why.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +97,8 @@ pub struct DefError {
     pub message: String,
 }
 
+impl std::error::Error for DefError {}
+
 impl std::fmt::Display for DefError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {
@@ -90,7 +113,7 @@ pub fn process_name(id: &str, name: Option<&str>) -> String {
     format!("{PREFIX}{}", name.map(str::to_string).unwrap_or_else(|| id.replace('/', ".")))
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
@@ -104,19 +127,30 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// Parses and normalizes one definition.
+/// Reads, parses and normalizes one `daemon.toml`.
 pub fn load(root: &Path, file: &Path, id: &str) -> Result<Normalized, DefError> {
+    let text = std::fs::read_to_string(file).map_err(|e| DefError {
+        file: file.display().to_string(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(root, file, id, &text)
+}
+
+/// Parses and normalizes the text of a `daemon.toml` (no IO: the property tests feed it
+/// anything).
+pub fn parse(root: &Path, file: &Path, id: &str, text: &str) -> Result<Normalized, DefError> {
     let shown = file.display().to_string();
     let err = |line: Option<usize>, message: String| DefError { file: shown.clone(), line, message };
-    let text = std::fs::read_to_string(file).map_err(|e| err(None, format!("cannot read: {e}")))?;
+    let text = text.to_string();
     let d: DaemonToml = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
         err(line, e.message().trim().to_string())
     })?;
     let folder = file.parent().unwrap_or(root);
+    let below = |p: &str| crate::pm2app::absolute(folder, p).display().to_string();
     let cwd = match &d.cwd {
-        Some(c) if Path::new(c).is_absolute() => c.clone(),
-        Some(c) => folder.join(c).display().to_string(),
+        Some(c) => below(c),
         None => folder.display().to_string(),
     };
     let name = process_name(id, d.name.as_deref());
@@ -146,23 +180,43 @@ pub fn load(root: &Path, file: &Path, id: &str) -> Result<Normalized, DefError> 
     );
     spec.health_cmd = d.health_cmd.clone();
     spec.max_memory_bytes = d.max_memory_bytes;
+    set!(restart_delay_ms, watch_delay_ms, instances, time);
+    spec.watch = d.watch.iter().map(|p| below(p)).collect();
+    spec.ignore_watch = d.ignore_watch.clone();
+    spec.cron_restart = d.cron_restart.clone();
+    spec.log_date_format = d.log_date_format.clone();
+    spec.out_file = d.out_file.as_deref().map(below);
+    spec.error_file = d.error_file.as_deref().map(below);
+    spec.log_file = d.log_file.as_deref().map(below);
+    spec.tmux = d.tmux;
     for reserved in MARKERS {
         if spec.env.contains_key(reserved) {
             return Err(err(line_of_key(&text, "env"), format!("env: {reserved} is set by agentcom")));
         }
     }
-    let problems = spec.validate();
+    let mut problems = spec.validate();
+    problems.extend(supervisor::daemon::spec_problems(&spec));
     if let Some(p) = problems.first() {
         let key = p.split(':').next().unwrap_or("");
         let line = line_of_key(&text, if key == "name" && d.name.is_none() { "command" } else { key });
         return Err(err(line, problems.join("; ")));
     }
-    let fingerprint = fingerprint(&spec, d.enabled);
+    Ok(finish(spec, d.enabled, root, &shown))
+}
+
+/// Fingerprints a valid spec and marks it as ours (root, source, namespace).
+pub fn finish(mut spec: ProcSpec, enabled: bool, root: &Path, source: &str) -> Normalized {
+    let fingerprint = fingerprint(&spec, enabled);
     spec.env.insert(ENV_HASH.into(), fingerprint.clone());
     spec.env.insert(ENV_ROOT.into(), root.display().to_string());
-    spec.env.insert(ENV_SOURCE.into(), shown);
+    spec.env.insert(ENV_SOURCE.into(), source.to_string());
     spec.env.insert(ENV_NAMESPACE.into(), PM2_NAMESPACE.into());
-    Ok(Normalized { spec, enabled: d.enabled, fingerprint })
+    Normalized { spec, enabled, fingerprint }
+}
+
+/// Whether `env` sets one of the variables agentcom sets itself.
+pub fn reserved_env(spec: &ProcSpec) -> Option<&'static str> {
+    MARKERS.into_iter().find(|k| spec.env.contains_key(*k))
 }
 
 /// SHA-256 over the canonical normalized spec: JSON with sorted keys (serde_json's map is
@@ -176,33 +230,6 @@ pub fn fingerprint(spec: &ProcSpec, enabled: bool) -> String {
     v["enabled"] = enabled.into();
     let canonical = serde_json::to_string(&v).expect("json");
     hex::encode(Sha256::digest(canonical.as_bytes()))
-}
-
-/// Every `daemon.toml` below `root`, skipping `dist/` and hidden folders.
-pub fn discover(root: &Path) -> Vec<Definition> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                if name != "dist" && !name.starts_with('.') {
-                    stack.push(path);
-                }
-            } else if name == "daemon.toml" && dir != root {
-                let id = dir.strip_prefix(root).unwrap_or(&dir).to_string_lossy().replace('\\', "/");
-                let result = load(root, &path, &id);
-                out.push(Definition { id, file: path, result });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
 }
 
 /// The fields whose values differ between two specs, for the plan.
@@ -267,13 +294,83 @@ mod tests {
     }
 
     #[test]
-    fn discover_skips_dist_and_hidden() {
+    fn supervisor_keys_resolve_below_the_folder() {
         let root = tempfile::tempdir().unwrap();
-        write(root.path(), "a/daemon.toml", "command = \"sleep\"\n");
-        write(root.path(), "a/dist/daemon.toml", "command = \"sleep\"\n");
-        write(root.path(), ".hidden/daemon.toml", "command = \"sleep\"\n");
-        write(root.path(), "b/c/daemon.toml", "command = \"sleep\"\n");
-        let ids: Vec<String> = discover(root.path()).into_iter().map(|d| d.id).collect();
-        assert_eq!(ids, ["a", "b/c"]);
+        let f = write(
+            root.path(),
+            "svc/daemon.toml",
+            "command = \"sleep\"\nwatch = [\"src\"]\nignore_watch = [\"*.tmp\"]\ninstances = 2\ncron_restart = \"0 3 * * *\"\nout_file = \"logs/out.log\"\ntmux = true\n",
+        );
+        let n = load(root.path(), &f, "svc").unwrap();
+        let dir = root.path().join("svc").display().to_string();
+        assert_eq!(n.spec.watch, [format!("{dir}/src")]);
+        assert_eq!(n.spec.out_file, Some(format!("{dir}/logs/out.log")));
+        assert_eq!((n.spec.instances, n.spec.tmux), (2, true));
+        let f = write(root.path(), "bad/daemon.toml", "command = \"sleep\"\n\ncron_restart = \"every day\"\n");
+        let e = load(root.path(), &f, "bad").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.starts_with("cron_restart: \"every day\" is not a cron schedule"), "{e}");
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn keys() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("command".to_string()),
+                Just("args".to_string()),
+                Just("restart".to_string()),
+                Just("kill_timeout_ms".to_string()),
+                Just("instances".to_string()),
+                Just("watch".to_string()),
+                Just("cron_restart".to_string()),
+                Just("env".to_string()),
+                Just("kill_signal".to_string()),
+                "[a-z_]{1,12}",
+            ]
+        }
+
+        fn values() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\"[ -~]{0,20}\"".prop_map(|s| s.replace('\\', "/")),
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("true".to_string()),
+                Just("[\"a\", 1]".to_string()),
+                Just("{ A = \"1\" }".to_string()),
+                "[ -~]{0,12}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            /// Any text: a definition or an error that names the file, with a line inside the text
+            /// when it has one; never a panic.
+            #[test]
+            fn any_daemon_toml_parses_or_names_file_and_line(text in "\\PC{0,160}") {
+                let file = Path::new("/defs/svc/daemon.toml");
+                if let Err(e) = parse(Path::new("/defs"), file, "svc", &text) {
+                    prop_assert_eq!(&e.file, "/defs/svc/daemon.toml");
+                    if let Some(l) = e.line {
+                        prop_assert!(l >= 1 && l <= text.matches('\n').count() + 1, "{} for {:?}", e, text);
+                    }
+                }
+            }
+
+            /// Key = value lines shaped like real definitions: errors carry a line.
+            #[test]
+            fn toml_shaped_definitions_name_the_line(pairs in proptest::collection::vec((keys(), values()), 0..8)) {
+                let text: String = pairs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                let file = Path::new("/defs/svc/daemon.toml");
+                match parse(Path::new("/defs"), file, "svc", &text) {
+                    Ok(n) => prop_assert!(n.spec.validate().is_empty()),
+                    Err(e) => {
+                        prop_assert_eq!(&e.file, "/defs/svc/daemon.toml");
+                        prop_assert!(e.line.is_some() || e.message.contains("missing field"), "{} for {:?}", e, text);
+                    }
+                }
+            }
+        }
     }
 }

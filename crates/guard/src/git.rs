@@ -113,11 +113,27 @@ impl Repo {
     }
 }
 
+/// Why a command run by the guard (the tests, a health command) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot create {path}: {source}")]
+    Log { path: String, source: std::io::Error },
+    #[error("cannot run {cmd:?}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{status}{}", if .last_line.is_empty() { String::new() } else { format!(": {}", .last_line) })]
+    Failed { status: std::process::ExitStatus, last_line: String },
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    #[error("cannot wait for it: {0}")]
+    Wait(std::io::Error),
+}
+
 /// Runs `sh -c cmd` in `dir` with a time limit, its output going to `log` (so a chatty test
-/// suite never fills a pipe). Err carries why it failed, with the output's last line.
-pub fn run_with_timeout(cmd: &str, dir: &Path, limit: Duration, log: &Path) -> Result<(), String> {
-    let out = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
+/// suite never fills a pipe). The error carries why it failed, with the output's last line.
+pub fn run_with_timeout(cmd: &str, dir: &Path, limit: Duration, log: &Path) -> Result<(), CommandError> {
+    let out =
+        std::fs::File::create(log).map_err(|source| CommandError::Log { path: log.display().to_string(), source })?;
+    let err = out.try_clone().map_err(CommandError::Wait)?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -127,22 +143,22 @@ pub fn run_with_timeout(cmd: &str, dir: &Path, limit: Duration, log: &Path) -> R
         .stderr(err)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        .map_err(|source| CommandError::Spawn { cmd: cmd.to_string(), source })?;
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let deadline = std::time::Instant::now() + limit;
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = child.try_wait().map_err(CommandError::Wait)? {
             if status.success() {
                 return Ok(());
             }
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            let last = text.trim().lines().last().unwrap_or("").to_string();
-            return Err(format!("{status}{}", if last.is_empty() { String::new() } else { format!(": {last}") }));
+            let last_line = text.trim().lines().last().unwrap_or("").to_string();
+            return Err(CommandError::Failed { status, last_line });
         }
         if std::time::Instant::now() > deadline {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
-            return Err(format!("timed out after {}", humantime::format_duration(limit)));
+            return Err(CommandError::TimedOut(limit));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -3,6 +3,10 @@
 //! window, commit or roll back); [`watch`] rolls back an agent that stays offline after one.
 
 pub mod checkpoint;
+mod error;
 pub mod git;
+pub mod health;
 pub mod upgrade;
 pub mod watch;
+
+pub use error::GuardError;

@@ -6,9 +6,10 @@
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::git::{run_with_timeout, GitError, Repo};
+use crate::health::{health_window, HealthError, Window};
+use crate::GuardError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use supervisor::backend::{Backend, Kind};
 
@@ -46,6 +47,9 @@ pub struct Journal {
     pub backend: String,
     pub started_at: String,
     pub reason: Option<String>,
+    /// Where the agent's checkpoint was saved, so `--resume` knows it too.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,14 +94,6 @@ impl Report {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error(transparent)]
-    Git(#[from] GitError),
-    #[error("{0}")]
-    Refused(String),
-}
-
 /// Step-by-step progress: printed as it happens, kept for the final report.
 pub struct Progress<'a> {
     steps: Vec<Step>,
@@ -108,12 +104,12 @@ impl<'a> Progress<'a> {
     pub fn new(print: &'a mut dyn FnMut(&Step)) -> Self {
         Progress { steps: Vec::new(), print }
     }
-    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<(T, String), String>) -> Result<T, String> {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<(T, String), GuardError>) -> Result<T, GuardError> {
         let t0 = Instant::now();
         let r = f();
         let (ok, detail) = match &r {
             Ok((_, d)) => (true, d.clone()),
-            Err(e) => (false, e.clone()),
+            Err(e) => (false, e.to_string()),
         };
         let step = Step { step: name.into(), ok, detail, ms: t0.elapsed().as_millis() as u64 };
         (self.print)(&step);
@@ -131,10 +127,10 @@ pub fn read_journal(repo: &Repo) -> Option<Journal> {
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 
-fn write_journal(repo: &Repo, j: &Journal) -> Result<(), String> {
-    let p = journal_path(repo).map_err(|e| e.to_string())?;
+fn write_journal(repo: &Repo, j: &Journal) -> Result<(), GuardError> {
+    let p = journal_path(repo)?;
     osutil::fs::write_atomic(&p, &serde_json::to_vec_pretty(j).expect("json"))
-        .map_err(|e| format!("cannot write the journal {}: {e}", p.display()))
+        .map_err(|source| GuardError::Journal { path: p.display().to_string(), source })
 }
 
 fn clear_journal(repo: &Repo) {
@@ -143,7 +139,7 @@ fn clear_journal(repo: &Repo) {
     }
 }
 
-fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(10)]
 }
 
@@ -167,57 +163,61 @@ pub fn upgrade(opts: &Options, backend: &Backend, print: &mut dyn FnMut(&Step)) 
     };
     let result = run_upgrade(opts, backend, &mut p, &mut report);
     if let Err(e) = result {
-        report.error = Some(e);
+        report.error = Some(e.to_string());
     }
     report.steps = p.steps;
     report
 }
 
-fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: &mut Report) -> Result<(), String> {
+fn refuse(why: impl Into<String>) -> GuardError {
+    GuardError::Refused(why.into())
+}
+
+fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: &mut Report) -> Result<(), GuardError> {
     // 1. Preflight: refuse before touching anything.
     let (repo, main_branch, last_good, branch_sha) = p.run("check repo, branch and supervisor", || {
-        let repo = Repo::open(&opts.repo).map_err(|e| e.to_string())?;
+        let repo = Repo::open(&opts.repo)?;
         if let Some(j) = read_journal(&repo) {
-            return Err(format!(
+            return Err(refuse(format!(
                 "an interrupted upgrade of {} is journaled ({:?}); run `agentcom upgrade --resume --repo {}` first",
                 j.branch,
                 j.phase,
                 opts.repo.display()
-            ));
+            )));
         }
-        let main = repo.branch().map_err(|e| e.to_string())?.ok_or("detached HEAD: check out the main branch first")?;
-        if !repo.is_clean().map_err(|e| e.to_string())? {
-            return Err("the repo has uncommitted changes: commit or stash them first".into());
+        let main = repo.branch()?.ok_or_else(|| refuse("detached HEAD: check out the main branch first"))?;
+        if !repo.is_clean()? {
+            return Err(refuse("the repo has uncommitted changes: commit or stash them first"));
         }
-        let branch_sha = repo.resolve(&opts.branch).ok_or_else(|| format!("branch {} does not exist", opts.branch))?;
+        let branch_sha =
+            repo.resolve(&opts.branch).ok_or_else(|| refuse(format!("branch {} does not exist", opts.branch)))?;
         if opts.health.starts_with("https://") {
-            osutil::tls::client_config(opts.health_ca_file.as_deref()).map_err(|e| format!("health CA file: {e}"))?;
+            osutil::tls::client_config(opts.health_ca_file.as_deref()).map_err(HealthError::CaFile)?;
         }
-        let head = repo.head().map_err(|e| e.to_string())?;
-        let procs = backend.list().map_err(|e| e.to_string())?;
+        let head = repo.head()?;
+        let procs = backend.list()?;
         if !procs.iter().any(|s| s.name == opts.process) {
-            return Err(format!("process {} is not known to the supervisor", opts.process));
+            return Err(refuse(format!("process {} is not known to the supervisor", opts.process)));
         }
         let detail = format!("{main} at {}, {} at {}", short(&head), opts.branch, short(&branch_sha));
         Ok(((repo, main, head, branch_sha), detail))
     })?;
     report.old_commit = Some(last_good.clone());
     if branch_sha == last_good {
-        return Err(format!("{} has nothing new for {main_branch}", opts.branch));
+        return Err(refuse(format!("{} has nothing new for {main_branch}", opts.branch)));
     }
 
     // 2. Tests on the branch, in a worktree of their own: the main branch is not touched.
-    let git_dir = repo.git_dir().map_err(|e| e.to_string())?;
+    let git_dir = repo.git_dir()?;
     p.run("run the tests on the branch", || {
         let wt = git_dir.join(format!("agentcom-worktree-{}", std::process::id()));
         let _ = repo.git(&["worktree", "remove", "--force", &wt.display().to_string()]);
-        repo.git(&["worktree", "add", "--detach", &wt.display().to_string(), &branch_sha])
-            .map_err(|e| e.to_string())?;
+        repo.git(&["worktree", "add", "--detach", &wt.display().to_string(), &branch_sha])?;
         let log = git_dir.join("agentcom-test.log");
         let r = run_with_timeout(&opts.test, &wt, opts.test_timeout, &log);
         let _ = repo.git(&["worktree", "remove", "--force", &wt.display().to_string()]);
         r.map(|_| ((), format!("`{}` passed", opts.test)))
-            .map_err(|e| format!("tests failed ({e}); log: {}", log.display()))
+            .map_err(|source| GuardError::Tests { source, log: log.display().to_string() })
     })
     .inspect_err(|_| report.outcome = "tests-failed".into())?;
 
@@ -239,12 +239,12 @@ fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: 
         },
         started_at: now(),
         reason: None,
+        state_dir: Some(opts.state_dir.clone()),
     };
     p.run("journal the intent and the last good commit", || {
         write_journal(&repo, &journal)?;
         let tagged = repo.good_tags().iter().any(|(_, c)| c == &last_good);
-        let tag =
-            if tagged { "already tagged".to_string() } else { repo.tag_good(&last_good).map_err(|e| e.to_string())? };
+        let tag = if tagged { "already tagged".to_string() } else { repo.tag_good(&last_good)? };
         ensure_checkpoint(&opts.state_dir, &opts.process, &opts.branch, &last_good)?;
         Ok(((), format!("last good {} ({tag}); checkpoint in {}", short(&last_good), opts.state_dir.display())))
     })?;
@@ -252,13 +252,17 @@ fn run_upgrade(opts: &Options, backend: &Backend, p: &mut Progress<'_>, report: 
     // 4. Merge, then restart through the supervisor.
     let merged = p.run("merge the branch", || {
         let msg = format!("agentcom upgrade: merge {} into {main_branch}", opts.branch);
-        if let Err(e) = repo.git_committing(&["merge", "--no-ff", "--no-edit", "-m", &msg, &branch_sha]) {
+        if let Err(source) = repo.git_committing(&["merge", "--no-ff", "--no-edit", "-m", &msg, &branch_sha]) {
             let _ = repo.git(&["merge", "--abort"]);
             let _ = repo.git(&["reset", "--hard", &last_good]);
             clear_journal(&repo);
-            return Err(format!("merge failed, {main_branch} left at {}: {e}", short(&last_good)));
+            return Err(GuardError::Merge {
+                branch: main_branch.clone(),
+                commit: short(&last_good).to_string(),
+                source,
+            });
         }
-        let new = repo.head().map_err(|e| e.to_string())?;
+        let new = repo.head()?;
         Ok((new.clone(), format!("{main_branch} now at {}", short(&new))))
     })?;
     report.new_commit = Some(merged.clone());
@@ -276,13 +280,13 @@ fn finish(
     interval: Duration,
     p: &mut Progress<'_>,
     report: &mut Report,
-) -> Result<(), String> {
+) -> Result<(), GuardError> {
     let restarted = p.run("restart the process", || {
-        backend.restart(&journal.process).map_err(|e| e.to_string())?;
+        backend.restart(&journal.process)?;
         Ok(((), format!("{} restarted", journal.process)))
     });
     if let Err(e) = restarted {
-        return rollback(repo, journal, backend, interval, p, report, format!("restart failed: {e}"));
+        return rollback(repo, journal, backend, interval, p, report, GuardError::RestartFailed(Box::new(e)));
     }
     journal.phase = Phase::Restarted;
     write_journal(repo, journal)?;
@@ -290,7 +294,7 @@ fn finish(
     match p.run("health window", || health_window(backend, &journal.process, &window, repo).map(|d| ((), d))) {
         Ok(()) => {
             let new = journal.new_commit.clone().unwrap_or_default();
-            let tag = repo.tag_good(&new).map_err(|e| e.to_string())?;
+            let tag = repo.tag_good(&new)?;
             append_history(repo, &journal.last_good, &new);
             clear_journal(repo);
             report.outcome = "upgraded".into();
@@ -298,7 +302,9 @@ fn finish(
             p.run("mark the new commit good", || Ok(((), tag)))?;
             Ok(())
         }
-        Err(why) => rollback(repo, journal, backend, interval, p, report, format!("new version unhealthy: {why}")),
+        Err(why) => {
+            rollback(repo, journal, backend, interval, p, report, GuardError::NewVersionUnhealthy(Box::new(why)))
+        }
     }
 }
 
@@ -309,16 +315,16 @@ fn rollback(
     interval: Duration,
     p: &mut Progress<'_>,
     report: &mut Report,
-    why: String,
-) -> Result<(), String> {
+    why: GuardError,
+) -> Result<(), GuardError> {
     journal.phase = Phase::RollingBack;
-    journal.reason = Some(why.clone());
+    journal.reason = Some(why.to_string());
     write_journal(repo, journal)?;
     let last_good = journal.last_good.clone();
     p.run("roll back to the last good commit", || {
         let _ = repo.git(&["merge", "--abort"]);
-        repo.git(&["reset", "--hard", &last_good]).map_err(|e| e.to_string())?;
-        backend.restart(&journal.process).map_err(|e| e.to_string())?;
+        repo.git(&["reset", "--hard", &last_good])?;
+        backend.restart(&journal.process)?;
         Ok(((), format!("{} reset to {} and restarted", journal.main_branch, short(&last_good))))
     })?;
     let window = Window::of(journal, interval);
@@ -332,7 +338,7 @@ fn rollback(
         }
         Err(e) => {
             report.outcome = "rollback-failed".into();
-            Err(format!("{why}; after the rollback the old version is not healthy either: {e}"))
+            Err(GuardError::RollbackFailed { why: Box::new(why), after: Box::new(e) })
         }
     }
 }
@@ -355,8 +361,8 @@ pub fn resume(
         error: None,
         steps: Vec::new(),
     };
-    let r = (|| -> Result<(), String> {
-        let repo = Repo::open(repo_dir).map_err(|e| e.to_string())?;
+    let r = (|| -> Result<(), GuardError> {
+        let repo = Repo::open(repo_dir)?;
         let Some(mut j) = read_journal(&repo) else {
             p.run("read the journal", || Ok(((), "no interrupted upgrade".to_string())))?;
             return Ok(());
@@ -365,13 +371,17 @@ pub fn resume(
         report.old_commit = Some(j.last_good.clone());
         report.new_commit = j.new_commit.clone();
         let backend = backend_for(&j.backend);
-        p.run("read the journal", || Ok(((), format!("{:?} upgrade of {} found", j.phase, j.branch))))?;
+        p.run("read the journal", || {
+            let checkpoint =
+                j.state_dir.as_ref().map(|d| format!("; checkpoint in {}", d.display())).unwrap_or_default();
+            Ok(((), format!("{:?} upgrade of {} found{checkpoint}", j.phase, j.branch)))
+        })?;
         match j.phase {
             Phase::Prepared => {
                 // Nothing was applied; make sure of it and drop the intent.
                 p.run("abort", || {
                     let _ = repo.git(&["merge", "--abort"]);
-                    repo.git(&["reset", "--hard", &j.last_good]).map_err(|e| e.to_string())?;
+                    repo.git(&["reset", "--hard", &j.last_good])?;
                     clear_journal(&repo);
                     Ok(((), format!("{} left at {}", j.main_branch, short(&j.last_good))))
                 })?;
@@ -380,7 +390,7 @@ pub fn resume(
             }
             Phase::Merged | Phase::Restarted => {
                 // A merge that is not the journaled one (interrupted mid-merge) is rolled back.
-                let head = repo.head().map_err(|e| e.to_string())?;
+                let head = repo.head()?;
                 if j.new_commit.as_deref() != Some(head.as_str()) {
                     return rollback(
                         &repo,
@@ -389,30 +399,23 @@ pub fn resume(
                         interval,
                         &mut p,
                         &mut report,
-                        "interrupted during the merge".into(),
+                        GuardError::Journaled("interrupted during the merge".into()),
                     );
                 }
                 finish(&repo, &mut j, &backend, interval, &mut p, &mut report)
             }
             Phase::RollingBack => {
-                let why = j.reason.clone().unwrap_or_else(|| "interrupted during a rollback".into());
+                let why =
+                    GuardError::Journaled(j.reason.clone().unwrap_or_else(|| "interrupted during a rollback".into()));
                 rollback(&repo, &mut j, &backend, interval, &mut p, &mut report, why)
             }
         }
     })();
     if let Err(e) = r {
-        report.error = Some(e);
+        report.error = Some(e.to_string());
     }
     report.steps = p.steps;
     report
-}
-
-pub struct Window {
-    pub health: String,
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Duration,
-    pub stable_for: Duration,
-    pub interval: Duration,
 }
 
 impl Window {
@@ -427,124 +430,10 @@ impl Window {
     }
 }
 
-/// The process must stay online, without further restarts, and the health check pass,
-/// continuously for `stable_for`, within `timeout`.
-pub fn health_window(backend: &Backend, process: &str, w: &Window, repo: &Repo) -> Result<String, String> {
-    let t0 = Instant::now();
-    let mut ok_since: Option<Instant> = None;
-    let mut baseline: Option<u64> = None;
-    let mut last_problem = String::from("never checked");
-    while t0.elapsed() < w.timeout {
-        let status = backend.list().ok().and_then(|l| l.into_iter().find(|s| s.name == process));
-        let problem = match &status {
-            None => Some("the process is gone from the supervisor".to_string()),
-            Some(s) if s.status != "online" => {
-                Some(format!("the process is {} (exit code {:?})", s.status, s.exit_code))
-            }
-            Some(s) => {
-                let restarted = baseline.is_some_and(|b| s.restart_count > b);
-                baseline = Some(s.restart_count);
-                if restarted {
-                    Some(format!("the process restarted again (restart count {})", s.restart_count))
-                } else {
-                    let limit = w.interval.max(Duration::from_millis(500)).min(Duration::from_secs(10));
-                    check(&w.health, w.ca_file.as_deref(), &repo.dir, limit).err()
-                }
-            }
-        };
-        match problem {
-            None => {
-                let since = *ok_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= w.stable_for {
-                    return Ok(format!(
-                        "online and healthy for {} after {}",
-                        humantime::format_duration(w.stable_for),
-                        fmt_ms(t0.elapsed())
-                    ));
-                }
-            }
-            Some(why) => {
-                ok_since = None;
-                last_problem = why;
-            }
-        }
-        std::thread::sleep(w.interval);
-    }
-    Err(format!(
-        "not healthy for {} within {}: {last_problem}",
-        humantime::format_duration(w.stable_for),
-        humantime::format_duration(w.timeout)
-    ))
-}
-
-fn fmt_ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-/// One health check: an `http://` or `https://` URL must answer 2xx (`https://` trusting the
-/// built-in roots and `ca_file`); anything else is a command that must exit 0.
-pub fn check(health: &str, ca_file: Option<&Path>, dir: &Path, limit: Duration) -> Result<(), String> {
-    if let Some(rest) = health.strip_prefix("http://") {
-        return http_get(health, rest, None, limit);
-    }
-    if let Some(rest) = health.strip_prefix("https://") {
-        let tls = osutil::tls::client_config(ca_file).map_err(|e| format!("health CA file: {e}"))?;
-        return http_get(health, rest, Some(tls), limit);
-    }
-    let log = std::env::temp_dir().join(format!("agentcom-health-{}.log", std::process::id()));
-    let r = run_with_timeout(health, dir, limit, &log).map_err(|e| format!("health check `{health}` failed: {e}"));
-    let _ = std::fs::remove_file(&log);
-    r
-}
-
-/// A minimal HTTP/1.1 GET that reads only the status line: enough for a local health endpoint.
-fn http_get(url: &str, rest: &str, tls: Option<Arc<rustls::ClientConfig>>, limit: Duration) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let fail = |what: String| format!("health URL {url}: {what}");
-    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    // `host:port`, `host`, `[v6]:port` or `[v6]`; a bare IPv6 address has colons but no port.
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
-        _ => (hostport, None),
-    };
-    let port = port.unwrap_or(if tls.is_some() { 443 } else { 80 });
-    let addr = format!("{host}:{port}");
-    let target =
-        addr.to_socket_addrs().map_err(|e| fail(e.to_string()))?.next().ok_or_else(|| fail("no address".into()))?;
-    let tcp = std::net::TcpStream::connect_timeout(&target, limit).map_err(|e| fail(e.to_string()))?;
-    tcp.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
-    tcp.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
-    let mut stream: Box<dyn ReadWrite> = match tls {
-        None => Box::new(tcp),
-        Some(config) => {
-            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                .map_err(|e| fail(e.to_string()))?;
-            let conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;
-            Box::new(rustls::StreamOwned::new(conn, tcp))
-        }
-    };
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| fail(e.to_string()))?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(|e| fail(format!("no answer ({e})")))?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 =
-        line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| fail("not an HTTP answer".into()))?;
-    if (200..300).contains(&code) {
-        Ok(())
-    } else {
-        Err(fail(format!("answered {code}")))
-    }
-}
-
-trait ReadWrite: std::io::Read + std::io::Write {}
-impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
-
 /// The agent's checkpoint is kept as it is; one is created if the agent has none.
-fn ensure_checkpoint(dir: &Path, process: &str, branch: &str, last_good: &str) -> Result<(), String> {
-    match Checkpoint::load(dir) {
-        Ok(c) => c.save(dir).map_err(|e| e.to_string()),
+fn ensure_checkpoint(dir: &Path, process: &str, branch: &str, last_good: &str) -> Result<(), GuardError> {
+    let saved = match Checkpoint::load(dir) {
+        Ok(c) => c.save(dir),
         Err(_) => Checkpoint {
             objective: format!("Carry on after upgrading {process} to {branch}"),
             context: String::new(),
@@ -553,18 +442,14 @@ fn ensure_checkpoint(dir: &Path, process: &str, branch: &str, last_good: &str) -
             history: Vec::new(),
             saved_at: now(),
         }
-        .save(dir)
-        .map_err(|e| e.to_string()),
+        .save(dir),
+    };
+    saved.map_err(GuardError::SaveCheckpoint)?;
+    if dir.join(checkpoint::TASK_FILE).exists() {
+        Ok(())
+    } else {
+        Err(GuardError::Refused(format!("checkpoint missing in {} after save", dir.display())))
     }
-    .map(|_| ())
-    .map_err(|e| format!("cannot save the checkpoint: {e}"))
-    .and_then(|_| {
-        if dir.join(checkpoint::TASK_FILE).exists() {
-            Ok(())
-        } else {
-            Err("checkpoint missing after save".into())
-        }
-    })
 }
 
 fn append_history(repo: &Repo, from: &str, to: &str) {
@@ -588,28 +473,33 @@ pub fn last_upgrade(repo: &Repo) -> Option<(String, String)> {
 }
 
 /// Manual rollback: to `to`, else the last good commit before HEAD. Restarts the process.
-pub fn manual_rollback(repo_dir: &Path, process: &str, to: Option<&str>, backend: &Backend) -> Result<String, String> {
-    let repo = Repo::open(repo_dir).map_err(|e| e.to_string())?;
+pub fn manual_rollback(
+    repo_dir: &Path,
+    process: &str,
+    to: Option<&str>,
+    backend: &Backend,
+) -> Result<String, GuardError> {
+    let repo = Repo::open(repo_dir)?;
     if read_journal(&repo).is_some() {
-        return Err(format!(
+        return Err(refuse(format!(
             "an upgrade is in progress or interrupted; use `agentcom upgrade --resume --repo {}`",
             repo_dir.display()
-        ));
+        )));
     }
-    if !repo.is_clean().map_err(|e| e.to_string())? {
-        return Err("the repo has uncommitted changes: commit or stash them first".into());
+    if !repo.is_clean()? {
+        return Err(refuse("the repo has uncommitted changes: commit or stash them first"));
     }
-    let head = repo.head().map_err(|e| e.to_string())?;
+    let head = repo.head()?;
     let target = match to {
-        Some(r) => repo.resolve(r).ok_or_else(|| format!("{r} is not a commit"))?,
+        Some(r) => repo.resolve(r).ok_or_else(|| refuse(format!("{r} is not a commit")))?,
         None => repo
             .good_tags()
             .into_iter()
             .map(|(_, c)| c)
             .find(|c| c != &head)
-            .ok_or("no earlier good commit (agentcom/good/* tag) to roll back to")?,
+            .ok_or_else(|| refuse("no earlier good commit (agentcom/good/* tag) to roll back to"))?,
     };
-    repo.git(&["reset", "--hard", &target]).map_err(|e| e.to_string())?;
-    backend.restart(process).map_err(|e| e.to_string())?;
+    repo.git(&["reset", "--hard", &target])?;
+    backend.restart(process)?;
     Ok(format!("rolled back from {} to {} and restarted {process}", short(&head), short(&target)))
 }

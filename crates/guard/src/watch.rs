@@ -4,7 +4,8 @@
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::git::Repo;
-use crate::upgrade::{last_upgrade, read_journal};
+use crate::upgrade::{last_upgrade, read_journal, short};
+use crate::GuardError;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use supervisor::backend::Backend;
@@ -43,8 +44,8 @@ async fn online(o: &WatchOptions, backend: &Backend, hub: Option<&client::Client
     (true, String::new())
 }
 
-pub async fn run(o: WatchOptions, backend: Backend, shutdown: CancellationToken) -> Result<(), String> {
-    let repo = Repo::open(&o.repo).map_err(|e| e.to_string())?;
+pub async fn run(o: WatchOptions, backend: Backend, shutdown: CancellationToken) -> Result<(), GuardError> {
+    let repo = Repo::open(&o.repo)?;
     let hub = o.hub.clone();
     tracing::info!(repo = %o.repo.display(), process = %o.process, offline_after_ms = o.offline_after.as_millis() as u64, "guard watching");
     let mut offline_since: Option<Instant> = None;
@@ -79,25 +80,24 @@ async fn act(
     repo: &Repo,
     backend: &Backend,
     hub: Option<&client::Client>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, GuardError> {
     if read_journal(repo).is_some() {
         return Ok(None);
     }
-    let head = repo.head().map_err(|e| e.to_string())?;
+    let head = repo.head()?;
     let Some((from, to)) = last_upgrade(repo) else { return Ok(None) };
     if to != head {
         return Ok(None);
     }
     // Keep anything uncommitted the agent left, rather than destroying it.
-    if !repo.is_clean().map_err(|e| e.to_string())? {
-        repo.git(&["stash", "push", "--include-untracked", "-m", "agentcom guard: before rollback"])
-            .map_err(|e| e.to_string())?;
+    if !repo.is_clean()? {
+        repo.git(&["stash", "push", "--include-untracked", "-m", "agentcom guard: before rollback"])?;
     }
-    repo.git(&["reset", "--hard", &from]).map_err(|e| e.to_string())?;
+    repo.git(&["reset", "--hard", &from])?;
     restore_checkpoint(o, hub).await;
-    backend.restart(&o.process).map_err(|e| e.to_string())?;
+    backend.restart(&o.process)?;
     // Record it so the same upgrade is not rolled back twice.
-    let path = repo.git_dir().map_err(|e| e.to_string())?.join(crate::upgrade::HISTORY);
+    let path = repo.git_dir()?.join(crate::upgrade::HISTORY);
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
     text.push_str(&serde_json::json!({ "from": to, "to": from, "rolled_back": true }).to_string());
     text.push('\n');
@@ -105,8 +105,8 @@ async fn act(
     Ok(Some(format!(
         "agent offline past {:?} after an upgrade: rolled back {} -> {} and restarted {}",
         o.offline_after,
-        &to[..10],
-        &from[..10],
+        short(&to),
+        short(&from),
         o.process
     )))
 }

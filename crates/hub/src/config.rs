@@ -42,6 +42,49 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub agent_reserve_percent: Option<u8>,
     pub reader_connections: Option<usize>,
+    /// Recent events kept for readers resuming with `Last-Event-ID`.
+    pub event_window: Option<usize>,
+    /// Events a reader may fall behind by before it is dropped.
+    pub event_reader_buffer: Option<usize>,
+    /// Readers of `GET /api/events` at once.
+    pub max_event_readers: Option<usize>,
+    pub budgets: Option<BudgetsFile>,
+    pub webhooks: Option<Vec<WebhookFile>>,
+}
+
+/// `[budgets]`: spend allowed per UTC day, for the whole fleet and per agent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsFile {
+    pub daily_usd: Option<f64>,
+    pub daily_tokens: Option<u64>,
+    /// `[budgets.agents.<agent_id>]`.
+    pub agents: Option<std::collections::BTreeMap<String, BudgetFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetFile {
+    pub daily_usd: Option<f64>,
+    pub daily_tokens: Option<u64>,
+}
+
+/// `[[webhooks]]`: where to tell people that something needs them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub url: Option<String>,
+    /// `needs_input`, `dead_letter`, `agent_offline`, `budget_exhausted`.
+    pub events: Option<Vec<String>>,
+    /// `json` (default) or `slack` (a `{"text": ...}` body).
+    pub format: Option<String>,
+    /// For `agent_offline`: how long an agent must stay offline first.
+    pub agent_offline_after_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Attempts per notification, with backoff between them.
+    pub max_attempts: Option<u32>,
+    /// The first wait before a retry (doubling, at most a minute).
+    pub retry_ms: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (clap merges the two).
@@ -105,6 +148,89 @@ pub struct Limits {
     pub max_progress_bytes: usize,
     /// An agent's checkpoint, as JSON bytes.
     pub max_checkpoint_bytes: usize,
+    /// Spend allowed per UTC day.
+    pub budgets: Budgets,
+}
+
+/// A day's allowance; either or both may be set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budget {
+    pub daily_usd: Option<f64>,
+    pub daily_tokens: Option<u64>,
+}
+
+impl Budget {
+    pub fn is_set(&self) -> bool {
+        self.daily_usd.is_some() || self.daily_tokens.is_some()
+    }
+    /// Whether `cost` and `tokens` reach the allowance.
+    pub fn exceeded_by(&self, cost: f64, tokens: u64) -> bool {
+        self.daily_usd.is_some_and(|b| cost >= b) || self.daily_tokens.is_some_and(|b| tokens >= b)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    pub fleet: Budget,
+    pub agents: std::collections::HashMap<String, Budget>,
+}
+
+/// What a webhook is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookEvent {
+    NeedsInput,
+    DeadLetter,
+    AgentOffline,
+    BudgetExhausted,
+}
+
+impl std::str::FromStr for WebhookEvent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "needs_input" => WebhookEvent::NeedsInput,
+            "dead_letter" => WebhookEvent::DeadLetter,
+            "agent_offline" => WebhookEvent::AgentOffline,
+            "budget_exhausted" => WebhookEvent::BudgetExhausted,
+            other => {
+                return Err(format!(
+                    "unknown event {other:?} (expected needs_input, dead_letter, agent_offline or budget_exhausted)"
+                ))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Json,
+    /// Slack-style `{"text": ...}`.
+    Slack,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub events: Vec<WebhookEvent>,
+    pub format: WebhookFormat,
+    pub agent_offline_after: Duration,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub retry: Duration,
+}
+
+/// The event stream's bounds.
+#[derive(Debug, Clone)]
+pub struct EventLimits {
+    pub window: usize,
+    pub reader_buffer: usize,
+    pub max_readers: usize,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits { window: 10_000, reader_buffer: 4096, max_readers: 256 }
+    }
 }
 
 impl Default for Limits {
@@ -116,6 +242,7 @@ impl Default for Limits {
             max_extra_bytes: 64 * 1024,
             max_progress_bytes: 16 * 1024,
             max_checkpoint_bytes: 4 * 1024 * 1024,
+            budgets: Budgets::default(),
         }
     }
 }
@@ -179,6 +306,8 @@ pub struct HubConfig {
     pub timings: Timings,
     pub limits: Limits,
     pub net: NetLimits,
+    pub events: EventLimits,
+    pub webhooks: Vec<Webhook>,
     /// Set when the hub serves TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -276,7 +405,16 @@ impl HubConfig {
                 dl.max_checkpoint_bytes,
                 &mut errors,
             ),
+            budgets: budgets(file.budgets, &mut errors),
         };
+        let de = EventLimits::default();
+        let events = EventLimits {
+            window: positive("event_window", file.event_window, de.window, &mut errors).min(1_000_000),
+            reader_buffer: positive("event_reader_buffer", file.event_reader_buffer, de.reader_buffer, &mut errors)
+                .clamp(16, 1_000_000),
+            max_readers: positive("max_event_readers", file.max_event_readers, de.max_readers, &mut errors),
+        };
+        let webhooks = webhooks(file.webhooks.unwrap_or_default(), &mut errors);
         let dn = NetLimits::default();
         let net = NetLimits {
             header_read_timeout: ms(
@@ -362,11 +500,79 @@ impl HubConfig {
             }
         };
         if errors.is_empty() {
-            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, tls })
+            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, events, webhooks, tls })
         } else {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+fn budget(scope: &str, daily_usd: Option<f64>, daily_tokens: Option<u64>, errors: &mut Vec<String>) -> Budget {
+    if daily_usd.is_some_and(|d| !d.is_finite() || d < 0.0) {
+        errors.push(format!("{scope}.daily_usd: must be a number of dollars, 0 or more"));
+    }
+    Budget { daily_usd: daily_usd.filter(|d| d.is_finite() && *d >= 0.0), daily_tokens }
+}
+
+fn budgets(file: Option<BudgetsFile>, errors: &mut Vec<String>) -> Budgets {
+    let Some(f) = file else { return Budgets::default() };
+    let fleet = budget("budgets", f.daily_usd, f.daily_tokens, errors);
+    let mut agents = std::collections::HashMap::new();
+    for (agent, b) in f.agents.unwrap_or_default() {
+        if let Err(e) = proto::api::check_agent_id(&agent) {
+            errors.push(format!("budgets.agents: {e}"));
+        }
+        agents.insert(agent.clone(), budget(&format!("budgets.agents.{agent}"), b.daily_usd, b.daily_tokens, errors));
+    }
+    Budgets { fleet, agents }
+}
+
+fn webhooks(files: Vec<WebhookFile>, errors: &mut Vec<String>) -> Vec<Webhook> {
+    let mut out = Vec::new();
+    if files.len() > 32 {
+        errors.push("webhooks: at most 32".into());
+    }
+    for (i, w) in files.into_iter().take(32).enumerate() {
+        let at = format!("webhooks[{i}]");
+        let url = w.url.unwrap_or_default();
+        match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => errors.push(format!("{at}.url: {url:?} is not an http:// or https:// URL")),
+        }
+        let events: Vec<WebhookEvent> = w
+            .events
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.parse().map_err(|msg| errors.push(format!("{at}.events: {msg}"))).ok())
+            .collect();
+        if events.is_empty() {
+            errors.push(format!("{at}.events: name at least one event"));
+        }
+        let format = match w.format.as_deref() {
+            None | Some("json") => WebhookFormat::Json,
+            Some("slack") => WebhookFormat::Slack,
+            Some(other) => {
+                errors.push(format!("{at}.format: {other:?} is not json or slack"));
+                WebhookFormat::Json
+            }
+        };
+        let ms = |name: &str, v: Option<u64>, def: u64, errors: &mut Vec<String>| {
+            if v == Some(0) {
+                errors.push(format!("{at}.{name}: must be greater than 0"));
+            }
+            Duration::from_millis(v.filter(|v| *v > 0).unwrap_or(def))
+        };
+        out.push(Webhook {
+            url,
+            events,
+            format,
+            agent_offline_after: ms("agent_offline_after_ms", w.agent_offline_after_ms, 120_000, errors),
+            timeout: ms("timeout_ms", w.timeout_ms, 10_000, errors),
+            max_attempts: w.max_attempts.unwrap_or(5).clamp(1, 20),
+            retry: ms("retry_ms", w.retry_ms, 1000, errors),
+        });
+    }
+    out
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {

@@ -40,6 +40,9 @@ pub struct AppState {
     pub next_conn: Arc<AtomicU64>,
     /// The connection layer's counters, for `/metrics`.
     pub conns: Arc<crate::server::ConnLimits>,
+    pub bus: Arc<crate::events::EventBus>,
+    /// Readers of `GET /api/events` at once.
+    pub event_readers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
@@ -56,6 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}", get(get_task))
         .route("/api/tasks/{task_id}/retry", post(retry))
         .route("/api/tasks/{task_id}/cancel", post(cancel))
+        .route("/api/tasks/{task_id}/input", post(answer))
+        .route("/api/events", get(crate::feed::events))
+        .route("/api/usage", get(usage))
         .route("/api/agents", get(agents))
         .route("/api/agents/{agent_id}", get(agent))
         .route("/api/agents/{agent_id}/checkpoint", get(get_checkpoint).put(put_checkpoint))
@@ -80,14 +86,16 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidJson | ErrorCode::InvalidBody | ErrorCode::InvalidQuery => StatusCode::BAD_REQUEST,
         ErrorCode::BodyTooLarge | ErrorCode::FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::InvalidState => StatusCode::CONFLICT,
-        ErrorCode::StorageUnavailable | ErrorCode::ShuttingDown | ErrorCode::Overloaded | ErrorCode::QueueFull => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::StorageUnavailable
+        | ErrorCode::ShuttingDown
+        | ErrorCode::Overloaded
+        | ErrorCode::QueueFull
+        | ErrorCode::NotLeader => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-fn error(e: ApiError) -> Response {
+pub(crate) fn error(e: ApiError) -> Response {
     (status_of(e.error), Json(e)).into_response()
 }
 
@@ -106,6 +114,7 @@ fn respond(r: ApiResult) -> Response {
             Reply::Revoked(v) => Json(v).into_response(),
             Reply::Restart(v) => Json(v).into_response(),
             Reply::CheckpointStored(v) => Json(v).into_response(),
+            Reply::Answered(v) => Json(v).into_response(),
             Reply::Metrics(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
             Reply::Role(_) => error(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
         },
@@ -123,7 +132,7 @@ async fn call(s: &AppState, headers: &HeaderMap, req: ApiRequest) -> Response {
 }
 
 /// Who the token belongs to (any role); reads need nothing more.
-async fn role(s: &AppState, headers: &HeaderMap) -> Result<Role, Response> {
+pub(crate) async fn role(s: &AppState, headers: &HeaderMap) -> Result<Role, Response> {
     match s.core.call(bearer(headers), ApiRequest::Authenticate).await {
         Ok(Reply::Role(r)) => Ok(r),
         Ok(_) => Err(error(ApiError::new(ErrorCode::Unknown))),
@@ -226,13 +235,21 @@ fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
 }
 
 async fn health() -> Response {
-    Json(Health { status: HealthStatus::Ok, version: env!("CARGO_PKG_VERSION").into() }).into_response()
+    Json(Health {
+        status: HealthStatus::Ok,
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: Some(proto::api::HubRole::Leader),
+        leader: None,
+        term: None,
+    })
+    .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
     match s.core.call(None, ApiRequest::Metrics).await {
         Ok(Reply::Metrics(mut text)) => {
             s.conns.render(&mut text);
+            crate::feed::render_metrics(&s, &mut text);
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
         }
         other => respond(other),
@@ -352,6 +369,91 @@ async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Str
 
 async fn cancel(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     call(&s, &headers, ApiRequest::Cancel(id)).await
+}
+
+async fn answer(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let m = match read_json(body, SMALL_BODY + proto::MAX_ANSWER * 4, s.net.body_read_timeout).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let mut errors = Vec::new();
+    let answer = match m.get("answer") {
+        Some(Value::String(a)) if a.trim().is_empty() => {
+            errors.push("answer: must not be empty".into());
+            String::new()
+        }
+        Some(Value::String(a)) if a.chars().count() > proto::MAX_ANSWER => {
+            errors.push(format!("answer: longer than {} characters", proto::MAX_ANSWER));
+            String::new()
+        }
+        Some(Value::String(a)) => a.clone(),
+        Some(_) => {
+            errors.push("answer: expected string".into());
+            String::new()
+        }
+        None => {
+            errors.push("answer: required".into());
+            String::new()
+        }
+    };
+    let request_id = match m.get("request_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if r.len() <= 64 => Some(r.clone()),
+        Some(_) => {
+            errors.push("request_id: expected a string of at most 64 characters".into());
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return invalid(errors);
+    }
+    call(&s, &headers, ApiRequest::Answer(proto::api::AnswerTask { task_id, answer, request_id })).await
+}
+
+async fn usage(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<proto::api::GetUsage>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
+    let role = match role(&s, &headers).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let today = crate::clock::wall_ms() / crate::store::DAY_MS;
+    let day = |v: &Option<String>, name: &str, default: u64| match v {
+        None => Ok(default),
+        Some(d) => crate::feed::parse_day(d)
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidQuery).msg(format!("{name}: expected a day as YYYY-MM-DD"))),
+    };
+    let (since, until) = match (day(&q.since, "since", today.saturating_sub(29)), day(&q.until, "until", today)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return error(e),
+    };
+    if until < since || until - since > 3660 {
+        return error(
+            ApiError::new(ErrorCode::InvalidQuery).msg("until: must be a day from since to ten years after it"),
+        );
+    }
+    // An agent sees what it spent; the admin sees everyone.
+    let only = match &role {
+        Role::Admin => None,
+        Role::Agent(a) => Some(a.clone()),
+    };
+    let by = q.by;
+    let range = (since * crate::store::DAY_MS, (until + 1) * crate::store::DAY_MS);
+    match read(&s, move |r| r.usage(by, range.0, range.1, only.as_deref())).await {
+        Ok(rows) => Json(crate::feed::usage_report(by, since, until, rows)).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn agents(

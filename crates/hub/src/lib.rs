@@ -9,6 +9,8 @@ pub mod authz;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod events;
+pub mod feed;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -16,6 +18,7 @@ pub mod paging;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod webhooks;
 pub mod ws;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -153,7 +156,9 @@ pub async fn run_reporting(
     let admin = admin_token(&cfg)?;
     let store = store::SqliteStore::open(&db_path)?;
     let reader: Arc<dyn store::Reader> = Arc::new(store.reader(cfg.net.reader_connections)?);
-    let core = core::Core::new(store, clock::SystemClock, cfg.timings.clone(), cfg.limits.clone(), &admin)?;
+    let bus = events::EventBus::new(clock::wall_ms(), cfg.events.window, cfg.events.reader_buffer);
+    let core =
+        core::Core::new(store, clock::SystemClock, cfg.timings.clone(), cfg.limits.clone(), &admin, bus.clone())?;
     let open = core.open_task_count();
     let (handle, core_thread) = core::spawn(core);
 
@@ -166,6 +171,7 @@ pub async fn run_reporting(
     }
 
     let tracker = TaskTracker::new();
+    webhooks::spawn(cfg.webhooks.clone(), &bus, shutdown.clone(), &tracker);
     let state = http::AppState {
         core: handle.clone(),
         reader,
@@ -176,6 +182,8 @@ pub async fn run_reporting(
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
         conns: limits.clone(),
+        bus: bus.clone(),
+        event_readers: Arc::new(tokio::sync::Semaphore::new(cfg.events.max_readers)),
     };
     let server = server::Server {
         listener,

@@ -44,9 +44,30 @@ pub struct Metrics {
     pub ws_connections_total: u64,
     pub dispatch_latency: Histogram,
     pub commit_seconds: Histogram,
+    /// Reported usage since start, by agent: cost, input, output and other tokens.
+    pub usage: std::collections::BTreeMap<String, UsageTotals>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UsageTotals {
+    pub reports: u64,
+    pub cost_usd: f64,
+    pub tokens: u64,
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
+    pub fn record_usage(&mut self, agent_id: &str, u: &proto::Usage) {
+        let t = self.usage.entry(agent_id.to_string()).or_default();
+        t.reports += 1;
+        t.cost_usd += u.cost_usd.unwrap_or(0.0);
+        t.tokens = t.tokens.saturating_add(u.tokens());
+    }
+
     pub fn render(&self, tasks: &[(&str, u64)], agents: &[(&str, u64)], ws_connections: u64) -> String {
         let mut out = String::with_capacity(2048);
         let _ = writeln!(out, "# HELP agentcom_tasks Tasks by status.\n# TYPE agentcom_tasks gauge");
@@ -84,6 +105,20 @@ impl Metrics {
             "From a task entering the queue to its durable task_assign being sent.",
         );
         self.commit_seconds.render(&mut out, "agentcom_store_commit_seconds", "Duration of one durable group commit.");
+        for (name, help, get) in [
+            (
+                "agentcom_usage_reports_total",
+                "Attempts that reported usage, since start.",
+                (|t: &UsageTotals| t.reports as f64) as fn(&UsageTotals) -> f64,
+            ),
+            ("agentcom_usage_cost_usd_total", "Reported cost in US dollars, since start.", |t| t.cost_usd),
+            ("agentcom_usage_tokens_total", "Reported tokens (input and output), since start.", |t| t.tokens as f64),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (agent, t) in &self.usage {
+                let _ = writeln!(out, "{name}{{agent=\"{}\"}} {}", label(agent), get(t));
+            }
+        }
         out
     }
 }

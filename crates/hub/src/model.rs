@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use proto::api::{AgentStatus, Priority, TaskStatus, Transition};
+pub use proto::api::{AgentStatus, Answer, Priority, Question, TaskStatus, Transition};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskHead {
@@ -42,6 +42,12 @@ pub struct TaskHead {
     pub updated_at: u64,
     #[serde(default)]
     pub completed_at: Option<u64>,
+    /// The holder's open question to a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_input: Option<Question>,
+    /// A person's answer, until the holder's sidecar confirms it wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
 }
 
 /// What the submitter asked for; never changes.
@@ -73,6 +79,8 @@ pub struct StoredTask {
     pub outcome: Option<Outcome>,
     /// The latest `task_progress` of the current generation.
     pub progress: Option<Value>,
+    /// Every attempt's reported usage, added up.
+    pub usage: Option<proto::Usage>,
 }
 
 impl StoredTask {
@@ -103,6 +111,9 @@ impl StoredTask {
             created_at: h.created_at,
             updated_at: h.updated_at,
             completed_at: h.completed_at,
+            needs_input: h.needs_input,
+            answer: h.answer,
+            usage: self.usage,
         }
     }
 }

@@ -232,6 +232,8 @@ pub enum ErrorCode {
     QueueFull,
     /// Too many connections or requests right now; try again.
     Overloaded,
+    /// This hub is a standby: the leader (if one is known) is named in `leader`.
+    NotLeader,
     ShuttingDown,
     /// A code this client does not know (a newer hub).
     #[serde(other)]
@@ -258,6 +260,7 @@ impl ErrorCode {
             ErrorCode::UnknownAgent => "unknown_agent",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::NotLeader => "not_leader",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unknown => "unknown",
         }
@@ -279,18 +282,21 @@ pub struct ApiError {
     /// One entry per invalid field, each starting with the field's name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// With `not_leader`: the leading hub's base URL, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl ApiError {
     pub fn new(error: ErrorCode) -> ApiError {
-        ApiError { error, message: None, errors: Vec::new() }
+        ApiError { error, message: None, errors: Vec::new(), leader: None }
     }
     pub fn msg(mut self, m: impl Into<String>) -> ApiError {
         self.message = Some(m.into());
         self
     }
     pub fn fields(errors: Vec<String>) -> ApiError {
-        ApiError { error: ErrorCode::ValidationFailed, message: None, errors }
+        ApiError { error: ErrorCode::ValidationFailed, message: None, errors, leader: None }
     }
 }
 
@@ -559,6 +565,35 @@ pub struct TaskView {
     pub created_at: u64,
     pub updated_at: u64,
     pub completed_at: Option<u64>,
+    /// The question the agent is waiting on a person for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_input: Option<Question>,
+    /// An answer given but not yet confirmed written by the agent's sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    /// What every attempt together cost, as reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::Usage>,
+}
+
+/// A question an agent asked (`<task_id>.needs-input`), waiting for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub request_id: String,
+    pub question: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// When the agent asked (epoch ms).
+    pub since: u64,
+}
+
+/// A person's answer to a [`Question`], on its way to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub request_id: String,
+    pub answer: String,
+    pub answered_by: String,
+    pub answered_at: u64,
 }
 
 /// `GET /api/tasks/:task_id`.
@@ -626,6 +661,40 @@ impl Endpoint for RetryTask {
     fn body(&self) -> Option<Value> {
         Some(Value::Object(Map::new()))
     }
+}
+
+/// `POST /api/tasks/:task_id/input`: the answer to the task's open question (admin, or the
+/// agent that submitted the task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerTask {
+    #[serde(skip)]
+    pub task_id: String,
+    pub answer: String,
+    /// The question answered; when given, it must be the open one (a stale page cannot answer a
+    /// newer question by mistake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl Endpoint for AnswerTask {
+    type Response = Answered;
+    const METHOD: Method = Method::Post;
+    fn path(&self) -> String {
+        format!("/api/tasks/{}/input", encode(&self.task_id))
+    }
+    fn body(&self) -> Option<Value> {
+        Some(serde_json::to_value(self).expect("serializes"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answered {
+    pub status: Done,
+    pub task_id: String,
+    pub request_id: String,
+    /// Whether the agent's sidecar was connected to be sent the answer now (it gets it when it
+    /// reconnects otherwise).
+    pub sent: bool,
 }
 
 /// The task's new status after a cancel or a retry.
@@ -700,6 +769,170 @@ pub struct AgentView {
     pub pm2_info: Option<crate::ProcessInfo>,
     /// The last `resource_report`.
     pub resources: Option<Map<String, Value>>,
+    /// Today's (UTC) spend, and the agent's budget if one is set.
+    #[serde(default)]
+    pub spend: Spend,
+    /// A task of this agent is waiting for a person.
+    #[serde(default)]
+    pub needs_input: bool,
+}
+
+/// Spend over one UTC day against its budget.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    pub cost_usd: f64,
+    pub tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// Over its budget: gets no new task until midnight UTC.
+    #[serde(default)]
+    pub exhausted: bool,
+}
+
+// ---- usage ---------------------------------------------------------------------------------
+
+/// How usage is grouped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageBy {
+    #[default]
+    Agent,
+    Model,
+    /// UTC day, `YYYY-MM-DD`.
+    Day,
+}
+
+/// `GET /api/usage`: usage aggregated by agent, model or day, over whole UTC days.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GetUsage {
+    #[serde(default)]
+    pub by: UsageBy,
+    /// First day (`YYYY-MM-DD`, UTC) included; default 30 days ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Last day included; default today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+impl Endpoint for GetUsage {
+    type Response = UsageReport;
+    const METHOD: Method = Method::Get;
+    fn path(&self) -> String {
+        let by = match self.by {
+            UsageBy::Agent => "agent",
+            UsageBy::Model => "model",
+            UsageBy::Day => "day",
+        };
+        let q = query(&[("by", Some(by.into())), ("since", self.since.clone()), ("until", self.until.clone())]);
+        format!("/api/usage{q}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub by: UsageBy,
+    pub since: String,
+    pub until: String,
+    pub rows: Vec<UsageRow>,
+    pub total: UsageRow,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The agent id, model name (`unknown` when not reported) or day; empty for the total.
+    pub key: String,
+    /// Attempts that reported usage.
+    pub reports: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+}
+
+// ---- events --------------------------------------------------------------------------------
+
+/// `GET /api/events`: Server-Sent Events of [`Event`]s, each `id` usable as `Last-Event-ID`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowEvents {
+    /// Resume after this event id (the `Last-Event-ID` header does the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+}
+
+impl FollowEvents {
+    pub fn path(&self) -> String {
+        format!("/api/events{}", query(&[("last_event_id", self.last_event_id.clone())]))
+    }
+}
+
+/// One event of the stream. Ids are `<hub run>-<sequence>`: increasing within a hub run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    /// When it happened (epoch ms); events are sent only once what they say is durable.
+    pub at: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A task changed status (`from` is absent for a submission).
+    Task {
+        task_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<TaskStatus>,
+        to: TaskStatus,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<String>,
+        generation: u64,
+        priority: Priority,
+    },
+    /// A progress line of the task's current attempt.
+    Progress { task_id: String, agent_id: String, generation: u64, progress: Value },
+    /// An agent connected, disconnected, or announced a restart.
+    Agent { agent_id: String, status: AgentStatus, connected: bool },
+    /// An agent asked a person something.
+    NeedsInput { task_id: String, agent_id: String, question: Question },
+    /// A person answered.
+    InputAnswered { task_id: String, request_id: String, answered_by: String },
+    /// The agent's sidecar wrote the answer for the agent.
+    InputDelivered { task_id: String, request_id: String },
+    /// An attempt reported what it cost.
+    Usage { task_id: String, agent_id: String, usage: crate::Usage },
+    /// A budget ran out for the day: `agent_id` absent for the whole fleet.
+    BudgetExhausted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<String>,
+        spend: Spend,
+    },
+    /// Events were lost for this reader (the resume point is older than the hub's window, or
+    /// from before a hub restart): reload what you show.
+    Resync { reason: String },
+    /// The reader fell too far behind and is being disconnected.
+    Dropped { reason: String },
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Task { .. } => "task",
+            EventKind::Progress { .. } => "progress",
+            EventKind::Agent { .. } => "agent",
+            EventKind::NeedsInput { .. } => "needs_input",
+            EventKind::InputAnswered { .. } => "input_answered",
+            EventKind::InputDelivered { .. } => "input_delivered",
+            EventKind::Usage { .. } => "usage",
+            EventKind::BudgetExhausted { .. } => "budget_exhausted",
+            EventKind::Resync { .. } => "resync",
+            EventKind::Dropped { .. } => "dropped",
+        }
+    }
 }
 
 /// `GET /api/agents/:agent_id`.
@@ -746,6 +979,7 @@ pub enum Done {
     RestartCommanded,
     Revoked,
     Stored,
+    Answered,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -904,6 +1138,22 @@ impl Endpoint for GetHealth {
 pub struct Health {
     pub status: HealthStatus,
     pub version: String,
+    /// `leader` (a single hub always leads), or `standby` when several hubs share PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<HubRole>,
+    /// The leading hub's base URL, when this one is a standby and knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The leader's term (increases with every takeover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HubRole {
+    Leader,
+    Standby,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,32 +51,91 @@ impl Backend {
         }
     }
 
+    /// The processes a name stands for: itself, or the instances `name-0` … of a spec started
+    /// with `instances > 1` (as `pm2 stop app` stops every instance of app).
+    fn targets(&self, name: &str) -> Result<Vec<String>, BackendError> {
+        let list = self.list()?;
+        if list.iter().any(|p| p.name == name) {
+            return Ok(vec![name.to_string()]);
+        }
+        let instances: Vec<String> =
+            list.into_iter().filter(|p| p.instance_of.as_deref() == Some(name)).map(|p| p.name).collect();
+        if instances.is_empty() {
+            return Ok(vec![name.to_string()]); // the supervisor says it does not know it
+        }
+        Ok(instances)
+    }
+
     fn simple(
         &self,
         name: &str,
-        req: Request,
+        req: fn(String) -> Request,
         pm2_op: fn(&str) -> Result<(), pm2::Pm2Error>,
     ) -> Result<String, BackendError> {
-        match self.kind {
-            Kind::Native => match self.native(req, false)? {
-                Response::Ok { message } => Ok(message),
-                other => Ok(format!("{other:?}")),
-            },
-            Kind::Pm2 => {
-                pm2_op(name)?;
-                Ok(format!("{name}: done"))
-            }
+        let mut messages = Vec::new();
+        for target in self.targets(name)? {
+            messages.push(match self.kind {
+                Kind::Native => match self.native(req(target), false)? {
+                    Response::Ok { message } => message,
+                    other => format!("{other:?}"),
+                },
+                Kind::Pm2 => {
+                    pm2_op(&target)?;
+                    format!("{target}: done")
+                }
+            });
         }
+        Ok(messages.join("\n"))
     }
 
     pub fn stop(&self, name: &str) -> Result<String, BackendError> {
-        self.simple(name, Request::Stop { name: name.into() }, pm2::stop)
+        self.simple(name, |name| Request::Stop { name }, pm2::stop)
     }
     pub fn restart(&self, name: &str) -> Result<String, BackendError> {
-        self.simple(name, Request::Restart { name: name.into() }, pm2::restart)
+        self.simple(name, |name| Request::Restart { name }, pm2::restart)
     }
     pub fn delete(&self, name: &str) -> Result<String, BackendError> {
-        self.simple(name, Request::Delete { name: name.into() }, pm2::delete)
+        self.simple(name, |name| Request::Delete { name }, pm2::delete)
+    }
+
+    /// Types `text` into a tmux process (native supervisor only).
+    pub fn send(&self, name: &str, text: &str, enter: bool) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Native => match self.native(Request::Send { name: name.into(), text: text.into(), enter }, false)? {
+                Response::Ok { message } => Ok(message),
+                other => Ok(format!("{other:?}")),
+            },
+            Kind::Pm2 => Err(BackendError::Pm2(pm2::Pm2Error::Unsupported(
+                "send needs the native supervisor: pm2 gives its processes no terminal".into(),
+            ))),
+        }
+    }
+
+    /// Stops every process, then the supervisor itself (`pm2 kill` under pm2). With no native
+    /// supervisor running there is nothing to do, and that is said.
+    pub fn kill(&self) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Native => {
+                let pid = crate::client::supervisor_pid(&self.dir);
+                let mut c = match Client::connect(&self.dir) {
+                    Ok(c) => c,
+                    Err(ClientError::NotRunning(_)) => return Ok("no supervisor running; nothing to stop".into()),
+                    Err(e) => return Err(e.into()),
+                };
+                let message = match c.call(&Request::Kill)? {
+                    Response::Ok { message } => message,
+                    other => format!("{other:?}"),
+                };
+                if let Some(pid) = pid {
+                    crate::client::wait_gone(pid, std::time::Duration::from_secs(30));
+                }
+                Ok(message)
+            }
+            Kind::Pm2 => {
+                pm2::pm2(&["kill"])?;
+                Ok("pm2 killed: every process and the pm2 daemon stopped".into())
+            }
+        }
     }
 
     pub fn list(&self) -> Result<Vec<ProcStatus>, BackendError> {

@@ -92,3 +92,16 @@ pub fn connect_or_launch(dir: &Path, exe: &Path) -> Result<Client, ClientError> 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The pid in `<dir>/supervisor.pid`, if any.
+pub fn supervisor_pid(dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(dir.join("supervisor.pid")).ok()?.trim().parse().ok()
+}
+
+/// Waits until `pid` is gone (or a zombie), at most `limit`.
+pub fn wait_gone(pid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while osutil::procfs::stat(pid).is_some_and(|s| s.state != 'Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

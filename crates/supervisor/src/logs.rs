@@ -4,7 +4,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 
 pub struct LogFile {
@@ -17,16 +18,26 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn open(path: &Path, max: u64, keep: u32) -> io::Result<LogFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let size = file.metadata()?.len();
         Ok(LogFile { path: path.to_path_buf(), file, size, max, keep })
     }
 
-    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let mut buf = Vec::with_capacity(ts.len() + line.len() + 2);
-        buf.extend_from_slice(ts.as_bytes());
-        buf.push(b' ');
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `prefix line\n` (just `line\n` without a prefix) in one write, then rotates
+    /// when the file reached its size limit.
+    pub fn write_line(&mut self, prefix: Option<&str>, line: &[u8]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(prefix.map_or(0, str::len) + line.len() + 2);
+        if let Some(p) = prefix {
+            buf.extend_from_slice(p.as_bytes());
+            buf.push(b' ');
+        }
         buf.extend_from_slice(line);
         buf.push(b'\n');
         self.file.write_all(&buf)?;
@@ -56,12 +67,180 @@ impl LogFile {
     }
 }
 
-/// Copies a child's output stream into `log`, a line at a time. Lines longer than 64 KiB are
-/// split so a runaway process cannot grow our memory.
-pub async fn pump(mut stream: impl tokio::io::AsyncRead + Unpin, mut log: LogFile) {
+/// Which output of a process a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// How a process's log lines are stamped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StampFormat {
+    /// RFC 3339 in UTC with microseconds, strictly increasing across both files of the process,
+    /// so merging them by stamp gives back the order in which the lines arrived.
+    Rfc3339,
+    /// A chrono format in local time, from pm2's `log_date_format` (day.js tokens).
+    Local(String),
+    /// No stamp (`time = false`): the lines as written.
+    Off,
+}
+
+impl StampFormat {
+    pub fn of(spec: &proto::control::ProcSpec) -> StampFormat {
+        match (&spec.log_date_format, spec.time) {
+            (_, false) => StampFormat::Off,
+            (Some(f), true) => StampFormat::Local(dayjs_to_chrono(f)),
+            (None, true) => StampFormat::Rfc3339,
+        }
+    }
+}
+
+/// Translates a day.js format (what pm2's `log_date_format` takes: `YYYY-MM-DD HH:mm:ss.SSS Z`,
+/// text in `[brackets]` kept as it is) into a chrono format string.
+pub fn dayjs_to_chrono(fmt: &str) -> String {
+    const TOKENS: [(&str, &str); 26] = [
+        ("YYYY", "%Y"),
+        ("YY", "%y"),
+        ("MMMM", "%B"),
+        ("MMM", "%b"),
+        ("MM", "%m"),
+        ("M", "%-m"),
+        ("DD", "%d"),
+        ("D", "%-d"),
+        ("dddd", "%A"),
+        ("ddd", "%a"),
+        ("HH", "%H"),
+        ("H", "%-H"),
+        ("hh", "%I"),
+        ("h", "%-I"),
+        ("mm", "%M"),
+        ("m", "%-M"),
+        ("ss", "%S"),
+        ("s", "%-S"),
+        ("SSS", "%3f"),
+        ("SS", "%2f"),
+        ("S", "%1f"),
+        ("A", "%p"),
+        ("a", "%P"),
+        ("ZZ", "%z"),
+        ("Z", "%:z"),
+        ("X", "%s"),
+    ];
+    let mut out = String::new();
+    let mut rest = fmt;
+    'outer: while let Some(c) = rest.chars().next() {
+        if c == '[' {
+            if let Some(end) = rest.find(']') {
+                out.push_str(&rest[1..end].replace('%', "%%"));
+                rest = &rest[end + 1..];
+                continue;
+            }
+        }
+        for (token, chrono) in TOKENS {
+            if let Some(r) = rest.strip_prefix(token) {
+                out.push_str(chrono);
+                rest = r;
+                continue 'outer;
+            }
+        }
+        if c == '%' {
+            out.push_str("%%");
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// The stamps of one process's log lines.
+#[derive(Debug)]
+pub struct Stamp {
+    format: StampFormat,
+    last: Option<SystemTime>,
+}
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp { format: StampFormat::Rfc3339, last: None }
+    }
+}
+
+impl Stamp {
+    pub fn new(format: StampFormat) -> Stamp {
+        Stamp { format, last: None }
+    }
+
+    pub fn next(&mut self, now: SystemTime) -> Option<String> {
+        match &self.format {
+            StampFormat::Off => None,
+            StampFormat::Local(f) => {
+                let local: chrono::DateTime<chrono::Local> = now.into();
+                let mut text = String::new();
+                // A format chrono cannot render is written as it is rather than panicking.
+                if std::fmt::write(&mut text, format_args!("{}", local.format(f))).is_err() {
+                    text = f.clone();
+                }
+                Some(text)
+            }
+            StampFormat::Rfc3339 => {
+                let t = match self.last {
+                    Some(last) if now <= last => last + Duration::from_micros(1),
+                    _ => now,
+                };
+                self.last = Some(t);
+                Some(humantime::format_rfc3339_micros(t).to_string())
+            }
+        }
+    }
+}
+
+/// Every log file of one process behind one lock: its stdout and stderr pumps write through
+/// it, so a line is stamped and written in the order it arrived, whichever stream it came on.
+/// `combined` (pm2's `log_file`) gets both.
+pub struct LogSink {
+    out: LogFile,
+    err: LogFile,
+    combined: Option<LogFile>,
+    stamp: Stamp,
+}
+
+pub type SharedSink = Arc<Mutex<LogSink>>;
+
+impl LogSink {
+    pub fn new(out: LogFile, err: LogFile, combined: Option<LogFile>, stamp: Stamp) -> LogSink {
+        LogSink { out, err, combined, stamp }
+    }
+
+    pub fn shared(self) -> SharedSink {
+        Arc::new(Mutex::new(self))
+    }
+
+    pub fn write(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
+        let prefix = self.stamp.next(SystemTime::now());
+        if let Some(c) = self.combined.as_mut() {
+            c.write_line(prefix.as_deref(), line)?;
+        }
+        match stream {
+            Stream::Out => self.out.write_line(prefix.as_deref(), line),
+            Stream::Err => self.err.write_line(prefix.as_deref(), line),
+        }
+    }
+}
+
+/// Copies a child's output stream into its log sink, a line at a time. Lines longer than
+/// 64 KiB are split so a runaway process cannot grow our memory.
+pub async fn pump(mut stream: impl tokio::io::AsyncRead + Unpin, sink: SharedSink, which: Stream) {
     const MAX_LINE: usize = 64 * 1024;
     let mut buf = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
+    let write = |line: &[u8]| {
+        let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = s.write(which, line) {
+            tracing::warn!(error = %e, "cannot write a log line");
+        }
+    };
     loop {
         let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -69,7 +248,7 @@ pub async fn pump(mut stream: impl tokio::io::AsyncRead + Unpin, mut log: LogFil
         };
         for &b in &buf[..n] {
             if b == b'\n' || line.len() >= MAX_LINE {
-                let _ = log.write_line(&line);
+                write(line.strip_suffix(b"\r").unwrap_or(&line));
                 line.clear();
                 if b == b'\n' {
                     continue;
@@ -79,7 +258,7 @@ pub async fn pump(mut stream: impl tokio::io::AsyncRead + Unpin, mut log: LogFil
         }
     }
     if !line.is_empty() {
-        let _ = log.write_line(&line);
+        write(&line);
     }
 }
 
@@ -171,7 +350,7 @@ mod tests {
         let mut f = Follower::at_end(&p);
         let mut seen = Vec::new();
         for i in 0..100 {
-            log.write_line(format!("line {i}").as_bytes()).unwrap();
+            log.write_line(Some("t"), format!("line {i}").as_bytes()).unwrap();
             if i % 7 == 0 {
                 seen.extend(f.poll());
             }
@@ -191,15 +370,39 @@ mod tests {
     }
 
     #[test]
+    fn stamps_strictly_increase_even_within_one_microsecond() {
+        let mut s = Stamp::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = s.next(now).unwrap();
+        let b = s.next(now).unwrap();
+        let c = s.next(now - Duration::from_secs(1)).unwrap();
+        assert_eq!(a, "2023-11-14T22:13:20.000000Z");
+        assert!(a < b && b < c, "{a} {b} {c}");
+    }
+
+    #[test]
+    fn dayjs_formats_as_pm2_users_write_them() {
+        assert_eq!(dayjs_to_chrono("YYYY-MM-DD HH:mm:ss.SSS Z"), "%Y-%m-%d %H:%M:%S.%3f %:z");
+        assert_eq!(dayjs_to_chrono("[at] HH:mm [100%]"), "at %H:%M 100%%");
+        let mut s = Stamp::new(StampFormat::Local(dayjs_to_chrono("YYYY/MM")));
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(s.next(t).unwrap().starts_with("2023/11"));
+        assert_eq!(Stamp::new(StampFormat::Off).next(t), None);
+        // Odd input never panics.
+        let mut odd = Stamp::new(StampFormat::Local(dayjs_to_chrono("%Q %% [ ] ]")));
+        let _ = odd.next(t);
+    }
+
+    #[test]
     fn follower_reads_the_rest_of_a_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("y.log");
         let mut log = LogFile::open(&p, 1 << 20, 2).unwrap();
-        log.write_line(b"before").unwrap();
+        log.write_line(Some("t"), b"before").unwrap();
         let mut f = Follower::at_end(&p);
-        log.write_line(b"one").unwrap();
+        log.write_line(Some("t"), b"one").unwrap();
         log.rotate().unwrap();
-        log.write_line(b"two").unwrap();
+        log.write_line(Some("t"), b"two").unwrap();
         let got: Vec<String> = f.poll().iter().map(|l| l.split(' ').nth(1).unwrap().to_string()).collect();
         assert_eq!(got, ["one", "two"]);
     }

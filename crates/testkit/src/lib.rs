@@ -69,6 +69,11 @@ impl Owned {
         Owned { child: Some(child), what }
     }
 
+    /// The child's piped stdout, to read it as it runs.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -765,7 +770,8 @@ pub struct Supervised {
 impl Supervised {
     pub fn new(bin: &Path) -> Result<Supervised> {
         Ok(Supervised {
-            bin: bin.to_path_buf(),
+            // Absolute: commands run in the temp dir.
+            bin: bin.canonicalize().with_context(|| format!("{} not found", bin.display()))?,
             temp: tempfile::tempdir()?,
             env: vec![("AGENTCOM_SUPERVISOR_MEMORY_CHECK_MS".into(), "100".into())],
         })
@@ -775,9 +781,14 @@ impl Supervised {
         self.temp.path().join("sup")
     }
 
+    /// A command run in the temp dir, so a default path (`./agentcom-data/...`) never lands in
+    /// the source tree.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.args(args).env("AGENTCOM_SUPERVISOR_DIR", self.dir()).env("AGENTCOM_LOG_FORMAT", "json");
+        c.args(args)
+            .current_dir(self.temp.path())
+            .env("AGENTCOM_SUPERVISOR_DIR", self.dir())
+            .env("AGENTCOM_LOG_FORMAT", "json");
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -807,20 +818,14 @@ impl Supervised {
 
     /// Polls `ps` until `name` satisfies `pred`.
     pub async fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(p) = self.proc(name) {
-                if pred(&p) {
-                    return Ok(p);
-                }
-                if Instant::now() > deadline {
-                    bail!("{name} never became {what}: {p}");
-                }
-            } else if Instant::now() > deadline {
-                bail!("{name} never appeared");
+        eventually(&format!("{name} to become {what}"), || async {
+            match self.proc(name) {
+                Ok(p) if pred(&p) => Ok(p),
+                Ok(p) => Err(p.to_string()),
+                Err(e) => Err(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     pub fn supervisor_pid(&self) -> Option<i32> {

@@ -233,7 +233,13 @@ pub async fn checkpoint(cmd: CheckpointCmd) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn upgrade(a: UpgradeArgs) -> anyhow::Result<u8> {
+/// The upgrade is a blocking transaction (git, the supervisor's socket, health checks): it runs
+/// on a thread of its own, off the async runtime.
+pub async fn upgrade(a: UpgradeArgs) -> anyhow::Result<u8> {
+    tokio::task::spawn_blocking(move || upgrade_blocking(a)).await?
+}
+
+fn upgrade_blocking(a: UpgradeArgs) -> anyhow::Result<u8> {
     let json = a.json;
     let mut printer = |s: &guard::upgrade::Step| {
         if !json {
@@ -276,8 +282,7 @@ pub fn upgrade(a: UpgradeArgs) -> anyhow::Result<u8> {
 }
 
 pub fn rollback(a: RollbackArgs) -> anyhow::Result<u8> {
-    let msg = guard::upgrade::manual_rollback(&a.repo, &a.process, a.to.as_deref(), &a.sup.backend()?)
-        .map_err(anyhow::Error::msg)?;
+    let msg = guard::upgrade::manual_rollback(&a.repo, &a.process, a.to.as_deref(), &a.sup.backend()?)?;
     crate::out::println(msg)?;
     Ok(0)
 }
@@ -297,6 +302,6 @@ pub async fn guard(cmd: GuardCmd) -> anyhow::Result<u8> {
         interval,
         state_dir: state_dir.unwrap_or_else(guard::checkpoint::default_dir),
     };
-    guard::watch::run(opts, sup.backend()?, shutdown).await.map_err(anyhow::Error::msg)?;
+    guard::watch::run(opts, sup.backend()?, shutdown).await?;
     Ok(0)
 }

@@ -6,3 +6,4 @@ pub mod guard;
 pub mod hub;
 pub mod process;
 pub mod remote;
+pub mod tmux;

@@ -146,6 +146,49 @@ pub enum TaskCmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Answer the question an agent asked on a task (`needs input`).
+    Answer {
+        /// The task's id.
+        id: String,
+        /// The answer, as the agent will read it.
+        text: String,
+        /// The question answered (from `task show`); refused if a newer one replaced it.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// Start after this event id (resume where an earlier run stopped).
+    #[arg(long)]
+    since: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(clap::Args)]
+pub struct UsageArgs {
+    /// Group by agent, model or day.
+    #[arg(long, value_enum, default_value = "agent")]
+    by: UsageByArg,
+    /// First day included (YYYY-MM-DD, UTC); default 30 days ago.
+    #[arg(long)]
+    since: Option<String>,
+    /// Last day included (YYYY-MM-DD, UTC); default today.
+    #[arg(long)]
+    until: Option<String>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UsageByArg {
+    Agent,
+    Model,
+    Day,
 }
 
 #[derive(clap::Subcommand)]
@@ -222,7 +265,62 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
             let v = remote.call(&RetryTask { task_id: id }).await?;
             remote.print(&v, |v| format!("queued {} again\n", v.task_id))?;
         }
+        TaskCmd::Answer { id, text, request_id, remote } => {
+            let v = remote.call(&proto::api::AnswerTask { task_id: id, answer: text, request_id }).await?;
+            remote.print(&v, |v| {
+                let when = if v.sent { "sent to the agent" } else { "sent when the agent reconnects" };
+                format!("answered {} ({}): {when}\n", v.task_id, v.request_id)
+            })?;
+        }
     }
+    Ok(0)
+}
+
+/// Follows the hub's event stream, reconnecting (and resuming) when the connection drops.
+pub async fn events(a: EventsArgs) -> anyhow::Result<u8> {
+    use futures_util::StreamExt;
+    let (token, source) = a.remote.token();
+    let client = Client::new(&a.remote.url, token, a.remote.ca_file.as_deref())?;
+    let mut last = a.since;
+    loop {
+        let mut stream = match client.events(last.clone()).await {
+            Ok(s) => Box::pin(s),
+            Err(e @ ClientError::Api { .. }) => return Err(explain(e, &source)),
+            Err(e) => {
+                eprintln!("{e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    eprintln!("{e}; reconnecting");
+                    break;
+                }
+            };
+            if !ev.id.is_empty() {
+                last = Some(ev.id.clone());
+            }
+            if a.remote.json {
+                crate::out::println(serde_json::to_string(&ev)?)?;
+            } else {
+                crate::out::println(render::event(&ev))?;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn usage(a: UsageArgs) -> anyhow::Result<u8> {
+    let by = match a.by {
+        UsageByArg::Agent => proto::api::UsageBy::Agent,
+        UsageByArg::Model => proto::api::UsageBy::Model,
+        UsageByArg::Day => proto::api::UsageBy::Day,
+    };
+    let v = a.remote.call(&proto::api::GetUsage { by, since: a.since, until: a.until }).await?;
+    a.remote.print(&v, render::usage)?;
     Ok(0)
 }
 

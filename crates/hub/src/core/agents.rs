@@ -3,6 +3,7 @@
 use super::{ConnId, Core, Effect, Out, OutTx, SendKind, Timer};
 use crate::auth;
 use crate::clock::Clock;
+use crate::events::Audience;
 use crate::model::{AgentRecord, AgentStatus, TaskStatus, Transition};
 use crate::store::{Mutation, Store};
 use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame, Identify, ProcessInfo, ReportAction};
@@ -95,7 +96,7 @@ impl Agent {
         }
     }
 
-    pub fn view(&self) -> proto::api::AgentView {
+    pub fn view(&self, spend: proto::api::Spend, needs_input: bool) -> proto::api::AgentView {
         proto::api::AgentView {
             agent_id: self.agent_id.clone(),
             name: self.name.clone(),
@@ -110,6 +111,8 @@ impl Agent {
             process_info: self.process_info.clone(),
             pm2_info: self.process_info.clone(),
             resources: self.resources.clone(),
+            spend,
+            needs_input,
         }
     }
 }
@@ -164,6 +167,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 self.arm(self.t.grace_period, Timer::Grace { task_id, generation });
             }
         }
+        self.presence_event(&agent_id);
         self.record_agent(&agent_id);
     }
 
@@ -221,8 +225,9 @@ impl<S: Store, C: Clock> Core<S, C> {
                 tokens_used,
                 verification_report,
                 verification_history,
-                usage: _,
+                usage,
             } => {
+                let usage = super::budget::usage_of(usage, result.as_ref(), tokens_used.as_ref());
                 let mut report = Map::new();
                 for (k, v) in [
                     ("tokens_used", tokens_used),
@@ -233,18 +238,24 @@ impl<S: Store, C: Clock> Core<S, C> {
                         report.insert(k.into(), v);
                     }
                 }
-                self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)));
+                self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)), usage);
             }
-            AgentFrame::TaskFailed { task_id, generation, reason, error, usage: _ } => {
+            AgentFrame::TaskFailed { task_id, generation, reason, error, usage } => {
                 let why = reason.or(error).unwrap_or_else(|| "unknown".into());
-                self.on_report(conn, &agent_id, task_id, generation, Err(why));
+                let usage = super::budget::usage_of(usage, None, None);
+                self.on_report(conn, &agent_id, task_id, generation, Err(why), usage);
             }
             AgentFrame::TaskRecovering { task_id, .. } => {
                 let frame = match self.held_by(&task_id, &agent_id) {
-                    Some(generation) => HubFrame::TaskContinue { task_id, generation },
-                    None => HubFrame::TaskReassign { task_id },
+                    Some(generation) => HubFrame::TaskContinue { task_id: task_id.clone(), generation },
+                    None => HubFrame::TaskReassign { task_id: task_id.clone() },
                 };
+                let continues = matches!(frame, HubFrame::TaskContinue { .. });
                 self.send(conn, frame, SendKind::Plain);
+                if continues {
+                    // An answer the sidecar has not confirmed goes out again after a reconnect.
+                    self.send_answer(conn, &task_id);
+                }
             }
             AgentFrame::StateReport { task_id, generation, .. } => {
                 self.on_state_report(conn, &agent_id, task_id, generation)
@@ -254,10 +265,13 @@ impl<S: Store, C: Clock> Core<S, C> {
                     a.restarting = true;
                 }
                 self.record_agent(&agent_id);
+                self.presence_event(&agent_id);
                 tracing::info!(agent_id = %agent_id, reason = reason.as_deref().unwrap_or(""), "agent restarting");
             }
-            // The hub side of questions arrives with the fleet console (issue 11).
-            AgentFrame::NeedsInput { .. } | AgentFrame::TaskInputAck { .. } => {}
+            AgentFrame::NeedsInput { task_id, request_id, question, options } => {
+                self.on_needs_input(conn, &agent_id, task_id, request_id, question, options)
+            }
+            AgentFrame::TaskInputAck { task_id, request_id } => self.on_input_ack(&agent_id, task_id, request_id),
             AgentFrame::ResourceReport(map) => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     // Our sidecars send their supervisor's view here when it changes.
@@ -395,6 +409,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         }
         tracing::info!(agent_id = %agent_id, replaced = replaced.is_some(), "agent identified");
         self.record_agent(&agent_id);
+        self.presence_event(&agent_id);
         self.effects.push(Effect::Send { conn, out: Out::Identified(agent_id.clone()), kind: SendKind::Plain });
         self.send(conn, HubFrame::Identified { agent_id }, SendKind::Plain);
         self.dispatch_needed = true;
@@ -416,7 +431,29 @@ impl<S: Store, C: Clock> Core<S, C> {
             Some(g) if generation.is_none_or(|r| r == g) => ReportAction::Continue,
             _ => ReportAction::Abort,
         };
-        self.send(conn, HubFrame::StateReportAck { task_id: Some(task_id), action }, SendKind::Plain);
+        self.send(conn, HubFrame::StateReportAck { task_id: Some(task_id.clone()), action }, SendKind::Plain);
+        if action == ReportAction::Continue {
+            self.send_answer(conn, &task_id);
+        }
+    }
+
+    /// The agent as the API shows it: with its spend and whether its task waits for a person.
+    pub(super) fn agent_view(&self, a: &Agent) -> proto::api::AgentView {
+        let needs_input =
+            a.current_task.as_ref().and_then(|t| self.tasks.get(t)).is_some_and(|o| o.head.needs_input.is_some());
+        a.view(self.spend_of(&a.agent_id), needs_input)
+    }
+
+    /// Tells event readers an agent's presence changed.
+    fn presence_event(&mut self, agent_id: &str) {
+        if let Some(a) = self.agents.get(agent_id) {
+            let kind = proto::api::EventKind::Agent {
+                agent_id: agent_id.into(),
+                status: a.status(),
+                connected: a.conn.is_some(),
+            };
+            self.event(kind, Audience::of([Some(agent_id.to_string())]));
+        }
     }
 
     /// The agent's numbers by status, for stats and metrics.

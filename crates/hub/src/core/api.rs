@@ -9,8 +9,8 @@ use crate::model::{TaskStatus, TokenRecord};
 use crate::paging;
 use crate::store::{Mutation, Store};
 use proto::api::{
-    AgentList, AgentView, ApiError, CheckpointStored, Done, ErrorCode, RestartAgent, RestartCommanded, Stats,
-    SubmitTask, TaskChanged, TaskSubmitted, TokenCreated, TokenInfo, TokenList, TokensRevoked,
+    AgentList, AgentView, AnswerTask, Answered, ApiError, CheckpointStored, Done, ErrorCode, RestartAgent,
+    RestartCommanded, Stats, SubmitTask, TaskChanged, TaskSubmitted, TokenCreated, TokenInfo, TokenList, TokensRevoked,
 };
 use proto::HubFrame;
 use serde_json::{Map, Value};
@@ -39,6 +39,7 @@ pub enum ApiRequest {
         agent_id: String,
         body: Map<String, Value>,
     },
+    Answer(AnswerTask),
     Metrics,
 }
 
@@ -56,6 +57,7 @@ pub enum Reply {
     Revoked(TokensRevoked),
     Restart(RestartCommanded),
     CheckpointStored(CheckpointStored),
+    Answered(Answered),
     Metrics(String),
 }
 
@@ -89,6 +91,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             ApiRequest::Submit(n) => self.submit(n, &role).map(Reply::Submitted),
             ApiRequest::Retry(id) => self.retry(&id, &role).map(Reply::Changed),
             ApiRequest::Cancel(id) => self.cancel(&id, &role).map(Reply::Changed),
+            ApiRequest::Answer(a) => self.answer(a, &role).map(Reply::Answered),
             ApiRequest::Stats => {
                 let by_status: std::collections::BTreeMap<TaskStatus, u64> =
                     TaskStatus::ALL.iter().map(|s| (*s, self.counts.get(s).copied().unwrap_or(0))).collect();
@@ -104,7 +107,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                     }
                     None => self.agents.range::<String, _>(..),
                 };
-                let mut agents: Vec<_> = range.take(limit + 1).map(|(_, a)| a.view()).collect();
+                let mut agents: Vec<_> = range.take(limit + 1).map(|(_, a)| self.agent_view(a)).collect();
                 let next_cursor = (agents.len() > limit).then(|| {
                     agents.truncate(limit);
                     paging::encode(&agents[limit - 1].agent_id)
@@ -112,7 +115,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 Ok(Reply::Agents(AgentList { count: agents.len(), agents, next_cursor }))
             }
             ApiRequest::Agent(agent_id) => match self.agents.get(&agent_id) {
-                Some(a) => Ok(Reply::Agent(Box::new(a.view()))),
+                Some(a) => Ok(Reply::Agent(Box::new(self.agent_view(a)))),
                 None => Err(ApiError::new(ErrorCode::UnknownAgent)
                     .msg(format!("no agent {agent_id} was ever seen by this hub"))),
             },

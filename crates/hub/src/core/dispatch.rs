@@ -28,11 +28,12 @@ impl<S: Store, C: Clock> Core<S, C> {
     pub(super) fn dispatch(&mut self) {
         self.tick();
         self.dispatch_needed = false;
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || !self.fleet_within_budget() {
             return;
         }
         let now = self.now.mono;
-        let mut idle: Vec<&Agent> = self.agents.values().filter(|a| Self::available(a, now)).collect();
+        let mut idle: Vec<&Agent> =
+            self.agents.values().filter(|a| Self::available(a, now) && self.within_budget(&a.agent_id)).collect();
         if idle.is_empty() {
             return;
         }
@@ -156,6 +157,10 @@ impl<S: Store, C: Clock> Core<S, C> {
                 }
             }
             Timer::Redispatch => self.dispatch_needed = true,
+            Timer::NewDay => {
+                self.new_day();
+                self.arm_new_day();
+            }
         }
     }
 }

@@ -11,10 +11,14 @@
 //! - `agents.rs`: connections, identify, presence, bans, the frames agents send.
 //! - `dispatch.rs`: matching queued tasks with idle agents, and the timers.
 //! - `api.rs`: the HTTP requests the core answers, and who may make them.
+//! - `questions.rs`: agents that ask a person for input, and the answers on their way back.
+//! - `budget.rs`: usage as reported, spend per UTC day, agents over budget.
 
 mod agents;
 pub mod api;
+mod budget;
 mod dispatch;
+mod questions;
 mod queue;
 mod tasks;
 #[cfg(test)]
@@ -22,14 +26,16 @@ mod tests;
 
 use crate::clock::{Clock, Now};
 use crate::config::{Limits, Timings};
+use crate::events::{Audience, EventBus};
 use crate::metrics::Metrics;
 use crate::model::{Payload, TaskHead, TaskStatus, TokenRecord};
 use crate::store::{Mutation, Snapshot, Store, StoreError};
 use agents::{Agent, Ban, Conn};
 use api::{ApiRequest, ApiResult};
-use proto::api::{ApiError, ErrorCode};
+use proto::api::{ApiError, ErrorCode, EventKind};
 use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,6 +139,8 @@ enum Timer {
         conn: ConnId,
     },
     Redispatch,
+    /// Midnight UTC: budgets start over.
+    NewDay,
 }
 
 struct OpenTask {
@@ -177,6 +185,10 @@ pub struct Core<S: Store, C: Clock> {
     effects: Vec<Effect>,
     /// Tasks whose payload is held in memory until this batch commits.
     fresh: Vec<String>,
+    /// Events of this batch, published once it commits.
+    events: Vec<(EventKind, Audience)>,
+    bus: Arc<EventBus>,
+    spending: budget::Spending,
     dispatch_needed: bool,
     metrics: Metrics,
 }
@@ -186,7 +198,14 @@ const MAX_BATCH: usize = 1024;
 impl<S: Store, C: Clock> Core<S, C> {
     /// Loads durable state. Tasks that were held when the hub stopped get a grace lease,
     /// so agents reconnecting after a hub restart carry on.
-    pub fn new(store: S, clock: C, t: Timings, limits: Limits, admin_token: &str) -> Result<Self, StoreError> {
+    pub fn new(
+        store: S,
+        clock: C,
+        t: Timings,
+        limits: Limits,
+        admin_token: &str,
+        bus: Arc<EventBus>,
+    ) -> Result<Self, StoreError> {
         let now = clock.now();
         let mut core = Core {
             store,
@@ -208,17 +227,23 @@ impl<S: Store, C: Clock> Core<S, C> {
             pending: Vec::new(),
             effects: Vec::new(),
             fresh: Vec::new(),
+            events: Vec::new(),
+            bus,
+            spending: budget::Spending::default(),
             dispatch_needed: true,
             metrics: Metrics::default(),
         };
         core.reload()?;
+        core.arm_new_day();
         Ok(core)
     }
 
     /// Replaces every durable part of the state with what the store holds: at start, and after
     /// a failed commit, when memory ran ahead of the disk. Live connections stay attached.
     fn reload(&mut self) -> Result<(), StoreError> {
-        let Snapshot { open, max_seq, counts, tokens, agents } = self.store.load()?;
+        let day_start = budget::day_start(self.now.wall_ms);
+        let Snapshot { open, max_seq, counts, tokens, agents, spend_today } = self.store.load(day_start)?;
+        self.spending.restore(budget::day_of(self.now.wall_ms), spend_today);
         self.next_seq = self.next_seq.max(max_seq + 1);
         self.counts = counts;
         self.tokens = tokens.into_iter().map(|r| (r.hash.clone(), r)).collect();
@@ -364,6 +389,9 @@ impl<S: Store, C: Clock> Core<S, C> {
         let effects = std::mem::take(&mut self.effects);
         match committed {
             Ok(()) => {
+                for (kind, audience) in std::mem::take(&mut self.events) {
+                    self.bus.publish(self.now.wall_ms, kind, audience);
+                }
                 // The store has them now; memory keeps only the small heads.
                 for id in std::mem::take(&mut self.fresh) {
                     if let Some(o) = self.tasks.get_mut(&id) {
@@ -385,6 +413,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 }
             }
             Err(err) => {
+                self.events.clear();
                 self.metrics.commit_errors += 1;
                 tracing::error!(error = %err, "store commit failed; nothing in this batch was acknowledged");
                 let unavailable = ApiError::new(ErrorCode::StorageUnavailable).msg(err.to_string());
@@ -431,6 +460,11 @@ impl<S: Store, C: Clock> Core<S, C> {
 
     fn send(&mut self, conn: ConnId, frame: HubFrame, kind: SendKind) {
         self.effects.push(Effect::Send { conn, out: Out::Frame(frame), kind });
+    }
+
+    /// Records an event of this batch; it goes out once the batch is durable.
+    fn event(&mut self, kind: EventKind, audience: Audience) {
+        self.events.push((kind, audience));
     }
 
     fn send_error(&mut self, conn: ConnId, e: ErrorFrame) {

@@ -3,9 +3,10 @@
 use super::{ConnId, Core, OpenTask, SendKind, Timer};
 use crate::auth::{self, Role};
 use crate::clock::Clock;
+use crate::events::Audience;
 use crate::model::{Outcome, Payload, TaskHead, TaskStatus, Transition};
 use crate::store::{Mutation, Store, StoreError};
-use proto::api::{ApiError, ErrorCode, SubmitTask, TaskChanged, TaskSubmitted};
+use proto::api::{ApiError, ErrorCode, EventKind, SubmitTask, TaskChanged, TaskSubmitted};
 use proto::{AckStatus, ErrorFrame, FrameErrorCode, HubFrame};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -44,6 +45,8 @@ impl<S: Store, C: Clock> Core<S, C> {
             created_at: now,
             updated_at: now,
             completed_at: None,
+            needs_input: None,
+            answer: None,
         };
         let payload = Payload { description: n.description, metadata: n.metadata, extra: n.extra };
         let priority = head.priority;
@@ -61,6 +64,18 @@ impl<S: Store, C: Clock> Core<S, C> {
         });
         *self.counts.entry(TaskStatus::Queued).or_default() += 1;
         self.metrics.submitted += 1;
+        self.event(
+            EventKind::Task {
+                task_id: task_id.clone(),
+                from: None,
+                to: TaskStatus::Queued,
+                reason: format!("submitted by {}", role.name()),
+                agent_id: None,
+                generation: 0,
+                priority,
+            },
+            Audience::of([Some(role.name().to_string())]),
+        );
         self.queue.insert(&head);
         let mut open = OpenTask::new(head, self.now.mono);
         open.payload = Some(Box::new(payload));
@@ -99,6 +114,11 @@ impl<S: Store, C: Clock> Core<S, C> {
             self.dispatch_needed = true;
         }
         let new_holder = to.is_held().then(|| head.assigned_to.clone()).flatten();
+        if old_holder != new_holder {
+            // A question and its answer belong to the attempt that asked.
+            head.needs_input = None;
+            head.answer = None;
+        }
         let transition = Transition {
             at: now_ms,
             from: Some(from),
@@ -108,6 +128,17 @@ impl<S: Store, C: Clock> Core<S, C> {
             generation: head.generation,
         };
         tracing::debug!(task_id, from = %from, to = %to, reason = %transition.reason, "task transition");
+        let audience = Audience::of([Some(head.submitted_by.clone()), old_holder.clone(), new_holder.clone()]);
+        let event = EventKind::Task {
+            task_id: task_id.to_string(),
+            from: Some(from),
+            to,
+            reason: transition.reason.clone(),
+            agent_id: transition.agent_id.clone(),
+            generation: head.generation,
+            priority: head.priority,
+        };
+        self.events.push((event, audience));
         self.pending.push(Mutation::PutHead(Box::new(head.clone())));
         self.pending.push(Mutation::AddTransition { task_id: task_id.to_string(), transition });
         if from != to {
@@ -251,6 +282,15 @@ impl<S: Store, C: Clock> Core<S, C> {
         let Some(generation) = self.held_by(&task_id, agent_id) else { return };
         let Some(body) = progress else { return };
         let body = self.limits.bounded_progress(body);
+        let submitter = self.tasks[&task_id].head.submitted_by.clone();
+        let audience = Audience::of([Some(agent_id.to_string()), Some(submitter)]);
+        let event = EventKind::Progress {
+            task_id: task_id.clone(),
+            agent_id: agent_id.into(),
+            generation,
+            progress: body.clone(),
+        };
+        self.event(event, audience);
         self.pending.push(Mutation::AddProgress { task_id, generation, at: self.now.wall_ms, body });
     }
 
@@ -262,6 +302,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         task_id: String,
         generation: u64,
         outcome: ReportOutcome,
+        usage: Option<proto::Usage>,
     ) {
         let current = match self.tasks.get(&task_id) {
             Some(o) => Some(o.head.clone()),
@@ -298,6 +339,9 @@ impl<S: Store, C: Clock> Core<S, C> {
                 .task(&task_id)
                 .message(format!("task is {}", task.status));
             return self.send_error(conn, e);
+        }
+        if let Some(u) = usage {
+            self.record_usage(&task_id, agent_id, generation, u, &task.submitted_by);
         }
         let ack_status = match outcome {
             Ok((result, report)) => {

@@ -21,8 +21,8 @@ struct FlakyStore {
 }
 
 impl Store for FlakyStore {
-    fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
+    fn load(&mut self, day_start_ms: u64) -> Result<Snapshot, StoreError> {
+        self.inner.load(day_start_ms)
     }
     fn head(&mut self, id: &str) -> Result<Option<TaskHead>, StoreError> {
         self.inner.head(id)
@@ -40,6 +40,7 @@ impl Store for FlakyStore {
 }
 
 struct Harness {
+    bus: Arc<crate::events::EventBus>,
     core: Core<FlakyStore, ManualClock>,
     clock: ManualClock,
     full: Arc<AtomicBool>,
@@ -65,8 +66,9 @@ fn harness_with(limits: Limits) -> Harness {
     let reader = inner.reader(1).unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let store = FlakyStore { inner, full: full.clone() };
-    let core = Core::new(store, clock.clone(), timings(), limits, ADMIN).unwrap();
-    Harness { core, clock, full, reader, _dir: dir }
+    let bus = crate::events::EventBus::new(1, 1000, 1000);
+    let core = Core::new(store, clock.clone(), timings(), limits, ADMIN, bus.clone()).unwrap();
+    Harness { bus, core, clock, full, reader, _dir: dir }
 }
 
 fn harness() -> Harness {
@@ -397,4 +399,174 @@ fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
     let (rows, _) =
         h.reader.list_tasks(TaskQuery { status: Some(TaskStatus::Assigned), limit: 10, ..Default::default() }).unwrap();
     assert!(rows.iter().any(|t| t.head.task_id == first && t.payload.description == "gpu 0"));
+}
+
+/// Every event published so far, by name.
+fn event_names(bus: &crate::events::EventBus) -> Vec<&'static str> {
+    bus.subscribe(Some("1-0")).backlog.iter().map(|p| p.name).collect()
+}
+
+fn needs_input(task_id: &str, request_id: &str, question: &str) -> AgentFrame {
+    AgentFrame::NeedsInput {
+        task_id: task_id.into(),
+        request_id: request_id.into(),
+        question: question.into(),
+        options: vec!["yes".into(), "no".into()],
+    }
+}
+
+#[test]
+fn a_question_is_asked_answered_and_delivered_across_a_reconnect() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "ask me").unwrap();
+    a.assigned().unwrap();
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    h.frame(&a, needs_input(&id, "g1-1", "Deploy to prod?"));
+    h.frame(&a, needs_input(&id, "g1-1", "Deploy to prod?")); // re-sent after a blip: no change
+    let t = h.reader.task(&id).unwrap().unwrap();
+    let q = t.head.needs_input.clone().expect("the question is stored");
+    assert_eq!((q.request_id.as_str(), q.options.len()), ("g1-1", 2));
+    assert_eq!(h.reader.transitions(&id).unwrap().iter().filter(|t| t.reason.starts_with("needs input")).count(), 1);
+    // The answer goes out at once to the connected holder...
+    let answer =
+        proto::api::AnswerTask { task_id: id.clone(), answer: "yes, go".into(), request_id: Some("g1-1".into()) };
+    assert!(matches!(h.api(ADMIN, ApiRequest::Answer(answer)), Ok(Reply::Answered(r)) if r.sent));
+    let inputs = |a: &mut Agent| a.frames().into_iter().filter(|f| matches!(f, HubFrame::TaskInput { .. })).count();
+    assert_eq!(inputs(&mut a), 1);
+    // ...and again after a reconnect, until the sidecar confirms it wrote it.
+    h.disconnect(a);
+    let mut b = h.connect(2, "a1", &token);
+    h.frame(
+        &b,
+        AgentFrame::StateReport { task_id: Some(id.clone()), status: None, generation: None, assigned_at: None },
+    );
+    assert_eq!(inputs(&mut b), 1);
+    h.frame(&b, AgentFrame::TaskInputAck { task_id: id.clone(), request_id: "g1-1".into() });
+    let t = h.reader.task(&id).unwrap().unwrap();
+    assert_eq!((t.head.needs_input, t.head.answer), (None, None));
+    let names = event_names(&h.bus);
+    for n in ["needs_input", "input_answered", "input_delivered"] {
+        assert_eq!(names.iter().filter(|x| **x == n).count(), 1, "{n} in {names:?}");
+    }
+}
+
+#[test]
+fn only_the_submitter_or_the_admin_answers_and_only_the_open_question() {
+    let mut h = harness();
+    let t1 = h.agent_token("a1");
+    let t2 = h.agent_token("a2");
+    let mut a = h.connect(1, "a1", &t1);
+    let id = h.submit(&t2, "a2 asks a1 to work").unwrap();
+    a.assigned().unwrap();
+    let answer = |r: Option<&str>| proto::api::AnswerTask {
+        task_id: id.clone(),
+        answer: "ok".into(),
+        request_id: r.map(str::to_string),
+    };
+    assert_eq!(
+        h.api(&t2, ApiRequest::Answer(answer(None))).unwrap_err().error,
+        ErrorCode::InvalidState,
+        "no question yet"
+    );
+    h.frame(&a, needs_input(&id, "g1-1", "which branch?"));
+    h.frame(&a, needs_input(&id, "g1-2", "which branch, really?"));
+    assert_eq!(
+        h.api(&t1, ApiRequest::Answer(answer(None))).unwrap_err().error,
+        ErrorCode::Forbidden,
+        "a1 did not submit it"
+    );
+    let stale = h.api(&t2, ApiRequest::Answer(answer(Some("g1-1")))).unwrap_err();
+    assert!(stale.message.unwrap().contains("g1-2"), "a newer question replaced it");
+    assert!(h.api(&t2, ApiRequest::Answer(answer(Some("g1-2")))).is_ok());
+    // The holder gives the task back: the question and the answer go with its attempt.
+    h.frame(&a, AgentFrame::TaskRejected { task_id: id.clone(), reason: Some("no".into()) });
+    let t = h.reader.task(&id).unwrap().unwrap();
+    assert_eq!((t.head.needs_input, t.head.answer), (None, None));
+}
+
+fn usage(cost: f64) -> proto::Usage {
+    proto::Usage {
+        input_tokens: Some(100),
+        output_tokens: Some(50),
+        cost_usd: Some(cost),
+        model: Some("m".into()),
+        ..Default::default()
+    }
+}
+
+/// The agent takes the next task, accepts it and completes it reporting `cost`.
+fn work_once(h: &mut Harness, a: &mut Agent, cost: f64) -> String {
+    let (id, generation) = a.assigned().expect("a task");
+    h.frame(a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    let done = AgentFrame::TaskComplete {
+        task_id: id.clone(),
+        generation,
+        result: Some(serde_json::json!({"status": "success"})),
+        tokens_used: None,
+        verification_report: None,
+        verification_history: None,
+        usage: Some(usage(cost)),
+    };
+    h.frame(a, done);
+    id
+}
+
+#[test]
+fn an_agent_over_its_budget_gets_no_new_task_until_midnight_utc() {
+    let mut limits = Limits::default();
+    limits.budgets.agents.insert("a1".into(), crate::config::Budget { daily_usd: Some(1.0), daily_tokens: None });
+    let mut h = harness_with(limits);
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    for n in 0..3 {
+        h.submit(ADMIN, &format!("t{n}")).unwrap();
+    }
+    work_once(&mut h, &mut a, 0.6);
+    let id = work_once(&mut h, &mut a, 0.5);
+    assert_eq!(h.reader.task(&id).unwrap().unwrap().usage.and_then(|u| u.cost_usd), Some(0.5));
+    assert_eq!(a.assigned(), None, "over budget: the third task waits");
+    assert!(event_names(&h.bus).contains(&"budget_exhausted"));
+    let spend = h.core.spend_of("a1");
+    assert!(spend.exhausted && (spend.cost_usd - 1.1).abs() < 1e-9, "{spend:?}");
+    // Another agent takes it meanwhile; the next day a1 works again.
+    let t2 = h.agent_token("a2");
+    let mut b = h.connect(2, "a2", &t2);
+    assert!(b.assigned().is_some());
+    h.submit(ADMIN, "tomorrow's").unwrap();
+    let to_midnight = crate::store::DAY_MS - h.clock.now().wall_ms % crate::store::DAY_MS;
+    h.advance(Duration::from_millis(to_midnight - 1));
+    assert_eq!(a.assigned(), None);
+    h.advance(Duration::from_millis(1));
+    assert!(a.assigned().is_some(), "a new UTC day");
+    assert!(!h.core.spend_of("a1").exhausted);
+}
+
+#[test]
+fn the_fleet_budget_stops_all_dispatch() {
+    let mut limits = Limits::default();
+    limits.budgets.fleet = crate::config::Budget { daily_usd: None, daily_tokens: Some(300) };
+    let mut h = harness_with(limits);
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    for n in 0..3 {
+        h.submit(ADMIN, &format!("t{n}")).unwrap();
+    }
+    work_once(&mut h, &mut a, 0.0);
+    work_once(&mut h, &mut a, 0.0);
+    assert_eq!(a.assigned(), None, "300 tokens spent: nothing more today");
+    assert!(h.core.fleet_spend().exhausted);
+}
+
+#[test]
+fn events_go_out_only_once_their_batch_is_durable() {
+    let mut h = harness();
+    h.submit(ADMIN, "seen").unwrap();
+    h.full.store(true, Ordering::SeqCst);
+    assert!(h.submit(ADMIN, "never happened").is_err());
+    h.full.store(false, Ordering::SeqCst);
+    let events = h.bus.subscribe(Some("1-0")).backlog;
+    let tasks: Vec<_> = events.iter().filter(|p| p.name == "task").collect();
+    assert_eq!(tasks.len(), 1, "{:?}", events.iter().map(|p| p.json.clone()).collect::<Vec<_>>());
 }

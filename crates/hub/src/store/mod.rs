@@ -6,8 +6,10 @@
 //! threads, so a large listing never holds up dispatch; it sees only committed data, and
 //! since nothing is acknowledged before its commit, a client always reads its own writes.
 
+mod pg;
 mod sqlite;
 
+pub use pg::{PgReader, PgStore};
 pub use sqlite::{SqliteReader, SqliteStore};
 
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
@@ -24,6 +26,11 @@ pub enum StoreError {
     Decode { what: String, message: String },
     #[error("cannot open database {path}: {message}")]
     Open { path: String, message: String },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// Another hub leads now: this one's writes are fenced off.
+    #[error("this hub is no longer the leader (its term {term} ended)")]
+    Deposed { term: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +65,14 @@ pub enum Mutation {
         at: u64,
     },
     PutAgent(AgentRecord),
+    /// What one attempt reported it cost.
+    AddUsage {
+        task_id: String,
+        agent_id: String,
+        generation: u64,
+        at: u64,
+        usage: proto::Usage,
+    },
 }
 
 /// Progress lines kept per task.
@@ -72,10 +87,13 @@ pub struct Snapshot {
     pub counts: HashMap<TaskStatus, u64>,
     pub tokens: Vec<TokenRecord>,
     pub agents: Vec<AgentRecord>,
+    /// Usage since the start of the current UTC day, by agent: (cost in USD, tokens).
+    pub spend_today: HashMap<String, (f64, u64)>,
 }
 
 pub trait Store: Send + 'static {
-    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Everything the core holds in memory; `day_start_ms` is the start of the current UTC day.
+    fn load(&mut self, day_start_ms: u64) -> Result<Snapshot, StoreError>;
     /// The head of any task, terminal ones included (a retry brings one back).
     fn head(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError>;
     /// The payloads of the given tasks (those that exist).
@@ -99,4 +117,15 @@ pub trait Reader: Send + Sync + 'static {
     fn task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError>;
     fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError>;
     fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError>;
+    /// Usage between two instants (ms, `until` excluded), grouped; only `agent`'s when given.
+    fn usage(
+        &self,
+        by: proto::api::UsageBy,
+        since_ms: u64,
+        until_ms: u64,
+        agent: Option<&str>,
+    ) -> Result<Vec<proto::api::UsageRow>, StoreError>;
 }
+
+/// Milliseconds in a day, for UTC day arithmetic.
+pub const DAY_MS: u64 = 86_400_000;

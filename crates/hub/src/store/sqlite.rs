@@ -3,6 +3,7 @@
 
 use super::{Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
+use proto::api::{UsageBy, UsageRow};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -59,6 +60,22 @@ const MIGRATIONS: &[Migration] = &[
         );",
     ),
     Migration::Code(split_task_bodies),
+    Migration::Sql(
+        "CREATE TABLE usage (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            generation INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            model TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            total_tokens INTEGER,
+            cost_usd REAL
+        );
+        CREATE INDEX usage_at ON usage(at);
+        CREATE INDEX usage_task ON usage(task_id);",
+    ),
 ];
 
 /// Version 4: a task's one JSON body becomes head (rewritten on every transition), payload
@@ -209,7 +226,7 @@ fn parse_status(s: &str) -> rusqlite::Result<TaskStatus> {
 }
 
 impl Store for SqliteStore {
-    fn load(&mut self) -> Result<Snapshot, StoreError> {
+    fn load(&mut self, day_start_ms: u64) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::default();
         {
             let mut stmt = self.conn.prepare_cached(
@@ -239,6 +256,21 @@ impl Store for SqliteStore {
                 Ok(TokenRecord { hash: r.get(0)?, agent_id: r.get(1)?, created_at: r.get::<_, i64>(2)? as u64 })
             })?;
             snap.tokens = rows.collect::<Result<_, _>>()?;
+        }
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT agent_id, COALESCE(SUM(cost_usd), 0.0),
+                        COALESCE(SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)), 0),
+                        COALESCE(SUM(CASE WHEN input_tokens IS NULL AND output_tokens IS NULL THEN total_tokens ELSE 0 END), 0)
+                 FROM usage WHERE at >= ?1 GROUP BY agent_id",
+            )?;
+            let rows = stmt.query_map([day_start_ms as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?, r.get::<_, i64>(2)? + r.get::<_, i64>(3)?))
+            })?;
+            for row in rows {
+                let (agent, cost, tokens) = row?;
+                snap.spend_today.insert(agent, (cost, tokens.max(0) as u64));
+            }
         }
         let mut stmt = self.conn.prepare_cached("SELECT agent_id, body FROM agents ORDER BY agent_id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -347,6 +379,23 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![agent_id, body.to_string(), *at as i64])?;
                 }
+                Mutation::AddUsage { task_id, agent_id, generation, at, usage: u } => {
+                    tx.prepare_cached(
+                        "INSERT INTO usage (task_id, agent_id, generation, at, model, input_tokens, output_tokens,
+                           total_tokens, cost_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?
+                    .execute(params![
+                        task_id,
+                        agent_id,
+                        *generation as i64,
+                        *at as i64,
+                        u.model,
+                        u.input_tokens.map(|n| n as i64),
+                        u.output_tokens.map(|n| n as i64),
+                        u.total_tokens.map(|n| n as i64),
+                        u.cost_usd
+                    ])?;
+                }
                 Mutation::PutAgent(a) => {
                     tx.prepare_cached("INSERT OR REPLACE INTO agents (agent_id, body) VALUES (?1, ?2)")?
                         .execute(params![a.agent_id, json(a)])?;
@@ -365,13 +414,17 @@ pub struct SqliteReader {
     next: AtomicUsize,
 }
 
-/// One task row as read: id, head, payload, outcome, latest progress (JSON texts).
-type TaskRow = (String, String, String, Option<String>, Option<String>);
+/// One task row as read: id, head, payload, outcome, latest progress, usage (JSON texts).
+type TaskRow = (String, String, String, Option<String>, Option<String>, Option<String>);
 
 /// The columns every task read selects, in [`SqliteReader::row`]'s order.
 const TASK_COLUMNS: &str = "t.task_id, t.head, t.payload, t.outcome,
     (SELECT p.body FROM progress p WHERE p.task_id = t.task_id AND p.generation = t.generation
-     ORDER BY p.id DESC LIMIT 1)";
+     ORDER BY p.id DESC LIMIT 1),
+    (SELECT CASE WHEN COUNT(*) = 0 THEN NULL ELSE json_object(
+        'input_tokens', SUM(u.input_tokens), 'output_tokens', SUM(u.output_tokens),
+        'total_tokens', SUM(u.total_tokens), 'cost_usd', SUM(u.cost_usd)) END
+     FROM usage u WHERE u.task_id = t.task_id)";
 
 impl SqliteReader {
     fn open(path: &Path, connections: usize) -> Result<SqliteReader, StoreError> {
@@ -399,15 +452,16 @@ impl SqliteReader {
     }
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
     }
 
-    fn decode_task((id, head, payload, outcome, progress): TaskRow) -> Result<StoredTask, StoreError> {
+    fn decode_task((id, head, payload, outcome, progress, usage): TaskRow) -> Result<StoredTask, StoreError> {
         Ok(StoredTask {
             head: decode(|| format!("task {id}"), &head)?,
             payload: decode(|| format!("payload of {id}"), &payload)?,
             outcome: outcome.map(|o| decode(|| format!("outcome of {id}"), &o)).transpose()?,
             progress: progress.map(|p| decode(|| format!("progress of {id}"), &p)).transpose()?,
+            usage: usage.map(|u| decode(|| format!("usage of {id}"), &u)).transpose()?,
         })
     }
 }
@@ -470,6 +524,40 @@ impl Reader for SqliteReader {
         })
     }
 
+    fn usage(
+        &self,
+        by: UsageBy,
+        since_ms: u64,
+        until_ms: u64,
+        agent: Option<&str>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let key = match by {
+            UsageBy::Agent => "agent_id",
+            UsageBy::Model => "COALESCE(model, 'unknown')",
+            UsageBy::Day => "strftime('%Y-%m-%d', at / 1000, 'unixepoch')",
+        };
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+                    COALESCE(SUM(COALESCE(total_tokens, COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0))), 0),
+                    COALESCE(SUM(cost_usd), 0.0)
+             FROM usage WHERE at >= ?1 AND at < ?2 AND (?3 IS NULL OR agent_id = ?3) GROUP BY k ORDER BY k"
+        );
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![since_ms as i64, until_ms as i64, agent], |r| {
+                Ok(UsageRow {
+                    key: r.get(0)?,
+                    reports: r.get::<_, i64>(1)? as u64,
+                    input_tokens: r.get::<_, i64>(2)?.max(0) as u64,
+                    output_tokens: r.get::<_, i64>(3)?.max(0) as u64,
+                    total_tokens: r.get::<_, i64>(4)?.max(0) as u64,
+                    cost_usd: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError> {
         self.with(|conn| {
             let row: Option<(String, i64)> = conn
@@ -508,6 +596,8 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             completed_at: None,
+            needs_input: None,
+            answer: None,
         }
     }
 
@@ -542,7 +632,7 @@ mod tests {
             s.commit(&batch).unwrap();
         }
         let mut s = SqliteStore::open(&p).unwrap();
-        let snap = s.load().unwrap();
+        let snap = s.load(0).unwrap();
         assert_eq!(snap.open.len(), 6);
         assert_eq!(snap.open[0].task_id, "a");
         assert_eq!(snap.max_seq, 7);

@@ -1,0 +1,151 @@
+//! The event bus: the core publishes what happened (only once it is durable), readers of
+//! `GET /api/events` and the webhook sender follow it. A bounded window of recent events lets a
+//! reader resume with `Last-Event-ID`; a reader that falls behind the bounded channel is dropped
+//! with a reason, so no reader can slow the core (publishing never waits).
+
+use proto::api::{Event, EventKind};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Who may see an event: the admin always, and these agents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Audience(pub Vec<String>);
+
+impl Audience {
+    pub fn of<I: IntoIterator<Item = Option<String>>>(agents: I) -> Audience {
+        let mut v: Vec<String> = agents.into_iter().flatten().filter(|a| a != "admin").collect();
+        v.sort();
+        v.dedup();
+        Audience(v)
+    }
+    pub fn includes(&self, agent_id: &str) -> bool {
+        self.0.iter().any(|a| a == agent_id)
+    }
+}
+
+/// One event as sent: serialized once, whatever the number of readers.
+#[derive(Debug)]
+pub struct Published {
+    pub seq: u64,
+    pub id: String,
+    pub name: &'static str,
+    pub json: Arc<str>,
+    pub audience: Audience,
+    pub event: Event,
+}
+
+pub struct EventBus {
+    /// Distinguishes this hub run: ids from an earlier run cannot be resumed.
+    epoch: u64,
+    next: AtomicU64,
+    window: usize,
+    ring: Mutex<VecDeque<Arc<Published>>>,
+    tx: broadcast::Sender<Arc<Published>>,
+    pub readers: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// What a new reader gets: what it missed (from the window), then the live channel.
+pub struct Subscription {
+    pub resync: Option<String>,
+    pub backlog: Vec<Arc<Published>>,
+    pub live: broadcast::Receiver<Arc<Published>>,
+}
+
+impl EventBus {
+    /// `window` recent events kept for resuming; `capacity` events a reader may lag behind.
+    pub fn new(epoch: u64, window: usize, capacity: usize) -> Arc<EventBus> {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Arc::new(EventBus {
+            epoch,
+            next: AtomicU64::new(1),
+            window: window.max(1),
+            ring: Mutex::new(VecDeque::new()),
+            tx,
+            readers: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Published>>> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes one event; never waits.
+    pub fn publish(&self, at: u64, kind: EventKind, audience: Audience) {
+        let mut ring = self.lock();
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{seq}", self.epoch);
+        let name = kind.name();
+        let event = Event { id: id.clone(), at, kind };
+        let json: Arc<str> = serde_json::to_string(&event).expect("events serialize").into();
+        let p = Arc::new(Published { seq, id, name, json, audience, event });
+        if ring.len() == self.window {
+            ring.pop_front();
+        }
+        ring.push_back(p.clone());
+        // Under the lock, so a subscriber sees each event exactly once: in its backlog or live.
+        let _ = self.tx.send(p);
+    }
+
+    /// Subscribes after `last_id` (or from now when none is given).
+    pub fn subscribe(&self, last_id: Option<&str>) -> Subscription {
+        let ring = self.lock();
+        let live = self.tx.subscribe();
+        let Some(last) = last_id else { return Subscription { resync: None, backlog: Vec::new(), live } };
+        let parsed = last.split_once('-').and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)));
+        let oldest = ring.front().map(|p| p.seq).unwrap_or(self.next.load(Ordering::Relaxed));
+        let (resync, from) = match parsed {
+            Some((epoch, seq)) if epoch == self.epoch && seq + 1 >= oldest => (None, seq + 1),
+            Some((epoch, _)) if epoch == self.epoch => {
+                (Some(format!("event {last} is older than the {} events this hub keeps", self.window)), oldest)
+            }
+            Some(_) => (Some(format!("event {last} is from an earlier run of the hub")), oldest),
+            None => (Some(format!("{last:?} is not an event id of this hub")), oldest),
+        };
+        let backlog = ring.iter().filter(|p| p.seq >= from).cloned().collect();
+        Subscription { resync, backlog, live }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::api::AgentStatus;
+
+    fn agent(id: &str) -> EventKind {
+        EventKind::Agent { agent_id: id.into(), status: AgentStatus::Idle, connected: true }
+    }
+
+    #[test]
+    fn resume_within_the_window_has_no_gap_and_beyond_it_says_so() {
+        let bus = EventBus::new(7, 3, 16);
+        for i in 0..5 {
+            bus.publish(i, agent(&format!("a{i}")), Audience::default());
+        }
+        let s = bus.subscribe(Some("7-3"));
+        assert_eq!((s.resync, s.backlog.iter().map(|p| p.id.as_str()).collect::<Vec<_>>()), (None, vec!["7-4", "7-5"]));
+        let s = bus.subscribe(Some("7-1"));
+        assert!(s.resync.unwrap().contains("older than the 3 events"));
+        assert_eq!(s.backlog.len(), 3);
+        assert!(bus.subscribe(Some("6-4")).resync.unwrap().contains("earlier run"));
+        assert!(bus.subscribe(Some("garbage")).resync.is_some());
+        let mut live = bus.subscribe(None).live;
+        bus.publish(9, agent("x"), Audience::of([Some("x".to_string()), Some("admin".into())]));
+        let p = live.try_recv().unwrap();
+        assert_eq!((p.id.as_str(), p.audience.0.as_slice()), ("7-6", ["x".to_string()].as_slice()));
+        assert!(p.json.contains("\"type\":\"agent\""));
+    }
+
+    #[test]
+    fn a_reader_that_falls_behind_sees_that_it_lagged() {
+        let bus = EventBus::new(1, 100, 16);
+        let mut live = bus.subscribe(None).live;
+        for i in 0..40 {
+            bus.publish(i, agent("a"), Audience::default());
+        }
+        assert!(matches!(live.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+    }
+}

@@ -1,0 +1,219 @@
+//! `GET /api/events` (Server-Sent Events over the [`EventBus`](crate::events::EventBus)) and the
+//! usage report's shaping. A reader gets what it missed (within the window), then live events;
+//! the admin sees everything, an agent token what concerns its own tasks and itself. A reader
+//! that falls behind is told why and disconnected; hub shutdown ends every stream.
+
+use crate::auth::Role;
+use crate::events::Published;
+use crate::http::AppState;
+use crate::server::ConnTicket;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use proto::api::{ApiError, ErrorCode, Event, EventKind, FollowEvents, UsageBy, UsageReport, UsageRow};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// One reader's state between two events.
+struct Reader {
+    resync: Option<String>,
+    backlog: VecDeque<Arc<Published>>,
+    live: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    /// `None` for the admin; an agent sees only what names it.
+    agent: Option<String>,
+    shutdown: tokio_util::sync::CancellationToken,
+    done: bool,
+    bus: Arc<crate::events::EventBus>,
+    /// Held for the stream's life: the reader's slot, and its connection kept from eviction.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _busy: Option<crate::server::BusyGuard>,
+}
+
+impl Reader {
+    fn visible(&self, p: &Published) -> bool {
+        self.agent.as_ref().is_none_or(|a| p.audience.includes(a))
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.bus.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn sse(p: &Published) -> Sse {
+    Sse::default().id(p.id.clone()).event(p.name).data(p.json.as_ref())
+}
+
+/// An event that is not part of the stream's history (no id: resuming skips it).
+fn notice(kind: EventKind) -> Sse {
+    let name = kind.name();
+    let event = Event { id: String::new(), at: crate::clock::wall_ms(), kind };
+    Sse::default().event(name).data(serde_json::to_string(&event).expect("events serialize"))
+}
+
+pub async fn events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ticket: Option<Extension<ConnTicket>>,
+    q: Result<Query<FollowEvents>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return crate::http::error(ApiError::new(ErrorCode::InvalidQuery).msg(e.body_text())),
+    };
+    let role = match crate::http::role(&s, &headers).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Ok(permit) = s.event_readers.clone().try_acquire_owned() else {
+        let e = ApiError::new(ErrorCode::Overloaded).msg("too many event readers (max_event_readers); try again later");
+        return crate::http::error(e);
+    };
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or(q.last_event_id);
+    if last.as_ref().is_some_and(|l| l.len() > 64) {
+        return crate::http::error(
+            ApiError::new(ErrorCode::InvalidQuery).msg("last_event_id: longer than 64 characters"),
+        );
+    }
+    let sub = s.bus.subscribe(last.as_deref());
+    s.bus.readers.fetch_add(1, Ordering::Relaxed);
+    let reader = Reader {
+        resync: sub.resync,
+        backlog: sub.backlog.into(),
+        live: sub.live,
+        agent: match role {
+            Role::Admin => None,
+            Role::Agent(a) => Some(a),
+        },
+        shutdown: s.shutdown.clone(),
+        done: false,
+        bus: s.bus.clone(),
+        _permit: permit,
+        _busy: ticket.map(|Extension(t)| t.0.busy()),
+    };
+    let stream = futures_util::stream::unfold(reader, |mut r| async move {
+        loop {
+            if r.done {
+                return None;
+            }
+            if let Some(reason) = r.resync.take() {
+                return Some((Ok::<_, Infallible>(notice(EventKind::Resync { reason })), r));
+            }
+            if let Some(p) = r.backlog.pop_front() {
+                if r.visible(&p) {
+                    return Some((Ok(sse(&p)), r));
+                }
+                continue;
+            }
+            let next = tokio::select! {
+                _ = r.shutdown.cancelled() => return None,
+                next = r.live.recv() => next,
+            };
+            match next {
+                Ok(p) if r.visible(&p) => return Some((Ok(sse(&p)), r)),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    r.done = true;
+                    r.bus.dropped.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "this reader fell {missed} events behind (event_reader_buffer); reconnect with Last-Event-ID"
+                    );
+                    return Some((Ok(notice(EventKind::Dropped { reason })), r));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+/// The event stream's gauges for `/metrics`.
+pub fn render_metrics(s: &AppState, out: &mut String) {
+    use std::fmt::Write;
+    let readers = s.bus.readers.load(Ordering::Relaxed);
+    let dropped = s.bus.dropped.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP agentcom_event_readers Readers of the event stream.\n# TYPE agentcom_event_readers gauge\nagentcom_event_readers {readers}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP agentcom_event_readers_dropped_total Readers dropped for falling behind.\n# TYPE agentcom_event_readers_dropped_total counter\nagentcom_event_readers_dropped_total {dropped}"
+    );
+}
+
+/// Days since the Unix epoch of a `YYYY-MM-DD` (proleptic Gregorian, UTC), if it is one.
+pub fn parse_day(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn format_day(days: u64) -> String {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn usage_report(by: UsageBy, since: u64, until: u64, rows: Vec<UsageRow>) -> UsageReport {
+    let mut total = UsageRow::default();
+    for r in &rows {
+        total.reports += r.reports;
+        total.input_tokens += r.input_tokens;
+        total.output_tokens += r.output_tokens;
+        total.total_tokens += r.total_tokens;
+        total.cost_usd += r.cost_usd;
+    }
+    UsageReport { by, since: format_day(since), until: format_day(until), rows, total }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_parse_and_format_both_ways() {
+        assert_eq!(parse_day("1970-01-01"), Some(0));
+        assert_eq!(parse_day("2026-11-22"), Some(20_779));
+        for d in [0, 59, 10_000, 20_779, 100_000] {
+            assert_eq!(parse_day(&format_day(d)), Some(d));
+        }
+        for bad in ["2026-02-30", "2026-13-01", "26-11-22", "2026-1-22", "1969-12-31", "2026/11/22", "２０２６-11-22"]
+        {
+            assert_eq!(parse_day(bad), None, "{bad}");
+        }
+        assert_eq!(parse_day("2024-02-29"), Some(19_782));
+    }
+}

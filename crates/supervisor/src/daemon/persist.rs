@@ -1,0 +1,43 @@
+//! `state.json`: the desired state and the groups we last ran, written atomically, read back at
+//! start (a corrupt file is moved aside, never fatal).
+
+use super::STATE;
+use proto::control::ProcSpec;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Persisted {
+    pub processes: Vec<PersistedProc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PersistedProc {
+    pub spec: ProcSpec,
+    pub desired: bool,
+    pub pgid: Option<i32>,
+    pub restart_count: u64,
+}
+
+pub fn save(dir: &Path, p: &Persisted) {
+    let path = dir.join(STATE);
+    if let Err(e) = osutil::fs::write_atomic(&path, &serde_json::to_vec_pretty(p).expect("state serializes")) {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the supervisor state");
+    }
+}
+
+pub fn load(dir: &Path, now_ms: u64) -> Persisted {
+    let path = dir.join(STATE);
+    match std::fs::read(&path) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(p) => p,
+            Err(e) => {
+                let aside = path.with_file_name(format!("{STATE}.corrupt-{now_ms}"));
+                let _ = std::fs::rename(&path, &aside);
+                tracing::error!(path = %aside.display(), error = %e, "supervisor state was corrupt; moved aside");
+                Persisted::default()
+            }
+        },
+        Err(_) => Persisted::default(),
+    }
+}

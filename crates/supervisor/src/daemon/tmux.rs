@@ -1,0 +1,206 @@
+//! Processes with a real terminal: each runs in a session of a tmux server private to the
+//! supervisor (`<dir>/tmux.sock`, no user config), so a person can attach to it and an
+//! operator can type into it. tmux owns the pane's process, so the supervisor learns of its
+//! exit by watching its pid and reads the status from `pane_dead_status` (panes remain on
+//! exit); the pane's output reaches the usual log files through `pipe-pane` and a FIFO.
+
+use super::{Ev, ENV_NAME, ENV_SOCKET};
+use crate::logs::{self, SharedSink, Stream};
+use proto::control::ProcSpec;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often the pane's process is looked at.
+const POLL: Duration = Duration::from_millis(25);
+
+pub fn socket(dir: &Path) -> PathBuf {
+    dir.join("tmux.sock")
+}
+
+/// tmux session names may not hold `.` or `:`; a hash of the real name keeps them distinct.
+pub fn session_name(name: &str) -> String {
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    format!("{safe}_{:08x}", hash as u32)
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn tmux(dir: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new("tmux");
+    c.arg("-S").arg(socket(dir)).arg("-f").arg("/dev/null");
+    c.stdin(std::process::Stdio::null());
+    c
+}
+
+fn run(mut c: std::process::Command) -> Result<String, String> {
+    let out = c.output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "tmux is not installed (apt-get install tmux)".to_string(),
+        _ => format!("cannot run tmux: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(format!("tmux: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Stops a tmux server left by an earlier supervisor (its processes were stopped by group).
+pub fn kill_server(dir: &Path) {
+    if socket(dir).exists() {
+        let mut c = tmux(dir);
+        c.arg("kill-server").stderr(std::process::Stdio::null());
+        let _ = c.output();
+        let _ = std::fs::remove_file(socket(dir));
+    }
+}
+
+/// The FIFO that `pipe-pane` writes the pane's output into, and the task that pumps it into
+/// the process's log sink. One per process for its whole life: every restart's pane writes to
+/// the same FIFO. Dropping it stops the pump.
+pub struct Output {
+    pub fifo: PathBuf,
+    pump: tokio::task::AbortHandle,
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.pump.abort();
+        let _ = std::fs::remove_file(&self.fifo);
+    }
+}
+
+pub fn open_output(dir: &Path, name: &str, sink: &SharedSink) -> Result<Output, String> {
+    let fifos = dir.join("tmux");
+    std::fs::create_dir_all(&fifos).map_err(|e| format!("cannot create {}: {e}", fifos.display()))?;
+    let fifo = fifos.join(format!("{}.fifo", session_name(name)));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
+    // Opened for reading and writing: no EOF between one pane's writer and the next.
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&fifo)
+        .map_err(|e| format!("cannot open {}: {e}", fifo.display()))?;
+    let pump = tokio::spawn(logs::pump(rx, sink.clone(), Stream::Out)).abort_handle();
+    Ok(Output { fifo, pump })
+}
+
+/// Starts the command in a new session (its own process group: tmux makes each pane's process
+/// a session leader) and watches it; its exit comes back as [`Ev::Exited`] for `gen`.
+pub fn spawn(
+    dir: &Path,
+    spec: &ProcSpec,
+    supervisor_socket: &Path,
+    output: &Output,
+    gen: u64,
+    tx: &mpsc::UnboundedSender<Ev>,
+) -> Result<u32, String> {
+    let session = session_name(&spec.name);
+    // A session left by an earlier run of this process is replaced.
+    let mut stale = tmux(dir);
+    stale.args(["kill-session", "-t", &format!("={session}")]).stderr(std::process::Stdio::null());
+    let _ = stale.output();
+    // The server starts with the supervisor's own environment, as a forked child would have it.
+    let mut server = tmux(dir);
+    server.args(["start-server", ";", "set-option", "-g", "exit-empty", "off", ";"]);
+    server.args(["set-option", "-gw", "remain-on-exit", "on"]);
+    run(server)?;
+    // The process's own variables travel in this client's environment, named in
+    // `update-environment` so tmux copies them into the new session: never on a command line,
+    // where any local user could read them.
+    let mut names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
+    names.extend([ENV_NAME, ENV_SOCKET]);
+    let mut c = tmux(dir);
+    c.envs(&spec.env).env(ENV_NAME, &spec.name).env(ENV_SOCKET, supervisor_socket);
+    c.args(["set-option", "-g", "update-environment", &names.join(" "), ";"]);
+    c.args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", "-P", "-F", "#{pane_id} #{pane_pid}"]);
+    if let Some(cwd) = &spec.cwd {
+        c.args(["-c", cwd]);
+    }
+    c.arg("--").arg(&spec.command).args(&spec.args);
+    // In the same command queue as the new session: no output is missed before the pipe.
+    c.args([
+        ";",
+        "pipe-pane",
+        "-O",
+        "-t",
+        &format!("={session}:"),
+        &format!("cat >> {}", quote(&output.fifo.display().to_string())),
+    ]);
+    let printed = run(c)?;
+    let (pane, pid) = printed
+        .lines()
+        .find_map(|l| l.split_once(' '))
+        .and_then(|(pane, pid)| Some((pane.to_string(), pid.parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("tmux did not say which process it started: {printed:?}"))?;
+    let start_ticks = osutil::procfs::stat(pid as i32).map(|s| s.start_ticks);
+    let (dir, tx, name) = (dir.to_path_buf(), tx.clone(), spec.name.clone());
+    tokio::spawn(async move {
+        // The pane's process is tmux's child, not ours: watch its pid (and its start time, so a
+        // reused pid is not mistaken for it).
+        loop {
+            tokio::time::sleep(POLL).await;
+            let alive = osutil::procfs::stat(pid as i32)
+                .is_some_and(|s| s.state != 'Z' && Some(s.start_ticks) == start_ticks.or(Some(s.start_ticks)));
+            if !alive {
+                break;
+            }
+        }
+        let (code, desc) = tokio::task::spawn_blocking(move || {
+            let mut c = tmux(&dir);
+            c.args(["display-message", "-p", "-t", &pane, "#{pane_dead_status},#{pane_dead_signal}"]);
+            let status = run(c);
+            let mut kill = tmux(&dir);
+            kill.args(["kill-session", "-t", &format!("={session}")]).stderr(std::process::Stdio::null());
+            let _ = kill.output();
+            match status {
+                Ok(s) => {
+                    let mut parts = s.trim().split(',');
+                    let code = parts.next().and_then(|c| c.parse::<i32>().ok());
+                    let signal = parts.next().and_then(|c| c.parse::<i32>().ok());
+                    match (code, signal) {
+                        (_, Some(sig)) if sig > 0 => (Some(128 + sig), format!("signal: {sig}")),
+                        (Some(c), _) => (Some(c), format!("exit status: {c}")),
+                        _ => (None, "exited (status unknown)".to_string()),
+                    }
+                }
+                Err(e) => (None, format!("exited ({e})")),
+            }
+        })
+        .await
+        .unwrap_or((None, "exited".into()));
+        let _ = tx.send(Ev::Exited { name, gen, code, desc });
+    });
+    Ok(pid)
+}
+
+/// Types `text` into the session's pane, then Enter.
+pub fn send(dir: &Path, name: &str, text: &str, enter: bool) -> Result<(), String> {
+    let target = format!("={}:", session_name(name));
+    let mut c = tmux(dir);
+    c.args(["send-keys", "-t", &target, "-l", "--", text]);
+    run(c)?;
+    if enter {
+        let mut c = tmux(dir);
+        c.args(["send-keys", "-t", &target, "Enter"]);
+        run(c)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_are_safe_and_distinct() {
+        let a = session_name("daemons:web.api");
+        assert!(a.starts_with("daemons_web_api_") && !a.contains(['.', ':']), "{a}");
+        assert_ne!(session_name("a.b"), session_name("a_b"));
+        assert_eq!(quote("it's"), "'it'\\''s'");
+    }
+}
