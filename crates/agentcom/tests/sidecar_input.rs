@@ -1,9 +1,10 @@
 //! Agents that ask a person, and what an attempt cost (issue 11), against the real sidecar
-//! binary: a scripted hub plays the hub's side of questions (ours forwards them with the fleet
-//! console); the real hub checks that the frames we send are ones it accepts. Claude Code is a
-//! script printing its documented `--output-format json` object.
+//! binary: the real hub end to end (it stores the question, takes the answer over its API and
+//! re-sends it until the sidecar confirms), and a scripted hub for what ours never does (answers
+//! to questions never asked, re-deliveries on demand). Claude Code is a script printing its
+//! documented `--output-format json` object.
 
-use proto::api::{SubmitTask, TaskStatus};
+use proto::api::{AnswerTask, GetUsage, SubmitTask, TaskStatus, UsageBy};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use testkit::{Hub, ScriptedConn, ScriptedHub, Sidecar};
@@ -264,8 +265,53 @@ async fn run_agent_reads_claude_codes_json_into_the_result_and_the_usage() -> R 
     finish(&mut conn, &s, "t6", "dead_letter").await
 }
 
+/// The real hub end to end: the question shows on the task, a person answers while the
+/// sidecar is down (SIGKILL), and the answer still reaches the agent once, after the restart.
+#[tokio::test]
+async fn the_real_hub_delivers_an_answer_given_while_the_sidecar_was_down() -> R {
+    let e = Env::new()?;
+    let hub = Hub::start(bin(), "")?;
+    let token = hub.token("a1").await?;
+    let cfg = testkit::sidecar_config("a1", &token, &hub.ws_url(), Some(&e.wake("ask")));
+    let mut s = Sidecar::start(bin(), &e.dir("a1"), &cfg)?;
+    let id = hub.submit(SubmitTask { max_retries: 0, ..SubmitTask::new("asks a person") }).await?;
+    let question = testkit::eventually("the question at the hub", || async {
+        let t = hub.task(&id).await.map_err(|e| e.to_string())?.task;
+        t.needs_input.clone().ok_or_else(|| format!("{t:?}"))
+    })
+    .await?;
+    assert_eq!(
+        (question.question.as_str(), question.options.as_slice()),
+        ("Deploy to prod?", &["yes".to_string(), "no".to_string()][..])
+    );
+    assert_eq!(hub.task(&id).await?.task.status, TaskStatus::Working, "asking does not change the status");
+    s.kill9();
+    let answer = AnswerTask {
+        task_id: id.clone(),
+        answer: "yes, ship it".into(),
+        request_id: Some(question.request_id.clone()),
+    };
+    let answered = hub.admin_client().call(&answer).await?;
+    assert!(!answered.sent, "the sidecar is down");
+    let s = Sidecar::start_file(bin(), &e.dir("a1"), &e.dir("a1").join("sidecar.toml"))?;
+    testkit::eventually("the answer to be confirmed", || async {
+        let t = hub.task(&id).await.map_err(|e| e.to_string())?.task;
+        (t.answer.is_none() && t.needs_input.is_none()).then_some(()).ok_or_else(|| format!("{t:?}"))
+    })
+    .await?;
+    e.control("go")?;
+    let t = hub.wait_status(&id, TaskStatus::Completed).await?;
+    assert_eq!(t.task.result, Some(json!({"status": "success", "answer": "yes, ship it"})));
+    let reasons: Vec<&str> = t.history.iter().map(|h| h.reason.as_str()).collect();
+    let asked = reasons.iter().filter(|r| r.starts_with("needs input:")).count();
+    let delivered = reasons.iter().filter(|r| **r == "answer delivered").count();
+    assert_eq!((asked, delivered), (1, 1), "asked once, delivered once: {reasons:?}");
+    assert_eq!(log_count(&s, "ignoring an answer to a question that is not open"), 0);
+    Ok(())
+}
+
 /// The real hub: it takes the frames the sidecar sends for questions and usage (its schema
-/// validates them field by field), and the task runs to its end as before.
+/// validates them field by field) and keeps the usage, and the task runs to its end as before.
 #[tokio::test]
 async fn the_real_hub_accepts_questions_and_usage_and_claude_json_results() -> R {
     let e = Env::new()?;
@@ -282,6 +328,9 @@ async fn the_real_hub_accepts_questions_and_usage_and_claude_json_results() -> R
     e.control("go")?;
     let t = hub.wait_status(&id, TaskStatus::Completed).await?;
     assert_eq!(t.task.result.as_ref().map(|r| r["usage"]["cost_usd"].clone()), Some(json!(0.01)));
+    // The task's usage sums its attempts; the model is kept per attempt.
+    let usage = t.task.usage.clone().unwrap_or_default();
+    assert_eq!((usage.cost_usd, usage.tokens()), (Some(0.01), 10), "{t:?}");
     assert_eq!(log_count(&s, "error from the hub"), 0, "{:?}", s.logs());
     assert_eq!(log_count(&s, "identified to the hub"), 1, "never disconnected");
 
@@ -297,7 +346,11 @@ async fn the_real_hub_accepts_questions_and_usage_and_claude_json_results() -> R
         let id = hub.submit(task).await?;
         let t = hub.wait_status(&id, end).await?.task;
         match mode {
-            "success" => assert_eq!(t.result.as_ref().map(|r| r["result"].clone()), Some(json!("Fixed the bug.\nAll tests pass."))),
+            "success" => {
+                assert_eq!(t.result.as_ref().map(|r| r["result"].clone()), Some(json!("Fixed the bug.\nAll tests pass.")));
+                let usage = t.usage.clone().unwrap_or_default();
+                assert_eq!((usage.cost_usd, usage.tokens()), (Some(0.0421), 15_762), "{t:?}");
+            }
             "max-turns" => assert!(t.last_error.as_deref().unwrap_or_default().starts_with("claude reported an error (error_max_turns)"), "{t:?}"),
             _ => assert_eq!(
                 t.last_error.as_deref(),
@@ -305,5 +358,8 @@ async fn the_real_hub_accepts_questions_and_usage_and_claude_json_results() -> R
             ),
         }
     }
+    let by_model = hub.admin_client().call(&GetUsage { by: UsageBy::Model, ..GetUsage::default() }).await?;
+    let models: Vec<(&str, u64)> = by_model.rows.iter().map(|r| (r.key.as_str(), r.reports)).collect();
+    assert_eq!(models, [("claude-sonnet-4-5", 2), ("m2", 1)], "{by_model:?}");
     Ok(())
 }
