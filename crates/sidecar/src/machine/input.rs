@@ -64,7 +64,12 @@ impl Machine {
         self.bad_question = None;
         let Some(h) = self.active() else { return };
         let a = &h.asking;
-        if a.open.as_ref().is_some_and(|o| o.asked == asked) {
+        if let Some(open) = a.open.as_ref().filter(|o| o.asked == asked) {
+            // Still the question whose answer was dropped: the hub, asked again, sends it again.
+            let request_id = open.request_id.clone();
+            if self.redeliver.take_if(|id| *id == request_id).is_some() {
+                self.resend_question(out);
+            }
             return;
         }
         if a.open.is_none() && a.answered_file.as_ref() == Some(&file) {
@@ -157,6 +162,7 @@ impl Machine {
                 h.asking = before;
             }
         }
+        self.redeliver = Some(request_id.to_string());
         if let Slot::Active(h) = &self.slot {
             if h.task.id == task_id && h.phase.watches_files() {
                 out.push(self.observe(false, super::Look::Watch));

@@ -206,6 +206,9 @@ pub struct Machine {
     unconfirmed: Option<Unconfirmed>,
     /// The last bad `.needs-input` reported (each is reported once).
     bad_question: Option<String>,
+    /// An answer dropped because the question looked changed: if a look finds the same question
+    /// still open, it is asked again (same request id) so the hub delivers the answer again.
+    redeliver: Option<String>,
     /// Questions answered of tasks no longer held, newest last: a re-delivery is acknowledged.
     recent_answers: VecDeque<(String, String)>,
     /// What the attempt cost, from the last `<id>.usage` read.
@@ -264,6 +267,7 @@ impl Machine {
             warned: Vec::new(),
             unconfirmed: None,
             bad_question: None,
+            redeliver: None,
             recent_answers: VecDeque::new(),
             usage: None,
         }

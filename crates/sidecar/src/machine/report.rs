@@ -54,6 +54,7 @@ impl Machine {
         self.progress = ProgressCursor::default();
         self.warned.clear();
         self.bad_question = None;
+        self.redeliver = None;
         self.usage = None;
         if let Some(reason) = self.pending_restart.take() {
             self.restart_now(reason, out);

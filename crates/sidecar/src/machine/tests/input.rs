@@ -159,6 +159,21 @@ fn an_answer_superseded_by_a_new_question_is_dropped_and_the_files_looked_at_aga
 }
 
 #[test]
+fn an_answer_dropped_for_a_half_written_question_is_asked_for_again_once_the_question_is_the_same() {
+    let mut m = working();
+    look(&mut m, file(&question("Deploy?"), "f1"), Found::Missing, None);
+    m.handle(answer("g4-1", "yes"), ms(100));
+    m.handle(Event::AnswerSuperseded { task_id: ID.into(), request_id: "g4-1".into() }, ms(101));
+    // The agent finished writing: the same question. It is sent again, once, so the hub re-sends
+    // the answer it holds for g4-1.
+    let a = look(&mut m, file(&question("Deploy?"), "f1b"), Found::Missing, None);
+    assert!(matches!(sent(&a)[..], [AgentFrame::NeedsInput { request_id, .. }] if request_id == "g4-1"), "{a:?}");
+    assert!(look(&mut m, file(&question("Deploy?"), "f1b"), Found::Missing, None).is_empty());
+    let a = m.handle(answer("g4-1", "yes"), ms(200));
+    assert!(matches!(a[0], Action::WriteAnswer { .. }) && a.last() == Some(&ack("g4-1")), "{a:?}");
+}
+
+#[test]
 fn a_bad_question_file_is_reported_once_and_never_fails_the_task() {
     let mut m = working();
     let bad = [
