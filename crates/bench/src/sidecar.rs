@@ -1,5 +1,7 @@
 //! Sidecar benchmark: RSS idle and working, `task_assign` → `task_accepted` latency (the
 //! fsync of queue.json included), and result file written → task `completed` at the hub.
+//! With `--failover`: how soon after a standby starts to lead a fleet of sidecars is
+//! identified there, the old leader gone and the standby closing with 4001 until then.
 
 use crate::{pct, private_bytes, rss_bytes};
 use anyhow::{bail, Result};
@@ -21,6 +23,15 @@ pub struct Args {
     /// Run the hub with TLS and the sidecar over `wss://`.
     #[arg(long)]
     tls: bool,
+    /// Measure failover instead: sidecars moving from a leader that vanishes to a standby.
+    #[arg(long)]
+    failover: bool,
+    /// Sidecars in the failover run.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Leader lease times to simulate (the standby leads this long after the leader vanished).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    lease_ms: Vec<u64>,
 }
 
 const STARTED_ONLY: &str = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"";
@@ -28,6 +39,12 @@ const STARTED_ONLY: &str = "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.star
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("agentcom sidecar benchmark (release binary {})", bin.display());
     let root = tempfile::tempdir()?;
+    if args.failover {
+        for lease in &args.lease_ms {
+            failover(bin, args.agents, Duration::from_millis(*lease), root.path()).await?;
+        }
+        return Ok(());
+    }
     let hub = if args.tls { Hub::start_tls(bin, "")? } else { Hub::start(bin, "")? };
     println!("hub at {}", hub.url());
     let token = hub.token("bench-agent").await?;
@@ -148,5 +165,107 @@ async fn accept_latency(bin: &Path, n: usize, root: &Path) -> Result<()> {
         pct(&lat, 0.99)
     );
     drop(sidecar);
+    Ok(())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Accepts a sidecar's socket and reads its `identify`; returns the socket and its agent id.
+async fn accept_identify(listener: &tokio::net::TcpListener) -> Result<(Ws, String)> {
+    let (tcp, _) = listener.accept().await?;
+    tcp.set_nodelay(true)?;
+    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                if v["type"] == "identify" {
+                    return Ok((ws, v["agent_id"].as_str().unwrap_or_default().to_string()));
+                }
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed before identify"),
+        }
+    }
+}
+
+/// `agents` sidecars with default reconnect timings and `hub_url = [leader, standby]`,
+/// identified at the leader for a while (so their connection counts as healthy). The leader
+/// vanishes (its sockets dropped, its port closed); the standby closes every connection with
+/// 4001 and no leader named until `lease` has passed, then serves. Prints the time from the
+/// standby serving to each sidecar identified there, and how many 4001 closes it sent.
+async fn failover(bin: &Path, agents: usize, lease: Duration, root: &Path) -> Result<()> {
+    let leader = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let standby = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let urls = format!("[\"ws://{}/ws\", \"ws://{}/ws\"]", leader.local_addr()?, standby.local_addr()?);
+    let (tx, mut identified) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut ws, agent)) = accept_identify(&leader).await {
+            let _ = ws.send(Message::text(json!({"type": "identified", "agent_id": agent}).to_string())).await;
+            let _ = tx.send(agent);
+            held.push(ws);
+        }
+    });
+    let mut sidecars = Vec::with_capacity(agents);
+    for i in 0..agents {
+        let cfg = testkit::sidecar_config(&format!("f{i}"), "t", "ws://unused", None);
+        let cfg = testkit::merge_config(
+            &cfg,
+            &format!("hub_url = {urls}\nping_interval_ms = 600000\nreconnect_base_ms = 1000\nreconnect_max_ms = 60000\nreconnect_healthy_ms = 1000\n"),
+        );
+        sidecars.push(Sidecar::start(bin, &root.join(format!("failover-{}-{i}", lease.as_millis())), &cfg)?);
+    }
+    for _ in 0..agents {
+        identified.recv().await.ok_or_else(|| anyhow::anyhow!("the leader stopped"))?;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.abort();
+    let _ = holder.await;
+    let gone = Instant::now();
+    let serving = gone + lease;
+    let (tx, mut at_standby) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let closes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let turned_away = closes.clone();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut ws, agent)) = accept_identify(&standby).await {
+            if Instant::now() < serving {
+                turned_away.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: proto::CLOSE_NOT_LEADER.into(),
+                    reason: "".into(),
+                };
+                tokio::spawn(async move {
+                    let _ = ws.close(Some(close)).await;
+                    while ws.next().await.is_some() {}
+                });
+                continue;
+            }
+            let _ = ws.send(Message::text(json!({"type": "identified", "agent_id": agent}).to_string())).await;
+            let _ = tx.send(Instant::now());
+            held.push(ws);
+        }
+    });
+    let mut lat = Vec::with_capacity(agents);
+    for _ in 0..agents {
+        let at = tokio::time::timeout(Duration::from_secs(300), at_standby.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the standby stopped"))?;
+        lat.push(at.saturating_duration_since(serving).as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "lease {} ms: standby serving -> {agents} sidecars identified there: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; 4001 closes sent while waiting: {} ({:.1} per sidecar)",
+        lease.as_millis(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0),
+        closes.load(std::sync::atomic::Ordering::Relaxed),
+        closes.load(std::sync::atomic::Ordering::Relaxed) as f64 / agents as f64
+    );
+    server.abort();
+    drop(sidecars);
     Ok(())
 }

@@ -74,7 +74,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
         let file = sidecar::config::FileConfig {
             agent_id: Some(name.into()),
             token: Some(token),
-            hub_url: Some(format!("ws://{addr}/ws")),
+            hub_url: Some(format!("ws://{addr}/ws").into()),
             capabilities: Some(caps.clone()),
             wake_command: Some(wake.clone()),
             rescan_interval_ms: Some(500),

@@ -12,8 +12,9 @@ use std::time::Duration;
 pub struct FileConfig {
     pub agent_id: Option<String>,
     pub token: Option<String>,
-    /// `ws://host:4000/ws`, or `wss://` for a hub behind TLS.
-    pub hub_url: Option<String>,
+    /// `ws://host:4000/ws`, or `wss://` for a hub behind TLS; or a list of them (several hubs,
+    /// one leader).
+    pub hub_url: Option<HubUrls>,
     /// PEM file of extra CA certificates trusted for a `wss://` hub, besides Mozilla's roots.
     pub tls_ca_file: Option<PathBuf>,
     pub capabilities: Option<Vec<String>>,
@@ -46,12 +47,30 @@ pub struct FileConfig {
     pub name: Option<String>,
 }
 
+/// `hub_url` as written: one URL, or a list of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged, expecting = "a ws:// or wss:// URL, or a list of them")]
+pub enum HubUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<String> for HubUrls {
+    fn from(url: String) -> HubUrls {
+        HubUrls::One(url)
+    }
+}
+
+/// The most hubs `hub_url` may list.
+pub const MAX_HUB_URLS: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
     pub agent_id: String,
     pub name: Option<String>,
     pub token: String,
-    pub hub_url: String,
+    /// The hubs, in the order they are tried (at least one); the token is only ever sent to these.
+    pub hub_urls: Vec<String>,
     /// Set for a `wss://` hub.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub capabilities: Vec<String>,
@@ -173,10 +192,7 @@ impl SidecarConfig {
         };
         let agent_id = required("agent_id", f.agent_id, proto::MAX_AGENT_ID, &mut errors);
         let token = required("token", f.token, proto::MAX_TOKEN, &mut errors);
-        let hub_url = required("hub_url", f.hub_url, 2048, &mut errors);
-        if !(hub_url.is_empty() || hub_url.starts_with("ws://") || hub_url.starts_with("wss://")) {
-            errors.push(format!("hub_url: {hub_url:?} must start with ws:// or wss://"));
-        }
+        let hub_urls = hub_urls(f.hub_url, &mut errors);
         let ms = |name: &str, v: Option<u64>, def: u64, errors: &mut Vec<String>| {
             match v {
                 Some(0) => errors.push(format!("{name}: must be greater than 0")),
@@ -249,7 +265,7 @@ impl SidecarConfig {
         if results_dir == state_dir {
             errors.push("state_dir: must differ from results_dir".into());
         }
-        let tls = if hub_url.starts_with("wss://") {
+        let tls = if hub_urls.iter().any(|u| u.starts_with("wss://")) {
             osutil::tls::client_config(f.tls_ca_file.map(resolve).as_deref())
                 .map_err(|e| errors.push(format!("tls_ca_file: {e}")))
                 .ok()
@@ -263,7 +279,7 @@ impl SidecarConfig {
             agent_id,
             name: f.name,
             token,
-            hub_url,
+            hub_urls,
             tls,
             capabilities,
             wake_command,
@@ -284,6 +300,49 @@ impl SidecarConfig {
             reconnect_healthy,
         })
     }
+}
+
+/// Checks `hub_url`: each a `ws://` or `wss://` URL with a host, no hub twice.
+fn hub_urls(v: Option<HubUrls>, errors: &mut Vec<String>) -> Vec<String> {
+    let (named, list): (Vec<String>, Vec<String>) = match v {
+        None => {
+            errors.push("hub_url: required".into());
+            return Vec::new();
+        }
+        Some(HubUrls::One(u)) => (vec!["hub_url".into()], vec![u]),
+        Some(HubUrls::Many(list)) => {
+            if list.is_empty() {
+                errors.push("hub_url: must list at least one URL".into());
+            }
+            if list.len() > MAX_HUB_URLS {
+                errors.push(format!("hub_url: at most {MAX_HUB_URLS} URLs"));
+            }
+            ((0..list.len()).map(|i| format!("hub_url[{i}]")).collect(), list)
+        }
+    };
+    let mut seen: Vec<(url::Url, &str)> = Vec::new();
+    for (name, u) in named.iter().zip(&list).take(MAX_HUB_URLS) {
+        let shown = crate::machine::clip(u, 200);
+        if u.is_empty() {
+            errors.push(format!("{name}: must not be empty"));
+        } else if u.len() > 2048 {
+            errors.push(format!("{name}: longer than 2048 characters"));
+        } else if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+            errors.push(format!("{name}: {shown:?} must start with ws:// or wss://"));
+        } else {
+            match url::Url::parse(u) {
+                Err(e) => errors.push(format!("{name}: {shown:?} is not a valid URL: {e}")),
+                Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
+                    errors.push(format!("{name}: {shown:?} names no host"))
+                }
+                Ok(parsed) => match seen.iter().find(|(other, _)| *other == parsed) {
+                    Some((_, first)) => errors.push(format!("{name}: the same hub as {first}")),
+                    None => seen.push((parsed, name)),
+                },
+            }
+        }
+    }
+    list
 }
 
 #[cfg(test)]
@@ -321,6 +380,54 @@ mod tests {
         for f in ["agent_id: required", "token: required", "hub_url:", "wake_timeout_ms:", "capabilities[0]:"] {
             assert!(all.contains(f), "{f} missing in {all}");
         }
+    }
+
+    #[test]
+    fn hub_url_may_list_several_hubs_in_toml_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "s.toml",
+            "agent_id = \"a\"\ntoken = \"t\"\nhub_url = [\"ws://hub1.lan:4000/ws\", \"wss://hub2.lan/ws\"]\n",
+        );
+        let c = SidecarConfig::load(&p).unwrap();
+        assert_eq!(c.hub_urls, ["ws://hub1.lan:4000/ws", "wss://hub2.lan/ws"]);
+        assert!(c.tls.is_some(), "one wss:// hub is enough to need TLS");
+        let p = write(dir.path(), "s.toml", "agent_id = \"a\"\ntoken = \"t\"\nhub_url = \"ws://h/ws\"\n");
+        let c = SidecarConfig::load(&p).unwrap();
+        assert_eq!((c.hub_urls.len(), c.tls.is_none()), (1, true));
+        for hub_url in [r#""ws://h/ws""#, r#"["ws://h1/ws","ws://h2/ws"]"#] {
+            let p = write(dir.path(), "config.json", &format!(r#"{{"agent_id":"a","token":"t","hub_url":{hub_url}}}"#));
+            assert!(SidecarConfig::load(&p).is_ok(), "{hub_url}");
+        }
+    }
+
+    #[test]
+    fn every_bad_hub_url_is_named_by_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "s.toml",
+            "agent_id = \"a\"\ntoken = \"t\"\nhub_url = [\"ws://h1:4000/ws\", \"http://h2/ws\", \"ws://H1:4000/ws\", \"\", \"ws://exa mple/ws\"]\n",
+        );
+        let e = SidecarConfig::load(&p).unwrap_err().errors;
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].starts_with("hub_url[1]: \"http://h2/ws\" must start with ws:// or wss://"), "{e:?}");
+        assert_eq!(e[1], "hub_url[2]: the same hub as hub_url[0]");
+        assert_eq!(e[2], "hub_url[3]: must not be empty");
+        assert!(e[3].starts_with("hub_url[4]: \"ws://exa mple/ws\" is not a valid URL"), "{e:?}");
+        let p = write(dir.path(), "s.toml", "agent_id = \"a\"\ntoken = \"t\"\nhub_url = []\n");
+        assert_eq!(SidecarConfig::load(&p).unwrap_err().errors, ["hub_url: must list at least one URL"]);
+        let many: Vec<String> = (0..17).map(|i| format!("\"ws://h{i}/ws\"")).collect();
+        let p =
+            write(dir.path(), "s.toml", &format!("agent_id = \"a\"\ntoken = \"t\"\nhub_url = [{}]\n", many.join(",")));
+        assert_eq!(SidecarConfig::load(&p).unwrap_err().errors, ["hub_url: at most 16 URLs"]);
+        let p = write(dir.path(), "s.toml", "agent_id = \"a\"\ntoken = \"t\"\nhub_url = 5\n");
+        let e = SidecarConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("hub_url") && e.contains("a ws:// or wss:// URL, or a list of them"), "{e}");
+        let p = write(dir.path(), "config.json", r#"{"agent_id":"a","token":"t","hub_url":[1]}"#);
+        let e = SidecarConfig::load(&p).unwrap_err().errors;
+        assert!(e[0].starts_with("hub_url: ") && e[0].contains("a list of them"), "{e:?}");
     }
 
     #[test]
@@ -397,7 +504,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10_000, ..Default::default() })]
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10_000, failure_persistence: None, ..Default::default() })]
 
         /// Any JSON object over the known keys (and others): loading never panics, and every
         /// error names a field.

@@ -2,8 +2,13 @@
 //! and full jitter. The backoff starts again from the base only after a connection stayed
 //! identified for `reconnect_healthy_ms`: a hub that accepts identify and then closes (for
 //! example on a frame it refuses) is retried ever more slowly, never in a tight loop.
+//! With several hubs configured, [`hubs::HubList`] picks the next one (a standby's
+//! [`proto::CLOSE_NOT_LEADER`] names the leader); the backoff applies after a full round, and
+//! does not grow while a standby answers (a leader is being elected).
 //! Frames go to the executor; its frames come back through a per-session channel it receives
 //! in [`ConnEvent::Identified`].
+
+pub mod hubs;
 
 use crate::config::SidecarConfig;
 use futures_util::{SinkExt, StreamExt};
@@ -42,12 +47,28 @@ impl Backoff {
     /// The delay before the next attempt, after a connection that stayed identified for
     /// `healthy_for` (`None`: it never got that far).
     pub fn next(&mut self, healthy_for: Option<Duration>) -> Duration {
+        self.record(healthy_for);
+        self.delay()
+    }
+
+    /// Notes how long a connection stayed identified: long enough, and the pacing starts over.
+    pub fn record(&mut self, healthy_for: Option<Duration>) {
         if healthy_for.is_some_and(|d| d >= self.healthy) {
             self.failures = 0;
         }
+    }
+
+    /// The delay before the next attempt, counting one more failure.
+    pub fn delay(&mut self) -> Duration {
         let delay = backoff(self.base, self.max, self.failures);
         self.failures = self.failures.saturating_add(1);
         delay
+    }
+
+    /// The delay while a leader is being elected (a standby answered): full jitter up to the
+    /// base, not counted as a failure, so a new leader is found soon after it serves.
+    pub fn election_delay(&self) -> Duration {
+        backoff(self.base, self.base, 0)
     }
 
     /// The most the next delay can be.
@@ -76,20 +97,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut pacing = Backoff::new(cfg.reconnect_base, cfg.reconnect_max, cfg.reconnect_healthy);
+    let mut hubs = hubs::HubList::new(&cfg.hub_urls);
     loop {
         if shutdown.is_cancelled() {
             return;
         }
+        let hub_url = cfg.hub_urls[hubs.current()].as_str();
+        tracing::info!(hub_url = %hub_url, "connecting to the hub");
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
             .write_buffer_size(0)
             .max_message_size(Some(MAX_HUB_FRAME_BYTES))
             .max_frame_size(Some(MAX_HUB_FRAME_BYTES));
         let connector = cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls);
-        let connect =
-            tokio_tungstenite::connect_async_tls_with_config(cfg.hub_url.as_str(), Some(ws_config), true, connector);
-        let healthy_for = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok((ws, _))) => session(ws, &cfg, &identify, &events, &shutdown).await,
+        let connect = tokio_tungstenite::connect_async_tls_with_config(hub_url, Some(ws_config), true, connector);
+        let ended = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok((ws, _))) => session(ws, &cfg, hub_url, &identify, &events, &shutdown).await,
             Ok(Err(e)) => {
                 let error = e.to_string();
                 let hint = if error.contains("invalid peer certificate") {
@@ -97,18 +120,26 @@ pub async fn run(
                 } else {
                     ""
                 };
-                tracing::warn!(hub_url = %cfg.hub_url, error = %error, hint, "cannot connect to the hub");
-                None
+                tracing::warn!(hub_url = %hub_url, error = %error, hint, "cannot connect to the hub");
+                Ended::default()
             }
             Err(_) => {
-                tracing::warn!(hub_url = %cfg.hub_url, "connecting to the hub timed out");
-                None
+                tracing::warn!(hub_url = %hub_url, "connecting to the hub timed out");
+                Ended::default()
             }
         };
         if shutdown.is_cancelled() {
             return;
         }
-        let delay = pacing.next(healthy_for);
+        pacing.record(ended.identified_for);
+        let next = hubs.after(ended.identified_for.is_some(), ended.not_leader.as_deref());
+        if let Some(leader) = &next.unlisted {
+            tracing::warn!(hub_url = %hub_url, leader = ?leader, "a standby hub named a leader that is not in hub_url; not following it (the token goes only to configured hubs): add it to hub_url if it is yours");
+        }
+        if !next.wait {
+            continue;
+        }
+        let delay = if next.standby_answered { pacing.election_delay() } else { pacing.delay() };
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting to the hub");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -122,18 +153,29 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 /// The largest frame taken from the hub (a `task_assign` is far smaller).
 pub const MAX_HUB_FRAME_BYTES: usize = 16 << 20;
 
-/// One connection. Returns how long it stayed identified, if it got that far.
+/// How a connection ended.
+#[derive(Debug, Default)]
+struct Ended {
+    /// How long it stayed identified, if it got that far.
+    identified_for: Option<Duration>,
+    /// A standby closed it with [`proto::CLOSE_NOT_LEADER`]: the leader's URL, or empty.
+    not_leader: Option<String>,
+}
+
+/// One connection.
 async fn session(
     mut ws: Ws,
     cfg: &SidecarConfig,
+    hub_url: &str,
     identify: &watch::Receiver<Identify>,
     events: &mpsc::UnboundedSender<ConnEvent>,
     shutdown: &CancellationToken,
-) -> Option<Duration> {
+) -> Ended {
     let hello = AgentFrame::Identify(Box::new(identify.borrow().clone()));
     if ws.send(Message::text(hello.to_text())).await.is_err() {
-        return None;
+        return Ended::default();
     }
+    let mut not_leader = None;
     let mut identified_at = None;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<AgentFrame>();
     let mut identified = false;
@@ -180,6 +222,12 @@ async fn session(
             msg = ws.next() => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == proto::CLOSE_NOT_LEADER => {
+                        let leader = f.reason.to_string();
+                        tracing::info!(hub_url = %hub_url, leader = ?leader, "a standby hub: it is not the leader");
+                        not_leader = Some(leader);
+                        break None;
+                    }
                     Some(Ok(Message::Close(f))) => {
                         tracing::info!(close = ?f, "the hub closed the connection");
                         break None;
@@ -203,7 +251,7 @@ async fn session(
                     HubFrame::Identified { .. } => {
                         identified = true;
                         identified_at.get_or_insert_with(tokio::time::Instant::now);
-                        tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, "identified to the hub");
+                        tracing::info!(agent_id = %cfg.agent_id, hub_url = %hub_url, "identified to the hub");
                         let _ = events.send(ConnEvent::Identified(out_tx.clone()));
                     }
                     HubFrame::Pong { .. } => {
@@ -230,7 +278,7 @@ async fn session(
     if identified {
         let _ = events.send(ConnEvent::Lost);
     }
-    identified_at.map(|at| at.elapsed())
+    Ended { identified_for: identified_at.map(|at| at.elapsed()), not_leader }
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -9,7 +9,7 @@ use crate::conn::ConnEvent;
 use crate::files::{self, Observation};
 use crate::machine::{Action, Event, Machine, Now, WakeOutcome};
 use crate::queue::QueueStore;
-use crate::wake;
+use crate::{question, usage, wake};
 use proto::{AgentFrame, Identify, ProcessInfo};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -17,6 +17,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// The files in the results dir that belong to a task's attempt (the result aside).
+const AGENT_FILES: [&str; 6] = ["started", "json", "progress", "needs-input", "input", "usage"];
 
 /// What reaches the executor from outside.
 #[derive(Debug)]
@@ -164,8 +167,24 @@ impl Executor {
                 }
             }
             Action::ClearResults { task_id } => {
-                for ext in ["started", "json", "progress"] {
+                for ext in AGENT_FILES {
                     self.remove(&self.result_path(&task_id, ext));
+                }
+            }
+            Action::RemoveTaskFile { task_id, file } => self.remove(&self.result_path(&task_id, file.ext())),
+            Action::WriteAnswer { task_id, request_id, answer, asked } => {
+                // The agent may have asked something else since: that question is the one to answer.
+                let now_asked =
+                    files::read_small(&self.result_path(&task_id, "needs-input"), question::MAX_NEEDS_INPUT_BYTES);
+                if let files::Found::Regular(f) = now_asked {
+                    if question::parse(&f.bytes).as_ref() != Ok(&asked) {
+                        return Step::Abort(Event::AnswerSuperseded { task_id, request_id });
+                    }
+                }
+                let name = format!("{task_id}.input");
+                if let Err(e) = files::write_for_agent(&self.cfg.results_dir, &name, &question::answer_file(&answer)) {
+                    tracing::error!(path = %self.cfg.results_dir.join(&name).display(), error = %e, "cannot write the answer for the agent");
+                    return Step::Abort(Event::PersistFailed);
                 }
             }
             Action::RemoveFiles { task_id, keep_result_as } => {
@@ -182,15 +201,12 @@ impl Executor {
                         }
                     }
                 }
-                for p in [
-                    result,
-                    self.result_path(&task_id, "started"),
-                    self.result_path(&task_id, "progress"),
-                    self.task_file(&task_id),
-                    self.wake_log(&task_id),
-                ] {
-                    self.remove(&p);
+                self.remove(&result);
+                for ext in AGENT_FILES {
+                    self.remove(&self.result_path(&task_id, ext));
                 }
+                self.remove(&self.task_file(&task_id));
+                self.remove(&self.wake_log(&task_id));
             }
             Action::Observe { task_id, progress, result_closed, look, check_agent } => {
                 let agent_alive = check_agent.map(|recorded| {
@@ -206,6 +222,11 @@ impl Executor {
                         self.cfg.max_progress_bytes,
                     ),
                     result: files::read_result(&self.result_path(&task_id, "json"), self.cfg.max_result_bytes),
+                    needs_input: files::read_small(
+                        &self.result_path(&task_id, "needs-input"),
+                        question::MAX_NEEDS_INPUT_BYTES,
+                    ),
+                    usage: files::read_small(&self.result_path(&task_id, "usage"), usage::MAX_USAGE_FILE_BYTES),
                     result_closed,
                     task_id,
                 };

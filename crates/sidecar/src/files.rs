@@ -1,5 +1,5 @@
 //! Reading what the agent writes into the results dir (`<id>.started`, `<id>.progress`,
-//! `<id>.json`) as hostile input: never through a symlink (`O_NOFOLLOW`), never blocking on a
+//! `<id>.json`, `<id>.needs-input`, `<id>.usage`) as hostile input: never through a symlink (`O_NOFOLLOW`), never blocking on a
 //! FIFO (`O_NONBLOCK`), only regular files (checked with `fstat` on the open file), and never
 //! more than a cap (a result is read up to its cap + 1 byte; progress in bounded windows).
 
@@ -25,6 +25,19 @@ pub enum Found<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultBytes {
     pub bytes: Vec<u8>,
+    pub age: Option<Duration>,
+}
+
+/// Which file a small agent file was: inode, modification time and size. A file rewritten
+/// (renamed in, or written again in place) is another file, even with the same content.
+pub type FileId = String;
+
+/// A small agent file (`.needs-input`, `.usage`): its bytes, which file it was, and how long
+/// ago it was last written (a file still being written may not parse yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmallFile {
+    pub bytes: Vec<u8>,
+    pub id: FileId,
     pub age: Option<Duration>,
 }
 
@@ -54,6 +67,10 @@ pub struct Observation {
     pub result: Found<ResultBytes>,
     /// The look was prompted by the result file being closed after writing (or renamed in).
     pub result_closed: bool,
+    /// `<id>.needs-input`: a question for a person.
+    pub needs_input: Found<SmallFile>,
+    /// `<id>.usage`: what the attempt cost.
+    pub usage: Found<SmallFile>,
     /// Whether a process of the task's wake still runs, when that was asked.
     pub agent_alive: Option<bool>,
 }
@@ -133,6 +150,28 @@ pub fn read_result(path: &Path, cap: usize) -> Found<ResultBytes> {
     Found::Regular(ResultBytes { bytes, age })
 }
 
+/// Reads a whole small file of at most `cap` bytes, with its identity.
+pub fn read_small(path: &Path, cap: usize) -> Found<SmallFile> {
+    use std::os::unix::fs::MetadataExt;
+    let (file, m) = match open_regular(path) {
+        Ok(x) => x,
+        Err(found) => return found,
+    };
+    if m.len() > cap as u64 {
+        return Found::TooLarge(m.len());
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    if let Err(e) = file.take(cap as u64 + 1).read_to_end(&mut bytes) {
+        return Found::Unreadable(e.to_string());
+    }
+    if bytes.len() > cap {
+        return Found::TooLarge(bytes.len() as u64);
+    }
+    let id = format!("i{}-m{}.{:09}-s{}", m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+    let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+    Found::Regular(SmallFile { bytes, id, age })
+}
+
 /// At most this many bytes of progress are read per look; the rest waits for the next one.
 const PROGRESS_BUDGET: usize = 8 << 20;
 
@@ -198,6 +237,19 @@ pub fn read_progress(path: &Path, cursor: ProgressCursor, cap: usize) -> Found<P
         }
     }
     Found::Regular(out)
+}
+
+/// Writes `data` to `dir/name` for the agent to read, durably and atomically: a temp file of
+/// a random name created exclusively (`O_EXCL`: never through a symlink or a file planted at a
+/// name we would use), fsynced, renamed over `name` (which replaces a symlink there, never its
+/// target), then the directory fsynced.
+pub fn write_for_agent(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
+    osutil::fs::sync_dir(dir)
 }
 
 #[cfg(test)]

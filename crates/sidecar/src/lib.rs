@@ -11,8 +11,10 @@ pub mod conn;
 pub mod executor;
 pub mod files;
 pub mod machine;
+pub mod question;
 pub mod queue;
 pub mod task;
+pub mod usage;
 pub mod wake;
 pub mod wrap;
 
@@ -156,7 +158,7 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
             }
         }
     });
-    tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_url, results_dir = %cfg.results_dir.display(), "sidecar started");
+    tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_urls.join(", "), results_dir = %cfg.results_dir.display(), "sidecar started");
     executor.run(ev_rx).await;
     let _ = conn.await;
     forward.abort();

@@ -4,6 +4,7 @@
 //! This is the edge between the file and the machine's typed [`Held`]: a file written by
 //! AgentCom or by an earlier agentcom loads, and what we write keeps their shape.
 
+use crate::question::Asking;
 use crate::task::{Held, Phase, Report, Task};
 use proto::AgentFrame;
 use serde::{Deserialize, Serialize};
@@ -43,10 +44,30 @@ pub struct QueuedTask {
     /// The `task_complete` / `task_failed` frame waiting for the hub's `task_ack`.
     #[serde(default)]
     pub report: Option<Value>,
+    /// The agent's questions: the one forwarded and not answered yet, the answers written
+    /// (our extension; absent when the agent asked nothing).
+    #[serde(default, skip_serializing_if = "Asking::is_empty")]
+    pub needs_input: Asking,
     /// The rest of `task_assign` (repo, branch, routing_decision, ...), kept for the agent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+/// The keys of a record that are ours: a task's extra field by one of these names would
+/// collide with it (the extra fields are stored flat, as AgentCom does), so it is dropped when
+/// the task is accepted. The task's own keys are here too: an extra field never overrides them.
+pub const RESERVED_KEYS: &[&str] = &[
+    "task_id",
+    "description",
+    "metadata",
+    "generation",
+    "assigned_at",
+    "status",
+    "wake_attempts",
+    "wake_pgid",
+    "report",
+    "needs_input",
+];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueFile {
@@ -83,6 +104,7 @@ impl QueuedTask {
             wake_attempts: held.wakes,
             wake_pgid: held.group,
             report,
+            needs_input: held.asking.clone(),
             extra: t.extra.clone(),
         }
     }
@@ -96,12 +118,14 @@ impl QueuedTask {
         let report = self.report.as_ref().map(|v| {
             let keep_result = v.get("keep_result").and_then(Value::as_bool).unwrap_or(false);
             match serde_json::from_value::<AgentFrame>(v.clone()) {
-                Ok(AgentFrame::TaskComplete { result, tokens_used, .. }) => {
-                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used })
+                Ok(AgentFrame::TaskComplete { result, tokens_used, usage, .. }) => {
+                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used, usage })
                 }
-                Ok(AgentFrame::TaskFailed { reason, error, .. }) => {
-                    Some(Report::Failed { reason: reason.or(error).unwrap_or_else(|| "unknown".into()), keep_result })
-                }
+                Ok(AgentFrame::TaskFailed { reason, error, usage, .. }) => Some(Report::Failed {
+                    reason: reason.or(error).unwrap_or_else(|| "unknown".into()),
+                    keep_result,
+                    usage,
+                }),
                 _ => None,
             }
         });
@@ -116,6 +140,10 @@ impl QueuedTask {
                 Phase::Working { foreground: false, exited: None }
             }
         };
+        let asking = self.needs_input.checked().unwrap_or_else(|e| {
+            tracing::warn!(task_id = %self.task_id, error = %e, "the stored questions cannot be used; forgetting them (an open question is asked again)");
+            Asking::default()
+        });
         Ok(Held {
             task: Task {
                 id: self.task_id,
@@ -128,6 +156,7 @@ impl QueuedTask {
             phase,
             wakes: self.wake_attempts,
             group: self.wake_pgid,
+            asking,
         })
     }
 }
@@ -204,6 +233,7 @@ mod tests {
             wake_attempts: 1,
             wake_pgid: None,
             report: None,
+            needs_input: Asking::default(),
             extra,
         };
         s.save(&QueueFile { active: Some(t.clone()), recovering: None }).unwrap();
@@ -245,7 +275,10 @@ mod tests {
         assert_eq!(held.task.extra["repo"], "r");
         assert_eq!(held.group, Some(1234));
         let crate::task::Phase::Reporting { report, .. } = &held.phase else { panic!("{:?}", held.phase) };
-        assert_eq!(report, &Report::Complete { result: json!({"status": "success"}), tokens_used: Some(json!(7)) });
+        assert_eq!(
+            report,
+            &Report::Complete { result: json!({"status": "success"}), tokens_used: Some(json!(7)), usage: None }
+        );
         // Written back, it is the same file.
         let back = QueueFile { active: Some(QueuedTask::from_held(&held)), recovering: None };
         assert_eq!(serde_json::to_value(&back).unwrap(), main);
@@ -273,7 +306,7 @@ mod tests {
         assert!(matches!(held.phase, crate::task::Phase::Working { .. }));
         let kept = Held {
             phase: crate::task::Phase::Reporting {
-                report: Report::Failed { reason: "result_too_large: x".into(), keep_result: true },
+                report: Report::Failed { reason: "result_too_large: x".into(), keep_result: true, usage: None },
                 resend_at: None,
             },
             ..held

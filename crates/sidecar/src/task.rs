@@ -2,7 +2,8 @@
 //! each phase carries the data it needs. `queue.rs` maps these to AgentCom's `queue.json`.
 
 use crate::machine::Now;
-use proto::AgentFrame;
+use crate::question::Asking;
+use proto::{AgentFrame, Usage};
 use serde_json::{Map, Value};
 
 /// A task as the hub assigned it (its id already checked with [`proto::check_task_id`]).
@@ -33,39 +34,42 @@ impl Task {
     }
 }
 
-/// What the hub is told when the task ends; kept until the hub acknowledges it.
+/// What the hub is told when the task ends; kept until the hub acknowledges it. `usage` is
+/// what the attempt cost, from the result's `usage` or the `<id>.usage` file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     Complete {
         result: Value,
         tokens_used: Option<Value>,
+        usage: Option<Usage>,
     },
     /// `keep_result`: the result file is set aside for the operator (it was too large to send)
     /// instead of being removed with the task's other files.
     Failed {
         reason: String,
         keep_result: bool,
+        usage: Option<Usage>,
     },
 }
 
 impl Report {
     pub fn frame(&self, task: &Task) -> AgentFrame {
         match self {
-            Report::Complete { result, tokens_used } => AgentFrame::TaskComplete {
+            Report::Complete { result, tokens_used, usage } => AgentFrame::TaskComplete {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 result: Some(result.clone()),
                 tokens_used: tokens_used.clone(),
                 verification_report: None,
                 verification_history: None,
-                usage: None,
+                usage: usage.clone(),
             },
-            Report::Failed { reason, .. } => AgentFrame::TaskFailed {
+            Report::Failed { reason, usage, .. } => AgentFrame::TaskFailed {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 reason: Some(reason.clone()),
                 error: None,
-                usage: None,
+                usage: usage.clone(),
             },
         }
     }
@@ -133,4 +137,7 @@ pub struct Held {
     /// The process group of the last wake: it outlives the wake command when the command
     /// leaves the agent running in the background, so it is the task's, not the phase's.
     pub group: Option<i32>,
+    /// The agent's questions to a person (`<id>.needs-input`): orthogonal to the phase, a task
+    /// waiting for an answer stays `working`.
+    pub asking: Asking,
 }

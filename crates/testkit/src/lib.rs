@@ -733,6 +733,27 @@ impl Drop for Proxy {
     }
 }
 
+/// A loopback port where nothing listens, held so no one else takes it: every connection to it
+/// is refused, as to a hub machine that died.
+pub struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl RefusingPort {
+    pub fn new() -> Result<RefusingPort> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        // Bound, never listening: the kernel answers connections with a reset.
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let addr = socket.local_addr()?;
+        Ok(RefusingPort { _socket: socket, addr })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
 /// Whether a process is still alive (and not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -890,6 +911,20 @@ impl ScriptedHub {
         format!("ws://{}/ws", self.listener.local_addr().expect("bound"))
     }
 
+    /// Accepts the next WebSocket connection and returns it as is (its `identify` unread).
+    pub async fn accept_ws(&self) -> Result<ScriptedConn> {
+        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept()).await.context("no connection")??;
+        tcp.set_nodelay(true)?;
+        Ok(ScriptedConn { ws: tokio_tungstenite::accept_async(tcp).await? })
+    }
+
+    /// Whether a connection is waiting to be accepted (taking it if so): to check that a
+    /// sidecar never connected here.
+    pub fn has_pending_connection(&self) -> bool {
+        use futures_util::FutureExt;
+        self.listener.accept().now_or_never().is_some()
+    }
+
     /// Accepts the next connection, reads its `identify` and answers `identified`.
     pub async fn accept_identified(&self) -> Result<ScriptedConn> {
         let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept()).await.context("no connection")??;
@@ -925,6 +960,15 @@ impl ScriptedConn {
                 None => bail!("socket ended"),
             }
         }
+    }
+
+    /// Closes the socket with `code` and `reason` (as a standby hub does with 4001).
+    pub async fn close_with(mut self, code: u16, reason: &str) -> Result<()> {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame { code: code.into(), reason: reason.into() };
+        self.ws.close(Some(frame)).await.context("close")?;
+        // Drain until the peer's close reply, so the close handshake completes.
+        let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
+        Ok(())
     }
 
     /// Reads frames until one of type `ty`; returns it and the frames before it.

@@ -33,9 +33,19 @@ pub struct SampleAgentArgs {
 
 #[derive(clap::Args)]
 pub struct RunAgentArgs {
+    /// Read the result, what it cost and any error from the agent's own output:
+    /// `claude-json` is Claude Code's final object (`claude -p ... --output-format json`).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    usage: Option<UsageFormat>,
     /// The agent's command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     cmd: Vec<String>,
+}
+
+// No doc comments on the values: clap would list them as items under the flag.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UsageFormat {
+    ClaudeJson,
 }
 
 pub async fn sidecar(a: SidecarArgs) -> anyhow::Result<u8> {
@@ -66,6 +76,7 @@ pub fn sample_agent(a: SampleAgentArgs) -> anyhow::Result<u8> {
 
 pub fn run_agent(a: RunAgentArgs) -> anyhow::Result<u8> {
     // The wrapped agent's exit code becomes ours, for the wake log.
-    let code = sidecar::wrap::run_agent(&a.cmd)?;
+    let format = a.usage.map(|UsageFormat::ClaudeJson| sidecar::wrap::UsageFormat::ClaudeJson);
+    let code = sidecar::wrap::run_agent(&a.cmd, format)?;
     Ok(u8::try_from(code).unwrap_or(1))
 }

@@ -106,7 +106,7 @@ fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Any content, any cap: the whole file when it fits, `TooLarge` when it does not.
     #[test]
@@ -135,4 +135,58 @@ proptest! {
         prop_assert_eq!(got.skipped, skipped);
         prop_assert_eq!(got.cursor, cursor);
     }
+}
+
+#[test]
+fn small_files_are_read_as_hostile_and_a_rewrite_is_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fifo = d.join("t.needs-input");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert_eq!(read_small(&fifo, 100), Found::NotRegular("a FIFO"));
+    std::os::unix::fs::symlink("/etc/passwd", d.join("t.usage")).unwrap();
+    assert_eq!(read_small(&d.join("t.usage"), 100), Found::NotRegular("a symbolic link"));
+    assert_eq!(read_small(&d.join("none"), 100), Found::Missing);
+    let p = d.join("q.needs-input");
+    std::fs::write(&p, b"{\"question\":\"a\"}").unwrap();
+    let Found::Regular(first) = read_small(&p, 100) else { panic!() };
+    assert_eq!(first.bytes, b"{\"question\":\"a\"}");
+    let Found::Regular(again) = read_small(&p, 100) else { panic!() };
+    assert_eq!((&again.bytes, &again.id), (&first.bytes, &first.id), "the same file, read again");
+    assert!(again.age.is_some());
+    assert_eq!(read_small(&p, 5), Found::TooLarge(16));
+    // The agent writes the same words again, atomically: another file.
+    let tmp = d.join(".q.tmp");
+    std::fs::write(&tmp, b"{\"question\":\"a\"}").unwrap();
+    std::fs::rename(&tmp, &p).unwrap();
+    let Found::Regular(second) = read_small(&p, 100) else { panic!() };
+    assert_eq!(second.bytes, first.bytes);
+    assert_ne!(second.id, first.id);
+}
+
+#[test]
+fn the_answer_is_written_atomically_and_never_through_a_planted_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    // A link where the answer goes is replaced, not followed; so is one at the name a
+    // predictable temp file would have.
+    std::os::unix::fs::symlink(&victim, d.join("t.input")).unwrap();
+    std::os::unix::fs::symlink(&victim, d.join(format!(".t.input.tmp-{}", std::process::id()))).unwrap();
+    write_for_agent(d, "t.input", b"yes\n").unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read(d.join("t.input")).unwrap(), b"yes\n");
+    assert!(!std::fs::symlink_metadata(d.join("t.input")).unwrap().file_type().is_symlink());
+    write_for_agent(d, "t.input", b"no\n").unwrap();
+    assert_eq!(std::fs::read(d.join("t.input")).unwrap(), b"no\n");
+    let left: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A directory where the answer goes: an error, nothing else touched.
+    std::fs::create_dir(d.join("u.input")).unwrap();
+    assert!(write_for_agent(d, "u.input", b"x\n").is_err());
 }

@@ -1,7 +1,7 @@
 //! The machine's answers to the hub's frames. Every task id from the hub is checked with
 //! [`proto::check_task_id`] before anything else: an unsafe one is never used to build a path.
 
-use super::{clip, Action, Machine, Now, Slot};
+use super::{clip, Action, Machine, Now, Slot, Unconfirmed};
 use crate::task::{Held, Phase, Task};
 use proto::{AgentFrame, HubFrame, TaskAssign};
 
@@ -12,7 +12,8 @@ impl Machine {
             HubFrame::TaskAck { task_id, .. }
             | HubFrame::TaskContinue { task_id, .. }
             | HubFrame::TaskReassign { task_id }
-            | HubFrame::TaskCancelled { task_id, .. } => Some(task_id),
+            | HubFrame::TaskCancelled { task_id, .. }
+            | HubFrame::TaskInput { task_id, .. } => Some(task_id),
             HubFrame::StateReportAck { task_id, .. } => task_id.as_ref(),
             HubFrame::Error(e) => e.task_id.as_ref(),
             _ => None,
@@ -86,9 +87,8 @@ impl Machine {
                 }
             }
             HubFrame::RestartSidecar { reason, force } => self.on_restart_command(reason, force, out),
-            // Answers to questions are forwarded once the sidecar asks questions (needs-input).
-            HubFrame::TaskInput { .. }
-            | HubFrame::Identified { .. }
+            HubFrame::TaskInput { task_id, request_id, answer } => self.on_answer(task_id, request_id, answer, out),
+            HubFrame::Identified { .. }
             | HubFrame::Pong { .. }
             | HubFrame::StatusUpdated { .. }
             | HubFrame::StateReportAck { .. } => {}
@@ -111,11 +111,18 @@ impl Machine {
             if let Some(frame) = report {
                 self.send(out, frame);
             }
+            self.resend_question(out);
             return;
         }
         if self.is_busy() {
             tracing::info!(task_id = %a.task_id, "busy; rejecting task_assign");
             return self.send(out, AgentFrame::TaskRejected { task_id: a.task_id, reason: Some("busy".into()) });
+        }
+        let mut extra = a.extra;
+        let collide: Vec<&str> =
+            crate::queue::RESERVED_KEYS.iter().copied().filter(|k| extra.remove(*k).is_some()).collect();
+        if !collide.is_empty() {
+            tracing::warn!(task_id = %a.task_id, fields = ?collide, "dropping task fields named like the sidecar's own");
         }
         let task = Task {
             id: a.task_id.clone(),
@@ -123,12 +130,13 @@ impl Machine {
             metadata: a.metadata,
             generation: a.generation,
             assigned_at: a.assigned_at,
-            extra: a.extra,
+            extra,
         };
-        self.slot = Slot::Active(Held { task, phase: Phase::Accepted, wakes: 0, group: None });
+        self.slot =
+            Slot::Active(Held { task, phase: Phase::Accepted, wakes: 0, group: None, asking: Default::default() });
         // Persist, fsync, then ack: if the persist fails, nothing after it runs.
         out.push(self.persist(true));
-        self.accept_unconfirmed = true;
+        self.unconfirmed = Some(Unconfirmed::Accept);
         tracing::info!(task_id = %a.task_id, generation = a.generation, "task accepted");
         self.send(out, AgentFrame::TaskAccepted { task_id: a.task_id.clone() });
         // Whatever an earlier attempt of this task left (a wake, its files) is not this attempt's.
@@ -179,6 +187,8 @@ impl Machine {
                     }
                     h.phase = Phase::Accepted;
                     h.wakes = 0;
+                    // Its files go with the work: a question asked is no longer asked.
+                    h.asking.open = None;
                     let task_id = h.task.id.clone();
                     out.push(Action::ClearResults { task_id });
                 }
@@ -201,6 +211,7 @@ fn frame_type(f: &HubFrame) -> &'static str {
         HubFrame::TaskReassign { .. } => "task_reassign",
         HubFrame::TaskCancelled { .. } => "task_cancelled",
         HubFrame::StateReportAck { .. } => "state_report_ack",
+        HubFrame::TaskInput { .. } => "task_input",
         HubFrame::Error(_) => "error",
         _ => "other",
     }

@@ -2,23 +2,29 @@
 //! [`Event`] (a hub frame, the connection going up or down, a wake spawned or exited, what the
 //! agent's files hold, a timer) and the time, changes the state and returns the [`Action`]s to
 //! carry out, in order: persist the queue, send a frame, spawn a wake, stop a process group,
-//! remove files, look at the files, exit. The executor (`executor.rs`) does the IO and feeds
+//! remove files, look at the files, write an answer for the agent, exit. The executor (`executor.rs`) does the IO and feeds
 //! the results back as events. Time is a number ([`Now`]), so timers are tested by advancing it.
 //!
 //! Invariants: `task_accepted` is only ever after the persist of the accepted task (a required
 //! persist: if it fails nothing after it runs); a report is persisted before it is sent and
-//! re-sent until the hub acknowledges it; a task's files are removed only after that.
+//! re-sent until the hub acknowledges it; a task's files are removed only after that. A
+//! question is persisted before it is forwarded, an answer written and persisted before it is
+//! acknowledged (`input.rs`).
 
 mod frames;
 mod hub;
+mod input;
 mod observe;
+mod report;
 
 use crate::config::SidecarConfig;
 use crate::files::{Observation, ProgressCursor};
+use crate::question::{Asked, Asking};
 use crate::queue::{QueueFile, QueuedTask};
-use crate::task::{Held, Phase, Report, Task};
+use crate::task::{Held, Phase, Task};
 use crate::wake;
-use proto::{AgentFrame, HubFrame};
+use proto::{AgentFrame, HubFrame, Usage};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,8 +86,33 @@ pub enum Event {
     },
     /// A timer may be due.
     Tick,
-    /// A required persist failed; the actions after it were not carried out.
+    /// A required persist (or the write of an answer) failed; the actions after it were not
+    /// carried out.
     PersistFailed,
+    /// About to write the answer to `request_id`, the executor found another question in
+    /// `.needs-input`: the agent asked again. Nothing was written; the rest of the batch dropped.
+    AnswerSuperseded {
+        task_id: String,
+        request_id: String,
+    },
+}
+
+/// The files of a task the machine removes one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskFile {
+    /// `<id>.needs-input`, once its answer is written.
+    NeedsInput,
+    /// `<id>.input`, an earlier answer, when the agent asks again.
+    Input,
+}
+
+impl TaskFile {
+    pub fn ext(self) -> &'static str {
+        match self {
+            TaskFile::NeedsInput => "needs-input",
+            TaskFile::Input => "input",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +120,7 @@ pub enum Action {
     /// Write `queue.json` durably. When `required` fails, the rest of the batch is dropped and
     /// [`Event::PersistFailed`] comes back.
     Persist {
-        queue: QueueFile,
+        queue: Box<QueueFile>,
         required: bool,
     },
     Send(AgentFrame),
@@ -113,9 +144,23 @@ pub enum Action {
         task_id: String,
         recorded: Option<i32>,
     },
-    /// Remove `<id>.started`, `<id>.json` and `<id>.progress` left from an earlier attempt.
+    /// Remove `<id>.started`, `<id>.json`, `<id>.progress`, `<id>.needs-input`, `<id>.input`
+    /// and `<id>.usage` left from an earlier attempt.
     ClearResults {
         task_id: String,
+    },
+    RemoveTaskFile {
+        task_id: String,
+        file: TaskFile,
+    },
+    /// Write `answer` to `<id>.input` durably, unless `<id>.needs-input` now holds a question
+    /// other than `asked` (answer `AnswerSuperseded`). A failed write answers `PersistFailed`.
+    /// Either drops the rest of the batch.
+    WriteAnswer {
+        task_id: String,
+        request_id: String,
+        answer: String,
+        asked: Asked,
     },
     /// Remove all the task's files; the result file is renamed to `keep_result_as` instead.
     RemoveFiles {
@@ -156,9 +201,27 @@ pub struct Machine {
     progress: ProgressCursor,
     /// Problems with the active task's files already logged (each is logged once).
     warned: Vec<&'static str>,
-    /// The last batch began with the required persist of a task just accepted: if the executor
-    /// answers `PersistFailed`, that task is dropped and rejected (nothing after it ran).
-    accept_unconfirmed: bool,
+    /// What the last batch's required persist would confirm: if the executor answers
+    /// `PersistFailed`, it is undone (nothing after it ran).
+    unconfirmed: Option<Unconfirmed>,
+    /// The last bad `.needs-input` reported (each is reported once).
+    bad_question: Option<String>,
+    /// An answer dropped because the question looked changed: if a look finds the same question
+    /// still open, it is asked again (same request id) so the hub delivers the answer again.
+    redeliver: Option<String>,
+    /// Questions answered of tasks no longer held, newest last: a re-delivery is acknowledged.
+    recent_answers: VecDeque<(String, String)>,
+    /// What the attempt cost, from the last `<id>.usage` read.
+    usage: Option<Usage>,
+}
+
+/// A change made in memory whose required persist is on its way.
+#[derive(Debug, Clone, PartialEq)]
+enum Unconfirmed {
+    /// A task just accepted: on failure it is dropped and rejected.
+    Accept,
+    /// A question forwarded or an answer written: on failure the questions are as before.
+    Asking(Asking),
 }
 
 /// How long after a `storage_unavailable` error the report is sent again.
@@ -202,7 +265,11 @@ impl Machine {
             corrupt_note,
             progress: ProgressCursor::default(),
             warned: Vec::new(),
-            accept_unconfirmed: false,
+            unconfirmed: None,
+            bad_question: None,
+            redeliver: None,
+            recent_answers: VecDeque::new(),
+            usage: None,
         }
     }
 
@@ -246,7 +313,7 @@ impl Machine {
 
     pub fn handle(&mut self, event: Event, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
-        let accept_unconfirmed = std::mem::take(&mut self.accept_unconfirmed);
+        let unconfirmed = self.unconfirmed.take();
         match event {
             Event::Start => {
                 if let Slot::Recovering(h) = &self.slot {
@@ -270,9 +337,9 @@ impl Machine {
             Event::FileChanged { name, closed } => {
                 if let Slot::Active(h) = &self.slot {
                     let id = &h.task.id;
-                    let ours = name
-                        .strip_prefix(id.as_str())
-                        .is_some_and(|ext| matches!(ext, ".json" | ".started" | ".progress"));
+                    let ours = name.strip_prefix(id.as_str()).is_some_and(|ext| {
+                        matches!(ext, ".json" | ".started" | ".progress" | ".needs-input" | ".usage")
+                    });
                     if ours && h.phase.watches_files() {
                         let closed = closed && name.ends_with(".json");
                         out.push(self.observe(closed, Look::Watch));
@@ -288,9 +355,15 @@ impl Machine {
             },
             Event::Observed { look, observation } => self.on_observed(look, observation, now, &mut out),
             Event::Tick => self.on_tick(now, &mut out),
+            Event::AnswerSuperseded { task_id, request_id } => {
+                self.on_answer_superseded(&task_id, &request_id, unconfirmed, &mut out)
+            }
             Event::PersistFailed => {
+                if let Some(Unconfirmed::Asking(before)) = unconfirmed {
+                    return self.undo_asking(before, out);
+                }
                 if let Slot::Active(h) = &self.slot {
-                    if accept_unconfirmed {
+                    if unconfirmed == Some(Unconfirmed::Accept) {
                         let task_id = h.task.id.clone();
                         tracing::error!(task_id = %task_id, "cannot persist the accepted task; rejecting it");
                         self.slot = Slot::Idle;
@@ -310,7 +383,7 @@ impl Machine {
     // ---- plumbing ------------------------------------------------------------------------
 
     fn persist(&self, required: bool) -> Action {
-        Action::Persist { queue: self.queue(), required }
+        Action::Persist { queue: Box::new(self.queue()), required }
     }
 
     /// Frames go out only while connected; whatever must reach the hub is sent again on the
@@ -324,6 +397,14 @@ impl Machine {
     fn active(&mut self) -> Option<&mut Held> {
         match &mut self.slot {
             Slot::Active(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The task held, active or being recovered, if it is `task_id`.
+    fn held(&mut self, task_id: &str) -> Option<&mut Held> {
+        match &mut self.slot {
+            Slot::Active(h) | Slot::Recovering(h) if h.task.id == task_id => Some(h),
             _ => None,
         }
     }
@@ -396,6 +477,7 @@ impl Machine {
             let frame = report.frame(task);
             self.send(out, frame);
         }
+        self.resend_question(out);
     }
 
     // ---- wakes ---------------------------------------------------------------------------
@@ -520,65 +602,12 @@ impl Machine {
         }
     }
 
-    // ---- reports -------------------------------------------------------------------------
-
-    fn report_failure(&mut self, reason: String, out: &mut Vec<Action>) {
-        if let Some(h) = self.active() {
-            tracing::warn!(task_id = %h.task.id, reason = %reason, "task failed");
-        }
-        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: false }, out);
-    }
-
-    /// Persists the report with the task, then sends it; it is re-sent until the hub acks.
-    fn report(&mut self, report: Report, out: &mut Vec<Action>) {
-        let Some(h) = self.active() else { return };
-        let frame = report.frame(&h.task);
-        tracing::info!(task_id = %h.task.id, frame = frame.type_name(), "reporting to the hub");
-        self.set_phase(Phase::Reporting { report, resend_at: None }, out);
-        self.send(out, frame);
-    }
-
-    /// The hub has the report: remove the task's files (the result only now) and forget it.
-    fn finish(&mut self, out: &mut Vec<Action>) {
-        let Slot::Active(h) = std::mem::replace(&mut self.slot, Slot::Idle) else { return };
-        out.push(self.remove_files(&h));
-        out.push(self.persist(false));
-        self.after_task(out);
-    }
-
-    /// Cancelled, reassigned or aborted: stop its wake (the recorded group, and any found by
-    /// environment: one spawned just before a crash was never recorded), remove its files, forget it.
-    fn drop_task(&mut self, h: Held, out: &mut Vec<Action>) {
-        out.push(Action::StopOrphans { task_id: h.task.id.clone(), recorded: h.group });
-        out.push(self.remove_files(&h));
-        self.slot = Slot::Idle;
-        out.push(self.persist(false));
-        self.after_task(out);
-    }
-
-    fn remove_files(&self, h: &Held) -> Action {
-        let keep = matches!(&h.phase, Phase::Reporting { report: Report::Failed { keep_result: true, .. }, .. });
-        Action::RemoveFiles { task_id: h.task.id.clone(), keep_result_as: keep.then(|| self.kept_result_path(&h.task)) }
-    }
-
-    fn after_task(&mut self, out: &mut Vec<Action>) {
-        self.progress = ProgressCursor::default();
-        self.warned.clear();
-        if let Some(reason) = self.pending_restart.take() {
-            self.restart_now(reason, out);
-        }
-    }
-
-    fn restart_now(&mut self, reason: String, out: &mut Vec<Action>) {
-        tracing::info!(reason = %reason, "restarting on the hub's command");
-        self.send(out, AgentFrame::AgentRestarting { reason: Some(clip(&reason, proto::MAX_REASON)) });
-        out.push(Action::Exit);
-    }
-
     /// Continues a recovered task from the phase it was in.
     fn resume(&mut self, now: Now, out: &mut Vec<Action>) {
         self.progress = ProgressCursor::default();
         self.warned.clear();
+        self.bad_question = None;
+        self.resend_question(out);
         let confirmation_timeout = self.cfg.confirmation_timeout;
         let Some(h) = self.active() else { return };
         let task_id = h.task.id.clone();

@@ -1,9 +1,11 @@
-//! The machine's reading of what the agent's files hold ([`Observation`]): confirmation,
-//! progress, the result, and files that are not what they should be.
+//! The machine's reading of what the agent's files hold ([`Observation`]): what the attempt
+//! cost, confirmation, progress, the result, a question for a person, and files that are not
+//! what they should be.
 
 use super::{clip, frames, Action, Look, Machine, Now};
-use crate::files::{Found, Observation};
+use crate::files::{Found, Observation, SmallFile};
 use crate::task::{Phase, Report};
+use proto::Usage;
 use serde_json::Value;
 
 impl Machine {
@@ -13,13 +15,14 @@ impl Machine {
         let Some(h) = self.active().filter(|h| h.task.id == obs.task_id && h.phase.watches_files()) else {
             return;
         };
-        let task_id = h.task.id.clone();
+        let (task_id, phase, attempt) = (h.task.id.clone(), h.phase.clone(), h.wakes);
+        // First: a report made by this look carries what the attempt cost.
+        self.on_usage_file(obs.usage, &shown("usage"));
         // `.started`
         match &obs.started {
-            Found::Regular(()) => match h.phase.clone() {
+            Found::Regular(()) => match phase {
                 Phase::Waking { .. } => {
                     // The command still runs and the agent confirmed: the command is the agent.
-                    let attempt = h.wakes;
                     tracing::info!(task_id = %task_id, "agent confirmed (.started) while its wake command runs");
                     self.send(out, frames::wake_result(&task_id, "success", attempt, None));
                     self.set_phase(Phase::Working { foreground: true, exited: None }, out);
@@ -92,7 +95,7 @@ impl Machine {
                         return self.report_failure(format!("result_parse_error: {e}"), out);
                     }
                 }
-                Ok(v) => return self.on_result(v, now, out),
+                Ok(v) => return self.on_result(v, &shown("json"), now, out),
             },
             Found::NotRegular(kind) => {
                 return self.report_failure(
@@ -111,21 +114,71 @@ impl Machine {
         let Some(h) = self.active() else { return };
         match (look, &h.phase) {
             (Look::ConfirmationDue, Phase::WakingConfirmation { .. }) => {
-                self.report_failure("confirmation_timeout".into(), out)
+                return self.report_failure("confirmation_timeout".into(), out)
             }
             (Look::ExitCheckDue, Phase::Working { exited: Some((_, why)), .. }) => {
                 let why = why.clone();
-                self.report_failure(why, out)
+                return self.report_failure(why, out);
             }
             _ => {}
         }
+        // Last, and only while the task goes on: a question for a person.
+        self.on_question_file(obs.needs_input, out);
     }
 
-    fn on_result(&mut self, v: Value, _now: Now, out: &mut Vec<Action>) {
+    /// `<id>.usage`: the last one read is sent with the report (unless the result has its own).
+    fn on_usage_file(&mut self, found: Found<SmallFile>, shown: &str) {
+        let problem = match found {
+            Found::Missing => return,
+            Found::Regular(f) => match crate::usage::parse_file(&f.bytes) {
+                Ok((usage, dropped)) => {
+                    self.keep_usage_notes(&dropped, shown);
+                    if usage.is_some() {
+                        self.usage = usage;
+                    }
+                    return;
+                }
+                Err(e) => e,
+            },
+            Found::NotRegular(kind) => format!("it is {kind}, not a regular file"),
+            Found::TooLarge(n) => format!("it is over {} bytes ({n})", crate::usage::MAX_USAGE_FILE_BYTES),
+            Found::Unreadable(e) => e,
+        };
+        if self.warn_once("usage") {
+            tracing::warn!(path = %shown, problem = %problem, "ignoring the usage file");
+        }
+    }
+
+    fn keep_usage_notes(&mut self, dropped: &[String], shown: &str) {
+        if !dropped.is_empty() && self.warn_once("usage_fields") {
+            tracing::warn!(path = %shown, dropped = ?dropped, "usage fields the hub would refuse were left out");
+        }
+    }
+
+    /// The `usage` of a result file, if it has one the hub accepts; else the usage file's.
+    fn result_usage(&mut self, v: &Value, shown: &str) -> Option<Usage> {
+        match v.get("usage").filter(|u| !u.is_null()).map(crate::usage::parse) {
+            None => {}
+            Some(Ok((usage, dropped))) => {
+                self.keep_usage_notes(&dropped, shown);
+                if usage.is_some() {
+                    return usage;
+                }
+            }
+            Some(Err(e)) if self.warn_once("result_usage") => {
+                tracing::warn!(path = %shown, problem = %e, "ignoring the result's usage");
+            }
+            Some(Err(_)) => {}
+        }
+        self.usage.clone()
+    }
+
+    fn on_result(&mut self, v: Value, shown: &str, _now: Now, out: &mut Vec<Action>) {
+        let usage = self.result_usage(&v, shown);
         let Some(h) = self.active() else { return };
         if v.get("status").and_then(Value::as_str) == Some("success") {
             let tokens_used = v.get("tokens_used").cloned();
-            let report = Report::Complete { result: v, tokens_used };
+            let report = Report::Complete { result: v, tokens_used, usage };
             if frames::fits(&report.frame(&h.task)) {
                 return self.report(report, out);
             }
@@ -140,7 +193,9 @@ impl Machine {
                 let status = v.get("status").map(Value::to_string).unwrap_or("missing".into());
                 format!("status: {}", clip(&status, 200))
             });
-        self.report_failure(reason, out);
+        tracing::warn!(task_id = %h.task.id, reason = %clip(&reason, 500), "task failed");
+        let reason = clip(&reason, proto::MAX_REASON);
+        self.report(Report::Failed { reason, keep_result: false, usage }, out);
     }
 
     fn result_too_large(&mut self, size: u64, out: &mut Vec<Action>) {
@@ -155,6 +210,7 @@ impl Machine {
             kept.display()
         );
         tracing::warn!(task_id = %task.id, reason = %reason, "task failed");
-        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: true }, out);
+        let usage = self.usage.clone();
+        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: true, usage }, out);
     }
 }

@@ -299,7 +299,7 @@ fn expand(script: &str, env: &dyn Fn(&str) -> String) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Any string: the lexer never panics, and what it accepts holds no placeholder any more
     /// (compiling its output again changes nothing).

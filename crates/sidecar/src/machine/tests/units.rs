@@ -1,0 +1,159 @@
+//! Single transitions, with the clock as a number.
+
+use super::world::*;
+use super::*;
+use crate::files::{Found, ResultBytes};
+use crate::queue::QueueFile;
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A connected machine that has accepted `ID` and spawned its first wake (pgid 7) at t = 0.
+pub fn waking() -> Machine {
+    let mut m = Machine::new(cfg(true), true, QueueFile::default(), None, Duration::ZERO);
+    m.handle(Event::Connected, ms(0));
+    let hub = FakeHub::new(4);
+    let actions = m.handle(Event::Frame(hub.assign()), ms(0));
+    assert!(matches!(actions[0], Action::Persist { required: true, .. }), "{actions:?}");
+    assert!(matches!(&actions[1], Action::Send(AgentFrame::TaskAccepted { .. })), "ack after the persist: {actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::SpawnWake { attempt: 1, .. })));
+    m.handle(Event::WakeSpawned { task_id: ID.into(), attempt: 1, pgid: 7 }, ms(1));
+    m
+}
+
+pub fn sent(actions: &[Action]) -> Vec<&AgentFrame> {
+    actions.iter().filter_map(|a| if let Action::Send(f) = a { Some(f) } else { None }).collect()
+}
+
+#[test]
+fn a_wake_that_runs_too_long_is_stopped_and_counted_as_a_timeout() {
+    let mut m = waking();
+    assert_eq!(m.next_deadline(), Some(ms(5000)));
+    assert!(m.handle(Event::Tick, ms(4999)).is_empty(), "not due yet");
+    let stop = m.handle(Event::Tick, ms(5000));
+    assert_eq!(stop, vec![Action::StopGroup { pgid: 7, task_id: ID.into() }]);
+    assert_eq!(m.next_deadline(), None, "stopping, not ticking again");
+    let outcome = WakeOutcome::Exited { success: false, desc: "signal: 15".into() };
+    let exit = Event::WakeExited { task_id: ID.into(), attempt: 1, outcome, started: false, log_tail: String::new() };
+    let a = m.handle(exit, ms(5100));
+    assert!(
+        matches!(sent(&a)[..], [AgentFrame::WakeResult { status, error: Some(e), .. }] if status == "timeout" && e.contains("5000ms")),
+        "{a:?}"
+    );
+    // The first retry waits 10 ms.
+    assert_eq!(m.next_deadline(), Some(ms(5110)));
+    let a = m.handle(Event::Tick, ms(5110));
+    assert!(a.iter().any(|a| matches!(a, Action::SpawnWake { attempt: 2, .. })), "{a:?}");
+}
+
+#[test]
+fn confirmation_deadline_fails_only_without_started() {
+    let mut m = waking();
+    let outcome = WakeOutcome::Exited { success: true, desc: "exit status: 0".into() };
+    m.handle(
+        Event::WakeExited { task_id: ID.into(), attempt: 1, outcome, started: false, log_tail: String::new() },
+        ms(10),
+    );
+    assert_eq!(m.next_deadline(), Some(ms(1010)));
+    let look = m.handle(Event::Tick, ms(1010));
+    assert!(matches!(look[..], [Action::Observe { look: Look::ConfirmationDue, .. }]), "{look:?}");
+    let observation = Observation {
+        task_id: ID.into(),
+        started: Found::Missing,
+        progress: Found::Missing,
+        result: Found::Missing,
+        needs_input: Found::Missing,
+        usage: Found::Missing,
+        result_closed: false,
+        agent_alive: None,
+    };
+    let a = m.handle(Event::Observed { look: Look::ConfirmationDue, observation }, ms(1010));
+    assert!(
+        matches!(sent(&a)[..], [AgentFrame::TaskFailed { reason: Some(r), generation: 4, .. }] if r == "confirmation_timeout"),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn storage_unavailable_resends_the_report_a_second_later() {
+    let mut m = waking();
+    let observation = Observation {
+        task_id: ID.into(),
+        started: Found::Regular(()),
+        progress: Found::Missing,
+        result: Found::Regular(ResultBytes { bytes: success(), age: None }),
+        needs_input: Found::Missing,
+        usage: Found::Missing,
+        result_closed: true,
+        agent_alive: None,
+    };
+    let a = m.handle(Event::Observed { look: Look::Watch, observation }, ms(20));
+    assert!(sent(&a).iter().any(|f| matches!(f, AgentFrame::TaskComplete { .. })), "{a:?}");
+    let err = proto::ErrorFrame::new(proto::FrameErrorCode::StorageUnavailable).task(ID);
+    assert!(m.handle(Event::Frame(HubFrame::Error(err)), ms(30)).is_empty());
+    assert_eq!(m.next_deadline(), Some(ms(1030)));
+    let a = m.handle(Event::Tick, ms(1030));
+    assert!(matches!(sent(&a)[..], [AgentFrame::TaskComplete { generation: 4, .. }]), "{a:?}");
+    // The ack finishes it: files removed before the queue is emptied.
+    let a =
+        m.handle(Event::Frame(HubFrame::TaskAck { task_id: ID.into(), status: proto::AckStatus::Complete }), ms(1040));
+    assert!(matches!(a[..], [Action::RemoveFiles { keep_result_as: None, .. }, Action::Persist { .. }]), "{a:?}");
+    assert_eq!(m.slot(), &Slot::Idle);
+}
+
+#[test]
+fn unsafe_task_ids_are_rejected_or_ignored_and_never_reach_a_path() {
+    let mut m = Machine::new(cfg(true), true, QueueFile::default(), None, Duration::ZERO);
+    m.handle(Event::Connected, ms(0));
+    let mut hub = FakeHub::new(1);
+    let HubFrame::TaskAssign(mut a) = hub.assign() else { unreachable!() };
+    a.task_id = "../../victim/data".into();
+    let actions = m.handle(Event::Frame(HubFrame::TaskAssign(a)), ms(0));
+    assert!(
+        matches!(&actions[..], [Action::Send(AgentFrame::TaskRejected { reason: Some(r), .. })] if r.starts_with("invalid_task_id")),
+        "{actions:?}"
+    );
+    for f in [
+        HubFrame::TaskCancelled { task_id: "../x".into(), timestamp: 0 },
+        HubFrame::TaskContinue { task_id: "a/b".into(), generation: 1 },
+        HubFrame::TaskAck { task_id: ".hidden".into(), status: proto::AckStatus::Complete },
+    ] {
+        assert!(m.handle(Event::Frame(f), ms(1)).is_empty());
+    }
+    assert_eq!(m.slot(), &Slot::Idle);
+    assert!(hub.received.is_empty());
+    hub.received.clear();
+}
+
+#[test]
+fn a_failed_accept_persist_rejects_the_task_and_acks_nothing() {
+    let mut m = Machine::new(cfg(true), true, QueueFile::default(), None, Duration::ZERO);
+    m.handle(Event::Connected, ms(0));
+    let hub = FakeHub::new(1);
+    m.handle(Event::Frame(hub.assign()), ms(0));
+    // The executor dropped everything after the failed persist and says so.
+    let a = m.handle(Event::PersistFailed, ms(1));
+    assert!(
+        matches!(sent(&a)[..], [AgentFrame::TaskRejected { reason: Some(r), .. }] if r.starts_with("storage_error")),
+        "{a:?}"
+    );
+    assert_eq!(m.slot(), &Slot::Idle);
+}
+
+#[test]
+fn restart_waits_for_the_working_task_unless_forced() {
+    let mut m = waking();
+    let restart = |force| Event::Frame(HubFrame::RestartSidecar { reason: "upgrade".into(), force });
+    assert!(m.handle(restart(false), ms(10)).is_empty(), "deferred while a wake runs");
+    let a = m.handle(restart(true), ms(11));
+    assert!(a.contains(&Action::StopGroup { pgid: 7, task_id: ID.into() }), "{a:?}");
+    assert!(matches!(a.last(), Some(Action::Exit)), "{a:?}");
+    let Slot::Active(h) = m.slot() else { panic!() };
+    assert_eq!((&h.phase, h.wakes), (&Phase::Accepted, 0), "kept, to be woken again after task_recovering");
+    // Without a supervisor it refuses: exiting would stop the agent.
+    let mut alone = Machine::new(cfg(true), false, QueueFile::default(), None, Duration::ZERO);
+    alone.handle(Event::Connected, ms(0));
+    let a = alone.handle(restart(true), ms(1));
+    assert!(matches!(sent(&a)[..], [AgentFrame::Status { status }] if status.starts_with("restart_refused")), "{a:?}");
+}

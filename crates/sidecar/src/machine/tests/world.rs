@@ -1,0 +1,597 @@
+//! The simulated world of the crash-point tests: a fake hub with the real hub's rules, a
+//! results dir in memory (each write a new file, as an agent's rename makes one), and wakes
+//! that run scripted agents, which may ask a person and wait for the answer.
+
+use super::*;
+use crate::files::{Found, ProgressLines, ResultBytes, SmallFile};
+use crate::queue::QueueFile;
+use proto::TaskAssign;
+use std::collections::{BTreeMap, VecDeque};
+
+/// What a scripted agent does, one step at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Started,
+    Progress(&'static str),
+    Result(Vec<u8>),
+    /// The wake command exits (the agent may go on in the background: later steps still run).
+    Exit(bool),
+    /// Writes `.needs-input` with this question.
+    Ask(&'static str),
+    /// Waits until `.needs-input` is gone, then reads `.input` (which must answer this
+    /// question) and deletes it.
+    Await(&'static str),
+    /// Writes `.usage` with this JSON.
+    Usage(&'static str),
+}
+
+#[derive(Debug)]
+struct Proc {
+    task_id: String,
+    attempt: u32,
+    pgid: i32,
+    /// Which run of the sidecar spawned it: only that one sees its exit.
+    epoch: u32,
+    steps: VecDeque<Step>,
+    exited: bool,
+    /// Killed, or done with its steps after its exit.
+    dead: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HubStatus {
+    Assigned,
+    Working,
+    Completed,
+    DeadLetter,
+    Cancelled,
+}
+
+/// The hub's side, with its rules for one task assigned to our agent, and a person who
+/// answers every question at once (`answer to <question> #<request id>`).
+#[derive(Debug)]
+pub struct FakeHub {
+    pub status: HubStatus,
+    pub generation: u64,
+    /// How many times the task reached an end state (must be exactly once).
+    pub ends: u32,
+    pub received: Vec<AgentFrame>,
+    /// Each request id seen, in order, with its question.
+    pub questions: Vec<(String, String)>,
+    /// The answer delivered and not acknowledged yet: re-sent after every reconnect.
+    pub pending_answer: Option<(String, String)>,
+    /// What broke the hub's rules (a request id reused for another question...).
+    pub violations: Vec<String>,
+}
+
+impl FakeHub {
+    pub fn new(generation: u64) -> FakeHub {
+        FakeHub {
+            status: HubStatus::Assigned,
+            generation,
+            ends: 0,
+            received: Vec::new(),
+            questions: Vec::new(),
+            pending_answer: None,
+            violations: Vec::new(),
+        }
+    }
+    pub fn assign(&self) -> HubFrame {
+        HubFrame::TaskAssign(TaskAssign {
+            task_id: ID.into(),
+            description: "do it".into(),
+            metadata: serde_json::json!({}),
+            generation: self.generation,
+            assigned_at: 1,
+            priority: None,
+            extra: Default::default(),
+        })
+    }
+    fn held(&self) -> bool {
+        matches!(self.status, HubStatus::Assigned | HubStatus::Working)
+    }
+    fn requeue(&mut self) -> Vec<HubFrame> {
+        self.generation += 1;
+        self.status = HubStatus::Assigned;
+        vec![self.assign()]
+    }
+    fn end(&mut self, status: HubStatus) {
+        self.status = status;
+        self.ends += 1;
+        // Every answer reached the agent, and the hub knows it, before the agent finished.
+        if let Some((id, _)) = self.pending_answer.take() {
+            self.violations.push(format!("the task ended with the answer to {id} not acknowledged"));
+        }
+    }
+    fn answer_frame(&self) -> Vec<HubFrame> {
+        self.pending_answer
+            .iter()
+            .map(|(request_id, answer)| HubFrame::TaskInput {
+                task_id: ID.into(),
+                request_id: request_id.clone(),
+                answer: answer.clone(),
+            })
+            .collect()
+    }
+    /// After the agent reconnects: the answer not acknowledged yet, again.
+    pub fn on_reconnect(&self) -> Vec<HubFrame> {
+        self.answer_frame()
+    }
+    pub fn receive(&mut self, f: AgentFrame) -> Vec<HubFrame> {
+        self.received.push(f.clone());
+        let ack = |status: proto::AckStatus| vec![HubFrame::TaskAck { task_id: ID.into(), status }];
+        match f {
+            AgentFrame::TaskAccepted { .. } if self.held() => {
+                self.status = HubStatus::Working;
+                ack(proto::AckStatus::Accepted)
+            }
+            AgentFrame::TaskRejected { .. } if self.held() => self.requeue(),
+            AgentFrame::TaskRecovering { .. } => match self.held() {
+                true => vec![HubFrame::TaskContinue { task_id: ID.into(), generation: self.generation }],
+                false => vec![HubFrame::TaskReassign { task_id: ID.into() }],
+            },
+            AgentFrame::StateReport { task_id: None, .. } => {
+                // The agent holds nothing: the hub releases the task and assigns it again.
+                let mut replies =
+                    vec![HubFrame::StateReportAck { task_id: None, action: proto::ReportAction::Continue }];
+                if self.held() {
+                    self.pending_answer = None;
+                    replies.extend(self.requeue());
+                }
+                replies
+            }
+            AgentFrame::StateReport { task_id: Some(id), generation, .. } => {
+                let ok = self.held() && generation.is_none_or(|g| g == self.generation);
+                vec![HubFrame::StateReportAck {
+                    task_id: Some(id),
+                    action: if ok { proto::ReportAction::Continue } else { proto::ReportAction::Abort },
+                }]
+            }
+            AgentFrame::TaskComplete { generation, .. } | AgentFrame::TaskFailed { generation, .. }
+                if generation != self.generation =>
+            {
+                vec![HubFrame::Error(proto::ErrorFrame::new(proto::FrameErrorCode::StaleGeneration).task(ID))]
+            }
+            AgentFrame::TaskComplete { .. } => match self.status {
+                HubStatus::Completed => ack(proto::AckStatus::Complete),
+                _ if self.held() => {
+                    self.end(HubStatus::Completed);
+                    ack(proto::AckStatus::Complete)
+                }
+                _ => vec![HubFrame::Error(proto::ErrorFrame::new(proto::FrameErrorCode::InvalidState).task(ID))],
+            },
+            AgentFrame::TaskFailed { .. } => match self.status {
+                HubStatus::DeadLetter => ack(proto::AckStatus::DeadLetter),
+                _ if self.held() => {
+                    self.end(HubStatus::DeadLetter);
+                    ack(proto::AckStatus::DeadLetter)
+                }
+                _ => vec![HubFrame::Error(proto::ErrorFrame::new(proto::FrameErrorCode::InvalidState).task(ID))],
+            },
+            AgentFrame::NeedsInput { request_id, question, .. } if self.held() => {
+                match self.questions.iter().find(|(id, _)| *id == request_id) {
+                    Some((_, q)) if *q != question => {
+                        self.violations.push(format!("{request_id} was {q:?}, now {question:?}"));
+                        vec![]
+                    }
+                    // The same request again (a reconnect): deduplicated; the answer re-sent.
+                    Some(_) => self.answer_frame(),
+                    None => {
+                        // A new question replaces the old one, and its undelivered answer.
+                        self.questions.push((request_id.clone(), question.clone()));
+                        let answer = format!("answer to {question} #{request_id}");
+                        self.pending_answer = Some((request_id, answer));
+                        self.answer_frame()
+                    }
+                }
+            }
+            AgentFrame::TaskInputAck { request_id, .. } => {
+                if !self.questions.iter().any(|(id, _)| *id == request_id) {
+                    self.violations.push(format!("ack of an unknown request {request_id}"));
+                }
+                if self.pending_answer.as_ref().is_some_and(|(id, _)| *id == request_id) {
+                    self.pending_answer = None;
+                }
+                vec![]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// A scenario: the agent's script for each wake attempt, and whether the hub cancels once the
+/// agent has confirmed.
+pub struct Scenario {
+    pub name: &'static str,
+    pub wake: bool,
+    pub script: fn(u32) -> Vec<Step>,
+    pub cancel_after_start: bool,
+    /// The end the hub must record (None: cancelled, no report counts).
+    pub want: HubStatus,
+    /// The cost the final report must carry.
+    pub want_cost: Option<f64>,
+}
+
+pub struct World {
+    pub cfg: Arc<SidecarConfig>,
+    script: fn(u32) -> Vec<Step>,
+    cancel_after_start: bool,
+    now: Now,
+    pub machine: Option<Machine>,
+    epoch: u32,
+    connected: bool,
+    /// `queue.json` as the executor last wrote it.
+    disk: String,
+    /// The results dir: each file's bytes and its identity (a new one per write).
+    files: BTreeMap<String, (Vec<u8>, u64)>,
+    writes: u64,
+    pub hub: FakeHub,
+    procs: Vec<Proc>,
+    next_pgid: i32,
+    /// Events for the machine, delivered before anything else happens.
+    pending: VecDeque<Event>,
+    /// Actions carried out so far (the crash points are counted in these).
+    pub actions: usize,
+    crash_at: Vec<usize>,
+    spawns: Vec<u32>,
+    confirmed_before_spawn: usize,
+    scenario_cancelled: bool,
+    exited: bool,
+    /// The questions the agent asked, and the answers it read, in order.
+    asked: Vec<String>,
+    read: Vec<(String, String)>,
+}
+
+impl World {
+    pub fn new(s: &Scenario, crash_at: Vec<usize>) -> World {
+        World {
+            cfg: cfg(s.wake),
+            script: s.script,
+            cancel_after_start: s.cancel_after_start,
+            now: Duration::ZERO,
+            machine: None,
+            epoch: 0,
+            connected: false,
+            disk: serde_json::to_string(&QueueFile::default()).unwrap(),
+            files: BTreeMap::new(),
+            writes: 0,
+            hub: FakeHub::new(1),
+            procs: Vec::new(),
+            next_pgid: 100,
+            pending: VecDeque::new(),
+            actions: 0,
+            crash_at,
+            spawns: Vec::new(),
+            confirmed_before_spawn: 0,
+            scenario_cancelled: false,
+            exited: false,
+            asked: Vec::new(),
+            read: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, name: String, bytes: Vec<u8>) {
+        self.writes += 1;
+        self.files.insert(name, (bytes, self.writes));
+    }
+
+    fn file(&self, name: &str) -> Option<Vec<u8>> {
+        self.files.get(name).map(|(b, _)| b.clone())
+    }
+
+    /// Starts (or restarts) the sidecar from what is on disk, and connects it; the hub re-sends
+    /// an answer not acknowledged yet before anything else (the sidecar is still recovering).
+    fn boot(&mut self) {
+        self.epoch += 1;
+        self.pending.clear();
+        let queue: QueueFile = serde_json::from_str(&self.disk).expect("queue.json parses");
+        self.machine = Some(Machine::new(self.cfg.clone(), true, queue, None, self.now));
+        self.connected = false;
+        self.deliver(Event::Start);
+        self.connected = true;
+        for f in self.hub.on_reconnect().into_iter().rev() {
+            self.pending.push_front(Event::Frame(f));
+        }
+        self.deliver(Event::Connected);
+    }
+
+    fn crash(&mut self) {
+        self.machine = None;
+        self.connected = false;
+        self.pending.clear();
+    }
+
+    /// Hands one event to the machine and carries out its actions like the executor.
+    fn deliver(&mut self, ev: Event) {
+        let Some(m) = self.machine.as_mut() else { return };
+        let actions = m.handle(ev, self.now);
+        for a in actions {
+            if self.crash_at.first() == Some(&self.actions) {
+                self.crash_at.remove(0);
+                self.actions += 1;
+                self.crash();
+                // The agents go on while the sidecar is down, as far as they can.
+                for _ in 0..100 {
+                    if !self.agent_step(self.cancel_after_start) {
+                        break;
+                    }
+                }
+                self.boot();
+                return;
+            }
+            self.actions += 1;
+            let go_on = self.execute(a);
+            if self.machine.is_none() || !go_on {
+                return;
+            }
+        }
+    }
+
+    fn small(&self, name: &str) -> Found<SmallFile> {
+        match self.files.get(name) {
+            None => Found::Missing,
+            Some((bytes, id)) => Found::Regular(SmallFile { bytes: bytes.clone(), id: format!("w{id}"), age: None }),
+        }
+    }
+
+    /// Carries out one action; false when the rest of the batch is dropped.
+    fn execute(&mut self, a: Action) -> bool {
+        match a {
+            Action::Persist { queue, .. } => {
+                // Through the serde edge, as the executor writes it.
+                self.disk = serde_json::to_string(&queue).unwrap();
+            }
+            Action::Send(f) => {
+                for reply in self.hub.receive(f) {
+                    self.pending.push_back(Event::Frame(reply));
+                }
+            }
+            Action::SpawnWake { task_id, attempt, .. } => {
+                if self.files.contains_key(&format!("{task_id}.started")) {
+                    self.confirmed_before_spawn += 1;
+                }
+                self.spawns.push(attempt);
+                let pgid = self.next_pgid;
+                self.next_pgid += 1;
+                let steps = (self.script)(attempt).into();
+                self.procs.push(Proc {
+                    task_id: task_id.clone(),
+                    attempt,
+                    pgid,
+                    epoch: self.epoch,
+                    steps,
+                    exited: false,
+                    dead: false,
+                });
+                self.pending.push_back(Event::WakeSpawned { task_id, attempt, pgid });
+            }
+            Action::StopGroup { pgid, task_id } => self.kill(|p| p.pgid == pgid && p.task_id == task_id),
+            Action::StopOrphans { task_id, .. } => self.kill(|p| p.task_id == task_id),
+            Action::ClearResults { task_id } => self.remove_agent_files(&task_id),
+            Action::RemoveTaskFile { task_id, file } => {
+                self.files.remove(&format!("{task_id}.{}", file.ext()));
+            }
+            Action::WriteAnswer { task_id, request_id, answer, asked } => {
+                if let Found::Regular(f) = self.small(&format!("{task_id}.needs-input")) {
+                    if crate::question::parse(&f.bytes).as_ref() != Ok(&asked) {
+                        self.pending.push_back(Event::AnswerSuperseded { task_id, request_id });
+                        return false;
+                    }
+                }
+                self.write(format!("{task_id}.input"), crate::question::answer_file(&answer));
+            }
+            Action::RemoveFiles { task_id, keep_result_as } => {
+                if let (Some(kept), Some(r)) = (keep_result_as, self.files.remove(&format!("{task_id}.json"))) {
+                    self.files.insert(kept.file_name().unwrap().to_string_lossy().into_owned(), r);
+                }
+                self.remove_agent_files(&task_id);
+            }
+            Action::Observe { task_id, progress, result_closed, look, check_agent } => {
+                let agent_alive = check_agent.map(|_| self.procs.iter().any(|p| p.task_id == task_id && !p.dead));
+                let file = |ext: &str| self.file(&format!("{task_id}.{ext}"));
+                let started = if file("started").is_some() { Found::Regular(()) } else { Found::Missing };
+                let progress = match file("progress") {
+                    None => Found::Missing,
+                    Some(bytes) => {
+                        let rest = &bytes[(progress.offset as usize).min(bytes.len())..];
+                        let lines: Vec<Vec<u8>> = rest.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+                        let complete = lines.len() - 1;
+                        Found::Regular(ProgressLines {
+                            lines: lines[..complete].to_vec(),
+                            cursor: ProgressCursor {
+                                offset: progress.offset
+                                    + rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i as u64 + 1),
+                                skipping: false,
+                            },
+                            skipped: 0,
+                        })
+                    }
+                };
+                let result = match file("json") {
+                    None => Found::Missing,
+                    Some(b) if b.len() > self.cfg.max_result_bytes => Found::TooLarge(b.len() as u64),
+                    Some(bytes) => Found::Regular(ResultBytes { bytes, age: None }),
+                };
+                let needs_input = self.small(&format!("{task_id}.needs-input"));
+                let usage = self.small(&format!("{task_id}.usage"));
+                let observation =
+                    Observation { task_id, started, progress, result, needs_input, usage, result_closed, agent_alive };
+                self.pending.push_back(Event::Observed { look, observation });
+            }
+            Action::Exit => {
+                self.exited = true;
+                self.crash();
+            }
+        }
+        true
+    }
+
+    fn remove_agent_files(&mut self, task_id: &str) {
+        for ext in ["started", "json", "progress", "needs-input", "input", "usage"] {
+            self.files.remove(&format!("{task_id}.{ext}"));
+        }
+    }
+
+    fn kill(&mut self, which: impl Fn(&Proc) -> bool) {
+        let epoch = self.epoch;
+        for p in self.procs.iter_mut().filter(|p| which(p) && !p.dead) {
+            p.steps.clear();
+            p.dead = true;
+            if !p.exited && p.epoch == epoch {
+                p.exited = true;
+                let outcome = WakeOutcome::Exited { success: false, desc: "signal: 15 (SIGTERM)".into() };
+                let ev = Event::WakeExited {
+                    task_id: p.task_id.clone(),
+                    attempt: p.attempt,
+                    outcome,
+                    started: false,
+                    log_tail: String::new(),
+                };
+                self.pending.push_back(ev);
+            }
+        }
+    }
+
+    /// Whether a process can take its next step now (an agent waiting for an answer cannot).
+    fn can_step(&self, p: &Proc) -> bool {
+        match p.steps.front() {
+            None => false,
+            Some(Step::Await(_)) => !self.files.contains_key(&format!("{}.needs-input", p.task_id)),
+            Some(_) => true,
+        }
+    }
+
+    /// Runs one step of an agent; false if none can run.
+    fn agent_step(&mut self, cancel_after_start: bool) -> bool {
+        let Some(i) = self.procs.iter().position(|p| self.can_step(p)) else { return false };
+        let step = self.procs[i].steps.pop_front().unwrap();
+        if self.procs[i].steps.is_empty() && (self.procs[i].exited || matches!(step, Step::Exit(_))) {
+            self.procs[i].dead = true;
+        }
+        let id = self.procs[i].task_id.clone();
+        let (name, closed) = match step {
+            Step::Started => {
+                self.write(format!("{id}.started"), Vec::new());
+                if cancel_after_start && !self.scenario_cancelled {
+                    self.scenario_cancelled = true;
+                    self.hub.status = HubStatus::Cancelled;
+                    if self.connected {
+                        self.pending
+                            .push_back(Event::Frame(HubFrame::TaskCancelled { task_id: id.clone(), timestamp: 0 }));
+                    }
+                }
+                (format!("{id}.started"), false)
+            }
+            Step::Progress(line) => {
+                let mut bytes = self.file(&format!("{id}.progress")).unwrap_or_default();
+                bytes.extend_from_slice(format!("{line}\n").as_bytes());
+                self.write(format!("{id}.progress"), bytes);
+                (format!("{id}.progress"), false)
+            }
+            Step::Result(bytes) => {
+                self.write(format!("{id}.json"), bytes);
+                (format!("{id}.json"), true)
+            }
+            Step::Ask(question) => {
+                self.asked.push(question.into());
+                self.write(
+                    format!("{id}.needs-input"),
+                    serde_json::json!({ "question": question }).to_string().into_bytes(),
+                );
+                (format!("{id}.needs-input"), true)
+            }
+            Step::Await(question) => {
+                let got = self.files.remove(&format!("{id}.input")).map(|(b, _)| String::from_utf8(b).unwrap());
+                self.read.push((question.into(), got.unwrap_or_else(|| "(no .input)".into())));
+                return true;
+            }
+            Step::Usage(json) => {
+                self.write(format!("{id}.usage"), json.as_bytes().to_vec());
+                (format!("{id}.usage"), true)
+            }
+            Step::Exit(success) => {
+                let p = &mut self.procs[i];
+                p.exited = true;
+                if p.epoch == self.epoch {
+                    let ev = Event::WakeExited {
+                        task_id: id.clone(),
+                        attempt: p.attempt,
+                        outcome: WakeOutcome::Exited { success, desc: format!("exit status: {}", u8::from(!success)) },
+                        started: self.files.contains_key(&format!("{id}.started")),
+                        log_tail: String::new(),
+                    };
+                    self.pending.push_back(ev);
+                }
+                return true;
+            }
+        };
+        if self.machine.is_some() {
+            self.pending.push_back(Event::FileChanged { name, closed });
+        }
+        true
+    }
+
+    /// Runs the world until nothing is left to happen.
+    pub fn run(&mut self, s: &Scenario) {
+        self.boot();
+        // The periodic rescan, run when nothing else happens (a few per quiet spell).
+        let mut rescans = 0;
+        for _ in 0..10_000 {
+            if self.exited {
+                return;
+            }
+            if let Some(ev) = self.pending.pop_front() {
+                self.deliver(ev);
+            } else if self.agent_step(self.cancel_after_start) {
+                rescans = 0;
+            } else if let Some(due) = self.machine.as_ref().and_then(Machine::next_deadline) {
+                rescans = 0;
+                self.now = self.now.max(due);
+                self.deliver(Event::Tick);
+            } else if rescans < 3 {
+                rescans += 1;
+                self.now += self.cfg.rescan_interval;
+                self.deliver(Event::Rescan);
+            } else {
+                return;
+            }
+        }
+        panic!("{}: the world never settled (crashes at {:?})", s.name, self.crash_at);
+    }
+
+    pub fn check(&self, s: &Scenario, crash_at: &[usize]) {
+        let what = format!("{} with crashes at {crash_at:?}", s.name);
+        let want_ends = u32::from(s.want != HubStatus::Cancelled);
+        assert_eq!(self.hub.ends, want_ends, "{what}: ended {} times; hub saw {:#?}", self.hub.ends, self.hub.received);
+        assert_eq!(self.hub.status, s.want, "{what}");
+        assert_eq!(self.confirmed_before_spawn, 0, "{what}: a confirmed wake ran again ({:?})", self.spawns);
+        let m = self.machine.as_ref().expect("running");
+        assert_eq!(m.slot(), &Slot::Idle, "{what}");
+        assert_eq!(serde_json::from_str::<QueueFile>(&self.disk).unwrap(), QueueFile::default(), "{what}");
+        let left: Vec<&String> = self.files.keys().filter(|k| !k.contains("too-large")).collect();
+        assert!(left.is_empty(), "{what}: files left {left:?}");
+        assert!(self.procs.iter().all(|p| p.steps.is_empty()), "{what}: an agent still runs");
+        // Questions: the hub saw those the agent asked, in order, each under one request id and
+        // none twice (one replaced before anyone looked is not asked), and the agent read the
+        // answer to each question it waited on, its own.
+        assert!(self.hub.violations.is_empty(), "{what}: {:?}", self.hub.violations);
+        let mut asked = self.asked.iter();
+        let in_order = self.hub.questions.iter().all(|(_, q)| asked.any(|a| a == q));
+        assert!(in_order, "{what}: asked {:?}, the hub saw {:?}", self.asked, self.hub.questions);
+        let mut answers = std::collections::BTreeSet::new();
+        for (question, got) in &self.read {
+            let request = got.strip_prefix(&format!("answer to {question} #")).and_then(|r| r.strip_suffix('\n'));
+            let Some(request) = request else { panic!("{what}: the agent asked {question:?} and read {got:?}") };
+            assert!(answers.insert(request), "{what}: the agent read the answer to {request} twice");
+        }
+        if s.want != HubStatus::Cancelled {
+            assert!(self.hub.pending_answer.is_none(), "{what}");
+            let report = self.hub.received.iter().rev().find_map(|f| match f {
+                AgentFrame::TaskComplete { usage, .. } | AgentFrame::TaskFailed { usage, .. } => Some(usage),
+                _ => None,
+            });
+            let cost = report.and_then(|u| u.as_ref()).and_then(|u| u.cost_usd);
+            assert_eq!(cost, s.want_cost, "{what}: the report's cost");
+        }
+    }
+}
