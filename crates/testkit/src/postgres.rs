@@ -49,7 +49,7 @@ impl Postgres {
         let server = match shared.upgrade() {
             Some(s) => s,
             None => {
-                let s = Arc::new(Server::start()?);
+                let s = Arc::new(off_runtime(Server::start)?);
                 *shared = Arc::downgrade(&s);
                 s
             }
@@ -67,6 +67,10 @@ impl Postgres {
     /// Its collation follows language rules (ICU `en-US`), as most installations' does, rather
     /// than byte order: a query whose results depend on the collation shows up in tests.
     pub fn database(&self) -> Result<String> {
+        off_runtime(|| self.create_database())
+    }
+
+    fn create_database(&self) -> Result<String> {
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| anyhow!("random database name: {e}"))?;
         let name = format!("agentcom_test_{}", hex(&random));
@@ -91,12 +95,20 @@ impl Drop for Postgres {
             return;
         }
         // A shared cluster outlives this test: give back what it took.
-        if let Ok(mut admin) = self.server.admin() {
-            for name in names {
-                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        off_runtime(|| {
+            if let Ok(mut admin) = self.server.admin() {
+                for name in names {
+                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
             }
-        }
+        })
     }
+}
+
+/// Runs `f` on a thread of its own: the blocking `postgres` client starts a runtime of its own,
+/// which panics on a thread that already drives one (every `#[tokio::test]`).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -512,6 +512,18 @@ impl PgReader {
     }
 }
 
+impl Drop for PgReader {
+    /// The blocking client closes its session with a `block_on` of its own, which panics on a
+    /// thread that drives the async runtime, where the last handle on a reader may be dropped
+    /// (an HTTP handler when the hub steps down): the sessions are closed on a thread of their own.
+    fn drop(&mut self) {
+        let conns = std::mem::take(&mut self.conns);
+        if !conns.is_empty() {
+            let _ = std::thread::Builder::new().name("pg-reader-close".into()).spawn(move || drop(conns));
+        }
+    }
+}
+
 impl Reader for PgReader {
     fn list_tasks(&self, q: TaskQuery) -> Result<(Vec<StoredTask>, bool), StoreError> {
         self.with(|c| {
