@@ -62,9 +62,14 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// A hub's answer: still to be read, or read already (a 503 read to see whether it came from a
-/// standby).
-enum Reply {
+/// The answer of the hub at `url`: still to be read, or read already (a 503 read to see whether
+/// it came from a standby).
+struct Reply {
+    url: String,
+    body: Body,
+}
+
+enum Body {
     Live(reqwest::Response),
     Read(u16, Vec<u8>),
 }
@@ -148,11 +153,11 @@ impl Client {
                 Ok(resp) => match self.hubs.classify(resp).await {
                     Answer::Served(resp) => {
                         self.hubs.served(i);
-                        return Ok(Reply::Live(resp));
+                        return Ok(Reply { url: url.clone(), body: Body::Live(resp) });
                     }
                     Answer::Read(status, body) => {
                         self.hubs.served(i);
-                        return Ok(Reply::Read(status, body));
+                        return Ok(Reply { url: url.clone(), body: Body::Read(status, body) });
                     }
                     Answer::Standby { listed: Some(j), leader } => {
                         queue.push_front(j);
@@ -197,16 +202,16 @@ impl Client {
         let reply = self
             .route(true, |base| self.http.get(format!("{base}{path}")).timeout(Duration::from_secs(365 * 86_400)))
             .await?;
-        let base = self.base().to_string();
+        let base = reply.url;
         let connect = |e: &reqwest::Error| ClientError::Connect { url: base.clone(), message: root_cause(e) };
-        let resp = match reply {
-            Reply::Live(resp) if resp.status().as_u16() < 400 => resp,
-            Reply::Live(resp) => {
+        let resp = match reply.body {
+            Body::Live(resp) if resp.status().as_u16() < 400 => resp,
+            Body::Live(resp) => {
                 let status = resp.status().as_u16();
                 let bytes = resp.bytes().await.map_err(|e| connect(&e))?;
                 return Err(error_of(status, &bytes));
             }
-            Reply::Read(status, bytes) => return Err(error_of(status, &bytes)),
+            Body::Read(status, bytes) => return Err(error_of(status, &bytes)),
         };
         // No line may grow without end: the hub's events are small, anything else is refused.
         let mut since_newline = 0usize;
@@ -253,12 +258,11 @@ impl Client {
                 }
             })
             .await?;
-        let mut resp = match reply {
-            Reply::Live(resp) => resp,
-            Reply::Read(status, bytes) => return Ok((status, bytes)),
+        let mut resp = match reply.body {
+            Body::Live(resp) => resp,
+            Body::Read(status, bytes) => return Ok((status, bytes)),
         };
-        let connect =
-            |e: &reqwest::Error| ClientError::Connect { url: self.base().to_string(), message: root_cause(e) };
+        let connect = |e: &reqwest::Error| ClientError::Connect { url: reply.url.clone(), message: root_cause(e) };
         let status = resp.status().as_u16();
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| connect(&e))? {

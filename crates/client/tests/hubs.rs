@@ -210,7 +210,7 @@ async fn a_round_where_no_hub_serves_names_each_url_and_why() {
     );
     assert!(text.contains("knows no leader yet"), "{text}");
     // One hub that cannot be reached is explained as before.
-    let err = client(&[dead1.clone()]).call(&GetHealth).await.unwrap_err();
+    let err = client(std::slice::from_ref(&dead1)).call(&GetHealth).await.unwrap_err();
     assert!(err.to_string().starts_with(&format!("cannot reach the hub at {dead1}: ")), "{err}");
     // Two that are both dead.
     let err = client(&[dead1.clone(), dead2.clone()]).call(&GetHealth).await.unwrap_err().to_string();
