@@ -100,6 +100,34 @@ async fn a_malformed_url_is_named_with_the_form_expected() -> R {
     Ok(())
 }
 
+/// A URL where nothing listens (bound, then released).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    format!("http://{}", l.local_addr().expect("bound"))
+}
+
+#[tokio::test]
+async fn a_list_of_hub_urls_reaches_the_hub_that_serves() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let (dead1, dead2) = (dead_url(), dead_url());
+    let list = format!("{dead1}, {}", hub.url());
+    let out = cli(&hub, Some(&hub.admin_token), &["agents", "--url", &list]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout)?, "no agents\n");
+    // No hub of the list serves: each is named with its reason, on one line.
+    let list = format!("{dead1},{dead2}");
+    let out = cli(&hub, Some(&hub.admin_token), &["agents", "--url", &list]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.starts_with("error: no hub served the request: "), "{err}");
+    assert!(err.contains(&format!("{dead1}: unreachable")) && err.contains(&format!("{dead2}: unreachable")), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A bad entry is named.
+    let list = format!("{},,{dead1}", hub.url());
+    let err = stderr(&cli(&hub, Some(&hub.admin_token), &["agents", "--url", &list]));
+    assert!(err.starts_with("error: malformed hub URL") && err.contains("empty"), "{err}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn task_show_prints_times_people_read() -> R {
     let hub = Hub::start(bin(), "")?;

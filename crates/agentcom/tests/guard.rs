@@ -528,8 +528,11 @@ async fn checkpoint_save_show_and_load_survive_the_machine_through_the_hub() -> 
     let hist = state.path().join("h.jsonl");
     std::fs::write(&hist, "{\"role\":\"user\",\"content\":\"go\"}\n{\"role\":\"assistant\",\"content\":\"on it\"}\n")?;
     let dir = state.path().join("agent");
+    // A list whose first hub is gone: `checkpoint --hub` takes the same lists as every client.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let hubs = format!("http://{dead},{}", hub.url());
     let env = |c: &mut Command| {
-        c.env("AGENTCOM_URL", hub.url())
+        c.env("AGENTCOM_URL", &hubs)
             .env("AGENTCOM_TOKEN", &token)
             .env("AGENTCOM_AGENT_ID", "agent-7")
             .env("AGENTCOM_STATE_DIR", &dir);

@@ -1,8 +1,14 @@
 //! Typed HTTP client for the hub API (the CLI, the demo, the guard and the tests use it), and
 //! plain-text tables for people.
 
+mod hubs;
+
+pub use hubs::{parse_hub_urls, Attempt, Skipped, MAX_HUBS};
+
+use hubs::{Answer, Hubs};
 use proto::api::{ApiError, Endpoint, Method};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:4000";
@@ -15,6 +21,9 @@ pub enum ClientError {
     BadUrl { url: String, why: String },
     #[error("cannot reach the hub at {url}: {message}")]
     Connect { url: String, message: String },
+    /// No hub of the list served the request (each unreachable or a standby).
+    #[error("no hub served the request: {}", hubs::describe(.attempts))]
+    NoHub { attempts: Vec<Attempt> },
     /// The hub answered with an error body.
     #[error("{error}")]
     Api { status: u16, error: ApiError },
@@ -40,11 +49,29 @@ const MAX_EVENT_LINE: usize = 4 << 20;
 /// Longest answer read from a hub: a page of 1,000 tasks at their size limits fits.
 const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
+/// How long a connection to one hub may take before the next hub of the list is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of one hub, or of several sharing PostgreSQL: requests go to the hub that served
+/// last, and move on (or to the leader a standby names) when it does not serve. Clones share
+/// which hub that is.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    hubs: Arc<Hubs>,
     token: Option<String>,
     http: reqwest::Client,
+}
+
+/// The answer of the hub at `url`: still to be read, or read already (a 503 read to see whether
+/// it came from a standby).
+struct Reply {
+    url: String,
+    body: Body,
+}
+
+enum Body {
+    Live(reqwest::Response),
+    Read(u16, Vec<u8>),
 }
 
 /// Checks that `url` is an http(s) base URL with a host, and returns it without a trailing `/`.
@@ -67,22 +94,88 @@ pub fn parse_base_url(url: &str) -> Result<String, ClientError> {
 }
 
 impl Client {
-    /// A client of the hub at `base` (`http://` or `https://`). `https://` trusts Mozilla's
+    /// A client of the hub at `base` (`http://` or `https://`), or of the hubs of a
+    /// comma-separated list of such URLs (see [`parse_hub_urls`]). `https://` trusts Mozilla's
     /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub): the
     /// same [`osutil::tls::client_config`] as every other outgoing connection.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
-        let base = parse_base_url(base)?;
+        let urls = parse_hub_urls(base)?;
         let tls = osutil::tls::client_config(ca_file).map_err(ClientError::CaFile)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT)
+            // Never followed by reqwest: a redirect would carry the token to a hub the user did
+            // not name (or drop it). A standby's redirect is handled in `route`.
+            .redirect(reqwest::redirect::Policy::none())
             .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
             .build()
-            .map_err(|e| ClientError::Connect { url: base.clone(), message: root_cause(&e) })?;
-        Ok(Client { base, token, http })
+            .map_err(|e| ClientError::Connect { url: base.to_string(), message: root_cause(&e) })?;
+        Ok(Client { hubs: Arc::new(Hubs::new(urls)), token, http })
     }
 
+    /// The hub requests go to first: the one that served last.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.hubs.urls[self.hubs.current()]
+    }
+
+    /// Every configured hub, in the given order.
+    pub fn urls(&self) -> &[String] {
+        &self.hubs.urls
+    }
+
+    /// Sends the request `make` builds for a hub's base URL to the hubs in turn, from the one
+    /// that served last, until one that is not a standby answers; a named leader is tried next
+    /// when it is configured. A change moves on only when it surely was not carried out (no
+    /// connection, or a standby's refusal), so nothing is done twice; a read (`idempotent`)
+    /// also moves on when a hub fails it half way.
+    async fn route(
+        &self,
+        idempotent: bool,
+        make: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Reply, ClientError> {
+        let count = self.hubs.urls.len();
+        let first = self.hubs.current();
+        let mut queue: std::collections::VecDeque<usize> = (0..count).map(|k| (first + k) % count).collect();
+        let mut tried = vec![false; count];
+        let mut attempts = Vec::new();
+        while let Some(i) = queue.pop_front() {
+            if std::mem::replace(&mut tried[i], true) {
+                continue;
+            }
+            let url = &self.hubs.urls[i];
+            let mut req = make(url);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let skipped = match req.send().await {
+                Err(e) if e.is_connect() || idempotent => Skipped::Unreachable(root_cause(&e)),
+                Err(e) => return Err(ClientError::Connect { url: url.clone(), message: root_cause(&e) }),
+                Ok(resp) => match self.hubs.classify(resp).await {
+                    Answer::Served(resp) => {
+                        self.hubs.served(i);
+                        return Ok(Reply { url: url.clone(), body: Body::Live(resp) });
+                    }
+                    Answer::Read(status, body) => {
+                        self.hubs.served(i);
+                        return Ok(Reply { url: url.clone(), body: Body::Read(status, body) });
+                    }
+                    Answer::Standby { listed: Some(j), leader } => {
+                        queue.push_front(j);
+                        Skipped::Named(leader.unwrap_or_else(|| self.hubs.urls[j].clone()))
+                    }
+                    Answer::Standby { listed: None, leader: Some(leader) } => Skipped::UnlistedLeader(leader),
+                    Answer::Standby { listed: None, leader: None } => Skipped::NoLeaderKnown,
+                },
+            };
+            attempts.push(Attempt { url: url.clone(), skipped });
+        }
+        Err(match attempts.as_slice() {
+            // One hub that cannot be reached says so as it always did.
+            [Attempt { url, skipped: Skipped::Unreachable(message) }] => {
+                ClientError::Connect { url: url.clone(), message: message.clone() }
+            }
+            _ => ClientError::NoHub { attempts },
+        })
     }
 
     /// Sends one typed request and decodes its typed response (or the hub's error body).
@@ -106,20 +199,20 @@ impl Client {
         use eventsource_stream::Eventsource;
         use futures_util::StreamExt;
         let path = proto::api::FollowEvents { last_event_id }.path();
-        let connect = |e: &reqwest::Error| ClientError::Connect { url: self.base.clone(), message: root_cause(e) };
-        let mut req = self.http.get(format!("{}{}", self.base, path)).timeout(Duration::from_secs(365 * 86_400));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| connect(&e))?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let bytes = resp.bytes().await.map_err(|e| connect(&e))?;
-            return Err(decode::<()>(status, &bytes)
-                .err()
-                .unwrap_or(ClientError::Decode { status, body: String::new() }));
-        }
-        let base = self.base.clone();
+        let reply = self
+            .route(true, |base| self.http.get(format!("{base}{path}")).timeout(Duration::from_secs(365 * 86_400)))
+            .await?;
+        let base = reply.url;
+        let connect = |e: &reqwest::Error| ClientError::Connect { url: base.clone(), message: root_cause(e) };
+        let resp = match reply.body {
+            Body::Live(resp) if resp.status().as_u16() < 400 => resp,
+            Body::Live(resp) => {
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.map_err(|e| connect(&e))?;
+                return Err(error_of(status, &bytes));
+            }
+            Body::Read(status, bytes) => return Err(error_of(status, &bytes)),
+        };
         // No line may grow without end: the hub's events are small, anything else is refused.
         let mut since_newline = 0usize;
         let bytes = resp.bytes_stream().map(move |chunk| {
@@ -145,9 +238,7 @@ impl Client {
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let (status, bytes) = self.send(reqwest::Method::GET, "/metrics", None).await?;
         if status >= 400 {
-            return Err(decode::<()>(status, &bytes)
-                .err()
-                .unwrap_or(ClientError::Decode { status, body: String::new() }));
+            return Err(error_of(status, &bytes));
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -158,15 +249,20 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(u16, Vec<u8>), ClientError> {
-        let connect = |e: &reqwest::Error| ClientError::Connect { url: self.base.clone(), message: root_cause(e) };
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let mut resp = req.send().await.map_err(|e| connect(&e))?;
+        let reply = self
+            .route(method == reqwest::Method::GET, |base| {
+                let req = self.http.request(method.clone(), format!("{base}{path}"));
+                match &body {
+                    Some(b) => req.json(b),
+                    None => req,
+                }
+            })
+            .await?;
+        let mut resp = match reply.body {
+            Body::Live(resp) => resp,
+            Body::Read(status, bytes) => return Ok((status, bytes)),
+        };
+        let connect = |e: &reqwest::Error| ClientError::Connect { url: reply.url.clone(), message: root_cause(e) };
         let status = resp.status().as_u16();
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| connect(&e))? {
@@ -177,6 +273,11 @@ impl Client {
         }
         Ok((status, bytes))
     }
+}
+
+/// The error an answer of status 400 or more stands for.
+fn error_of(status: u16, bytes: &[u8]) -> ClientError {
+    decode::<()>(status, bytes).err().unwrap_or(ClientError::Decode { status, body: String::new() })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<T, ClientError> {

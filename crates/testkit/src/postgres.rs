@@ -248,14 +248,18 @@ impl Drop for Cluster {
 /// The directory of `initdb` and `pg_ctl`: `pg_config --bindir`, else the newest
 /// `/usr/lib/postgresql/*/bin` (Debian keeps the server programs off `PATH`).
 fn bindir() -> Result<PathBuf> {
+    bindir_from("pg_config", Path::new("/usr/lib/postgresql"))
+}
+
+fn bindir_from(pg_config: &str, versions: &Path) -> Result<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
+    if let Ok(out) = Command::new(pg_config).arg("--bindir").stderr(Stdio::null()).output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_server(&dir) {
             return Ok(dir);
         }
     }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(versions)
         .into_iter()
         .flatten()
         .flatten()
@@ -266,8 +270,9 @@ fn bindir() -> Result<PathBuf> {
     found.pop().map(|(_, dir)| dir).ok_or_else(|| {
         anyhow!(
             "PostgreSQL is not installed (no initdb and pg_ctl from `pg_config --bindir` or in \
-             /usr/lib/postgresql/*/bin): install Debian's postgresql package (scripts/test does), \
-             or set {ADMIN_URL_ENV} to the admin URL of a running cluster"
+             {}/*/bin): install Debian's postgresql package (scripts/test does), \
+             or set {ADMIN_URL_ENV} to the admin URL of a running cluster",
+            versions.display()
         )
     })
 }
@@ -345,6 +350,26 @@ mod tests {
             let sql = format!("SELECT COUNT(*) FROM pg_database WHERE datname = '{name}'");
             assert_eq!(count(&admin, &sql), 0);
         }
+    }
+
+    #[test]
+    fn the_newest_installed_server_is_found_or_its_absence_explained() {
+        let root = tempfile::tempdir().unwrap();
+        let err = bindir_from("no-such-pg-config", root.path()).unwrap_err().to_string();
+        assert!(err.starts_with("PostgreSQL is not installed") && err.contains("postgresql package"), "{err}");
+        assert!(err.contains(ADMIN_URL_ENV), "{err}");
+        for (version, programs) in
+            [("9", &["initdb", "pg_ctl"][..]), ("13", &["initdb", "pg_ctl"]), ("16", &["initdb"])]
+        {
+            let bin = root.path().join(version).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            for p in programs {
+                std::fs::write(bin.join(p), "").unwrap();
+            }
+        }
+        std::fs::create_dir_all(root.path().join("common/bin")).unwrap();
+        // 16 lacks pg_ctl; 13 is newer than 9 as a number, not as text.
+        assert_eq!(bindir_from("no-such-pg-config", root.path()).unwrap(), root.path().join("13/bin"));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub enum CheckpointCmd {
 /// Where checkpoints are also kept, so they survive the machine.
 #[derive(clap::Args, Clone)]
 pub struct HubTarget {
-    /// Hub base URL.
+    /// Hub base URL, or several separated by commas (hubs sharing PostgreSQL: requests find the leader).
     #[arg(long = "hub", env = "AGENTCOM_URL")]
     url: Option<String>,
     /// The agent's (or the admin) token.
@@ -146,7 +146,7 @@ pub enum GuardCmd {
         /// The supervised process that runs the agent.
         #[arg(long)]
         process: String,
-        /// Hub base URL, to see the agent's presence and fetch its checkpoint.
+        /// Hub base URL (or several, comma-separated), to see the agent's presence and fetch its checkpoint.
         #[arg(long = "hub", env = "AGENTCOM_URL")]
         hub: Option<String>,
         /// Token for the hub.

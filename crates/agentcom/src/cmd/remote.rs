@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// Where client commands find the hub.
 #[derive(clap::Args, Clone)]
 pub struct RemoteArgs {
-    /// Hub base URL.
+    /// Hub base URL, or several separated by commas (hubs sharing PostgreSQL: requests find the leader).
     #[arg(long, env = "AGENTCOM_URL", default_value = client::DEFAULT_URL)]
     url: String,
     /// Bearer token; defaults to the local hub's admin.token when it can be read.
