@@ -407,3 +407,32 @@ async fn a_reassigned_task_does_not_show_the_last_attempts_progress() -> R {
     assert_eq!((t.task.assigned_to.as_deref(), t.task.progress), (Some("b"), None::<Value>));
     Ok(())
 }
+
+#[tokio::test]
+async fn absurd_usage_counts_are_refused_or_dropped_and_never_break_listings() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let token = hub.token("a").await?;
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    // In the frame's `usage`: refused by the schema, naming the field.
+    let first = hub.submit_text("one").await?;
+    let (_, g) = a.take_task().await?;
+    a.send(json!({"type": "task_complete", "task_id": first, "generation": g,
+        "usage": {"input_tokens": u64::MAX, "cost_usd": 1e300}}))
+        .await?;
+    let refused = a.expect("error").await?;
+    assert_eq!(refused["error"], "validation_failed", "{refused}");
+    let text = refused.to_string();
+    assert!(text.contains("usage.input_tokens") && text.contains("usage.cost_usd"), "{text}");
+    // In places no schema covers (the result's own usage, v1's tokens_used): dropped, the rest kept.
+    a.send(json!({"type": "task_complete", "task_id": first, "generation": g, "tokens_used": u64::MAX,
+        "result": {"status": "success", "usage": {"input_tokens": u64::MAX, "output_tokens": 5, "model": "m"}}}))
+        .await?;
+    assert_eq!(a.expect("task_ack").await?["status"], "complete");
+    let listed = hub.admin().get("/api/tasks").await?;
+    assert_eq!(listed.0, 200, "{listed:?}");
+    let usage = hub.admin().get("/api/usage?by=model").await?;
+    assert_eq!(usage.0, 200, "{usage:?}");
+    let rows = usage.1["rows"].as_array().cloned().unwrap_or_default();
+    assert!(rows.iter().any(|r| r["key"] == "m" && r["output_tokens"] == 5 && r["input_tokens"] == 0), "{usage:?}");
+    Ok(())
+}

@@ -31,6 +31,11 @@ pub const MAX_QUESTION: usize = 8_000;
 pub const MAX_ANSWER: usize = 8_000;
 /// Choices offered with a question, and the length of each.
 pub const MAX_OPTIONS: usize = 20;
+/// Most tokens one attempt may report in one count: far above any real session, and low enough
+/// that sums over millions of attempts stay within the stores' 64-bit signed integers.
+pub const MAX_USAGE_TOKENS: u64 = 10_000_000_000;
+/// Most dollars one attempt may report.
+pub const MAX_USAGE_COST_USD: f64 = 1_000_000.0;
 
 /// Whether `id` is a task id both sides accept: 1 to [`MAX_TASK_ID`] ASCII letters, digits, `-`,
 /// `_` and `.`, starting with a letter or digit. A sidecar builds file names from task ids, so
@@ -72,6 +77,20 @@ impl Usage {
     }
     pub fn is_empty(&self) -> bool {
         *self == Usage::default()
+    }
+
+    /// Only the fields within the limits ([`MAX_USAGE_TOKENS`], [`MAX_USAGE_COST_USD`],
+    /// [`MAX_SHORT`]): for usage read from places no schema checked (a result's own `usage`,
+    /// v1's `tokens_used`).
+    pub fn within_limits(self) -> Usage {
+        let count = |n: Option<u64>| n.filter(|n| *n <= MAX_USAGE_TOKENS);
+        Usage {
+            input_tokens: count(self.input_tokens),
+            output_tokens: count(self.output_tokens),
+            total_tokens: count(self.total_tokens),
+            cost_usd: self.cost_usd.filter(|c| (0.0..=MAX_USAGE_COST_USD).contains(c)),
+            model: self.model.filter(|m| m.chars().count() <= MAX_SHORT),
+        }
     }
 }
 
@@ -568,9 +587,9 @@ const MAX_ARRAY: usize = 64;
 
 fn usage_kind(field: &str) -> &'static str {
     match field {
-        "cost_usd" => "a non-negative number",
+        "cost_usd" => "a number from 0 to 1000000",
         "model" => "a string of at most 256 characters",
-        _ => "a non-negative integer",
+        _ => "an integer from 0 to 10000000000",
     }
 }
 
@@ -610,8 +629,12 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
             for (k, v) in m {
                 let ok = match (k.as_str(), v) {
                     (_, Value::Null) => true,
-                    ("input_tokens" | "output_tokens" | "total_tokens", Value::Number(n)) => n.is_u64(),
-                    ("cost_usd", Value::Number(n)) => n.as_f64().is_some_and(|c| c >= 0.0 && c.is_finite()),
+                    ("input_tokens" | "output_tokens" | "total_tokens", Value::Number(n)) => {
+                        n.as_u64().is_some_and(|n| n <= MAX_USAGE_TOKENS)
+                    }
+                    ("cost_usd", Value::Number(n)) => {
+                        n.as_f64().is_some_and(|c| (0.0..=MAX_USAGE_COST_USD).contains(&c))
+                    }
                     ("model", Value::String(s)) => s.chars().count() <= MAX_SHORT,
                     ("input_tokens" | "output_tokens" | "total_tokens" | "cost_usd" | "model", _) => false,
                     // Other keys are the agent's own; they are dropped.

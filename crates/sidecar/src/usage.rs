@@ -1,8 +1,9 @@
 //! What an attempt cost, as an agent reports it: `usage` in its result file, or a
 //! `<task_id>.usage` file, both `{"input_tokens", "output_tokens", "total_tokens", "cost_usd",
 //! "model"}`. Read as hostile input: each field is kept only if the hub accepts it
-//! ([`proto::Usage`]'s rules: counts are non-negative integers, the cost a finite non-negative
-//! number, the model at most [`proto::MAX_SHORT`] characters); a field that is not is dropped
+//! ([`proto::Usage`]'s rules: counts are integers up to [`proto::MAX_USAGE_TOKENS`], the cost a
+//! number up to [`proto::MAX_USAGE_COST_USD`], the model at most [`proto::MAX_SHORT`]
+//! characters); a field that is not is dropped
 //! and named, so a bad field never costs the report.
 
 use proto::Usage;
@@ -29,7 +30,7 @@ pub fn parse(v: &Value) -> Result<(Option<Usage>, Vec<String>), String> {
             "total_tokens" => count(value).map(|n| usage.total_tokens = Some(n)),
             "cost_usd" => value
                 .as_f64()
-                .filter(|c| c.is_finite() && *c >= 0.0 && value.is_number())
+                .filter(|c| (0.0..=proto::MAX_USAGE_COST_USD).contains(c) && value.is_number())
                 .map(|c| usage.cost_usd = Some(c)),
             "model" => value
                 .as_str()
@@ -40,9 +41,9 @@ pub fn parse(v: &Value) -> Result<(Option<Usage>, Vec<String>), String> {
         };
         if ok.is_none() {
             let want = match key.as_str() {
-                "cost_usd" => "a finite non-negative number",
+                "cost_usd" => "a number from 0 to 1000000",
                 "model" => "a non-empty string",
-                _ => "a non-negative integer",
+                _ => "an integer from 0 to 10000000000",
             };
             dropped.push(format!("usage.{key}: expected {want}, got {}", kind(value)));
         }
@@ -57,7 +58,7 @@ pub fn parse_file(bytes: &[u8]) -> Result<(Option<Usage>, Vec<String>), String> 
 }
 
 fn count(v: &Value) -> Option<u64> {
-    v.as_u64()
+    v.as_u64().filter(|n| *n <= proto::MAX_USAGE_TOKENS)
 }
 
 fn kind(v: &Value) -> String {
@@ -96,7 +97,9 @@ mod tests {
                 .unwrap();
         assert_eq!(u, Some(Usage { total_tokens: Some(9), ..Usage::default() }));
         assert_eq!(dropped.len(), 4, "{dropped:?}");
-        assert!(dropped.iter().any(|d| d == "usage.input_tokens: expected a non-negative integer, got the number -3"));
+        assert!(dropped
+            .iter()
+            .any(|d| d == "usage.input_tokens: expected an integer from 0 to 10000000000, got the number -3"));
         assert_eq!(parse(&json!({})).unwrap().0, None);
         assert_eq!(parse(&json!({"cost_usd": null})).unwrap().0, None);
         assert!(parse(&json!([1])).unwrap_err().contains("JSON object"));

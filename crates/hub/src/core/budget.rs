@@ -49,9 +49,8 @@ pub(super) fn usage_of(usage: Option<Usage>, result: Option<&Value>, tokens_used
     let from_result =
         || result.and_then(|r| r.get("usage")).and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
     let from_v1 = || tokens_used.and_then(Value::as_u64).map(|n| Usage { total_tokens: Some(n), ..Usage::default() });
-    let u = usage.or_else(from_result).or_else(from_v1)?;
-    // Nonsense from the wire (negative or infinite cost) is not spend.
-    let u = Usage { cost_usd: u.cost_usd.filter(|c| c.is_finite() && *c >= 0.0), ..u };
+    // Nonsense from the wire (a negative, infinite or absurd count or cost) is not spend.
+    let u = usage.or_else(from_result).or_else(from_v1)?.within_limits();
     (!u.is_empty()).then_some(u)
 }
 

@@ -106,7 +106,8 @@ fn usage(obj: &Map<String, Value>) -> Option<Usage> {
         total_tokens: None,
         cost_usd: cost,
         model: model(obj),
-    };
+    }
+    .within_limits();
     (!u.is_empty()).then_some(u)
 }
 
