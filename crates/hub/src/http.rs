@@ -1,4 +1,5 @@
-//! HTTP routes: the AgentCom v1 core subset plus `/metrics`, and `GET /ws` for agents.
+//! HTTP routes: the AgentCom v1 core subset plus `/metrics`, `GET /ws` for agents, and the
+//! dashboard's pages (merged from [`crate::console`]).
 //! Handlers parse and validate the typed requests of `proto::api`, ask the core (writes, and who
 //! a token is) or the store's reader (reads, off the core thread), and map the answers to status
 //! codes: this is the only place that knows them.
@@ -43,6 +44,8 @@ pub struct AppState {
     pub bus: Arc<crate::events::EventBus>,
     /// Readers of `GET /api/events` at once.
     pub event_readers: Arc<tokio::sync::Semaphore>,
+    /// The dashboard's sessions.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
@@ -68,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/agents/{agent_id}/restart", post(restart_agent))
         .route("/admin/tokens", post(create_token).get(list_tokens))
         .route("/admin/tokens/{agent_id}", axum::routing::delete(revoke_token))
+        .merge(crate::console::routes())
         // Bodies are read by `read_json` with each route's own limit.
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { error(ApiError::new(ErrorCode::NotFound).msg("no such route")) })
@@ -209,7 +213,7 @@ fn bad_query(e: QueryRejection) -> Response {
 }
 
 /// The configured size limits of a submission, each naming its field.
-fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
+pub(crate) fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
     let too_large = |field: &str, size: String, max: String| {
         ApiError::new(ErrorCode::FieldTooLarge).msg(format!("{field}: {size}, more than the hub accepts ({max})"))
     };
@@ -241,6 +245,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Ok(Reply::Metrics(mut text)) => {
             s.conns.render(&mut text);
             crate::feed::render_metrics(&s, &mut text);
+            s.console.render_metrics(&mut text);
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
         }
         other => respond(other),
