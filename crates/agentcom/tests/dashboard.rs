@@ -4,7 +4,7 @@
 //! have reloaded. The session and CSRF rules are also checked with a plain HTTP client.
 
 use futures_util::StreamExt;
-use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
+use reqwest::header::{COOKIE, ORIGIN, SET_COOKIE};
 use serde_json::{json, Value};
 use std::path::Path;
 use testkit::browser::Browser;
@@ -24,7 +24,9 @@ async fn login(b: &Browser, hub: &Hub, token: &str) -> R {
     b.goto(&format!("{}/", hub.url())).await?;
     b.fill("#token", token).await?;
     b.click("#login button").await?;
-    b.wait_text("h1", "Fleet").await?;
+    if let Err(e) = b.wait_text("h1", "Fleet").await {
+        anyhow::bail!("{e}: {:?}", b.text("main").await?);
+    }
     live(b).await
 }
 
@@ -52,7 +54,13 @@ async fn task_on_screen(b: &Browser) -> anyhow::Result<String> {
 }
 
 /// An agent that says which process it is (shown on the fleet page).
-async fn agent_with_process(hub: &Hub, id: &str, supervisor: &str, memory_mb: u64, restarts: u64) -> anyhow::Result<WsAgent> {
+async fn agent_with_process(
+    hub: &Hub,
+    id: &str,
+    supervisor: &str,
+    memory_mb: u64,
+    restarts: u64,
+) -> anyhow::Result<WsAgent> {
     let token = hub.token(id).await?;
     let mut a = WsAgent::connect(&hub.ws_url()).await?;
     a.agent_id = id.into();
@@ -204,7 +212,13 @@ async fn get(hub: &Hub, path: &str, cookie: Option<&str>) -> anyhow::Result<(u16
     Ok((r.status().as_u16(), r.text().await?))
 }
 
-async fn post(hub: &Hub, path: &str, cookie: &str, origin: Option<&str>, form: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+async fn post(
+    hub: &Hub,
+    path: &str,
+    cookie: &str,
+    origin: Option<&str>,
+    form: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let mut req = http().post(format!("{}{path}", hub.url())).header(COOKIE, cookie).form(form);
     if let Some(o) = origin {
         req = req.header(ORIGIN, o);
@@ -220,14 +234,24 @@ async fn task_count(hub: &Hub) -> anyhow::Result<usize> {
 #[tokio::test]
 async fn without_a_session_there_is_no_data_and_foreign_posts_are_refused() -> R {
     let hub = Hub::start(bin(), CONFIG)?;
-    let id = hub.submit_text("secret plan alpha").await?;
+    // Pinned to an agent that never comes, so it stays queued.
+    let id = hub
+        .submit(proto::api::SubmitTask {
+            assign_to: Some("nobody".into()),
+            ..proto::api::SubmitTask::new("secret plan alpha")
+        })
+        .await?;
     let _a = hub.agent("agent-zeta", &[]).await?;
 
     // No session: every page is the login form and nothing of the hub's data.
-    for path in ["/", "/queue", "/tasks", "/dead-letter", &format!("/tasks/{id}"), "/agents/agent-zeta/restart", "/?cursor=zz"] {
+    for path in
+        ["/", "/queue", "/tasks", "/dead-letter", &format!("/tasks/{id}"), "/agents/agent-zeta/restart", "/?cursor=zz"]
+    {
         let (status, body) = get(&hub, path, None).await?;
         assert_eq!(status, 401, "{path}");
         assert!(body.contains("id=\"login\""), "{path}: {body}");
+        // The form returns to the page asked for: that path is the asker's, not the hub's data.
+        let body = body.replace(&format!("name=\"next\" value=\"{path}\""), "");
         for secret in ["secret plan alpha", "agent-zeta", "queued"] {
             assert!(!body.contains(secret), "{path} shows {secret}: {body}");
         }
@@ -263,7 +287,8 @@ async fn without_a_session_there_is_no_data_and_foreign_posts_are_refused() -> R
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
 
     // With a session, a POST from another origin, or with none, is refused and changes nothing.
-    let (status, body) = post(&hub, "/tasks", &cookie, Some("http://evil.example"), &[("description", "pwned")]).await?;
+    let (status, body) =
+        post(&hub, "/tasks", &cookie, Some("http://evil.example"), &[("description", "pwned")]).await?;
     assert_eq!(status, 403);
     assert!(body.contains("refused") && body.contains("evil.example") && !body.contains("secret plan"), "{body}");
     let (status, body) = post(&hub, "/tasks", &cookie, None, &[("description", "pwned")]).await?;
@@ -317,7 +342,12 @@ async fn sessions_expire_are_bounded_and_end_with_their_token() -> R {
     assert_eq!(get(&hub, "/", Some(&second)).await?.0, 200);
     assert_eq!(get(&hub, "/", Some(&third)).await?.0, 200);
     // A wrong token logs nobody in.
-    let r = http().post(format!("{}/login", hub.url())).header(ORIGIN, hub.url()).form(&[("token", "nope-nope-nope")]).send().await?;
+    let r = http()
+        .post(format!("{}/login", hub.url()))
+        .header(ORIGIN, hub.url())
+        .form(&[("token", "nope-nope-nope")])
+        .send()
+        .await?;
     let (status, body) = (r.status().as_u16(), r.text().await?);
     assert!(status == 401 && body.contains("neither this hub's admin token"), "{body}");
 
@@ -361,7 +391,10 @@ async fn sessions_expire_are_bounded_and_end_with_their_token() -> R {
 async fn an_agent_token_sees_only_its_own_tasks_read_only() -> R {
     let hub = Hub::start(bin(), CONFIG)?;
     let t1 = hub.token("a1").await?;
-    let pin = |desc: &str, to: &str| proto::api::SubmitTask { assign_to: Some(to.into()), ..proto::api::SubmitTask::new(desc) };
+    let pin = |desc: &str, to: &str| proto::api::SubmitTask {
+        assign_to: Some(to.into()),
+        ..proto::api::SubmitTask::new(desc)
+    };
     // a1 submits one (for a3 to do), holds one the admin gave it; a2's task is none of its business.
     let own = hub.client(Some(&t1)).call(&pin("submitted by a1", "a3")).await?.task_id;
     let held = hub.submit(pin("held by a1", "a1")).await?;
@@ -432,13 +465,20 @@ async fn the_admin_submits_cancels_retries_and_restarts_with_a_confirmation() ->
 
     // Submit an urgent task no agent can take (it needs a GPU): the queue shows it in its lane.
     b.fill("#submit textarea[name=description]", "Train the model").await?;
-    b.client.find(testkit::browser::fantoccini::Locator::Css("#submit select[name=priority]")).await?.select_by_value("urgent").await?;
+    b.client
+        .find(testkit::browser::fantoccini::Locator::Css("#submit select[name=priority]"))
+        .await?
+        .select_by_value("urgent")
+        .await?;
     b.fill("#submit input[name=capabilities]", "gpu, cuda").await?;
     b.click("#submit button[type=submit]").await?;
     b.wait_text("#task-status", "queued").await?;
     let id = task_on_screen(&b).await?;
     let t = hub.task(&id).await?.task;
-    assert_eq!((t.priority, t.needed_capabilities.clone()), (proto::api::Priority::Urgent, vec!["gpu".into(), "cuda".into()]));
+    assert_eq!(
+        (t.priority, t.needed_capabilities.clone()),
+        (proto::api::Priority::Urgent, vec!["gpu".into(), "cuda".into()])
+    );
     b.goto(&format!("{}/queue", hub.url())).await?;
     let lane = b.wait_text("section[data-lane=urgent]", "Train the model").await?;
     assert!(!lane.contains("Nothing queued"), "{lane}");
@@ -458,6 +498,7 @@ async fn the_admin_submits_cancels_retries_and_restarts_with_a_confirmation() ->
     let (got, g) = a1.take_task().await?;
     assert_eq!(got, doomed);
     a1.send(json!({"type": "task_failed", "task_id": doomed, "generation": g, "reason": "boom"})).await?;
+    assert_eq!(a1.expect("task_ack").await?["status"], "dead_letter");
     b.wait_text("#dead-letter", "doomed").await?;
     same_page(&b).await?;
     b.click(&format!("tr[data-task-id='{doomed}'] button")).await?;
@@ -479,7 +520,9 @@ async fn the_admin_submits_cancels_retries_and_restarts_with_a_confirmation() ->
     b.fill("#restart input[name=reason]", "new config").await?;
     b.click("#restart input[name=force]").await?;
     b.click("#confirm-restart").await?;
-    b.wait_text("#restart-done", "a1").await?;
+    if let Err(e) = b.wait_text("#restart-done", "a1").await {
+        anyhow::bail!("{e}: {:?} {:?}", b.client.current_url().await?, b.text("main").await);
+    }
     let frame = a1.expect("restart_sidecar").await?;
     assert_eq!((frame["reason"].as_str(), frame["force"].as_bool()), (Some("new config"), Some(true)));
     b.close().await;
@@ -494,7 +537,8 @@ async fn text_from_agents_and_users_is_shown_as_text() -> R {
     let agent_id = "<b>bold</b>\"'";
     let mut a = hub.agent(agent_id, &[]).await?;
     let (_, _) = a.take_task().await?;
-    a.send(json!({"type": "needs_input", "task_id": id, "request_id": "r<1>", "question": evil, "options": [evil]})).await?;
+    a.send(json!({"type": "needs_input", "task_id": id, "request_id": "r<1>", "question": evil, "options": [evil]}))
+        .await?;
     a.send(json!({"type": "task_progress", "task_id": id, "progress": evil})).await?;
     let dir = tempfile::tempdir()?;
     let b = Browser::start(dir.path()).await?;
@@ -507,7 +551,8 @@ async fn text_from_agents_and_users_is_shown_as_text() -> R {
     live(&b).await?;
     a.send(json!({"type": "task_progress", "task_id": id, "progress": format!("live {evil}")})).await?;
     b.wait_text("#progress-log", "live <img").await?;
-    let injected = b.js("return [document.title, document.querySelectorAll('main img, main script, main b').length]").await?;
+    let injected =
+        b.js("return [document.title, document.querySelectorAll('main img, main script, main b').length]").await?;
     assert_eq!(injected, json!(["Task ".to_string() + &id + " · agentcom", 0]));
     b.close().await;
     Ok(())
@@ -521,21 +566,32 @@ async fn the_fleet_page_with_a_few_agents_and_tasks_screenshot() -> R {
     let mut codex = agent_with_process(&hub, "codex-1", "pm2", 240, 2).await?;
     let mut aider = agent_with_process(&hub, "aider-1", "systemd", 96, 1).await?;
     let _idle = agent_with_process(&hub, "gemini-1", "agentcom", 120, 0).await?;
-    let pin = |desc: &str, to: &str| proto::api::SubmitTask { assign_to: Some(to.into()), ..proto::api::SubmitTask::new(desc) };
+    let pin = |desc: &str, to: &str| proto::api::SubmitTask {
+        assign_to: Some(to.into()),
+        ..proto::api::SubmitTask::new(desc)
+    };
 
     // codex-1 finished one task (with its cost), claude-1 works, aider-1 waits for a person.
     hub.submit(pin("Bump tokio and fix the deprecations", "codex-1")).await?;
     let (t, g) = codex.take_task().await?;
-    codex.send(json!({"type": "task_complete", "task_id": t, "generation": g, "result": {"status": "success"},
-        "usage": {"input_tokens": 48_000, "output_tokens": 9_500, "cost_usd": 1.37, "model": "gpt-5-codex"}})).await?;
+    codex
+        .send(json!({"type": "task_complete", "task_id": t, "generation": g, "result": {"status": "success"},
+        "usage": {"input_tokens": 48_000, "output_tokens": 9_500, "cost_usd": 1.37, "model": "gpt-5-codex"}}))
+        .await?;
     codex.expect("task_ack").await?;
     hub.submit(pin("Add retries to the webhook sender", "claude-1")).await?;
     let (t, _) = claude.take_task().await?;
     claude.send(json!({"type": "task_progress", "task_id": t, "progress": "writing tests"})).await?;
     let asking = hub.submit(pin("Pick a database for the audit log", "aider-1")).await?;
     aider.take_task().await?;
-    aider.send(json!({"type": "needs_input", "task_id": asking, "request_id": "r1", "question": "SQLite or PostgreSQL?"})).await?;
-    for (d, p) in [("Document the dashboard", "normal"), ("Upgrade CI runners", "low"), ("Hotfix: token leak in logs", "urgent")] {
+    aider
+        .send(
+            json!({"type": "needs_input", "task_id": asking, "request_id": "r1", "question": "SQLite or PostgreSQL?"}),
+        )
+        .await?;
+    for (d, p) in
+        [("Document the dashboard", "normal"), ("Upgrade CI runners", "low"), ("Hotfix: token leak in logs", "urgent")]
+    {
         hub.submit(proto::api::SubmitTask {
             priority: p.parse().unwrap(),
             needed_capabilities: vec!["gpu".into()],

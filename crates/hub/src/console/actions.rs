@@ -68,17 +68,14 @@ async fn begin(s: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
     viewer(s, headers).await.map_err(|why| login_page(why, "/"))
 }
 
-/// Actions only the admin's dashboard offers.
-fn admin(v: &Viewer) -> Result<(), Response> {
-    match v.agent() {
-        None => Ok(()),
-        Some(a) => Err(error_page(
-            Some(v),
-            &ApiError::new(ErrorCode::Forbidden).msg(format!(
-                "agent {a}'s dashboard is read-only: it may answer the questions of tasks it submitted, nothing else"
-            )),
-        )),
-    }
+/// Actions only the admin's dashboard offers: the refusal for anyone else.
+fn not_admin(v: &Viewer) -> Option<Response> {
+    v.agent().map(|a| {
+        let e = ApiError::new(ErrorCode::Forbidden).msg(format!(
+            "agent {a}'s dashboard is read-only: it may answer the questions of tasks it submitted, nothing else"
+        ));
+        error_page(Some(v), &e)
+    })
 }
 
 fn see_other(location: &str) -> Response {
@@ -167,7 +164,7 @@ pub async fn submit(State(s): State<AppState>, headers: HeaderMap, body: axum::b
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(r) = admin(&v) {
+    if let Some(r) = not_admin(&v) {
         return r;
     }
     // Percent-encoding can triple each byte of the largest submission.
@@ -196,7 +193,7 @@ async fn change(s: AppState, headers: HeaderMap, body: axum::body::Body, task_id
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(r) = admin(&v) {
+    if let Some(r) = not_admin(&v) {
         return r;
     }
     let f = match read_form(&headers, body, SMALL_FORM, s.net.body_read_timeout).await {
@@ -276,7 +273,7 @@ pub async fn restart(
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(r) = admin(&v) {
+    if let Some(r) = not_admin(&v) {
         return r;
     }
     let f = match read_form(&headers, body, SMALL_FORM, s.net.body_read_timeout).await {

@@ -25,7 +25,8 @@ fn host_authority(host: &str, default_port: u16) -> Option<String> {
 /// Ok when the request's `Origin` is the hub itself as the browser reached it. Under TLS the
 /// origin must be `https`; without it either scheme is accepted (a TLS proxy in front).
 pub fn check_origin(headers: &HeaderMap, tls: bool) -> Result<(), String> {
-    const WHY: &str = "the dashboard accepts a form only from its own pages (protection against cross-site request forgery)";
+    const WHY: &str =
+        "the dashboard accepts a form only from its own pages (protection against cross-site request forgery)";
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Err(format!(
             "refused: the request has no Origin header, and {WHY}. Submit the form from the dashboard in a current browser."

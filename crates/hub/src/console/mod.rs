@@ -120,7 +120,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// Headers on every dashboard response: only our own script and style run, nothing frames the
-/// pages, nothing is sniffed or cached (pages hold data), no address leaks in a Referer.
+/// pages, nothing is sniffed or cached (pages hold data), no address leaks to another site in a Referer.
 async fn protect(mut r: Response) -> Response {
     let h = r.headers_mut();
     let csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
@@ -128,7 +128,8 @@ async fn protect(mut r: Response) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it browsers send `Origin: null` on POSTs, which the CSRF check refuses.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -207,7 +208,8 @@ mod tests {
     #[test]
     fn login_returns_only_to_pages_of_this_hub() {
         assert_eq!(safe_next("/tasks/t-1?x=1"), "/tasks/t-1?x=1");
-        for bad in ["//evil.example/", "https://evil.example", "/\\evil", "/login", "evil", "/a\nb", "/console/events"] {
+        for bad in ["//evil.example/", "https://evil.example", "/\\evil", "/login", "evil", "/a\nb", "/console/events"]
+        {
             assert_eq!(safe_next(bad), "/", "{bad}");
         }
     }

@@ -38,8 +38,8 @@ async fn start(
     }
 }
 
-fn page_size(v: &Viewer, limit: Option<u32>, default: u32) -> Result<usize, Response> {
-    crate::paging::page_size(Some(limit.unwrap_or(default))).map_err(|e| error_page(Some(v), &e))
+fn page_size(limit: Option<u32>, default: u32) -> Result<usize, ApiError> {
+    crate::paging::page_size(Some(limit.unwrap_or(default)))
 }
 
 pub async fn fleet(
@@ -53,9 +53,9 @@ pub async fn fleet(
         Err(r) => return r,
     };
     // A whole fleet of up to a thousand agents on one page.
-    let limit = match page_size(&v, q.limit, proto::api::MAX_PAGE) {
+    let limit = match page_size(q.limit, proto::api::MAX_PAGE) {
         Ok(l) => l as u32,
-        Err(r) => return r,
+        Err(e) => return error_page(Some(&v), &e),
     };
     match data::fleet(&s, &v, q.cursor, limit).await {
         Ok(f) => html(StatusCode::OK, fleet::render(&v, &f, crate::clock::wall_ms())),
@@ -73,9 +73,9 @@ pub async fn tasks(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let limit = match page_size(&v, q.limit, proto::api::DEFAULT_PAGE) {
+    let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(e) => return error_page(Some(&v), &e),
     };
     match data::tasks(&s, &v, q.status, None, q.cursor.as_deref(), limit).await {
         Ok(p) => html(StatusCode::OK, tasks::list(&v, q.status, &p, crate::clock::wall_ms())),
@@ -95,9 +95,9 @@ pub async fn queue(
     };
     let now = crate::clock::wall_ms();
     if let Some(lane) = q.lane {
-        let limit = match page_size(&v, q.limit, proto::api::DEFAULT_PAGE) {
+        let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
             Ok(l) => l,
-            Err(r) => return r,
+            Err(e) => return error_page(Some(&v), &e),
         };
         return match data::tasks(&s, &v, Some(TaskStatus::Queued), Some(lane), q.cursor.as_deref(), limit).await {
             Ok(p) => html(StatusCode::OK, tasks::lane(&v, lane, &p, now)),
@@ -127,9 +127,9 @@ pub async fn dead_letter(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let limit = match page_size(&v, q.limit, proto::api::DEFAULT_PAGE) {
+    let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(e) => return error_page(Some(&v), &e),
     };
     match data::tasks(&s, &v, Some(TaskStatus::DeadLetter), None, q.cursor.as_deref(), limit).await {
         Ok(p) => html(StatusCode::OK, tasks::dead_letter(&v, &p, crate::clock::wall_ms())),
@@ -137,12 +137,7 @@ pub async fn dead_letter(
     }
 }
 
-pub async fn task(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    Path(task_id): Path<String>,
-) -> Response {
+pub async fn task(State(s): State<AppState>, headers: HeaderMap, uri: Uri, Path(task_id): Path<String>) -> Response {
     let (v, _) = match start(&s, &headers, &uri, Ok(Query(ListQuery::default()))).await {
         Ok(x) => x,
         Err(r) => return r,

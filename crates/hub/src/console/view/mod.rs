@@ -146,7 +146,10 @@ mod tests {
         );
         assert_eq!(task_href("a b/../c"), "/tasks/a%20b%2F..%2Fc");
         assert_eq!(utc(20_779 * 86_400_000 + 3_723_000), "2026-11-22 01:02:03 UTC");
-        assert_eq!((dur(59_999), dur(60_000), dur(3_660_000), dur(90_000_000)), ("59 s".into(), "1 min".into(), "1 h 1 min".into(), "1 d 1 h".into()));
+        assert_eq!(
+            (dur(59_999), dur(60_000), dur(3_660_000), dur(90_000_000)),
+            ("59 s".into(), "1 min".into(), "1 h 1 min".into(), "1 d 1 h".into())
+        );
         assert_eq!(clip("abcdef", 3), "abc…");
         assert_eq!((usd(0.25), usd(0.001)), ("$0.25".into(), "$0.0010".into()));
         assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
