@@ -108,13 +108,19 @@ fn outcome(t: &TaskView) -> Markup {
     }
 }
 
+/// Transitions shown at most (a task retried by hand again and again has no bound).
+const HISTORY_SHOWN: usize = 500;
+
 fn history(p: &TaskPage) -> Markup {
+    let all = &p.detail.history;
+    let shown = &all[all.len().saturating_sub(HISTORY_SHOWN)..];
     html! {
         h2 { "History" }
+        @if shown.len() < all.len() { p.muted { "The latest " (shown.len()) " of " (all.len()) " transitions." } }
         table.grid #task-history {
             thead { tr { th { "When" } th { "From" } th { "To" } th { "Why" } th { "Agent" } th { "Gen." } } }
             tbody {
-                @for h in &p.detail.history {
+                @for h in shown {
                     tr {
                         td { (utc(h.at)) }
                         td { @match h.from { Some(f) => (task_status(f)), None => "—" } }
