@@ -33,6 +33,9 @@ pub struct Args {
     /// Page loads timed in the browser (0 skips the browser).
     #[arg(long, default_value_t = 5)]
     paints: usize,
+    /// Tasks whose completion is timed from the commit to the browser's DOM (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    dom_updates: usize,
     /// Working agents for the stream and lifecycle runs.
     #[arg(long, default_value_t = 100)]
     agents: usize,
@@ -151,6 +154,9 @@ async fn wait_done(done: &AtomicU64, target: u64) -> Result<()> {
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("agentcom console benchmark (release binary {})", bin.display());
     fleet_page(bin, &args).await?;
+    if args.dom_updates > 0 {
+        dom_update(bin, &args).await?;
+    }
     stream_latency(bin, &args).await?;
     reader_rss(bin, &args).await?;
     let without = lifecycles(bin, &args, 0).await?;
@@ -249,6 +255,57 @@ async fn fleet_page(bin: &Path, args: &Args) -> Result<()> {
     for a in agents {
         a.abort();
     }
+    Ok(())
+}
+
+fn wall_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+/// From a completion's commit (the agent's `task_ack`) to the task page in Chromium showing
+/// `completed`, without a reload (a MutationObserver notes the moment, on the same wall clock).
+async fn dom_update(bin: &Path, args: &Args) -> Result<()> {
+    let hub = Hub::start(bin, CONFIG)?;
+    let dir = tempfile::tempdir()?;
+    let b = testkit::browser::Browser::start(dir.path()).await?;
+    b.goto(&format!("{}/", hub.url())).await?;
+    b.fill("#token", &hub.admin_token).await?;
+    b.click("#login button").await?;
+    b.wait_text("h1", "Fleet").await?;
+    let mut a = hub.agent("dom-1", &[]).await?;
+    let mut lat = Vec::new();
+    for n in 0..args.dom_updates {
+        let id = hub.submit_text(&format!("watched {n}")).await?;
+        let (got, g) = a.take_task().await?;
+        if got != id {
+            bail!("took {got}, not {id}");
+        }
+        b.goto(&format!("{}/tasks/{id}", hub.url())).await?;
+        b.wait_text("#task-status", "working").await?;
+        b.wait_text("#live-status", "live").await?;
+        b.js("window.__seen = null; new MutationObserver(function () {                 const s = document.querySelector('#task-status [data-status]');                 if (!window.__seen && s && s.dataset.status === 'completed') window.__seen = performance.timeOrigin + performance.now();               }).observe(document.querySelector('main'), { subtree: true, childList: true, characterData: true }); return true")
+            .await?;
+        a.send(json!({"type": "task_complete", "task_id": id, "generation": g, "result": {"status": "success"}}))
+            .await?;
+        a.expect("task_ack").await?;
+        let acked = wall_ms();
+        let seen = testkit::eventually("the page to show completed", || async {
+            match b.js("return window.__seen").await {
+                Ok(v) => v.as_f64().ok_or_else(|| "not yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await?;
+        lat.push((seen - acked).max(0.0));
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "task page in headless Chromium, commit (the agent's ack) -> `completed` in the DOM without a reload, {} tasks: p50 {:.0} ms, max {:.0} ms",
+        lat.len(),
+        pct(&lat, 0.5),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    b.close().await;
     Ok(())
 }
 

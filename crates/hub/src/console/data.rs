@@ -52,6 +52,59 @@ pub struct Page {
     pub cut_short: bool,
 }
 
+/// What a listing asks the store for.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub status: Option<TaskStatus>,
+    /// Only this lane, when set.
+    pub lane: Option<Priority>,
+    /// Only what this agent submitted or holds, when set.
+    pub agent: Option<String>,
+    /// Below this task (the cursor).
+    pub before: Option<i64>,
+    pub limit: usize,
+    /// Rows read at most when filtering.
+    pub budget: usize,
+}
+
+/// One page of a listing, newest first; a filtered listing reads the store in chunks until the
+/// page is full, the rows run out, or `budget` rows were read (then the page is cut short and its
+/// cursor continues where the reading stopped).
+pub fn scan(r: &dyn Reader, q: &Listing) -> Result<Page, crate::store::StoreError> {
+    let filtered = q.agent.is_some() || q.lane.is_some();
+    let keep = |t: &StoredTask| visible(q.agent.as_deref(), t) && q.lane.is_none_or(|l| t.head.priority == l);
+    let mut page = Page::default();
+    let (mut before, mut scanned) = (q.before, 0usize);
+    loop {
+        let chunk = if filtered { CHUNK.min(q.budget - scanned) } else { q.limit - page.tasks.len() };
+        let (rows, more) = r.list_tasks(TaskQuery { status: q.status, before_seq: before, limit: chunk.max(1) })?;
+        let n = rows.len();
+        let mut last = None;
+        for (i, t) in rows.into_iter().enumerate() {
+            scanned += 1;
+            let seq = t.head.seq;
+            last = Some(seq);
+            if keep(&t) {
+                page.tasks.push(t.view());
+                if page.tasks.len() == q.limit {
+                    let rest = i + 1 < n || more;
+                    page.next = rest.then(|| paging::encode(&seq));
+                    return Ok(page);
+                }
+            }
+        }
+        before = last.or(before);
+        if !more {
+            return Ok(page);
+        }
+        if scanned >= q.budget {
+            page.next = before.map(|b| paging::encode(&b));
+            page.cut_short = true;
+            return Ok(page);
+        }
+    }
+}
+
 /// Tasks with `status` (any when `None`), newest first, below `cursor`, that the viewer may see
 /// and that are in `lane` (any when `None`).
 pub async fn tasks(
@@ -62,40 +115,15 @@ pub async fn tasks(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<Page, ApiError> {
-    let before: Option<i64> = paging::decode(cursor)?;
-    let agent = v.agent().map(str::to_string);
-    let filtered = agent.is_some() || lane.is_some();
-    read(s, move |r| {
-        let keep = |t: &StoredTask| visible(agent.as_deref(), t) && lane.is_none_or(|l| t.head.priority == l);
-        let mut page = Page::default();
-        let (mut before, mut scanned) = (before, 0usize);
-        loop {
-            let chunk = if filtered { CHUNK.min(SCAN_BUDGET - scanned) } else { limit - page.tasks.len() };
-            let (rows, more) = r.list_tasks(TaskQuery { status, before_seq: before, limit: chunk.max(1) })?;
-            let n = rows.len();
-            for (i, t) in rows.into_iter().enumerate() {
-                scanned += 1;
-                before = Some(t.head.seq);
-                if keep(&t) {
-                    page.tasks.push(t.view());
-                    if page.tasks.len() == limit {
-                        let rest = i + 1 < n || more;
-                        page.next = rest.then(|| paging::encode(&before));
-                        return Ok(page);
-                    }
-                }
-            }
-            if !more {
-                return Ok(page);
-            }
-            if scanned >= SCAN_BUDGET {
-                page.next = Some(paging::encode(&before));
-                page.cut_short = true;
-                return Ok(page);
-            }
-        }
-    })
-    .await
+    let q = Listing {
+        status,
+        lane,
+        agent: v.agent().map(str::to_string),
+        before: paging::decode(cursor)?,
+        limit,
+        budget: SCAN_BUDGET,
+    };
+    read(s, move |r| scan(r, &q)).await
 }
 
 /// The queue, lane by lane: up to `per_lane` queued tasks of each lane the viewer may see.
@@ -206,5 +234,92 @@ pub async fn agent(s: &AppState, v: &Viewer, agent_id: &str) -> Result<AgentView
     match call(s, v, ApiRequest::Agent(agent_id.to_string())).await? {
         Reply::Agent(a) => Ok(*a),
         _ => Err(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Mutation, SqliteStore, Store};
+
+    fn insert(id: &str, seq: i64, priority: Priority, submitted_by: &str, holder: Option<&str>) -> Mutation {
+        let head = crate::model::TaskHead {
+            task_id: id.into(),
+            seq,
+            priority,
+            status: TaskStatus::Queued,
+            generation: 0,
+            needed_capabilities: vec![],
+            assign_to: None,
+            max_retries: 3,
+            assigned_to: holder.map(str::to_string),
+            assigned_at: None,
+            attempts: 0,
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+            submitted_by: submitted_by.into(),
+            created_at: 1,
+            updated_at: 1,
+            completed_at: None,
+            needs_input: None,
+            answer: None,
+        };
+        let payload =
+            crate::model::Payload { description: id.into(), metadata: Default::default(), extra: Default::default() };
+        Mutation::InsertTask { head: Box::new(head), payload: Box::new(payload) }
+    }
+
+    fn ids(p: &Page) -> Vec<&str> {
+        p.tasks.iter().map(|t| t.task_id.as_str()).collect()
+    }
+
+    #[test]
+    fn filtered_listings_page_by_cursor_and_stop_at_their_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        let mut batch = Vec::new();
+        for i in 1..=30 {
+            let (by, holder, lane) = match i % 3 {
+                0 => ("a1", None, Priority::Urgent),
+                1 => ("admin", Some("a1"), Priority::Normal),
+                _ => ("admin", Some("a2"), Priority::Normal),
+            };
+            batch.push(insert(&format!("t{i:02}"), i, lane, by, holder));
+        }
+        store.commit(&batch).unwrap();
+        let r = store.reader(1).unwrap();
+        let q = |agent: Option<&str>, lane, before, limit, budget| Listing {
+            status: None,
+            lane,
+            agent: agent.map(str::to_string),
+            before,
+            limit,
+            budget,
+        };
+        // The admin: plain pages.
+        let p = scan(&r, &q(None, None, None, 4, 10)).unwrap();
+        assert_eq!((ids(&p), p.cut_short), (vec!["t30", "t29", "t28", "t27"], false));
+        let next: Option<i64> = paging::decode(p.next.as_deref()).unwrap();
+        assert_eq!(ids(&scan(&r, &q(None, None, next, 2, 10)).unwrap()), vec!["t26", "t25"]);
+        // An agent sees what it submitted or holds, page after page, nothing twice or lost.
+        let (mut seen, mut before) = (Vec::new(), None);
+        loop {
+            let p = scan(&r, &q(Some("a1"), None, before, 3, 1000)).unwrap();
+            seen.extend(ids(&p).into_iter().map(str::to_string));
+            match p.next {
+                Some(c) => before = paging::decode(Some(&c)).unwrap(),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (1..=30).rev().filter(|i| i % 3 != 2).map(|i| format!("t{i:02}")).collect();
+        assert_eq!(seen, want);
+        // A lane; and a budget that runs out before the page is full says so and goes on from there.
+        let p = scan(&r, &q(None, Some(Priority::Urgent), None, 100, 1000)).unwrap();
+        assert_eq!((p.tasks.len(), p.next), (10, None));
+        let p = scan(&r, &q(None, Some(Priority::Urgent), None, 100, 5)).unwrap();
+        assert_eq!((ids(&p), p.cut_short), (vec!["t30", "t27"], true));
+        let next: Option<i64> = paging::decode(p.next.as_deref()).unwrap();
+        assert_eq!(next, Some(26));
     }
 }
