@@ -16,8 +16,7 @@ fn spend(s: &Spend) -> Markup {
                 meter min="0" max=(b.max(f64::MIN_POSITIVE)) value=(s.cost_usd.min(b)) {}
             }
             @if s.tokens > 0 || s.budget_tokens.is_some() {
-                br;
-                small { (s.tokens) " tokens" @if let Some(b) = s.budget_tokens { " / " (b) } }
+                small.tokens { (s.tokens) " tokens" @if let Some(b) = s.budget_tokens { " / " (b) } }
             }
             @if s.exhausted { " " span.badge.exhausted { "budget exhausted" } }
         }
