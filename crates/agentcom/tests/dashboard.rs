@@ -16,8 +16,9 @@ fn bin() -> &'static Path {
 
 type R = anyhow::Result<()>;
 
-/// Short session re-checks, so a revoked token ends an open stream quickly.
-const CONFIG: &str = "console_recheck_ms = 50\n";
+/// Short session re-checks, so a revoked token ends an open stream quickly; test agents send no
+/// pings, so a slow browser on a loaded machine must not get them evicted for silence.
+const CONFIG: &str = "console_recheck_ms = 50\nheartbeat_timeout_ms = 600000\n";
 
 /// Logs in through the form and waits for the fleet page with its live stream connected.
 async fn login(b: &Browser, hub: &Hub, token: &str) -> R {
@@ -613,6 +614,39 @@ async fn the_fleet_page_with_a_few_agents_and_tasks_screenshot() -> R {
         std::fs::create_dir_all(&out)?;
         std::fs::write(Path::new(&out).join("dashboard.png"), &png)?;
     }
+    b.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_page_left_behind_closes_its_event_stream() -> R {
+    let hub = Hub::start(bin(), CONFIG)?;
+    let id = hub.submit_text("somewhere to go").await?;
+    let dir = tempfile::tempdir()?;
+    let b = Browser::start(dir.path()).await?;
+    login(&b, &hub, &hub.admin_token).await?;
+    // More pages than a browser holds connections to one host (six).
+    for n in 0..12 {
+        let path = match n % 4 {
+            0 => "/queue".to_string(),
+            1 => format!("/tasks/{id}"),
+            2 => "/tasks".to_string(),
+            _ => "/".to_string(),
+        };
+        b.goto(&format!("{}{path}", hub.url())).await?;
+        live(&b).await?;
+    }
+    // Only the page on screen follows the stream.
+    eventually("one event reader at the hub", || async {
+        let m = hub.client(None).metrics().await.map_err(|e| e.to_string())?;
+        let readers = m.lines().find(|l| l.starts_with("agentcom_event_readers ")).unwrap_or_default().to_string();
+        if readers == "agentcom_event_readers 1" {
+            Ok(())
+        } else {
+            Err(readers)
+        }
+    })
+    .await?;
     b.close().await;
     Ok(())
 }

@@ -80,7 +80,12 @@ impl Browser {
             }))?;
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match fantoccini::ClientBuilder::new(connector).capabilities(caps).connect(&url).await {
-                Ok(client) => return Ok(Browser { client, driver, pgid }),
+                Ok(client) => {
+                    // A page that does not load within the tests' wait is a failure, not a stall.
+                    let t = fantoccini::wd::TimeoutConfiguration::new(Some(crate::WAIT), Some(crate::WAIT), None);
+                    client.update_timeouts(t).await?;
+                    return Ok(Browser { client, driver, pgid });
+                }
                 Err(e) => {
                     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::SIGKILL);
                     driver.kill9();

@@ -58,6 +58,7 @@ async fn read_form(
 
 /// A refused POST: the reason and nothing of the hub's data.
 fn forbidden(msg: String) -> Response {
+    tracing::warn!(reason = %msg, "dashboard POST refused");
     let e = ApiError::new(ErrorCode::Forbidden).msg(msg);
     html(StatusCode::FORBIDDEN, layout::error(None, &e))
 }

@@ -143,5 +143,10 @@
     }
   });
 
+  // Leaving the page closes its stream at once: a browser holds few connections per host, and a
+  // page kept in the back-forward cache must not keep one.
+  window.addEventListener('pagehide', function () { if (source) source.close(); });
+  window.addEventListener('pageshow', function (e) { if (e.persisted) { connect(); schedule(); } });
+
   connect();
 })();

@@ -63,7 +63,9 @@ pub fn page(v: &Viewer, kind: ViewKind, title: &str, task_id: Option<&str>, body
                         }
                     }
                     span.spacer {}
-                    span #live-status .live.off title="Live updates from the hub's event stream" { "connecting…" }
+                    @if kind != ViewKind::Other {
+                        span #live-status .live.off title="Live updates from the hub's event stream" { "connecting…" }
+                    }
                     span.who {
                         @match v.agent() {
                             None => { "admin" }

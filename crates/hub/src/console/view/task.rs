@@ -35,7 +35,7 @@ fn question(v: &Viewer, t: &TaskView, now: u64) -> Markup {
             section.question #question data-request-id=(q.request_id) {
                 h2 { "The agent asks " small.muted { "(" (ago(now, q.since)) ")" } }
                 p.q #question-text { (q.question) }
-                @if !q.options.is_empty() {
+                @if !q.options.is_empty() && !may_answer {
                     ul.options { @for o in &q.options { li { code { (o) } } } }
                 }
                 @if may_answer {
