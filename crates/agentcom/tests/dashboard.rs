@@ -22,7 +22,12 @@ const CONFIG: &str = "console_recheck_ms = 50\nheartbeat_timeout_ms = 600000\n";
 
 /// Logs in through the form and waits for the fleet page with its live stream connected.
 async fn login(b: &Browser, hub: &Hub, token: &str) -> R {
-    b.goto(&format!("{}/", hub.url())).await?;
+    login_at(b, &hub.url(), token).await
+}
+
+/// [`login`] at another address of the hub (a proxy in front of it).
+async fn login_at(b: &Browser, base: &str, token: &str) -> R {
+    b.goto(&format!("{base}/")).await?;
     b.fill("#token", token).await?;
     b.click("#login button").await?;
     if let Err(e) = b.wait_text("h1", "Fleet").await {
@@ -647,6 +652,73 @@ async fn a_page_left_behind_closes_its_event_stream() -> R {
         }
     })
     .await?;
+    b.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_page_cut_off_from_the_hub_catches_up_when_it_is_back() -> R {
+    // A window of five events: the page misses more than that while it is cut off.
+    let hub = Hub::start(bin(), &format!("{CONFIG}event_window = 5\n"))?;
+    let proxy = testkit::Proxy::start(hub.addr).await?;
+    let base = format!("http://{}", proxy.addr);
+    let dir = tempfile::tempdir()?;
+    let b = Browser::start(dir.path()).await?;
+    login_at(&b, &base, &hub.admin_token).await?;
+    let id = hub.submit_text("done while nobody watched").await?;
+    b.goto(&format!("{base}/tasks/{id}")).await?;
+    b.wait_text("#task-status", "queued").await?;
+    live(&b).await?;
+    mark(&b).await?;
+
+    proxy.cut();
+    eventually("the page to notice", || async {
+        match b.text("#live-status").await {
+            Ok(Some(t)) if t != "live" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let mut a = hub.agent("a1", &[]).await?;
+    let (_, g) = a.take_task().await?;
+    for n in 0..8 {
+        a.send(json!({"type": "task_progress", "task_id": id, "progress": format!("step {n}")})).await?;
+    }
+    assert_eq!(a.complete(&id, g).await?["status"], "complete");
+    proxy.restore();
+
+    // It reconnects, hears that it missed events, and reloads what it shows.
+    if let Err(e) = b.wait_text("#task-status", "completed").await {
+        let d = b.js("return [document.getElementById('live-status').textContent, document.body.dataset.events, document.body.dataset.refreshes]").await?;
+        anyhow::bail!("{e}: {d}");
+    }
+    b.wait_text("#progress-log", "step 7").await?;
+    live(&b).await?;
+    same_page(&b).await?;
+    b.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_page_whose_session_ended_says_so() -> R {
+    let mut hub = Hub::start(bin(), CONFIG)?;
+    let dir = tempfile::tempdir()?;
+    let b = Browser::start(dir.path()).await?;
+    login(&b, &hub, &hub.admin_token).await?;
+    b.wait_text("#session-ended", "").await?;
+    assert_eq!(b.js("return document.getElementById('session-ended').hidden").await?, json!(true));
+    // Sessions live in the hub's memory: a restarted hub knows none of them.
+    hub.restart_after_kill(bin(), &testkit::merge_config(&testkit::fast_config(), CONFIG))?;
+    eventually("the page to say the session ended", || async {
+        match b.js("return document.getElementById('session-ended').hidden").await {
+            Ok(v) if v == json!(false) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    b.wait_text("#live-status", "session ended").await?;
+    b.click("#session-ended a").await?;
+    b.wait_text("#login", "Token").await?;
     b.close().await;
     Ok(())
 }

@@ -78,6 +78,9 @@ impl Console {
 pub struct Viewer {
     pub role: Role,
     token: String,
+    /// The event stream's position before the page's data was read: the page follows the
+    /// stream from there, so nothing between the read and the stream's start is missed.
+    pub last_event: String,
 }
 
 impl Viewer {
@@ -153,8 +156,9 @@ pub(crate) async fn viewer(s: &AppState, headers: &HeaderMap) -> Result<Viewer, 
     let c = &s.console;
     let Some(id) = session::cookie_id(headers, c.cookie_name()) else { return Err(NoSession::Missing) };
     let Some(sess) = c.sessions().get(&id, crate::clock::wall_ms()) else { return Err(NoSession::Missing) };
+    let last_event = s.bus.last_id();
     match s.core.call(Some(sess.token.clone()), ApiRequest::Authenticate).await {
-        Ok(Reply::Role(role)) => Ok(Viewer { role, token: sess.token }),
+        Ok(Reply::Role(role)) => Ok(Viewer { role, token: sess.token, last_event }),
         Ok(_) => Err(NoSession::Unavailable(ApiError::new(ErrorCode::Unknown).msg("unexpected reply"))),
         Err(e) if matches!(e.error, ErrorCode::InvalidToken | ErrorCode::Unauthorized) => {
             c.sessions().remove_token(&sess.token);

@@ -99,7 +99,8 @@
   // --- the stream ---------------------------------------------------------------------------
   const NAMES = ['task', 'progress', 'agent', 'needs_input', 'input_answered', 'input_delivered', 'usage', 'budget_exhausted'];
   let source = null;
-  let lastId = null;
+  // Where the server read the page's data: follow the stream from there, so nothing is missed.
+  let lastId = body.dataset.lastEventId || null;
   let retryMs = 500;
 
   function connect() {

@@ -54,7 +54,7 @@ pub fn page(v: &Viewer, kind: ViewKind, title: &str, task_id: Option<&str>, body
         (DOCTYPE)
         html lang="en" {
             (head(title))
-            body data-view=(kind.name()) data-task-id=[task_id] data-role=(if v.is_admin() { "admin" } else { "agent" }) {
+            body data-view=(kind.name()) data-task-id=[task_id] data-last-event-id=(v.last_event) data-role=(if v.is_admin() { "admin" } else { "agent" }) {
                 header.top {
                     a.brand href="/" { "agentcom" }
                     nav {
