@@ -711,7 +711,7 @@ async fn a_page_whose_session_ended_says_so() -> R {
     hub.restart_after_kill(bin(), &testkit::merge_config(&testkit::fast_config(), CONFIG))?;
     eventually("the page to say the session ended", || async {
         match b.js("return document.getElementById('session-ended').hidden").await {
-            Ok(v) if v == json!(false) => Ok(()),
+            Ok(Value::Bool(false)) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
