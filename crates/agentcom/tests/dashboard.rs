@@ -722,3 +722,34 @@ async fn a_page_whose_session_ended_says_so() -> R {
     b.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn under_tls_the_session_cookie_is_secure_and_origins_must_be_https() -> R {
+    let hub = Hub::start_tls(bin(), CONFIG)?;
+    let ca = std::fs::read(&hub.tls.as_ref().expect("a TLS hub").ca)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .build()?;
+    let login = |origin: String| {
+        http.post(format!("{}/login", hub.url()))
+            .header(ORIGIN, origin)
+            .form(&[("token", hub.admin_token.as_str())])
+            .send()
+    };
+    let plain = format!("http://localhost:{}", hub.addr.port());
+    let r = login(plain).await?;
+    assert_eq!(r.status(), 403, "an http origin for an https hub");
+    let r = login(hub.url()).await?;
+    assert_eq!(r.status(), 303);
+    let set = r.headers()[SET_COOKIE].to_str()?.to_string();
+    assert!(set.starts_with("__Host-agentcom_session=") && set.contains("; Secure"), "{set}");
+    let cookie = set.split(';').next().unwrap_or_default().to_string();
+    let page = http.get(format!("{}/", hub.url())).header(COOKIE, &cookie).send().await?;
+    assert_eq!(page.status(), 200);
+    // The plain-HTTP cookie name means nothing here.
+    let other = cookie.replacen("__Host-", "", 1);
+    let page = http.get(format!("{}/", hub.url())).header(COOKIE, other).send().await?;
+    assert_eq!(page.status(), 401);
+    Ok(())
+}
