@@ -19,6 +19,9 @@ fn chromedriver() -> PathBuf {
     std::env::var_os("AGENTCOM_CHROMEDRIVER").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromedriver".into())
 }
 
+/// How long a page load or a script may take.
+const PAGE_LOAD: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A port nobody listens on now (chromedriver cannot be told port 0; a clash is retried).
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -81,8 +84,9 @@ impl Browser {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match fantoccini::ClientBuilder::new(connector).capabilities(caps).connect(&url).await {
                 Ok(client) => {
-                    // A page that does not load within the tests' wait is a failure, not a stall.
-                    let t = fantoccini::wd::TimeoutConfiguration::new(Some(crate::WAIT), Some(crate::WAIT), None);
+                    // A page load bounded well below WebDriver's 300 s, yet far above what a
+                    // starved renderer on a loaded two-core machine takes.
+                    let t = fantoccini::wd::TimeoutConfiguration::new(Some(PAGE_LOAD), Some(PAGE_LOAD), None);
                     client.update_timeouts(t).await?;
                     return Ok(Browser { client, driver, pgid });
                 }
