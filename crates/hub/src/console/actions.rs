@@ -97,7 +97,7 @@ pub async fn login(State(s): State<AppState>, headers: HeaderMap, body: axum::bo
         let m = format!("Enter a token of 1 to {} characters.", proto::MAX_TOKEN);
         return login_page(NoSession::Refused(m), &next);
     }
-    match s.core.call(Some(token.clone()), ApiRequest::Authenticate).await {
+    match super::ask(&s, &token, ApiRequest::Authenticate).await {
         Ok(Reply::Role(role)) => {
             let id = Sessions::new_id();
             let c = &s.console;

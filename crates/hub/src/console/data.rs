@@ -22,7 +22,7 @@ pub async fn read<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let reader = s.reader.clone();
+    let (_, reader) = super::serving(s)?;
     match tokio::task::spawn_blocking(move || f(reader.as_ref())).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string())),
@@ -31,7 +31,7 @@ pub async fn read<T: Send + 'static>(
 }
 
 pub async fn call(s: &AppState, v: &Viewer, req: ApiRequest) -> Result<Reply, ApiError> {
-    s.core.call(Some(v.token.clone()), req).await
+    super::ask(s, &v.token, req).await
 }
 
 /// Whether the viewer may see this task: the admin any, an agent token those it submitted or holds.

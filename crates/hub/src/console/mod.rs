@@ -139,6 +139,19 @@ async fn protect(mut r: Response) -> Response {
     r
 }
 
+/// The core and the store's reader that serve this hub's data: the console's one way to them.
+pub(crate) fn serving(
+    s: &AppState,
+) -> Result<(crate::core::CoreHandle, std::sync::Arc<dyn crate::store::Reader>), ApiError> {
+    Ok((s.core.clone(), s.reader.clone()))
+}
+
+/// Asks the core with a token (every console request goes through here or [`data::read`]).
+pub(crate) async fn ask(s: &AppState, token: &str, req: ApiRequest) -> Result<Reply, ApiError> {
+    let (core, _) = serving(s)?;
+    core.call(Some(token.to_string()), req).await
+}
+
 /// Why there is no viewer: shown on the login form.
 pub(crate) enum NoSession {
     /// No cookie, or an unknown or expired one.
@@ -157,7 +170,7 @@ pub(crate) async fn viewer(s: &AppState, headers: &HeaderMap) -> Result<Viewer, 
     let Some(id) = session::cookie_id(headers, c.cookie_name()) else { return Err(NoSession::Missing) };
     let Some(sess) = c.sessions().get(&id, crate::clock::wall_ms()) else { return Err(NoSession::Missing) };
     let last_event = s.bus.last_id();
-    match s.core.call(Some(sess.token.clone()), ApiRequest::Authenticate).await {
+    match ask(s, &sess.token, ApiRequest::Authenticate).await {
         Ok(Reply::Role(role)) => Ok(Viewer { role, token: sess.token, last_event }),
         Ok(_) => Err(NoSession::Unavailable(ApiError::new(ErrorCode::Unknown).msg("unexpected reply"))),
         Err(e) if matches!(e.error, ErrorCode::InvalidToken | ErrorCode::Unauthorized) => {
