@@ -1,6 +1,7 @@
 //! Benchmarks that drive the real release `agentcom` binary and print the figures recorded in
 //! BENCHMARKS.md. Run `cargo build --release` first; see BENCHMARKS.md for the commands.
 
+mod console;
 mod daemons;
 mod guard;
 mod hostile;
@@ -34,6 +35,9 @@ enum Cmd {
     Daemons(daemons::Args),
     /// Guard: restart into a bad change -> old version healthy again, beyond the health timeout.
     Guard(guard::Args),
+    /// Dashboard and event stream: fleet page render, commit -> event at readers, RSS per reader,
+    /// lifecycles with and without readers.
+    Console(console::Args),
     /// Hostile input: agents working through 20,000 half-open connections; a 100,000-task backlog.
     Hostile(hostile::Args),
     /// (Used by `hostile`) hold half-open connections to a hub until killed.
@@ -96,6 +100,7 @@ fn main() -> Result<()> {
         Cmd::Supervisor(args) => rt.block_on(supervisor::run(&bin, args)),
         Cmd::Daemons(args) => rt.block_on(daemons::run(&bin, args)),
         Cmd::Guard(args) => rt.block_on(guard::run(&bin, args)),
+        Cmd::Console(args) => rt.block_on(console::run(&bin, args)),
         Cmd::Hostile(args) => rt.block_on(hostile::run(&bin, args)),
         Cmd::HoldSockets(args) => rt.block_on(hostile::hold(args)),
     }

@@ -48,6 +48,12 @@ pub struct FileConfig {
     pub event_reader_buffer: Option<usize>,
     /// Readers of `GET /api/events` at once.
     pub max_event_readers: Option<usize>,
+    /// How long a dashboard login lasts.
+    pub console_session_ttl_ms: Option<u64>,
+    /// Dashboard sessions held at once; the oldest is ended to make room.
+    pub console_max_sessions: Option<usize>,
+    /// How often an open dashboard event stream checks that its session's token still holds.
+    pub console_recheck_ms: Option<u64>,
     pub budgets: Option<BudgetsFile>,
     pub webhooks: Option<Vec<WebhookFile>>,
     /// `postgres://...`: store everything in PostgreSQL; several hubs may share it.
@@ -310,6 +316,24 @@ impl Default for NetLimits {
     }
 }
 
+/// The dashboard's sessions.
+#[derive(Debug, Clone)]
+pub struct ConsoleLimits {
+    pub session_ttl: Duration,
+    pub max_sessions: usize,
+    pub recheck: Duration,
+}
+
+impl Default for ConsoleLimits {
+    fn default() -> Self {
+        ConsoleLimits {
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_sessions: 1000,
+            recheck: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub listen: String,
@@ -322,6 +346,7 @@ pub struct HubConfig {
     pub webhooks: Vec<Webhook>,
     /// Set when the hub stores everything in PostgreSQL (several hubs, one leader).
     pub ha: Option<crate::ha::HaConfig>,
+    pub console: ConsoleLimits,
     /// Set when the hub serves TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -430,6 +455,13 @@ impl HubConfig {
             max_readers: positive("max_event_readers", file.max_event_readers, de.max_readers, &mut errors),
         };
         let webhooks = webhooks(file.webhooks.unwrap_or_default(), &mut errors);
+        let dc = ConsoleLimits::default();
+        let console = ConsoleLimits {
+            session_ttl: ms("console_session_ttl_ms", file.console_session_ttl_ms, dc.session_ttl, &mut errors),
+            max_sessions: positive("console_max_sessions", file.console_max_sessions, dc.max_sessions, &mut errors)
+                .min(1_000_000),
+            recheck: ms("console_recheck_ms", file.console_recheck_ms, dc.recheck, &mut errors),
+        };
         let dn = NetLimits::default();
         let net = NetLimits {
             header_read_timeout: ms(
@@ -521,7 +553,7 @@ impl HubConfig {
                         .into(),
                 ]));
             }
-            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, events, webhooks, ha, tls })
+            Ok(HubConfig { listen, data_dir, admin_token, timings, limits, net, events, webhooks, ha, console, tls })
         } else {
             Err(ConfigErrors(errors))
         }

@@ -90,6 +90,12 @@ impl EventBus {
         let _ = self.tx.send(p);
     }
 
+    /// The id of the latest event published (`<run>-0` before the first): a page rendered after
+    /// reading it resumes from it and misses nothing that happened since.
+    pub fn last_id(&self) -> String {
+        format!("{}-{}", self.epoch, self.next.load(Ordering::Relaxed).saturating_sub(1))
+    }
+
     /// Subscribes after `last_id` (or from now when none is given).
     pub fn subscribe(&self, last_id: Option<&str>) -> Subscription {
         let ring = self.lock();
@@ -125,6 +131,7 @@ mod tests {
         for i in 0..5 {
             bus.publish(i, agent(&format!("a{i}")), Audience::default());
         }
+        assert_eq!(bus.last_id(), "7-5");
         let s = bus.subscribe(Some("7-3"));
         assert_eq!((s.resync, s.backlog.iter().map(|p| p.id.as_str()).collect::<Vec<_>>()), (None, vec!["7-4", "7-5"]));
         let s = bus.subscribe(Some("7-1"));

@@ -1,4 +1,5 @@
-//! HTTP routes: the AgentCom v1 core subset plus `/metrics`, and `GET /ws` for agents.
+//! HTTP routes: the AgentCom v1 core subset plus `/metrics`, `GET /ws` for agents, and the
+//! dashboard's pages (merged from [`crate::console`]).
 //! Handlers parse and validate the typed requests of `proto::api`, ask the core (writes, and who
 //! a token is) or the store's reader (reads, off the core thread), and map the answers to status
 //! codes: this is the only place that knows them.
@@ -46,6 +47,8 @@ pub struct AppState {
     /// How long a standby that knows no leader (an election under way) holds an agent's
     /// socket before telling it so: zero for a single hub.
     pub election_wait: std::time::Duration,
+    /// The dashboard's sessions.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
@@ -133,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/agents/{agent_id}/restart", post(restart_agent))
         .route("/admin/tokens", post(create_token).get(list_tokens))
         .route("/admin/tokens/{agent_id}", axum::routing::delete(revoke_token))
+        .merge(crate::console::routes())
         // Bodies are read by `read_json` with each route's own limit.
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { error(ApiError::new(ErrorCode::NotFound).msg("no such route")) })
@@ -281,7 +285,7 @@ fn bad_query(e: QueryRejection) -> Response {
 }
 
 /// The configured size limits of a submission, each naming its field.
-fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
+pub(crate) fn check_sizes(t: &SubmitTask, l: &Limits) -> Result<(), ApiError> {
     let too_large = |field: &str, size: String, max: String| {
         ApiError::new(ErrorCode::FieldTooLarge).msg(format!("{field}: {size}, more than the hub accepts ({max})"))
     };
@@ -329,6 +333,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             text.push_str("# HELP agentcom_hub_leader Whether this hub leads.\n# TYPE agentcom_hub_leader gauge\nagentcom_hub_leader 1\n");
             s.conns.render(&mut text);
             crate::feed::render_metrics(&s, &mut text);
+            s.console.render_metrics(&mut text);
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
         }
         other => respond(other),

@@ -2,12 +2,14 @@
 //!
 //! [`run`] wires the pieces: the SQLite [`store`] (a writer for the core, a reader for the API),
 //! the single-owner [`core`] thread, the axum [`http`] routes whose `/ws` hands each socket to a
-//! [`ws`] task, and the [`server`] that accepts connections and bounds them.
+//! [`ws`] task, the [`console`] (the dashboard at `/`), and the [`server`] that accepts
+//! connections and bounds them.
 
 pub mod auth;
 pub mod authz;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod events;
 pub mod feed;
@@ -228,6 +230,7 @@ pub async fn run_reporting(
         bus: bus.clone(),
         event_readers: Arc::new(tokio::sync::Semaphore::new(cfg.events.max_readers)),
         election_wait: cfg.ha.as_ref().map_or(std::time::Duration::ZERO, |h| h.election_wait),
+        console: Arc::new(console::Console::new(cfg.console.clone(), cfg.tls.is_some())),
     };
     let server = server::Server {
         listener,

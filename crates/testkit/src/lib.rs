@@ -12,6 +12,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// A headless Chromium over WebDriver, for the dashboard's tests.
+pub mod browser;
 /// Certificates for TLS tests.
 pub mod tls;
 

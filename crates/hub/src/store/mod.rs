@@ -117,6 +117,8 @@ pub trait Reader: Send + Sync + 'static {
     fn list_tasks(&self, q: TaskQuery) -> Result<(Vec<StoredTask>, bool), StoreError>;
     fn task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError>;
     fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError>;
+    /// The kept progress lines of one attempt, oldest first: (when, body).
+    fn progress(&self, task_id: &str, generation: u64) -> Result<Vec<(u64, Value)>, StoreError>;
     fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError>;
     /// Usage between two instants (ms, `until` excluded), grouped; only `agent`'s when given.
     fn usage(

@@ -575,6 +575,21 @@ impl Reader for PgReader {
         })
     }
 
+    fn progress(&self, task_id: &str, generation: u64) -> Result<Vec<(u64, Value)>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT at, body FROM progress WHERE task_id = $1 AND generation = $2 ORDER BY id",
+                &[&task_id, &(generation as i64)],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let body: String = r.get(1);
+                    Ok((r.get::<_, i64>(0).max(0) as u64, decode(|| format!("progress of {task_id}"), &body)?))
+                })
+                .collect()
+        })
+    }
+
     fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError> {
         self.with(|c| {
             let row = c.query_opt("SELECT body, updated_at FROM checkpoints WHERE agent_id = $1", &[&agent_id])?;

@@ -524,6 +524,18 @@ impl Reader for SqliteReader {
         })
     }
 
+    fn progress(&self, task_id: &str, generation: u64) -> Result<Vec<(u64, Value)>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT at, body FROM progress WHERE task_id = ?1 AND generation = ?2 ORDER BY id")?;
+            let rows = stmt.query_map(params![task_id, generation as i64], |r| {
+                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, String>(1)?))
+            })?;
+            let rows: Vec<(u64, String)> = rows.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|(at, body)| Ok((at, decode(|| format!("progress of {task_id}"), &body)?))).collect()
+        })
+    }
+
     fn usage(
         &self,
         by: UsageBy,
@@ -665,6 +677,12 @@ mod tests {
         assert_eq!(r.task("a").unwrap().unwrap().progress, Some(json!({"step": 149})));
         let kept: i64 = r.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM progress", [], |r| r.get(0))?)).unwrap();
         assert_eq!(kept, PROGRESS_KEPT);
+        let lines = r.progress("a", 0).unwrap();
+        assert_eq!(
+            (lines.len() as i64, lines[0].clone(), lines.last().cloned()),
+            (PROGRESS_KEPT, (50, json!({"step": 50})), Some((149, json!({"step": 149}))))
+        );
+        assert!(r.progress("a", 1).unwrap().is_empty() && r.progress("nope", 0).unwrap().is_empty());
         // A new attempt starts without the previous attempt's progress.
         let mut h = head("a", 1, TaskStatus::Assigned);
         h.generation = 1;

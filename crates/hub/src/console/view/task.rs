@@ -1,0 +1,192 @@
+//! One task: what it is, where it stands, its open question (and the form to answer it), its
+//! progress lines as they come, result, usage and history; the restart confirmation too.
+
+use super::layout::{page, ViewKind};
+use super::{ago, clip, json_text, live, priority, progress_text, task_href, task_status, usd, utc};
+use crate::console::data::TaskPage;
+use crate::console::Viewer;
+use maud::{html, Markup};
+use proto::api::{AgentView, TaskStatus, TaskView};
+
+fn facts(t: &TaskView, now: u64) -> Markup {
+    html! {
+        dl.facts {
+            dt { "Status" } dd #task-status { (task_status(t.status)) }
+            dt { "Priority" } dd { (priority(t.priority)) }
+            dt { "Agent" } dd #task-agent { (t.assigned_to.as_deref().unwrap_or("—")) }
+            dt { "Attempts" } dd { (t.attempts) " (" (t.failures) " failed, max_retries " (t.max_retries) ")" }
+            dt { "Submitted by" } dd { (t.submitted_by) }
+            dt { "Created" } dd { (utc(t.created_at)) }
+            dt { "Updated" } dd { (ago(now, t.updated_at)) }
+            @if let Some(c) = t.completed_at { dt { "Finished" } dd { (utc(c)) } }
+            @if let Some(r) = t.retry_at { dt { "Retry at" } dd { (utc(r)) } }
+            @if !t.needed_capabilities.is_empty() { dt { "Needs" } dd { (t.needed_capabilities.join(", ")) } }
+            @if let Some(a) = &t.assign_to { dt { "Pinned to" } dd { (a) } }
+            @if let Some(e) = &t.last_error { dt { "Last error" } dd.error { (clip(e, 4000)) } }
+        }
+    }
+}
+
+/// The open question, and the form to answer it when the viewer may.
+fn question(v: &Viewer, t: &TaskView, now: u64) -> Markup {
+    let may_answer = v.is_admin() || v.agent() == Some(t.submitted_by.as_str());
+    html! {
+        @if let Some(q) = &t.needs_input {
+            section.question #question data-request-id=(q.request_id) {
+                h2 { "The agent asks " small.muted { "(" (ago(now, q.since)) ")" } }
+                p.q #question-text { (q.question) }
+                @if !q.options.is_empty() && !may_answer {
+                    ul.options { @for o in &q.options { li { code { (o) } } } }
+                }
+                @if may_answer {
+                    form #answer method="post" action={ (task_href(&t.task_id)) "/answer" } {
+                        input type="hidden" name="request_id" value=(q.request_id);
+                        @if !q.options.is_empty() {
+                            div.choices {
+                                @for o in &q.options {
+                                    label.choice { input type="radio" name="choice" value=(o); " " (o) }
+                                }
+                            }
+                        }
+                        label { "Answer " @if !q.options.is_empty() { small { "(or pick an option above)" } } textarea #answer-text name="answer" rows="3" maxlength=(proto::MAX_ANSWER) {} }
+                        button type="submit" { "Send the answer" }
+                    }
+                } @else {
+                    p.muted { "Only the admin or the task's submitter (" (t.submitted_by) ") may answer." }
+                }
+            }
+        }
+        @if let Some(a) = &t.answer {
+            p.banner #answer-pending {
+                "Answered by " (a.answered_by) " " (ago(now, a.answered_at)) ": " q { (clip(&a.answer, 500)) }
+                " — waiting for the agent's sidecar to confirm it wrote the answer."
+            }
+        }
+    }
+}
+
+fn actions(v: &Viewer, t: &TaskView) -> Markup {
+    let href = task_href(&t.task_id);
+    let cancellable = !matches!(t.status, TaskStatus::Completed | TaskStatus::Cancelled);
+    let retryable = matches!(t.status, TaskStatus::DeadLetter | TaskStatus::Cancelled | TaskStatus::WaitingRetry);
+    html! {
+        @if v.is_admin() && (cancellable || retryable) {
+            div.actions {
+                @if retryable {
+                    form.inline method="post" action={ (href) "/retry" } { button #retry type="submit" { "Retry" } }
+                }
+                @if cancellable {
+                    form.inline method="post" action={ (href) "/cancel" } { button.danger #cancel type="submit" { "Cancel task" } }
+                }
+            }
+        }
+    }
+}
+
+fn outcome(t: &TaskView) -> Markup {
+    html! {
+        @if let Some(r) = &t.result {
+            h2 { "Result" }
+            pre #task-result { (clip(&json_text(r), 20_000)) }
+        }
+        @if !t.report.is_empty() {
+            h2 { "Report" }
+            pre { (clip(&json_text(&serde_json::Value::Object(t.report.clone())), 20_000)) }
+        }
+        @if let Some(u) = &t.usage {
+            h2 { "Usage" }
+            table.grid.narrow #task-usage {
+                tbody {
+                    tr { th { "Input tokens" } td.num { (u.input_tokens.unwrap_or(0)) } }
+                    tr { th { "Output tokens" } td.num { (u.output_tokens.unwrap_or(0)) } }
+                    tr { th { "Total tokens" } td.num { (u.tokens()) } }
+                    tr { th { "Cost" } td.num { (usd(u.cost_usd.unwrap_or(0.0))) } }
+                    @if let Some(m) = &u.model { tr { th { "Model" } td { (m) } } }
+                }
+            }
+        }
+    }
+}
+
+/// Transitions shown at most (a task retried by hand again and again has no bound).
+const HISTORY_SHOWN: usize = 500;
+
+fn history(p: &TaskPage) -> Markup {
+    let all = &p.detail.history;
+    let shown = &all[all.len().saturating_sub(HISTORY_SHOWN)..];
+    html! {
+        h2 { "History" }
+        @if shown.len() < all.len() { p.muted { "The latest " (shown.len()) " of " (all.len()) " transitions." } }
+        table.grid #task-history {
+            thead { tr { th { "When" } th { "From" } th { "To" } th { "Why" } th { "Agent" } th { "Gen." } } }
+            tbody {
+                @for h in shown {
+                    tr {
+                        td { (utc(h.at)) }
+                        td { @match h.from { Some(f) => (task_status(f)), None => "—" } }
+                        td { (task_status(h.to)) }
+                        td { (clip(&h.reason, 500)) }
+                        td { (h.agent_id.as_deref().unwrap_or("—")) }
+                        td.num { (h.generation) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
+    let t = &p.detail.task;
+    let progress = html! {
+        h2 { "Progress " small.muted { "(attempt " (t.generation) ")" } }
+        ol #progress-log .log data-generation=(t.generation) {
+            @for (at, line) in &p.progress { li { time { (utc(*at)) } " " span { (progress_text(line)) } } }
+        }
+        @if p.progress.is_empty() { p.muted #no-progress { "No progress reported for this attempt yet." } }
+    };
+    let body = html! {
+        h1 { "Task " code { (clip(&t.task_id, 80)) } }
+        pre.description #task-description { (t.description) }
+        (live("task-facts", facts(t, now)))
+        (live("task-question", question(v, t, now)))
+        (live("task-actions", actions(v, t)))
+        (live("task-progress", progress))
+        (live("task-outcome", outcome(t)))
+        (live("task-history", history(p)))
+    };
+    page(v, ViewKind::Task, &format!("Task {}", clip(&t.task_id, 40)), Some(&t.task_id), body)
+}
+
+/// The confirmation step before an agent is told to restart.
+pub fn restart_confirm(v: &Viewer, a: &AgentView) -> Markup {
+    let working = a.current_task.is_some();
+    let body = html! {
+        h1 { "Restart agent " code { (a.agent_id) } "?" }
+        dl.facts {
+            dt { "Status" } dd { (super::agent_status(a.status)) }
+            dt { "Current task" } dd { @match &a.current_task { Some(t) => a href=(task_href(t)) { code { (t) } }, None => "none" } }
+            @if let Some(s) = a.process_info.as_ref().and_then(|p| p.supervisor.as_deref()) { dt { "Supervisor" } dd { (s) } }
+        }
+        p { "The hub tells the agent's sidecar to restart itself (through its supervisor). "
+            @if working { "It is working on a task: “force” restarts it anyway, and the task is recovered after the restart." } }
+        form #restart method="post" action={ "/agents/" (proto::api::encode(&a.agent_id)) "/restart" } {
+            label { "Reason " small { "(optional)" } input name="reason" maxlength=(proto::MAX_REASON) placeholder="admin_commanded"; }
+            label.choice { input type="checkbox" name="force" value="true"; " force (even while a task is working)" }
+            div.actions {
+                button.danger #confirm-restart type="submit" name="confirm" value="yes" { "Restart " (a.agent_id) }
+                a.button href="/" { "Keep it running" }
+            }
+        }
+    };
+    page(v, ViewKind::Other, "Restart agent", None, body)
+}
+
+/// After the restart was commanded.
+pub fn restart_done(v: &Viewer, agent_id: &str, reason: &str, force: bool) -> Markup {
+    let body = html! {
+        h1 { "Restart commanded" }
+        p.banner #restart-done { "Agent " code { (agent_id) } " was told to restart (" (reason) @if force { ", forced" } ")." }
+        p { a href="/" { "Back to the fleet" } }
+    };
+    page(v, ViewKind::Other, "Restart commanded", None, body)
+}
