@@ -483,6 +483,13 @@ fn progress_keeps_the_last_lines_and_shows_the_current_generation() {
         assert_eq!(shown(b, 7), Some(json!({"step": 50})), "{}: line 50 was kept", b.name);
         assert_eq!(shown(b, 8), None, "{}: a new attempt starts without progress", b.name);
         assert_eq!(b.reader.task("b").unwrap().unwrap().progress, Some(json!({"step": 1})), "{}", b.name);
+        // Every kept line of one attempt, oldest first, with its time (the task page's list).
+        let lines = b.reader.progress("a", 0).unwrap();
+        let steps: Vec<u64> = (51..150).filter(|i| *i != 0 && *i != 49).collect();
+        let want: Vec<(u64, Value)> = steps.iter().map(|i| (DAY0 + i, json!({ "step": i }))).collect();
+        assert_eq!(lines, want, "{}: generation 0's kept lines", b.name);
+        assert_eq!(b.reader.progress("a", 7).unwrap(), vec![(DAY0 + 50, json!({"step": 50}))], "{}", b.name);
+        assert_eq!(b.reader.progress("nope", 0).unwrap(), vec![], "{}", b.name);
     });
     let mut h = head("a", 1, TaskStatus::Working);
     h.generation = 8;
