@@ -339,9 +339,10 @@ async fn webhooks_tell_people_and_budgets_stop_spending() -> R {
     // The JSON hook refuses twice first: it is retried.
     let json_hook = Receiver::start(vec![500, 503]).await?;
     let slack_hook = Receiver::start(vec![]).await?;
+    // The URL carries a secret, as Slack's and most hooks' do: logs name the host only.
     let config = format!(
         "[budgets.agents.spender]\ndaily_usd = 1.0\n\n\
-         [[webhooks]]\nurl = \"{}\"\nevents = [\"needs_input\", \"budget_exhausted\"]\nretry_ms = 20\n\n\
+         [[webhooks]]\nurl = \"{}?key=hook-secret-3141\"\nevents = [\"needs_input\", \"budget_exhausted\"]\nretry_ms = 20\n\n\
          [[webhooks]]\nurl = \"{}\"\nformat = \"slack\"\nevents = [\"dead_letter\", \"agent_offline\"]\nagent_offline_after_ms = 200\n",
         json_hook.url, slack_hook.url
     );
@@ -357,6 +358,16 @@ async fn webhooks_tell_people_and_budgets_stop_spending() -> R {
         (posts[2]["question"]["question"].as_str(), posts[2]["agent_id"].as_str()),
         (Some("Merge it?"), Some("spender"))
     );
+    let logs = eventually("the refusals logged", || async {
+        let logs = hub.logs().join("\n");
+        if logs.matches("webhook refused the notification").count() >= 2 {
+            Ok(logs)
+        } else {
+            Err(logs)
+        }
+    })
+    .await?;
+    assert!(logs.contains("127.0.0.1") && !logs.contains("hook-secret-3141"), "{logs}");
     a.send(json!({"type": "task_failed", "task_id": id, "generation": g, "reason": "tests red",
         "usage": {"cost_usd": 1.25, "input_tokens": 10}}))
         .await?;

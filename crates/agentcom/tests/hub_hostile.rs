@@ -34,10 +34,14 @@ const MATRIX: &[(&str, &str, &str, [u16; 3])] = &[
     ("GET", "/api/tasks/dead-letter", "", [401, 200, 200]),
     ("GET", "/api/tasks/stats", "", [401, 200, 200]),
     ("GET", "/api/tasks/{other}", "", [401, 200, 200]),
+    // While both are open and no question is is open: past the role check the state refuses.
+    ("POST", "/api/tasks/{own}/input", r#"{"answer":"yes"}"#, [401, 409, 409]),
+    ("POST", "/api/tasks/{other}/input", r#"{"answer":"yes"}"#, [401, 403, 409]),
     ("POST", "/api/tasks/{own}/cancel", "{}", [401, 200, 200]),
     ("POST", "/api/tasks/{own}/retry", "{}", [401, 200, 200]),
     ("POST", "/api/tasks/{other}/cancel", "{}", [401, 403, 200]),
     ("POST", "/api/tasks/{other}/retry", "{}", [401, 403, 200]),
+    ("GET", "/api/usage", "", [401, 200, 200]),
     ("GET", "/api/agents", "", [401, 200, 200]),
     ("GET", "/api/agents/a1", "", [401, 200, 200]),
     ("PUT", "/api/agents/a1/checkpoint", r#"{"objective":"o"}"#, [401, 200, 200]),
@@ -88,6 +92,16 @@ async fn every_route_answers_each_role_as_the_matrix_says() -> R {
                 assert!(v["message"].as_str().unwrap().contains("agent token (agent a1)"), "{v}");
             }
         }
+    }
+    // The event stream: its status, without waiting for a body that never ends.
+    for (who, token, want) in
+        [(Who::Nobody, None, 401), (Who::Agent, Some(&t1), 200), (Who::Admin, Some(&hub.admin_token), 200)]
+    {
+        let mut req = reqwest::Client::new().get(format!("{}/api/events", hub.url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await?.status().as_u16(), want, "{who:?} GET /api/events");
     }
     // A wrong token is refused everywhere a token is needed, and says what it is not.
     let (s, v) = hub.api(Some("not-a-token")).get("/api/tasks").await?;

@@ -200,22 +200,35 @@ async fn send(hooks: Arc<Vec<Webhook>>, queue: Arc<Queue>, shutdown: Cancellatio
         let (client, hook, shutdown) = (client.clone(), hooks[d.hook].clone(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            deliver(&client, &hook, &d.body, &shutdown).await;
+            deliver(&client, d.hook, &hook, &d.body, &shutdown).await;
         });
     }
 }
 
+/// Where a hook points, for logs: its host only, since a webhook URL's path or query often is the
+/// secret (Slack's are).
+fn host_of(url: &str) -> String {
+    url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
+}
+
 /// Posts one notification, retrying with backoff (1 s doubling, at most a minute apart).
-async fn deliver(client: &reqwest::Client, hook: &Webhook, body: &Value, shutdown: &CancellationToken) {
+async fn deliver(client: &reqwest::Client, index: usize, hook: &Webhook, body: &Value, shutdown: &CancellationToken) {
+    let host = host_of(&hook.url);
     let mut wait = hook.retry;
     for attempt in 1..=hook.max_attempts {
         let sent = client.post(&hook.url).timeout(hook.timeout).json(body).send().await;
         match sent {
             Ok(r) if r.status().is_success() => return,
             Ok(r) => {
-                tracing::warn!(url = %hook.url, status = r.status().as_u16(), attempt, "webhook refused the notification")
+                tracing::warn!(
+                    hook = index,
+                    host,
+                    status = r.status().as_u16(),
+                    attempt,
+                    "webhook refused the notification"
+                )
             }
-            Err(e) => tracing::warn!(url = %hook.url, error = %e, attempt, "webhook unreachable"),
+            Err(e) => tracing::warn!(hook = index, host, error = %e.without_url(), attempt, "webhook unreachable"),
         }
         if attempt < hook.max_attempts {
             tokio::select! {
@@ -225,5 +238,5 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, body: &Value, shutdow
             wait = (wait * 2).min(Duration::from_secs(60));
         }
     }
-    tracing::error!(url = %hook.url, attempts = hook.max_attempts, "webhook notification given up");
+    tracing::error!(hook = index, host, attempts = hook.max_attempts, "webhook notification given up");
 }
