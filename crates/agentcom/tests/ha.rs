@@ -260,8 +260,8 @@ async fn a_paused_leader_is_replaced_writes_nothing_more_and_steps_down_when_con
     Ok(())
 }
 
-#[tokio::test]
-async fn a_leader_cut_off_from_the_database_steps_down_and_rejoins_as_a_standby() -> R {
+/// A cluster whose hub 0 reaches the database only through a proxy that can be cut, and leads.
+async fn with_hub_0_behind_a_proxy(extra: &str) -> anyhow::Result<(Cluster, Proxy, String)> {
     let pg = Postgres::start()?;
     let database_url = pg.database()?;
     let mut url = reqwest::Url::parse(&database_url)?;
@@ -269,9 +269,7 @@ async fn a_leader_cut_off_from_the_database_steps_down_and_rejoins_as_a_standby(
         format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5432)).parse()?;
     let proxy = Proxy::start(upstream).await?;
     url.set_port(Some(proxy.addr.port())).map_err(|_| anyhow::anyhow!("set port"))?;
-
-    // Hub 0 reaches the database only through the proxy, and starts first so it leads.
-    let mut c = Cluster::start_on(pg, database_url.clone(), 0, "lease_ms = 1000\n")?;
+    let mut c = Cluster::start_on(pg, database_url.clone(), 0, extra)?;
     let first = Hub::start_in(bin(), &c.dir(0), &c.config(0, url.as_str()))?;
     c.addrs.push(first.addr);
     c.hubs.push(Some(first));
@@ -284,6 +282,62 @@ async fn a_leader_cut_off_from_the_database_steps_down_and_rejoins_as_a_standby(
         }
     })
     .await?;
+    Ok((c, proxy, database_url))
+}
+
+#[tokio::test]
+async fn an_agent_arriving_during_an_election_is_held_and_served_by_its_winner() -> R {
+    let (c, proxy, _) = with_hub_0_behind_a_proxy("lease_ms = 1000\nelection_wait_ms = 60000\n").await?;
+    let token = c.hub(0).token("a").await?;
+    proxy.cut();
+    eventually("hub 0 to stand by, knowing no leader", || async {
+        let h = c.health(0).await.map_err(|e| e.to_string())?;
+        if h.role == Some(HubRole::Standby) && h.leader.is_none() {
+            Ok(())
+        } else {
+            Err(format!("{h:?}"))
+        }
+    })
+    .await?;
+    let (ws, t) = (c.ws_url(0), token.clone());
+    let arriving = tokio::spawn(async move { WsAgent::identify(&ws, "a", &t, &[]).await });
+    // Held: its handshake is not answered while no hub leads.
+    eventually("the agent's connection to arrive", || async {
+        let text = reqwest::get(format!("{}/metrics", c.url(0))).await.map_err(|e| e.to_string())?;
+        let text = text.text().await.map_err(|e| e.to_string())?;
+        let open = text.lines().find_map(|l| l.strip_prefix("agentcom_connections_open ")).unwrap_or("0");
+        // This request's connection and the agent's.
+        if open.parse::<u64>().unwrap_or(0) >= 2 {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await?;
+    let held = c.hub(0).logs().len();
+    eventually("the hub to try the database again while the agent waits", || async {
+        let tried = c.hub(0).logs()[held..].iter().any(|l| l.contains("lease round failed"));
+        if tried {
+            Ok(())
+        } else {
+            Err("no new attempt yet".to_string())
+        }
+    })
+    .await?;
+    assert!(!arriving.is_finished(), "the agent was answered while no hub led");
+    proxy.restore();
+    let mut a = arriving.await??;
+    let id = c.hub(0).submit_text("after the election").await?;
+    let (got, generation) = a.take_task().await?;
+    assert_eq!(got, id);
+    assert_eq!(a.complete(&id, generation).await?["status"], "complete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_database_steps_down_and_rejoins_as_a_standby() -> R {
+    // Hub 0 reaches the database only through the proxy, and leads.
+    let (mut c, proxy, database_url) = with_hub_0_behind_a_proxy("lease_ms = 1000\n").await?;
     let second = Hub::start_in(bin(), &c.dir(1), &c.config(1, &database_url))?;
     c.addrs.push(second.addr);
     c.hubs.push(Some(second));

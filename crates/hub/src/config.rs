@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub lease_ms: Option<u64>,
     /// This hub's name among the others (default: host name and pid).
     pub hub_id: Option<String>,
+    /// How long a standby that knows no leader holds an agent's socket, waiting for the election.
+    pub election_wait_ms: Option<u64>,
 }
 
 /// `[budgets]`: spend allowed per UTC day, for the whole fleet and per agent.
@@ -636,7 +638,21 @@ fn ha(o: &Overrides, file: &FileConfig, errors: &mut Vec<String>) -> Option<crat
         errors.push("hub_id: must be 1 to 128 printable characters".into());
     }
     // The advertise URL may still be filled from `listen` once TLS is known.
-    Some(crate::ha::HaConfig { database_url: url, advertise_url: advertise.unwrap_or_default(), lease, hub_id })
+    let election_wait = match file.election_wait_ms {
+        Some(ms) if ms > 60_000 => {
+            errors.push("election_wait_ms: must be at most 60000".into());
+            Duration::from_secs(1)
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => lease.min(Duration::from_secs(1)),
+    };
+    Some(crate::ha::HaConfig {
+        database_url: url,
+        advertise_url: advertise.unwrap_or_default(),
+        lease,
+        hub_id,
+        election_wait,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {

@@ -58,6 +58,8 @@ pub struct HaConfig {
     pub advertise_url: String,
     pub lease: Duration,
     pub hub_id: String,
+    /// How long a standby that knows no leader holds an agent's socket before saying so.
+    pub election_wait: Duration,
 }
 
 impl HaConfig {

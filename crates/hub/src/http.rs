@@ -43,6 +43,9 @@ pub struct AppState {
     pub bus: Arc<crate::events::EventBus>,
     /// Readers of `GET /api/events` at once.
     pub event_readers: Arc<tokio::sync::Semaphore>,
+    /// How long a standby that knows no leader (an election under way) holds an agent's
+    /// socket before telling it so: zero for a single hub.
+    pub election_wait: std::time::Duration,
 }
 
 /// Bodies of routes that take no real payload (tokens, restarts, cancel, retry).
@@ -334,6 +337,19 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn ws(State(s): State<AppState>, ticket: Option<Extension<ConnTicket>>, upgrade: WebSocketUpgrade) -> Response {
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
+    // During an election, answering "no leader" at once makes every agent retry in a tight
+    // loop: wait (bounded) for the outcome, which may be that this hub now leads.
+    let mut role = s.role.clone();
+    let electing = |r: &ha::Role| matches!(r, ha::Role::Standby { leader: None });
+    if electing(&role.borrow_and_update()) && !s.election_wait.is_zero() {
+        let outcome = async {
+            tokio::select! {
+                _ = role.wait_for(|r| !electing(r)) => {}
+                _ = s.shutdown.cancelled() => {}
+            }
+        };
+        let _ = tokio::time::timeout(s.election_wait, outcome).await;
+    }
     let serving = match &*s.role.borrow() {
         ha::Role::Leader(serving) => Ok(serving.clone()),
         ha::Role::Standby { leader } => Err(leader.as_ref().map(|l| l.ws_url.clone()).unwrap_or_default()),

@@ -227,6 +227,7 @@ pub async fn run_reporting(
         conns: limits.clone(),
         bus: bus.clone(),
         event_readers: Arc::new(tokio::sync::Semaphore::new(cfg.events.max_readers)),
+        election_wait: cfg.ha.as_ref().map_or(std::time::Duration::ZERO, |h| h.election_wait),
     };
     let server = server::Server {
         listener,

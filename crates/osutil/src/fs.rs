@@ -3,7 +3,7 @@
 //! Every component that promises durability (hub tokens, sidecar queue, supervisor state)
 //! goes through [`write_atomic`], so "nothing is acked before it is fsynced" has one implementation.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -16,26 +16,21 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// Like [`write_atomic`], creating the file with the given Unix permission bits.
 pub fn write_atomic_mode(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = parent_dir(path);
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if let Some(mode) = mode {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(mode);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // A random name opened with O_EXCL: in a folder others can write to (an agent's results),
+    // a link planted at a predictable temp name would redirect the write. The mode goes
+    // through the umask, as for any new file.
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode.unwrap_or(0o666)))
+        .tempfile_in(&dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    // On error the temp file is removed when dropped.
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(&dir)
 }
 
 /// Fsyncs a directory so that a rename or unlink inside it is durable.
@@ -57,12 +52,6 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // The pid keeps two processes writing the same file from sharing a temp file.
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 #[cfg(test)]
@@ -88,6 +77,21 @@ mod tests {
         let p = dir.path().join("secret");
         write_atomic_mode(&p, b"x", Some(0o600)).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_planted_in_the_folder_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        // At the name the old code used, and at the target: the rename replaces the link.
+        std::os::unix::fs::symlink(&victim, dir.path().join(format!(".r.json.tmp-{}", std::process::id()))).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("r.json")).unwrap();
+        write_atomic(&dir.path().join("r.json"), b"result").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(fs::read(dir.path().join("r.json")).unwrap(), b"result");
+        assert!(!fs::symlink_metadata(dir.path().join("r.json")).unwrap().file_type().is_symlink());
     }
 
     #[test]

@@ -239,17 +239,11 @@ pub fn read_progress(path: &Path, cursor: ProgressCursor, cap: usize) -> Found<P
     Found::Regular(out)
 }
 
-/// Writes `data` to `dir/name` for the agent to read, durably and atomically: a temp file of
-/// a random name created exclusively (`O_EXCL`: never through a symlink or a file planted at a
-/// name we would use), fsynced, renamed over `name` (which replaces a symlink there, never its
-/// target), then the directory fsynced.
+/// Writes `data` to `dir/name` for the agent to read, durably and atomically. The temp file has
+/// a random name created exclusively (never through a symlink or a file planted at a name we
+/// would use), and the rename replaces a symlink at `name`, never its target.
 pub fn write_for_agent(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
-    osutil::fs::sync_dir(dir)
+    osutil::fs::write_atomic(&dir.join(name), data)
 }
 
 #[cfg(test)]
