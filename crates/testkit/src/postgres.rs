@@ -105,6 +105,65 @@ impl Drop for Postgres {
     }
 }
 
+/// An `ACCESS EXCLUSIVE` lock on a table, held by a session of its own until dropped: whoever
+/// reads the table waits meanwhile (a slow database, on demand).
+pub struct TableLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TableLock {
+    /// Locks `table` (a plain name) of the database at `url`; returns once the lock is held.
+    pub fn take(url: &str, table: &str) -> Result<TableLock> {
+        let (url, sql) = (url.to_string(), format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"));
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let locked = (|| -> Result<postgres::Client> {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+                c.batch_execute(&format!("BEGIN; {sql}"))?;
+                Ok(c)
+            })();
+            match locked {
+                Ok(mut c) => {
+                    let _ = held_tx.send(Ok(()));
+                    let _ = release_rx.recv();
+                    let _ = c.batch_execute("COMMIT");
+                }
+                Err(e) => {
+                    let _ = held_tx.send(Err(e));
+                }
+            }
+        });
+        held_rx.recv().map_err(|_| anyhow!("the lock thread ended"))??;
+        Ok(TableLock { release: Some(release), thread: Some(thread) })
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How many sessions named `application` have waited at least `at_least` for a lock on `table`.
+pub fn lock_waiters(url: &str, table: &str, application: &str, at_least: std::time::Duration) -> Result<i64> {
+    let (url, table, application) = (url.to_string(), table.to_string(), application.to_string());
+    off_runtime(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+        let row = c.query_one(
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND l.relation = $1::text::regclass AND a.application_name = $2
+               AND now() - a.query_start >= $3::bigint * interval '1 millisecond'",
+            &[&table, &application, &(at_least.as_millis() as i64)],
+        )?;
+        Ok(row.get(0))
+    })
+}
+
 /// Runs `f` on a thread of its own: the blocking `postgres` client starts a runtime of its own,
 /// which panics on a thread that already drives one (every `#[tokio::test]`).
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
