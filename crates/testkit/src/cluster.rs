@@ -102,7 +102,7 @@ impl HubCluster {
 
     pub async fn health(&self, i: usize) -> Result<Health> {
         let url = format!("{}/health", self.url(i));
-        Ok(self.http.get(&url).send().await?.error_for_status()?.json().await.with_context(|| url)?)
+        self.http.get(&url).send().await?.error_for_status()?.json().await.with_context(|| url)
     }
 
     /// Hub `i`'s term if it says it leads now.
