@@ -5,7 +5,7 @@
 //! end: no task acknowledged with 201 is lost, and none is run or completed twice.
 
 use futures_util::StreamExt;
-use proto::api::{GetStats, GetTask, Stats, TaskStatus};
+use proto::api::{AgentStatus, GetStats, GetTask, Stats, TaskStatus};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +21,9 @@ fn bin() -> &'static Path {
 const HUBS: usize = 3;
 const AGENTS: usize = 100;
 const FAILOVERS: usize = 20;
-/// Submitters, each at its own pace: together about 50 tasks a second at most, well within what
+/// Submitters, each at its own pace: together about 80 tasks a second at most, well within what
 /// 100 sidecars on two cores finish, so the queue stays short and each round sees work flowing.
-const SUBMITTERS: usize = 3;
+const SUBMITTERS: usize = 5;
 const SUBMIT_EVERY: Duration = Duration::from_millis(60);
 /// Completions the new leader must record before the next kill: work flows again.
 const ADVANCE: u64 = 10;
@@ -34,13 +34,13 @@ const ADVANCE: u64 = 10;
 const HUB_CONFIG: &str = "lease_ms = 1000\naccept_timeout_ms = 5000\ngrace_period_ms = 30000\n";
 
 /// The fake agent: records its run (task id, agent) in `$RUNS`, says it started, works for up
-/// to a second (so that dozens of tasks are in flight at each kill), and writes its result
-/// atomically.
+/// to two seconds (so that tasks are in flight at each kill, in every phase), and writes its
+/// result atomically.
 const AGENT: &str = r#"#!/bin/sh
 R="$AGENTCOM_RESULTS_DIR"; T="$AGENTCOM_TASK_ID"
 echo "$T $AGENTCOM_AGENT_ID" >> "$RUNS"
 touch "$R/$T.started"
-sleep "0.$(( $$ % 10 ))"
+sleep "$(( $$ % 2 )).$(( $$ % 10 ))"
 printf '{"status":"success"}' > "$R/.$T.tmp" && mv "$R/.$T.tmp" "$R/$T.json"
 "#;
 
@@ -179,7 +179,7 @@ async fn a_hundred_sidecars_through_twenty_leader_sigkills_lose_nothing_and_run_
     }
     eventually("every sidecar to be identified at the leader", || async {
         let (_, s) = leader_stats(&c).await?;
-        let connected: u64 = s.agents.values().sum();
+        let connected: u64 = s.agents.iter().filter(|(st, _)| **st != AgentStatus::Offline).map(|(_, n)| n).sum();
         if connected >= AGENTS as u64 {
             Ok(())
         } else {
@@ -200,6 +200,11 @@ async fn a_hundred_sidecars_through_twenty_leader_sigkills_lose_nothing_and_run_
     for round in 1..=FAILOVERS {
         let t0 = std::time::Instant::now();
         let (leader, term) = c.settled().await?;
+        let (_, before) = eventually("the leader's stats", || leader_stats(&c)).await?;
+        let in_flight = [TaskStatus::Assigned, TaskStatus::Working]
+            .iter()
+            .map(|st| before.by_status.get(st).copied().unwrap_or(0))
+            .sum::<u64>();
         logs.extend(c.kill9(leader));
         let (next, _) = c.wait_leader_after(term).await?;
         c.restart(leader)?;
@@ -208,7 +213,8 @@ async fn a_hundred_sidecars_through_twenty_leader_sigkills_lose_nothing_and_run_
             eventually(&format!("completions to advance after failover {round}"), || advanced(&c, completed(&s)))
                 .await?;
         println!(
-            "failover {round}: hub {leader} killed in term {term}, hub {next} leads; {done} completed; {:?}",
+            "failover {round}: hub {leader} killed in term {term} with {in_flight} tasks in flight, hub {next} leads; \
+             {done} completed; {:?}",
             t0.elapsed()
         );
     }

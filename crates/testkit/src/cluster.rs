@@ -26,7 +26,11 @@ impl HubCluster {
     /// `n` hubs on a fresh database of the test cluster, each with [`fast_config`], then
     /// `extra` (for example `lease_ms = 1000`), then its own `database_url` and `hub_id`.
     pub fn start(bin: &Path, n: usize, extra: &str) -> Result<HubCluster> {
-        let pg = Postgres::start()?;
+        HubCluster::start_on(bin, Postgres::start()?, n, extra)
+    }
+
+    /// Like [`HubCluster::start`], on a fresh database of `pg` (a durable one, for benchmarks).
+    pub fn start_on(bin: &Path, pg: Postgres, n: usize, extra: &str) -> Result<HubCluster> {
         let database_url = pg.database()?;
         let mut c = HubCluster {
             hubs: Vec::new(),

@@ -32,6 +32,14 @@ shared_buffers = 32MB
 log_min_messages = warning
 ";
 
+/// Settings of a private cluster for benchmarks: PostgreSQL's durable defaults (fsync,
+/// synchronous commit, full page writes), so its figures include what durability costs.
+const DURABLE_SETTINGS: &str = "
+listen_addresses = '127.0.0.1'
+max_connections = 200
+log_min_messages = warning
+";
+
 /// One cluster per test process, shared by every [`Postgres`] handle alive at the same time.
 static SHARED: Mutex<Weak<Server>> = Mutex::new(Weak::new());
 
@@ -55,6 +63,21 @@ impl Postgres {
             }
         };
         Ok(Postgres { server, created: Mutex::new(Vec::new()) })
+    }
+
+    /// A private cluster of its own (never shared, never the one `scripts/test` started) with
+    /// PostgreSQL's durable defaults, for benchmarks. It stops when this handle drops.
+    pub fn start_durable() -> Result<Postgres> {
+        let server = off_runtime(|| {
+            let cluster = Cluster::init(DURABLE_SETTINGS)?;
+            Server::private(cluster)
+        })?;
+        Ok(Postgres { server: Arc::new(server), created: Mutex::new(Vec::new()) })
+    }
+
+    /// Another handle on the same cluster, with databases of its own.
+    pub fn share(&self) -> Postgres {
+        Postgres { server: self.server.clone(), created: Mutex::new(Vec::new()) }
     }
 
     /// A `postgres://` URL of the superuser's maintenance database.
@@ -187,7 +210,11 @@ impl Server {
             server.admin().with_context(|| format!("the cluster named by {ADMIN_URL_ENV} does not answer"))?;
             return Ok(server);
         }
-        let cluster = Cluster::init()?;
+        Server::private(Cluster::init(SERVER_SETTINGS)?)
+    }
+
+    /// Starts `cluster` and waits until it accepts connections.
+    fn private(cluster: Cluster) -> Result<Server> {
         let admin_url = cluster.start()?;
         let server = Server { admin_url, _cluster: Some(cluster) };
         eventually_blocking("the test cluster to accept connections", || {
@@ -211,7 +238,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn init() -> Result<Cluster> {
+    fn init(settings: &str) -> Result<Cluster> {
         let bindir = bindir()?;
         let dir = tempfile::Builder::new().prefix("agentcom-pg-").tempdir().context("temp dir for PostgreSQL")?;
         let run_as = if effective_uid()? == 0 {
@@ -230,7 +257,7 @@ impl Cluster {
         let conf = data.join("postgresql.conf");
         let socket_dir = format!("\nunix_socket_directories = '{}'\n", cluster.dir.path().display());
         let mut text = std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
-        text.push_str(SERVER_SETTINGS);
+        text.push_str(settings);
         text.push_str(&socket_dir);
         // Written in place, so the file keeps its owner.
         std::fs::write(&conf, text).with_context(|| format!("write {}", conf.display()))?;
@@ -408,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_private_cluster_leaves_nothing_behind() {
-        let cluster = Cluster::init().unwrap();
+        let cluster = Cluster::init(SERVER_SETTINGS).unwrap();
         let url = cluster.start().unwrap();
         let server = Server { admin_url: url.clone(), _cluster: Some(cluster) };
         eventually_blocking("the cluster to answer", || server.admin().map(drop).map_err(|e| format!("{e:#}")))
