@@ -95,14 +95,82 @@ async fn wait_agents(hub: &Hub, n: usize) -> Result<()> {
 
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("agentcom hub benchmark ({} agents, release binary {})", args.agents, bin.display());
-    // Production timings: nothing here depends on a short timeout.
-    let config = "grace_period_ms = 60000\naccept_timeout_ms = 60000\nheartbeat_timeout_ms = 600000\n";
-    let hub = if args.tls { Hub::start_tls(bin, config)? } else { Hub::start(bin, config)? };
+    let hub = if args.tls { Hub::start_tls(bin, PRODUCTION)? } else { Hub::start(bin, PRODUCTION)? };
     println!("hub at {} (agents on {})", hub.url(), hub.ws_url());
+    let workload = Workload {
+        agents: args.agents,
+        latency_tasks: args.latency_tasks,
+        tasks: args.tasks,
+        submitters: args.submitters,
+    };
+    let f = lifecycles(&hub, &workload).await?;
+    println!(
+        "submit -> task_assign latency ({} sequential submissions, HTTP 201 durable): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        f.latency_ms.len(),
+        pct(&f.latency_ms, 0.5),
+        pct(&f.latency_ms, 0.99),
+        f.latency_ms.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "full lifecycles (submit, assign, accept, complete; each step fsynced): {} in {:.2} s = {:.0} lifecycles/s",
+        f.lifecycles,
+        f.secs,
+        f.per_sec()
+    );
+    println!(
+        "  {} durable commits for {} state changes: group commit put {:.1} changes in each fsync",
+        f.commits,
+        f.lifecycles * 4,
+        (f.lifecycles * 4) as f64 / f.commits.max(1.0)
+    );
+    println!("hub RSS after the runs: {:.1} MB", rss_bytes(hub.pid())? as f64 / 1e6);
+    drop(hub);
+
+    // 3. Memory per idle identified connection, on a fresh hub.
+    for n in args.idle {
+        idle_rss(bin, n, args.tls).await?;
+    }
+    Ok(())
+}
+
+/// Production timings: nothing here depends on a short timeout.
+pub const PRODUCTION: &str = "grace_period_ms = 60000\naccept_timeout_ms = 60000\nheartbeat_timeout_ms = 600000\n";
+
+/// The lifecycle workload: simulated agents that accept and complete at once.
+pub struct Workload {
+    pub agents: usize,
+    /// Sequential submissions for the latency run.
+    pub latency_tasks: usize,
+    /// Tasks for the throughput run.
+    pub tasks: usize,
+    /// Concurrent HTTP submitters in the throughput run.
+    pub submitters: usize,
+}
+
+/// What [`lifecycles`] measured.
+pub struct Lifecycles {
+    /// Submit → `task_assign` at the agent, sorted, in ms.
+    pub latency_ms: Vec<f64>,
+    pub lifecycles: u64,
+    pub secs: f64,
+    /// Durable commits the hub made during the throughput run.
+    pub commits: f64,
+}
+
+impl Lifecycles {
+    pub fn per_sec(&self) -> f64 {
+        self.lifecycles as f64 / self.secs
+    }
+}
+
+/// Runs the workload against `hub` (which must lead): first one submission at a time, from
+/// just before the POST to the agent's receipt; then concurrent submitters while the agents
+/// complete as fast as they are fed.
+pub async fn lifecycles(hub: &Hub, w: &Workload) -> Result<Lifecycles> {
     let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicU64::new(0));
     let mut agents = Vec::new();
-    for i in 0..args.agents {
+    for i in 0..w.agents {
         agents.push(tokio::spawn(agent(
             hub.ws_url(),
             hub.ws_connector(),
@@ -112,12 +180,11 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
             done.clone(),
         )));
     }
-    wait_agents(&hub, args.agents).await?;
+    wait_agents(hub, w.agents).await?;
 
-    // 1. Latency: one submission at a time, from just before the POST to the agent's receipt.
     let api = hub.admin();
-    let mut lat = Vec::with_capacity(args.latency_tasks);
-    for n in 0..args.latency_tasks {
+    let mut lat = Vec::with_capacity(w.latency_tasks);
+    for n in 0..w.latency_tasks {
         let t0 = Instant::now();
         let (s, v) = api.post("/api/tasks", json!({"description": format!("latency {n}")})).await?;
         if s != 201 {
@@ -133,21 +200,13 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         lat.push(got.duration_since(t0).as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    println!(
-        "submit -> task_assign latency ({} sequential submissions, HTTP 201 durable): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        lat.len(),
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        lat.last().copied().unwrap_or(0.0)
-    );
 
-    // 2. Throughput: concurrent submitters, agents complete as fast as they are fed.
-    let commits_before = commits(&hub).await?;
+    let commits_before = commits(hub).await?;
     let before = done.load(Ordering::Relaxed);
     let t0 = Instant::now();
-    let per = args.tasks / args.submitters;
+    let per = w.tasks / w.submitters;
     let mut subs = Vec::new();
-    for s in 0..args.submitters {
+    for s in 0..w.submitters {
         let api = hub.admin();
         subs.push(tokio::spawn(async move {
             for n in 0..per {
@@ -162,7 +221,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     for s in subs {
         s.await??;
     }
-    let total = (per * args.submitters) as u64;
+    let total = (per * w.submitters) as u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done.load(Ordering::Relaxed) - before < total {
         if Instant::now() > deadline {
@@ -171,27 +230,11 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "full lifecycles (submit, assign, accept, complete; each step fsynced): {total} in {secs:.2} s = {:.0} lifecycles/s",
-        total as f64 / secs
-    );
-    let n_commits = commits(&hub).await? - commits_before;
-    println!(
-        "  {n_commits} durable commits for {} state changes: group commit put {:.1} changes in each fsync",
-        total * 4,
-        (total * 4) as f64 / n_commits.max(1.0)
-    );
-    println!("hub RSS after the runs: {:.1} MB", rss_bytes(hub.pid())? as f64 / 1e6);
+    let n_commits = commits(hub).await? - commits_before;
     for a in agents {
         a.abort();
     }
-    drop(hub);
-
-    // 3. Memory per idle identified connection, on a fresh hub.
-    for n in args.idle {
-        idle_rss(bin, n, args.tls).await?;
-    }
-    Ok(())
+    Ok(Lifecycles { latency_ms: lat, lifecycles: total, secs, commits: n_commits })
 }
 
 async fn commits(hub: &Hub) -> Result<f64> {

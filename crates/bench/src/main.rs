@@ -4,6 +4,7 @@
 mod console;
 mod daemons;
 mod guard;
+mod ha;
 mod hostile;
 mod hub;
 mod sidecar;
@@ -38,6 +39,8 @@ enum Cmd {
     /// Dashboard and event stream: fleet page render, commit -> event at readers, RSS per reader,
     /// lifecycles with and without readers.
     Console(console::Args),
+    /// Several hubs on PostgreSQL: lifecycles next to SQLite, failover, agents identified again.
+    Ha(ha::Args),
     /// Hostile input: agents working through 20,000 half-open connections; a 100,000-task backlog.
     Hostile(hostile::Args),
     /// (Used by `hostile`) hold half-open connections to a hub until killed.
@@ -67,6 +70,19 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
 /// the binary's code pages, which every agentcom process on the machine shares.
 pub fn private_bytes(pid: u32) -> Result<u64> {
     status_kb(pid, "RssAnon:").map(|kb| kb * 1024)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds; `None` for this process.
+pub fn cpu_secs(pid: Option<u32>) -> Result<f64> {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path)?;
+    // The fields after the command name, which may hold spaces and parentheses.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).unwrap_or(&"0").parse::<f64>()?) };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name and state.
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_sec)
 }
 
 fn status_kb(pid: u32, key: &str) -> Result<u64> {
@@ -101,6 +117,7 @@ fn main() -> Result<()> {
         Cmd::Daemons(args) => rt.block_on(daemons::run(&bin, args)),
         Cmd::Guard(args) => rt.block_on(guard::run(&bin, args)),
         Cmd::Console(args) => rt.block_on(console::run(&bin, args)),
+        Cmd::Ha(args) => rt.block_on(ha::run(&bin, args)),
         Cmd::Hostile(args) => rt.block_on(hostile::run(&bin, args)),
         Cmd::HoldSockets(args) => rt.block_on(hostile::hold(args)),
     }

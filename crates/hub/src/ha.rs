@@ -228,49 +228,89 @@ impl Keeper {
         }
     }
 
+    /// Loads the state and starts the core. Loading can take longer than the lease (many open
+    /// tasks, a busy machine, slow new connections), so it runs on a thread of its own while
+    /// this one keeps renewing the lease: a standby must not take over from a leader that is
+    /// still loading (it would, every time, and no hub would ever serve).
     fn become_leader(&mut self, term: u64) -> Result<(), StoreError> {
         let t0 = Instant::now();
-        let mut store = PgStore::open(&self.cfg.database_url, term, self.cfg.lease)?;
-        let data_pid = store.backend_pid()?;
-        self.connection()?.execute(
+        let (url, lease, connections) = (self.cfg.database_url.clone(), self.cfg.lease, self.parts.reader_connections);
+        let p = &self.parts;
+        let (timings, limits, admin_token, bus) =
+            (p.timings.clone(), p.limits.clone(), p.admin_token.clone(), p.bus.clone());
+        let loading = std::thread::Builder::new()
+            .name("hub-load".into())
+            .spawn(move || -> Result<_, StoreError> {
+                let mut store = PgStore::open(&url, term, lease)?;
+                let data_pid = store.backend_pid()?;
+                let reader: Arc<dyn Reader> = Arc::new(PgReader::open(&url, connections, lease)?);
+                let core = core::Core::new(store, SystemClock, timings, limits, &admin_token, bus)?;
+                Ok((core, reader, data_pid))
+            })
+            .map_err(|e| StoreError::Open { path: "the loading thread".into(), message: e.to_string() })?;
+        let mut renewed = Instant::now();
+        let mut kept = Ok(());
+        while !loading.is_finished() {
+            std::thread::sleep(Duration::from_millis(10));
+            if kept.is_err() || renewed.elapsed() < self.cfg.renew_every() {
+                continue;
+            }
+            match self.renew(term) {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => kept = Err(StoreError::Deposed { term }),
+                Err(e) if renewed.elapsed() >= self.cfg.give_up_after() => kept = Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed while loading; retrying");
+                    self.lease = None;
+                }
+            }
+        }
+        let loaded = loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // Deposed or cut off while loading: what was loaded is dropped unused.
+        kept?;
+        let (core, reader, data_pid) = loaded?;
+        let recorded = self.connection()?.execute(
             "UPDATE leader SET pids = array_append(pids, $1) WHERE id = 1 AND term = $2",
             &[&data_pid, &(term as i64)],
         )?;
-        let reader: Arc<dyn Reader> =
-            Arc::new(PgReader::open(&self.cfg.database_url, self.parts.reader_connections, self.cfg.lease)?);
-        let p = &self.parts;
-        let core =
-            core::Core::new(store, SystemClock, p.timings.clone(), p.limits.clone(), &p.admin_token, p.bus.clone())?;
+        if recorded == 0 {
+            return Err(StoreError::Deposed { term });
+        }
         let open = core.open_task_count();
         let (handle, thread) = core::spawn(core);
-        self.leading = Some(Leading { term, core: handle.clone(), thread, last_renewed: Instant::now() });
+        self.leading = Some(Leading { term, core: handle.clone(), thread, last_renewed: renewed });
         self.tx.send_replace(Role::Leader(Serving { core: handle, reader, term }));
         tracing::info!(term, open_tasks = open, took_ms = t0.elapsed().as_millis() as u64, "this hub leads now");
         Ok(())
     }
 
+    /// Extends this hub's lease if it still holds `term`; `false` when another hub took over.
+    fn renew(&mut self, term: u64) -> Result<bool, StoreError> {
+        let lease_ms = self.cfg.lease.as_millis() as i64;
+        let updated = self.connection()?.execute(
+            "UPDATE leader SET expires_at = now() + $2::bigint * interval '1 millisecond' WHERE id = 1 AND term = $1",
+            &[&(term as i64), &lease_ms],
+        )?;
+        Ok(updated == 1)
+    }
+
     /// One leader round: renew the lease, or step down when that is no longer possible.
     fn lead(&mut self) -> Duration {
         let Some(l) = &self.leading else { return Duration::ZERO };
-        let (term, lease_ms) = (l.term as i64, self.cfg.lease.as_millis() as i64);
+        let term = l.term;
         if l.thread.is_finished() {
             self.step_down("the core stopped (its commits were refused: another hub leads)");
             return Duration::ZERO;
         }
-        let renewed = self.connection().and_then(|c| {
-            Ok(c.execute(
-                "UPDATE leader SET expires_at = now() + $2::bigint * interval '1 millisecond' WHERE id = 1 AND term = $1",
-                &[&term, &lease_ms],
-            )?)
-        });
+        let renewed = self.renew(term);
         match renewed {
-            Ok(1) => {
+            Ok(true) => {
                 if let Some(l) = self.leading.as_mut() {
                     l.last_renewed = Instant::now();
                 }
                 self.cfg.renew_every()
             }
-            Ok(_) => {
+            Ok(false) => {
                 self.step_down("deposed: another hub took over");
                 Duration::ZERO
             }

@@ -163,8 +163,7 @@ pub async fn run_reporting(
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), HubError> {
     // Bind first: a hub that cannot listen must not touch the data dir (or mint a token).
-    let listener =
-        tokio::net::TcpListener::bind(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
+    let listener = server::listen(&cfg.listen).await.map_err(io(format!("cannot listen on {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(io("cannot read the bound address"))?;
     let fd_limit = server::raise_nofile_limit();
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };

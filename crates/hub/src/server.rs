@@ -201,6 +201,29 @@ impl Drop for BusyGuard {
 #[derive(Clone)]
 pub struct ConnTicket(pub Arc<ConnSlot>);
 
+/// Connections the kernel may hold completed before the hub accepts them. A whole fleet
+/// reconnects at once after a failover or a restart (10,000 agents within the one-second jitter
+/// of their backoff); with tokio's default of 1,024, the kernel drops the rest of the burst and
+/// each of those agents retries only after its SYN's retransmission timeout (1 s, then 3 s, …).
+/// The kernel caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` (`host:port`, every address it resolves to tried in turn, as
+/// `TcpListener::bind` does) with a listen queue of [`LISTEN_BACKLOG`].
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // As `TcpListener::bind`: a restarted hub takes its port back while old connections linger.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
+}
+
 /// Raises the soft open-files limit to the hard one; returns the limit in force.
 pub fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -347,5 +370,54 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The length of the accept queue of the socket listening on `port`, from `/proc/net/tcp`
+    /// (for a listening socket its `rx_queue` column is the number of connections waiting).
+    fn accept_queue(port: u16) -> Result<usize, String> {
+        let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| e.to_string())?;
+        let local = format!(":{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 4 && f[1].ends_with(&local) && f[3] == "0A")
+            .and_then(|f| usize::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
+            .ok_or_else(|| format!("no listening socket on port {port}"))
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_listen_queue_instead_of_being_dropped() {
+        raise_nofile_limit();
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // More than tokio's default queue of 1,024; no more than the kernel allows.
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = 2000.min(somaxconn);
+        // Nobody accepts: every connection the kernel completes waits in the queue; one it
+        // dropped would be retried only after a SYN timeout and never show up here in time.
+        let clients: Vec<_> =
+            (0..burst).map(|_| tokio::spawn(tokio::net::TcpStream::connect(("127.0.0.1", port)))).collect();
+        let waiting = testkit::eventually("the whole burst to wait in the listen queue", || async {
+            match accept_queue(port)? {
+                n if n >= burst => Ok(n),
+                n => Err(format!("{n} of {burst} waiting")),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(waiting, burst);
+        for c in clients {
+            c.abort();
+        }
+        drop(listener);
     }
 }

@@ -20,6 +20,10 @@ pub mod tls;
 /// A real PostgreSQL cluster and fresh databases for tests.
 pub mod postgres;
 pub use postgres::Postgres;
+
+/// Several real hubs on one PostgreSQL database.
+pub mod cluster;
+pub use cluster::HubCluster;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};

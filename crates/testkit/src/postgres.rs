@@ -32,6 +32,14 @@ shared_buffers = 32MB
 log_min_messages = warning
 ";
 
+/// Settings of a private cluster for benchmarks: PostgreSQL's durable defaults (fsync,
+/// synchronous commit, full page writes), so its figures include what durability costs.
+const DURABLE_SETTINGS: &str = "
+listen_addresses = '127.0.0.1'
+max_connections = 200
+log_min_messages = warning
+";
+
 /// One cluster per test process, shared by every [`Postgres`] handle alive at the same time.
 static SHARED: Mutex<Weak<Server>> = Mutex::new(Weak::new());
 
@@ -55,6 +63,21 @@ impl Postgres {
             }
         };
         Ok(Postgres { server, created: Mutex::new(Vec::new()) })
+    }
+
+    /// A private cluster of its own (never shared, never the one `scripts/test` started) with
+    /// PostgreSQL's durable defaults, for benchmarks. It stops when this handle drops.
+    pub fn start_durable() -> Result<Postgres> {
+        let server = off_runtime(|| {
+            let cluster = Cluster::init(DURABLE_SETTINGS)?;
+            Server::private(cluster)
+        })?;
+        Ok(Postgres { server: Arc::new(server), created: Mutex::new(Vec::new()) })
+    }
+
+    /// Another handle on the same cluster, with databases of its own.
+    pub fn share(&self) -> Postgres {
+        Postgres { server: self.server.clone(), created: Mutex::new(Vec::new()) }
     }
 
     /// A `postgres://` URL of the superuser's maintenance database.
@@ -105,6 +128,65 @@ impl Drop for Postgres {
     }
 }
 
+/// An `ACCESS EXCLUSIVE` lock on a table, held by a session of its own until dropped: whoever
+/// reads the table waits meanwhile (a slow database, on demand).
+pub struct TableLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TableLock {
+    /// Locks `table` (a plain name) of the database at `url`; returns once the lock is held.
+    pub fn take(url: &str, table: &str) -> Result<TableLock> {
+        let (url, sql) = (url.to_string(), format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"));
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let locked = (|| -> Result<postgres::Client> {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+                c.batch_execute(&format!("BEGIN; {sql}"))?;
+                Ok(c)
+            })();
+            match locked {
+                Ok(mut c) => {
+                    let _ = held_tx.send(Ok(()));
+                    let _ = release_rx.recv();
+                    let _ = c.batch_execute("COMMIT");
+                }
+                Err(e) => {
+                    let _ = held_tx.send(Err(e));
+                }
+            }
+        });
+        held_rx.recv().map_err(|_| anyhow!("the lock thread ended"))??;
+        Ok(TableLock { release: Some(release), thread: Some(thread) })
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How many sessions named `application` have waited at least `at_least` for a lock on `table`.
+pub fn lock_waiters(url: &str, table: &str, application: &str, at_least: std::time::Duration) -> Result<i64> {
+    let (url, table, application) = (url.to_string(), table.to_string(), application.to_string());
+    off_runtime(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+        let row = c.query_one(
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND l.relation = $1::text::regclass AND a.application_name = $2
+               AND now() - a.query_start >= $3::bigint * interval '1 millisecond'",
+            &[&table, &application, &(at_least.as_millis() as i64)],
+        )?;
+        Ok(row.get(0))
+    })
+}
+
 /// Runs `f` on a thread of its own: the blocking `postgres` client starts a runtime of its own,
 /// which panics on a thread that already drives one (every `#[tokio::test]`).
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
@@ -128,7 +210,11 @@ impl Server {
             server.admin().with_context(|| format!("the cluster named by {ADMIN_URL_ENV} does not answer"))?;
             return Ok(server);
         }
-        let cluster = Cluster::init()?;
+        Server::private(Cluster::init(SERVER_SETTINGS)?)
+    }
+
+    /// Starts `cluster` and waits until it accepts connections.
+    fn private(cluster: Cluster) -> Result<Server> {
         let admin_url = cluster.start()?;
         let server = Server { admin_url, _cluster: Some(cluster) };
         eventually_blocking("the test cluster to accept connections", || {
@@ -152,7 +238,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn init() -> Result<Cluster> {
+    fn init(settings: &str) -> Result<Cluster> {
         let bindir = bindir()?;
         let dir = tempfile::Builder::new().prefix("agentcom-pg-").tempdir().context("temp dir for PostgreSQL")?;
         let run_as = if effective_uid()? == 0 {
@@ -171,7 +257,7 @@ impl Cluster {
         let conf = data.join("postgresql.conf");
         let socket_dir = format!("\nunix_socket_directories = '{}'\n", cluster.dir.path().display());
         let mut text = std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
-        text.push_str(SERVER_SETTINGS);
+        text.push_str(settings);
         text.push_str(&socket_dir);
         // Written in place, so the file keeps its owner.
         std::fs::write(&conf, text).with_context(|| format!("write {}", conf.display()))?;
@@ -374,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_private_cluster_leaves_nothing_behind() {
-        let cluster = Cluster::init().unwrap();
+        let cluster = Cluster::init(SERVER_SETTINGS).unwrap();
         let url = cluster.start().unwrap();
         let server = Server { admin_url: url.clone(), _cluster: Some(cluster) };
         eventually_blocking("the cluster to answer", || server.admin().map(drop).map_err(|e| format!("{e:#}")))
