@@ -53,7 +53,8 @@ pub type RoleRx = watch::Receiver<Role>;
 
 #[derive(Debug, Clone)]
 pub struct HaConfig {
-    pub database_url: String,
+    /// `database_url` and `database_ca_file`: every connection is opened from it.
+    pub database: crate::store::Database,
     /// This hub's base URL as agents and clients reach it (`http://10.0.0.5:4000`).
     pub advertise_url: String,
     pub lease: Duration,
@@ -138,7 +139,7 @@ impl Keeper {
 
     fn connection(&mut self) -> Result<&mut Client, StoreError> {
         if self.lease.as_ref().is_none_or(Client::is_closed) {
-            let mut c = pg::connect(&self.cfg.database_url, self.cfg.lease)?;
+            let mut c = pg::connect(&self.cfg.database, self.cfg.lease)?;
             pg::migrate(&mut c)?;
             self.lease = Some(c);
         }
@@ -230,14 +231,14 @@ impl Keeper {
 
     fn become_leader(&mut self, term: u64) -> Result<(), StoreError> {
         let t0 = Instant::now();
-        let mut store = PgStore::open(&self.cfg.database_url, term, self.cfg.lease)?;
+        let mut store = PgStore::open(&self.cfg.database, term, self.cfg.lease)?;
         let data_pid = store.backend_pid()?;
         self.connection()?.execute(
             "UPDATE leader SET pids = array_append(pids, $1) WHERE id = 1 AND term = $2",
             &[&data_pid, &(term as i64)],
         )?;
         let reader: Arc<dyn Reader> =
-            Arc::new(PgReader::open(&self.cfg.database_url, self.parts.reader_connections, self.cfg.lease)?);
+            Arc::new(PgReader::open(&self.cfg.database, self.parts.reader_connections, self.cfg.lease)?);
         let p = &self.parts;
         let core =
             core::Core::new(store, SystemClock, p.timings.clone(), p.limits.clone(), &p.admin_token, p.bus.clone())?;
