@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub webhooks: Option<Vec<WebhookFile>>,
     /// `postgres://...`: store everything in PostgreSQL; several hubs may share it.
     pub database_url: Option<String>,
+    /// PEM CA certificates to verify PostgreSQL's certificate with (`sslmode=verify-full`).
+    pub database_ca_file: Option<PathBuf>,
     /// This hub's base URL as agents and clients reach it (for redirects from standbys).
     pub advertise_url: Option<String>,
     /// How long a leader's lease lasts without renewal.
@@ -114,6 +116,7 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub database_ca_file: Option<PathBuf>,
     pub advertise_url: Option<String>,
 }
 
@@ -630,14 +633,14 @@ fn webhooks(files: Vec<WebhookFile>, errors: &mut Vec<String>) -> Vec<Webhook> {
 
 /// The PostgreSQL settings, when a database URL is given.
 fn ha(o: &Overrides, file: &FileConfig, errors: &mut Vec<String>) -> Option<crate::ha::HaConfig> {
-    let url = o.database_url.clone().or_else(|| file.database_url.clone())?;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        errors.push("database_url: must be a postgres:// or postgresql:// URL".into());
+    let ca_file = o.database_ca_file.as_deref().or(file.database_ca_file.as_deref());
+    let Some(url) = o.database_url.as_deref().or(file.database_url.as_deref()) else {
+        if ca_file.is_some() {
+            errors.push("database_ca_file: only used with database_url".into());
+        }
         return None;
-    }
-    if let Err(e) = url.parse::<postgres::Config>() {
-        errors.push(format!("database_url: {e}"));
-    }
+    };
+    let database = crate::store::Database::new(url, ca_file).map_err(|e| errors.extend(e)).ok();
     let listen = o.listen.clone().or_else(|| file.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
     let advertise = o.advertise_url.clone().or_else(|| file.advertise_url.clone());
     let unspecified = listen.starts_with("0.0.0.0:") || listen.starts_with("[::]:");
@@ -679,7 +682,7 @@ fn ha(o: &Overrides, file: &FileConfig, errors: &mut Vec<String>) -> Option<crat
         None => lease.min(Duration::from_secs(1)),
     };
     Some(crate::ha::HaConfig {
-        database_url: url,
+        database: database?,
         advertise_url: advertise.unwrap_or_default(),
         lease,
         hub_id,
@@ -775,6 +778,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn database_tls_settings_are_checked_with_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.toml");
+        let missing = dir.path().join("no-such-ca.pem");
+        std::fs::write(
+            &p,
+            format!(
+                "admin_token = \"test-admin-token-0123456789abcdef\"\ngrace_period_ms = 0\n\
+                 database_url = \"postgres://agentcom@db/agentcom?sslmode=verify-fully\"\n\
+                 database_ca_file = {:?}\n",
+                missing.display().to_string()
+            ),
+        )
+        .unwrap();
+        let err = HubConfig::load(Overrides { config: Some(p.clone()), ..Default::default() }).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("grace_period_ms: must be greater than 0"), "{text}");
+        assert!(text.contains("database_url: sslmode \"verify-fully\" is not one of"), "{text}");
+        assert!(
+            err.0.iter().any(|e| e.starts_with("database_ca_file: ") && e.contains(&missing.display().to_string())),
+            "{text}"
+        );
+
+        // The env / flag value is used like the file's; without a database URL it is a mistake.
+        let certs = testkit::tls::tls_files(&dir.path().join("certs")).unwrap();
+        let o = Overrides {
+            admin_token: Some("test-admin-token-0123456789abcdef".into()),
+            database_url: Some("postgres://agentcom@db/agentcom?sslmode=verify-full".into()),
+            database_ca_file: Some(certs.ca.clone()),
+            ..Default::default()
+        };
+        let c = HubConfig::load(o.clone()).unwrap();
+        let db = &c.ha.unwrap().database;
+        assert_eq!(db.ssl_mode(), crate::store::SslMode::VerifyFull);
+        let err = HubConfig::load(Overrides { database_url: None, ..o }).unwrap_err();
+        assert_eq!(err.0, ["database_ca_file: only used with database_url"]);
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub type RoleRx = watch::Receiver<Role>;
 
 #[derive(Debug, Clone)]
 pub struct HaConfig {
-    pub database_url: String,
+    /// `database_url` and `database_ca_file`: every connection is opened from it.
+    pub database: crate::store::Database,
     /// This hub's base URL as agents and clients reach it (`http://10.0.0.5:4000`).
     pub advertise_url: String,
     pub lease: Duration,
@@ -138,7 +139,7 @@ impl Keeper {
 
     fn connection(&mut self) -> Result<&mut Client, StoreError> {
         if self.lease.as_ref().is_none_or(Client::is_closed) {
-            let mut c = pg::connect(&self.cfg.database_url, self.cfg.lease)?;
+            let mut c = pg::connect(&self.cfg.database, self.cfg.lease)?;
             pg::migrate(&mut c)?;
             self.lease = Some(c);
         }
@@ -234,16 +235,16 @@ impl Keeper {
     /// still loading (it would, every time, and no hub would ever serve).
     fn become_leader(&mut self, term: u64) -> Result<(), StoreError> {
         let t0 = Instant::now();
-        let (url, lease, connections) = (self.cfg.database_url.clone(), self.cfg.lease, self.parts.reader_connections);
+        let (database, lease, connections) = (self.cfg.database.clone(), self.cfg.lease, self.parts.reader_connections);
         let p = &self.parts;
         let (timings, limits, admin_token, bus) =
             (p.timings.clone(), p.limits.clone(), p.admin_token.clone(), p.bus.clone());
         let loading = std::thread::Builder::new()
             .name("hub-load".into())
             .spawn(move || -> Result<_, StoreError> {
-                let mut store = PgStore::open(&url, term, lease)?;
+                let mut store = PgStore::open(&database, term, lease)?;
                 let data_pid = store.backend_pid()?;
-                let reader: Arc<dyn Reader> = Arc::new(PgReader::open(&url, connections, lease)?);
+                let reader: Arc<dyn Reader> = Arc::new(PgReader::open(&database, connections, lease)?);
                 let core = core::Core::new(store, SystemClock, timings, limits, &admin_token, bus)?;
                 Ok((core, reader, data_pid))
             })

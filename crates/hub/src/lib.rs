@@ -203,7 +203,7 @@ pub async fn run_reporting(
                 bus: bus.clone(),
                 reader_connections: cfg.net.reader_connections,
             };
-            tracing::info!(database = %store::pg_redact(&h.database_url), "storing in PostgreSQL");
+            tracing::info!(database = %h.database.redacted(), sslmode = h.database.ssl_mode().name(), "storing in PostgreSQL");
             let (rx, thread) = ha::start(h, parts, keeper_stop.clone());
             (rx, Leadership::Shared { thread })
         }

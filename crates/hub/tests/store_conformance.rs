@@ -7,7 +7,7 @@ mod model;
 
 use hub::model::{AgentRecord, Outcome, Payload, Priority, StoredTask, TaskHead, TokenRecord, Transition};
 use hub::store::{
-    Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, TaskQuery, DAY_MS, PROGRESS_KEPT,
+    Database, Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, TaskQuery, DAY_MS, PROGRESS_KEPT,
 };
 use model::Model;
 use proptest::prelude::*;
@@ -48,8 +48,8 @@ impl Backend {
     }
 
     fn pg(url: &str) -> Backend {
-        let store = Box::new(PgStore::open(url, 0, TIMEOUT).unwrap());
-        let reader = Box::new(PgReader::open(url, 2, TIMEOUT).unwrap());
+        let store = Box::new(PgStore::open(&db(url), 0, TIMEOUT).unwrap());
+        let reader = Box::new(PgReader::open(&db(url), 2, TIMEOUT).unwrap());
         Backend { name: "postgres", store, reader, raw: Raw::Pg(url.to_string()) }
     }
 
@@ -133,6 +133,11 @@ impl Backend {
                 .collect(),
         }
     }
+}
+
+/// The store's view of a test database: as a hub sees `database_url`.
+fn db(url: &str) -> Database {
+    Database::new(url, None).unwrap()
 }
 
 fn pg_client(url: &str) -> postgres::Client {
@@ -680,7 +685,7 @@ fn a_failed_batch_writes_nothing() {
 fn migrations_run_by_several_hubs_at_once_end_at_one_version() {
     let pg = Postgres::start().unwrap();
     let reference = pg.database().unwrap();
-    PgStore::open(&reference, 0, TIMEOUT).unwrap();
+    PgStore::open(&db(&reference), 0, TIMEOUT).unwrap();
     let schema = |url: &str| -> (i64, i32, i32, Vec<String>) {
         let mut c = pg_client(url);
         let row = c.query_one("SELECT COUNT(*), MIN(version), MAX(version) FROM agentcom_schema", &[]).unwrap();
@@ -702,7 +707,7 @@ fn migrations_run_by_several_hubs_at_once_end_at_one_version() {
                 .map(|_| {
                     s.spawn(|| {
                         start.wait();
-                        PgStore::open(&url, 0, TIMEOUT).map(drop)
+                        PgStore::open(&db(&url), 0, TIMEOUT).map(drop)
                     })
                 })
                 .collect();
@@ -720,7 +725,7 @@ fn migrations_run_by_several_hubs_at_once_end_at_one_version() {
 fn a_deposed_writer_is_refused_and_writes_nothing() {
     let pg = Postgres::start().unwrap();
     let url = pg.database().unwrap();
-    let mut old = PgStore::open(&url, 7, TIMEOUT).unwrap();
+    let mut old = PgStore::open(&db(&url), 7, TIMEOUT).unwrap();
     let set_term = |term: i64| {
         pg_client(&url).execute("UPDATE leader SET term = $1 WHERE id = 1", &[&term]).unwrap();
     };
@@ -747,7 +752,7 @@ fn a_deposed_writer_is_refused_and_writes_nothing() {
     let backend = Backend {
         name: "postgres",
         store: Box::new(old),
-        reader: Box::new(PgReader::open(&url, 1, TIMEOUT).unwrap()),
+        reader: Box::new(PgReader::open(&db(&url), 1, TIMEOUT).unwrap()),
         raw: Raw::Pg(url.clone()),
     };
     assert_eq!(backend.reader.task("a").unwrap().unwrap().head.status, TaskStatus::Queued);
@@ -764,7 +769,7 @@ fn a_deposed_writer_is_refused_and_writes_nothing() {
     }
     assert_eq!(backend.sql("SELECT term FROM leader"), 8);
     // The new leader writes.
-    let mut new = PgStore::open(&url, 8, TIMEOUT).unwrap();
+    let mut new = PgStore::open(&db(&url), 8, TIMEOUT).unwrap();
     new.commit(&batch).unwrap();
     assert_eq!(backend.reader.task("a").unwrap().unwrap().head.status, TaskStatus::Assigned);
 }

@@ -1,6 +1,7 @@
 //! A real PostgreSQL for tests: the cluster `scripts/test` started (named by
 //! `AGENTCOM_TEST_PG_ADMIN_URL`), else a private one in a temp dir, stopped when the last handle
 //! in the process drops. Each test takes fresh databases from it, so tests never share data.
+//! [`Postgres::start_tls`] is always a private cluster that also speaks TLS.
 //!
 //! The server refuses to run as root: as root (CI), every server command runs as the `postgres`
 //! user through `runuser`, in a temp dir that user owns.
@@ -42,6 +43,8 @@ log_min_messages = warning
 
 /// One cluster per test process, shared by every [`Postgres`] handle alive at the same time.
 static SHARED: Mutex<Weak<Server>> = Mutex::new(Weak::new());
+/// The same for the clusters with TLS on.
+static SHARED_TLS: Mutex<Weak<Server>> = Mutex::new(Weak::new());
 
 /// A handle on the test cluster. The databases it created are dropped with it.
 pub struct Postgres {
@@ -53,11 +56,24 @@ impl Postgres {
     /// The cluster named by [`ADMIN_URL_ENV`], else this process's private one (started on the
     /// first call). Fails, saying what to install, when PostgreSQL is not there.
     pub fn start() -> Result<Postgres> {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        Postgres::shared(&SHARED, || Server::start(Tls::Off))
+    }
+
+    /// This process's private cluster with `ssl = on`, its certificate (for `localhost` and
+    /// `127.0.0.1`, see [`Postgres::ca_file`]) signed by a throwaway CA ([`crate::tls`]). It still
+    /// takes plaintext connections too, as a default install does: the client's `sslmode`
+    /// decides. Roles other than `postgres` authenticate with SCRAM (`scram-sha-256`). Never the
+    /// cluster `scripts/test` started, whose server has no certificate.
+    pub fn start_tls() -> Result<Postgres> {
+        Postgres::shared(&SHARED_TLS, || Server::start(Tls::On))
+    }
+
+    fn shared(slot: &Mutex<Weak<Server>>, start: impl FnOnce() -> Result<Server> + Send) -> Result<Postgres> {
+        let mut shared = slot.lock().unwrap_or_else(|e| e.into_inner());
         let server = match shared.upgrade() {
             Some(s) => s,
             None => {
-                let s = Arc::new(off_runtime(Server::start)?);
+                let s = Arc::new(off_runtime(start)?);
                 *shared = Arc::downgrade(&s);
                 s
             }
@@ -69,8 +85,8 @@ impl Postgres {
     /// PostgreSQL's durable defaults, for benchmarks. It stops when this handle drops.
     pub fn start_durable() -> Result<Postgres> {
         let server = off_runtime(|| {
-            let cluster = Cluster::init(DURABLE_SETTINGS)?;
-            Server::private(cluster)
+            let cluster = Cluster::init(DURABLE_SETTINGS, Tls::Off)?;
+            Server::private(cluster, Tls::Off)
         })?;
         Ok(Postgres { server: Arc::new(server), created: Mutex::new(Vec::new()) })
     }
@@ -78,6 +94,11 @@ impl Postgres {
     /// Another handle on the same cluster, with databases of its own.
     pub fn share(&self) -> Postgres {
         Postgres { server: self.server.clone(), created: Mutex::new(Vec::new()) }
+    }
+
+    /// The PEM certificate of the CA that signed the server's certificate; `None` without TLS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.server.ca_file.as_deref()
     }
 
     /// A `postgres://` URL of the superuser's maintenance database.
@@ -199,24 +220,33 @@ fn hex(bytes: &[u8]) -> String {
 
 struct Server {
     admin_url: String,
+    ca_file: Option<PathBuf>,
     /// Our own cluster, held for its drop (which stops it); `None` for one started by someone else.
     _cluster: Option<Cluster>,
 }
 
+/// Whether a cluster speaks TLS.
+#[derive(Clone, Copy, PartialEq)]
+enum Tls {
+    Off,
+    On,
+}
+
 impl Server {
-    fn start() -> Result<Server> {
-        if let Some(url) = std::env::var(ADMIN_URL_ENV).ok().filter(|u| !u.trim().is_empty()) {
-            let server = Server { admin_url: url, _cluster: None };
+    fn start(tls: Tls) -> Result<Server> {
+        if let Some(url) = std::env::var(ADMIN_URL_ENV).ok().filter(|u| !u.trim().is_empty() && tls == Tls::Off) {
+            let server = Server { admin_url: url, ca_file: None, _cluster: None };
             server.admin().with_context(|| format!("the cluster named by {ADMIN_URL_ENV} does not answer"))?;
             return Ok(server);
         }
-        Server::private(Cluster::init(SERVER_SETTINGS)?)
+        Server::private(Cluster::init(SERVER_SETTINGS, tls)?, tls)
     }
 
     /// Starts `cluster` and waits until it accepts connections.
-    fn private(cluster: Cluster) -> Result<Server> {
+    fn private(cluster: Cluster, tls: Tls) -> Result<Server> {
         let admin_url = cluster.start()?;
-        let server = Server { admin_url, _cluster: Some(cluster) };
+        let ca_file = (tls == Tls::On).then(|| cluster.certs().join("ca.pem"));
+        let server = Server { admin_url, ca_file, _cluster: Some(cluster) };
         eventually_blocking("the test cluster to accept connections", || {
             server.admin().map(drop).map_err(|e| format!("{e:#}"))
         })?;
@@ -238,7 +268,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn init(settings: &str) -> Result<Cluster> {
+    fn init(settings: &str, tls: Tls) -> Result<Cluster> {
         let bindir = bindir()?;
         let dir = tempfile::Builder::new().prefix("agentcom-pg-").tempdir().context("temp dir for PostgreSQL")?;
         let run_as = if effective_uid()? == 0 {
@@ -259,6 +289,16 @@ impl Cluster {
         let mut text = std::fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
         text.push_str(settings);
         text.push_str(&socket_dir);
+        if tls == Tls::On {
+            text.push_str(&cluster.certificate()?);
+            // Roles other than the superuser log in with a password, as on a real server:
+            // SCRAM, bound to the TLS channel when the client asks.
+            let hba = data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba).with_context(|| format!("read {}", hba.display()))?;
+            let first =
+                format!("host all {SUPERUSER} 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n{rules}");
+            std::fs::write(&hba, first).with_context(|| format!("write {}", hba.display()))?;
+        }
         // Written in place, so the file keeps its owner.
         std::fs::write(&conf, text).with_context(|| format!("write {}", conf.display()))?;
         Ok(cluster)
@@ -266,6 +306,27 @@ impl Cluster {
 
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Writes the CA and the server's certificate and key into `certs/`, the key as the server
+    /// accepts it (its user's, mode 0600); returns the settings that turn TLS on with them.
+    fn certificate(&self) -> Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let files = crate::tls::tls_files(&self.certs())?;
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", files.key.display()))?;
+        if let Some(user) = self.run_as {
+            let (uid, gid) = user_ids(user)?;
+            for path in [self.certs(), files.cert.clone(), files.key.clone()] {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .with_context(|| format!("give {} to the {user} user", path.display()))?;
+            }
+        }
+        Ok(format!("ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n", files.cert.display(), files.key.display()))
     }
 
     fn log(&self) -> PathBuf {
@@ -459,10 +520,36 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_cluster_shows_a_certificate_its_ca_signed_for_localhost() {
+        let pg = Postgres::start_tls().unwrap();
+        let ca = pg.ca_file().expect("a TLS cluster has a CA").to_path_buf();
+        assert!(Postgres::start().unwrap().admin_url() != pg.admin_url(), "never the plain cluster");
+        let url = pg.database().unwrap().replace("127.0.0.1", "localhost");
+        // Verified as `sslmode=verify-full` does: the CA, and the name `localhost`.
+        let rustls = osutil::tls::client_config(Some(&ca)).unwrap();
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(&rustls));
+        let mut config: postgres::Config = url.parse().unwrap();
+        config.ssl_mode(postgres::config::SslMode::Require);
+        let mut c = config.connect(tls).unwrap();
+        let row = c.query_one("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap();
+        let (ssl, version): (bool, String) = (row.get(0), row.get(1));
+        assert!(ssl && version.starts_with("TLS"), "{version}");
+        // Without the CA the same server is refused.
+        let untrusting = osutil::tls::client_config(None).unwrap();
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(&untrusting));
+        let e = config.connect(tls).err().expect("an unknown CA is refused");
+        assert!(format!("{e:?}").contains("UnknownIssuer"), "{e:?}");
+        // The key is the server user's alone, as PostgreSQL demands.
+        use std::os::unix::fs::MetadataExt;
+        let key = std::fs::metadata(ca.with_file_name("hub.key")).unwrap();
+        assert_eq!(key.mode() & 0o777, 0o600);
+    }
+
+    #[test]
     fn a_private_cluster_leaves_nothing_behind() {
-        let cluster = Cluster::init(SERVER_SETTINGS).unwrap();
+        let cluster = Cluster::init(SERVER_SETTINGS, Tls::Off).unwrap();
         let url = cluster.start().unwrap();
-        let server = Server { admin_url: url.clone(), _cluster: Some(cluster) };
+        let server = Server { admin_url: url.clone(), ca_file: None, _cluster: Some(cluster) };
         eventually_blocking("the cluster to answer", || server.admin().map(drop).map_err(|e| format!("{e:#}")))
             .unwrap();
         let dir = server._cluster.as_ref().unwrap().dir.path().to_path_buf();

@@ -32,6 +32,10 @@ pub struct HubArgs {
     /// user in the process list: prefer AGENTCOM_DATABASE_URL or `database_url` in --config.
     #[arg(long, env = "AGENTCOM_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// PEM CA certificates that sign PostgreSQL's certificate, for sslmode=verify-full (or
+    /// verify-ca) in --database-url; Mozilla's roots are trusted too.
+    #[arg(long, env = "AGENTCOM_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// This hub's URL as agents and clients reach it (http://10.0.0.5:4000), sent to them by
     /// standbys; with --database-url [default: from --listen]
     #[arg(long, env = "AGENTCOM_ADVERTISE_URL")]
@@ -57,6 +61,7 @@ pub async fn run(a: HubArgs) -> anyhow::Result<u8> {
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
         database_url: a.database_url,
+        database_ca_file: a.database_ca_file,
         advertise_url: a.advertise_url,
     };
     let cfg = hub::HubConfig::load(overrides)?;

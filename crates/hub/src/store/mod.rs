@@ -7,9 +7,11 @@
 //! since nothing is acknowledged before its commit, a client always reads its own writes.
 
 pub(crate) mod pg;
+mod pg_tls;
 mod sqlite;
 
-pub use pg::{redact as pg_redact, PgReader, PgStore};
+pub use pg::{PgReader, PgStore};
+pub use pg_tls::{Database, SslMode};
 pub use sqlite::{SqliteReader, SqliteStore};
 
 use crate::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};

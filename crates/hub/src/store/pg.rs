@@ -6,9 +6,9 @@
 //! (paused, cut off) cannot assign, complete or requeue anything. A group commit is a handful of
 //! statements whatever its size: rows of one kind go in one `UNNEST` statement.
 
-use super::{stored_text, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use super::{stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
 use crate::model::{AgentRecord, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
-use postgres::{Client, NoTls};
+use postgres::Client;
 use proto::api::{UsageBy, UsageRow};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -83,17 +83,17 @@ const MIGRATIONS: &[&str] = &["
     INSERT INTO leader (id, term, expires_at) VALUES (1, 0, now());
 "];
 
-/// How a connection is made: keepalives and timeouts so that a cut network or a paused server
-/// is noticed within `timeout`, never waited on for ever.
-pub fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
-    let mut cfg: postgres::Config =
-        url.parse().map_err(|e: postgres::Error| StoreError::Open { path: redact(url), message: e.to_string() })?;
-    cfg.connect_timeout(timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .tcp_user_timeout(timeout)
-        .application_name("agentcom-hub");
-    let mut client = cfg.connect(NoTls).map_err(|e| StoreError::Open { path: redact(url), message: e.to_string() })?;
+/// How every connection to PostgreSQL is made (TLS as `database_url` says, see `pg_tls.rs`):
+/// keepalives and timeouts so that a cut network or a paused server is noticed within
+/// `timeout`, never waited on for ever.
+pub fn connect(db: &Database, timeout: Duration) -> Result<Client, StoreError> {
+    let mut client = db.open(|cfg| {
+        cfg.connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .tcp_user_timeout(timeout)
+            .application_name("agentcom-hub")
+    })?;
     // Notices ("already exists, skipping") are not worth a log line each time a hub connects.
     client.batch_execute(&format!(
         "SET statement_timeout = {}; SET client_min_messages = warning",
@@ -110,17 +110,6 @@ pub(super) fn describe(e: &postgres::Error) -> String {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         },
-    }
-}
-
-/// The URL without its password, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -173,22 +162,22 @@ fn parse_status(s: &str, what: &str) -> Result<TaskStatus, StoreError> {
 pub struct PgStore {
     client: Client,
     term: u64,
-    url: String,
+    db: Database,
     timeout: Duration,
 }
 
 impl PgStore {
-    pub fn open(url: &str, term: u64, timeout: Duration) -> Result<PgStore, StoreError> {
-        let mut client = connect(url, timeout)?;
+    pub fn open(db: &Database, term: u64, timeout: Duration) -> Result<PgStore, StoreError> {
+        let mut client = connect(db, timeout)?;
         migrate(&mut client)?;
-        Ok(PgStore { client, term, url: url.to_string(), timeout })
+        Ok(PgStore { client, term, db: db.clone(), timeout })
     }
 
     /// A lost connection is opened again on the next use: every commit is fenced by the term,
     /// so a new session cannot write for a leader that was replaced meanwhile.
     fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
         if self.client.is_closed() {
-            self.client = connect(&self.url, self.timeout)?;
+            self.client = connect(&self.db, self.timeout)?;
         }
         Ok(())
     }
@@ -475,24 +464,24 @@ const TASK_COLUMNS: &str = "t.task_id, t.head, t.payload, t.outcome,
 pub struct PgReader {
     conns: Vec<Mutex<Client>>,
     next: AtomicUsize,
-    url: String,
+    db: Database,
     timeout: Duration,
 }
 
 impl PgReader {
-    pub fn open(url: &str, connections: usize, timeout: Duration) -> Result<PgReader, StoreError> {
+    pub fn open(db: &Database, connections: usize, timeout: Duration) -> Result<PgReader, StoreError> {
         let mut conns = Vec::new();
         for _ in 0..connections.max(1) {
-            conns.push(Mutex::new(connect(url, timeout)?));
+            conns.push(Mutex::new(connect(db, timeout)?));
         }
-        Ok(PgReader { conns, next: AtomicUsize::new(0), url: url.to_string(), timeout })
+        Ok(PgReader { conns, next: AtomicUsize::new(0), db: db.clone(), timeout })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         let mut conn = self.conns[i].lock().unwrap_or_else(|e| e.into_inner());
         if conn.is_closed() {
-            *conn = connect(&self.url, self.timeout)?;
+            *conn = connect(&self.db, self.timeout)?;
         }
         f(&mut conn)
     }
