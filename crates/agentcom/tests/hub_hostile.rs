@@ -450,3 +450,50 @@ async fn absurd_usage_counts_are_refused_or_dropped_and_never_break_listings() -
     assert!(rows.iter().any(|r| r["key"] == "m" && r["output_tokens"] == 5 && r["input_tokens"] == 0), "{usage:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_reads_where_others_tasks_stand_but_not_what_was_said_or_made_on_them() -> R {
+    let hub = Hub::start(bin(), "")?;
+    let (t1, t2) = (hub.token("a1").await?, hub.token("a2").await?);
+    let mut a1 = WsAgent::identify(&hub.ws_url(), "a1", &t1, &[]).await?;
+    let id = hub.submit_text("deploy with the key").await?;
+    let (_, g) = a1.take_task().await?;
+    a1.send(json!({"type": "needs_input", "task_id": id, "request_id": "r1", "question": "Which key?"})).await?;
+    eventually("the question stored", || async {
+        let t = hub.task(&id).await.map_err(|e| e.to_string())?;
+        t.task.needs_input.ok_or_else(|| "not yet".to_string())
+    })
+    .await?;
+    let (s, _) = hub.admin().post(&format!("/api/tasks/{id}/input"), json!({"answer": "sk-live-2718"})).await?;
+    assert_eq!(s, 200);
+    a1.expect("task_input").await?;
+    a1.send(json!({"type": "task_complete", "task_id": id, "generation": g,
+        "result": {"status": "success", "output": "deployed with sk-live-2718"}}))
+        .await?;
+    a1.expect("task_ack").await?;
+    // a2 neither submitted nor holds it: status yes, content and history no.
+    let (s, other) = hub.api(Some(&t2)).get(&format!("/api/tasks/{id}")).await?;
+    assert_eq!(
+        (s, other["status"].as_str(), other["description"].as_str()),
+        (200, Some("completed"), Some("deploy with the key"))
+    );
+    assert!(!other.to_string().contains("sk-live-2718") && !other.to_string().contains("Which key"), "{other}");
+    assert_eq!(other["history"], json!([]), "{other}");
+    let (_, listed) = hub.api(Some(&t2)).get("/api/tasks").await?;
+    assert!(!listed.to_string().contains("sk-live-2718"), "{listed}");
+    // Its holder and the admin see all of it.
+    for token in [&t1, &hub.admin_token] {
+        let (_, full) = hub.api(Some(token)).get(&format!("/api/tasks/{id}")).await?;
+        assert_eq!(full["result"]["output"], "deployed with sk-live-2718", "{full}");
+        assert!(full["history"].as_array().is_some_and(|h| h.len() >= 4), "{full}");
+    }
+    // No agent may be called `admin`: it would own every task the admin token submitted.
+    let (s, v) = hub.admin().post("/admin/tokens", json!({"agent_id": "admin"})).await?;
+    assert_eq!((s, v["error"].as_str()), (422, Some("validation_failed")), "{v}");
+    assert!(v.to_string().contains("reserved for the admin token"), "{v}");
+    let mut admin_named = WsAgent::connect(&hub.ws_url()).await?;
+    admin_named.send(json!({"type": "identify", "agent_id": "admin", "token": hub.admin_token})).await?;
+    let refused = admin_named.expect("error").await?;
+    assert!(refused.to_string().contains("reserved for the admin token"), "{refused}");
+    Ok(())
+}

@@ -32,7 +32,7 @@ pub enum Role {
 impl Role {
     pub fn name(&self) -> &str {
         match self {
-            Role::Admin => "admin",
+            Role::Admin => proto::api::ADMIN_NAME,
             Role::Agent(a) => a,
         }
     }

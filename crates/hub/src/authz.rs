@@ -3,7 +3,25 @@
 //! only the tasks it submitted, and reads and writes only its own checkpoint.
 
 use crate::auth::Role;
-use proto::api::{ApiError, ErrorCode};
+use proto::api::{ApiError, ErrorCode, TaskView};
+
+/// What an agent token sees of a task it neither submitted nor holds: where it stands in the
+/// queue, not what was said or made on it (result, report, progress, the question and a
+/// person's answer, usage); the caller also leaves out its history, whose lines quote
+/// questions. Returns whether anything was withheld.
+pub fn withhold_content(role: &Role, task: &mut TaskView) -> bool {
+    let Role::Agent(me) = role else { return false };
+    if task.submitted_by == *me || task.assigned_to.as_deref() == Some(me.as_str()) {
+        return false;
+    }
+    task.result = None;
+    task.report.clear();
+    task.progress = None;
+    task.needs_input = None;
+    task.answer = None;
+    task.usage = None;
+    true
+}
 
 /// Routes for the admin token only.
 pub fn admin_only(role: &Role, what: &str) -> Result<(), ApiError> {

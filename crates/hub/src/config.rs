@@ -205,19 +205,26 @@ pub enum WebhookEvent {
     BudgetExhausted,
 }
 
+impl WebhookEvent {
+    const ALL: [WebhookEvent; 4] =
+        [WebhookEvent::NeedsInput, WebhookEvent::DeadLetter, WebhookEvent::AgentOffline, WebhookEvent::BudgetExhausted];
+
+    /// The name in the configuration and in a notification's `event`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookEvent::NeedsInput => "needs_input",
+            WebhookEvent::DeadLetter => "dead_letter",
+            WebhookEvent::AgentOffline => "agent_offline",
+            WebhookEvent::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
 impl std::str::FromStr for WebhookEvent {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "needs_input" => WebhookEvent::NeedsInput,
-            "dead_letter" => WebhookEvent::DeadLetter,
-            "agent_offline" => WebhookEvent::AgentOffline,
-            "budget_exhausted" => WebhookEvent::BudgetExhausted,
-            other => {
-                return Err(format!(
-                    "unknown event {other:?} (expected needs_input, dead_letter, agent_offline or budget_exhausted)"
-                ))
-            }
+        WebhookEvent::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
+            format!("unknown event {s:?} (expected needs_input, dead_letter, agent_offline or budget_exhausted)")
         })
     }
 }
@@ -229,7 +236,8 @@ pub enum WebhookFormat {
     Slack,
 }
 
-#[derive(Debug, Clone)]
+/// A hook's URL often is its secret: `Debug` shows its host only.
+#[derive(Clone)]
 pub struct Webhook {
     pub url: String,
     pub events: Vec<WebhookEvent>,
@@ -238,6 +246,18 @@ pub struct Webhook {
     pub timeout: Duration,
     pub max_attempts: u32,
     pub retry: Duration,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = url::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_string));
+        f.debug_struct("Webhook")
+            .field("host", &host)
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The event stream's bounds.
@@ -593,7 +613,8 @@ fn webhooks(files: Vec<WebhookFile>, errors: &mut Vec<String>) -> Vec<Webhook> {
         let url = w.url.unwrap_or_default();
         match url::Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-            _ => errors.push(format!("{at}.url: {url:?} is not an http:// or https:// URL")),
+            // Not echoed: a hook's URL often holds its secret, and errors go to logs.
+            _ => errors.push(format!("{at}.url: not an http:// or https:// URL with a host")),
         }
         let events: Vec<WebhookEvent> = w
             .events
@@ -697,12 +718,28 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
 
 /// The TOML text of a configuration file, strictly: an unknown key is an error naming its line.
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n    "))
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        // toml's own text quotes the offending line, which may hold a secret (a misspelt
+        // `admin_token`, a password in `database_url`): say where, and what, only.
+        let at = e.span().and_then(|s| text.get(..s.start)).map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        format!("{}{}", at.unwrap_or_default(), e.message().trim_end())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_error_says_where_without_quoting_the_line() {
+        let err = parse_file("listen = \"127.0.0.1:0\"\nadmin_tokne = \"s3cret-s3cret-s3cret\"\n").unwrap_err();
+        assert!(err.starts_with("line 2, column 1: unknown field `admin_tokne`"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     #[test]
     fn lists_every_error() {

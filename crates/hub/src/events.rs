@@ -15,7 +15,7 @@ pub struct Audience(pub Vec<String>);
 
 impl Audience {
     pub fn of<I: IntoIterator<Item = Option<String>>>(agents: I) -> Audience {
-        let mut v: Vec<String> = agents.into_iter().flatten().filter(|a| a != "admin").collect();
+        let mut v: Vec<String> = agents.into_iter().flatten().filter(|a| a != proto::api::ADMIN_NAME).collect();
         v.sort();
         v.dedup();
         Audience(v)
@@ -45,6 +45,14 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<Published>>,
     pub readers: AtomicU64,
     pub dropped: AtomicU64,
+    /// A follower that must not lose what it wants to a flood of other events (webhooks).
+    tap: std::sync::OnceLock<Tap>,
+}
+
+struct Tap {
+    wants: fn(&EventKind) -> bool,
+    tx: tokio::sync::mpsc::Sender<Arc<Published>>,
+    dropped: AtomicU64,
 }
 
 /// What a new reader gets: what it missed (from the window), then the live channel.
@@ -66,6 +74,7 @@ impl EventBus {
             tx,
             readers: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            tap: std::sync::OnceLock::new(),
         })
     }
 
@@ -87,7 +96,26 @@ impl EventBus {
         }
         ring.push_back(p.clone());
         // Under the lock, so a subscriber sees each event exactly once: in its backlog or live.
-        let _ = self.tx.send(p);
+        let _ = self.tx.send(p.clone());
+        drop(ring);
+        if let Some(tap) = self.tap.get().filter(|t| (t.wants)(&p.event.kind)) {
+            if tap.tx.try_send(p).is_err() {
+                let n = tap.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(dropped = n, "the webhook follower is behind; events dropped for it");
+                }
+            }
+        }
+    }
+
+    /// The events `wants` picks, on a channel of their own of `capacity` (one tap per bus):
+    /// a flood of other events (progress lines) cannot push them out, as it can a reader's.
+    pub fn tap(&self, wants: fn(&EventKind) -> bool, capacity: usize) -> tokio::sync::mpsc::Receiver<Arc<Published>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        if self.tap.set(Tap { wants, tx, dropped: AtomicU64::new(0) }).is_err() {
+            tracing::error!("the event bus has a tap already; the new one gets nothing");
+        }
+        rx
     }
 
     /// The id of the latest event published (`<run>-0` before the first): a page rendered after
@@ -104,14 +132,19 @@ impl EventBus {
         let parsed = last.split_once('-').and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)));
         let oldest = ring.front().map(|p| p.seq).unwrap_or(self.next.load(Ordering::Relaxed));
         let (resync, from) = match parsed {
-            Some((epoch, seq)) if epoch == self.epoch && seq + 1 >= oldest => (None, seq + 1),
+            Some((epoch, seq)) if epoch == self.epoch && seq.saturating_add(1) >= oldest => {
+                (None, seq.saturating_add(1))
+            }
             Some((epoch, _)) if epoch == self.epoch => {
                 (Some(format!("event {last} is older than the {} events this hub keeps", self.window)), oldest)
             }
             Some(_) => (Some(format!("event {last} is from an earlier run of the hub")), oldest),
             None => (Some(format!("{last:?} is not an event id of this hub")), oldest),
         };
-        let backlog = ring.iter().filter(|p| p.seq >= from).cloned().collect();
+        // Sequences in the ring are consecutive: the backlog starts at a computed index, so
+        // subscribing costs what it hands over, not the whole window.
+        let skip = usize::try_from(from.saturating_sub(oldest)).unwrap_or(usize::MAX).min(ring.len());
+        let backlog = ring.range(skip..).cloned().collect();
         Subscription { resync, backlog, live }
     }
 }
@@ -139,6 +172,8 @@ mod tests {
         assert_eq!(s.backlog.len(), 3);
         assert!(bus.subscribe(Some("6-4")).resync.unwrap().contains("earlier run"));
         assert!(bus.subscribe(Some("garbage")).resync.is_some());
+        let future = bus.subscribe(Some("7-18446744073709551615"));
+        assert_eq!((future.resync, future.backlog.len()), (None, 0), "an id from the future: nothing yet");
         let mut live = bus.subscribe(None).live;
         bus.publish(9, agent("x"), Audience::of([Some("x".to_string()), Some("admin".into())]));
         let p = live.try_recv().unwrap();
@@ -154,5 +189,29 @@ mod tests {
             bus.publish(i, agent("a"), Audience::default());
         }
         assert!(matches!(live.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+    }
+
+    #[test]
+    fn the_tap_keeps_what_it_wants_through_a_flood_that_laps_the_readers() {
+        let bus = EventBus::new(1, 100, 16);
+        let wants: fn(&EventKind) -> bool = |k| matches!(k, EventKind::BudgetExhausted { .. });
+        let mut tap = bus.tap(wants, 4);
+        let progress = || EventKind::Progress {
+            task_id: "t".into(),
+            agent_id: "a".into(),
+            generation: 1,
+            progress: serde_json::json!({}),
+        };
+        let exhausted = || EventKind::BudgetExhausted { agent_id: None, spend: Default::default() };
+        for i in 0..1000 {
+            bus.publish(i, if i % 100 == 0 { exhausted() } else { progress() }, Audience::default());
+        }
+        let mut got = 0;
+        while let Ok(p) = tap.try_recv() {
+            assert_eq!(p.name, "budget_exhausted");
+            got += 1;
+        }
+        assert_eq!(got, 4, "the tap's own bound: the first 4 of 10, and the rest counted");
+        assert_eq!(bus.tap.get().unwrap().dropped.load(Ordering::Relaxed), 6);
     }
 }

@@ -21,6 +21,66 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
+/// Slots for readers of the stream: `max_event_readers` in all, and a share per agent so one
+/// agent token cannot take them all (the admin's dashboard included).
+pub struct ReaderSlots {
+    all: Arc<tokio::sync::Semaphore>,
+    per_agent: usize,
+    agents: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// A reader's slot, given back when the stream ends.
+pub struct ReaderSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    agent: Option<(Arc<ReaderSlots>, String)>,
+}
+
+impl ReaderSlots {
+    pub fn new(max: usize) -> Arc<ReaderSlots> {
+        Arc::new(ReaderSlots {
+            all: Arc::new(tokio::sync::Semaphore::new(max)),
+            per_agent: (max / 4).clamp(1, 16),
+            agents: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn take(self: &Arc<Self>, role: &Role) -> Result<ReaderSlot, ApiError> {
+        let Ok(permit) = self.all.clone().try_acquire_owned() else {
+            return Err(
+                ApiError::new(ErrorCode::Overloaded).msg("too many event readers (max_event_readers); try again later")
+            );
+        };
+        let Role::Agent(me) = role else { return Ok(ReaderSlot { _permit: permit, agent: None }) };
+        let mut agents = self.lock();
+        let held = agents.entry(me.clone()).or_default();
+        if *held >= self.per_agent {
+            return Err(ApiError::new(ErrorCode::Overloaded).msg(format!(
+                "agent {me} reads the event stream {} times already, the most one agent may",
+                self.per_agent
+            )));
+        }
+        *held += 1;
+        Ok(ReaderSlot { _permit: permit, agent: Some((self.clone(), me.clone())) })
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let Some((slots, agent)) = self.agent.take() else { return };
+        let mut agents = slots.lock();
+        if let Some(held) = agents.get_mut(&agent) {
+            *held -= 1;
+            if *held == 0 {
+                agents.remove(&agent);
+            }
+        }
+    }
+}
+
 /// One reader's state between two events.
 struct Reader {
     resync: Option<String>,
@@ -32,7 +92,7 @@ struct Reader {
     done: bool,
     bus: Arc<crate::events::EventBus>,
     /// Held for the stream's life: the reader's slot, and its connection kept from eviction.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: ReaderSlot,
     _busy: Option<crate::server::BusyGuard>,
 }
 
@@ -73,9 +133,9 @@ pub async fn events(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let Ok(permit) = s.event_readers.clone().try_acquire_owned() else {
-        let e = ApiError::new(ErrorCode::Overloaded).msg("too many event readers (max_event_readers); try again later");
-        return crate::http::error(e);
+    let slot = match s.event_readers.take(&role) {
+        Ok(slot) => slot,
+        Err(e) => return crate::http::error(e),
     };
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or(q.last_event_id);
     if last.as_ref().is_some_and(|l| l.len() > 64) {
@@ -96,7 +156,7 @@ pub async fn events(
         shutdown: s.shutdown.clone(),
         done: false,
         bus: s.bus.clone(),
-        _permit: permit,
+        _slot: slot,
         _busy: ticket.map(|Extension(t)| t.0.busy()),
     };
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
@@ -202,6 +262,26 @@ pub fn usage_report(by: UsageBy, since: u64, until: u64, rows: Vec<UsageRow>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_agent_cannot_take_every_reader_slot() {
+        let slots = ReaderSlots::new(8); // 2 per agent
+        let a = Role::Agent("a".into());
+        let held: Vec<ReaderSlot> = (0..2).map(|_| slots.take(&a).unwrap()).collect();
+        let e = slots.take(&a).err().unwrap();
+        assert_eq!(e.error, ErrorCode::Overloaded);
+        assert!(e.message.unwrap().contains("agent a reads the event stream 2 times"));
+        let others: Vec<ReaderSlot> =
+            [Role::Admin, Role::Agent("b".into())].iter().map(|r| slots.take(r).unwrap()).collect();
+        drop(held);
+        assert!(!slots.lock().contains_key("a"), "a's count is gone with its streams");
+        let _again = slots.take(&a).unwrap();
+        drop(others);
+        // The total still holds: 8 in all.
+        let admins: Vec<ReaderSlot> = (0..7).map(|_| slots.take(&Role::Admin).unwrap()).collect();
+        assert!(slots.take(&Role::Admin).is_err());
+        drop(admins);
+    }
 
     #[test]
     fn days_parse_and_format_both_ways() {

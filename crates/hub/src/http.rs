@@ -43,7 +43,7 @@ pub struct AppState {
     pub conns: Arc<crate::server::ConnLimits>,
     pub bus: Arc<crate::events::EventBus>,
     /// Readers of `GET /api/events` at once.
-    pub event_readers: Arc<tokio::sync::Semaphore>,
+    pub event_readers: Arc<crate::feed::ReaderSlots>,
     /// How long a standby that knows no leader (an election under way) holds an agent's
     /// socket before telling it so: zero for a single hub.
     pub election_wait: std::time::Duration,
@@ -408,9 +408,10 @@ async fn list(
     limit: Option<u32>,
     cursor: Option<String>,
 ) -> Response {
-    if let Err(r) = role(s, headers).await {
-        return r;
-    }
+    let role = match role(s, headers).await {
+        Ok(role) => role,
+        Err(r) => return r,
+    };
     let limit = match paging::page_size(limit) {
         Ok(l) => l,
         Err(e) => return error(e),
@@ -423,7 +424,14 @@ async fn list(
     match read(s, move |r| r.list_tasks(q)).await {
         Ok((rows, more)) => {
             let next_cursor = if more { rows.last().map(|t| paging::encode(&t.head.seq)) } else { None };
-            let tasks: Vec<_> = rows.into_iter().map(|t| t.view()).collect();
+            let tasks: Vec<_> = rows
+                .into_iter()
+                .map(|t| {
+                    let mut view = t.view();
+                    crate::authz::withhold_content(&role, &mut view);
+                    view
+                })
+                .collect();
             Json(TaskList { count: tasks.len(), tasks, next_cursor }).into_response()
         }
         Err(r) => r,
@@ -457,9 +465,10 @@ async fn stats(State(s): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn get_task(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = role(&s, &headers).await {
-        return r;
-    }
+    let role = match role(&s, &headers).await {
+        Ok(role) => role,
+        Err(r) => return r,
+    };
     let wanted = id.clone();
     let found = read(&s, move |r| {
         let Some(task) = r.task(&wanted)? else { return Ok(None) };
@@ -467,7 +476,13 @@ async fn get_task(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
     })
     .await;
     match found {
-        Ok(Some((task, history))) => Json(TaskDetail { task: task.view(), history }).into_response(),
+        Ok(Some((task, mut history))) => {
+            let mut view = task.view();
+            if crate::authz::withhold_content(&role, &mut view) {
+                history.clear();
+            }
+            Json(TaskDetail { task: view, history }).into_response()
+        }
         Ok(None) => error(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}"))),
         Err(r) => r,
     }

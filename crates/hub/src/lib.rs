@@ -227,7 +227,7 @@ pub async fn run_reporting(
         next_conn: Arc::new(AtomicU64::new(1)),
         conns: limits.clone(),
         bus: bus.clone(),
-        event_readers: Arc::new(tokio::sync::Semaphore::new(cfg.events.max_readers)),
+        event_readers: feed::ReaderSlots::new(cfg.events.max_readers),
         election_wait: cfg.ha.as_ref().map_or(std::time::Duration::ZERO, |h| h.election_wait),
         console: Arc::new(console::Console::new(cfg.console.clone(), cfg.tls.is_some())),
     };

@@ -44,8 +44,9 @@ pub struct Metrics {
     pub ws_connections_total: u64,
     pub dispatch_latency: Histogram,
     pub commit_seconds: Histogram,
-    /// Reported usage since start, by agent: cost, input, output and other tokens.
-    pub usage: std::collections::BTreeMap<String, UsageTotals>,
+    /// Reported usage since start, the whole fleet's: `/metrics` needs no token, and what each
+    /// agent spent is for those who may read `/api/usage`.
+    pub usage: UsageTotals,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -55,14 +56,9 @@ pub struct UsageTotals {
     pub tokens: u64,
 }
 
-/// A Prometheus label value: backslash, double quote and newline escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 impl Metrics {
-    pub fn record_usage(&mut self, agent_id: &str, u: &proto::Usage) {
-        let t = self.usage.entry(agent_id.to_string()).or_default();
+    pub fn record_usage(&mut self, u: &proto::Usage) {
+        let t = &mut self.usage;
         t.reports += 1;
         t.cost_usd += u.cost_usd.unwrap_or(0.0);
         t.tokens = t.tokens.saturating_add(u.tokens());
@@ -114,10 +110,7 @@ impl Metrics {
             ("agentcom_usage_cost_usd_total", "Reported cost in US dollars, since start.", |t| t.cost_usd),
             ("agentcom_usage_tokens_total", "Reported tokens (input and output), since start.", |t| t.tokens as f64),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (agent, t) in &self.usage {
-                let _ = writeln!(out, "{name}{{agent=\"{}\"}} {}", label(agent), get(t));
-            }
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(&self.usage));
         }
         out
     }

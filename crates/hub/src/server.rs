@@ -15,7 +15,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -108,6 +108,7 @@ impl ConnLimits {
             id,
             limits: Arc::downgrade(self),
             busy: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             last_active: Mutex::new(Instant::now()),
             evict: CancellationToken::new(),
             unidentified: Mutex::new(Some(unidentified)),
@@ -123,12 +124,15 @@ impl ConnLimits {
     }
 
     /// Closes the oldest unidentified connection with nothing in flight and hands over its permits.
+    /// One that never sent a whole request (a half-open head, a silent socket) goes first: closing
+    /// an idle keep-alive connection can race its client's next request, which then fails.
     fn evict_oldest_idle(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         let mut registry = self.lock_registry();
-        let victim = registry
-            .iter()
-            .filter_map(|(id, w)| w.upgrade().map(|s| (*id, s)))
-            .find(|(_, s)| s.busy.load(Ordering::Acquire) == 0)?;
+        let idle = |s: &ConnSlot| s.busy.load(Ordering::Acquire) == 0;
+        let live = || registry.iter().filter_map(|(id, w)| w.upgrade().map(|s| (*id, s)));
+        let victim = live()
+            .find(|(_, s)| idle(s) && !s.served.load(Ordering::Acquire))
+            .or_else(|| live().find(|(_, s)| idle(s)))?;
         registry.remove(&victim.0);
         drop(registry);
         let unidentified = victim.1.unidentified.lock().unwrap_or_else(|e| e.into_inner()).take()?;
@@ -146,6 +150,8 @@ pub struct ConnSlot {
     limits: Weak<ConnLimits>,
     /// Requests in flight (or streams pinned open); only a connection at zero may be evicted.
     busy: AtomicUsize,
+    /// Whether a request ever got through on it: a client's connection, not a stalled head.
+    served: AtomicBool,
     last_active: Mutex<Instant>,
     evict: CancellationToken,
     unidentified: Mutex<Option<OwnedSemaphorePermit>>,
@@ -171,6 +177,7 @@ impl ConnSlot {
     /// Keeps the connection busy (not evictable) while the guard lives: a request, a stream.
     pub fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         BusyGuard(self.clone())
     }
 
@@ -389,6 +396,25 @@ mod tests {
             .find(|f| f.len() > 4 && f[1].ends_with(&local) && f[3] == "0A")
             .and_then(|f| usize::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
             .ok_or_else(|| format!("no listening socket on port {port}"))
+    }
+
+    #[test]
+    fn a_full_hub_closes_a_connection_that_never_sent_a_request_before_a_clients_idle_one() {
+        let net = NetLimits { max_connections: Some(3), agent_reserve_percent: 0, ..NetLimits::default() };
+        let limits = ConnLimits::new(&net, 1 << 20);
+        let client = limits.admit().unwrap();
+        drop(client.busy()); // one request served: a keep-alive client, idle now
+        let silent = limits.admit().unwrap();
+        let working = limits.admit().unwrap();
+        let _request = working.busy();
+        let newcomer = limits.admit().expect("room is made");
+        assert!(silent.evicted().is_cancelled(), "the socket that never sent a request goes");
+        assert!(!client.evicted().is_cancelled() && !working.evicted().is_cancelled());
+        // Only idle clients are left to choose from: the oldest of them goes.
+        drop(newcomer.busy());
+        limits.admit().expect("room is made");
+        assert!(client.evicted().is_cancelled(), "{}", limits.stats.evicted.load(Ordering::Relaxed));
+        assert!(!working.evicted().is_cancelled(), "a request in flight is never cut");
     }
 
     #[tokio::test]

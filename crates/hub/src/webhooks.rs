@@ -1,44 +1,55 @@
 //! Webhooks: tells people when something needs them (a question, a dead letter, an agent gone
-//! offline for a while, a budget run out). A follower of the event bus, so it never delays the
-//! core: deliveries wait in a bounded queue (the oldest dropped, and logged, when it is full)
-//! and are retried with backoff.
+//! offline for a while, a budget run out). The core hands the events a webhook can want to a
+//! bounded channel of their own ([`EventBus::tap`]), so a flood of progress lines cannot push
+//! them out and sending never delays the core. Each hook has its own bounded queue (the oldest
+//! dropped, and counted, when it is full) and one sender, so a hook that is down or slow delays
+//! only its own notifications.
 
 use crate::config::{Webhook, WebhookEvent, WebhookFormat};
 use crate::events::{EventBus, Published};
 use proto::api::{EventKind, TaskStatus};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Notifications waiting to be sent; beyond this the oldest is dropped.
-const QUEUE: usize = 1024;
-/// Deliveries in flight at once.
-const IN_FLIGHT: usize = 8;
+/// Notifications waiting for one hook; beyond this its oldest is dropped.
+const PER_HOOK_QUEUE: usize = 256;
+/// Events a webhook can want, waiting for the follower; beyond this new ones are dropped (and
+/// counted): the follower only turns them into notifications, so it keeps up unless starved.
+const TAP: usize = 16_384;
+/// Agents waiting out `agent_offline_after_ms` at once; more are not watched (and logged).
+const MAX_OFFLINE_WATCHED: usize = 100_000;
 
-/// One notification for one webhook.
-#[derive(Debug, Clone)]
-struct Delivery {
-    hook: usize,
-    body: Value,
+/// Slack's `mrkdwn` reads `<...>` as links and mentions (`<!channel>`): text from agents is
+/// escaped so it is shown, never acted on.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// What a notification says, for people (Slack) and for programs (JSON).
 fn notification(kind: WebhookEvent, at: u64, text: String, fields: Value) -> (Value, Value) {
-    let name = match kind {
-        WebhookEvent::NeedsInput => "needs_input",
-        WebhookEvent::DeadLetter => "dead_letter",
-        WebhookEvent::AgentOffline => "agent_offline",
-        WebhookEvent::BudgetExhausted => "budget_exhausted",
-    };
-    let mut body = json!({ "event": name, "at": at, "text": text });
+    let mut body = json!({ "event": kind.name(), "at": at, "text": text });
     if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
         b.extend(f);
     }
-    (body, json!({ "text": text }))
+    (body, json!({ "text": slack_escape(&text) }))
+}
+
+/// Whether a webhook could want the event: what the core hands to the follower.
+pub fn wanted(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::NeedsInput { .. }
+            | EventKind::Task { to: TaskStatus::DeadLetter, .. }
+            | EventKind::Agent { .. }
+            | EventKind::BudgetExhausted { .. }
+    )
 }
 
 /// The notification an event makes, if it is one a webhook can want.
@@ -73,135 +84,228 @@ fn notify_of(p: &Published) -> Option<(WebhookEvent, Value, Value)> {
     Some((kind, json_body, slack_body))
 }
 
-/// Starts the webhook follower; it ends at `shutdown`.
+/// Starts the webhook follower and one sender per hook; they end at `shutdown`.
 pub fn spawn(hooks: Vec<Webhook>, bus: &EventBus, shutdown: CancellationToken, tracker: &TaskTracker) {
     if hooks.is_empty() {
         return;
     }
-    let hooks = Arc::new(hooks);
-    let queue = Arc::new(Queue::default());
-    let live = bus.subscribe(None).live;
-    tracker.spawn(follow(hooks.clone(), live, queue.clone(), shutdown.clone()));
-    tracker.spawn(send(hooks, queue, shutdown));
+    let events = bus.tap(wanted, TAP);
+    let senders: Vec<Sender> = hooks
+        .into_iter()
+        .enumerate()
+        .map(|(index, hook)| Sender { index, hook, queue: Arc::new(Queue::default()) })
+        .collect();
+    let queues: Vec<(WebhookFormat, Vec<WebhookEvent>, Duration, Arc<Queue>)> = senders
+        .iter()
+        .map(|s| (s.hook.format, s.hook.events.clone(), s.hook.agent_offline_after, s.queue.clone()))
+        .collect();
+    for s in senders {
+        tracker.spawn(s.run(shutdown.clone()));
+    }
+    tracker.spawn(follow(queues, events, shutdown));
 }
 
+/// One hook's notifications waiting to be sent, oldest first.
 #[derive(Default)]
 struct Queue {
-    items: std::sync::Mutex<VecDeque<Delivery>>,
+    items: Mutex<VecDeque<Value>>,
     ready: Notify,
+    dropped: AtomicU64,
 }
 
 impl Queue {
-    fn push(&self, d: Delivery) {
+    fn push(&self, body: Value) {
         let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == QUEUE {
+        if q.len() >= PER_HOOK_QUEUE {
             q.pop_front();
-            tracing::warn!("webhook queue full; dropped the oldest notification");
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n.is_multiple_of(1000) {
+                tracing::warn!(dropped = n, "a webhook's queue is full; dropped its oldest notification");
+            }
         }
-        q.push_back(d);
+        q.push_back(body);
         drop(q);
         self.ready.notify_one();
     }
 
-    fn pop(&self) -> Option<Delivery> {
+    fn pop(&self) -> Option<Value> {
         self.items.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
     }
 }
 
-fn enqueue(hooks: &[Webhook], queue: &Queue, kind: WebhookEvent, json_body: &Value, slack_body: &Value) {
-    for (i, h) in hooks.iter().enumerate().filter(|(_, h)| h.events.contains(&kind)) {
-        let body = match h.format {
-            WebhookFormat::Json => json_body.clone(),
-            WebhookFormat::Slack => slack_body.clone(),
-        };
-        queue.push(Delivery { hook: i, body });
-    }
-}
-
-/// Turns events into notifications; agents that stay offline are found with one timer each.
+/// Turns events into notifications for each hook that wants them; agents that stay offline
+/// are found with one timer list.
 async fn follow(
-    hooks: Arc<Vec<Webhook>>,
-    mut live: broadcast::Receiver<Arc<Published>>,
-    queue: Arc<Queue>,
+    hooks: Vec<(WebhookFormat, Vec<WebhookEvent>, Duration, Arc<Queue>)>,
+    mut events: mpsc::Receiver<Arc<Published>>,
     shutdown: CancellationToken,
 ) {
-    let wants_offline: Vec<(usize, Duration)> = hooks
+    let enqueue = |kind: WebhookEvent, json_body: &Value, slack_body: &Value, only: Option<usize>| {
+        for (i, (format, wants, _, queue)) in hooks.iter().enumerate() {
+            if wants.contains(&kind) && only.is_none_or(|o| o == i) {
+                queue.push(if *format == WebhookFormat::Slack { slack_body.clone() } else { json_body.clone() });
+            }
+        }
+    };
+    let offline_after: Vec<(usize, Duration)> = hooks
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.events.contains(&WebhookEvent::AgentOffline))
-        .map(|(i, h)| (i, h.agent_offline_after))
+        .filter(|(_, h)| h.1.contains(&WebhookEvent::AgentOffline))
+        .map(|(i, h)| (i, h.2))
         .collect();
-    // For each offline agent, the disconnect it is waiting on; a reconnect forgets it.
-    let mut offline: HashMap<String, u64> = HashMap::new();
-    let (due_tx, mut due_rx) = mpsc::channel::<(String, u64, usize, u64)>(256);
-    let mut seq = 0u64;
+    let mut offline = OfflineWatch::default();
     loop {
+        let next = offline.next_due();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            due = due_rx.recv() => {
-                let Some((agent, since, hook, after_ms)) = due else { continue };
-                if offline.get(&agent) == Some(&since) {
-                    let text = format!("agent {agent} has been offline for {} s", after_ms / 1000);
-                    let (json_body, slack_body) = notification(
-                        WebhookEvent::AgentOffline,
-                        crate::clock::wall_ms(),
-                        text,
-                        json!({ "agent_id": agent, "offline_for_ms": after_ms }),
-                    );
-                    let h = &hooks[hook];
-                    let body = if h.format == WebhookFormat::Slack { slack_body } else { json_body };
-                    queue.push(Delivery { hook, body });
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                for (agent, hook, after) in offline.take_due(Instant::now()) {
+                    let ms = after.as_millis() as u64;
+                    let text = format!("agent {agent} has been offline for {} s", ms / 1000);
+                    let fields = json!({ "agent_id": agent, "offline_for_ms": ms });
+                    let (json_body, slack_body) =
+                        notification(WebhookEvent::AgentOffline, crate::clock::wall_ms(), text, fields);
+                    enqueue(WebhookEvent::AgentOffline, &json_body, &slack_body, Some(hook));
                 }
             }
-            next = live.recv() => match next {
-                Ok(p) => {
-                    if let EventKind::Agent { agent_id, connected, .. } = &p.event.kind {
-                        if *connected {
-                            offline.remove(agent_id);
-                        } else if !wants_offline.is_empty() && !offline.contains_key(agent_id) && offline.len() < 100_000 {
-                            seq += 1;
-                            offline.insert(agent_id.clone(), seq);
-                            for (hook, after) in &wants_offline {
-                                let (tx, agent, since, hook, after) = (due_tx.clone(), agent_id.clone(), seq, *hook, *after);
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(after).await;
-                                    let _ = tx.send((agent, since, hook, after.as_millis() as u64)).await;
-                                });
-                            }
-                        }
-                    }
-                    if let Some((kind, json_body, slack_body)) = notify_of(&p) {
-                        enqueue(&hooks, &queue, kind, &json_body, &slack_body);
+            next = events.recv() => {
+                let Some(p) = next else { return };
+                if let EventKind::Agent { agent_id, connected, .. } = &p.event.kind {
+                    if *connected {
+                        offline.back(agent_id);
+                    } else if !offline_after.is_empty() {
+                        offline.gone(agent_id, Instant::now(), &offline_after);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "webhooks fell behind the event stream and missed events");
+                if let Some((kind, json_body, slack_body)) = notify_of(&p) {
+                    enqueue(kind, &json_body, &slack_body, None);
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+            }
         }
     }
 }
 
-async fn send(hooks: Arc<Vec<Webhook>>, queue: Arc<Queue>, shutdown: CancellationToken) {
-    let client = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build() {
-        Ok(c) => c,
-        Err(e) => return tracing::error!(error = %e, "cannot build the webhook client; webhooks are off"),
-    };
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let Some(d) = queue.pop() else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = queue.ready.notified() => continue,
+/// Agents offline and the hooks to tell if they stay so: every timer is removed when it fires
+/// or when its agent comes back, so a connect and disconnect loop leaves nothing behind.
+#[derive(Default)]
+struct OfflineWatch {
+    /// Each watched agent's pending timers.
+    agents: HashMap<String, Vec<(Instant, u64)>>,
+    /// Timers by due time: (agent, hook, after).
+    due: BTreeMap<(Instant, u64), (String, usize, Duration)>,
+    next_key: u64,
+    full_logged: bool,
+}
+
+impl OfflineWatch {
+    fn gone(&mut self, agent: &str, now: Instant, hooks: &[(usize, Duration)]) {
+        if self.agents.contains_key(agent) {
+            return;
+        }
+        if self.agents.len() >= MAX_OFFLINE_WATCHED {
+            if !std::mem::replace(&mut self.full_logged, true) {
+                tracing::warn!(max = MAX_OFFLINE_WATCHED, "too many agents offline at once; not every one is watched");
+            }
+            return;
+        }
+        let keys = hooks
+            .iter()
+            .map(|(hook, after)| {
+                self.next_key += 1;
+                let key = (now + *after, self.next_key);
+                self.due.insert(key, (agent.to_string(), *hook, *after));
+                key
+            })
+            .collect();
+        self.agents.insert(agent.to_string(), keys);
+    }
+
+    fn back(&mut self, agent: &str) {
+        for key in self.agents.remove(agent).unwrap_or_default() {
+            self.due.remove(&key);
+        }
+        self.full_logged = self.full_logged && self.agents.len() >= MAX_OFFLINE_WATCHED;
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.keys().next().map(|(at, _)| *at)
+    }
+
+    /// The timers due by `now`: (agent, hook, after); they are forgotten.
+    fn take_due(&mut self, now: Instant) -> Vec<(String, usize, Duration)> {
+        let mut fired = Vec::new();
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = *entry.key();
+            let (agent, hook, after) = entry.remove();
+            if let Some(keys) = self.agents.get_mut(&agent) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.agents.remove(&agent);
+                }
+            }
+            fired.push((agent, hook, after));
+        }
+        fired
+    }
+}
+
+/// One hook's sender: its notifications one at a time, each retried with backoff.
+struct Sender {
+    index: usize,
+    hook: Webhook,
+    queue: Arc<Queue>,
+}
+
+impl Sender {
+    async fn run(self, shutdown: CancellationToken) {
+        let client = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build() {
+            Ok(c) => c,
+            Err(e) => {
+                return tracing::error!(hook = self.index, error = %e, "cannot build the webhook client; this hook is off")
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let (client, hook, shutdown) = (client.clone(), hooks[d.hook].clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            deliver(&client, d.hook, &hook, &d.body, &shutdown).await;
-        });
+        loop {
+            let Some(body) = self.queue.pop() else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.queue.ready.notified() => continue,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.deliver(&client, &body) => {}
+            }
+        }
+    }
+
+    /// Posts one notification, retrying with backoff (`retry_ms` doubling, at most a minute apart).
+    async fn deliver(&self, client: &reqwest::Client, body: &Value) {
+        let (hook, index) = (&self.hook, self.index);
+        let host = host_of(&hook.url);
+        let mut wait = hook.retry;
+        for attempt in 1..=hook.max_attempts {
+            match client.post(&hook.url).timeout(hook.timeout).json(body).send().await {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => {
+                    tracing::warn!(
+                        hook = index,
+                        host,
+                        status = r.status().as_u16(),
+                        attempt,
+                        "webhook refused the notification"
+                    )
+                }
+                Err(e) => tracing::warn!(hook = index, host, error = %e.without_url(), attempt, "webhook unreachable"),
+            }
+            if attempt < hook.max_attempts {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        }
+        tracing::error!(hook = index, host, attempts = hook.max_attempts, "webhook notification given up");
     }
 }
 
@@ -211,32 +315,54 @@ fn host_of(url: &str) -> String {
     url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
 }
 
-/// Posts one notification, retrying with backoff (1 s doubling, at most a minute apart).
-async fn deliver(client: &reqwest::Client, index: usize, hook: &Webhook, body: &Value, shutdown: &CancellationToken) {
-    let host = host_of(&hook.url);
-    let mut wait = hook.retry;
-    for attempt in 1..=hook.max_attempts {
-        let sent = client.post(&hook.url).timeout(hook.timeout).json(body).send().await;
-        match sent {
-            Ok(r) if r.status().is_success() => return,
-            Ok(r) => {
-                tracing::warn!(
-                    hook = index,
-                    host,
-                    status = r.status().as_u16(),
-                    attempt,
-                    "webhook refused the notification"
-                )
-            }
-            Err(e) => tracing::warn!(hook = index, host, error = %e.without_url(), attempt, "webhook unreachable"),
-        }
-        if attempt < hook.max_attempts {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(60));
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_from_agents_cannot_mention_or_link() {
+        let (json_body, slack) = notification(
+            WebhookEvent::NeedsInput,
+            1,
+            "agent a asks: <!channel> see <https://evil|Approve> & go".into(),
+            json!({"task_id": "t"}),
+        );
+        assert_eq!(slack["text"], "agent a asks: &lt;!channel&gt; see &lt;https://evil|Approve&gt; &amp; go");
+        assert_eq!(
+            json_body["text"], "agent a asks: <!channel> see <https://evil|Approve> & go",
+            "JSON keeps the bytes"
+        );
+        assert_eq!((json_body["event"].as_str(), json_body["task_id"].as_str()), (Some("needs_input"), Some("t")));
     }
-    tracing::error!(hook = index, host, attempts = hook.max_attempts, "webhook notification given up");
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_counts_it() {
+        let q = Queue::default();
+        for i in 0..PER_HOOK_QUEUE + 3 {
+            q.push(json!(i));
+        }
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(q.pop(), Some(json!(3)));
+    }
+
+    #[test]
+    fn offline_timers_fire_once_and_a_return_or_a_loop_leaves_none_behind() {
+        let mut w = OfflineWatch::default();
+        let t0 = Instant::now();
+        let hooks = [(0, Duration::from_secs(10)), (2, Duration::from_secs(20))];
+        // An agent that comes and goes a thousand times leaves nothing behind.
+        for _ in 0..1000 {
+            w.gone("flapping", t0, &hooks);
+            w.back("flapping");
+        }
+        assert!(w.due.is_empty() && w.agents.is_empty());
+        w.gone("a", t0, &hooks);
+        w.gone("a", t0, &hooks); // a second disconnect while watched changes nothing
+        assert_eq!(w.due.len(), 2);
+        assert!(w.take_due(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(w.take_due(t0 + Duration::from_secs(10)), vec![("a".to_string(), 0, Duration::from_secs(10))]);
+        assert_eq!(w.take_due(t0 + Duration::from_secs(30)), vec![("a".to_string(), 2, Duration::from_secs(20))]);
+        assert!(w.due.is_empty() && w.agents.is_empty(), "fired timers are forgotten");
+        assert_eq!(w.next_due(), None);
+    }
 }

@@ -7,7 +7,8 @@ mod model;
 
 use hub::model::{AgentRecord, Outcome, Payload, Priority, StoredTask, TaskHead, TokenRecord, Transition};
 use hub::store::{
-    Database, Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, TaskQuery, DAY_MS, PROGRESS_KEPT,
+    Database, Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, TaskQuery, DAY_MS, HISTORY_SHOWN,
+    PROGRESS_KEPT,
 };
 use model::Model;
 use proptest::prelude::*;
@@ -455,6 +456,27 @@ fn one_batch_with_every_kind_of_mutation() {
         assert_eq!(snap.spend_today["agent-1"], (0.25, 15), "{}", b.name);
     });
     both.agree(&Probe::new(&["a"], &["agent-1"]));
+}
+
+#[test]
+fn a_long_history_shows_its_newest_lines() {
+    let mut both = Both::new();
+    both.commit(&[insert("a", 1, TaskStatus::Working)]);
+    let lines: Vec<Mutation> = (0..HISTORY_SHOWN + 5)
+        .map(|i| transition("a", Some(TaskStatus::Working), TaskStatus::Working, &format!("line {i}"), 1))
+        .collect();
+    both.commit(&lines);
+    both.each(|b| {
+        let shown = b.reader.transitions("a").unwrap();
+        assert_eq!(shown.len(), HISTORY_SHOWN as usize, "{}", b.name);
+        assert_eq!(
+            (shown[0].reason.as_str(), shown.last().unwrap().reason.as_str()),
+            ("line 5", format!("line {}", HISTORY_SHOWN + 4).as_str()),
+            "{}",
+            b.name
+        );
+    });
+    both.agree(&Probe::new(&["a"], &[]));
 }
 
 #[test]

@@ -464,9 +464,17 @@ impl Endpoint for SubmitTask {
 
 /// Whether `id` is an acceptable agent id: 1 to [`crate::MAX_AGENT_ID`] characters, none of
 /// them a control character (ids appear in logs, tables and URLs).
+/// The name the admin token acts under (as a task's `submitted_by`, an answer's `answered_by`).
+pub const ADMIN_NAME: &str = "admin";
+
 pub fn check_agent_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.chars().count() > crate::MAX_AGENT_ID || id.chars().any(char::is_control) {
         return Err(format!("agent_id: must be 1 to {} printable characters", crate::MAX_AGENT_ID));
+    }
+    // Tasks the admin token submits are recorded as submitted by `admin`: an agent of that name
+    // would own them.
+    if id == ADMIN_NAME {
+        return Err(format!("agent_id: {ADMIN_NAME:?} is reserved for the admin token"));
     }
     Ok(())
 }

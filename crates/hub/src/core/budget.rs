@@ -113,7 +113,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             at,
             usage: usage.clone(),
         });
-        self.metrics.record_usage(agent_id, &usage);
+        self.metrics.record_usage(&usage);
         let (cost, tokens) = (usage.cost_usd.unwrap_or(0.0), usage.tokens());
         let spent = self.spending.agents.entry(agent_id.to_string()).or_default();
         spent.0 += cost;

@@ -159,11 +159,14 @@ struct OpenTask {
     rejected_by: Option<(String, Instant)>,
     /// Set when the holder reconnects on this connection; cleared by any frame about the task.
     unclaimed: Option<ConnId>,
+    /// Questions asked in an attempt: (generation, count). Each adds a history line, an event and
+    /// notifications, so a holder may ask only so many (`questions::MAX_PER_ATTEMPT`).
+    questions: (u64, u32),
 }
 
 impl OpenTask {
     fn new(head: TaskHead, now: Instant) -> Self {
-        OpenTask { head, payload: None, queued_at: now, rejected_by: None, unclaimed: None }
+        OpenTask { head, payload: None, queued_at: now, rejected_by: None, unclaimed: None, questions: (0, 0) }
     }
 }
 

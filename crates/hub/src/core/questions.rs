@@ -10,7 +10,11 @@ use crate::events::Audience;
 use crate::model::{Answer, Question, TaskHead, Transition};
 use crate::store::{Mutation, Store};
 use proto::api::{AnswerTask, Answered, ApiError, Done, ErrorCode, EventKind};
-use proto::HubFrame;
+use proto::{ErrorFrame, FrameErrorCode, HubFrame};
+
+/// Questions one attempt may ask. Each is a history line, an event and a webhook notification;
+/// a holder asking in a loop (a bug, or an agent told to) would otherwise grow them without end.
+pub const MAX_PER_ATTEMPT: u32 = 32;
 
 impl<S: Store, C: Clock> Core<S, C> {
     /// Persists a head change that is not a status change, with a line in the history.
@@ -54,6 +58,19 @@ impl<S: Store, C: Clock> Core<S, C> {
         if head.answer.as_ref().is_some_and(|a| a.request_id == request_id) {
             return self.send_answer(conn, &task_id);
         }
+        let generation = head.generation;
+        let open = self.tasks.get_mut(&task_id).expect("held, so open");
+        if open.questions.0 != generation {
+            open.questions = (generation, 0);
+        }
+        if open.questions.1 >= MAX_PER_ATTEMPT {
+            tracing::warn!(task_id = %task_id, agent_id, "too many questions in one attempt; refused");
+            let e = ErrorFrame::new(FrameErrorCode::InvalidState)
+                .task(&task_id)
+                .message(format!("this attempt already asked {MAX_PER_ATTEMPT} questions, the most it may"));
+            return self.send_error(conn, e);
+        }
+        open.questions.1 += 1;
         let options: Vec<String> = options.into_iter().take(proto::MAX_OPTIONS).collect();
         let q = Question { request_id, question, options, since: self.now.wall_ms };
         let shown: String = q.question.chars().take(200).collect();

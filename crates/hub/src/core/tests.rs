@@ -453,6 +453,39 @@ fn a_question_is_asked_answered_and_delivered_across_a_reconnect() {
 }
 
 #[test]
+fn a_holder_asking_in_a_loop_is_refused_after_the_limit_of_its_attempt() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "ask me").unwrap();
+    a.assigned().unwrap();
+    let max = super::questions::MAX_PER_ATTEMPT;
+    for n in 0..max + 5 {
+        h.frame(&a, needs_input(&id, &format!("q{n}"), "again?"));
+    }
+    let asked =
+        |h: &Harness| h.reader.transitions(&id).unwrap().iter().filter(|t| t.reason.starts_with("needs input")).count();
+    assert_eq!(asked(&h), max as usize);
+    assert_eq!(event_names(&h.bus).iter().filter(|n| **n == "needs_input").count(), max as usize);
+    let refused = a
+        .frames()
+        .into_iter()
+        .filter(|f| matches!(f, HubFrame::Error(e) if e.error == proto::FrameErrorCode::InvalidState))
+        .count();
+    assert_eq!(refused, 5, "each question over the limit is answered with an error");
+    let open = h.reader.task(&id).unwrap().unwrap().head.needs_input.unwrap();
+    assert_eq!(open.request_id, format!("q{}", max - 1), "the last question allowed stays open");
+    // The next attempt may ask again.
+    h.frame(&a, AgentFrame::TaskRejected { task_id: id.clone(), reason: Some("later".into()) });
+    h.disconnect(a);
+    let mut b = h.connect(2, "a1", &token);
+    h.advance(std::time::Duration::from_secs(10));
+    b.assigned().unwrap();
+    h.frame(&b, needs_input(&id, "next", "once more?"));
+    assert_eq!(asked(&h), max as usize + 1);
+}
+
+#[test]
 fn only_the_submitter_or_the_admin_answers_and_only_the_open_question() {
     let mut h = harness();
     let t1 = h.agent_token("a1");

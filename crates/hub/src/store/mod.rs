@@ -81,6 +81,10 @@ pub enum Mutation {
 /// Progress lines kept per task.
 pub const PROGRESS_KEPT: i64 = 100;
 
+/// The newest transitions a task's history shows: each read is bounded, however long a task
+/// lived (requeues and questions each add a line).
+pub const HISTORY_SHOWN: i64 = 1000;
+
 /// Everything the core needs at start (and after a failed commit, to go back to the truth).
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -118,6 +122,7 @@ pub trait Reader: Send + Sync + 'static {
     /// The page, and whether more rows follow it. Rows carry their `seq` for the next cursor.
     fn list_tasks(&self, q: TaskQuery) -> Result<(Vec<StoredTask>, bool), StoreError>;
     fn task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError>;
+    /// The task's newest [`HISTORY_SHOWN`] transitions, oldest first.
     fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError>;
     /// The kept progress lines of one attempt, oldest first: (when, body).
     fn progress(&self, task_id: &str, generation: u64) -> Result<Vec<(u64, Value)>, StoreError>;

@@ -544,9 +544,10 @@ impl Reader for PgReader {
     fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError> {
         self.with(|c| {
             let rows = c.query(
-                "SELECT at, from_status, to_status, reason, agent_id, generation FROM transitions
-                 WHERE task_id = $1 ORDER BY id",
-                &[&task_id],
+                "SELECT at, from_status, to_status, reason, agent_id, generation FROM (
+                   SELECT * FROM transitions WHERE task_id = $1 ORDER BY id DESC LIMIT $2
+                 ) newest ORDER BY id",
+                &[&task_id, &super::HISTORY_SHOWN],
             )?;
             rows.iter()
                 .map(|r| {

@@ -506,10 +506,11 @@ impl Reader for SqliteReader {
     fn transitions(&self, task_id: &str) -> Result<Vec<Transition>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT at, from_status, to_status, reason, agent_id, generation FROM transitions
-                 WHERE task_id = ?1 ORDER BY id",
+                "SELECT at, from_status, to_status, reason, agent_id, generation FROM (
+                   SELECT * FROM transitions WHERE task_id = ?1 ORDER BY id DESC LIMIT ?2
+                 ) ORDER BY id",
             )?;
-            let rows = stmt.query_map([task_id], |r| {
+            let rows = stmt.query_map(rusqlite::params![task_id, super::HISTORY_SHOWN], |r| {
                 let from: Option<String> = r.get(1)?;
                 Ok(Transition {
                     at: r.get::<_, i64>(0)? as u64,

@@ -3,7 +3,7 @@
 
 use super::{Page, Probe, Snap, State};
 use hub::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TokenRecord, Transition};
-use hub::store::{Mutation, PROGRESS_KEPT};
+use hub::store::{Mutation, HISTORY_SHOWN, PROGRESS_KEPT};
 use proto::api::{TaskStatus, UsageBy, UsageRow};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -104,7 +104,12 @@ impl Model {
             transitions: probe
                 .task_ids
                 .iter()
-                .map(|id| self.transitions.iter().filter(|t| &t.0 == id).map(|t| t.1.clone()).collect())
+                .map(|id| {
+                    let all: Vec<Transition> =
+                        self.transitions.iter().filter(|t| &t.0 == id).map(|t| t.1.clone()).collect();
+                    // The newest HISTORY_SHOWN, oldest first.
+                    all[all.len().saturating_sub(HISTORY_SHOWN as usize)..].to_vec()
+                })
                 .collect(),
             pages: super::statuses().map(|s| (s, self.pages(s, probe.page))).collect(),
             checkpoints: probe.agents.iter().map(|a| self.checkpoints.get(a).cloned()).collect(),
