@@ -35,23 +35,30 @@ pub struct Args {
     /// Description size of each queued task.
     #[arg(long, default_value_t = 2048)]
     task_bytes: usize,
+    /// How soon a holder re-opens a socket the hub closed (the hub keeps fewer unidentified
+    /// sockets than the flood, so it closes some all the time: a shorter delay is a faster
+    /// connection churn on the same two cores).
+    #[arg(long, default_value_t = 1000)]
+    reconnect_ms: u64,
 }
 
 /// `bench hold-sockets`: keeps `count` half-open connections to `addr` (a request head without
-/// its final empty line), opening a new one 100 ms after the hub closes one. Prints `ready`.
+/// its final empty line), opening a new one `reconnect_ms` after the hub closes one. Prints `ready`.
 #[derive(clap::Args)]
 pub struct HoldArgs {
     #[arg(long)]
     addr: std::net::SocketAddr,
     #[arg(long)]
     count: usize,
+    #[arg(long, default_value_t = 1000)]
+    reconnect_ms: u64,
 }
 
 pub async fn hold(args: HoldArgs) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let opened = Arc::new(AtomicU64::new(0));
     for _ in 0..args.count {
-        let (addr, opened) = (args.addr, opened.clone());
+        let (addr, opened, reconnect_ms) = (args.addr, opened.clone(), args.reconnect_ms);
         tokio::spawn(async move {
             let mut first = true;
             loop {
@@ -65,7 +72,7 @@ pub async fn hold(args: HoldArgs) -> Result<()> {
                         while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(reconnect_ms)).await;
             }
         });
         tokio::task::yield_now().await;
@@ -155,6 +162,8 @@ async fn flood(bin: &Path, args: &Args) -> Result<()> {
                 &hub.addr.to_string(),
                 "--count",
                 &(args.half_open / args.holders).to_string(),
+                "--reconnect-ms",
+                &args.reconnect_ms.to_string(),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -170,10 +179,11 @@ async fn flood(bin: &Path, args: &Args) -> Result<()> {
         }
     }
     println!(
-        "{} half-open connections opened in {:.1} s by {} processes",
+        "{} half-open connections opened in {:.1} s by {} processes (each closed one re-opened after {} ms)",
         args.half_open,
         t0.elapsed().as_secs_f64(),
-        args.holders
+        args.holders,
+        args.reconnect_ms
     );
     let stop = Arc::new(AtomicBool::new(false));
     let probe = {

@@ -220,7 +220,11 @@ async fn read<T: Send + 'static>(
     f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     let reader = s.serving()?.reader;
-    match tokio::task::spawn_blocking(move || f(reader.as_ref())).await {
+    let reading = move || {
+        osutil::sched::lower_this_thread();
+        f(reader.as_ref())
+    };
+    match tokio::task::spawn_blocking(reading).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(error(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string()))),
         Err(e) => Err(error(ApiError::new(ErrorCode::Unknown).msg(e.to_string()))),
@@ -421,19 +425,23 @@ async fn list(
         Err(e) => return error(e),
     };
     let q = TaskQuery { status, before_seq, limit };
-    match read(s, move |r| r.list_tasks(q)).await {
-        Ok((rows, more)) => {
-            let next_cursor = if more { rows.last().map(|t| paging::encode(&t.head.seq)) } else { None };
-            let tasks: Vec<_> = rows
-                .into_iter()
-                .map(|t| {
-                    let mut view = t.view();
-                    crate::authz::withhold_content(&role, &mut view);
-                    view
-                })
-                .collect();
-            Json(TaskList { count: tasks.len(), tasks, next_cursor }).into_response()
-        }
+    // A page is up to a thousand tasks, megabytes of JSON: it is built on the reading thread, so
+    // the runtime's workers (sockets, agents' frames) never wait behind it.
+    let page = read(s, move |r| {
+        let (rows, more) = r.list_tasks(q)?;
+        let next_cursor = if more { rows.last().map(|t| paging::encode(&t.head.seq)) } else { None };
+        let tasks: Vec<_> = rows
+            .into_iter()
+            .map(|t| {
+                let mut view = t.view();
+                crate::authz::withhold_content(&role, &mut view);
+                view
+            })
+            .collect();
+        Ok(serde_json::to_vec(&TaskList { count: tasks.len(), tasks, next_cursor }).expect("a task list serializes"))
+    });
+    match page.await {
+        Ok(body) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(r) => r,
     }
 }

@@ -1,8 +1,10 @@
 //! Small OS helpers shared by every agentcom daemon, so that `hub`, `sidecar` and `supervisor`
 //! never reach into one another: durable files ([`fs`]), process groups ([`pgroup`]), `/proc`
-//! ([`procfs`]) and the TLS client configuration of every outgoing connection ([`tls`]).
+//! ([`procfs`]), thread priorities ([`sched`]) and the TLS client configuration of every
+//! outgoing connection ([`tls`]).
 
 pub mod fs;
 pub mod pgroup;
 pub mod procfs;
+pub mod sched;
 pub mod tls;

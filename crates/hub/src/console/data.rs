@@ -23,7 +23,11 @@ pub async fn read<T: Send + 'static>(
     f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let (_, reader) = super::serving(s)?;
-    match tokio::task::spawn_blocking(move || f(reader.as_ref())).await {
+    let reading = move || {
+        osutil::sched::lower_this_thread();
+        f(reader.as_ref())
+    };
+    match tokio::task::spawn_blocking(reading).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string())),
         Err(e) => Err(ApiError::new(ErrorCode::Unknown).msg(e.to_string())),
