@@ -7,10 +7,10 @@ use crate::auth::Role;
 use crate::events::Published;
 use crate::http::AppState;
 use crate::server::ConnTicket;
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use proto::api::{ApiError, ErrorCode, Event, EventKind, FollowEvents, UsageBy, UsageReport, UsageRow};
@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Slots for readers of the stream: `max_event_readers` in all, and a share per agent so one
 /// agent token cannot take them all (the admin's dashboard included).
@@ -108,16 +108,27 @@ impl Drop for Reader {
     }
 }
 
-fn sse(p: &Published) -> Sse {
-    Sse::default().id(p.id.clone()).event(p.name).data(p.json.as_ref())
+/// Appends one event in the `text/event-stream` format. Its JSON is one line (serde_json's
+/// compact form escapes every newline), so it is one `data:` field.
+fn sse(out: &mut Vec<u8>, p: &Published) {
+    for part in ["id: ", &p.id, "\nevent: ", p.name, "\ndata: ", &p.json, "\n\n"] {
+        out.extend_from_slice(part.as_bytes());
+    }
 }
 
 /// An event that is not part of the stream's history (no id: resuming skips it).
-fn notice(kind: EventKind) -> Sse {
+fn notice(kind: EventKind) -> Bytes {
     let name = kind.name();
     let event = Event { id: String::new(), at: crate::clock::wall_ms(), kind };
-    Sse::default().event(name).data(serde_json::to_string(&event).expect("events serialize"))
+    let json = serde_json::to_string(&event).expect("events serialize");
+    Bytes::from(format!("event: {name}\ndata: {json}\n\n"))
 }
+
+/// Events sent in one write when they are ready together: under load a reader's events go out
+/// in a few large writes instead of one each.
+const BATCH_BYTES: usize = 64 * 1024;
+/// A comment sent on a quiet stream, so proxies and clients see that it is alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub async fn events(
     State(s): State<AppState>,
@@ -160,39 +171,70 @@ pub async fn events(
         _busy: ticket.map(|Extension(t)| t.0.busy()),
     };
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
-        loop {
-            if r.done {
-                return None;
-            }
-            if let Some(reason) = r.resync.take() {
-                return Some((Ok::<_, Infallible>(notice(EventKind::Resync { reason })), r));
-            }
-            if let Some(p) = r.backlog.pop_front() {
-                if r.visible(&p) {
-                    return Some((Ok(sse(&p)), r));
-                }
-                continue;
-            }
-            let next = tokio::select! {
-                _ = r.shutdown.cancelled() => return None,
-                next = r.live.recv() => next,
-            };
-            match next {
-                Ok(p) if r.visible(&p) => return Some((Ok(sse(&p)), r)),
-                Ok(_) => continue,
-                Err(RecvError::Lagged(missed)) => {
-                    r.done = true;
-                    r.bus.dropped.fetch_add(1, Ordering::Relaxed);
-                    let reason = format!(
-                        "this reader fell {missed} events behind (event_reader_buffer); reconnect with Last-Event-ID"
-                    );
-                    return Some((Ok(notice(EventKind::Dropped { reason })), r));
-                }
-                Err(RecvError::Closed) => return None,
+        if r.done {
+            return None;
+        }
+        if let Some(reason) = r.resync.take() {
+            return Some((Ok::<_, Infallible>(notice(EventKind::Resync { reason })), r));
+        }
+        let mut out = Vec::new();
+        while out.len() < BATCH_BYTES {
+            let Some(p) = r.backlog.pop_front() else { break };
+            if r.visible(&p) {
+                sse(&mut out, &p);
             }
         }
+        if !out.is_empty() {
+            return Some((Ok(Bytes::from(out)), r));
+        }
+        // Wait for the next event, then take every one ready behind it; until one is for this reader.
+        let quiet_until = tokio::time::Instant::now() + KEEP_ALIVE;
+        while out.is_empty() && !r.done {
+            let mut next = tokio::select! {
+                _ = r.shutdown.cancelled() => return None,
+                next = r.live.recv() => next,
+                _ = tokio::time::sleep_until(quiet_until) => return Some((Ok(Bytes::from_static(b":\n\n")), r)),
+            };
+            loop {
+                match next {
+                    Ok(p) => {
+                        if r.visible(&p) {
+                            sse(&mut out, &p);
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        r.done = true;
+                        r.bus.dropped.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!(
+                        "this reader fell {missed} events behind (event_reader_buffer); reconnect with Last-Event-ID"
+                    );
+                        out.extend_from_slice(&notice(EventKind::Dropped { reason }));
+                        break;
+                    }
+                    Err(RecvError::Closed) => {
+                        r.done = true;
+                        break;
+                    }
+                }
+                if out.len() >= BATCH_BYTES {
+                    break;
+                }
+                next = match r.live.try_recv() {
+                    Ok(p) => Ok(p),
+                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Err(TryRecvError::Empty) => break,
+                };
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        Some((Ok(Bytes::from(out)), r))
     });
-    axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    let headers =
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")];
+    (headers, axum::body::Body::from_stream(stream)).into_response()
 }
 
 /// The event stream's gauges for `/metrics`.
