@@ -1,0 +1,417 @@
+//! Tasks: submit, list, show, cancel, retry, and answer a task's question.
+
+use super::*;
+
+/// `POST /api/tasks`: a new task. Fields other than these (v1's repo, branch, file_hints,
+/// routing_decision, ...) are kept in `extra` and passed to the agent in `task_assign`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitTask {
+    pub description: String,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needed_capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_to: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+
+/// Fields the hub owns; a submission may not set them.
+const RESERVED: &[&str] =
+    &["task_id", "status", "generation", "assigned_at", "assigned_to", "type", "attempts", "failures"];
+
+impl SubmitTask {
+    pub fn new(description: impl Into<String>) -> SubmitTask {
+        SubmitTask {
+            description: description.into(),
+            priority: Priority::Normal,
+            metadata: Map::new(),
+            max_retries: DEFAULT_MAX_RETRIES,
+            needed_capabilities: Vec::new(),
+            assign_to: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Validates a submitted JSON object, naming every wrong field at once (serde would stop at
+    /// the first). Sizes are the hub's configured limits and are checked there.
+    pub fn from_json(mut m: Map<String, Value>) -> Result<SubmitTask, Vec<String>> {
+        let mut errors = Vec::new();
+        let description = match m.remove("description") {
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                errors.push("description: must not be empty".into());
+                String::new()
+            }
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                errors.push("description: expected string".into());
+                String::new()
+            }
+            None => {
+                errors.push("description: required".into());
+                String::new()
+            }
+        };
+        let priority = match m.remove("priority") {
+            None | Some(Value::Null) => Priority::Normal,
+            Some(Value::String(p)) => p.parse().unwrap_or_else(|e| {
+                errors.push(format!("priority: {e}"));
+                Priority::Normal
+            }),
+            Some(_) => {
+                errors.push("priority: expected string".into());
+                Priority::Normal
+            }
+        };
+        let metadata = match m.remove("metadata") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(o)) => o,
+            Some(_) => {
+                errors.push("metadata: expected object".into());
+                Map::new()
+            }
+        };
+        let max_retries = match m.remove("max_retries") {
+            None | Some(Value::Null) => DEFAULT_MAX_RETRIES,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 100) => {
+                n.as_u64().unwrap_or(DEFAULT_MAX_RETRIES as u64) as u32
+            }
+            Some(_) => {
+                errors.push("max_retries: expected an integer from 0 to 100".into());
+                DEFAULT_MAX_RETRIES
+            }
+        };
+        let needed_capabilities = match m.remove("needed_capabilities") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.len() <= MAX_CAPABILITIES => {
+                let mut caps = Vec::new();
+                for (i, c) in items.into_iter().enumerate() {
+                    match c {
+                        Value::String(s) if !s.is_empty() && s.chars().count() <= crate::MAX_SHORT => caps.push(s),
+                        _ => errors.push(format!(
+                            "needed_capabilities[{i}]: expected a non-empty string up to {} characters",
+                            crate::MAX_SHORT
+                        )),
+                    }
+                }
+                caps
+            }
+            Some(_) => {
+                errors.push(format!("needed_capabilities: expected an array of at most {MAX_CAPABILITIES} strings"));
+                Vec::new()
+            }
+        };
+        let assign_to = match m.remove("assign_to") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(a)) => match check_agent_id(&a) {
+                Ok(()) => Some(a),
+                Err(e) => {
+                    errors.push(e.replacen("agent_id", "assign_to", 1));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push("assign_to: expected string".into());
+                None
+            }
+        };
+        for k in RESERVED {
+            if m.contains_key(*k) {
+                errors.push(format!("{k}: set by the hub, not by a submission"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(SubmitTask { description, priority, metadata, max_retries, needed_capabilities, assign_to, extra: m })
+    }
+}
+
+impl Endpoint for SubmitTask {
+    type Response = TaskSubmitted;
+    const METHOD: Method = Method::Post;
+    fn path(&self) -> String {
+        "/api/tasks".into()
+    }
+    fn body(&self) -> Option<Value> {
+        Some(serde_json::to_value(self).expect("a submission serializes"))
+    }
+}
+
+/// Whether `id` is an acceptable agent id: 1 to [`crate::MAX_AGENT_ID`] characters, none of
+/// them a control character (ids appear in logs, tables and URLs).
+/// The name the admin token acts under (as a task's `submitted_by`, an answer's `answered_by`).
+pub const ADMIN_NAME: &str = "admin";
+
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.chars().count() > crate::MAX_AGENT_ID || id.chars().any(char::is_control) {
+        return Err(format!("agent_id: must be 1 to {} printable characters", crate::MAX_AGENT_ID));
+    }
+    // Tasks the admin token submits are recorded as submitted by `admin`: an agent of that name
+    // would own them.
+    if id == ADMIN_NAME {
+        return Err(format!("agent_id: {ADMIN_NAME:?} is reserved for the admin token"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSubmitted {
+    pub status: TaskStatus,
+    pub task_id: String,
+    pub priority: Priority,
+    pub created_at: u64,
+}
+
+/// `GET /api/tasks`: newest first, one page at a time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListTasks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// Rows per page, 1 to [`MAX_PAGE`]; [`DEFAULT_PAGE`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Endpoint for ListTasks {
+    type Response = TaskList;
+    const METHOD: Method = Method::Get;
+    fn path(&self) -> String {
+        let q = query(&[
+            ("status", self.status.map(|s| s.as_str().to_string())),
+            ("limit", self.limit.map(|l| l.to_string())),
+            ("cursor", self.cursor.clone()),
+        ]);
+        format!("/api/tasks{q}")
+    }
+}
+
+/// `GET /api/tasks/dead-letter`: the dead letter queue, paged like [`ListTasks`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListDeadLetter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Endpoint for ListDeadLetter {
+    type Response = TaskList;
+    const METHOD: Method = Method::Get;
+    fn path(&self) -> String {
+        let q = query(&[("limit", self.limit.map(|l| l.to_string())), ("cursor", self.cursor.clone())]);
+        format!("/api/tasks/dead-letter{q}")
+    }
+}
+
+/// One page of tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub count: usize,
+    pub tasks: Vec<TaskView>,
+    /// Set when there are more rows: pass it as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task_id: String,
+    pub description: String,
+    pub priority: Priority,
+    pub metadata: Value,
+    pub needed_capabilities: Vec<String>,
+    pub assign_to: Option<String>,
+    pub max_retries: u32,
+    /// v1 fields passed through to the agent (repo, branch, routing_decision, ...).
+    pub extra: Map<String, Value>,
+    pub status: TaskStatus,
+    pub generation: u64,
+    pub assigned_to: Option<String>,
+    pub assigned_at: Option<u64>,
+    /// How many times the task was handed to an agent.
+    pub attempts: u32,
+    /// Counted failures; above `max_retries` the task is dead-lettered.
+    pub failures: u32,
+    pub retry_at: Option<u64>,
+    pub result: Option<Value>,
+    /// Other fields of `task_complete` (tokens_used, verification_report, ...).
+    pub report: Map<String, Value>,
+    pub last_error: Option<String>,
+    /// The agent's latest `task_progress` for the current attempt.
+    pub progress: Option<Value>,
+    /// `admin`, or the id of the agent whose token submitted it.
+    pub submitted_by: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub completed_at: Option<u64>,
+    /// The question the agent is waiting on a person for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_input: Option<Question>,
+    /// An answer given but not yet confirmed written by the agent's sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    /// What every attempt together cost, as reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::Usage>,
+}
+
+/// A question an agent asked (`<task_id>.needs-input`), waiting for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub request_id: String,
+    pub question: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// When the agent asked (epoch ms).
+    pub since: u64,
+}
+
+/// A person's answer to a [`Question`], on its way to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub request_id: String,
+    pub answer: String,
+    pub answered_by: String,
+    pub answered_at: u64,
+}
+
+/// `GET /api/tasks/:task_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetTask {
+    pub task_id: String,
+}
+
+impl Endpoint for GetTask {
+    type Response = TaskDetail;
+    const METHOD: Method = Method::Get;
+    fn path(&self) -> String {
+        format!("/api/tasks/{}", encode(&self.task_id))
+    }
+}
+
+/// A task with its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: TaskView,
+    pub history: Vec<Transition>,
+}
+
+/// One status change in a task's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at: u64,
+    pub from: Option<TaskStatus>,
+    pub to: TaskStatus,
+    pub reason: String,
+    pub agent_id: Option<String>,
+    pub generation: u64,
+}
+
+/// `POST /api/tasks/:task_id/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelTask {
+    pub task_id: String,
+}
+
+impl Endpoint for CancelTask {
+    type Response = TaskChanged;
+    const METHOD: Method = Method::Post;
+    fn path(&self) -> String {
+        format!("/api/tasks/{}/cancel", encode(&self.task_id))
+    }
+    fn body(&self) -> Option<Value> {
+        Some(Value::Object(Map::new()))
+    }
+}
+
+/// `POST /api/tasks/:task_id/retry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryTask {
+    pub task_id: String,
+}
+
+impl Endpoint for RetryTask {
+    type Response = TaskChanged;
+    const METHOD: Method = Method::Post;
+    fn path(&self) -> String {
+        format!("/api/tasks/{}/retry", encode(&self.task_id))
+    }
+    fn body(&self) -> Option<Value> {
+        Some(Value::Object(Map::new()))
+    }
+}
+
+/// `POST /api/tasks/:task_id/input`: the answer to the task's open question (admin, or the
+/// agent that submitted the task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerTask {
+    #[serde(skip)]
+    pub task_id: String,
+    pub answer: String,
+    /// The question answered; when given, it must be the open one (a stale page cannot answer a
+    /// newer question by mistake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl Endpoint for AnswerTask {
+    type Response = Answered;
+    const METHOD: Method = Method::Post;
+    fn path(&self) -> String {
+        format!("/api/tasks/{}/input", encode(&self.task_id))
+    }
+    fn body(&self) -> Option<Value> {
+        Some(serde_json::to_value(self).expect("serializes"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answered {
+    pub status: Done,
+    pub task_id: String,
+    pub request_id: String,
+    /// Whether the agent's sidecar was connected to be sent the answer now (it gets it when it
+    /// reconnects otherwise).
+    pub sent: bool,
+}
+
+/// The task's new status after a cancel or a retry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskChanged {
+    pub status: TaskStatus,
+    pub task_id: String,
+}
+
+/// `GET /api/tasks/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct GetStats;
+
+impl Endpoint for GetStats {
+    type Response = Stats;
+    const METHOD: Method = Method::Get;
+    fn path(&self) -> String {
+        "/api/tasks/stats".into()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub total: u64,
+    pub by_status: BTreeMap<TaskStatus, u64>,
+    pub agents: BTreeMap<AgentStatus, u64>,
+}
