@@ -13,11 +13,12 @@ fn bin() -> &'static Path {
 
 type R = anyhow::Result<()>;
 
+/// Fields drop in order: the supervisor and pm2 stop before the folder they write in goes.
 struct Tree {
-    root: tempfile::TempDir,
     sup: Supervised,
     backend: &'static str,
     _pm2: Option<testkit::Pm2Home>,
+    root: tempfile::TempDir,
 }
 
 impl Tree {

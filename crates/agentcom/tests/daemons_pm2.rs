@@ -15,11 +15,13 @@ fn bin() -> &'static Path {
 
 type R = anyhow::Result<()>;
 
+/// Fields drop in order: the supervisor (and any watcher it runs) and pm2 stop before the
+/// folder they write in is removed, so nothing is left behind in it.
 struct Workspace {
-    dir: tempfile::TempDir,
     sup: Supervised,
     backend: &'static str,
     _pm2: Option<testkit::Pm2Home>,
+    dir: tempfile::TempDir,
 }
 
 impl Workspace {

@@ -23,11 +23,12 @@ echo "ok $V" > "$STATE/health"
 exec sleep 100000
 "#;
 
+/// Fields drop in order: the supervisor and pm2 stop before the folder they write in goes.
 struct Agent {
-    root: tempfile::TempDir,
     sup: Supervised,
     backend: &'static str,
     _pm2: Option<testkit::Pm2Home>,
+    root: tempfile::TempDir,
 }
 
 fn git(repo: &Path, args: &[&str]) -> String {

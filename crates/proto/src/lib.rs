@@ -361,7 +361,7 @@ impl AckStatus {
 
 impl std::fmt::Display for AckStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -407,7 +407,7 @@ impl FrameErrorCode {
 
 impl std::fmt::Display for FrameErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

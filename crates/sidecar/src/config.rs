@@ -518,7 +518,7 @@ mod tests {
                 obj.insert(k.to_string(), v.clone());
             }
             obj.insert(extra, serde_json::json!(1));
-            let p = scratch("config.json");
+            let (_dir, p) = scratch("config.json");
             std::fs::write(&p, serde_json::to_vec(&obj).unwrap()).unwrap();
             if let Err(e) = SidecarConfig::load(&p) {
                 for err in &e.errors {
@@ -535,7 +535,7 @@ mod tests {
             text in "\\PC{0,80}",
             key in proptest::sample::select(&KEYS[7..]),
         ) {
-            let p = scratch("s.toml");
+            let (_dir, p) = scratch("s.toml");
             std::fs::write(&p, &text).unwrap();
             let _ = SidecarConfig::load(&p);
             let bad = format!("agent_id = \"a\"\ntoken = \"t\"\nhub_url = \"ws://h/ws\"\n{key} = {{ x = 1 }}\n");
@@ -545,10 +545,10 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-        // A file per thread: cases of different tests run in parallel.
-        dir.path().join(format!("{:?}-{name}", std::thread::current().id()))
+    /// A file in a temp dir of its own, removed with it (a static dir is never dropped).
+    fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        (dir, path)
     }
 }

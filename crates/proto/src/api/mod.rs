@@ -107,7 +107,7 @@ impl Priority {
 
 impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -168,7 +168,7 @@ impl TaskStatus {
 
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -206,7 +206,7 @@ impl AgentStatus {
 
 impl fmt::Display for AgentStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -282,7 +282,7 @@ impl ErrorCode {
 
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -355,6 +355,11 @@ mod tests {
         assert_eq!(body["repo"], "r");
         let back = SubmitTask::from_json(body.as_object().unwrap().clone()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn names_pad_to_a_width_in_tables() {
+        assert_eq!(format!("[{:<8}] [{:>9}]", Priority::High, TaskStatus::Queued), "[high    ] [   queued]");
     }
 
     #[test]

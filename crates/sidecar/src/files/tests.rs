@@ -99,10 +99,12 @@ fn progress_model(data: &[u8], cap: usize) -> (Vec<Vec<u8>>, usize, ProgressCurs
     (lines, skipped, cursor)
 }
 
-/// One folder for every case (a temp dir per case would be most of the test's time).
-fn scratch(name: &str) -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().join(name)
+/// A file in a temp dir of its own, removed when the dir is dropped (a static dir would never
+/// be: statics are not dropped, and every run would leave one behind).
+fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    (dir, path)
 }
 
 proptest! {
@@ -111,7 +113,7 @@ proptest! {
     /// Any content, any cap: the whole file when it fits, `TooLarge` when it does not.
     #[test]
     fn result_reader_returns_exact_bytes_or_too_large(data in prop::collection::vec(any::<u8>(), 0..300), cap in 0usize..300) {
-        let p = scratch("r.json");
+        let (_dir, p) = scratch("r.json");
         std::fs::write(&p, &data).unwrap();
         match read_result(&p, cap) {
             Found::Regular(r) => prop_assert!(data.len() <= cap && r.bytes == data),
@@ -127,7 +129,7 @@ proptest! {
         data in prop::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..400),
         cap in 1usize..64,
     ) {
-        let p = scratch("t.progress");
+        let (_dir, p) = scratch("t.progress");
         std::fs::write(&p, &data).unwrap();
         let got = lines(read_progress(&p, ProgressCursor::default(), cap));
         let (want, skipped, cursor) = progress_model(&data, cap);
