@@ -1,6 +1,7 @@
 //! Who may do what (the role matrix in the README, tested route by route end to end):
-//! the admin may do everything; an agent token may submit tasks and read, may cancel or retry
-//! only the tasks it submitted, and reads and writes only its own checkpoint.
+//! the admin may do everything; an agent token may submit tasks and read, may cancel, retry or
+//! answer only the tasks it submitted, reads what was said and made only on tasks it submitted
+//! or holds, and reads and writes only its own checkpoint.
 
 use crate::auth::Role;
 use proto::api::{ApiError, ErrorCode, TaskView};
