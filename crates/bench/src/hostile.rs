@@ -245,7 +245,9 @@ async fn backlog(bin: &Path, args: &Args) -> Result<()> {
     let mut subs = Vec::new();
     for s in 0..submitters {
         let client = hub.admin_client();
-        let (per, bytes) = (args.queued / submitters, args.task_bytes);
+        // The remainder goes to the first submitters: exactly `queued` in all.
+        let per = args.queued / submitters + usize::from(s < args.queued % submitters);
+        let bytes = args.task_bytes;
         subs.push(tokio::spawn(async move {
             for n in 0..per {
                 let mut t = SubmitTask::new(format!("{s}-{n} {}", "x".repeat(bytes)));
@@ -259,7 +261,7 @@ async fn backlog(bin: &Path, args: &Args) -> Result<()> {
     for s in subs {
         s.await??;
     }
-    let queued = (args.queued / submitters) * submitters;
+    let queued = args.queued;
     let secs = t0.elapsed().as_secs_f64();
     let rss = rss_bytes(hub.pid())?;
     println!(
@@ -275,8 +277,8 @@ async fn backlog(bin: &Path, args: &Args) -> Result<()> {
         let t0 = Instant::now();
         let page = client.call(&ListTasks { limit: Some(1000), ..Default::default() }).await?;
         pages.push(t0.elapsed().as_secs_f64() * 1000.0);
-        if page.count != 1000 {
-            bail!("a page of {} rows", page.count);
+        if page.count != queued.min(1000) {
+            bail!("a page of {} rows, not {}", page.count, queued.min(1000));
         }
     }
     pages.sort_by(|a, b| a.total_cmp(b));
