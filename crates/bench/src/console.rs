@@ -33,6 +33,9 @@ pub struct Args {
     /// Only the fleet page's figures (to iterate on the page).
     #[arg(long)]
     fleet_only: bool,
+    /// Also save a screenshot of the fleet page, scrolled to where its first rows end, here.
+    #[arg(long)]
+    screenshot: Option<std::path::PathBuf>,
     /// Page loads timed in the browser (0 skips the browser).
     #[arg(long, default_value_t = 5)]
     paints: usize,
@@ -238,11 +241,17 @@ async fn fleet_page(bin: &Path, args: &Args) -> Result<()> {
         let mut received = Vec::new();
         for _ in 0..args.paints {
             b.goto(&format!("{}/", hub.url())).await?;
-            let v = b
-                .js("const p = performance.getEntriesByName('first-contentful-paint')[0]; \
-                     const n = performance.getEntriesByType('navigation')[0]; \
-                     return [p ? p.startTime : null, n ? n.domContentLoadedEventEnd : null, n ? n.responseEnd : null]")
-                .await?;
+            // The load event can come before the first paint: wait for its entry.
+            let v = testkit::eventually("the first contentful paint", || async {
+                let v = b
+                    .js("const p = performance.getEntriesByName('first-contentful-paint')[0]; \
+                         const n = performance.getEntriesByType('navigation')[0]; \
+                         return [p ? p.startTime : null, n ? n.domContentLoadedEventEnd : null, n ? n.responseEnd : null]")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if v[0].is_null() { Err(format!("not yet: {v}")) } else { Ok(v) }
+            })
+            .await?;
             if let (Some(p), Some(d), Some(r)) = (v[0].as_f64(), v[1].as_f64(), v[2].as_f64()) {
                 fcp.push(p);
                 loaded.push(d);
@@ -260,6 +269,11 @@ async fn fleet_page(bin: &Path, args: &Args) -> Result<()> {
             pct(&loaded, 0.5),
             pct(&received, 0.5)
         );
+        if let Some(path) = &args.screenshot {
+            b.js("const m = document.querySelector('.more-agents'); if (m) { m.scrollIntoView(); window.scrollBy(0, -250); } return null").await?;
+            std::fs::write(path, b.screenshot().await?)?;
+            println!("screenshot: {}", path.display());
+        }
         b.close().await;
     }
     for a in agents {
