@@ -129,23 +129,29 @@ pub fn marker(path: &Path) -> Found<()> {
     }
 }
 
-/// Reads a whole result file of at most `cap` bytes.
-pub fn read_result(path: &Path, cap: usize) -> Found<ResultBytes> {
-    let (file, m) = match open_regular(path) {
-        Ok(x) => x,
-        Err(found) => return found,
-    };
+/// The whole of a regular file of at most `cap` bytes, and its metadata.
+fn read_capped<T>(path: &Path, cap: usize) -> Result<(Vec<u8>, Metadata), Found<T>> {
+    let (file, m) = open_regular(path)?;
     if m.len() > cap as u64 {
-        return Found::TooLarge(m.len());
+        return Err(Found::TooLarge(m.len()));
     }
     let mut bytes = Vec::with_capacity(m.len() as usize);
     // One byte past the cap tells a file that grew since the fstat from one that fits.
     if let Err(e) = file.take(cap as u64 + 1).read_to_end(&mut bytes) {
-        return Found::Unreadable(e.to_string());
+        return Err(Found::Unreadable(e.to_string()));
     }
     if bytes.len() > cap {
-        return Found::TooLarge(bytes.len() as u64);
+        return Err(Found::TooLarge(bytes.len() as u64));
     }
+    Ok((bytes, m))
+}
+
+/// Reads a whole result file of at most `cap` bytes.
+pub fn read_result(path: &Path, cap: usize) -> Found<ResultBytes> {
+    let (bytes, m) = match read_capped(path, cap) {
+        Ok(x) => x,
+        Err(found) => return found,
+    };
     let age = m.modified().ok().and_then(|t| t.elapsed().ok());
     Found::Regular(ResultBytes { bytes, age })
 }
@@ -153,20 +159,10 @@ pub fn read_result(path: &Path, cap: usize) -> Found<ResultBytes> {
 /// Reads a whole small file of at most `cap` bytes, with its identity.
 pub fn read_small(path: &Path, cap: usize) -> Found<SmallFile> {
     use std::os::unix::fs::MetadataExt;
-    let (file, m) = match open_regular(path) {
+    let (bytes, m) = match read_capped(path, cap) {
         Ok(x) => x,
         Err(found) => return found,
     };
-    if m.len() > cap as u64 {
-        return Found::TooLarge(m.len());
-    }
-    let mut bytes = Vec::with_capacity(m.len() as usize);
-    if let Err(e) = file.take(cap as u64 + 1).read_to_end(&mut bytes) {
-        return Found::Unreadable(e.to_string());
-    }
-    if bytes.len() > cap {
-        return Found::TooLarge(bytes.len() as u64);
-    }
     let id = format!("i{}-m{}.{:09}-s{}", m.ino(), m.mtime(), m.mtime_nsec(), m.len());
     let age = m.modified().ok().and_then(|t| t.elapsed().ok());
     Found::Regular(SmallFile { bytes, id, age })
