@@ -2,11 +2,11 @@
 //! agents to the leader, and failover after SIGKILL, SIGSTOP and a lost database connection,
 //! with tasks in flight continuing through `task_recovering`.
 
-use proto::api::{Health, HubRole, TaskStatus};
+use proto::api::{HubRole, TaskStatus};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::Path;
-use testkit::{eventually, Closed, Hub, Postgres, Proxy, WsAgent};
+use testkit::{eventually, Closed, HubCluster, Proxy, WsAgent};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agentcom"))
@@ -14,111 +14,9 @@ fn bin() -> &'static Path {
 
 type R = anyhow::Result<()>;
 
-/// Hubs sharing one fresh database. A slot is `None` while its hub is down.
-struct Cluster {
-    _pg: Postgres,
-    database_url: String,
-    hubs: Vec<Option<Hub>>,
-    addrs: Vec<SocketAddr>,
-    extra: String,
-    root: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// `n` hubs with a lease of `lease_ms`, each on its own port and data dir.
-    fn start(n: usize, lease_ms: u64) -> anyhow::Result<Cluster> {
-        let pg = Postgres::start()?;
-        let database_url = pg.database()?;
-        Cluster::start_on(pg, database_url, n, &format!("lease_ms = {lease_ms}\n"))
-    }
-
-    fn start_on(pg: Postgres, database_url: String, n: usize, extra: &str) -> anyhow::Result<Cluster> {
-        let mut c = Cluster {
-            _pg: pg,
-            database_url,
-            hubs: Vec::new(),
-            addrs: Vec::new(),
-            extra: extra.to_string(),
-            root: tempfile::tempdir()?,
-        };
-        for i in 0..n {
-            let hub = Hub::start_in(bin(), &c.dir(i), &c.config(i, &c.database_url))?;
-            c.addrs.push(hub.addr);
-            c.hubs.push(Some(hub));
-        }
-        Ok(c)
-    }
-
-    fn dir(&self, i: usize) -> std::path::PathBuf {
-        self.root.path().join(format!("hub-{i}"))
-    }
-
-    fn config(&self, i: usize, database_url: &str) -> String {
-        let own =
-            format!("database_url = {}\nhub_id = \"hub-{i}\"\n{}", testkit::toml_string(database_url), self.extra);
-        testkit::merge_config(&testkit::fast_config(), &own)
-    }
-
-    fn hub(&self, i: usize) -> &Hub {
-        self.hubs[i].as_ref().expect("this hub is running")
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://{}", self.addrs[i])
-    }
-
-    fn ws_url(&self, i: usize) -> String {
-        format!("ws://{}/ws", self.addrs[i])
-    }
-
-    async fn health(&self, i: usize) -> anyhow::Result<Health> {
-        Ok(reqwest::get(format!("{}/health", self.url(i))).await?.error_for_status()?.json().await?)
-    }
-
-    /// Waits until exactly one running hub leads and every other running hub stands by naming
-    /// it in the same term; returns (leader index, term).
-    async fn settled(&self) -> anyhow::Result<(usize, u64)> {
-        eventually("one leader, the rest standing by behind it", || async {
-            let mut leader = None;
-            let mut seen = Vec::new();
-            for (i, hub) in self.hubs.iter().enumerate() {
-                if hub.is_none() {
-                    continue;
-                }
-                let h = self.health(i).await.map_err(|e| e.to_string())?;
-                if h.role == Some(HubRole::Leader) {
-                    if leader.is_some() {
-                        return Err(format!("two leaders: {seen:?} and hub {i}"));
-                    }
-                    leader = Some((i, h.term.ok_or("a leader without a term")?));
-                }
-                seen.push((i, h));
-            }
-            let (l, term) = leader.ok_or_else(|| format!("no leader yet: {seen:?}"))?;
-            for (i, h) in &seen {
-                if *i != l
-                    && (h.role != Some(HubRole::Standby) || h.leader != Some(self.url(l)) || h.term != Some(term))
-                {
-                    return Err(format!("hub {i} does not yet stand by behind hub {l} in term {term}: {h:?}"));
-                }
-            }
-            Ok((l, term))
-        })
-        .await
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut hub) = self.hubs[i].take() {
-            hub.kill9();
-        }
-    }
-
-    /// Starts hub `i` again on its port and data dir.
-    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        let hub = Hub::start_at(bin(), &self.dir(i), &self.config(i, &self.database_url), &self.addrs[i].to_string())?;
-        self.hubs[i] = Some(hub);
-        Ok(())
-    }
+/// `n` hubs on one fresh database with a lease of `lease_ms`.
+fn cluster(n: usize, lease_ms: u64) -> anyhow::Result<HubCluster> {
+    HubCluster::start(bin(), n, &format!("lease_ms = {lease_ms}\n"))
 }
 
 /// A client that shows redirects instead of following them.
@@ -130,7 +28,7 @@ const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 #[tokio::test]
 async fn one_hub_leads_and_the_standbys_send_clients_and_agents_to_it() -> R {
-    let c = Cluster::start(3, 1000)?;
+    let c = cluster(3, 1000)?;
     let (l, term) = c.settled().await?;
     assert!(term >= 1);
     let s = (l + 1) % 3;
@@ -167,7 +65,7 @@ async fn one_hub_leads_and_the_standbys_send_clients_and_agents_to_it() -> R {
 
 #[tokio::test]
 async fn after_a_sigkill_of_the_leader_a_standby_serves_and_tasks_in_flight_continue() -> R {
-    let mut c = Cluster::start(2, 1000)?;
+    let mut c = cluster(2, 1000)?;
     let (l, term) = c.settled().await?;
     let s = 1 - l;
     let token = c.hub(l).token("a").await?;
@@ -201,7 +99,7 @@ async fn after_a_sigkill_of_the_leader_a_standby_serves_and_tasks_in_flight_cont
 
 #[tokio::test]
 async fn a_paused_leader_is_replaced_writes_nothing_more_and_steps_down_when_continued() -> R {
-    let c = Cluster::start(2, 1000)?;
+    let c = cluster(2, 1000)?;
     let (l, term) = c.settled().await?;
     let s = 1 - l;
     let token = c.hub(l).token("a").await?;
@@ -261,18 +159,15 @@ async fn a_paused_leader_is_replaced_writes_nothing_more_and_steps_down_when_con
 }
 
 /// A cluster whose hub 0 reaches the database only through a proxy that can be cut, and leads.
-async fn with_hub_0_behind_a_proxy(extra: &str) -> anyhow::Result<(Cluster, Proxy, String)> {
-    let pg = Postgres::start()?;
-    let database_url = pg.database()?;
+async fn with_hub_0_behind_a_proxy(extra: &str) -> anyhow::Result<(HubCluster, Proxy, String)> {
+    let mut c = HubCluster::start(bin(), 0, extra)?;
+    let database_url = c.database_url.clone();
     let mut url = reqwest::Url::parse(&database_url)?;
     let upstream: SocketAddr =
         format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5432)).parse()?;
     let proxy = Proxy::start(upstream).await?;
     url.set_port(Some(proxy.addr.port())).map_err(|_| anyhow::anyhow!("set port"))?;
-    let mut c = Cluster::start_on(pg, database_url.clone(), 0, extra)?;
-    let first = Hub::start_in(bin(), &c.dir(0), &c.config(0, url.as_str()))?;
-    c.addrs.push(first.addr);
-    c.hubs.push(Some(first));
+    c.add(Some(url.as_str()))?;
     eventually("hub 0 to lead", || async {
         let h = c.health(0).await.map_err(|e| e.to_string())?;
         if h.role == Some(HubRole::Leader) {
@@ -337,10 +232,8 @@ async fn an_agent_arriving_during_an_election_is_held_and_served_by_its_winner()
 #[tokio::test]
 async fn a_leader_cut_off_from_the_database_steps_down_and_rejoins_as_a_standby() -> R {
     // Hub 0 reaches the database only through the proxy, and leads.
-    let (mut c, proxy, database_url) = with_hub_0_behind_a_proxy("lease_ms = 1000\n").await?;
-    let second = Hub::start_in(bin(), &c.dir(1), &c.config(1, &database_url))?;
-    c.addrs.push(second.addr);
-    c.hubs.push(Some(second));
+    let (mut c, proxy, _) = with_hub_0_behind_a_proxy("lease_ms = 1000\n").await?;
+    c.add(None)?;
     let (l, term) = c.settled().await?;
     assert_eq!(l, 0);
     let token = c.hub(0).token("a").await?;

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct HubCluster {
     hubs: Vec<Option<Hub>>,
     addrs: Vec<SocketAddr>,
+    /// The URL each hub reaches the database by (the cluster's, or another way to it: a proxy).
+    reached_by: Vec<String>,
     bin: PathBuf,
     extra: String,
     http: reqwest::Client,
@@ -35,6 +37,7 @@ impl HubCluster {
         let mut c = HubCluster {
             hubs: Vec::new(),
             addrs: Vec::new(),
+            reached_by: Vec::new(),
             bin: bin.to_path_buf(),
             extra: extra.to_string(),
             // Short: a paused or dying hub must not hold up the question "who leads?".
@@ -43,12 +46,22 @@ impl HubCluster {
             root: tempfile::tempdir()?,
             pg,
         };
-        for i in 0..n {
-            let hub = Hub::start_in(&c.bin, &c.dir(i), &c.config(i))?;
-            c.addrs.push(hub.addr);
-            c.hubs.push(Some(hub));
+        for _ in 0..n {
+            c.add(None)?;
         }
         Ok(c)
+    }
+
+    /// Starts one more hub; it reaches the database by `database_url` when given (the same
+    /// database by another way, such as a proxy that can be cut), else by the cluster's URL.
+    /// Returns its index.
+    pub fn add(&mut self, database_url: Option<&str>) -> Result<usize> {
+        let i = self.hubs.len();
+        self.reached_by.push(database_url.unwrap_or(&self.database_url).to_string());
+        let hub = Hub::start_in(&self.bin, &self.dir(i), &self.config(i))?;
+        self.addrs.push(hub.addr);
+        self.hubs.push(Some(hub));
+        Ok(i)
     }
 
     /// The PostgreSQL handle the database came from.
@@ -69,7 +82,7 @@ impl HubCluster {
     }
 
     fn config(&self, i: usize) -> String {
-        let own = format!("database_url = {}\nhub_id = \"hub-{i}\"\n", toml_string(&self.database_url));
+        let own = format!("database_url = {}\nhub_id = \"hub-{i}\"\n", toml_string(&self.reached_by[i]));
         merge_config(&merge_config(&fast_config(), &self.extra), &own)
     }
 
