@@ -565,13 +565,10 @@ async fn reader_rss(bin: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// 4. Submit → assign (p50, p99 in ms) and lifecycles per second, with `readers` attached.
+/// Step 4: submit → assign (p50, p99 in ms) and lifecycles per second, with `readers`
+/// attached; the hub bench's workload, with the readers draining the stream meanwhile.
 async fn lifecycles(bin: &Path, args: &Args, readers: usize) -> Result<(f64, f64, f64)> {
     let hub = Hub::start(bin, CONFIG)?;
-    let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
-    let done = Arc::new(AtomicU64::new(0));
-    let agents = spawn_agents(&hub, args.agents, "l", &seen, &done);
-    wait_idle(&hub, args.agents).await?;
     let cookie = session(&hub).await?;
     let ready = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -587,32 +584,15 @@ async fn lifecycles(bin: &Path, args: &Args, readers: usize) -> Result<(f64, f64
     while ready.load(Ordering::Relaxed) < readers as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let api = hub.admin();
-    let mut lat = Vec::with_capacity(args.latency_tasks);
-    for n in 0..args.latency_tasks {
-        let t0 = Instant::now();
-        let (s, v) = api.post("/api/tasks", json!({"description": format!("latency {n}")})).await?;
-        if s != 201 {
-            bail!("submit: {s} {v}");
-        }
-        let id = v["task_id"].as_str().context("task_id")?.to_string();
-        let got = loop {
-            if let Some(t) = seen.lock().unwrap().get(&id) {
-                break *t;
-            }
-            tokio::task::yield_now().await;
-        };
-        lat.push(got.duration_since(t0).as_secs_f64() * 1000.0);
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    wait_done(&done, args.latency_tasks as u64).await?;
-    let before = done.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    submit_many(&hub, args.tasks, args.submitters).await?;
-    wait_done(&done, before + args.tasks as u64).await?;
-    let rate = args.tasks as f64 / t0.elapsed().as_secs_f64();
-    for t in agents.into_iter().chain(tasks) {
+    let workload = crate::hub::Workload {
+        agents: args.agents,
+        latency_tasks: args.latency_tasks,
+        tasks: args.tasks,
+        submitters: args.submitters,
+    };
+    let measured = crate::hub::lifecycles(&hub, &workload).await?;
+    for t in tasks {
         t.abort();
     }
-    Ok((pct(&lat, 0.5), pct(&lat, 0.99), rate))
+    Ok((pct(&measured.latency_ms, 0.5), pct(&measured.latency_ms, 0.99), measured.per_sec()))
 }
