@@ -248,11 +248,18 @@ pub struct Webhook {
     pub retry: Duration,
 }
 
+impl Webhook {
+    /// Where the hook points, for logs and `Debug`: its host only, since a webhook URL's path or
+    /// query often is the secret (Slack's are).
+    pub fn host(&self) -> String {
+        url::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
+    }
+}
+
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let host = url::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_string));
         f.debug_struct("Webhook")
-            .field("host", &host)
+            .field("host", &self.host())
             .field("events", &self.events)
             .field("format", &self.format)
             .field("max_attempts", &self.max_attempts)

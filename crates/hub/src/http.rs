@@ -214,21 +214,28 @@ pub(crate) async fn role(s: &AppState, headers: &HeaderMap) -> Result<Role, Resp
     }
 }
 
-/// Runs a blocking read on the store's reader, off the async workers and off the core.
-async fn read<T: Send + 'static>(
-    s: &AppState,
+/// Runs a blocking read on `reader`, off the async workers and off the core, on a thread that
+/// yields the CPU to dispatch (the API's and the dashboard's reads alike).
+pub(crate) async fn read_with<T: Send + 'static>(
+    reader: Arc<dyn Reader>,
     f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, Response> {
-    let reader = s.serving()?.reader;
+) -> Result<T, ApiError> {
     let reading = move || {
         osutil::sched::lower_this_thread();
         f(reader.as_ref())
     };
     match tokio::task::spawn_blocking(reading).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string()))),
-        Err(e) => Err(error(ApiError::new(ErrorCode::Unknown).msg(e.to_string()))),
+        Ok(Err(e)) => Err(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string())),
+        Err(e) => Err(ApiError::new(ErrorCode::Unknown).msg(e.to_string())),
     }
+}
+
+async fn read<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    read_with(s.serving()?.reader, f).await.map_err(error)
 }
 
 /// Bodies over their limit are still read (and thrown away, within the body timeout) up to this

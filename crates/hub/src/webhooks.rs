@@ -95,10 +95,7 @@ pub fn spawn(hooks: Vec<Webhook>, bus: &EventBus, shutdown: CancellationToken, t
         .enumerate()
         .map(|(index, hook)| Sender { index, hook, queue: Arc::new(Queue::default()) })
         .collect();
-    let queues: Vec<(WebhookFormat, Vec<WebhookEvent>, Duration, Arc<Queue>)> = senders
-        .iter()
-        .map(|s| (s.hook.format, s.hook.events.clone(), s.hook.agent_offline_after, s.queue.clone()))
-        .collect();
+    let queues: Vec<(Webhook, Arc<Queue>)> = senders.iter().map(|s| (s.hook.clone(), s.queue.clone())).collect();
     for s in senders {
         tracker.spawn(s.run(shutdown.clone()));
     }
@@ -136,22 +133,22 @@ impl Queue {
 /// Turns events into notifications for each hook that wants them; agents that stay offline
 /// are found with one timer list.
 async fn follow(
-    hooks: Vec<(WebhookFormat, Vec<WebhookEvent>, Duration, Arc<Queue>)>,
+    hooks: Vec<(Webhook, Arc<Queue>)>,
     mut events: mpsc::Receiver<Arc<Published>>,
     shutdown: CancellationToken,
 ) {
     let enqueue = |kind: WebhookEvent, json_body: &Value, slack_body: &Value, only: Option<usize>| {
-        for (i, (format, wants, _, queue)) in hooks.iter().enumerate() {
-            if wants.contains(&kind) && only.is_none_or(|o| o == i) {
-                queue.push(if *format == WebhookFormat::Slack { slack_body.clone() } else { json_body.clone() });
+        for (i, (hook, queue)) in hooks.iter().enumerate() {
+            if hook.events.contains(&kind) && only.is_none_or(|o| o == i) {
+                queue.push(if hook.format == WebhookFormat::Slack { slack_body.clone() } else { json_body.clone() });
             }
         }
     };
     let offline_after: Vec<(usize, Duration)> = hooks
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.1.contains(&WebhookEvent::AgentOffline))
-        .map(|(i, h)| (i, h.2))
+        .filter(|(_, (hook, _))| hook.events.contains(&WebhookEvent::AgentOffline))
+        .map(|(i, (hook, _))| (i, hook.agent_offline_after))
         .collect();
     let mut offline = OfflineWatch::default();
     loop {
@@ -284,7 +281,7 @@ impl Sender {
     /// Posts one notification, retrying with backoff (`retry_ms` doubling, at most a minute apart).
     async fn deliver(&self, client: &reqwest::Client, body: &Value) {
         let (hook, index) = (&self.hook, self.index);
-        let host = host_of(&hook.url);
+        let host = hook.host();
         let mut wait = hook.retry;
         for attempt in 1..=hook.max_attempts {
             match client.post(&hook.url).timeout(hook.timeout).json(body).send().await {
@@ -307,12 +304,6 @@ impl Sender {
         }
         tracing::error!(hook = index, host, attempts = hook.max_attempts, "webhook notification given up");
     }
-}
-
-/// Where a hook points, for logs: its host only, since a webhook URL's path or query often is the
-/// secret (Slack's are).
-fn host_of(url: &str) -> String {
-    url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -23,15 +23,7 @@ pub async fn read<T: Send + 'static>(
     f: impl FnOnce(&dyn Reader) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let (_, reader) = super::serving(s)?;
-    let reading = move || {
-        osutil::sched::lower_this_thread();
-        f(reader.as_ref())
-    };
-    match tokio::task::spawn_blocking(reading).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string())),
-        Err(e) => Err(ApiError::new(ErrorCode::Unknown).msg(e.to_string())),
-    }
+    crate::http::read_with(reader, f).await
 }
 
 pub async fn call(s: &AppState, v: &Viewer, req: ApiRequest) -> Result<Reply, ApiError> {
