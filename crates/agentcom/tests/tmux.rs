@@ -56,7 +56,8 @@ async fn an_interactive_program_runs_receives_send_and_comes_back_after_sigkill(
     let again = s
         .wait_for("chat", "restarted", |p| p["status"] == "online" && p["pid"].as_u64().is_some_and(|n| n != pid))
         .await?;
-    assert_eq!((again["restart_count"].as_u64(), again["exit_code"].as_i64()), (Some(1), Some(137)), "{again}");
+    let log = std::fs::read_to_string(s.dir().join("supervisor.log")).unwrap_or_default();
+    assert_eq!((again["restart_count"].as_u64(), again["exit_code"].as_i64()), (Some(1), Some(137)), "{again}\n{log}");
     s.ok(&["send", "chat", "second life"])?;
     let out = logs_show(&s, "chat", "got: second life").await?;
     assert_eq!(out.lines().filter(|l| l.ends_with("tty: yes")).count(), 2, "{out}");
