@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 pub enum ConnEvent {
-    /// Identified; frames sent on this channel go to the hub until [`ConnEvent::Lost`].
-    Identified(mpsc::UnboundedSender<AgentFrame>),
+    /// Identified; frames sent on this channel go to the hub until [`ConnEvent::Lost`]. Dropping
+    /// it ends the connection (a new one follows).
+    Identified(mpsc::Sender<AgentFrame>),
     Frame(HubFrame),
     Lost,
 }
@@ -93,7 +94,7 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 pub async fn run(
     cfg: Arc<SidecarConfig>,
     identify: watch::Receiver<Identify>,
-    events: mpsc::UnboundedSender<ConnEvent>,
+    events: mpsc::Sender<ConnEvent>,
     shutdown: CancellationToken,
 ) {
     let mut pacing = Backoff::new(cfg.reconnect_base, cfg.reconnect_max, cfg.reconnect_healthy);
@@ -168,16 +169,22 @@ async fn session(
     cfg: &SidecarConfig,
     hub_url: &str,
     identify: &watch::Receiver<Identify>,
-    events: &mpsc::UnboundedSender<ConnEvent>,
+    events: &mpsc::Sender<ConnEvent>,
     shutdown: &CancellationToken,
 ) -> Ended {
+    // A write the socket does not take within this is a dead connection (a peer that stopped
+    // reading); the pings cannot tell while a write is pending.
+    let write_timeout = cfg.pong_timeout + cfg.ping_interval;
     let hello = AgentFrame::Identify(Box::new(identify.borrow().clone()));
-    if ws.send(Message::text(hello.to_text())).await.is_err() {
+    if !send_text(&mut ws, hello.to_text(), write_timeout).await {
         return Ended::default();
     }
     let mut not_leader = None;
     let mut identified_at = None;
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<AgentFrame>();
+    let (out_tx, mut out_rx) = mpsc::channel::<AgentFrame>(crate::executor::OUTGOING_FRAMES);
+    // Handed to the executor once identified; without a copy here, the executor dropping it
+    // ends the connection.
+    let mut out_tx = Some(out_tx);
     let mut identified = false;
     let mut ping = tokio::time::interval(cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,23 +198,29 @@ async fn session(
             _ = shutdown.cancelled() => {
                 // Frames queued before the shutdown (agent_restarting) still go out first.
                 while let Ok(frame) = out_rx.try_recv() {
-                    let _ = ws.send(Message::text(frame.to_text())).await;
+                    if !send_text(&mut ws, frame.to_text(), write_timeout).await {
+                        break;
+                    }
                 }
                 break Some((CloseCode::Away, "sidecar shutting down"));
             }
-            Some(frame) = out_rx.recv() => {
+            frame = out_rx.recv(), if out_tx.is_none() => {
+                let Some(frame) = frame else {
+                    tracing::info!(hub_url = %hub_url, "the sidecar dropped the connection; connecting again");
+                    break Some((CloseCode::Away, "reconnecting"));
+                };
                 let text = frame.to_text();
                 if text.len() > proto::MAX_FRAME_BYTES {
                     // The machine never builds one; if it did, the hub would close on it.
                     tracing::error!(frame = frame.type_name(), bytes = text.len(), "not sending a frame over the hub's limit");
                     continue;
                 }
-                if ws.send(Message::text(text)).await.is_err() {
+                if !send_text(&mut ws, text, write_timeout).await {
                     break None;
                 }
             }
             _ = ping.tick(), if identified => {
-                if ws.send(Message::text(AgentFrame::Ping.to_text())).await.is_err() {
+                if !send_text(&mut ws, AgentFrame::Ping.to_text(), write_timeout).await {
                     break None;
                 }
                 if !waiting_pong {
@@ -252,7 +265,11 @@ async fn session(
                         identified = true;
                         identified_at.get_or_insert_with(tokio::time::Instant::now);
                         tracing::info!(agent_id = %cfg.agent_id, hub_url = %hub_url, "identified to the hub");
-                        let _ = events.send(ConnEvent::Identified(out_tx.clone()));
+                        if let Some(tx) = out_tx.take() {
+                            if events.send(ConnEvent::Identified(tx)).await.is_err() {
+                                break Some((CloseCode::Away, "sidecar shutting down"));
+                            }
+                        }
                     }
                     HubFrame::Pong { .. } => {
                         waiting_pong = false;
@@ -264,21 +281,30 @@ async fn session(
                         break None;
                     }
                     other => {
-                        let _ = events.send(ConnEvent::Frame(other));
+                        // Waits while the executor is behind: the socket's own buffers hold the rest.
+                        if events.send(ConnEvent::Frame(other)).await.is_err() {
+                            break Some((CloseCode::Away, "sidecar shutting down"));
+                        }
                     }
                 }
             }
         }
     };
     if let Some((code, reason)) = close_with {
-        let _ = ws.close(Some(CloseFrame { code, reason: reason.into() })).await;
+        let close = ws.close(Some(CloseFrame { code, reason: reason.into() }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
         // Wait briefly for the hub's close reply so the close handshake completes.
         let _ = tokio::time::timeout(Duration::from_millis(500), async { while ws.next().await.is_some() {} }).await;
     }
     if identified {
-        let _ = events.send(ConnEvent::Lost);
+        let _ = events.send(ConnEvent::Lost).await;
     }
     Ended { identified_for: identified_at.map(|at| at.elapsed()), not_leader }
+}
+
+/// One text frame, written within `timeout`.
+async fn send_text(ws: &mut Ws, text: String, timeout: Duration) -> bool {
+    matches!(tokio::time::timeout(timeout, ws.send(Message::text(text))).await, Ok(Ok(())))
 }
 
 fn truncate(s: &str, max: usize) -> String {

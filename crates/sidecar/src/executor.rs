@@ -9,6 +9,7 @@ use crate::conn::ConnEvent;
 use crate::files::{self, Observation};
 use crate::machine::{Action, Event, Machine, Now, WakeOutcome};
 use crate::queue::QueueStore;
+use crate::watch::{Changes, FileChanges};
 use crate::{question, usage, wake};
 use proto::{AgentFrame, Identify, ProcessInfo};
 use std::collections::VecDeque;
@@ -21,29 +22,33 @@ use tokio_util::sync::CancellationToken;
 /// The files in the results dir that belong to a task's attempt (the result aside).
 const AGENT_FILES: [&str; 6] = ["started", "json", "progress", "needs-input", "input", "usage"];
 
-/// What reaches the executor from outside.
+/// Everything that reaches the executor from outside, each source bounded on its own: the
+/// hub's frames (the connection waits when the executor is behind), wake exits, file changes
+/// (coalesced by name in [`FileChanges`]) and the supervisor's latest numbers (only the latest
+/// is kept).
 #[derive(Debug)]
-pub enum Input {
-    Conn(ConnEvent),
-    /// A file in the results dir changed.
-    File {
-        path: PathBuf,
-        closed: bool,
-    },
-    /// A wake command ended (sent by its waiter task).
-    Machine(Event),
-    /// Fresh numbers from our supervisor.
-    ProcessInfo(ProcessInfo),
+pub struct Inputs {
+    pub conn: mpsc::Receiver<ConnEvent>,
+    pub machine: mpsc::Receiver<Event>,
+    pub files: Arc<FileChanges>,
+    pub process_info: watch::Receiver<Option<ProcessInfo>>,
 }
+
+/// Room for frames on their way from the executor to the socket. A connection that cannot take
+/// this many is broken or far too slow: it is dropped, and what must reach the hub (the claim of
+/// the task, a report, a question) is sent again on the next connection.
+pub const OUTGOING_FRAMES: usize = 256;
+/// Room for the hub's frames and wake exits waiting for the executor.
+pub const INCOMING_EVENTS: usize = 64;
 
 pub struct Executor {
     cfg: Arc<SidecarConfig>,
     store: QueueStore,
     machine: Machine,
     started: Instant,
-    hub: Option<mpsc::UnboundedSender<AgentFrame>>,
+    hub: Option<mpsc::Sender<AgentFrame>>,
     identify: watch::Sender<Identify>,
-    inputs: mpsc::UnboundedSender<Input>,
+    wake_exits: mpsc::Sender<Event>,
     stop: CancellationToken,
 }
 
@@ -54,10 +59,10 @@ impl Executor {
         machine: Machine,
         started: Instant,
         identify: watch::Sender<Identify>,
-        inputs: mpsc::UnboundedSender<Input>,
+        wake_exits: mpsc::Sender<Event>,
         stop: CancellationToken,
     ) -> Executor {
-        let e = Executor { cfg, store, machine, started, hub: None, identify, inputs, stop };
+        let e = Executor { cfg, store, machine, started, hub: None, identify, wake_exits, stop };
         e.update_identify();
         e
     }
@@ -66,16 +71,28 @@ impl Executor {
         self.started.elapsed()
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+    /// Runs until stopped. Sources are taken in order of urgency (the hub's frames first, so a
+    /// reconnect's claim and a person's answer never wait behind the agent's file activity), and
+    /// the loop sleeps whenever nothing is due.
+    pub async fn run(mut self, mut inputs: Inputs) {
         self.handle(Event::Start).await;
         let mut rescan = tokio::time::interval(self.cfg.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = self.machine.next_deadline().and_then(|d| self.started.checked_add(d));
             tokio::select! {
+                biased;
                 _ = self.stop.cancelled() => break,
-                Some(input) = rx.recv() => self.on_input(input).await,
+                Some(ev) = inputs.conn.recv() => self.on_conn(ev).await,
+                Some(ev) = inputs.machine.recv() => self.handle(ev).await,
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => self.handle(Event::Tick).await,
+                _ = inputs.files.changed() => self.on_files(inputs.files.drain()).await,
+                Ok(()) = inputs.process_info.changed() => {
+                    let info = inputs.process_info.borrow_and_update().clone();
+                    if let Some(info) = info {
+                        self.set_process_info(info);
+                    }
+                }
                 _ = rescan.tick() => self.handle(Event::Rescan).await,
             }
         }
@@ -83,23 +100,26 @@ impl Executor {
         tracing::info!(busy = self.machine.is_busy(), "sidecar stopping");
     }
 
-    async fn on_input(&mut self, input: Input) {
-        match input {
-            Input::Conn(ConnEvent::Identified(tx)) => {
+    async fn on_conn(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Identified(tx) => {
                 self.hub = Some(tx);
                 self.handle(Event::Connected).await;
             }
-            Input::Conn(ConnEvent::Lost) => {
+            ConnEvent::Lost => {
                 self.hub = None;
                 self.handle(Event::Disconnected).await;
             }
-            Input::Conn(ConnEvent::Frame(f)) => self.handle(Event::Frame(f)).await,
-            Input::File { path, closed } => {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-                self.handle(Event::FileChanged { name, closed }).await;
-            }
-            Input::Machine(ev) => self.handle(ev).await,
-            Input::ProcessInfo(info) => self.set_process_info(info),
+            ConnEvent::Frame(f) => self.handle(Event::Frame(f)).await,
+        }
+    }
+
+    async fn on_files(&mut self, changes: Changes) {
+        if changes.overflow {
+            return self.handle(Event::Rescan).await;
+        }
+        for (name, closed) in changes.names {
+            self.handle(Event::FileChanged { name, closed }).await;
         }
     }
 
@@ -144,7 +164,13 @@ impl Executor {
             }
             Action::Send(frame) => {
                 if let Some(hub) = &self.hub {
-                    let _ = hub.send(frame);
+                    if let Err(mpsc::error::TrySendError::Full(f)) = hub.try_send(frame) {
+                        tracing::warn!(frame = f.type_name(), queued = OUTGOING_FRAMES, "the hub connection does not keep up; dropping it to connect again");
+                        // The rest of the batch still runs (its frames are skipped); the machine
+                        // learns after it that it is offline.
+                        self.hub = None;
+                        return Step::Answer(Event::Disconnected);
+                    }
                 }
             }
             Action::SpawnWake { task_id, attempt, generation, task_json, vars } => {
@@ -272,7 +298,7 @@ impl Executor {
             }
         };
         let pgid = child.id().map(|p| p as i32);
-        let inputs = self.inputs.clone();
+        let exits = self.wake_exits.clone();
         let started_file = self.result_path(&task_id, "started");
         let id = task_id.clone();
         tokio::spawn(async move {
@@ -283,7 +309,7 @@ impl Executor {
             // Whether `.started` exists as the command ends tells whether it was the agent itself.
             let started = files::marker(&started_file) == files::Found::Regular(());
             let log_tail = wake::log_tail(&log, 400);
-            let _ = inputs.send(Input::Machine(Event::WakeExited { task_id: id, attempt, outcome, started, log_tail }));
+            let _ = exits.send(Event::WakeExited { task_id: id, attempt, outcome, started, log_tail }).await;
         });
         match pgid {
             Some(pgid) => Event::WakeSpawned { task_id, attempt, pgid },
@@ -341,7 +367,7 @@ impl Executor {
                 m.insert("ram_used_bytes".into(), mem.into());
             }
             if let Some(hub) = &self.hub {
-                let _ = hub.send(AgentFrame::ResourceReport(m));
+                let _ = hub.try_send(AgentFrame::ResourceReport(m));
             }
         }
     }

@@ -16,12 +16,13 @@ pub mod queue;
 pub mod task;
 pub mod usage;
 pub mod wake;
+pub mod watch;
 pub mod wrap;
 
 use notify::Watcher;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SidecarConfig;
@@ -97,20 +98,11 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
     });
     let cfg = Arc::new(cfg);
 
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<executor::Input>();
-    let watch_tx = ev_tx.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(ev) = res else { return };
-        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-        use notify::EventKind;
-        let complete = matches!(
-            ev.kind,
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-        );
-        for path in ev.paths {
-            let _ = watch_tx.send(executor::Input::File { path, closed: complete });
-        }
+    let files = watch::FileChanges::new();
+    let noted = files.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => noted.note(&ev),
+        Err(_) => noted.note_overflow(),
     })
     .map_err(|e| SidecarError::Watch { path: cfg.results_dir.display().to_string(), message: e.to_string() })?;
     watcher
@@ -128,13 +120,14 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
         restart_count = info.restart_count,
         "process self-awareness"
     );
-    let (identify_tx, identify_rx) = watch::channel(executor::empty_identify());
+    let (identify_tx, identify_rx) = tokio::sync::watch::channel(executor::empty_identify());
     let started = tokio::time::Instant::now();
     let machine = machine::Machine::new(cfg.clone(), host.restarts_us, loaded.queue, corrupt, started.elapsed());
+    let (exits_tx, exits_rx) = mpsc::channel(executor::INCOMING_EVENTS);
     let mut executor =
-        executor::Executor::new(cfg.clone(), store, machine, started, identify_tx, ev_tx.clone(), shutdown.clone());
+        executor::Executor::new(cfg.clone(), store, machine, started, identify_tx, exits_tx, shutdown.clone());
     executor.set_process_info(info);
-    let refresh_tx = ev_tx.clone();
+    let (info_tx, info_rx) = tokio::sync::watch::channel(None);
     let refresh_every = cfg.ping_interval;
     let refresher = tokio::spawn(async move {
         loop {
@@ -143,25 +136,18 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
             let Ok(info) = tokio::task::spawn_blocking(move || probe()).await else {
                 break;
             };
-            if refresh_tx.send(executor::Input::ProcessInfo(info)).is_err() {
+            if info_tx.send(Some(info)).is_err() {
                 break;
             }
         }
     });
 
-    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+    let (conn_tx, conn_rx) = mpsc::channel(executor::INCOMING_EVENTS);
     let conn = tokio::spawn(conn::run(cfg.clone(), identify_rx, conn_tx, shutdown.clone()));
-    let forward = tokio::spawn(async move {
-        while let Some(e) = conn_rx.recv().await {
-            if ev_tx.send(executor::Input::Conn(e)).is_err() {
-                break;
-            }
-        }
-    });
     tracing::info!(agent_id = %cfg.agent_id, hub_url = %cfg.hub_urls.join(", "), results_dir = %cfg.results_dir.display(), "sidecar started");
-    executor.run(ev_rx).await;
+    let inputs = executor::Inputs { conn: conn_rx, machine: exits_rx, files, process_info: info_rx };
+    executor.run(inputs).await;
     let _ = conn.await;
-    forward.abort();
     refresher.abort();
     drop(watcher);
     tracing::info!("sidecar stopped");

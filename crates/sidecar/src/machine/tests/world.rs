@@ -240,6 +240,9 @@ pub struct World {
     /// The questions the agent asked, and the answers it read, in order.
     asked: Vec<String>,
     read: Vec<(String, String)>,
+    /// A timer left at or before the time of the event that armed it: the executor's loop
+    /// would find it due at once, again and again (it never parks).
+    past_deadlines: Vec<String>,
 }
 
 impl World {
@@ -267,6 +270,7 @@ impl World {
             exited: false,
             asked: Vec::new(),
             read: Vec::new(),
+            past_deadlines: Vec::new(),
         }
     }
 
@@ -304,7 +308,13 @@ impl World {
     /// Hands one event to the machine and carries out its actions like the executor.
     fn deliver(&mut self, ev: Event) {
         let Some(m) = self.machine.as_mut() else { return };
+        let kind = event_kind(&ev);
         let actions = m.handle(ev, self.now);
+        // Time never passes a deadline without a tick here (`run`), so after any event every
+        // armed timer must lie in the future.
+        if let Some(due) = m.next_deadline().filter(|due| *due <= self.now) {
+            self.past_deadlines.push(format!("after {kind} at {:?}: deadline {due:?}", self.now));
+        }
         for a in actions {
             if self.crash_at.first() == Some(&self.actions) {
                 self.crash_at.remove(0);
@@ -575,6 +585,7 @@ impl World {
         // none twice (one replaced before anyone looked is not asked), and the agent read the
         // answer to each question it waited on, its own.
         assert!(self.hub.violations.is_empty(), "{what}: {:?}", self.hub.violations);
+        assert!(self.past_deadlines.is_empty(), "{what}: {:?}", self.past_deadlines);
         let mut asked = self.asked.iter();
         let in_order = self.hub.questions.iter().all(|(_, q)| asked.any(|a| a == q));
         assert!(in_order, "{what}: asked {:?}, the hub saw {:?}", self.asked, self.hub.questions);
@@ -593,5 +604,23 @@ impl World {
             let cost = report.and_then(|u| u.as_ref()).and_then(|u| u.cost_usd);
             assert_eq!(cost, s.want_cost, "{what}: the report's cost");
         }
+    }
+}
+
+/// The event's variant, for messages (cheap: the crash-point runs deliver millions).
+fn event_kind(ev: &Event) -> &'static str {
+    match ev {
+        Event::Start => "Start",
+        Event::Connected => "Connected",
+        Event::Disconnected => "Disconnected",
+        Event::Frame(_) => "Frame",
+        Event::WakeSpawned { .. } => "WakeSpawned",
+        Event::WakeExited { .. } => "WakeExited",
+        Event::FileChanged { .. } => "FileChanged",
+        Event::Rescan => "Rescan",
+        Event::Observed { .. } => "Observed",
+        Event::Tick => "Tick",
+        Event::PersistFailed => "PersistFailed",
+        Event::AnswerSuperseded { .. } => "AnswerSuperseded",
     }
 }

@@ -4,14 +4,12 @@
 //! naive code panic. The real hub where it plays itself; a scripted hub where the hub's side
 //! is the hostile one.
 
+use crate::bin;
 use proto::api::{SubmitTask, TaskStatus, TaskView};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use testkit::{Hub, ScriptedHub, Sidecar};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -3,9 +3,7 @@
 //! Live updates are asserted by polling the DOM (never a fixed sleep) on a page that must not
 //! have reloaded. The session, CSRF and role rules are in `dashboard_security.rs`.
 
-mod dashboard_support;
-
-use dashboard_support::*;
+use crate::dashboard_support::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use testkit::browser::Browser;

@@ -1,14 +1,11 @@
 //! The CLI as a new user meets it (issue 10): pipes, refusals that say what to do, URLs, `--help`,
 //! times people read, and agents that never existed. Every test runs the real binary.
 
+use crate::bin;
 use proto::api::SubmitTask;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use testkit::{Hub, WsAgent};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

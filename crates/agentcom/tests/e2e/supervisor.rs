@@ -1,14 +1,11 @@
 //! End-to-end tests of the supervisor (real processes, real signals) and of sidecars that
 //! know their process and restart on the hub's command, under the native supervisor and pm2.
 
+use crate::bin;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::{eventually, eventually_blocking, Hub, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -2,13 +2,11 @@
 //! `database_url` and the CA of `database_ca_file` / `sslrootcert` decide whether a hub connects,
 //! and `pg_stat_ssl` shows what its sessions really are.
 
+use crate::bin;
 use proto::api::{Health, HubRole};
 use std::path::Path;
 use testkit::{eventually, Hub, Postgres};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

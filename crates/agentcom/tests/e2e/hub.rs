@@ -1,15 +1,12 @@
 //! End-to-end tests of the hub: the real binary on port 0 in a temp dir, driven over HTTP and
 //! WebSocket with AgentCom v1 frames.
 
+use crate::bin;
 use proto::api::{AgentStatus, ErrorCode, ListAgents, ListDeadLetter, ListTasks, RestartAgent, SubmitTask, TaskStatus};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::Duration;
 use testkit::{eventually, Closed, Hub, WsAgent};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

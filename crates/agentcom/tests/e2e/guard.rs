@@ -1,15 +1,13 @@
 //! End-to-end tests of the guard: real git repos in temp dirs, a tiny script agent under the
 //! real supervisor (native, and once pm2), real restarts and rollbacks.
 
+use crate::bin;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::{eventually, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

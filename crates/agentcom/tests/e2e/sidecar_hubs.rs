@@ -5,14 +5,11 @@
 //! send 4001 yet); the move with a task uses real hub binaries, the new leader taking over the
 //! old one's data dir as a hub on the shared database will.
 
+use crate::bin;
 use proto::api::{SubmitTask, TaskStatus};
 use serde_json::{json, Value};
-use std::path::Path;
 use testkit::{Hub, RefusingPort, ScriptedHub, Sidecar};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

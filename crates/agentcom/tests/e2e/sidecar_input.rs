@@ -4,14 +4,12 @@
 //! to questions never asked, re-deliveries on demand). Claude Code is a script printing its
 //! documented `--output-format json` object.
 
+use crate::bin;
 use proto::api::{AnswerTask, GetUsage, SubmitTask, TaskStatus, UsageBy};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use testkit::{Hub, ScriptedConn, ScriptedHub, Sidecar};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

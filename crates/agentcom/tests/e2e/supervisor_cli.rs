@@ -2,13 +2,10 @@
 //! command that cannot run is refused by `start` (and explained by `ps` and `logs` when it
 //! fails later), `kill` stops everything, and `--help` describes every argument.
 
+use crate::bin;
 use serde_json::Value;
-use std::path::Path;
 use testkit::{eventually, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

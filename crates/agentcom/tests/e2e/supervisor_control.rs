@@ -2,16 +2,13 @@
 //! line, bytes that are not UTF-8, idle connections, too many connections. Each is answered
 //! with an error (or closed, for idleness), memory stays small, and `ps` keeps working.
 
+use crate::bin;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
 use testkit::Supervised;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -2,15 +2,12 @@
 //! agents to the leader, and failover after SIGKILL, SIGSTOP and a lost database connection,
 //! with tasks in flight continuing through `task_recovering`.
 
+use crate::bin;
 use proto::api::{HubRole, TaskStatus};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::Path;
 use testkit::{eventually, Closed, HubCluster, Proxy, WsAgent};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

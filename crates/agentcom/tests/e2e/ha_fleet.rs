@@ -4,6 +4,7 @@
 //! (each time a standby takes over and the killed hub comes back as a standby). Counted at the
 //! end: no task acknowledged with 201 is lost, and none is run or completed twice.
 
+use crate::bin;
 use futures_util::StreamExt;
 use proto::api::{AgentStatus, GetStats, GetTask, Stats, TaskStatus};
 use serde_json::json;
@@ -14,9 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::{eventually, HubCluster, Sidecar};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 const HUBS: usize = 3;
 const AGENTS: usize = 100;

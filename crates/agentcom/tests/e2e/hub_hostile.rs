@@ -2,6 +2,7 @@
 //! the role matrix route by route, connection floods and slow clients, size limits and paged
 //! listings, private files, and ids that try to forge log lines.
 
+use crate::bin;
 use proto::api::{ErrorCode, ListTasks, SubmitTask, TaskStatus};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -10,9 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 use testkit::{eventually, eventually_blocking, Closed, Hub, WsAgent};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -1,18 +1,15 @@
 //! The fleet console's hub side (issue 11), end to end: the event stream (resume, per-agent view,
 //! slow readers), agents that ask for input, usage and budgets, and webhooks to a real receiver.
 
+use crate::bin;
 use futures_util::StreamExt;
 use proto::api::{AnswerTask, Event, EventKind, GetUsage, TaskStatus, UsageBy};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::{eventually, Hub, WsAgent};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -1,15 +1,13 @@
 //! End-to-end tests of `agentcom daemons`: real definition trees, the real supervisor (native
 //! and pm2), real processes.
 
+use crate::bin;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use testkit::{eventually, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

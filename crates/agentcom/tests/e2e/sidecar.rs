@@ -1,14 +1,12 @@
 //! End-to-end tests of the sidecar: the real hub and sidecar binaries, and a fake agent script
 //! that writes `.started`, `.progress` and result files the way a real agent's wrapper does.
 
+use crate::bin;
 use proto::api::{ListAgents, SubmitTask, TaskDetail, TaskStatus, TaskView};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use testkit::{Hub, Sidecar};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -4,14 +4,12 @@
 //! name is reported and touches nothing; `watch` restarts on a change; relative paths resolve
 //! against the workspace root as pm2 run from there.
 
+use crate::bin;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use testkit::{eventually, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

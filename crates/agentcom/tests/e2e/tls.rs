@@ -1,15 +1,13 @@
 //! End-to-end tests of TLS: a hub serving `https://` and `wss://` with a certificate from a
 //! private CA, the CLI and a sidecar that trust that CA, and clear refusals for those that do not.
 
+use crate::bin;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use testkit::{Hub, Sidecar};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

@@ -1,13 +1,11 @@
 //! What pm2's keys mean in the native supervisor: `--watch`/`--ignore-watch`, `--instances`,
 //! `--cron-restart`, `--log-date-format`/`--no-time`, and log files of one's own.
 
+use crate::bin;
 use serde_json::Value;
 use std::path::Path;
 use testkit::{eventually, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

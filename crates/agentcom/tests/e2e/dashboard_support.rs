@@ -5,13 +5,10 @@
 
 use reqwest::header::{COOKIE, ORIGIN, SET_COOKIE};
 use serde_json::json;
-use std::path::Path;
 use testkit::browser::Browser;
 use testkit::{Hub, WsAgent};
 
-pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
+pub use crate::bin;
 
 pub type R = anyhow::Result<()>;
 

@@ -3,14 +3,12 @@
 //! its output is in `agentcom logs`, `agentcom attach` puts a terminal on it, `ps` marks it,
 //! and the guard upgrades and rolls back a tmux process like any other.
 
+use crate::bin;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use testkit::{eventually, Supervised};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_agentcom"))
-}
 
 type R = anyhow::Result<()>;
 

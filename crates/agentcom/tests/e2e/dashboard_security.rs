@@ -2,9 +2,7 @@
 //! session, cookies and their expiry, bounded sessions, revoked tokens, forged cross-origin forms
 //! (from a plain client and from a real browser), an agent token's read-only view, TLS.
 
-mod dashboard_support;
-
-use dashboard_support::*;
+use crate::dashboard_support::*;
 use futures_util::StreamExt;
 use reqwest::header::{COOKIE, ORIGIN, SET_COOKIE};
 use serde_json::{json, Value};

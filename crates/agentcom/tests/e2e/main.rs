@@ -1,0 +1,35 @@
+//! End-to-end tests: the real `agentcom` binary started on port 0 in a temp dir and driven as a
+//! user would. One test binary (one link) with a module per concern.
+
+use std::path::Path;
+
+mod dashboard_support;
+
+mod cli;
+mod console;
+mod daemons;
+mod daemons_pm2;
+mod dashboard;
+mod dashboard_security;
+mod demo;
+mod guard;
+mod ha;
+mod ha_fleet;
+mod ha_tls;
+mod hub;
+mod hub_hostile;
+mod sidecar;
+mod sidecar_hostile;
+mod sidecar_hubs;
+mod sidecar_input;
+mod supervisor;
+mod supervisor_cli;
+mod supervisor_control;
+mod supervisor_pm2_keys;
+mod tls;
+mod tmux;
+
+/// The binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agentcom"))
+}
