@@ -605,6 +605,12 @@ pub mod render {
             }
             EventKind::InputAnswered { task_id, answered_by, .. } => format!("answered {task_id} by {answered_by}"),
             EventKind::InputDelivered { task_id, .. } => format!("answer delivered {task_id}"),
+            EventKind::InputClosed { task_id, request_id, reason } => {
+                format!("question closed {task_id} [request {request_id}]: {reason}")
+            }
+            EventKind::InputUndelivered { task_id, request_id, reason } => {
+                format!("ANSWER NOT DELIVERED {task_id} [request {request_id}]: {reason}")
+            }
             EventKind::Usage { task_id, agent_id, usage } => {
                 format!("usage {task_id} ({agent_id}): {}", usage_cell(usage))
             }

@@ -203,6 +203,16 @@ pub enum AgentFrame {
         task_id: String,
         request_id: String,
     },
+    /// The agent no longer asks `request_id` (our extension): its attempt was restarted before an
+    /// answer came, or an answer came for a question it does not have. The hub closes the
+    /// question, and an answer given to it is shown as undelivered. Sent again after every
+    /// reconnect while the task is held (the hub treats a repeat as nothing new).
+    NeedsInputClosed {
+        task_id: String,
+        request_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     TaskRecovering {
         task_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +250,7 @@ impl AgentFrame {
             AgentFrame::TaskFailed { .. } => "task_failed",
             AgentFrame::NeedsInput { .. } => "needs_input",
             AgentFrame::TaskInputAck { .. } => "task_input_ack",
+            AgentFrame::NeedsInputClosed { .. } => "needs_input_closed",
             AgentFrame::TaskRecovering { .. } => "task_recovering",
             AgentFrame::StateReport { .. } => "state_report",
             AgentFrame::AgentRestarting { .. } => "agent_restarting",
@@ -569,6 +580,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("options", StrArray(MAX_SHORT)),
         ],
         "task_input_ack" => &[req!("task_id", ID), req!("request_id", Str(64))],
+        "needs_input_closed" => &[req!("task_id", ID), req!("request_id", Str(64)), opt!("reason", REASON)],
         "task_recovering" => &[req!("task_id", ID), opt!("last_status", Str(MAX_SHORT))],
         "state_report" => &[
             opt!("task_id", OptTaskId),

@@ -165,7 +165,11 @@ impl Executor {
             Action::Send(frame) => {
                 if let Some(hub) = &self.hub {
                     if let Err(mpsc::error::TrySendError::Full(f)) = hub.try_send(frame) {
-                        tracing::warn!(frame = f.type_name(), queued = OUTGOING_FRAMES, "the hub connection does not keep up; dropping it to connect again");
+                        tracing::warn!(
+                            frame = f.type_name(),
+                            queued = OUTGOING_FRAMES,
+                            "the hub connection does not keep up; dropping it to connect again"
+                        );
                         // The rest of the batch still runs (its frames are skipped); the machine
                         // learns after it that it is offline.
                         self.hub = None;

@@ -113,6 +113,10 @@ pub struct Asking {
     /// is acknowledged without writing the file again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answered: Vec<String>,
+    /// Questions that stopped being asked unanswered (the attempt was restarted), newest last:
+    /// the hub is told after every connect while the task is held, so it closes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<String>,
 }
 
 impl Asking {
@@ -137,6 +141,17 @@ impl Asking {
         }
     }
 
+    /// The open question will not be answered for the agent (a new agent process runs): it
+    /// becomes withdrawn. Returns its request id.
+    pub fn withdraw(&mut self) -> Option<String> {
+        let q = self.open.take()?;
+        self.withdrawn.retain(|id| *id != q.request_id);
+        self.withdrawn.push(q.request_id.clone());
+        let excess = self.withdrawn.len().saturating_sub(MAX_ANSWERED);
+        self.withdrawn.drain(..excess);
+        Some(q.request_id)
+    }
+
     /// Checks a record read back from `queue.json`; `Err` names what is wrong.
     pub fn checked(mut self) -> Result<Asking, String> {
         if let Some(q) = &mut self.open {
@@ -147,11 +162,13 @@ impl Asking {
                 *o = crate::machine::clip(o, proto::MAX_SHORT);
             }
         }
-        for id in &self.answered {
+        for id in self.answered.iter().chain(&self.withdrawn) {
             check_request_id(id)?;
         }
         let excess = self.answered.len().saturating_sub(MAX_ANSWERED);
         self.answered.drain(..excess);
+        let excess = self.withdrawn.len().saturating_sub(MAX_ANSWERED);
+        self.withdrawn.drain(..excess);
         Ok(self)
     }
 }

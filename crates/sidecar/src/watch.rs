@@ -140,7 +140,10 @@ mod tests {
         }
         c.note(&ev(EventKind::Remove(RemoveKind::File), "t.needs-input"));
         let got = c.drain();
-        assert_eq!(got.names.into_iter().collect::<Vec<_>>(), [("t.json".into(), true), ("t.needs-input".into(), false)]);
+        assert_eq!(
+            got.names.into_iter().collect::<Vec<_>>(),
+            [("t.json".into(), true), ("t.needs-input".into(), false)]
+        );
         assert!(c.drain().is_empty(), "drained");
     }
 

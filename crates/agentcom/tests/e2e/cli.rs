@@ -6,7 +6,6 @@ use proto::api::SubmitTask;
 use std::process::{Command, Output, Stdio};
 use testkit::{Hub, WsAgent};
 
-
 type R = anyhow::Result<()>;
 
 /// `agentcom ARGS` as a user runs it against `hub`, from a folder with no admin token.

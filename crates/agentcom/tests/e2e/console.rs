@@ -2,59 +2,14 @@
 //! slow readers), agents that ask for input, usage and budgets, and webhooks to a real receiver.
 
 use crate::bin;
-use futures_util::StreamExt;
 use proto::api::{AnswerTask, Event, EventKind, GetUsage, TaskStatus, UsageBy};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use testkit::{eventually, Hub, WsAgent};
-
+use testkit::{eventually, Follower, Hub, WsAgent};
 
 type R = anyhow::Result<()>;
-
-/// Collects a stream's events in the background.
-struct Follower {
-    seen: Arc<Mutex<Vec<Event>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Follower {
-    async fn start(client: client::Client, last: Option<String>) -> anyhow::Result<Follower> {
-        let mut stream = Box::pin(client.events(last).await?);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Some(Ok(e)) = stream.next().await {
-                sink.lock().unwrap().push(e);
-            }
-        });
-        Ok(Follower { seen, task })
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|e| e.kind.name().to_string()).collect()
-    }
-
-    /// Waits until an event matching `pred` arrived; returns all so far.
-    async fn until(&self, what: &str, pred: impl Fn(&Event) -> bool) -> anyhow::Result<Vec<Event>> {
-        eventually(what, || async {
-            let seen = self.seen.lock().unwrap().clone();
-            if seen.iter().any(&pred) {
-                Ok(seen)
-            } else {
-                Err(format!("{:?}", self.names()))
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn task_to(task_id: &str, to: TaskStatus) -> impl Fn(&Event) -> bool + '_ {
     move |e| matches!(&e.kind, EventKind::Task { task_id: t, to: s, .. } if t == task_id && *s == to)
@@ -124,7 +79,7 @@ async fn an_agent_token_sees_only_what_concerns_it() -> R {
     admin
         .until("the marker", |e| matches!(&e.kind, EventKind::Task { reason, .. } if reason.contains("admin")))
         .await?;
-    let seen = mine.seen.lock().unwrap().clone();
+    let seen = mine.events();
     assert!(
         seen.iter().all(|e| match &e.kind {
             EventKind::Task { task_id, .. } => task_id == &own,

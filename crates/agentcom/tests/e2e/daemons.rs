@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use testkit::{eventually, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 /// Fields drop in order: the supervisor and pm2 stop before the folder they write in goes.

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use testkit::{eventually, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 /// Fields drop in order: the supervisor (and any watcher it runs) and pm2 stop before the

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::{eventually, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 /// The agent: reads VERSION at start. `crash*` exits at once, `hang*` never reports healthy.

@@ -8,7 +8,6 @@ use serde_json::json;
 use std::net::SocketAddr;
 use testkit::{eventually, Closed, HubCluster, Proxy, WsAgent};
 
-
 type R = anyhow::Result<()>;
 
 /// `n` hubs on one fresh database with a lease of `lease_ms`.

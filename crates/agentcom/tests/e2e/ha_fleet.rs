@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::{eventually, HubCluster, Sidecar};
 
-
 const HUBS: usize = 3;
 const AGENTS: usize = 100;
 const FAILOVERS: usize = 20;

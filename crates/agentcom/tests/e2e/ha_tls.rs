@@ -7,7 +7,6 @@ use proto::api::{Health, HubRole};
 use std::path::Path;
 use testkit::{eventually, Hub, Postgres};
 
-
 type R = anyhow::Result<()>;
 
 /// A hub on `database_url`, with `extra` settings, in its own temp dir.

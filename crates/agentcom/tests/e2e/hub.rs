@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use testkit::{eventually, Closed, Hub, WsAgent};
 
-
 type R = anyhow::Result<()>;
 
 /// A submission as a user writes it (v1 JSON), validated into the typed request.

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 use testkit::{eventually, eventually_blocking, Closed, Hub, WsAgent};
 
-
 type R = anyhow::Result<()>;
 
 /// Who calls: no token, an agent token, the admin token.

@@ -22,6 +22,8 @@ mod sidecar;
 mod sidecar_hostile;
 mod sidecar_hubs;
 mod sidecar_input;
+mod sidecar_questions;
+mod sidecar_steady;
 mod supervisor;
 mod supervisor_cli;
 mod supervisor_control;

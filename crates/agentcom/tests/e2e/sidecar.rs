@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use testkit::{Hub, Sidecar};
 
-
 type R = anyhow::Result<()>;
 
 const AGENT: &str = r#"#!/bin/sh

@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use testkit::{Hub, ScriptedHub, Sidecar};
 
-
 type R = anyhow::Result<()>;
 
 /// A fake agent: `$1` picks what it leaves in the results dir.

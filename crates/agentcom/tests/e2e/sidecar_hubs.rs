@@ -10,7 +10,6 @@ use proto::api::{SubmitTask, TaskStatus};
 use serde_json::{json, Value};
 use testkit::{Hub, RefusingPort, ScriptedHub, Sidecar};
 
-
 type R = anyhow::Result<()>;
 
 /// A TOML array of the URLs.

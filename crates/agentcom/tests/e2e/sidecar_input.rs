@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use testkit::{Hub, ScriptedConn, ScriptedHub, Sidecar};
 
-
 type R = anyhow::Result<()>;
 
 /// The fake agent. `$1` picks its behaviour; CONTROL is the folder the test steers it with.

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use testkit::{eventually, eventually_blocking, Hub, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 #[tokio::test]

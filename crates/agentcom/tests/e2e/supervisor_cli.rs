@@ -6,7 +6,6 @@ use crate::bin;
 use serde_json::Value;
 use testkit::{eventually, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use testkit::Supervised;
 
-
 type R = anyhow::Result<()>;
 
 fn rss_mb(pid: i32) -> u64 {

@@ -6,7 +6,6 @@ use serde_json::Value;
 use std::path::Path;
 use testkit::{eventually, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 fn lines(p: &Path) -> usize {

@@ -8,7 +8,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use testkit::{Hub, Sidecar};
 
-
 type R = anyhow::Result<()>;
 
 struct Env {

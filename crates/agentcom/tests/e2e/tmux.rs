@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use testkit::{eventually, Supervised};
 
-
 type R = anyhow::Result<()>;
 
 /// Refuses to run without a terminal; then echoes every line it reads.

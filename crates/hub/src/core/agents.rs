@@ -272,6 +272,10 @@ impl<S: Store, C: Clock> Core<S, C> {
                 self.on_needs_input(conn, &agent_id, task_id, request_id, question, options)
             }
             AgentFrame::TaskInputAck { task_id, request_id } => self.on_input_ack(&agent_id, task_id, request_id),
+            AgentFrame::NeedsInputClosed { task_id, request_id, reason } => {
+                let reason = reason.unwrap_or_else(|| "the agent no longer asks it".into());
+                self.on_input_closed(&agent_id, &task_id, &request_id, &reason)
+            }
             AgentFrame::ResourceReport(map) => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     // Our sidecars send their supervisor's view here when it changes.
@@ -290,6 +294,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             AgentFrame::TaskAccepted { task_id }
             | AgentFrame::TaskProgress { task_id, .. }
             | AgentFrame::WakeResult { task_id, .. }
+            | AgentFrame::NeedsInputClosed { task_id, .. }
             | AgentFrame::TaskRecovering { task_id, .. } => (task_id, None),
             AgentFrame::TaskComplete { task_id, generation, .. }
             | AgentFrame::TaskFailed { task_id, generation, .. } => (task_id, Some(*generation)),

@@ -133,13 +133,13 @@ impl<S: Store, C: Clock> Core<S, C> {
             Timer::AcceptDeadline { task_id, generation } => {
                 if self.status_of(&task_id, generation) == Some(TaskStatus::Assigned) {
                     let secs = self.t.accept_timeout.as_secs_f64();
-                    self.requeue(&task_id, format!("accept_timeout: no task_accepted within {secs}s"));
+                    self.take_back(&task_id, format!("accept_timeout: no task_accepted within {secs}s"));
                 }
             }
             Timer::Grace { task_id, generation } => {
                 if self.is_held(&task_id, generation) && !self.holder_online(&task_id) {
                     let secs = self.t.grace_period.as_secs_f64();
-                    self.requeue(&task_id, format!("lease_expired: agent offline for {secs}s"));
+                    self.take_back(&task_id, format!("lease_expired: agent offline for {secs}s"));
                 }
             }
             Timer::RetryDue { task_id, generation } => {
@@ -153,7 +153,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                     let secs = self.t.grace_period.as_secs_f64();
                     let reason =
                         format!("unclaimed: agent reconnected without task_recovering or state_report within {secs}s");
-                    self.requeue(&task_id, reason);
+                    self.take_back(&task_id, reason);
                 }
             }
             Timer::Redispatch => self.dispatch_needed = true,

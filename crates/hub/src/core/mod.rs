@@ -162,11 +162,25 @@ struct OpenTask {
     /// Questions asked in an attempt: (generation, count). Each adds a history line, an event and
     /// notifications, so a holder may ask only so many (`questions::MAX_PER_ATTEMPT`).
     questions: (u64, u32),
+    /// The last question closed unanswered and why, to tell a person who answers it late.
+    closed_question: Option<(String, String)>,
+    /// The agent and generation of the attempt the hub last took back (lease, claim or accept
+    /// timeout): its late `task_complete` is taken while nobody else holds the task.
+    taken_from: Option<(String, u64)>,
 }
 
 impl OpenTask {
     fn new(head: TaskHead, now: Instant) -> Self {
-        OpenTask { head, payload: None, queued_at: now, rejected_by: None, unclaimed: None, questions: (0, 0) }
+        OpenTask {
+            head,
+            payload: None,
+            queued_at: now,
+            rejected_by: None,
+            unclaimed: None,
+            questions: (0, 0),
+            closed_question: None,
+            taken_from: None,
+        }
     }
 }
 

@@ -96,9 +96,16 @@ impl<S: Store, C: Clock> Core<S, C> {
         };
         crate::authz::may_change(role, &open.head.submitted_by, "answer")?;
         let Some(q) = open.head.needs_input.clone() else {
-            return Err(
-                ApiError::new(ErrorCode::InvalidState).msg(format!("task {} is not waiting for input", a.task_id))
-            );
+            let why = match &open.closed_question {
+                Some((id, reason)) if a.request_id.as_ref().is_none_or(|r| r == id) => {
+                    format!(
+                        "task {}'s question {id} was closed unanswered ({reason}); it is not waiting for input",
+                        a.task_id
+                    )
+                }
+                _ => format!("task {} is not waiting for input", a.task_id),
+            };
+            return Err(ApiError::new(ErrorCode::InvalidState).msg(why));
         };
         if a.request_id.as_ref().is_some_and(|r| r != &q.request_id) {
             return Err(ApiError::new(ErrorCode::InvalidState).msg(format!(
@@ -139,6 +146,47 @@ impl<S: Store, C: Clock> Core<S, C> {
         self.send(conn, frame, SendKind::Push { dispatch_started: None });
     }
 
+    /// The holder's sidecar says the agent no longer asks `request_id`: the question closes, and
+    /// an answer waiting for delivery is shown as undelivered. A repeat changes nothing.
+    pub(super) fn on_input_closed(&mut self, agent_id: &str, task_id: &str, request_id: &str, reason: &str) {
+        if self.held_by(task_id, agent_id).is_none() {
+            return;
+        }
+        let head = &self.tasks[task_id].head;
+        let open = head.needs_input.as_ref().is_some_and(|q| q.request_id == request_id);
+        let answered = head.answer.as_ref().is_some_and(|a| a.request_id == request_id);
+        if !open && !answered {
+            return;
+        }
+        let reason = format!("the agent: {}", reason.chars().take(500).collect::<String>());
+        tracing::warn!(task_id, agent_id, request_id, answered, reason = %reason, "a question closed without its answer reaching the agent");
+        let Some(h) = self.note(task_id, closing_line(request_id, answered, &reason), |h| {
+            h.needs_input = None;
+            h.answer = None;
+        }) else {
+            return;
+        };
+        self.closed_event(&h, request_id, answered, reason);
+    }
+
+    /// Tells readers a question closed unanswered, or its answer will not be delivered.
+    pub(super) fn closed_event(&mut self, h: &TaskHead, request_id: &str, answered: bool, reason: String) {
+        let (task_id, request_id) = (h.task_id.clone(), request_id.to_string());
+        let kind = if answered {
+            EventKind::InputUndelivered {
+                task_id: task_id.clone(),
+                request_id: request_id.clone(),
+                reason: reason.clone(),
+            }
+        } else {
+            EventKind::InputClosed { task_id: task_id.clone(), request_id: request_id.clone(), reason: reason.clone() }
+        };
+        self.event(kind, Audience::of([h.assigned_to.clone(), Some(h.submitted_by.clone())]));
+        if let Some(open) = self.tasks.get_mut(&task_id) {
+            open.closed_question = Some((request_id, reason));
+        }
+    }
+
     /// The holder's sidecar wrote the answer for the agent: done.
     pub(super) fn on_input_ack(&mut self, agent_id: &str, task_id: String, request_id: String) {
         if self.held_by(&task_id, agent_id).is_none() {
@@ -152,5 +200,14 @@ impl<S: Store, C: Clock> Core<S, C> {
             let audience = Audience::of([Some(agent_id.to_string()), Some(h.submitted_by)]);
             self.event(EventKind::InputDelivered { task_id, request_id }, audience);
         }
+    }
+}
+
+/// The history line of a question that closed without its answer reaching the agent.
+pub(super) fn closing_line(request_id: &str, answered: bool, reason: &str) -> String {
+    if answered {
+        format!("answer to {request_id} not delivered: {reason}")
+    } else {
+        format!("question {request_id} closed unanswered: {reason}")
     }
 }

@@ -114,11 +114,14 @@ impl<S: Store, C: Clock> Core<S, C> {
             self.dispatch_needed = true;
         }
         let new_holder = to.is_held().then(|| head.assigned_to.clone()).flatten();
-        if old_holder != new_holder {
-            // A question and its answer belong to the attempt that asked.
-            head.needs_input = None;
-            head.answer = None;
-        }
+        // A question and its answer belong to the attempt that asked: they close with it.
+        let closed = if old_holder != new_holder {
+            let asked = head.needs_input.take().map(|q| (q.request_id, false));
+            asked.or(head.answer.take().map(|a| (a.request_id, true)))
+        } else {
+            None
+        };
+        head.answer = head.answer.take().filter(|_| old_holder == new_holder);
         let transition = Transition {
             at: now_ms,
             from: Some(from),
@@ -140,7 +143,20 @@ impl<S: Store, C: Clock> Core<S, C> {
         };
         self.events.push((event, audience));
         self.pending.push(Mutation::PutHead(Box::new(head.clone())));
+        let closing = closed.map(|(request_id, answered)| {
+            let why = format!("its attempt ended ({from} -> {to}: {})", transition.reason);
+            let line = Transition {
+                reason: super::questions::closing_line(&request_id, answered, &why),
+                ..transition.clone()
+            };
+            (request_id, answered, why, line)
+        });
         self.pending.push(Mutation::AddTransition { task_id: task_id.to_string(), transition });
+        if let Some((request_id, answered, why, line)) = closing {
+            let head = head.clone();
+            self.pending.push(Mutation::AddTransition { task_id: task_id.to_string(), transition: line });
+            self.closed_event(&head, &request_id, answered, why);
+        }
         if from != to {
             let c = self.counts.entry(from).or_default();
             *c = c.saturating_sub(1);
@@ -161,6 +177,16 @@ impl<S: Store, C: Clock> Core<S, C> {
         if to.is_terminal() {
             self.tasks.remove(task_id);
         }
+    }
+
+    /// The hub takes a task back from its holder (lease, claim or accept timeout): logged, and
+    /// the attempt remembered so its finished work is not thrown away if it reports late.
+    pub(super) fn take_back(&mut self, task_id: &str, reason: String) {
+        let Some(o) = self.tasks.get_mut(task_id) else { return };
+        let (holder, generation) = (o.head.assigned_to.clone(), o.head.generation);
+        tracing::warn!(task_id, agent_id = holder.as_deref().unwrap_or(""), generation, reason = %reason, "taking a task back from its agent");
+        o.taken_from = holder.map(|h| (h, generation));
+        self.requeue(task_id, reason);
     }
 
     pub(super) fn requeue(&mut self, task_id: &str, reason: String) {
@@ -317,6 +343,19 @@ impl<S: Store, C: Clock> Core<S, C> {
         let Some(task) = current else {
             return self.send_error(conn, ErrorFrame::new(FrameErrorCode::NotFound).task(&task_id));
         };
+        if task.generation != generation && self.late_completion(&task_id, agent_id, generation, &outcome) {
+            if let Some(u) = usage {
+                self.record_usage(&task_id, agent_id, generation, u, &task.submitted_by);
+            }
+            let Ok((result, report)) = outcome else { unreachable!("only completions are taken late") };
+            let outcome = Outcome { result, report };
+            self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
+            let reason = format!("completed by {agent_id} (generation {generation}, reported after the hub took it back; nobody else held it)");
+            tracing::info!(task_id = %task_id, agent_id, generation, "taking a late completion: the task was queued again, but nobody else holds it");
+            self.transition(&task_id, TaskStatus::Completed, reason, |_| {});
+            let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: AckStatus::Complete };
+            return self.send(conn, ack, SendKind::Ack { task_id });
+        }
         if task.generation != generation {
             let e = ErrorFrame::new(FrameErrorCode::StaleGeneration)
                 .task(&task_id)
@@ -375,6 +414,18 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
         };
         self.send(conn, HubFrame::TaskAck { task_id: task_id.clone(), status: ack_status }, SendKind::Ack { task_id });
+    }
+
+    /// A `task_complete` for the attempt the hub took back from `agent_id`, while nobody else
+    /// holds the task (it waits in the queue, or went back to that same agent): finished work is
+    /// worth more than a second run of the same task.
+    fn late_completion(&self, task_id: &str, agent_id: &str, generation: u64, outcome: &ReportOutcome) -> bool {
+        let Some(o) = self.tasks.get(task_id) else { return false };
+        let nobody_else = match o.head.status {
+            TaskStatus::Queued | TaskStatus::WaitingRetry => true,
+            s => s.is_held() && o.head.assigned_to.as_deref() == Some(agent_id),
+        };
+        outcome.is_ok() && nobody_else && o.taken_from.as_ref().is_some_and(|(a, g)| a == agent_id && *g == generation)
     }
 
     /// 1 s doubling per failure, capped (5 min by default).

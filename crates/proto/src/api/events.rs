@@ -51,6 +51,11 @@ pub enum EventKind {
     InputAnswered { task_id: String, request_id: String, answered_by: String },
     /// The agent's sidecar wrote the answer for the agent.
     InputDelivered { task_id: String, request_id: String },
+    /// The question closed unanswered: its attempt ended, or the agent stopped asking it.
+    InputClosed { task_id: String, request_id: String, reason: String },
+    /// An answer was given but will never reach the agent: its attempt ended first, or the agent
+    /// no longer asks that question.
+    InputUndelivered { task_id: String, request_id: String, reason: String },
     /// An attempt reported what it cost.
     Usage { task_id: String, agent_id: String, usage: crate::Usage },
     /// A budget ran out for the day: `agent_id` absent for the whole fleet.
@@ -75,6 +80,8 @@ impl EventKind {
             EventKind::NeedsInput { .. } => "needs_input",
             EventKind::InputAnswered { .. } => "input_answered",
             EventKind::InputDelivered { .. } => "input_delivered",
+            EventKind::InputClosed { .. } => "input_closed",
+            EventKind::InputUndelivered { .. } => "input_undelivered",
             EventKind::Usage { .. } => "usage",
             EventKind::BudgetExhausted { .. } => "budget_exhausted",
             EventKind::Resync { .. } => "resync",

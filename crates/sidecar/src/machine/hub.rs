@@ -187,9 +187,9 @@ impl Machine {
                     }
                     h.phase = Phase::Accepted;
                     h.wakes = 0;
-                    // Its files go with the work: a question asked is no longer asked.
-                    h.asking.open = None;
                     let task_id = h.task.id.clone();
+                    // Its files go with the work: a question asked is no longer asked.
+                    self.withdraw_question(out);
                     out.push(Action::ClearResults { task_id });
                 }
                 out.push(self.persist(false));

@@ -21,6 +21,19 @@ use serde_json::json;
 /// Answered questions of finished tasks remembered, to acknowledge a late re-delivery.
 const RECENT_ANSWERS: usize = 16;
 
+/// Why a question closed: its agent was started again before an answer came.
+const WITHDRAWN: &str = "the agent was started again before the answer came; it no longer asks this";
+/// Why an answer cannot be delivered: the agent never asked it in this attempt.
+const NOT_ASKED: &str = "the agent does not ask this question now";
+
+fn closed_frame(task_id: &str, request_id: &str, why: &str) -> AgentFrame {
+    AgentFrame::NeedsInputClosed {
+        task_id: task_id.to_string(),
+        request_id: request_id.to_string(),
+        reason: Some(why.to_string()),
+    }
+}
+
 impl Machine {
     /// What a look found in `<id>.needs-input`. A file that cannot be used is reported once
     /// (log and a progress line) and never fails the task: the agent may write it again.
@@ -92,11 +105,15 @@ impl Machine {
     }
 
     /// Sends the open question again (after a reconnect, a continue, a re-assign), unless the
-    /// task is already reporting. The hub deduplicates by `request_id`.
+    /// task is already reporting. The hub deduplicates by `request_id`. Questions withdrawn go
+    /// first, so the hub closes them before it sees what is open now.
     pub(super) fn resend_question(&mut self, out: &mut Vec<Action>) {
         let Slot::Active(h) = &self.slot else { return };
         if matches!(h.phase, Phase::Reporting { .. }) {
             return;
+        }
+        for request_id in &h.asking.withdrawn {
+            self.send(out, closed_frame(&h.task.id, request_id, WITHDRAWN));
         }
         if let Some(q) = &h.asking.open {
             let frame = AgentFrame::NeedsInput {
@@ -143,8 +160,21 @@ impl Machine {
             open => {
                 let open = open.as_ref().map(|q| q.request_id.clone()).unwrap_or_default();
                 tracing::warn!(task_id = %task_id, request_id = %request_id, open = %open, "ignoring an answer to a question that is not open");
+                let why = if h.asking.withdrawn.contains(&request_id) { WITHDRAWN } else { NOT_ASKED };
+                self.send(out, closed_frame(&task_id, &request_id, why));
             }
         }
+    }
+
+    /// A new agent process starts for the task: the question the last one asked is withdrawn
+    /// (the hub is told), and its file goes, so the new one is not taken for it.
+    pub(super) fn withdraw_question(&mut self, out: &mut Vec<Action>) {
+        let Some(h) = self.active() else { return };
+        let Some(request_id) = h.asking.withdraw() else { return };
+        let task_id = h.task.id.clone();
+        tracing::warn!(task_id = %task_id, request_id = %request_id, "the agent is started again; its open question is withdrawn");
+        out.push(Action::RemoveTaskFile { task_id: task_id.clone(), file: TaskFile::NeedsInput });
+        self.send(out, closed_frame(&task_id, &request_id, WITHDRAWN));
     }
 
     /// The agent asked again before the answer could be written: the answer is dropped (the

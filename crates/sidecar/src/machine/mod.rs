@@ -502,6 +502,7 @@ impl Machine {
         h.wakes = attempt;
         h.group = None;
         let (task_id, generation) = (h.task.id.clone(), h.task.generation);
+        self.withdraw_question(out);
         self.set_phase(Phase::Waking { deadline: now + self.cfg.wake_timeout, timed_out: false }, out);
         out.push(Action::SpawnWake { task_id, attempt, generation, task_json, vars });
     }

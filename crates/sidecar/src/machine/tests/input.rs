@@ -116,8 +116,14 @@ fn an_answer_is_written_and_recorded_before_the_agent_is_signalled_and_the_hub_a
     assert_eq!(a.len(), 4);
     // Delivered again: acknowledged, not written again.
     assert_eq!(m.handle(answer("g4-1", "yes, go"), ms(110)), vec![ack("g4-1")]);
-    // An answer to nothing asked, or to another task: ignored.
-    assert!(m.handle(answer("g4-7", "?"), ms(120)).is_empty());
+    // An answer to nothing asked: not written; the hub is told the agent does not ask it.
+    let a = m.handle(answer("g4-7", "?"), ms(120));
+    assert!(
+        matches!(sent(&a)[..], [AgentFrame::NeedsInputClosed { request_id, .. }] if request_id == "g4-7")
+            && a.len() == 1,
+        "{a:?}"
+    );
+    // An answer for another task: ignored.
     let other = HubFrame::TaskInput { task_id: "other".into(), request_id: "g1-1".into(), answer: "x".into() };
     assert!(m.handle(Event::Frame(other), ms(121)).is_empty());
     let unsafe_id = answer("../../x", "x");
@@ -285,4 +291,49 @@ fn text_that_is_not_json_yet_is_reported_only_once_it_has_settled() {
         None,
     );
     assert!(matches!(sent(&a)[..], [AgentFrame::TaskProgress { .. }]), "{a:?}");
+}
+
+/// A forced restart ends the agent's process: its open question is withdrawn, the hub is told
+/// at once and again after every connect (it closes the question), and an answer that still
+/// comes for it is refused back to the hub, never written.
+#[test]
+fn a_forced_restart_withdraws_the_open_question_and_tells_the_hub() {
+    let mut m = working();
+    look(&mut m, file(&question("Deploy?"), "f1"), Found::Missing, None);
+    let restart = HubFrame::RestartSidecar { reason: "stuck".into(), force: true };
+    let a = m.handle(Event::Frame(restart), ms(100));
+    let closed = |a: &[Action]| -> Vec<String> {
+        sent(a)
+            .iter()
+            .filter_map(|f| match f {
+                AgentFrame::NeedsInputClosed { request_id, .. } => Some(request_id.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(closed(&a), ["g4-1"], "{a:?}");
+    assert!(a.contains(&Action::RemoveTaskFile { task_id: ID.into(), file: TaskFile::NeedsInput }));
+    let record = asking(&m);
+    assert_eq!((record.open.is_none(), record.withdrawn.as_slice()), (true, &["g4-1".to_string()][..]));
+    // The sidecar restarts: the record is on disk; after the hub says continue, it tells again.
+    let mut m = Machine::new(cfg(true), true, m.queue(), None, ms(0));
+    m.handle(Event::Start, ms(0));
+    m.handle(Event::Connected, ms(1));
+    let cont = HubFrame::TaskContinue { task_id: ID.into(), generation: 4 };
+    let a = m.handle(Event::Frame(cont), ms(2));
+    assert_eq!(closed(&a), ["g4-1"], "{a:?}");
+    // A late answer to it: not written, and the hub is told why.
+    let a = m.handle(answer("g4-1", "yes"), ms(3));
+    assert!(!a.iter().any(|x| matches!(x, Action::WriteAnswer { .. })), "{a:?}");
+    assert_eq!(closed(&a), ["g4-1"], "{a:?}");
+    // The new agent asks again: a new request, never the withdrawn one.
+    let a = look(&mut m, file(&question("Deploy?"), "f9"), Found::Missing, None);
+    let asked: Vec<&str> = sent(&a)
+        .iter()
+        .filter_map(|f| match f {
+            AgentFrame::NeedsInput { request_id, .. } => Some(request_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, ["g4-2"], "{a:?}");
 }

@@ -11,7 +11,7 @@ use crate::config::FileConfig;
 
 const ID: &str = "task-1";
 
-fn cfg(wake: bool) -> Arc<SidecarConfig> {
+pub fn cfg(wake: bool) -> Arc<SidecarConfig> {
     let f = FileConfig {
         agent_id: Some("a1".into()),
         token: Some("t".into()),

@@ -12,6 +12,8 @@ use proto::{AckStatus, Identify};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod attempts;
+
 const ADMIN: &str = "test-admin-token-0123456789";
 
 /// A real SQLite store whose commits can be made to fail as on a full disk.

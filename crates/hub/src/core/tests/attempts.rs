@@ -1,0 +1,145 @@
+//! What belongs to an attempt: its question and answer close with it (and say so), a sidecar
+//! that withdraws a question closes it, and finished work reported after the hub took the task
+//! back is kept while nobody else holds the task.
+
+use super::*;
+
+/// A task accepted by a fresh agent `a1` on connection 1, with the agent's token.
+fn working(h: &mut Harness) -> (Agent, String, String, u64) {
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let id = h.submit(ADMIN, "work").unwrap();
+    let (_, generation) = a.assigned().expect("assigned at once");
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    (a, token, id, generation)
+}
+
+fn answer(h: &mut Harness, id: &str, request_id: &str) -> Result<ApiResult, ApiError> {
+    let a = proto::api::AnswerTask { task_id: id.into(), answer: "yes".into(), request_id: Some(request_id.into()) };
+    Ok(h.api(ADMIN, ApiRequest::Answer(a)))
+}
+
+fn reasons(h: &Harness, id: &str) -> Vec<String> {
+    h.reader.transitions(id).unwrap().into_iter().map(|t| t.reason).collect()
+}
+
+fn complete(id: &str, generation: u64) -> AgentFrame {
+    AgentFrame::TaskComplete {
+        task_id: id.into(),
+        generation,
+        result: Some(serde_json::json!({"status": "success"})),
+        tokens_used: None,
+        verification_report: None,
+        verification_history: None,
+        usage: None,
+    }
+}
+
+#[test]
+fn a_question_closes_with_its_attempt_and_a_late_answer_is_refused_with_the_reason() {
+    let mut h = harness();
+    let (a, _, id, _) = working(&mut h);
+    h.frame(&a, needs_input(&id, "g1-1", "Deploy?"));
+    h.disconnect(a);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.status(&id).0, TaskStatus::Queued);
+    let history = reasons(&h, &id);
+    assert!(history.iter().any(|r| r.starts_with("question g1-1 closed unanswered: its attempt ended")), "{history:?}");
+    assert!(event_names(&h.bus).contains(&"input_closed"));
+    let refused = answer(&mut h, &id, "g1-1").unwrap().unwrap_err();
+    assert_eq!(refused.error, ErrorCode::InvalidState);
+    let message = refused.message.unwrap();
+    assert!(message.contains("g1-1 was closed unanswered") && message.contains("lease_expired"), "{message}");
+}
+
+#[test]
+fn an_answer_not_yet_delivered_when_the_attempt_ends_is_shown_undelivered() {
+    let mut h = harness();
+    let (a, _, id, _) = working(&mut h);
+    h.frame(&a, needs_input(&id, "g1-1", "Deploy?"));
+    h.disconnect(a);
+    assert!(matches!(answer(&mut h, &id, "g1-1").unwrap(), Ok(Reply::Answered(r)) if !r.sent));
+    h.advance(Duration::from_secs(60));
+    let history = reasons(&h, &id);
+    assert!(history.iter().any(|r| r.starts_with("answer to g1-1 not delivered: its attempt ended")), "{history:?}");
+    assert!(event_names(&h.bus).contains(&"input_undelivered"));
+    let t = h.reader.task(&id).unwrap().unwrap();
+    assert_eq!((t.head.needs_input, t.head.answer), (None, None));
+}
+
+#[test]
+fn a_withdrawn_question_closes_and_an_answer_the_agent_refuses_is_undelivered() {
+    let mut h = harness();
+    let (mut a, _, id, _) = working(&mut h);
+    h.frame(&a, needs_input(&id, "g1-1", "Deploy?"));
+    // The agent was restarted: its sidecar withdraws the question (and says so again later).
+    let closed = |rid: &str| AgentFrame::NeedsInputClosed {
+        task_id: id.clone(),
+        request_id: rid.into(),
+        reason: Some("the agent was started again".into()),
+    };
+    h.frame(&a, closed("g1-1"));
+    h.frame(&a, closed("g1-1"));
+    let history = reasons(&h, &id);
+    let lines: Vec<&String> = history.iter().filter(|r| r.starts_with("question g1-1 closed unanswered")).collect();
+    assert_eq!(lines.len(), 1, "a repeat changes nothing: {history:?}");
+    assert!(lines[0].contains("the agent was started again"));
+    let refused = answer(&mut h, &id, "g1-1").unwrap().unwrap_err();
+    assert!(refused.message.unwrap().contains("closed unanswered"));
+    // A question answered, whose answer the sidecar cannot place: undelivered, not pending.
+    h.frame(&a, needs_input(&id, "g1-2", "Really?"));
+    assert!(matches!(answer(&mut h, &id, "g1-2").unwrap(), Ok(Reply::Answered(r)) if r.sent));
+    a.frames();
+    h.frame(&a, closed("g1-2"));
+    let t = h.reader.task(&id).unwrap().unwrap();
+    assert_eq!((t.head.needs_input, t.head.answer), (None, None));
+    assert!(reasons(&h, &id).iter().any(|r| r.starts_with("answer to g1-2 not delivered")));
+    assert_eq!(event_names(&h.bus).iter().filter(|n| **n == "input_undelivered").count(), 1);
+    // The task goes on: the holder still holds it.
+    assert_eq!(h.status(&id).0, TaskStatus::Working);
+}
+
+#[test]
+fn finished_work_reported_after_the_hub_took_the_task_back_is_kept_while_nobody_else_holds_it() {
+    let mut h = harness();
+    let (a, token, id, generation) = working(&mut h);
+    h.disconnect(a);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.status(&id), (TaskStatus::Queued, generation + 1), "taken back");
+    // The holder comes back late with the finished work of its attempt: kept, not run again.
+    let mut b = h.connect(2, "a1", &token);
+    assert_eq!(b.assigned().map(|(t, _)| t), Some(id.clone()), "offered to the same agent again");
+    h.frame(&b, complete(&id, generation));
+    assert_eq!(h.status(&id).0, TaskStatus::Completed);
+    let acks: Vec<HubFrame> = b.frames().into_iter().filter(|f| matches!(f, HubFrame::TaskAck { .. })).collect();
+    assert!(matches!(&acks[..], [HubFrame::TaskAck { status: AckStatus::Complete, .. }]), "{acks:?}");
+    assert!(reasons(&h, &id).iter().any(|r| r.contains("reported after the hub took it back")));
+}
+
+#[test]
+fn a_late_report_never_takes_a_task_another_agent_holds_now() {
+    let mut h = harness();
+    let (a, token, id, generation) = working(&mut h);
+    let t2 = h.agent_token("a2");
+    h.disconnect(a);
+    let mut other = h.connect(5, "a2", &t2);
+    h.advance(Duration::from_secs(60));
+    let (_, now_gen) = other.assigned().expect("a2 takes it");
+    assert!(now_gen > generation);
+    let mut b = h.connect(2, "a1", &token);
+    h.frame(&b, complete(&id, generation));
+    assert_eq!(h.status(&id), (TaskStatus::Assigned, now_gen), "a2 keeps it");
+    let stale =
+        b.frames().into_iter().any(|f| matches!(f, HubFrame::Error(e) if e.error == FrameErrorCode::StaleGeneration));
+    assert!(stale);
+    // A late failure is never taken either (the task is queued again anyway).
+    let mut h = harness();
+    let (a, token, id, generation) = working(&mut h);
+    h.disconnect(a);
+    h.advance(Duration::from_secs(60));
+    let b = h.connect(2, "a1", &token);
+    let failed =
+        AgentFrame::TaskFailed { task_id: id.clone(), generation, reason: Some("x".into()), error: None, usage: None };
+    h.frame(&b, failed);
+    assert_ne!(h.status(&id).0, TaskStatus::WaitingRetry);
+}
