@@ -57,7 +57,7 @@ struct Escaping<'a, W: fmt::Write>(&'a mut W);
 impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for c in s.chars() {
-            if c.is_control() {
+            if client::unsafe_for_terminal(c) {
                 write!(self.0, "{}", c.escape_default())?;
             } else {
                 self.0.write_char(c)?;

@@ -194,7 +194,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) if out::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_message(&e));
+            eprintln!("error: {}", client::printable(&one_message(&e)));
             std::process::ExitCode::FAILURE
         }
     }

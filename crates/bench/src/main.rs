@@ -8,6 +8,8 @@ mod ha;
 mod hostile;
 mod hub;
 mod sidecar;
+mod soak;
+mod steady;
 mod supervisor;
 
 use anyhow::{bail, Result};
@@ -30,6 +32,12 @@ enum Cmd {
     Hub(hub::Args),
     /// Sidecar: RSS idle and working, assign -> accepted latency, result file -> completed latency.
     Sidecar(sidecar::Args),
+    /// Every daemon's CPU per minute idle, while agents work and while a question waits; a
+    /// person's answer -> the agent's `.input` when answered 1, 10 and 60 s after the question.
+    Steady(steady::Args),
+    /// A fleet run for minutes with restarts, kills, cancels and questions: every daemon's RSS,
+    /// CPU, descriptors and threads each minute, and the invariants checked at the end.
+    Soak(soak::Args),
     /// Supervisor vs pm2: RSS, ps vs jlist, respawn, 100 starts, hub restart round trip.
     Supervisor(supervisor::Args),
     /// Daemons: cold apply, edit -> online, unchanged plan (native and pm2).
@@ -113,6 +121,8 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Hub(args) => rt.block_on(hub::run(&bin, args)),
         Cmd::Sidecar(args) => rt.block_on(sidecar::run(&bin, args)),
+        Cmd::Soak(args) => rt.block_on(soak::run(&bin, args)),
+        Cmd::Steady(args) => rt.block_on(steady::run(&bin, args)),
         Cmd::Supervisor(args) => rt.block_on(supervisor::run(&bin, args)),
         Cmd::Daemons(args) => rt.block_on(daemons::run(&bin, args)),
         Cmd::Guard(args) => rt.block_on(guard::run(&bin, args)),

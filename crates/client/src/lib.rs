@@ -305,9 +305,31 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 }
 
 /// A left-aligned text table; cells are truncated to `max` characters.
+/// Whether a character must not reach a terminal as it is: control characters (a newline in a
+/// name forges a line, ESC drives the terminal) and the format characters that reorder or hide
+/// text (U+202E shows `exe.txt` for `txt.exe`, U+200B hides).
+pub fn unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `s` as a person may see it on a terminal: every [`unsafe_for_terminal`] character escaped
+/// (`\n`, `\u{202e}`, `\0` as `\u{0}`), the rest as it is.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if unsafe_for_terminal(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn table(headers: &[&str], rows: &[Vec<String>], max: usize) -> String {
     let cut = |s: &str| -> String {
-        let one_line = s.replace(['\n', '\r', '\t'], " ");
+        let one_line = printable(&s.replace(['\n', '\r', '\t'], " "));
         if one_line.chars().count() > max {
             one_line.chars().take(max.saturating_sub(1)).collect::<String>() + "…"
         } else {

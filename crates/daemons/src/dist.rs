@@ -25,7 +25,11 @@ pub fn dist_of(folder: &Path) -> PathBuf {
 
 /// The lock of a folder: process name → what was applied.
 pub fn read_lock(folder: &Path) -> BTreeMap<String, Locked> {
-    let Ok(bytes) = std::fs::read(dist_of(folder).join(LOCK)) else { return BTreeMap::new() };
+    let dist = dist_of(folder);
+    if !std::fs::symlink_metadata(&dist).is_ok_and(|m| m.file_type().is_dir()) {
+        return BTreeMap::new();
+    }
+    let Ok(bytes) = std::fs::read(dist.join(LOCK)) else { return BTreeMap::new() };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return BTreeMap::new() };
     let Some(daemons) = v["daemons"].as_object() else { return BTreeMap::new() };
     daemons
@@ -57,7 +61,7 @@ pub fn generate(folder: &Path, current: &[(String, String, ProcSpec)], kind: Kin
     for (src, fp, spec) in current {
         lock.insert(spec.name.clone(), Locked { source: src.clone(), fingerprint: fp.clone(), spec: spec.clone() });
     }
-    std::fs::create_dir_all(&dist)?;
+    own_folder(&dist)?;
     let when = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let sources: Vec<&str> = {
         let mut s: Vec<&str> = lock.values().map(|l| l.source.as_str()).collect();
@@ -91,9 +95,31 @@ pub fn generate(folder: &Path, current: &[(String, String, ProcSpec)], kind: Kin
     osutil::fs::write_atomic(&dist.join(LOCK), &serde_json::to_vec_pretty(&doc).expect("json"))
 }
 
+/// `dist/` as a real folder of the tree: created when missing; a symbolic link (which would
+/// send our writes out of the tree) or anything else in its place is refused, never followed.
+fn own_folder(dist: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dist) {
+        Ok(m) if m.file_type().is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(dist).map(|t| t.display().to_string()).unwrap_or_default();
+            Err(std::io::Error::other(format!(
+                "{} is a symbolic link (to {to}); generated files are written only into a real folder of the tree: remove the link",
+                dist.display()
+            )))
+        }
+        Ok(_) => Err(std::io::Error::other(format!("{} is not a folder; remove it", dist.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dist),
+        Err(e) => Err(e),
+    }
+}
+
 /// Drops lock entries of daemons that no longer exist (their definition was removed).
 pub fn forget(folder: &Path, keep: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
-    let path = dist_of(folder).join(LOCK);
+    let dist = dist_of(folder);
+    if std::fs::symlink_metadata(&dist).is_ok_and(|m| !m.file_type().is_dir()) {
+        return Ok(()); // never written through (see `own_folder`)
+    }
+    let path = dist.join(LOCK);
     let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Ok(()) };
     let Some(daemons) = v["daemons"].as_object_mut() else { return Ok(()) };

@@ -173,9 +173,11 @@ fn from_json(file: &Path, v: Value) -> Result<Vec<App>, DefError> {
 }
 
 /// What `node` runs: pm2's own way to read an ecosystem file (`require`, `import()` for ES
-/// modules), printing `module.exports` as JSON.
+/// modules), writing `module.exports` as JSON to the file named by its second argument and an
+/// error to the third. Files, not pipes: a child the ecosystem file starts (detached or not)
+/// could hold a pipe open for ever, and a read that waits for it would hang `plan` and `watch`.
 const NODE_SCRIPT: &str = r#"
-const path = require('path'), url = require('url');
+const fs = require('fs'), path = require('path'), url = require('url');
 const f = path.resolve(process.argv[1]);
 (async () => {
   let m;
@@ -185,20 +187,29 @@ const f = path.resolve(process.argv[1]);
     else throw e;
   }
   if (m && m.default && !m.apps) m = m.default;
-  process.stdout.write(JSON.stringify(m === undefined ? null : m));
-})().catch(e => { process.stderr.write(String(e && e.stack || e)); process.exit(1); });
+  fs.writeFileSync(process.argv[2], JSON.stringify(m === undefined ? null : m));
+  process.exit(0);
+})().catch(e => { fs.writeFileSync(process.argv[3], String(e && e.stack || e)); process.exit(1); });
 "#;
 
-/// Evaluates a JS ecosystem file with `node` in `workdir`, within `limit`.
+/// Evaluates a JS ecosystem file with `node` in `workdir`, within `limit`. `node` runs in a
+/// process group of its own, killed when it is done or at the deadline: whatever the file
+/// started goes with it, and nothing it does can make us wait past `limit`.
 pub fn eval_js(file: &Path, workdir: &Path, limit: Duration) -> Result<Value, DefError> {
+    use std::os::unix::process::CommandExt;
+    let scratch = tempfile::tempdir().map_err(|e| def_err(file, None, format!("cannot make a scratch folder: {e}")))?;
+    let (out_path, err_path) = (scratch.path().join("apps.json"), scratch.path().join("error.txt"));
     let mut child = std::process::Command::new("node")
         .arg("-e")
         .arg(NODE_SCRIPT)
         .arg(file)
+        .arg(&out_path)
+        .arg(&err_path)
         .current_dir(workdir)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => def_err(
@@ -209,37 +220,37 @@ pub fn eval_js(file: &Path, workdir: &Path, limit: Duration) -> Result<Value, De
             ),
             _ => def_err(file, None, format!("cannot run node: {e}")),
         })?;
-    let capped = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(r) = r {
-                let _ = r.take(MAX_FILE * 4).read_to_end(&mut buf);
-            }
-            buf
-        })
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let kill_group = || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     };
-    let out = capped(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = capped(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => {
-                let _ = child.kill();
+                kill_group();
                 let _ = child.wait();
                 return Err(def_err(file, None, format!("node did not finish within {} s", limit.as_secs())));
             }
         }
     };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    kill_group();
+    let capped = |p: &Path| -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Ok(f) = std::fs::File::open(p) {
+            let _ = f.take(MAX_FILE * 4).read_to_end(&mut buf);
+        }
+        buf
+    };
     if !status.success() {
-        let text = String::from_utf8_lossy(&err);
+        let text = String::from_utf8_lossy(&capped(&err_path)).into_owned();
         let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
         let cause = text.lines().find(|l| l.contains("Error")).unwrap_or(first);
-        return Err(def_err(file, None, format!("node could not evaluate it: {}", cause.trim())));
+        return Err(def_err(file, None, format!("node could not evaluate it ({status}): {}", cause.trim())));
     }
-    serde_json::from_slice(&out).map_err(|e| def_err(file, None, format!("node printed no JSON: {e}")))
+    serde_json::from_slice(&capped(&out_path)).map_err(|e| def_err(file, None, format!("node printed no JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -274,5 +285,66 @@ mod tests {
         assert_eq!(read(&f, dir.path()).unwrap().unwrap()[0].fields["name"], "j");
         std::fs::write(&f, "{\n\"apps\": [\n}").unwrap();
         assert_eq!(read(&f, dir.path()).unwrap_err().line, Some(3));
+    }
+
+    /// Runs `eval_js` on a thread; the generous wait only keeps a regression from hanging the
+    /// suite (the old reader waited for a pipe a detached child held open for ever).
+    fn eval_bounded(file: &Path, dir: &Path, limit: Duration) -> Result<Value, DefError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (f, d) = (file.to_path_buf(), dir.to_path_buf());
+        std::thread::spawn(move || tx.send(eval_js(&f, &d, limit)));
+        rx.recv_timeout(Duration::from_secs(120)).expect("eval_js returned")
+    }
+
+    fn processes_with(marker: &str) -> Vec<i32> {
+        osutil::procfs::groups_with_env(&[("ECOSYSTEM_TEST_MARKER", marker)])
+    }
+
+    #[test]
+    fn a_js_file_that_leaves_children_holding_its_output_is_read_and_its_group_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("m{}", std::process::id());
+        let f = dir.path().join("ecosystem.config.js");
+        std::fs::write(
+            &f,
+            format!(
+                "const cp = require('child_process');\n\
+                 const env = {{...process.env, ECOSYSTEM_TEST_MARKER: '{marker}'}};\n\
+                 cp.spawn('sleep', ['300'], {{detached: true, stdio: ['ignore', 'inherit', 'inherit'], env}}).unref();\n\
+                 cp.spawn('sleep', ['301'], {{stdio: ['ignore', 'inherit', 'inherit'], env}}).unref();\n\
+                 module.exports = {{apps: [{{name: 'a', script: 'sleep', args: '1'}}]}};\n"
+            ),
+        )
+        .unwrap();
+        let v = eval_bounded(&f, dir.path(), Duration::from_secs(30)).unwrap();
+        assert_eq!(v["apps"][0]["name"], "a");
+        // The child in node's own group went with it; the detached one is in a group of its own.
+        let left = processes_with(&marker);
+        assert_eq!(left.len(), 1, "only the detached child is left: {left:?}");
+        for pg in left {
+            osutil::pgroup::kill_group_now(pg, nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn a_js_file_that_never_finishes_is_stopped_at_the_deadline_with_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("n{}", std::process::id());
+        let f = dir.path().join("ecosystem.config.js");
+        std::fs::write(
+            &f,
+            format!(
+                "require('child_process').spawn('sleep', ['300'], {{stdio: 'inherit', env: {{...process.env, ECOSYSTEM_TEST_MARKER: '{marker}'}}}});\n\
+                 while (true) {{}}\n"
+            ),
+        )
+        .unwrap();
+        let e = eval_bounded(&f, dir.path(), Duration::from_millis(1500)).unwrap_err();
+        assert!(e.message.contains("did not finish within"), "{e:?}");
+        let gone = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            processes_with(&marker).is_empty()
+        });
+        assert!(gone, "the sleep node started was killed with its group");
     }
 }

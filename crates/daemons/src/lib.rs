@@ -131,7 +131,7 @@ fn owned<'a>(name: &str, ours: &HashMap<&'a str, &'a ProcStatus>) -> Vec<&'a Pro
 pub fn plan(root: &Path, backend: &Backend, opts: &Options) -> Result<Vec<PlanItem>, DaemonsError> {
     let root = canonical_root(root)?;
     let defs = discover(&root, &opts.context);
-    let running = backend.list()?;
+    let running = backend.list_if_running()?.unwrap_or_default();
     let ours = ours(&running, &root);
     let mut items = Vec::new();
     let mut claimed: HashSet<String> = HashSet::new();

@@ -154,6 +154,22 @@ impl Backend {
         }
     }
 
+    /// What runs, or `None` when no supervisor (or pm2 daemon) runs: never starts one, so a
+    /// question (`daemons plan`) changes nothing.
+    pub fn list_if_running(&self) -> Result<Option<Vec<ProcStatus>>, BackendError> {
+        match self.kind {
+            Kind::Native => {
+                let Ok(mut c) = Client::connect(&self.dir) else { return Ok(None) };
+                match c.call(&Request::Ps)? {
+                    Response::List { processes } => Ok(Some(processes)),
+                    _ => Ok(Some(Vec::new())),
+                }
+            }
+            Kind::Pm2 if pm2::daemon_running() => self.list().map(Some),
+            Kind::Pm2 => Ok(None),
+        }
+    }
+
     /// A printable description: for pm2, the jlist entry with every env value redacted.
     pub fn describe(&self, name: &str) -> Result<serde_json::Value, BackendError> {
         match self.kind {

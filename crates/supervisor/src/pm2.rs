@@ -142,6 +142,15 @@ pub fn delete(name: &str) -> Result<(), Pm2Error> {
     pm2(&["delete", name]).map(drop)
 }
 
+/// Whether a pm2 daemon answers in `PM2_HOME` (default `~/.pm2`): any pm2 command would
+/// start one, so a question that must change nothing asks this first.
+pub fn daemon_running() -> bool {
+    let home = std::env::var_os("PM2_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".pm2")));
+    home.is_some_and(|h| std::os::unix::net::UnixStream::connect(h.join("rpc.sock")).is_ok())
+}
+
 /// `pm2 jlist`, read leniently: text before the JSON is skipped, every field is optional,
 /// modules (pm2-logrotate) are left out.
 pub fn jlist() -> Result<Vec<Value>, Pm2Error> {

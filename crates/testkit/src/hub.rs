@@ -72,6 +72,17 @@ impl Hub {
     /// temp dir stays owned (dropping the old `Hub` would delete the new hub's data under it).
     pub fn restart_after_kill(&mut self, bin: &Path, config: &str) -> Result<()> {
         self.kill9();
+        self.start_again(bin, config)
+    }
+
+    /// Stops the hub with SIGTERM (it commits what is pending and closes its sockets) and starts
+    /// a new one in its place, as [`Hub::restart_after_kill`] does.
+    pub fn restart(&mut self, bin: &Path, config: &str) -> Result<()> {
+        self.terminate()?;
+        self.start_again(bin, config)
+    }
+
+    fn start_again(&mut self, bin: &Path, config: &str) -> Result<()> {
         let mut next = Hub::start_at(bin, &self.dir, config, &self.addr.to_string())?;
         next._temp = self._temp.take();
         *self = next;

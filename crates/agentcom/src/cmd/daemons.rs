@@ -100,11 +100,11 @@ fn print_plan(rows: &[Row], warnings: &[String]) -> std::io::Result<()> {
     let mut text = client::table(&["ACTION", "DAEMON", "PROCESS", "DETAILS"], &cells, usize::MAX);
     for r in rows {
         if let Some(e) = &r.error {
-            text.push_str(&format!("\nerror: {}: {e}\n", r.daemon));
+            text.push_str(&format!("\nerror: {}\n", client::printable(&format!("{}: {e}", r.daemon))));
         }
     }
     for w in warnings {
-        text.push_str(&format!("\nwarning: {w}\n"));
+        text.push_str(&format!("\nwarning: {}\n", client::printable(w)));
     }
     crate::out::print(text)
 }
@@ -121,7 +121,8 @@ fn plan_row(it: &daemons::PlanItem) -> Row {
 pub async fn run(cmd: DaemonsCmd) -> anyhow::Result<u8> {
     match cmd {
         DaemonsCmd::Plan { root, json } => {
-            let items = daemons::plan(&root.root, &root.sup.launching_backend()?, &root.options()?)?;
+            // A plan changes nothing: without a supervisor running, nothing runs (none is launched).
+            let items = daemons::plan(&root.root, &root.sup.backend()?, &root.options()?)?;
             if json {
                 crate::out::println(serde_json::to_string_pretty(&items)?)?;
             } else {

@@ -274,7 +274,7 @@ fn upgrade_blocking(a: UpgradeArgs) -> anyhow::Result<u8> {
     if json {
         crate::out::println(serde_json::to_string_pretty(&report)?)?;
     } else if let Some(e) = &report.error {
-        eprintln!("error: {}: {e}", report.outcome);
+        eprintln!("error: {}", client::printable(&format!("{}: {e}", report.outcome)));
     } else {
         crate::out::println(&report.outcome)?;
     }

@@ -317,13 +317,13 @@ fn start_file(a: StartArgs) -> anyhow::Result<u8> {
         let mapped = match daemons::pm2app::map_app(app, &ctx) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", client::printable(&e.to_string()));
                 failed += 1;
                 continue;
             }
         };
         for w in &mapped.warnings {
-            eprintln!("warning: {w}");
+            eprintln!("warning: {}", client::printable(w));
         }
         if !mapped.enabled {
             crate::out::println(format!("{}: autostart is false: not started", mapped.spec.name))?;
@@ -333,11 +333,11 @@ fn start_file(a: StartArgs) -> anyhow::Result<u8> {
         match problems.is_empty().then(|| backend.start(&mapped.spec)) {
             Some(Ok(msg)) => crate::out::println(msg)?,
             Some(Err(e)) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", client::printable(&e.to_string()));
                 failed += 1;
             }
             None => {
-                eprintln!("error: {}: {}", mapped.spec.name, problems.join("; "));
+                eprintln!("error: {}", client::printable(&format!("{}: {}", mapped.spec.name, problems.join("; "))));
                 failed += 1;
             }
         }

@@ -344,3 +344,54 @@ async fn install_watcher_puts_the_watcher_under_the_supervisor() -> R {
     t.wait("edit applied", |p| p.get("daemons:svc").is_some_and(|pid| Some(pid) != before.get("daemons:svc"))).await?;
     Ok(())
 }
+
+/// Red team (issue 17): a plan is a question. Without a supervisor running it starts none (the
+/// old plan launched one in the background and left it running).
+#[tokio::test]
+async fn plan_changes_nothing_and_starts_no_supervisor() -> R {
+    let t = Tree::new()?;
+    t.sleeper("api", 1000);
+    let plan = t.plan()?;
+    assert_eq!((plan.len(), plan[0]["action"].as_str()), (1, Some("start")), "{plan:?}");
+    assert!(t.sup.supervisor_pid().is_none(), "no supervisor was started");
+    assert!(!t.sup.dir().join("supervisor.sock").exists());
+    assert!(!t.root.path().join("api/dist").exists(), "nothing was written");
+    Ok(())
+}
+
+/// Red team (issue 17): a `dist` that is a symbolic link out of the tree is refused, never
+/// written through; the daemon itself still starts.
+#[tokio::test]
+async fn apply_never_writes_through_a_dist_that_is_a_symbolic_link() -> R {
+    let t = Tree::new()?;
+    t.sleeper("api", 1000);
+    let outside = t.root.path().join("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::os::unix::fs::symlink(&outside, t.root.path().join("api/dist"))?;
+    let out = t.daemons("apply", &[]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("symbolic link"), "{text}");
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 0, "nothing written out of the tree");
+    Ok(())
+}
+
+/// Red team (issue 17): control characters and bidi overrides from folder and app names reach
+/// the terminal escaped in `plan`'s table and its error lines.
+#[tokio::test]
+async fn names_with_control_characters_are_escaped_in_the_plan() -> R {
+    let t = Tree::new()?;
+    t.define("evil\nname", "command = \"sleep\"\nargs = [\"1\"]\nkill_timeout_ms = \"soon\"\n");
+    t.define("rtl\u{202e}txt.exe", "command = \"sleep\"\nargs = [\"1\"]\n");
+    let nul = t.root.path().join("nul");
+    std::fs::create_dir_all(&nul)?;
+    std::fs::write(nul.join("ecosystem.json"), r#"{"apps": [{"name": "a\u0000b\u001b[31m", "script": "sleep"}]}"#)?;
+    let out = t.daemons("plan", &[]);
+    let text = String::from_utf8(out.stdout)?;
+    for raw in ['\u{202e}', '\0', '\u{1b}'] {
+        assert!(!text.contains(raw), "{raw:?} reached the terminal: {text:?}");
+    }
+    assert!(text.lines().all(|l| !l.starts_with("name")), "a newline forged a line: {text}");
+    assert!(text.contains("evil\\nname") && text.contains("\\u{202e}"), "{text}");
+    Ok(())
+}

@@ -301,7 +301,7 @@ async fn the_real_hub_delivers_an_answer_given_while_the_sidecar_was_down() -> R
     assert_eq!(t.task.result, Some(json!({"status": "success", "answer": "yes, ship it"})));
     let reasons: Vec<&str> = t.history.iter().map(|h| h.reason.as_str()).collect();
     let asked = reasons.iter().filter(|r| r.starts_with("needs input:")).count();
-    let delivered = reasons.iter().filter(|r| **r == "answer delivered").count();
+    let delivered = reasons.iter().filter(|r| r.starts_with("answer to ") && r.ends_with(" delivered")).count();
     assert_eq!((asked, delivered), (1, 1), "asked once, delivered once: {reasons:?}");
     assert_eq!(log_count(&s, "ignoring an answer to a question that is not open"), 0);
     Ok(())

@@ -155,7 +155,7 @@ async fn an_answer_given_while_the_sidecar_is_down_after_a_sigkill_reaches_the_a
     let done = serde_json::to_value(e.hub.wait_status(&id, TaskStatus::Completed).await?)?;
     assert_eq!(done["result"]["answer"], "while you were away");
     let history = Env::history(&done);
-    assert_eq!(history.iter().filter(|r| *r == "answer delivered").count(), 1, "{history:#?}");
+    assert_eq!(history.iter().filter(|r| *r == &format!("answer to {rid} delivered")).count(), 1, "{history:#?}");
     assert_eq!(e.runs().len(), 1, "the agent was not started again");
     Ok(())
 }

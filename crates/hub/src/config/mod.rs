@@ -55,6 +55,7 @@ pub struct FileConfig {
     pub console_session_ttl_ms: Option<u64>,
     /// Dashboard sessions held at once; the oldest is ended to make room.
     pub console_max_sessions: Option<usize>,
+    pub console_max_sessions_per_token: Option<usize>,
     /// How often an open dashboard event stream checks that its session's token still holds.
     pub console_recheck_ms: Option<u64>,
     pub budgets: Option<BudgetsFile>,
@@ -225,6 +226,8 @@ impl Default for NetLimits {
 pub struct ConsoleLimits {
     pub session_ttl: Duration,
     pub max_sessions: usize,
+    /// Sessions one token may hold; more logins end its own oldest.
+    pub max_sessions_per_token: usize,
     pub recheck: Duration,
 }
 
@@ -233,6 +236,7 @@ impl Default for ConsoleLimits {
         ConsoleLimits {
             session_ttl: Duration::from_secs(12 * 3600),
             max_sessions: 1000,
+            max_sessions_per_token: 8,
             recheck: Duration::from_secs(5),
         }
     }
@@ -364,6 +368,13 @@ impl HubConfig {
             session_ttl: ms("console_session_ttl_ms", file.console_session_ttl_ms, dc.session_ttl, &mut errors),
             max_sessions: positive("console_max_sessions", file.console_max_sessions, dc.max_sessions, &mut errors)
                 .min(1_000_000),
+            max_sessions_per_token: positive(
+                "console_max_sessions_per_token",
+                file.console_max_sessions_per_token,
+                dc.max_sessions_per_token,
+                &mut errors,
+            )
+            .min(1_000_000),
             recheck: ms("console_recheck_ms", file.console_recheck_ms, dc.recheck, &mut errors),
         };
         let dn = NetLimits::default();

@@ -42,7 +42,8 @@ pub struct Console {
 impl Console {
     pub fn new(limits: ConsoleLimits, tls: bool) -> Console {
         let ttl = limits.session_ttl.as_millis() as u64;
-        Console { sessions: Mutex::new(session::Sessions::new(limits.max_sessions, ttl)), limits, tls }
+        let sessions = session::Sessions::new(limits.max_sessions, limits.max_sessions_per_token, ttl);
+        Console { sessions: Mutex::new(sessions), limits, tls }
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, session::Sessions> {

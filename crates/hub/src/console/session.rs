@@ -1,5 +1,7 @@
-//! Dashboard sessions: an opaque random id in a cookie names a token held in memory. Bounded
-//! (the oldest session is ended to make room), each with an expiry; time is a number passed in,
+//! Dashboard sessions: an opaque random id in a cookie names a token held in memory. Bounded in
+//! all and per token (a token at its limit, or one logging in to a full table, ends its own
+//! oldest session first, so logging in again and again with one token never logs anyone else
+//! out), each with an expiry; time is a number passed in,
 //! so expiry and eviction are unit-tested without sleeping. Ids are kept only as SHA-256 hashes,
 //! so a lookup's timing says nothing about a real id.
 
@@ -27,8 +29,11 @@ pub struct Sessions {
     by_hash: HashMap<String, Session>,
     /// Creation order (so also expiry order: every session lives `ttl_ms`).
     order: BTreeMap<u64, String>,
+    /// Each token's sessions, oldest first.
+    by_token: HashMap<String, std::collections::BTreeSet<u64>>,
     next_seq: u64,
     cap: usize,
+    per_token: usize,
     ttl_ms: u64,
 }
 
@@ -37,8 +42,16 @@ fn hash(id: &str) -> String {
 }
 
 impl Sessions {
-    pub fn new(cap: usize, ttl_ms: u64) -> Sessions {
-        Sessions { by_hash: HashMap::new(), order: BTreeMap::new(), next_seq: 0, cap: cap.max(1), ttl_ms }
+    pub fn new(cap: usize, per_token: usize, ttl_ms: u64) -> Sessions {
+        Sessions {
+            by_hash: HashMap::new(),
+            order: BTreeMap::new(),
+            by_token: HashMap::new(),
+            next_seq: 0,
+            cap: cap.max(1),
+            per_token: per_token.max(1),
+            ttl_ms,
+        }
     }
 
     /// A new random session id (what the cookie carries).
@@ -58,19 +71,31 @@ impl Sessions {
         self.by_hash.is_empty()
     }
 
-    /// Starts a session for `token` under `id`; ends expired sessions, then the oldest ones
-    /// while the table is full. Returns when it expires.
+    /// Starts a session for `token` under `id`; ends expired sessions, then the token's own
+    /// oldest while it is at its limit (or the table is full), then the oldest of all while the
+    /// table is still full. Returns when it expires.
     pub fn create(&mut self, id: &str, token: String, now: u64) -> u64 {
         self.prune(now);
+        loop {
+            let own = self.by_token.get(&token).map_or(0, |s| s.len());
+            if own == 0 || (own < self.per_token && self.by_hash.len() < self.cap) {
+                break;
+            }
+            let oldest = *self.by_token[&token].first().expect("non-empty");
+            let h = self.order[&oldest].clone();
+            self.remove_hash(&h);
+        }
         while self.by_hash.len() >= self.cap {
-            let Some((_, oldest)) = self.order.pop_first() else { break };
-            self.by_hash.remove(&oldest);
+            let Some((_, oldest)) = self.order.first_key_value() else { break };
+            let h = oldest.clone();
+            self.remove_hash(&h);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         let expires_at = now.saturating_add(self.ttl_ms);
         let h = hash(id);
         self.order.insert(seq, h.clone());
+        self.by_token.entry(token.clone()).or_default().insert(seq);
         self.by_hash.insert(h, Session { token, expires_at, seq });
         expires_at
     }
@@ -101,6 +126,12 @@ impl Sessions {
     fn remove_hash(&mut self, h: &str) {
         if let Some(s) = self.by_hash.remove(h) {
             self.order.remove(&s.seq);
+            if let Some(own) = self.by_token.get_mut(&s.token) {
+                own.remove(&s.seq);
+                if own.is_empty() {
+                    self.by_token.remove(&s.token);
+                }
+            }
         }
     }
 
@@ -110,8 +141,9 @@ impl Sessions {
             match self.by_hash.get(h) {
                 Some(s) if now < s.expires_at => break,
                 _ => {
-                    let (_, h) = self.order.pop_first().expect("non-empty");
-                    self.by_hash.remove(&h);
+                    let h = h.clone();
+                    self.order.pop_first();
+                    self.remove_hash(&h);
                 }
             }
         }
@@ -150,7 +182,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_and_the_oldest_make_room() {
-        let mut s = Sessions::new(2, 1000);
+        let mut s = Sessions::new(2, 2, 1000);
         assert_eq!(s.create("a", "ta".into(), 0), 1000);
         s.create("b", "tb".into(), 10);
         assert_eq!(s.get("a", 999).map(|x| x.token), Some("ta".into()));
@@ -167,9 +199,33 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    /// Red team (issue 17): 1,000 logins with one read-only agent token used to evict the admin's
+    /// session in about a second.
+    #[test]
+    fn logging_in_again_and_again_ends_only_the_same_tokens_sessions() {
+        let mut s = Sessions::new(1000, 8, 1_000_000);
+        s.create("admin", "admin-token".into(), 0);
+        for i in 0..5000 {
+            s.create(&format!("x{i}"), "agent-token".into(), 1 + i);
+        }
+        assert!(s.get("admin", 10_000).is_some(), "the admin is still logged in");
+        assert_eq!(s.len(), 9, "the agent token keeps its newest 8");
+        assert!(s.get("x4999", 10_000).is_some() && s.get("x4991", 10_000).is_none());
+        // A full table: a newcomer ends the oldest of all; a token already in it ends its own.
+        let mut s = Sessions::new(3, 8, 1_000_000);
+        s.create("a", "ta".into(), 0);
+        s.create("b1", "tb".into(), 1);
+        s.create("b2", "tb".into(), 2);
+        s.create("b3", "tb".into(), 3);
+        assert!(s.get("a", 4).is_some() && s.get("b1", 4).is_none(), "tb ended its own oldest");
+        s.create("c", "tc".into(), 5);
+        assert!(s.get("a", 6).is_none(), "a newcomer to a full table ends the oldest of all");
+        assert_eq!(s.by_token.values().map(|v| v.len()).sum::<usize>(), s.len());
+    }
+
     #[test]
     fn expired_sessions_leave_when_a_new_one_comes() {
-        let mut s = Sessions::new(100, 10);
+        let mut s = Sessions::new(100, 100, 10);
         for i in 0..50 {
             s.create(&format!("s{i}"), "t".into(), i);
         }

@@ -196,7 +196,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         if !pending {
             return;
         }
-        if let Some(h) = self.note(&task_id, "answer delivered".into(), |h| h.answer = None) {
+        if let Some(h) = self.note(&task_id, format!("answer to {request_id} delivered"), |h| h.answer = None) {
             let audience = Audience::of([Some(agent_id.to_string()), Some(h.submitted_by)]);
             self.event(EventKind::InputDelivered { task_id, request_id }, audience);
         }
