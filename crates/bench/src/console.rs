@@ -283,7 +283,7 @@ async fn fleet_page(bin: &Path, args: &Args) -> Result<()> {
 }
 
 fn wall_ms() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    osutil::clock::epoch_ms() as f64
 }
 
 /// From a completion's commit (the agent's `task_ack`) to the task page in Chromium showing
@@ -357,7 +357,7 @@ async fn reader(
             if v["type"] == "task" && v["to"] == "completed" {
                 if let Some(id) = v["task_id"].as_str() {
                     // Wall ms from the hub handling the completion (before its commit) to here.
-                    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+                    let now_ms = osutil::clock::epoch_ms();
                     let since_handled = now_ms.saturating_sub(v["at"].as_u64().unwrap_or(now_ms));
                     arrived.lock().unwrap().insert(id.to_string(), (Instant::now(), since_handled));
                 }

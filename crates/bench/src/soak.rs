@@ -127,7 +127,10 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         getrandom::fill(&mut b).expect("random seed");
         u64::from_le_bytes(b) | 1
     });
-    println!("agentcom soak: {} min, {} sidecars, a task every {} ms, seed {seed}", args.minutes, args.agents, args.submit_every_ms);
+    println!(
+        "agentcom soak: {} min, {} sidecars, a task every {} ms, seed {seed}",
+        args.minutes, args.agents, args.submit_every_ms
+    );
     let mut rng = Rng(seed);
     let root = tempfile::tempdir()?;
     std::fs::write(root.path().join("agent.sh"), AGENT)?;
@@ -330,7 +333,8 @@ fn report_minute(
 async fn all_ended(hub: &Hub, tasks: &[String]) -> bool {
     let Ok((200, v)) = hub.admin().get("/api/tasks/stats").await else { return false };
     let by = &v["by_status"];
-    let open: u64 = ["queued", "assigned", "working", "waiting_retry"].iter().map(|s| by[*s].as_u64().unwrap_or(0)).sum();
+    let open: u64 =
+        ["queued", "assigned", "working", "waiting_retry"].iter().map(|s| by[*s].as_u64().unwrap_or(0)).sum();
     open == 0 && !tasks.is_empty()
 }
 
@@ -356,7 +360,9 @@ async fn check(hub: &Hub, tasks: &[String], tally: &Tally, samples: &HashMap<Str
         } else if h.iter().any(|r| r.starts_with(&format!("answer to {rid} not delivered"))) {
             undelivered += 1;
         } else {
-            problems.push(format!("the answer to {id} {rid} was taken but neither delivered nor reported undelivered: {h:?}"));
+            problems.push(format!(
+                "the answer to {id} {rid} was taken but neither delivered nor reported undelivered: {h:?}"
+            ));
         }
     }
     println!("\ntasks: {} submitted, ended {:?}", tasks.len(), ended);
@@ -377,7 +383,9 @@ async fn check(hub: &Hub, tasks: &[String], tally: &Tally, samples: &HashMap<Str
         }
     }
     if problems.is_empty() {
-        println!("invariants: every task ended once; every answer taken was delivered or shown undelivered; no daemon grew");
+        println!(
+            "invariants: every task ended once; every answer taken was delivered or shown undelivered; no daemon grew"
+        );
         Ok(())
     } else {
         for p in &problems {

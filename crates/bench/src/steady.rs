@@ -73,7 +73,10 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         let wake = format!("CONTROL='{}' sh '{}'", control.display(), root.path().join("agent.sh").display());
         let cfg = testkit::sidecar_config(&agent, &token, &hub.ws_url(), Some(&wake));
         // Production cadence: pings every 30 s, the safety-net rescan every 2 s.
-        let cfg = testkit::merge_config(&cfg, "rescan_interval_ms = 2000\nping_interval_ms = 30000\npong_timeout_ms = 10000\n");
+        let cfg = testkit::merge_config(
+            &cfg,
+            "rescan_interval_ms = 2000\nping_interval_ms = 30000\npong_timeout_ms = 10000\n",
+        );
         let dir = root.path().join(&agent);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("sidecar.toml"), cfg)?;
@@ -97,8 +100,20 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         anyhow::ensure!(ok, "git {a:?}");
     }
     let watch = [
-        "start", "watchdog", "--", bin.to_str().unwrap(), "guard", "watch", "--repo", repo.to_str().unwrap(),
-        "--process", "steady-0", "--hub", &hub.url(), "--token", &hub.admin_token,
+        "start",
+        "watchdog",
+        "--",
+        bin.to_str().unwrap(),
+        "guard",
+        "watch",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--process",
+        "steady-0",
+        "--hub",
+        &hub.url(),
+        "--token",
+        &hub.admin_token,
     ];
     sup.ok(&watch)?;
     eventually("every sidecar to be identified", || async {

@@ -305,68 +305,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 }
 
 /// A left-aligned text table; cells are truncated to `max` characters.
-/// Whether a character must not reach a terminal as it is: control characters (a newline in a
-/// name forges a line, ESC drives the terminal) and the format characters that reorder or hide
-/// text (U+202E shows `exe.txt` for `txt.exe`, U+200B hides).
-pub fn unsafe_for_terminal(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-}
-
-/// `s` as a person may see it on a terminal: every [`unsafe_for_terminal`] character escaped
-/// (`\n`, `\u{202e}`, `\0` as `\u{0}`), the rest as it is.
-pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if unsafe_for_terminal(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-pub fn table(headers: &[&str], rows: &[Vec<String>], max: usize) -> String {
-    let cut = |s: &str| -> String {
-        let one_line = printable(&s.replace(['\n', '\r', '\t'], " "));
-        if one_line.chars().count() > max {
-            one_line.chars().take(max.saturating_sub(1)).collect::<String>() + "…"
-        } else {
-            one_line
-        }
-    };
-    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| cut(c)).collect()).collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
-        parts.join("  ").trim_end().to_string()
-    };
-    let mut out = line(headers.to_vec());
-    out.push('\n');
-    for r in &rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-        out.push('\n');
-    }
-    out
-}
-
-/// "3s ago"-style age of an epoch-milliseconds timestamp.
-pub fn age(ms: Option<u64>, now_ms: u64) -> String {
-    let Some(t) = ms else { return "-".into() };
-    let s = now_ms.saturating_sub(t) / 1000;
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
-}
+pub use human::{age, printable, table, unsafe_for_terminal};
 
 /// An epoch-milliseconds timestamp as ISO 8601 (UTC, milliseconds) with its age.
 pub fn when(ms: Option<u64>, now_ms: u64) -> String {
@@ -388,7 +327,7 @@ fn list(items: &[String]) -> String {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    osutil::clock::epoch_ms()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// One reading: the monotonic instant (for timers) and the wall clock (for what is stored and shown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl Clock for SystemClock {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    osutil::clock::epoch_ms()
 }
 
 /// A clock that moves only when told to; clones share the same time.

@@ -239,55 +239,15 @@ pub async fn events(
 
 /// The event stream's gauges for `/metrics`.
 pub fn render_metrics(s: &AppState, out: &mut String) {
-    use std::fmt::Write;
+    use crate::metrics::{sample, Kind};
     let readers = s.bus.readers.load(Ordering::Relaxed);
     let dropped = s.bus.dropped.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP agentcom_event_readers Readers of the event stream.\n# TYPE agentcom_event_readers gauge\nagentcom_event_readers {readers}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP agentcom_event_readers_dropped_total Readers dropped for falling behind.\n# TYPE agentcom_event_readers_dropped_total counter\nagentcom_event_readers_dropped_total {dropped}"
-    );
+    sample(out, "agentcom_event_readers", Kind::Gauge, "Readers of the event stream.", readers);
+    let help = "Readers dropped for falling behind.";
+    sample(out, "agentcom_event_readers_dropped_total", Kind::Counter, help, dropped);
 }
 
-/// Days since the Unix epoch of a `YYYY-MM-DD` (proleptic Gregorian, UTC), if it is one.
-pub fn parse_day(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    u64::try_from(era * 146_097 + doe - 719_468).ok()
-}
-
-/// `YYYY-MM-DD` of a day number.
-pub fn format_day(days: u64) -> String {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub use human::{format_day, parse_day};
 
 pub fn usage_report(by: UsageBy, since: u64, until: u64, rows: Vec<UsageRow>) -> UsageReport {
     let mut total = UsageRow::default();

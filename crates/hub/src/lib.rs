@@ -1,6 +1,7 @@
 //! agentcom hub: a durable task queue that hands tasks to connected agents over WebSocket.
 //!
-//! [`run`] wires the pieces: the SQLite [`store`] (a writer for the core, a reader for the API),
+//! [`run`] wires the pieces: the [`store`] (SQLite, or PostgreSQL shared by several hubs: a writer
+//! for the core, a reader for the API),
 //! the single-owner [`core`] thread, the axum [`http`] routes whose `/ws` hands each socket to a
 //! [`ws`] task, the [`console`] (the dashboard at `/`), and the [`server`] that accepts
 //! connections and bounds them.

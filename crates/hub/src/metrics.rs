@@ -1,7 +1,32 @@
-//! Prometheus text exposition for the hub: counters and a small fixed-bucket histogram.
+//! Prometheus text exposition for the hub: counters and a small fixed-bucket histogram. Every
+//! metric of `/metrics` is written here ([`sample`], [`Histogram`]); other parts hand in figures.
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::time::Duration;
+
+/// What a single-valued metric is.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One metric with one value: its `# HELP` and `# TYPE` lines, then the sample.
+pub fn sample(out: &mut String, name: &str, kind: Kind, help: &str, value: impl Display) {
+    let kind = match kind {
+        Kind::Gauge => "gauge",
+        Kind::Counter => "counter",
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+/// One gauge with a sample per label value (`name{label="v"} n`).
+fn labelled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (v, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+    }
+}
 
 /// Upper bounds in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -66,18 +91,10 @@ impl Metrics {
 
     pub fn render(&self, tasks: &[(&str, u64)], agents: &[(&str, u64)], ws_connections: u64) -> String {
         let mut out = String::with_capacity(2048);
-        let _ = writeln!(out, "# HELP agentcom_tasks Tasks by status.\n# TYPE agentcom_tasks gauge");
-        for (s, n) in tasks {
-            let _ = writeln!(out, "agentcom_tasks{{status=\"{s}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP agentcom_agents Known agents by status.\n# TYPE agentcom_agents gauge");
-        for (s, n) in agents {
-            let _ = writeln!(out, "agentcom_agents{{status=\"{s}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP agentcom_websocket_connections Open WebSocket connections.\n# TYPE agentcom_websocket_connections gauge\nagentcom_websocket_connections {ws_connections}"
-        );
+        labelled(&mut out, "agentcom_tasks", "Tasks by status.", "status", tasks);
+        labelled(&mut out, "agentcom_agents", "Known agents by status.", "status", agents);
+        let open = "Open WebSocket connections.";
+        sample(&mut out, "agentcom_websocket_connections", Kind::Gauge, open, ws_connections);
         for (name, help, v) in [
             ("agentcom_tasks_submitted_total", "Tasks submitted since start.", self.submitted),
             ("agentcom_store_commits_total", "Group commits to the store.", self.commits),
@@ -93,7 +110,7 @@ impl Metrics {
                 self.ws_connections_total,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            sample(&mut out, name, Kind::Counter, help, v);
         }
         self.dispatch_latency.render(
             &mut out,
@@ -110,7 +127,7 @@ impl Metrics {
             ("agentcom_usage_cost_usd_total", "Reported cost in US dollars, since start.", |t| t.cost_usd),
             ("agentcom_usage_tokens_total", "Reported tokens (input and output), since start.", |t| t.tokens as f64),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(&self.usage));
+            sample(&mut out, name, Kind::Counter, help, get(&self.usage));
         }
         out
     }

@@ -64,30 +64,30 @@ impl ConnLimits {
 
     /// Appends the connection counters in Prometheus text.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+        use crate::metrics::{sample, Kind};
         let s = &self.stats;
         for (name, help, kind, v) in [
             (
                 "agentcom_connections_open",
                 "Open connections (HTTP and WebSocket).",
-                "gauge",
+                Kind::Gauge,
                 s.open.load(Ordering::Relaxed) as u64,
             ),
-            ("agentcom_connections_max", "The connection limit.", "gauge", self.max as u64),
+            ("agentcom_connections_max", "The connection limit.", Kind::Gauge, self.max as u64),
             (
                 "agentcom_connections_refused_total",
                 "Connections refused at the limit.",
-                "counter",
+                Kind::Counter,
                 s.refused.load(Ordering::Relaxed),
             ),
             (
                 "agentcom_connections_evicted_total",
                 "Idle unidentified connections closed to make room.",
-                "counter",
+                Kind::Counter,
                 s.evicted.load(Ordering::Relaxed),
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            sample(out, name, kind, help, v);
         }
     }
 

@@ -13,8 +13,6 @@ use serde_json::Value;
 pub const MAX_NEEDS_INPUT_BYTES: usize = 128 * 1024;
 /// Request ids answered that are remembered per task, to ack a re-delivery without writing.
 pub const MAX_ANSWERED: usize = 16;
-/// The longest request id the hub accepts.
-pub const MAX_REQUEST_ID: usize = 64;
 
 /// A question as forwarded: clipped to [`proto::MAX_QUESTION`] characters, at most
 /// [`proto::MAX_OPTIONS`] options of at most [`proto::MAX_SHORT`] characters each.
@@ -173,17 +171,7 @@ impl Asking {
     }
 }
 
-/// Whether `id` is a request id we could have made: 1 to 64 of `[A-Za-z0-9._-]`.
-pub fn check_request_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_REQUEST_ID
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("request_id: must be 1 to {MAX_REQUEST_ID} ASCII letters, digits, '.', '_' or '-'"))
-    }
-}
+pub use proto::check_request_id;
 
 #[cfg(test)]
 mod tests {
@@ -229,7 +217,7 @@ mod tests {
         assert_eq!(a.next_request_id(7), "g7-1");
         for n in 1..=20u32 {
             let id = a.next_request_id(u64::MAX);
-            assert!(id.len() <= MAX_REQUEST_ID && check_request_id(&id).is_ok(), "{id}");
+            assert!(id.len() <= proto::MAX_REQUEST_ID && check_request_id(&id).is_ok(), "{id}");
             a.asked = n;
             a.open = Some(OpenQuestion {
                 request_id: id,

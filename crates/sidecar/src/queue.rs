@@ -194,10 +194,7 @@ impl QueueStore {
         match serde_json::from_slice::<QueueFile>(&bytes) {
             Ok(queue) => Ok(Loaded { queue, moved_aside: None }),
             Err(e) => {
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis())
-                    .unwrap_or(0);
+                let ms = osutil::clock::epoch_ms();
                 let aside = self.path.with_file_name(format!("queue.json.corrupt-{ms}"));
                 std::fs::rename(&self.path, &aside)?;
                 osutil::fs::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;

@@ -145,10 +145,7 @@ impl Backend {
                 _ => Ok(Vec::new()),
             },
             Kind::Pm2 => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
+                let now = osutil::clock::epoch_ms();
                 Ok(pm2::jlist()?.iter().map(|e| pm2::status(e, now)).collect())
             }
         }

@@ -6,23 +6,12 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-fn human_bytes(b: u64) -> String {
-    match b {
-        0 => "-".into(),
-        b if b < 1 << 20 => format!("{:.1} KB", b as f64 / 1024.0),
-        b if b < 1 << 30 => format!("{:.1} MB", b as f64 / (1 << 20) as f64),
-        b => format!("{:.2} GB", b as f64 / (1 << 30) as f64),
-    }
-}
-
-fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 if ms == 0 => "-".into(),
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
+/// A column value people read: `-` when there is none.
+fn or_dash(v: u64, show: impl Fn(u64) -> String) -> String {
+    if v == 0 {
+        "-".into()
+    } else {
+        show(v)
     }
 }
 
@@ -43,9 +32,9 @@ pub fn ps_table(list: &[ProcStatus]) -> String {
                 if p.tmux { "tmux".into() } else { "fork".into() },
                 if p.pid == 0 { "-".into() } else { p.pid.to_string() },
                 p.status.clone(),
-                human_ms(p.uptime_ms),
+                or_dash(p.uptime_ms, human::short_duration),
                 p.restart_count.to_string(),
-                human_bytes(p.memory_bytes),
+                or_dash(p.memory_bytes, human::bytes),
                 format!("{:.1}%", p.cpu_percent),
                 p.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
             ];
@@ -56,21 +45,7 @@ pub fn ps_table(list: &[ProcStatus]) -> String {
             row
         })
         .collect();
-    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let fmt = |cells: Vec<&str>| {
-        let line: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<width$}", c, width = w[i])).collect();
-        line.join("  ").trim_end().to_string() + "\n"
-    };
-    let mut out = fmt(headers.to_vec());
-    for r in &rows {
-        out.push_str(&fmt(r.iter().map(String::as_str).collect()));
-    }
-    out
+    human::table(&headers, &rows, usize::MAX)
 }
 
 /// The time a log line was stamped with (our RFC 3339 prefix), if it has one.

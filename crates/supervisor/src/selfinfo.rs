@@ -126,10 +126,7 @@ pub fn process_info(s: &Supervisor) -> ProcessInfo {
         }
         Supervisor::Pm2 { name } => {
             info.name = Some(name.clone());
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now = osutil::clock::epoch_ms();
             if let Some(e) = pm2::jlist().ok().and_then(|l| l.into_iter().find(|e| e["name"] == name.as_str())) {
                 let st = pm2::status(&e, now);
                 info.status = Some(st.status);

@@ -266,7 +266,10 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
             remote.print(&v, |v| format!("queued {} again\n", v.task_id))?;
         }
         TaskCmd::Answer { id, text, request_id, remote } => {
-            let v = remote.call(&proto::api::AnswerTask { task_id: id, answer: text, request_id }).await?;
+            // Checked here as the hub checks it: a bad answer is refused before anything is sent.
+            let answer = proto::api::AnswerTask::new(&id, &text, request_id.as_deref())
+                .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))?;
+            let v = remote.call(&answer).await?;
             remote.print(&v, |v| {
                 let when = if v.sent { "sent to the agent" } else { "sent when the agent reconnects" };
                 format!("answered {} ({}): {when}\n", v.task_id, v.request_id)

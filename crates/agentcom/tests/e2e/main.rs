@@ -18,6 +18,8 @@ mod ha_fleet;
 mod ha_tls;
 mod hub;
 mod hub_hostile;
+mod hub_protocol;
+mod hub_restarts;
 mod sidecar;
 mod sidecar_hostile;
 mod sidecar_hubs;

@@ -7,7 +7,7 @@
 use super::session::{clear_cookie, cookie_id, set_cookie, Sessions};
 use super::view::{layout, task, task_href};
 use super::{csrf, error_page, html, login_page, safe_next, viewer, NoSession, Viewer};
-use crate::core::api::{ApiRequest, Reply};
+use crate::core::api::Authenticate;
 use crate::http::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -93,12 +93,11 @@ pub async fn login(State(s): State<AppState>, headers: HeaderMap, body: axum::bo
     };
     let next = safe_next(f.get("next").unwrap_or("/"));
     let token = f.text("token").unwrap_or("").to_string();
-    if token.is_empty() || token.len() > proto::MAX_TOKEN {
-        let m = format!("Enter a token of 1 to {} characters.", proto::MAX_TOKEN);
+    if let Err(m) = proto::check_token(&token) {
         return login_page(NoSession::Refused(m), &next);
     }
-    match super::ask(&s, &token, ApiRequest::Authenticate).await {
-        Ok(Reply::Role(role)) => {
+    match super::ask(&s, &token, Authenticate).await {
+        Ok(role) => {
             let id = Sessions::new_id();
             let c = &s.console;
             let ttl = c.limits.session_ttl.as_secs().max(1);
@@ -113,7 +112,6 @@ pub async fn login(State(s): State<AppState>, headers: HeaderMap, body: axum::bo
             login_page(NoSession::Refused(m.into()), &next)
         }
         Err(e) => error_page(None, &e),
-        Ok(_) => error_page(None, &ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
     }
 }
 
@@ -181,9 +179,8 @@ pub async fn submit(State(s): State<AppState>, headers: HeaderMap, body: axum::b
     if let Err(e) = crate::http::check_sizes(&task, &s.limits) {
         return error_page(Some(&v), &e);
     }
-    match super::data::call(&s, &v, ApiRequest::Submit(task)).await {
-        Ok(Reply::Submitted(t)) => see_other(&task_href(&t.task_id)),
-        Ok(_) => error_page(Some(&v), &ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
+    match super::data::call(&s, &v, task).await {
+        Ok(t) => see_other(&task_href(&t.task_id)),
         Err(e) => error_page(Some(&v), &e),
     }
 }
@@ -202,8 +199,12 @@ async fn change(s: AppState, headers: HeaderMap, body: axum::body::Body, task_id
         Err(e) => return error_page(Some(&v), &e),
     };
     let back = f.text("back").map(safe_next).unwrap_or_else(|| task_href(&task_id));
-    let req = if retry { ApiRequest::Retry(task_id) } else { ApiRequest::Cancel(task_id) };
-    match super::data::call(&s, &v, req).await {
+    let done = if retry {
+        super::data::call(&s, &v, proto::api::RetryTask { task_id }).await
+    } else {
+        super::data::call(&s, &v, proto::api::CancelTask { task_id }).await
+    };
+    match done {
         Ok(_) => see_other(&back),
         Err(e) => error_page(Some(&v), &e),
     }
@@ -243,22 +244,13 @@ pub async fn answer(
         Err(e) => return error_page(Some(&v), &e),
     };
     // The typed answer, else the option picked.
-    let answer = f.text("answer").or_else(|| f.text("choice")).unwrap_or("").to_string();
-    let mut errors = Vec::new();
-    if answer.is_empty() {
-        errors.push("answer: write an answer or pick an option".to_string());
-    } else if answer.chars().count() > proto::MAX_ANSWER {
-        errors.push(format!("answer: longer than {} characters", proto::MAX_ANSWER));
-    }
-    let request_id = f.text("request_id").map(str::to_string);
-    if request_id.as_ref().is_some_and(|r| r.len() > 64) {
-        errors.push("request_id: expected a string of at most 64 characters".into());
-    }
-    if !errors.is_empty() {
-        return error_page(Some(&v), &ApiError::fields(errors));
-    }
+    let answer = f.text("answer").or_else(|| f.text("choice")).unwrap_or("");
+    let answer = match AnswerTask::new(&task_id, answer, f.text("request_id")) {
+        Ok(a) => a,
+        Err(errors) => return error_page(Some(&v), &ApiError::fields(errors)),
+    };
     let href = task_href(&task_id);
-    match super::data::call(&s, &v, ApiRequest::Answer(AnswerTask { task_id, answer, request_id })).await {
+    match super::data::call(&s, &v, answer).await {
         Ok(_) => see_other(&href),
         Err(e) => error_page(Some(&v), &e),
     }
@@ -286,15 +278,17 @@ pub async fn restart(
             .msg("confirm: a restart is confirmed on its confirmation page (the Restart… link of the agent)");
         return error_page(Some(&v), &e);
     }
-    let reason = f.text("reason").map(str::to_string);
-    if reason.as_ref().is_some_and(|r| r.chars().count() > proto::MAX_REASON) {
-        let e = ApiError::fields(vec![format!("reason: longer than {} characters", proto::MAX_REASON)]);
-        return error_page(Some(&v), &e);
+    let mut m = Map::new();
+    if let Some(r) = f.text("reason") {
+        m.insert("reason".into(), Value::String(r.to_string()));
     }
-    let force = f.get("force") == Some("true");
-    match super::data::call(&s, &v, ApiRequest::RestartAgent(RestartAgent { agent_id, reason, force })).await {
-        Ok(Reply::Restart(r)) => html(StatusCode::OK, task::restart_done(&v, &r.agent_id, &r.reason, r.force)),
-        Ok(_) => error_page(Some(&v), &ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
+    m.insert("force".into(), Value::Bool(f.get("force") == Some("true")));
+    let restart = match RestartAgent::from_json(&agent_id, m) {
+        Ok(r) => r,
+        Err(errors) => return error_page(Some(&v), &ApiError::fields(errors)),
+    };
+    match super::data::call(&s, &v, restart).await {
+        Ok(r) => html(StatusCode::OK, task::restart_done(&v, &r.agent_id, &r.reason, r.force)),
         Err(e) => error_page(Some(&v), &e),
     }
 }

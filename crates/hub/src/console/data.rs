@@ -4,7 +4,7 @@
 //! they page, reading at most [`SCAN_BUDGET`] rows per request and offering the rest as a next page.
 
 use super::Viewer;
-use crate::core::api::{ApiRequest, Reply};
+use crate::core::api::CoreRequest;
 use crate::http::AppState;
 use crate::model::StoredTask;
 use crate::paging;
@@ -26,7 +26,7 @@ pub async fn read<T: Send + 'static>(
     crate::http::read_with(reader, f).await
 }
 
-pub async fn call(s: &AppState, v: &Viewer, req: ApiRequest) -> Result<Reply, ApiError> {
+pub async fn call<R: CoreRequest>(s: &AppState, v: &Viewer, req: R) -> Result<R::Answer, ApiError> {
     super::ask(s, &v.token, req).await
 }
 
@@ -177,20 +177,14 @@ pub struct Fleet {
 pub async fn fleet(s: &AppState, v: &Viewer, cursor: Option<String>, limit: u32) -> Result<Fleet, ApiError> {
     match v.agent() {
         None => {
-            let stats = match call(s, v, ApiRequest::Stats).await? {
-                Reply::Stats(st) => st,
-                _ => return Err(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
-            };
-            match call(s, v, ApiRequest::Agents { limit: Some(limit), cursor }).await? {
-                Reply::Agents(list) => Ok(Fleet { stats: Some(stats), agents: list.agents, next: list.next_cursor }),
-                _ => Err(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
-            }
+            let stats = call(s, v, proto::api::GetStats).await?;
+            let list = call(s, v, proto::api::ListAgents { limit: Some(limit), cursor }).await?;
+            Ok(Fleet { stats: Some(stats), agents: list.agents, next: list.next_cursor })
         }
-        Some(me) => match call(s, v, ApiRequest::Agent(me.to_string())).await {
-            Ok(Reply::Agent(a)) => Ok(Fleet { stats: None, agents: vec![*a], next: None }),
+        Some(me) => match call(s, v, proto::api::GetAgent { agent_id: me.to_string() }).await {
+            Ok(a) => Ok(Fleet { stats: None, agents: vec![a], next: None }),
             Err(e) if e.error == ErrorCode::UnknownAgent => Ok(Fleet::default()),
             Err(e) => Err(e),
-            Ok(_) => Err(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
         },
     }
 }
@@ -227,10 +221,7 @@ pub async fn task(s: &AppState, v: &Viewer, task_id: &str) -> Result<TaskPage, A
 
 /// One agent, for the restart confirmation.
 pub async fn agent(s: &AppState, v: &Viewer, agent_id: &str) -> Result<AgentView, ApiError> {
-    match call(s, v, ApiRequest::Agent(agent_id.to_string())).await? {
-        Reply::Agent(a) => Ok(*a),
-        _ => Err(ApiError::new(ErrorCode::Unknown).msg("unexpected reply")),
-    }
+    call(s, v, proto::api::GetAgent { agent_id: agent_id.to_string() }).await
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! no longer authenticates (checked every `console_recheck_ms`).
 
 use super::session::cookie_id;
-use crate::core::api::ApiRequest;
+use crate::core::api::Authenticate;
 use crate::http::AppState;
 use crate::server::ConnTicket;
 use axum::body::Body;
@@ -64,7 +64,7 @@ async fn session_ends(s: AppState, id: String, token: String, expires_at: u64) {
                 if s.console.sessions().get(&id, crate::clock::wall_ms()).is_none() {
                     return;
                 }
-                if let Err(e) = super::ask(&s, &token, ApiRequest::Authenticate).await {
+                if let Err(e) = super::ask(&s, &token, Authenticate).await {
                     if matches!(e.error, ErrorCode::InvalidToken | ErrorCode::Unauthorized) {
                         s.console.sessions().remove_token(&token);
                         return;

@@ -9,7 +9,7 @@
 //!   answer, restart); `live.rs`: the event stream for a session.
 //! - `view/`: the templates; `assets/`: the CSS and the script, embedded with `include_str!`.
 //!
-//! Every request re-checks its session's token with the core (`ApiRequest::Authenticate`), so a
+//! Every request re-checks its session's token with the core (`Authenticate`), so a
 //! revoked token ends its sessions at once; no page shows data, and no action runs, without one.
 
 mod actions;
@@ -22,7 +22,7 @@ mod view;
 
 use crate::auth::Role;
 use crate::config::ConsoleLimits;
-use crate::core::api::{ApiRequest, Reply};
+use crate::core::api::{Authenticate, CoreRequest};
 use crate::http::AppState;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,11 +65,13 @@ impl Console {
 
     /// The dashboard's gauge for `/metrics`.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
         let n = self.session_count();
-        let _ = writeln!(
+        crate::metrics::sample(
             out,
-            "# HELP agentcom_console_sessions Dashboard sessions open.\n# TYPE agentcom_console_sessions gauge\nagentcom_console_sessions {n}"
+            "agentcom_console_sessions",
+            crate::metrics::Kind::Gauge,
+            "Dashboard sessions open.",
+            n,
         );
     }
 }
@@ -151,9 +153,9 @@ pub(crate) fn serving(
 }
 
 /// Asks the core with a token (every console request goes through here or [`data::read`]).
-pub(crate) async fn ask(s: &AppState, token: &str, req: ApiRequest) -> Result<Reply, ApiError> {
+pub(crate) async fn ask<R: CoreRequest>(s: &AppState, token: &str, req: R) -> Result<R::Answer, ApiError> {
     let (core, _) = serving(s)?;
-    core.call(Some(token.to_string()), req).await
+    core.ask(Some(token.to_string()), req).await
 }
 
 /// Why there is no viewer: shown on the login form.
@@ -174,9 +176,8 @@ pub(crate) async fn viewer(s: &AppState, headers: &HeaderMap) -> Result<Viewer, 
     let Some(id) = session::cookie_id(headers, c.cookie_name()) else { return Err(NoSession::Missing) };
     let Some(sess) = c.sessions().get(&id, crate::clock::wall_ms()) else { return Err(NoSession::Missing) };
     let last_event = s.bus.last_id();
-    match ask(s, &sess.token, ApiRequest::Authenticate).await {
-        Ok(Reply::Role(role)) => Ok(Viewer { role, token: sess.token, last_event }),
-        Ok(_) => Err(NoSession::Unavailable(ApiError::new(ErrorCode::Unknown).msg("unexpected reply"))),
+    match ask(s, &sess.token, Authenticate).await {
+        Ok(role) => Ok(Viewer { role, token: sess.token, last_event }),
         Err(e) if matches!(e.error, ErrorCode::InvalidToken | ErrorCode::Unauthorized) => {
             c.sessions().remove_token(&sess.token);
             Err(NoSession::Revoked(e.message.unwrap_or_default()))

@@ -105,10 +105,10 @@ pub async fn queue(
         };
     }
     let total = match v.is_admin() {
-        true => match data::call(&s, &v, crate::core::api::ApiRequest::Stats).await {
-            Ok(crate::core::api::Reply::Stats(st)) => st.by_status.get(&TaskStatus::Queued).copied(),
-            _ => None,
-        },
+        true => data::call(&s, &v, proto::api::GetStats)
+            .await
+            .ok()
+            .and_then(|st| st.by_status.get(&TaskStatus::Queued).copied()),
         false => None,
     };
     match data::lanes(&s, &v, 25).await {

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::model::{Payload, TaskHead, TaskStatus, TokenRecord};
 use crate::store::{Mutation, Snapshot, Store, StoreError};
 use agents::{Agent, Ban, Conn};
-use api::{ApiRequest, ApiResult};
+use api::{ApiRequest, CoreRequest, PendingReply};
 use proto::api::{ApiError, ErrorCode, EventKind};
 use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame};
 use std::collections::{BTreeMap, HashMap};
@@ -77,7 +77,6 @@ pub enum Event {
     Api {
         auth: Option<String>,
         req: ApiRequest,
-        reply: oneshot::Sender<ApiResult>,
     },
     Shutdown,
 }
@@ -99,9 +98,10 @@ impl CoreHandle {
         self.tx.blocking_send(ev).is_ok()
     }
 
-    pub async fn call(&self, auth: Option<String>, req: ApiRequest) -> ApiResult {
-        let (reply, rx) = oneshot::channel();
-        self.send(Event::Api { auth, req, reply }).await;
+    /// Asks the core `req` with `auth`'s token and waits for its typed answer.
+    pub async fn ask<R: CoreRequest>(&self, auth: Option<String>, req: R) -> Result<R::Answer, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Api { auth, req: req.into_request(tx) }).await;
         rx.await.unwrap_or_else(|_| Err(ApiError::new(ErrorCode::ShuttingDown)))
     }
 }
@@ -120,7 +120,7 @@ enum SendKind {
 #[derive(Debug)]
 enum Effect {
     Send { conn: ConnId, out: Out, kind: SendKind },
-    Reply { reply: oneshot::Sender<ApiResult>, result: ApiResult },
+    Reply(Box<dyn PendingReply>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -408,10 +408,10 @@ impl<S: Store, C: Clock> Core<S, C> {
         let committed = if self.pending.is_empty() {
             Ok(())
         } else {
-            let started = Instant::now();
+            let started = self.clock.now().mono;
             let r = self.store.commit(&self.pending);
             self.metrics.commits += 1;
-            self.metrics.commit_seconds.observe(started.elapsed());
+            self.metrics.commit_seconds.observe(self.clock.now().mono.saturating_duration_since(started));
             r
         };
         self.pending.clear();
@@ -431,13 +431,13 @@ impl<S: Store, C: Clock> Core<S, C> {
                     match e {
                         Effect::Send { conn, out, kind } => {
                             if let SendKind::Push { dispatch_started: Some(t) } = kind {
-                                self.metrics.dispatch_latency.observe(t.elapsed());
+                                self.metrics
+                                    .dispatch_latency
+                                    .observe(self.clock.now().mono.saturating_duration_since(t));
                             }
                             self.deliver(conn, out);
                         }
-                        Effect::Reply { reply, result } => {
-                            let _ = reply.send(result);
-                        }
+                        Effect::Reply(reply) => reply.send(None),
                     }
                 }
             }
@@ -450,9 +450,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                     match e {
                         Effect::Send { conn, out, kind: SendKind::Plain } => self.deliver(conn, out),
                         Effect::Send { .. } => {}
-                        Effect::Reply { reply, result } => {
-                            let _ = reply.send(result.and(Err(refused.clone())));
-                        }
+                        Effect::Reply(reply) => reply.send(Some(refused.clone())),
                     }
                 }
             }
@@ -473,9 +471,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                             }
                             SendKind::Push { .. } => {}
                         },
-                        Effect::Reply { reply, result } => {
-                            let _ = reply.send(result.and(Err(unavailable.clone())));
-                        }
+                        Effect::Reply(reply) => reply.send(Some(unavailable.clone())),
                     }
                 }
                 if let Err(e) = self.reload() {
@@ -541,9 +537,9 @@ impl<S: Store, C: Clock> Core<S, C> {
             Event::Frame { conn, frame } => self.on_frame(conn, frame),
             Event::Banned { conn } => self.on_banned(conn),
             Event::Disconnected { conn } => self.on_disconnect(conn),
-            Event::Api { auth, req, reply } => {
-                let result = self.on_api(auth, req);
-                self.effects.push(Effect::Reply { reply, result });
+            Event::Api { auth, req } => {
+                let reply = self.on_api(auth, req);
+                self.effects.push(Effect::Reply(reply));
             }
             Event::Shutdown => {}
         }

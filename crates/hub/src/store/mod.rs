@@ -149,3 +149,13 @@ pub fn stored_text(s: &str) -> Cow<'_, str> {
 
 /// Milliseconds in a day, for UTC day arithmetic.
 pub const DAY_MS: u64 = 86_400_000;
+
+/// A stored value as JSON text (both stores keep heads, payloads and outcomes as JSON).
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("stored types always serialize")
+}
+
+/// A stored JSON text back as its value; `what` names it in the error.
+fn decode<T: serde::de::DeserializeOwned>(what: impl Fn() -> String, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Decode { what: what(), message: e.to_string() })
+}

@@ -6,7 +6,7 @@
 //! (paused, cut off) cannot assign, complete or requeue anything. A group commit is a handful of
 //! statements whatever its size: rows of one kind go in one `UNNEST` statement.
 
-use super::{stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use super::{decode, json, stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
 use crate::model::{AgentRecord, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
 use postgres::Client;
 use proto::api::{UsageBy, UsageRow};
@@ -144,14 +144,6 @@ pub fn migrate(client: &mut Client) -> Result<(), StoreError> {
     })();
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
     result
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("stored types always serialize")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: impl Fn() -> String, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Decode { what: what(), message: e.to_string() })
 }
 
 fn parse_status(s: &str, what: &str) -> Result<TaskStatus, StoreError> {

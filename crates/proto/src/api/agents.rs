@@ -94,6 +94,16 @@ pub struct RestartAgent {
     pub force: bool,
 }
 
+impl RestartAgent {
+    /// Validates the JSON body of `POST /api/admin/agents/:agent_id/restart`.
+    pub fn from_json(agent_id: &str, m: Map<String, Value>) -> Result<RestartAgent, Vec<String>> {
+        let mut f = super::fields::Fields::new(m);
+        let reason = f.string("reason", false, crate::MAX_REASON);
+        let force = f.bool("force").unwrap_or(false);
+        f.done(RestartAgent { agent_id: agent_id.to_string(), reason, force })
+    }
+}
+
 impl Endpoint for RestartAgent {
     type Response = RestartCommanded;
     const METHOD: Method = Method::Post;

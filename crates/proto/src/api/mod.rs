@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 mod agents;
 mod events;
+mod fields;
 mod health;
 mod tasks;
 mod tokens;

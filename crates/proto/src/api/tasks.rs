@@ -369,6 +369,30 @@ pub struct AnswerTask {
     pub request_id: Option<String>,
 }
 
+impl AnswerTask {
+    /// An answer to `task_id`'s question, checked: not empty, at most [`crate::MAX_ANSWER`]
+    /// characters, and a `request_id` a sidecar could have made.
+    pub fn new(task_id: &str, answer: &str, request_id: Option<&str>) -> Result<AnswerTask, Vec<String>> {
+        let mut m = Map::new();
+        m.insert("answer".into(), Value::String(answer.to_string()));
+        if let Some(r) = request_id {
+            m.insert("request_id".into(), Value::String(r.to_string()));
+        }
+        AnswerTask::from_json(task_id, m)
+    }
+
+    /// Validates the JSON body of `POST /api/tasks/:task_id/input`.
+    pub fn from_json(task_id: &str, m: Map<String, Value>) -> Result<AnswerTask, Vec<String>> {
+        let mut f = super::fields::Fields::new(m);
+        let answer = f.string("answer", true, crate::MAX_ANSWER).unwrap_or_default();
+        let request_id = f.string("request_id", false, crate::MAX_REQUEST_ID);
+        if let Some(r) = &request_id {
+            f.check(crate::check_request_id(r));
+        }
+        f.done(AnswerTask { task_id: task_id.to_string(), answer, request_id })
+    }
+}
+
 impl Endpoint for AnswerTask {
     type Response = Answered;
     const METHOD: Method = Method::Post;

@@ -8,6 +8,18 @@ pub struct CreateToken {
     pub agent_id: String,
 }
 
+impl CreateToken {
+    /// Validates the JSON body of `POST /admin/tokens`.
+    pub fn from_json(m: Map<String, Value>) -> Result<CreateToken, Vec<String>> {
+        let mut f = super::fields::Fields::new(m);
+        let agent_id = f.string("agent_id", true, usize::MAX).unwrap_or_default();
+        if !agent_id.is_empty() {
+            f.check(super::check_agent_id(&agent_id));
+        }
+        f.done(CreateToken { agent_id })
+    }
+}
+
 impl Endpoint for CreateToken {
     type Response = TokenCreated;
     const METHOD: Method = Method::Post;

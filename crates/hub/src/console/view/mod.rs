@@ -53,38 +53,14 @@ pub fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// `2026-11-22 10:31:05 UTC`.
-pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let day = secs / 86_400;
-    let rem = secs % 86_400;
-    format!("{} {:02}:{:02}:{:02} UTC", crate::feed::format_day(day), rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// A duration for people: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`.
-pub fn dur(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{s} s"),
-        60..=3599 => format!("{} min", s / 60),
-        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
-    }
-}
+pub use human::{long_duration as dur, utc};
 
 /// `12 s ago`, with the exact time as a tooltip.
 pub fn ago(now: u64, at: u64) -> Markup {
     html! { time datetime=(at) title=(utc(at)) { (dur(now.saturating_sub(at))) " ago" } }
 }
 
-pub fn bytes(b: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    if b as f64 >= 1024.0 * MIB {
-        format!("{:.1} GiB", b as f64 / MIB / 1024.0)
-    } else {
-        format!("{:.1} MiB", b as f64 / MIB)
-    }
-}
+pub use human::bytes;
 
 pub fn usd(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.01 {

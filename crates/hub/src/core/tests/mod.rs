@@ -2,11 +2,12 @@
 //! by advancing time, never by sleeping; a real SQLite store underneath, whose commits can be
 //! made to fail as on a full disk.
 
-use super::api::{ApiRequest, ApiResult, Reply};
+use super::api::{Authenticate, CoreRequest};
 use super::*;
 use crate::auth::Role;
 use crate::clock::ManualClock;
 use crate::store::{Reader, SqliteStore, TaskQuery};
+use proto::api::{AnswerTask, CancelTask, CreateToken, RetryTask, RevokeTokens};
 use proto::api::{RestartAgent, SubmitTask};
 use proto::{AckStatus, Identify};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,24 +104,19 @@ impl Agent {
 }
 
 impl Harness {
-    fn api(&mut self, token: &str, req: ApiRequest) -> ApiResult {
-        let (reply, mut rx) = oneshot::channel();
-        self.core.step([Event::Api { auth: Some(token.into()), req, reply }]);
+    /// Asks the core as the HTTP layer does; the answer is released after the batch's flush.
+    fn api<R: CoreRequest>(&mut self, token: &str, req: R) -> Result<R::Answer, ApiError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.core.step([Event::Api { auth: Some(token.into()), req: req.into_request(tx) }]);
         rx.try_recv().expect("a reply is released after the flush")
     }
 
     fn submit(&mut self, token: &str, description: &str) -> Result<String, ApiError> {
-        match self.api(token, ApiRequest::Submit(SubmitTask::new(description)))? {
-            Reply::Submitted(s) => Ok(s.task_id),
-            other => panic!("{other:?}"),
-        }
+        Ok(self.api(token, SubmitTask::new(description))?.task_id)
     }
 
     fn agent_token(&mut self, agent_id: &str) -> String {
-        match self.api(ADMIN, ApiRequest::CreateToken(agent_id.into())).unwrap() {
-            Reply::TokenCreated(t) => t.token,
-            other => panic!("{other:?}"),
-        }
+        self.api(ADMIN, CreateToken { agent_id: agent_id.into() }).unwrap().token
     }
 
     fn connect(&mut self, conn: ConnId, agent_id: &str, token: &str) -> Agent {
@@ -173,11 +169,11 @@ fn a_failed_commit_rolls_back_everything_the_batch_changed() {
     assert!(err.message.unwrap().contains("disk is full"));
     assert_eq!(h.core.open_task_count(), 1, "the refused submission is gone from memory");
     // A revoke that did not commit leaves the token valid; a token that did not commit is not.
-    assert!(h.api(ADMIN, ApiRequest::RevokeToken("a1".into())).is_err());
-    let refused_token = h.api(ADMIN, ApiRequest::CreateToken("a2".into()));
+    assert!(h.api(ADMIN, RevokeTokens { agent_id: "a1".into() }).is_err());
+    let refused_token = h.api(ADMIN, CreateToken { agent_id: "a2".into() });
     assert!(refused_token.is_err(), "a created token is only shown once it is durable");
     h.full.store(false, Ordering::SeqCst);
-    assert!(matches!(h.api(&token, ApiRequest::Authenticate), Ok(Reply::Role(Role::Agent(a))) if a == "a1"));
+    assert!(matches!(h.api(&token, Authenticate), Ok(Role::Agent(a)) if a == "a1"));
     assert_eq!(h.core.tokens.len(), 1, "memory went back to the durable tokens");
     assert_eq!(h.core.metrics.commit_errors, 3);
     h.submit(ADMIN, "after").unwrap();
@@ -260,11 +256,7 @@ fn failures_back_off_doubling_then_dead_letter() {
     let mut h = harness();
     let token = h.agent_token("a1");
     let mut a = h.connect(1, "a1", &token);
-    let id = match h.api(ADMIN, ApiRequest::Submit(SubmitTask { max_retries: 2, ..SubmitTask::new("flaky") })).unwrap()
-    {
-        Reply::Submitted(s) => s.task_id,
-        other => panic!("{other:?}"),
-    };
+    let id = h.api(ADMIN, SubmitTask { max_retries: 2, ..SubmitTask::new("flaky") }).unwrap().task_id;
     for (failure, backoff) in [(1, 1_000), (2, 2_000)] {
         let (_, generation) = a.assigned().expect("assigned");
         h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
@@ -314,17 +306,17 @@ fn agents_cancel_and_retry_only_what_they_submitted() {
     let t2 = h.agent_token("a2");
     let mine = h.submit(&t1, "mine").unwrap();
     let admins = h.submit(ADMIN, "admin's").unwrap();
-    let e = h.api(&t2, ApiRequest::Cancel(mine.clone())).unwrap_err();
+    let e = h.api(&t2, CancelTask { task_id: mine.clone() }).unwrap_err();
     assert_eq!(e.error, ErrorCode::Forbidden);
     assert!(e.message.unwrap().contains("submitted by a1"));
-    assert_eq!(h.api(&t1, ApiRequest::Cancel(admins.clone())).unwrap_err().error, ErrorCode::Forbidden);
+    assert_eq!(h.api(&t1, CancelTask { task_id: admins.clone() }).unwrap_err().error, ErrorCode::Forbidden);
     assert_eq!(h.status(&admins).0, TaskStatus::Queued, "nothing changed");
-    assert!(matches!(h.api(&t1, ApiRequest::Cancel(mine.clone())), Ok(Reply::Changed(_))));
+    assert!(h.api(&t1, CancelTask { task_id: mine.clone() }).is_ok());
     // The cancelled task was loaded back for the check and leaves memory again.
-    assert_eq!(h.api(&t2, ApiRequest::Retry(mine.clone())).unwrap_err().error, ErrorCode::Forbidden);
+    assert_eq!(h.api(&t2, RetryTask { task_id: mine.clone() }).unwrap_err().error, ErrorCode::Forbidden);
     assert_eq!(h.core.open_task_count(), 1);
-    assert!(matches!(h.api(&t1, ApiRequest::Retry(mine)), Ok(Reply::Changed(_))));
-    assert!(matches!(h.api(ADMIN, ApiRequest::Cancel(admins)), Ok(Reply::Changed(_))));
+    assert!(h.api(&t1, RetryTask { task_id: mine }).is_ok());
+    assert!(h.api(ADMIN, CancelTask { task_id: admins }).is_ok());
 }
 
 #[test]
@@ -334,9 +326,9 @@ fn restart_tells_unknown_from_offline() {
     let a = h.connect(1, "a1", &token);
     h.disconnect(a);
     let restart = |agent_id: &str| RestartAgent { agent_id: agent_id.into(), reason: None, force: false };
-    let e = h.api(ADMIN, ApiRequest::RestartAgent(restart("nobody"))).unwrap_err();
+    let e = h.api(ADMIN, restart("nobody")).unwrap_err();
     assert_eq!(e.error, ErrorCode::UnknownAgent);
-    let e = h.api(ADMIN, ApiRequest::RestartAgent(restart("a1"))).unwrap_err();
+    let e = h.api(ADMIN, restart("a1")).unwrap_err();
     assert_eq!(e.error, ErrorCode::AgentNotConnected);
     assert!(e.message.unwrap().contains("offline"));
 }
@@ -354,7 +346,7 @@ fn a_queued_task_is_handed_out_with_its_stored_payload() {
     let mut h = harness();
     let mut submit = SubmitTask::new("from disk");
     submit.extra.insert("repo".into(), serde_json::json!("r"));
-    h.api(ADMIN, ApiRequest::Submit(submit)).unwrap();
+    h.api(ADMIN, submit).unwrap();
     assert!(h.core.tasks.values().all(|o| o.payload.is_none()), "memory keeps only the head once committed");
     let token = h.agent_token("a1");
     let mut a = h.connect(1, "a1", &token);
@@ -373,7 +365,7 @@ fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
         let mut t = SubmitTask::new(format!("gpu {n}"));
         t.needed_capabilities = vec!["gpu".into()];
         t.priority = proto::api::Priority::Urgent;
-        h.api(ADMIN, ApiRequest::Submit(t)).unwrap();
+        h.api(ADMIN, t).unwrap();
     }
     let plain = h.submit(ADMIN, "anyone").unwrap();
     let token = h.agent_token("cpu");
@@ -434,7 +426,7 @@ fn a_question_is_asked_answered_and_delivered_across_a_reconnect() {
     // The answer goes out at once to the connected holder...
     let answer =
         proto::api::AnswerTask { task_id: id.clone(), answer: "yes, go".into(), request_id: Some("g1-1".into()) };
-    assert!(matches!(h.api(ADMIN, ApiRequest::Answer(answer)), Ok(Reply::Answered(r)) if r.sent));
+    assert!(matches!(h.api(ADMIN, answer), Ok(r) if r.sent));
     let inputs = |a: &mut Agent| a.frames().into_iter().filter(|f| matches!(f, HubFrame::TaskInput { .. })).count();
     assert_eq!(inputs(&mut a), 1);
     // ...and again after a reconnect, until the sidecar confirms it wrote it.
@@ -500,21 +492,13 @@ fn only_the_submitter_or_the_admin_answers_and_only_the_open_question() {
         answer: "ok".into(),
         request_id: r.map(str::to_string),
     };
-    assert_eq!(
-        h.api(&t2, ApiRequest::Answer(answer(None))).unwrap_err().error,
-        ErrorCode::InvalidState,
-        "no question yet"
-    );
+    assert_eq!(h.api(&t2, answer(None)).unwrap_err().error, ErrorCode::InvalidState, "no question yet");
     h.frame(&a, needs_input(&id, "g1-1", "which branch?"));
     h.frame(&a, needs_input(&id, "g1-2", "which branch, really?"));
-    assert_eq!(
-        h.api(&t1, ApiRequest::Answer(answer(None))).unwrap_err().error,
-        ErrorCode::Forbidden,
-        "a1 did not submit it"
-    );
-    let stale = h.api(&t2, ApiRequest::Answer(answer(Some("g1-1")))).unwrap_err();
+    assert_eq!(h.api(&t1, answer(None)).unwrap_err().error, ErrorCode::Forbidden, "a1 did not submit it");
+    let stale = h.api(&t2, answer(Some("g1-1"))).unwrap_err();
     assert!(stale.message.unwrap().contains("g1-2"), "a newer question replaced it");
-    assert!(h.api(&t2, ApiRequest::Answer(answer(Some("g1-2")))).is_ok());
+    assert!(h.api(&t2, answer(Some("g1-2"))).is_ok());
     // The holder gives the task back: the question and the answer go with its attempt.
     h.frame(&a, AgentFrame::TaskRejected { task_id: id.clone(), reason: Some("no".into()) });
     let t = h.reader.task(&id).unwrap().unwrap();
