@@ -51,6 +51,7 @@ pub async fn run(o: WatchOptions, backend: Backend, shutdown: CancellationToken)
     let mut offline_since: Option<Instant> = None;
     loop {
         let (up, why) = online(&o, &backend, hub.as_ref()).await;
+        tracing::debug!(up, reason = %why, "agent checked");
         if up {
             offline_since = None;
         } else {

@@ -38,8 +38,10 @@ pub use ws::{Closed, ScriptedConn, ScriptedHub, WsAgent};
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Polls `probe` every few milliseconds until it returns `Ok`, for at most [`WAIT`]: the one way
-/// tests wait for a condition (never a fixed sleep, never a hand-written deadline loop).
+/// Polls `probe` until it returns `Ok`, for at most [`WAIT`]: the one way tests wait for a
+/// condition (never a fixed sleep, never a hand-written deadline loop). It looks again after 1 ms,
+/// then less and less often (up to every [`POLL_MAX`]): what comes at once is seen at once, and a
+/// long wait does not spin.
 /// `Err` carries what the probe saw, so a failure says what it was waiting for and what it got.
 pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
 where
@@ -47,13 +49,17 @@ where
     Fut: std::future::Future<Output = std::result::Result<T, String>>,
 {
     let deadline = tokio::time::Instant::now() + WAIT;
+    let mut pause = POLL_MIN;
     loop {
         match probe().await {
             Ok(v) => return Ok(v),
             Err(seen) if tokio::time::Instant::now() >= deadline => {
                 bail!("timed out after {WAIT:?} waiting for {what}; last seen: {seen}")
             }
-            Err(_) => tokio::time::sleep(POLL).await,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(POLL_MAX);
+            }
         }
     }
 }
@@ -61,16 +67,21 @@ where
 /// [`eventually`] for code outside a runtime.
 pub fn eventually_blocking<T>(what: &str, mut probe: impl FnMut() -> std::result::Result<T, String>) -> Result<T> {
     let deadline = Instant::now() + WAIT;
+    let mut pause = POLL_MIN;
     loop {
         match probe() {
             Ok(v) => return Ok(v),
             Err(seen) if Instant::now() >= deadline => {
                 bail!("timed out after {WAIT:?} waiting for {what}; last seen: {seen}")
             }
-            Err(_) => std::thread::sleep(POLL),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(POLL_MAX);
+            }
         }
     }
 }
 
-/// How often [`eventually`] looks again.
-const POLL: Duration = Duration::from_millis(5);
+/// How soon [`eventually`] first looks again, and how long it waits at most between two looks.
+const POLL_MIN: Duration = Duration::from_millis(1);
+pub const POLL_MAX: Duration = Duration::from_millis(50);

@@ -57,8 +57,19 @@ impl Supervised {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// What `ps --json` shows, asked over the supervisor's socket from this process (a poll
+    /// need not start a process); under pm2 (`AGENTCOM_BACKEND=pm2`), through the CLI.
     pub fn ps(&self) -> Result<Vec<Value>> {
-        Ok(serde_json::from_str(&self.ok(&["ps", "--json"])?)?)
+        if self.env.iter().any(|(k, v)| k == "AGENTCOM_BACKEND" && v == "pm2") {
+            return Ok(serde_json::from_str(&self.ok(&["ps", "--json"])?)?);
+        }
+        let mut c = supervisor::client::Client::connect(&self.dir())?;
+        match c.call(&proto::control::Request::Ps)? {
+            proto::control::Response::List { processes } => {
+                Ok(serde_json::to_value(processes)?.as_array().cloned().unwrap_or_default())
+            }
+            other => bail!("ps: {other:?}"),
+        }
     }
 
     pub fn proc(&self, name: &str) -> Result<Value> {

@@ -90,15 +90,6 @@ impl WsAgent {
         Ok(v)
     }
 
-    /// Asserts that no frame arrives for `d`.
-    pub async fn expect_silence(&mut self, d: Duration) -> Result<()> {
-        match self.recv_within(d).await {
-            Ok(v) => bail!("expected silence, got {v}"),
-            Err(e) if e.to_string().starts_with("no frame") => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Reads until the connection closes; returns how.
     pub async fn closed(&mut self) -> Result<Closed> {
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -6,7 +6,6 @@ use proto::api::{AnswerTask, Event, EventKind, GetUsage, TaskStatus, UsageBy};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use testkit::{eventually, Follower, Hub, WsAgent};
 
 type R = anyhow::Result<()>;
@@ -336,7 +335,9 @@ async fn webhooks_tell_people_and_budgets_stop_spending() -> R {
     assert!(posts[3]["text"].as_str().unwrap().contains("$1.25 of $1.00"), "{:?}", posts[3]);
     // Over budget: its next task waits (for another agent).
     let next = hub.submit_text("after the budget").await?;
-    a.expect_silence(Duration::from_millis(200)).await?;
+    // The submission was dispatched before its 201; a ping answered after it is the proof.
+    a.send(json!({"type": "ping"})).await?;
+    assert_eq!(a.recv().await?["type"], "pong", "nothing offered to an agent over budget");
     let agents = hub.admin_client().call(&proto::api::ListAgents::default()).await?;
     assert!(agents.agents[0].spend.exhausted);
     let mut b = hub.agent("other", &[]).await?;

@@ -319,7 +319,7 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
     let old = a.head();
     let (ok, r) = a.upgrade("feature/v2", "true", &[])?;
     assert!(ok, "{r}");
-    let _watch = a
+    let mut watch = a
         .sup
         .cmd(&[
             "guard",
@@ -335,11 +335,31 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
             "--state-dir",
             a.state().to_str().unwrap(),
         ])
+        .env("AGENTCOM_LOG", "debug")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(|c| testkit::Owned::new(c, "guard watch"))?;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let logs = testkit::Logs::default();
+    testkit::watch_logs(watch.stderr.take().expect("piped"), logs.clone(), "guard watching", "process")?;
+    let _watch = testkit::Owned::new(watch, "guard watch");
+    // Each check is a log line: these say how many it has made, and what it found.
+    let checks = |found: &'static str| {
+        let logs = logs.clone();
+        move || {
+            logs.lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["message"] == found)
+                .count()
+        }
+    };
+    let online_checks = checks("agent checked");
+    eventually("the watchdog to check the online agent a few times", || async {
+        let n = online_checks();
+        (n >= 3).then_some(()).ok_or_else(|| format!("{n} checks"))
+    })
+    .await?;
     assert_eq!(a.version(), "2", "an online agent is left alone");
     // The upgraded agent goes offline (here: stopped) and stays so, with work not committed.
     std::fs::write(a.repo().join("notes.txt"), "unfinished thoughts")?;
@@ -360,7 +380,11 @@ async fn the_watchdog_rolls_back_an_agent_offline_after_an_upgrade() -> R {
     assert!(std::fs::read_to_string(a.state().join("current_task.md"))?.contains("Refactor the parser"));
     // It rolls back once: going offline again on the old code does not flip it forward.
     a.sup.ok(&["stop", "agent"])?;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let nothing = checks("agent offline, but not after an upgrade: nothing to roll back");
+    eventually("the watchdog to find the agent offline past the threshold again", || async {
+        (nothing() >= 1).then_some(()).ok_or_else(|| "not yet".to_string())
+    })
+    .await?;
     assert_eq!(a.head(), old);
     Ok(())
 }

@@ -4,7 +4,6 @@
 use crate::bin;
 use proto::api::{AgentStatus, ErrorCode, ListAgents, ListDeadLetter, RestartAgent, SubmitTask, TaskStatus};
 use serde_json::{json, Value};
-use std::time::Duration;
 use testkit::{eventually, Closed, Hub, WsAgent};
 
 type R = anyhow::Result<()>;
@@ -69,7 +68,11 @@ async fn priorities_fifo_capabilities_and_pinning() -> R {
         assert_eq!(a.complete(&id, g).await?["status"], "complete");
     }
     assert_eq!(order, [urgent, high, normal1, normal2, low]);
-    a.expect_silence(Duration::from_millis(150)).await?;
+    // The next task it gets is one submitted after the gpu and pinned ones: those were passed over.
+    let after = hub.submit_text("after them").await?;
+    let (id, g) = a.take_task().await?;
+    assert_eq!(id, after, "the gpu and pinned tasks are not this agent's");
+    a.complete(&id, g).await?;
     assert_eq!(hub.task(&gpu).await?.task.status, TaskStatus::Queued, "needs a capability nobody has");
     assert_eq!(hub.task(&pinned).await?.task.status, TaskStatus::Queued, "pinned to another agent");
 
@@ -90,7 +93,9 @@ async fn one_active_task_per_agent() -> R {
     let mut a = hub.agent("a", &[]).await?;
     let (id, g) = a.take_task().await?;
     assert_eq!(id, first);
-    a.expect_silence(Duration::from_millis(150)).await?;
+    // A ping answered: the hub handled everything before it, and offered nothing more.
+    a.send(json!({"type": "ping"})).await?;
+    assert_eq!(a.recv().await?["type"], "pong", "no second task while the first is held");
     a.complete(&id, g).await?;
     assert_eq!(a.take_task().await?.0, second);
     Ok(())
@@ -193,7 +198,9 @@ async fn task_rejected_requeues_at_once_without_a_failure() -> R {
     let t = hub.task(&id).await?;
     assert_eq!(t.task.failures, 0);
     assert!(reasons(&t).contains(&"rejected by a: busy"));
-    a.expect_silence(Duration::from_millis(100)).await?;
+    // Paused after `busy`: a ping answered shows nothing was offered meanwhile.
+    a.send(json!({"type": "ping"})).await?;
+    assert_eq!(a.recv().await?["type"], "pong");
     Ok(())
 }
 
@@ -395,4 +402,3 @@ async fn v1_frames_presence_and_restart_command() -> R {
     assert!(e.to_string().contains("v1 is restarting; it gets no commands"), "{e}");
     Ok(())
 }
-

@@ -1,11 +1,11 @@
 //! The hub's protocol hygiene end to end: heartbeats, frames and bodies it refuses with clear
 //! errors, bans after violations, its counters, and a clean SIGTERM.
 
+use super::hub::task;
 use crate::bin;
 use proto::api::{AgentStatus, ListAgents, TaskStatus};
 use serde_json::json;
 use testkit::{eventually, Closed, Hub, WsAgent};
-use super::hub::task;
 
 type R = anyhow::Result<()>;
 
@@ -157,4 +157,3 @@ async fn sigterm_closes_sockets_with_1001_and_exits_zero() -> R {
     assert_eq!(again.task(&id).await?.task.status, TaskStatus::Working, "held tasks survive a restart");
     Ok(())
 }
-

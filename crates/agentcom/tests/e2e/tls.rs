@@ -5,7 +5,6 @@ use crate::bin;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 use testkit::{Hub, Sidecar};
 
 type R = anyhow::Result<()>;
@@ -56,16 +55,13 @@ async fn cli_and_sidecar_work_over_https_and_wss() -> R {
     assert_eq!(token.len(), 64);
     let _s = e.sidecar("a1", &token, Some(&e.tls().ca))?;
     let id = e.ok(&["task", "submit", "over TLS"])?.trim().to_string();
-    let deadline = Instant::now() + testkit::WAIT;
-    loop {
-        let t: Value = serde_json::from_str(&e.ok(&["task", "show", &id, "--json"])?)?;
-        if t["status"] == "completed" {
-            assert_eq!(t["assigned_to"].as_str().or(t["completed_by"].as_str()), Some("a1"), "{t}");
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the task never completed over wss: {t}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let t = testkit::eventually("the task to complete over wss", || async {
+        let t: Value = serde_json::from_str(&e.ok(&["task", "show", &id, "--json"]).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        (t["status"] == "completed").then(|| t.clone()).ok_or_else(|| t.to_string())
+    })
+    .await?;
+    assert_eq!(t["assigned_to"].as_str().or(t["completed_by"].as_str()), Some("a1"), "{t}");
     let agents: Value = serde_json::from_str(&e.ok(&["agents", "--json"])?)?;
     assert_eq!(agents["agents"][0]["connected"], true);
     let mut e = e;
@@ -160,11 +156,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> R {
     // serving the old pair and says why.
     replace(&renewed.key, &e.tls().key)?;
     e.ok(&["agents"])?;
-    let deadline = Instant::now() + testkit::WAIT;
-    while !e.hub.logs().iter().any(|l| l.contains("does not load; keeping the previous one")) {
-        anyhow::ensure!(Instant::now() < deadline, "no warning about the half-renewed pair");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually("a warning about the half-renewed pair", || async {
+        let warned = e.hub.logs().iter().any(|l| l.contains("does not load; keeping the previous one"));
+        warned.then_some(()).ok_or_else(|| "no warning yet".to_string())
+    })
+    .await?;
     replace(&renewed.cert, &e.tls().cert)?;
     let out = e.cli(&e.hub.url(), Some(&renewed.ca), &["agents"]);
     assert!(out.status.success(), "the renewed certificate is served: {}", String::from_utf8_lossy(&out.stderr));

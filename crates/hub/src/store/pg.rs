@@ -6,7 +6,9 @@
 //! (paused, cut off) cannot assign, complete or requeue anything. A group commit is a handful of
 //! statements whatever its size: rows of one kind go in one `UNNEST` statement.
 
-use super::{decode, json, stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use super::{
+    decode, json, stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT,
+};
 use crate::model::{AgentRecord, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
 use postgres::Client;
 use proto::api::{UsageBy, UsageRow};

@@ -395,4 +395,3 @@ impl Both {
 fn ids(tasks: &[StoredTask]) -> Vec<&str> {
     tasks.iter().map(|t| t.head.task_id.as_str()).collect()
 }
-

@@ -94,4 +94,3 @@ fn a_deposed_writer_is_refused_and_writes_nothing() {
     new.commit(&batch).unwrap();
     assert_eq!(backend.reader.task("a").unwrap().unwrap().head.status, TaskStatus::Assigned);
 }
-

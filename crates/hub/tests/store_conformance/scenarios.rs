@@ -297,4 +297,3 @@ fn a_failed_batch_writes_nothing() {
     both.model.commit(&[token("h2", "y", 2)]);
     both.agree(&Probe::new(&["a"], &["x", "y"]));
 }
-

@@ -150,4 +150,3 @@ fn split_task_bodies(tx: &Transaction<'_>) -> rusqlite::Result<()> {
          CREATE INDEX tasks_status ON tasks(status, seq);",
     )
 }
-

@@ -255,13 +255,12 @@ impl Store for SqliteStore {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Outcome, Priority, Transition};
-    use serde_json::Map;
     use serde_json::json;
+    use serde_json::Map;
 
     pub(crate) fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
         TaskHead {
@@ -408,4 +407,3 @@ mod tests {
         assert!(msg.contains("corrupt"), "{msg}");
     }
 }
-
