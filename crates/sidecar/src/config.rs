@@ -169,7 +169,10 @@ impl SidecarConfig {
         } else {
             toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().replace('\n', "\n    ")))?
         };
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        // The folder of the file, absolute: a bare `sidecar.toml` has an empty parent, and every
+        // path handed to the agent (which runs in `repo_dir`, not here) must be absolute.
+        let absolute = std::path::absolute(path).map_err(|e| fail(format!("cannot resolve its path: {e}")))?;
+        let base = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         SidecarConfig::from_file(file, &base).map_err(|errors| ConfigErrors { file: shown, errors })
     }
 

@@ -276,7 +276,7 @@ impl Executor {
         vars: &[(&'static str, String)],
     ) -> Event {
         let Some(command) = self.cfg.wake_command.as_ref() else {
-            let outcome = WakeOutcome::SpawnFailed("no wake command".into());
+            let outcome = WakeOutcome::SpawnFailed { reason: "no wake command".into(), lasting: true };
             return Event::WakeExited { task_id, attempt, outcome, started: false, log_tail: String::new() };
         };
         let task_file = self.task_file(&task_id);
@@ -297,7 +297,9 @@ impl Executor {
         let mut child = match wake::spawn(&spec) {
             Ok(c) => c,
             Err(e) => {
-                let outcome = WakeOutcome::SpawnFailed(e.to_string());
+                use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
+                let lasting = matches!(e.kind(), NotFound | PermissionDenied | NotADirectory);
+                let outcome = WakeOutcome::SpawnFailed { reason: e.to_string(), lasting };
                 return Event::WakeExited { task_id, attempt, outcome, started: false, log_tail: String::new() };
             }
         };
@@ -307,8 +309,8 @@ impl Executor {
         let id = task_id.clone();
         tokio::spawn(async move {
             let outcome = match child.wait().await {
-                Ok(s) => WakeOutcome::Exited { success: s.success(), desc: s.to_string() },
-                Err(e) => WakeOutcome::Exited { success: false, desc: e.to_string() },
+                Ok(s) => WakeOutcome::Exited { success: s.success(), code: s.code(), desc: s.to_string() },
+                Err(e) => WakeOutcome::Exited { success: false, code: None, desc: e.to_string() },
             };
             // Whether `.started` exists as the command ends tells whether it was the agent itself.
             let started = files::marker(&started_file) == files::Found::Regular(());

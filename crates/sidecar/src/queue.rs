@@ -41,6 +41,10 @@ pub struct QueuedTask {
     /// Process group of the running wake, to stop it on cancel.
     #[serde(default)]
     pub wake_pgid: Option<i32>,
+    /// Wake number `wake_attempts` failed and the next waits for its delay (our extension): a
+    /// restart goes on with the next attempt, so the count survives it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake_failed: bool,
     /// The `task_complete` / `task_failed` frame waiting for the hub's `task_ack`.
     #[serde(default)]
     pub report: Option<Value>,
@@ -58,6 +62,7 @@ pub struct QueuedTask {
 /// the task is accepted. The task's own keys are here too: an extra field never overrides them.
 pub const RESERVED_KEYS: &[&str] = &[
     "task_id",
+    "wake_failed",
     "description",
     "metadata",
     "generation",
@@ -81,9 +86,7 @@ impl QueuedTask {
         let t = &held.task;
         let (status, report) = match &held.phase {
             Phase::Accepted => (Status::Accepted, None),
-            Phase::Waking { .. } | Phase::WakingRecovered => (Status::Waking, None),
-            // The failed wake is the one on record; a restart runs it again.
-            Phase::WakeBackoff { .. } => (Status::Waking, None),
+            Phase::Waking { .. } | Phase::WakingRecovered | Phase::WakeBackoff { .. } => (Status::Waking, None),
             Phase::WakingConfirmation { .. } => (Status::WakingConfirmation, None),
             Phase::Working { .. } => (Status::Working, None),
             Phase::Reporting { report, .. } => {
@@ -103,6 +106,7 @@ impl QueuedTask {
             status,
             wake_attempts: held.wakes,
             wake_pgid: held.group,
+            wake_failed: matches!(held.phase, Phase::WakeBackoff { .. }),
             report,
             needs_input: held.asking.clone(),
             extra: t.extra.clone(),
@@ -131,6 +135,7 @@ impl QueuedTask {
         });
         let phase = match (self.status, report.flatten()) {
             (Status::Accepted, _) => Phase::Accepted,
+            (Status::Waking, _) if self.wake_failed => Phase::WakeBackoff { at: now },
             (Status::Waking, _) => Phase::WakingRecovered,
             (Status::WakingConfirmation, _) => Phase::WakingConfirmation { deadline: now },
             (Status::Working, _) => Phase::Working { foreground: false, exited: None },
@@ -229,6 +234,7 @@ mod tests {
             status: Status::WakingConfirmation,
             wake_attempts: 1,
             wake_pgid: None,
+            wake_failed: false,
             report: None,
             needs_input: Asking::default(),
             extra,

@@ -17,6 +17,8 @@ pub use postgres::Postgres;
 pub mod cluster;
 pub use cluster::HubCluster;
 
+/// A scripted Anthropic Messages API for the real Claude Code CLI.
+pub mod anthropic;
 mod events;
 mod http;
 mod hub;

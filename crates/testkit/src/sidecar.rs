@@ -55,10 +55,27 @@ impl Sidecar {
 
     /// Starts a sidecar on an existing config file (TOML or AgentCom JSON).
     pub fn start_file(bin: &Path, dir: &Path, config: &Path) -> Result<Sidecar> {
+        Sidecar::launch(bin, dir, config, None, &[])
+    }
+
+    /// Starts a sidecar as a person would: `agentcom sidecar --config CONFIG` run in `cwd` (so
+    /// `CONFIG` may be a bare file name), with `env` added (what its agent needs).
+    pub fn launch(
+        bin: &Path,
+        dir: &Path,
+        config: &Path,
+        cwd: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Sidecar> {
         let mut cmd = Command::new(bin);
         cmd.args(["sidecar", "--log-format", "json", "--config"]).arg(config).env("AGENTCOM_LOG", "info");
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
         let (child, logs, _) = spawn_until(cmd, "sidecar", "sidecar started", "agent_id")?;
-        Ok(Sidecar { child, dir: dir.to_path_buf(), config: config.to_path_buf(), logs })
+        let config = cwd.map(|c| c.join(config)).unwrap_or_else(|| config.to_path_buf());
+        Ok(Sidecar { child, dir: dir.to_path_buf(), config, logs })
     }
 
     pub fn results(&self) -> PathBuf {

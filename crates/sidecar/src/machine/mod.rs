@@ -47,8 +47,24 @@ pub enum Look {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WakeOutcome {
-    Exited { success: bool, desc: String },
-    SpawnFailed(String),
+    /// The wake command ended; `code` is its exit code (none after a signal).
+    Exited { success: bool, code: Option<i32>, desc: String },
+    /// It could not be started. `lasting`: for a reason waiting cannot cure (its folder or a
+    /// program is missing, not allowed), so it is not tried again.
+    SpawnFailed { reason: String, lasting: bool },
+}
+
+impl WakeOutcome {
+    /// Why trying again cannot help, if that is so: it could not start for a lasting reason,
+    /// or the shell said the command is not there (127) or not executable (126).
+    fn lasting_failure(&self) -> Option<String> {
+        match self {
+            WakeOutcome::SpawnFailed { reason, lasting: true } => Some(format!("cannot start: {reason}")),
+            WakeOutcome::Exited { code: Some(127), desc, .. } => Some(format!("command not found ({desc})")),
+            WakeOutcome::Exited { code: Some(126), desc, .. } => Some(format!("command not executable ({desc})")),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -522,12 +538,12 @@ impl Machine {
         let Some(h) = self.active_wake(task_id, attempt) else { return };
         let desc = match &outcome {
             WakeOutcome::Exited { desc, .. } => desc.clone(),
-            WakeOutcome::SpawnFailed(e) => format!("cannot start: {e}"),
+            WakeOutcome::SpawnFailed { reason, .. } => format!("cannot start: {reason}"),
         };
         let exited = Some((now + rescan, format!("agent_exited_without_result: {desc}; output: {log_tail}")));
         match h.phase.clone() {
             Phase::Waking { timed_out, .. } => {
-                let spawn_failed = matches!(outcome, WakeOutcome::SpawnFailed(_));
+                let spawn_failed = matches!(outcome, WakeOutcome::SpawnFailed { .. });
                 if started && !spawn_failed {
                     // The command was the agent itself, and it has already finished.
                     self.send(out, frames::wake_result(task_id, "success", attempt, None));
@@ -541,22 +557,21 @@ impl Machine {
                         ("timeout", Some(format!("no exit within {}ms", self.cfg.wake_timeout.as_millis())))
                     }
                     WakeOutcome::Exited { success: true, .. } => ("success", None),
-                    WakeOutcome::Exited { desc, .. } => ("failed", Some(format!("{desc}; output: {log_tail}"))),
-                    WakeOutcome::SpawnFailed(e) => ("failed", Some(format!("cannot start: {e}"))),
+                    WakeOutcome::Exited { ref desc, .. } => ("failed", Some(format!("{desc}; output: {log_tail}"))),
+                    WakeOutcome::SpawnFailed { ref reason, .. } => ("failed", Some(format!("cannot start: {reason}"))),
                 };
                 tracing::info!(task_id = %task_id, attempt, status, error = error.as_deref().unwrap_or(""), "wake finished");
                 self.send(out, frames::wake_result(task_id, status, attempt, error));
                 if status == "success" {
                     self.set_phase(Phase::WakingConfirmation { deadline: now + self.cfg.confirmation_timeout }, out);
                     out.push(self.observe(false, Look::Watch));
-                } else if let Some(delay) = self.cfg.wake_retry_delays.get(attempt.saturating_sub(1) as usize).copied()
-                {
-                    if let Some(h) = self.active() {
-                        h.phase = Phase::WakeBackoff { at: now + delay };
-                    }
+                } else if let Some(why) = outcome.lasting_failure().filter(|_| !timed_out) {
+                    // Waiting cannot cure it: fail now, saying why, instead of after every retry.
+                    let output =
+                        if log_tail.trim().is_empty() { String::new() } else { format!("; output: {log_tail}") };
+                    self.report_failure(format!("wake_failed: {why}{output}"), out);
                 } else {
-                    let retries = self.cfg.wake_retry_delays.len();
-                    self.report_failure(format!("wake_failed_after_{retries}_attempts"), out);
+                    self.back_off_or_fail(attempt, now, out);
                 }
             }
             Phase::Working { foreground: true, .. } => {
@@ -564,6 +579,18 @@ impl Machine {
                 out.push(self.observe(false, Look::Watch));
             }
             _ => {}
+        }
+    }
+
+    /// After failed wake number `attempt`: the next one after its delay (on record, so a
+    /// restart goes on from there), or the task fails when the retries are used up.
+    fn back_off_or_fail(&mut self, attempt: u32, now: Now, out: &mut Vec<Action>) {
+        match self.cfg.wake_retry_delays.get(attempt.saturating_sub(1) as usize).copied() {
+            Some(delay) => self.set_phase(Phase::WakeBackoff { at: now + delay }, out),
+            None => {
+                let retries = self.cfg.wake_retry_delays.len();
+                self.report_failure(format!("wake_failed_after_{retries}_attempts"), out);
+            }
         }
     }
 
@@ -620,7 +647,13 @@ impl Machine {
             }
             // The agent may have ended while we were down: if nothing of it runs any more when
             // it has confirmed, its result must show up soon, as after any exit we see.
-            Phase::Waking { .. } | Phase::WakingRecovered | Phase::WakeBackoff { .. } => {
+            // A failed wake waited for its retry: the next attempt, after the delay again.
+            Phase::WakeBackoff { .. } => {
+                let (attempt, recorded) = (h.wakes, h.group);
+                out.push(Action::StopOrphans { task_id, recorded });
+                self.back_off_or_fail(attempt, now, out);
+            }
+            Phase::Waking { .. } | Phase::WakingRecovered => {
                 // Whether the wake confirmed decides, once the files are read (`on_observed`).
                 h.phase = Phase::WakingRecovered;
                 let recorded = h.group;

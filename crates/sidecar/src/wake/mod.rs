@@ -79,6 +79,12 @@ pub struct WakeSpec<'a> {
 
 /// Starts `sh -c <script>` in a new process group with output appended to `log_file`.
 pub fn spawn(spec: &WakeSpec<'_>) -> std::io::Result<tokio::process::Child> {
+    // A missing folder is named, not just "No such file or directory".
+    if let Some(dir) = spec.cwd.filter(|d| !d.is_dir()) {
+        let what = if dir.exists() { "is not a folder" } else { "does not exist" };
+        let kind = if dir.exists() { std::io::ErrorKind::NotADirectory } else { std::io::ErrorKind::NotFound };
+        return Err(std::io::Error::new(kind, format!("repo_dir {} {what}", dir.display())));
+    }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(spec.log_file)?;
     let mut c = tokio::process::Command::new("sh");
     c.arg("-c")

@@ -47,20 +47,32 @@ pub fn run_agent(cmd: &[String], format: Option<UsageFormat>) -> Result<i32, Wra
         std::env::var("AGENTCOM_RESULTS_DIR").map_err(|_| WrapError::MissingEnv("AGENTCOM_RESULTS_DIR"))?,
     );
     let io = |context: String| move |source| WrapError::Io { context, source };
-    std::fs::write(dir.join(format!("{id}.started")), b"").map_err(io(format!("cannot write {id}.started")))?;
-    let mut child = Command::new(program)
+    let file = |ext: &str| dir.join(format!("{id}.{ext}"));
+    std::fs::write(file("started"), b"").map_err(io(format!("cannot write {}", file("started").display())))?;
+    let mut child = match Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(io(format!("cannot start {program}")))?;
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // The task fails at once with the reason, rather than as an agent that left no result.
+            let hint = if e.kind() == std::io::ErrorKind::NotFound { " (not installed, or not on PATH)" } else { "" };
+            let reason = format!("cannot start {program}: {e}{hint}");
+            let result = json!({ "status": "failed", "reason": reason });
+            osutil::fs::write_atomic(&file("json"), result.to_string().as_bytes())
+                .map_err(io(format!("cannot write {}", file("json").display())))?;
+            return Err(io(format!("cannot start {program}{hint}"))(e));
+        }
+    };
     let progress = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(format!("{id}.progress")))
-            .map_err(io(format!("cannot open {id}.progress")))?,
+            .open(file("progress"))
+            .map_err(io(format!("cannot open {}", file("progress").display())))?,
     ));
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     let outcome: Arc<Mutex<Option<claude::Outcome>>> = Arc::new(Mutex::new(None));
@@ -153,8 +165,8 @@ pub fn run_agent(cmd: &[String], format: Option<UsageFormat>) -> Result<i32, Wra
             claude_result(outcome, exited, code, output)
         }
     };
-    osutil::fs::write_atomic(&dir.join(format!("{id}.json")), result.to_string().as_bytes())
-        .map_err(io(format!("cannot write {id}.json")))?;
+    osutil::fs::write_atomic(&file("json"), result.to_string().as_bytes())
+        .map_err(io(format!("cannot write {}", file("json").display())))?;
     Ok(code)
 }
 

@@ -34,7 +34,7 @@ fn a_wake_that_runs_too_long_is_stopped_and_counted_as_a_timeout() {
     let stop = m.handle(Event::Tick, ms(5000));
     assert_eq!(stop, vec![Action::StopGroup { pgid: 7, task_id: ID.into() }]);
     assert_eq!(m.next_deadline(), None, "stopping, not ticking again");
-    let outcome = WakeOutcome::Exited { success: false, desc: "signal: 15".into() };
+    let outcome = WakeOutcome::Exited { success: false, code: None, desc: "signal: 15".into() };
     let exit = Event::WakeExited { task_id: ID.into(), attempt: 1, outcome, started: false, log_tail: String::new() };
     let a = m.handle(exit, ms(5100));
     assert!(
@@ -50,7 +50,7 @@ fn a_wake_that_runs_too_long_is_stopped_and_counted_as_a_timeout() {
 #[test]
 fn confirmation_deadline_fails_only_without_started() {
     let mut m = waking();
-    let outcome = WakeOutcome::Exited { success: true, desc: "exit status: 0".into() };
+    let outcome = WakeOutcome::Exited { success: true, code: Some(0), desc: "exit status: 0".into() };
     m.handle(
         Event::WakeExited { task_id: ID.into(), attempt: 1, outcome, started: false, log_tail: String::new() },
         ms(10),
@@ -156,4 +156,59 @@ fn restart_waits_for_the_working_task_unless_forced() {
     alone.handle(Event::Connected, ms(0));
     let a = alone.handle(restart(true), ms(1));
     assert!(matches!(sent(&a)[..], [AgentFrame::Status { status }] if status.starts_with("restart_refused")), "{a:?}");
+}
+
+fn wake_exit(outcome: WakeOutcome, attempt: u32, log_tail: &str) -> Event {
+    Event::WakeExited { task_id: ID.into(), attempt, outcome, started: false, log_tail: log_tail.into() }
+}
+
+/// Issue 18: a wake that fails for a reason waiting cannot cure fails the task at once, saying
+/// which; only a failure that may pass (any other exit) is tried again.
+#[test]
+fn a_wake_that_cannot_run_fails_at_once_with_its_reason() {
+    let failed = |a: &[Action]| -> Option<String> {
+        sent(a).iter().find_map(|f| match f {
+            AgentFrame::TaskFailed { reason, .. } => reason.clone(),
+            _ => None,
+        })
+    };
+    let mut m = waking();
+    let missing = WakeOutcome::SpawnFailed { reason: "repo_dir /x/repo does not exist".into(), lasting: true };
+    let a = m.handle(wake_exit(missing, 1, ""), ms(2));
+    assert_eq!(failed(&a).as_deref(), Some("wake_failed: cannot start: repo_dir /x/repo does not exist"));
+    let mut m = waking();
+    let not_found = WakeOutcome::Exited { success: false, code: Some(127), desc: "exit status: 127".into() };
+    let a = m.handle(wake_exit(not_found, 1, "sh: 1: claudex: not found"), ms(2));
+    let reason = failed(&a).unwrap_or_default();
+    assert!(reason.starts_with("wake_failed: command not found") && reason.contains("claudex: not found"), "{reason}");
+    // Out of processes for a moment: tried again.
+    let mut m = waking();
+    let busy = WakeOutcome::SpawnFailed { reason: "Resource temporarily unavailable".into(), lasting: false };
+    let a = m.handle(wake_exit(busy, 1, ""), ms(2));
+    assert_eq!(failed(&a), None, "{a:?}");
+    assert_eq!(m.next_deadline(), Some(ms(12)), "the first retry after 10 ms");
+}
+
+/// Issue 18: the count of wake attempts survives a restart of the sidecar during the backoff:
+/// the next attempt is the next number, not the failed one again.
+#[test]
+fn the_wake_count_survives_a_restart_during_the_backoff() {
+    let mut m = waking();
+    let exit = WakeOutcome::Exited { success: false, code: Some(1), desc: "exit status: 1".into() };
+    let a = m.handle(wake_exit(exit, 1, ""), ms(2));
+    let Some(Action::Persist { queue, .. }) = a.iter().find(|x| matches!(x, Action::Persist { .. })) else {
+        panic!("the backoff is on record: {a:?}")
+    };
+    let record = queue.active.clone().unwrap();
+    assert!(record.wake_failed && record.wake_attempts == 1, "{record:?}");
+    // The sidecar restarts from that record; the hub says continue.
+    let mut m = Machine::new(cfg(true), true, QueueFile { active: Some(record), recovering: None }, None, ms(0));
+    m.handle(Event::Start, ms(0));
+    m.handle(Event::Connected, ms(0));
+    let cont = HubFrame::TaskContinue { task_id: ID.into(), generation: 4 };
+    m.handle(Event::Frame(cont), ms(1));
+    let due = m.next_deadline().expect("the retry is armed");
+    assert!(due > ms(1), "in the future: {due:?}");
+    let a = m.handle(Event::Tick, due);
+    assert!(a.iter().any(|x| matches!(x, Action::SpawnWake { attempt: 2, .. })), "attempt 2, not 1 again: {a:?}");
 }

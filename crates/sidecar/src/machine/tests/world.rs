@@ -449,7 +449,7 @@ impl World {
             p.dead = true;
             if !p.exited && p.epoch == epoch {
                 p.exited = true;
-                let outcome = WakeOutcome::Exited { success: false, desc: "signal: 15 (SIGTERM)".into() };
+                let outcome = WakeOutcome::Exited { success: false, code: None, desc: "signal: 15 (SIGTERM)".into() };
                 let ev = Event::WakeExited {
                     task_id: p.task_id.clone(),
                     attempt: p.attempt,
@@ -526,7 +526,11 @@ impl World {
                     let ev = Event::WakeExited {
                         task_id: id.clone(),
                         attempt: p.attempt,
-                        outcome: WakeOutcome::Exited { success, desc: format!("exit status: {}", u8::from(!success)) },
+                        outcome: WakeOutcome::Exited {
+                            success,
+                            code: Some(i32::from(!success)),
+                            desc: format!("exit status: {}", u8::from(!success)),
+                        },
                         started: self.files.contains_key(&format!("{id}.started")),
                         log_tail: String::new(),
                     };

@@ -1,0 +1,122 @@
+//! The README's quick start for real agents, run as written (issue 18): its `sidecar.toml`
+//! block and its command, from the folder of the config (a bare file name, as people type it),
+//! with the real Claude Code CLI against a scripted model on loopback. Only what a person must
+//! fill in (token, hub URL, their repository) is replaced.
+
+use crate::bin;
+use proto::api::TaskStatus;
+use std::path::{Path, PathBuf};
+use testkit::anthropic::{self, ScriptedClaude};
+use testkit::{Hub, Sidecar};
+
+type R = anyhow::Result<()>;
+
+/// The README's fenced block whose first line starts with `first`.
+pub fn readme_block(first: &str) -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let mut blocks = readme.split("```").skip(1).step_by(2);
+    let block = blocks.find(|b| b.lines().nth(1).is_some_and(|l| l.starts_with(first))).expect("the README block");
+    block.split_once('\n').map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// `block` with the value of each `key = ...` line in `values` replaced.
+pub fn fill_in(block: &str, values: &[(&str, String)]) -> String {
+    block
+        .lines()
+        .map(|l| {
+            match values.iter().find(|(k, _)| l.starts_with(&format!("{k} ")) || l.starts_with(&format!("{k}="))) {
+                Some((k, v)) => format!("{k} = {}", testkit::toml_string(v)),
+                None => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A git repository with one commit: the project an agent works on.
+pub fn project(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for args in [&["init", "-q", "-b", "main"][..], &["commit", "-q", "--allow-empty", "-m", "start"]] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .envs([
+                ("GIT_AUTHOR_NAME", "t"),
+                ("GIT_AUTHOR_EMAIL", "t@t"),
+                ("GIT_COMMITTER_NAME", "t"),
+                ("GIT_COMMITTER_EMAIL", "t@t"),
+            ])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "git {args:?}");
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// `PATH` with the binary under test first, as `cargo install` would put it for the wake command.
+pub fn path_with_agentcom() -> String {
+    let dir = bin().canonicalize().unwrap().parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_readme_quick_start_runs_as_written_from_the_configs_folder() -> R {
+    anthropic::claude_bin()?;
+    let root = tempfile::tempdir()?;
+    let hub = Hub::start(bin(), "")?;
+    let model =
+        ScriptedClaude::start(anthropic::writes_file("hello.txt", "hello from claude\n", "Wrote hello.txt.")).await?;
+    let token = hub.token("claude-1").await?;
+    let repo = project(&root.path().join("project"))?;
+    let block = readme_block("# sidecar.toml");
+    let config =
+        fill_in(&block, &[("token", token), ("hub_url", hub.ws_url()), ("repo_dir", repo.display().to_string())]);
+    assert!(config.contains("agentcom run-agent --usage claude-json -- claude -p"), "{config}");
+    let here = root.path().join("beside-the-agent");
+    std::fs::create_dir_all(&here)?;
+    std::fs::write(here.join("sidecar.toml"), &config)?;
+    let mut env = model.env(&root.path().join("home"));
+    env.push(("PATH".into(), path_with_agentcom()));
+    // `agentcom sidecar --config sidecar.toml`, typed in the folder of the file.
+    let _s = Sidecar::launch(bin(), &here, Path::new("sidecar.toml"), Some(&here), &env)?;
+    let id = hub.submit_text("Create hello.txt saying hello").await?;
+    let done = serde_json::to_value(hub.wait_status(&id, TaskStatus::Completed).await?)?;
+    assert_eq!(done["result"]["result"], "Wrote hello.txt.", "{done}");
+    assert_eq!(std::fs::read_to_string(repo.join("hello.txt"))?, "hello from claude\n");
+    let seen = model.requests();
+    assert_eq!(seen.len(), 2, "a tool call, then the answer");
+    assert_eq!(seen[0].cwd.as_deref(), Some(repo.canonicalize()?.as_path()), "the agent ran in repo_dir");
+    assert!(seen[0].prompts().iter().any(|p| p == "Create hello.txt saying hello"));
+    Ok(())
+}
+
+/// A mistake in the set-up (a folder or a program that is not there) fails the task at once
+/// with that reason, not after a minute of silent wake retries (issue 18).
+#[tokio::test]
+async fn a_wake_that_cannot_run_fails_at_once_saying_why() -> R {
+    let root = tempfile::tempdir()?;
+    let hub = Hub::start(bin(), "")?;
+    let token = hub.token("oops").await?;
+    let cases = [
+        ("no-such-program --go", None, "wake_failed: command not found"),
+        ("true", Some(root.path().join("gone")), "wake_failed: cannot start: repo_dir"),
+    ];
+    for (n, (wake, repo_dir, want)) in cases.into_iter().enumerate() {
+        let mut cfg = testkit::sidecar_config("oops", &token, &hub.ws_url(), Some(wake));
+        // Retries that would take a minute if they were made.
+        cfg = testkit::merge_config(&cfg, "wake_retry_delays_ms = [20000, 20000, 20000]\n");
+        if let Some(d) = &repo_dir {
+            cfg.push_str(&format!("repo_dir = {}\n", testkit::toml_string(&d.display().to_string())));
+        }
+        let mut s = Sidecar::start(bin(), &root.path().join(format!("s{n}")), &cfg)?;
+        let submit = proto::api::SubmitTask { max_retries: 0, ..proto::api::SubmitTask::new("anything") };
+        let id = hub.submit(submit).await?;
+        let t = hub.wait_status(&id, TaskStatus::DeadLetter).await?;
+        let reason = t.task.last_error.clone().unwrap_or_default();
+        assert!(reason.starts_with(want), "{want}: {reason}");
+        let wakes = t.history.iter().filter(|h| h.reason.starts_with("wake_result")).count();
+        assert_eq!(wakes, 1, "one wake, no retries: {:?}", t.history);
+        s.terminate()?;
+    }
+    Ok(())
+}
