@@ -94,6 +94,8 @@ impl Turn {
 }
 
 type Script = dyn Fn(&Seen) -> Turn + Send + Sync;
+/// The server's state: the script, and the requests seen.
+type Shared = (Arc<Script>, Arc<Mutex<Vec<Seen>>>);
 
 /// The server; stops when dropped.
 pub struct ScriptedClaude {
@@ -150,7 +152,7 @@ impl ScriptedClaude {
 }
 
 async fn messages(
-    axum::extract::State((script, seen)): axum::extract::State<(Arc<Script>, Arc<Mutex<Vec<Seen>>>)>,
+    axum::extract::State((script, seen)): axum::extract::State<Shared>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
