@@ -368,9 +368,15 @@ pub mod render {
         tasks
             .iter()
             .map(|t| {
+                // A task waiting for a person says so where people look first.
+                let status = match (&t.needs_input, &t.answer) {
+                    (Some(_), _) => format!("{} (asks)", t.status),
+                    (None, Some(_)) => format!("{} (answered)", t.status),
+                    _ => t.status.to_string(),
+                };
                 vec![
                     t.task_id.clone(),
-                    t.status.to_string(),
+                    status,
                     t.priority.to_string(),
                     opt(&t.assigned_to),
                     t.generation.to_string(),
@@ -558,7 +564,16 @@ pub mod render {
                 None => format!("task {task_id} {to}: {reason}"),
             },
             EventKind::Progress { task_id, agent_id, progress, .. } => {
-                format!("progress {task_id} ({agent_id}): {progress}")
+                format!("progress {task_id} ({agent_id}): {}", proto::api::progress_text(progress))
+            }
+            EventKind::Wake { task_id, agent_id, status, attempt, error } => {
+                let attempt = attempt.map(|a| format!(" (attempt {a})")).unwrap_or_default();
+                let error = error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+                format!("wake {task_id} ({agent_id}) {status}{attempt}{error}")
+            }
+            EventKind::Restart { agent_id, outcome, reason } => {
+                let reason = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+                format!("restart {agent_id} {}{reason}", outcome.as_str())
             }
             EventKind::Agent { agent_id, status, .. } => format!("agent {agent_id} {status}"),
             EventKind::NeedsInput { task_id, agent_id, question } => {

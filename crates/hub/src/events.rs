@@ -201,6 +201,7 @@ mod tests {
             agent_id: "a".into(),
             generation: 1,
             progress: serde_json::json!({}),
+            text: "{}".into(),
         };
         let exhausted = || EventKind::BudgetExhausted { agent_id: None, spend: Default::default() };
         for i in 0..1000 {

@@ -144,6 +144,14 @@ pub enum AgentFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The answer to `restart_sidecar` when it is not "restarting now" (`agent_restarting`): the
+    /// sidecar refuses (no supervisor would start it again) or waits for its task to end (our
+    /// extension; a v1 hub answers it with an error and carries on).
+    RestartOutcome {
+        outcome: RestartOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     ResourceReport(Map<String, Value>),
 }
 
@@ -165,6 +173,7 @@ impl AgentFrame {
             AgentFrame::TaskRecovering { .. } => "task_recovering",
             AgentFrame::StateReport { .. } => "state_report",
             AgentFrame::AgentRestarting { .. } => "agent_restarting",
+            AgentFrame::RestartOutcome { .. } => "restart_outcome",
             AgentFrame::ResourceReport(_) => "resource_report",
         }
     }
@@ -176,6 +185,31 @@ impl AgentFrame {
             m.insert("protocol_version".into(), PROTOCOL_VERSION.into());
         }
         v.to_string()
+    }
+}
+
+/// What became of a restart command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartOutcome {
+    /// Sent to the agent; no answer yet.
+    Commanded,
+    /// The sidecar restarts now (`agent_restarting`).
+    Accepted,
+    /// It restarts once its task has ended.
+    Deferred,
+    /// It does not restart (and says why).
+    Refused,
+}
+
+impl RestartOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartOutcome::Commanded => "commanded",
+            RestartOutcome::Accepted => "accepted",
+            RestartOutcome::Deferred => "deferred",
+            RestartOutcome::Refused => "refused",
+        }
     }
 }
 

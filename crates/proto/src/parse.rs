@@ -133,6 +133,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("assigned_at", UInt),
         ],
         "agent_restarting" => &[opt!("reason", REASON)],
+        "restart_outcome" => &[req!("outcome", Str(MAX_SHORT)), opt!("reason", REASON)],
         "resource_report" => &[opt!("cpu_percent", Num), opt!("ram_used_bytes", Num), opt!("ram_total_bytes", Num)],
         _ => return None,
     })

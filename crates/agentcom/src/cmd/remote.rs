@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use client::{render, Client, ClientError};
 use proto::api::{
-    CancelTask, CreateToken, Endpoint, ErrorCode, GetTask, ListAgents, ListTasks, ListTokens, Priority, RestartAgent,
-    RetryTask, RevokeTokens, SubmitTask, TaskStatus,
+    CancelTask, CreateToken, Endpoint, ErrorCode, GetAgent, GetTask, ListAgents, ListTasks, ListTokens, Priority,
+    RestartAgent, RetryTask, RevokeTokens, SubmitTask, TaskStatus,
 };
 use std::path::PathBuf;
 
@@ -203,6 +203,10 @@ pub enum AgentCmd {
         /// Restart even while a task is working.
         #[arg(long)]
         force: bool,
+        /// How long to wait for the sidecar's answer (restarting, deferred until its task ends, or
+        /// refused); 0: do not wait.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -341,9 +345,36 @@ pub async fn agents(remote: RemoteArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn agent(cmd: AgentCmd) -> anyhow::Result<u8> {
-    let AgentCmd::Restart { agent, reason, force, remote } = cmd;
-    let v = remote.call(&RestartAgent { agent_id: agent, reason: Some(reason), force }).await?;
-    remote.print(&v, |v| format!("restart commanded for {}\n", v.agent_id))?;
+    use proto::RestartOutcome;
+    let AgentCmd::Restart { agent, reason, force, wait, remote } = cmd;
+    let get = GetAgent { agent_id: agent.clone() };
+    let before = remote.call(&get).await.ok().and_then(|a| a.restart).map(|r| r.commanded_at);
+    let v = remote.call(&RestartAgent { agent_id: agent.clone(), reason: Some(reason), force }).await?;
+    // The sidecar answers over its socket; the hub keeps the answer on the agent.
+    let deadline = tokio::time::Instant::now() + wait;
+    let answer = loop {
+        let state = remote.call(&get).await?.restart.filter(|r| Some(r.commanded_at) != before);
+        match state {
+            Some(r) if r.outcome != RestartOutcome::Commanded => break Some(r),
+            _ if tokio::time::Instant::now() >= deadline => break None,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let Some(r) = answer else {
+        let waited = humantime::format_duration(wait);
+        remote.print(&v, |v| {
+            format!("restart commanded for {}; no answer within {waited} (a v1 sidecar sends none)\n", v.agent_id)
+        })?;
+        return Ok(0);
+    };
+    let why = r.reason.clone().unwrap_or_default();
+    if r.outcome == RestartOutcome::Refused {
+        anyhow::bail!("{agent} refused to restart: {why}");
+    }
+    remote.print(&r, |r| match r.outcome {
+        RestartOutcome::Deferred => format!("{agent} restarts {why}\n"),
+        _ => format!("{agent} is restarting; its supervisor starts it again\n"),
+    })?;
     Ok(0)
 }
 

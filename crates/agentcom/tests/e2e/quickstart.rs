@@ -97,6 +97,7 @@ async fn a_wake_that_cannot_run_fails_at_once_saying_why() -> R {
     let root = tempfile::tempdir()?;
     let hub = Hub::start(bin(), "")?;
     let token = hub.token("oops").await?;
+    let events = testkit::Follower::start(hub.admin_client(), None).await?;
     let cases = [
         ("no-such-program --go", None, "wake_failed: command not found"),
         ("true", Some(root.path().join("gone")), "wake_failed: cannot start: repo_dir"),
@@ -116,6 +117,12 @@ async fn a_wake_that_cannot_run_fails_at_once_saying_why() -> R {
         assert!(reason.starts_with(want), "{want}: {reason}");
         let wakes = t.history.iter().filter(|h| h.reason.starts_with("wake_result")).count();
         assert_eq!(wakes, 1, "one wake, no retries: {:?}", t.history);
+        // The failed wake is in the event stream as it is in the history.
+        events
+            .until("the failed wake's event", |e| {
+                matches!(&e.kind, proto::api::EventKind::Wake { task_id, status, .. } if *task_id == id && status == "failed")
+            })
+            .await?;
         s.terminate()?;
     }
     Ok(())

@@ -111,6 +111,12 @@ async fn a_sidecar_parks_while_its_agent_works_and_waits_and_the_answer_arrives(
     );
     let grown = rss(s.pid()).saturating_sub(idle_rss);
     assert!(grown < 4 << 20, "RSS grew by {grown} bytes from {idle_rss} while the question was open");
+    // `task list` says which task waits for a person.
+    let list = std::process::Command::new(bin())
+        .args(["task", "list", "--url", &hub.url(), "--token", &hub.admin_token])
+        .output()?;
+    let list = String::from_utf8(list.stdout)?;
+    assert!(list.lines().any(|l| l.starts_with(&id) && l.contains("working (asks)")), "{list}");
     answer(&hub, &id, "yes").await?;
     let done = hub.wait_status(&id, TaskStatus::Completed).await?;
     assert_eq!(serde_json::to_value(&done)?["result"]["answer"], "yes");

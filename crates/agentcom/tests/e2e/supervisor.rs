@@ -405,14 +405,22 @@ async fn without_a_supervisor_the_restart_is_refused_and_the_sidecar_stays() -> 
     let sc = testkit::Sidecar::start_file(bin(), cfg.parent().unwrap(), &cfg)?;
     let a = f.wait_agent("lonely", "identified", |a| a["connected"] == true).await?;
     assert_eq!(a["process_info"]["supervisor"], "none");
-    f.restart("lonely", false).await?;
-    let a = f
-        .wait_agent("lonely", "told why", |a| {
-            a["reported_status"].as_str().is_some_and(|s| s.starts_with("restart_refused"))
-        })
-        .await?;
-    assert_eq!(a["connected"], true);
+    // `agentcom agent restart` waits for the answer and fails with the sidecar's reason.
+    let events = testkit::Follower::start(f.hub.admin_client(), None).await?;
+    let out = std::process::Command::new(bin())
+        .args(["agent", "restart", "lonely", "--url", &f.hub.url(), "--token", &f.hub.admin_token])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refusal is a failure: {stderr}");
+    assert!(stderr.contains("lonely refused to restart: no supervisor detected"), "{stderr}");
+    let a = f.agent("lonely").await?;
+    assert_eq!((a["connected"].as_bool(), a["restart"]["outcome"].as_str()), (Some(true), Some("refused")), "{a}");
     assert!(testkit::alive(sc.pid() as i32));
+    events.until("the refusal in the event stream", |e| e.kind.name() == "restart").await?;
+    assert!(events
+        .events()
+        .iter()
+        .any(|e| matches!(&e.kind, proto::api::EventKind::Restart { outcome: proto::RestartOutcome::Refused, .. })));
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::events::Audience;
 use crate::model::{AgentRecord, AgentStatus, TaskStatus, Transition};
 use crate::store::{Mutation, Store};
+use proto::api::EventKind;
 use proto::{AgentFrame, ErrorFrame, FrameErrorCode, HubFrame, Identify, ProcessInfo, ReportAction};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -18,6 +19,8 @@ pub(super) struct Agent {
     pub client_type: Option<String>,
     pub capabilities: BTreeSet<String>,
     pub process_info: Option<ProcessInfo>,
+    /// When `process_info` was reported (its uptime counts on from there while connected).
+    pub process_info_at: u64,
     pub reported_status: Option<String>,
     pub resources: Option<Map<String, Value>>,
     pub connected_at: Option<u64>,
@@ -28,6 +31,10 @@ pub(super) struct Agent {
     pub idle_since: u64,
     /// After a `busy` rejection the agent gets no new task before this instant.
     pub paused_until: Option<Instant>,
+    /// The last restart command and what became of it.
+    pub restart: Option<proto::api::RestartState>,
+    /// The status the last presence event told: an event goes out only when it changes.
+    pub told: Option<AgentStatus>,
 }
 
 impl Agent {
@@ -39,6 +46,7 @@ impl Agent {
             client_type: None,
             capabilities: BTreeSet::new(),
             process_info: None,
+            process_info_at: now_ms,
             reported_status: None,
             resources: None,
             connected_at: None,
@@ -47,6 +55,8 @@ impl Agent {
             restarting: false,
             idle_since: now_ms,
             paused_until: None,
+            restart: None,
+            told: None,
         }
     }
 
@@ -69,6 +79,9 @@ impl Agent {
         self.resources = old.resources;
         self.paused_until = old.paused_until;
         self.idle_since = old.idle_since;
+        self.process_info_at = old.process_info_at;
+        self.restart = old.restart;
+        self.told = old.told;
     }
 
     pub fn record(&self) -> AgentRecord {
@@ -96,7 +109,13 @@ impl Agent {
         }
     }
 
-    pub fn view(&self, spend: proto::api::Spend, needs_input: bool) -> proto::api::AgentView {
+    pub fn view(&self, spend: proto::api::Spend, needs_input: bool, now_ms: u64) -> proto::api::AgentView {
+        // An uptime reported at connect counts on while the agent stays connected.
+        let mut process_info = self.process_info.clone();
+        if let Some(p) = process_info.as_mut().filter(|p| self.conn.is_some() && p.status.as_deref() == Some("online"))
+        {
+            p.uptime_ms = p.uptime_ms.map(|u| u + now_ms.saturating_sub(self.process_info_at));
+        }
         proto::api::AgentView {
             agent_id: self.agent_id.clone(),
             name: self.name.clone(),
@@ -108,11 +127,12 @@ impl Agent {
             client_type: self.client_type.clone(),
             current_task: self.current_task.clone(),
             reported_status: self.reported_status.clone(),
-            process_info: self.process_info.clone(),
-            pm2_info: self.process_info.clone(),
+            pm2_info: process_info.clone(),
+            process_info,
             resources: self.resources.clone(),
             spend,
             needs_input,
+            restart: self.restart.clone(),
         }
     }
 }
@@ -200,6 +220,14 @@ impl<S: Store, C: Clock> Core<S, C> {
             AgentFrame::WakeResult { task_id, status, attempt, error } => {
                 let held = self.tasks.get(&task_id).filter(|o| o.head.assigned_to.as_deref() == Some(&agent_id));
                 if let Some(o) = held {
+                    let kind = EventKind::Wake {
+                        task_id: task_id.clone(),
+                        agent_id: agent_id.clone(),
+                        status: status.clone(),
+                        attempt,
+                        error: error.clone(),
+                    };
+                    let audience = Audience::of([Some(agent_id.clone()), Some(o.head.submitted_by.clone())]);
                     let mut reason = format!("wake_result {status}");
                     if let Some(a) = attempt {
                         reason.push_str(&format!(" (attempt {a})"));
@@ -216,6 +244,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                         generation: o.head.generation,
                     };
                     self.pending.push(Mutation::AddTransition { task_id, transition: tr });
+                    self.event(kind, audience);
                 }
             }
             AgentFrame::TaskComplete {
@@ -266,7 +295,12 @@ impl<S: Store, C: Clock> Core<S, C> {
                 }
                 self.record_agent(&agent_id);
                 self.presence_event(&agent_id);
+                self.restart_outcome(&agent_id, proto::RestartOutcome::Accepted, reason.clone());
                 tracing::info!(agent_id = %agent_id, reason = reason.as_deref().unwrap_or(""), "agent restarting");
+            }
+            AgentFrame::RestartOutcome { outcome, reason } => {
+                tracing::info!(agent_id = %agent_id, outcome = outcome.as_str(), reason = reason.as_deref().unwrap_or(""), "restart answered");
+                self.restart_outcome(&agent_id, outcome, reason);
             }
             AgentFrame::NeedsInput { task_id, request_id, question, options } => {
                 self.on_needs_input(conn, &agent_id, task_id, request_id, question, options)
@@ -281,6 +315,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                     // Our sidecars send their supervisor's view here when it changes.
                     if let Some(info) = map.get("process_info").and_then(|v| serde_json::from_value(v.clone()).ok()) {
                         a.process_info = Some(info);
+                        a.process_info_at = self.now.wall_ms;
                     }
                     a.resources = Some(map);
                 }
@@ -381,6 +416,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         agent.client_type = id.client_type;
         agent.capabilities = id.capabilities.into_iter().collect();
         agent.process_info = id.process_info.or(id.pm2_info);
+        agent.process_info_at = now;
         agent.reported_status = id.status;
         agent.connected_at = Some(now);
         agent.last_seen = now;
@@ -446,19 +482,36 @@ impl<S: Store, C: Clock> Core<S, C> {
     pub(super) fn agent_view(&self, a: &Agent) -> proto::api::AgentView {
         let needs_input =
             a.current_task.as_ref().and_then(|t| self.tasks.get(t)).is_some_and(|o| o.head.needs_input.is_some());
-        a.view(self.spend_of(&a.agent_id), needs_input)
+        a.view(self.spend_of(&a.agent_id), needs_input, self.now.wall_ms)
     }
 
-    /// Tells event readers an agent's presence changed.
+    /// Tells event readers an agent's presence changed: once per change of its status (a
+    /// restarting agent that then disconnects is still restarting).
     fn presence_event(&mut self, agent_id: &str) {
-        if let Some(a) = self.agents.get(agent_id) {
-            let kind = proto::api::EventKind::Agent {
-                agent_id: agent_id.into(),
-                status: a.status(),
-                connected: a.conn.is_some(),
-            };
-            self.event(kind, Audience::of([Some(agent_id.to_string())]));
+        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        let status = a.status();
+        if a.told == Some(status) {
+            return;
         }
+        a.told = Some(status);
+        let kind = proto::api::EventKind::Agent { agent_id: agent_id.into(), status, connected: a.conn.is_some() };
+        self.event(kind, Audience::of([Some(agent_id.to_string())]));
+    }
+
+    /// Records what became of the agent's restart command, and tells event readers.
+    pub(super) fn restart_outcome(&mut self, agent_id: &str, outcome: proto::RestartOutcome, reason: Option<String>) {
+        let now = self.now.wall_ms;
+        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        let commanded_at = a.restart.as_ref().map_or(now, |r| {
+            if outcome == proto::RestartOutcome::Commanded {
+                now
+            } else {
+                r.commanded_at
+            }
+        });
+        a.restart = Some(proto::api::RestartState { outcome, reason: reason.clone(), commanded_at, at: now });
+        let kind = EventKind::Restart { agent_id: agent_id.into(), outcome, reason };
+        self.event(kind, Audience::of([Some(agent_id.to_string())]));
     }
 
     /// The agent's numbers by status, for stats and metrics.

@@ -299,6 +299,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         let reason = r.reason.unwrap_or_else(|| "admin_commanded".into());
         let frame = HubFrame::RestartSidecar { reason: reason.clone(), force: r.force };
         self.send(conn, frame, SendKind::Plain);
+        self.restart_outcome(&r.agent_id, proto::RestartOutcome::Commanded, Some(reason.clone()));
         Ok(RestartCommanded { status: Done::RestartCommanded, agent_id: r.agent_id, reason, force: r.force })
     }
 

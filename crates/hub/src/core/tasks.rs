@@ -314,6 +314,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             task_id: task_id.clone(),
             agent_id: agent_id.into(),
             generation,
+            text: proto::api::progress_text(&body),
             progress: body.clone(),
         };
         self.event(event, audience);

@@ -52,6 +52,29 @@ pub struct AgentView {
     /// A task of this agent is waiting for a person.
     #[serde(default)]
     pub needs_input: bool,
+    /// The last restart command and what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartState>,
+}
+
+impl AgentView {
+    /// Whether a restart can be asked of it: a supervisor (native, pm2, systemd) would start it
+    /// again. An agent that never said, or says `none`, would only stop.
+    pub fn restartable(&self) -> bool {
+        self.process_info.as_ref().and_then(|p| p.supervisor.as_deref()).is_some_and(|s| s != "none")
+    }
+}
+
+/// A restart command and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartState {
+    pub outcome: crate::RestartOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the command was given (epoch ms).
+    pub commanded_at: u64,
+    /// When the outcome was known.
+    pub at: u64,
 }
 
 /// Spend over one UTC day against its budget.

@@ -42,7 +42,32 @@ pub enum EventKind {
         priority: Priority,
     },
     /// A progress line of the task's current attempt.
-    Progress { task_id: String, agent_id: String, generation: u64, progress: Value },
+    Progress {
+        task_id: String,
+        agent_id: String,
+        generation: u64,
+        progress: Value,
+        /// The line as people read it ([`progress_text`]).
+        #[serde(default)]
+        text: String,
+    },
+    /// A wake of the task's agent ended (as its history says): `success`, `failed` or `timeout`.
+    Wake {
+        task_id: String,
+        agent_id: String,
+        status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A restart command, and what became of it.
+    Restart {
+        agent_id: String,
+        outcome: crate::RestartOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// An agent connected, disconnected, or announced a restart.
     Agent { agent_id: String, status: AgentStatus, connected: bool },
     /// An agent asked a person something.
@@ -76,6 +101,8 @@ impl EventKind {
         match self {
             EventKind::Task { .. } => "task",
             EventKind::Progress { .. } => "progress",
+            EventKind::Wake { .. } => "wake",
+            EventKind::Restart { .. } => "restart",
             EventKind::Agent { .. } => "agent",
             EventKind::NeedsInput { .. } => "needs_input",
             EventKind::InputAnswered { .. } => "input_answered",
@@ -87,5 +114,24 @@ impl EventKind {
             EventKind::Resync { .. } => "resync",
             EventKind::Dropped { .. } => "dropped",
         }
+    }
+}
+
+/// A progress line as people read it: a string as it is; `run-agent`'s `{"line", "stream"}` as
+/// its line (marked when from stderr); an object with `text`, `message` or `step` as that;
+/// anything else as compact JSON.
+pub fn progress_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => match m.get("line").and_then(Value::as_str) {
+            Some(line) if m.get("stream").and_then(Value::as_str) == Some("stderr") => format!("[stderr] {line}"),
+            Some(line) => line.to_string(),
+            None => ["text", "message", "step"]
+                .iter()
+                .find_map(|k| m.get(*k).and_then(Value::as_str))
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string()),
+        },
+        other => other.to_string(),
     }
 }

@@ -168,9 +168,10 @@ impl Machine {
     fn on_restart_command(&mut self, reason: String, force: bool, out: &mut Vec<Action>) {
         if !self.restarts_us {
             tracing::warn!(reason = %clip(&reason, 200), "restart refused: no supervisor detected, and exiting would stop this agent");
-            let status =
-                "restart_refused: no supervisor detected (native, pm2 or systemd); exiting would stop the agent";
-            return self.send(out, AgentFrame::Status { status: clip(status, proto::MAX_SHORT) });
+            let why = "no supervisor detected (native, pm2 or systemd): exiting would stop the agent";
+            let frame =
+                AgentFrame::RestartOutcome { outcome: proto::RestartOutcome::Refused, reason: Some(why.into()) };
+            return self.send(out, frame);
         }
         let phase = match &self.slot {
             Slot::Active(h) => Some(h.phase.clone()),
@@ -198,6 +199,10 @@ impl Machine {
             Some(p) => {
                 tracing::info!(reason = %clip(&reason, 200), phase = p.status(), "restart deferred until the task ends");
                 self.pending_restart = Some(reason);
+                let why =
+                    format!("until its task ends (it is {}); --force restarts now and wakes it again", p.status());
+                let frame = AgentFrame::RestartOutcome { outcome: proto::RestartOutcome::Deferred, reason: Some(why) };
+                self.send(out, frame);
             }
         }
     }

@@ -88,8 +88,8 @@
     const when = document.createElement('time');
     when.textContent = new Date(ev.at).toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
     const text = document.createElement('span');
-    const p = ev.progress;
-    text.textContent = typeof p === 'string' ? p : JSON.stringify(p);
+    // The hub says how the line reads (proto::api::progress_text).
+    text.textContent = ev.text || (typeof ev.progress === 'string' ? ev.progress : JSON.stringify(ev.progress));
     li.append(when, ' ', text);
     log.append(li);
     const none = document.getElementById('no-progress');
@@ -97,7 +97,8 @@
   }
 
   // --- the stream ---------------------------------------------------------------------------
-  const NAMES = ['task', 'progress', 'agent', 'needs_input', 'input_answered', 'input_delivered', 'usage', 'budget_exhausted'];
+  const NAMES = ['task', 'progress', 'agent', 'needs_input', 'input_answered', 'input_delivered', 'input_closed',
+    'input_undelivered', 'usage', 'budget_exhausted', 'wake', 'restart'];
   let source = null;
   // Where the server read the page's data: follow the stream from there, so nothing is missed.
   let lastId = body.dataset.lastEventId || null;

@@ -32,7 +32,12 @@ fn agent_row(v: &Viewer, a: &AgentView, now: u64) -> Markup {
                 @if let Some(n) = a.name.as_deref().filter(|n| *n != a.agent_id) { br; small { (clip(n, 64)) } }
                 @if let Some(pn) = p.and_then(|p| p.name.as_deref()) { br; small.muted { "process " (clip(pn, 64)) } }
             }
-            td.status { (agent_status(a.status)) @if a.needs_input { " " (needs_input_badge()) } }
+            td.status {
+                (agent_status(a.status)) @if a.needs_input { " " (needs_input_badge()) }
+                @if let Some(r) = a.restart.as_ref().filter(|r| r.outcome == proto::RestartOutcome::Refused || r.outcome == proto::RestartOutcome::Deferred) {
+                    br; small.muted.restart-outcome { "restart " (r.outcome.as_str()) @if let Some(why) = &r.reason { ": " (clip(why, 120)) } }
+                }
+            }
             td.task {
                 @match &a.current_task {
                     Some(t) => a href=(task_href(t)) { code { (clip(t, 40)) } },
@@ -47,7 +52,8 @@ fn agent_row(v: &Viewer, a: &AgentView, now: u64) -> Markup {
             td.num { (spend(&a.spend)) }
             @if v.is_admin() {
                 td {
-                    @if a.connected && a.status != AgentStatus::Restarting {
+                    // Only where a supervisor would start it again: elsewhere a restart only stops it.
+                    @if a.connected && a.status != AgentStatus::Restarting && a.restartable() {
                         a.button.small href={ "/agents/" (proto::api::encode(&a.agent_id)) "/restart" } { "Restart…" }
                     }
                 }

@@ -96,11 +96,7 @@ pub fn json_text(v: &serde_json::Value) -> String {
 
 /// A progress line on one line.
 pub fn progress_text(v: &serde_json::Value) -> String {
-    let text = match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    clip(&text, 2000)
+    clip(&proto::api::progress_text(v), 2000)
 }
 
 /// The path of a task's page.

@@ -142,3 +142,40 @@ fn a_late_report_never_takes_a_task_another_agent_holds_now() {
     h.frame(&b, failed);
     assert_ne!(h.status(&id).0, TaskStatus::WaitingRetry);
 }
+
+/// Issue 18: the uptime an agent reported when it connected counts on while it stays connected
+/// (the dashboard showed "0 s" for ever), and stops counting once it is gone.
+#[test]
+fn an_agents_uptime_counts_on_while_it_is_connected() {
+    let mut h = harness();
+    let token = h.agent_token("a1");
+    let (tx, _rx) = mpsc::channel(64);
+    let info = proto::ProcessInfo {
+        supervisor: Some("native".into()),
+        status: Some("online".into()),
+        uptime_ms: Some(1_000),
+        ..Default::default()
+    };
+    let id = proto::Identify {
+        agent_id: "a1".into(),
+        token,
+        name: None,
+        status: None,
+        capabilities: vec![],
+        client_type: None,
+        protocol_version: Some(1),
+        pm2_info: None,
+        process_info: Some(info),
+        ollama_url: None,
+    };
+    h.core
+        .step([Event::Connected { conn: 1, tx }, Event::Frame { conn: 1, frame: AgentFrame::Identify(Box::new(id)) }]);
+    h.advance(Duration::from_secs(90));
+    let uptime = |h: &mut Harness| {
+        h.api(ADMIN, proto::api::GetAgent { agent_id: "a1".into() }).unwrap().process_info.unwrap().uptime_ms
+    };
+    assert_eq!(uptime(&mut h), Some(91_000));
+    h.core.step([Event::Disconnected { conn: 1 }]);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(uptime(&mut h), Some(1_000), "gone: what it last said, not a clock still running");
+}

@@ -145,7 +145,12 @@ fn a_failed_accept_persist_rejects_the_task_and_acks_nothing() {
 fn restart_waits_for_the_working_task_unless_forced() {
     let mut m = waking();
     let restart = |force| Event::Frame(HubFrame::RestartSidecar { reason: "upgrade".into(), force });
-    assert!(m.handle(restart(false), ms(10)).is_empty(), "deferred while a wake runs");
+    let a = m.handle(restart(false), ms(10));
+    assert!(
+        matches!(sent(&a)[..], [AgentFrame::RestartOutcome { outcome: proto::RestartOutcome::Deferred, .. }])
+            && a.len() == 1,
+        "deferred while a wake runs, and the hub is told: {a:?}"
+    );
     let a = m.handle(restart(true), ms(11));
     assert!(a.contains(&Action::StopGroup { pgid: 7, task_id: ID.into() }), "{a:?}");
     assert!(matches!(a.last(), Some(Action::Exit)), "{a:?}");
@@ -155,7 +160,11 @@ fn restart_waits_for_the_working_task_unless_forced() {
     let mut alone = Machine::new(cfg(true), false, QueueFile::default(), None, Duration::ZERO);
     alone.handle(Event::Connected, ms(0));
     let a = alone.handle(restart(true), ms(1));
-    assert!(matches!(sent(&a)[..], [AgentFrame::Status { status }] if status.starts_with("restart_refused")), "{a:?}");
+    assert!(
+        matches!(sent(&a)[..], [AgentFrame::RestartOutcome { outcome: proto::RestartOutcome::Refused, reason: Some(r) }]
+            if r.contains("no supervisor")),
+        "{a:?}"
+    );
 }
 
 fn wake_exit(outcome: WakeOutcome, attempt: u32, log_tail: &str) -> Event {
