@@ -1,12 +1,11 @@
 //! Starting one child: its own process group, its environment markers, its output into the
 //! log sink. A command that cannot be executed is an error that says why, in words.
 
-use super::{Ev, ENV_NAME, ENV_SOCKET};
+use super::{ENV_NAME, ENV_SOCKET};
 use crate::logs::{self, LogFile, LogSink, SharedSink, Stamp, StampFormat, Stream};
 use proto::control::ProcSpec;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use tokio::sync::mpsc;
 
 /// The log files of a process: its `out_file` and `error_file`, by default
 /// `<dir>/logs/<name>-out.log` and `-err.log`.
@@ -45,15 +44,9 @@ pub fn exec_error(spec: &ProcSpec, e: &std::io::Error) -> String {
     }
 }
 
-/// Spawns the process in its own group, pumps its output into `sink` and reports its exit as
-/// [`Ev::Exited`] for generation `gen`.
-pub fn spawn_fork(
-    spec: &ProcSpec,
-    socket: &Path,
-    sink: &SharedSink,
-    gen: u64,
-    tx: &mpsc::UnboundedSender<Ev>,
-) -> Result<u32, String> {
+/// Spawns the process in its own group and pumps its output into `sink`; the caller waits for
+/// the child. Must run within the runtime (the pumps are tasks).
+pub fn spawn_fork(spec: &ProcSpec, socket: &Path, sink: &SharedSink) -> Result<tokio::process::Child, String> {
     let mut c = tokio::process::Command::new(&spec.command);
     c.args(&spec.args)
         .envs(&spec.env)
@@ -68,23 +61,21 @@ pub fn spawn_fork(
         c.current_dir(cwd);
     }
     let mut child = c.spawn().map_err(|e| exec_error(spec, &e))?;
-    let pid = child.id().unwrap_or(0);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(logs::pump(out, sink.clone(), Stream::Out));
     }
     if let Some(err) = child.stderr.take() {
         tokio::spawn(logs::pump(err, sink.clone(), Stream::Err));
     }
-    let (tx, name) = (tx.clone(), spec.name.clone());
-    tokio::spawn(async move {
-        let (code, desc) = match child.wait().await {
-            Ok(s) => (
-                s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig)),
-                s.to_string(),
-            ),
-            Err(e) => (None, e.to_string()),
-        };
-        let _ = tx.send(Ev::Exited { name, gen, code, desc });
-    });
-    Ok(pid)
+    Ok(child)
+}
+
+/// A child's end as the table takes it: the code (128 + signal when killed) and words.
+pub async fn wait(mut child: tokio::process::Child) -> (Option<i32>, String) {
+    match child.wait().await {
+        Ok(s) => {
+            (s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig)), s.to_string())
+        }
+        Err(e) => (None, e.to_string()),
+    }
 }

@@ -4,12 +4,11 @@
 //! exit by watching its pid and reads the status from `pane_dead_status` (panes remain on
 //! exit); the pane's output reaches the usual log files through `pipe-pane` and a FIFO.
 
-use super::{Ev, ENV_NAME, ENV_SOCKET};
+use super::{ENV_NAME, ENV_SOCKET};
 use crate::logs::{self, SharedSink, Stream};
 use proto::control::ProcSpec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// How often the pane's process is looked at.
 const POLL: Duration = Duration::from_millis(25);
@@ -49,6 +48,7 @@ fn run(mut c: std::process::Command) -> Result<String, String> {
 }
 
 /// Stops a tmux server left by an earlier supervisor (its processes were stopped by group).
+/// Blocking.
 pub fn kill_server(dir: &Path) {
     if socket(dir).exists() {
         let mut c = tmux(dir);
@@ -89,16 +89,19 @@ pub fn open_output(dir: &Path, name: &str, sink: &SharedSink) -> Result<Output, 
     Ok(Output { fifo, pump })
 }
 
+/// The pane tmux started.
+#[derive(Debug, Clone)]
+pub struct Pane {
+    pub id: String,
+    pub pid: u32,
+    /// The process's start time, so a reused pid is not mistaken for it.
+    pub start_ticks: Option<u64>,
+    session: String,
+}
+
 /// Starts the command in a new session (its own process group: tmux makes each pane's process
-/// a session leader) and watches it; its exit comes back as [`Ev::Exited`] for `gen`.
-pub fn spawn(
-    dir: &Path,
-    spec: &ProcSpec,
-    supervisor_socket: &Path,
-    output: &Output,
-    gen: u64,
-    tx: &mpsc::UnboundedSender<Ev>,
-) -> Result<u32, String> {
+/// a session leader). Blocking: run it off the event loop.
+pub fn spawn(dir: &Path, spec: &ProcSpec, supervisor_socket: &Path, fifo: &Path) -> Result<Pane, String> {
     let session = session_name(&spec.name);
     // A session left by an earlier run of this process is replaced.
     let mut stale = tmux(dir);
@@ -129,53 +132,52 @@ pub fn spawn(
         "-O",
         "-t",
         &format!("={session}:"),
-        &format!("cat >> {}", quote(&output.fifo.display().to_string())),
+        &format!("cat >> {}", quote(&fifo.display().to_string())),
     ]);
     let printed = run(c)?;
-    let (pane, pid) = printed
+    let (id, pid) = printed
         .lines()
         .find_map(|l| l.split_once(' '))
         .and_then(|(pane, pid)| Some((pane.to_string(), pid.parse::<u32>().ok()?)))
         .ok_or_else(|| format!("tmux did not say which process it started: {printed:?}"))?;
     let start_ticks = osutil::procfs::stat(pid as i32).map(|s| s.start_ticks);
-    let (dir, tx, name) = (dir.to_path_buf(), tx.clone(), spec.name.clone());
-    tokio::spawn(async move {
-        // The pane's process is tmux's child, not ours: watch its pid (and its start time, so a
-        // reused pid is not mistaken for it).
-        loop {
-            tokio::time::sleep(POLL).await;
-            let alive = osutil::procfs::stat(pid as i32)
-                .is_some_and(|s| s.state != 'Z' && Some(s.start_ticks) == start_ticks.or(Some(s.start_ticks)));
-            if !alive {
-                break;
-            }
+    Ok(Pane { id, pid, start_ticks, session })
+}
+
+/// Waits for the pane's process to end: tmux's child, not ours, so its pid is watched (and its
+/// start time, so a reused pid is not mistaken for it); the status is read from the pane.
+pub async fn wait_exit(dir: PathBuf, pane: Pane) -> (Option<i32>, String) {
+    loop {
+        tokio::time::sleep(POLL).await;
+        let alive = osutil::procfs::stat(pane.pid as i32)
+            .is_some_and(|s| s.state != 'Z' && Some(s.start_ticks) == pane.start_ticks.or(Some(s.start_ticks)));
+        if !alive {
+            break;
         }
-        let (code, desc) = tokio::task::spawn_blocking(move || {
-            let mut c = tmux(&dir);
-            c.args(["display-message", "-p", "-t", &pane, "#{pane_dead_status},#{pane_dead_signal}"]);
-            let status = run(c);
-            let mut kill = tmux(&dir);
-            kill.args(["kill-session", "-t", &format!("={session}")]).stderr(std::process::Stdio::null());
-            let _ = kill.output();
-            match status {
-                Ok(s) => {
-                    let mut parts = s.trim().split(',');
-                    let code = parts.next().and_then(|c| c.parse::<i32>().ok());
-                    let signal = parts.next().and_then(|c| c.parse::<i32>().ok());
-                    match (code, signal) {
-                        (_, Some(sig)) if sig > 0 => (Some(128 + sig), format!("signal: {sig}")),
-                        (Some(c), _) => (Some(c), format!("exit status: {c}")),
-                        _ => (None, "exited (status unknown)".to_string()),
-                    }
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut c = tmux(&dir);
+        c.args(["display-message", "-p", "-t", &pane.id, "#{pane_dead_status},#{pane_dead_signal}"]);
+        let status = run(c);
+        let mut kill = tmux(&dir);
+        kill.args(["kill-session", "-t", &format!("={}", pane.session)]).stderr(std::process::Stdio::null());
+        let _ = kill.output();
+        match status {
+            Ok(s) => {
+                let mut parts = s.trim().split(',');
+                let code = parts.next().and_then(|c| c.parse::<i32>().ok());
+                let signal = parts.next().and_then(|c| c.parse::<i32>().ok());
+                match (code, signal) {
+                    (_, Some(sig)) if sig > 0 => (Some(128 + sig), format!("signal: {sig}")),
+                    (Some(c), _) => (Some(c), format!("exit status: {c}")),
+                    _ => (None, "status unknown".to_string()),
                 }
-                Err(e) => (None, format!("exited ({e})")),
             }
-        })
-        .await
-        .unwrap_or((None, "exited".into()));
-        let _ = tx.send(Ev::Exited { name, gen, code, desc });
-    });
-    Ok(pid)
+            Err(e) => (None, e),
+        }
+    })
+    .await
+    .unwrap_or((None, "status unknown".into()))
 }
 
 /// Types `text` into the session's pane, then Enter.
