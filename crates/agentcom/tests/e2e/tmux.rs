@@ -35,6 +35,21 @@ async fn logs_show(s: &Supervised, name: &str, want: &str) -> anyhow::Result<Str
     .await
 }
 
+/// What the supervisor logged, what its tmux server holds and what became of `pid`: for the
+/// failure message of a restart that did not come.
+fn diagnosis(s: &Supervised, pid: u64) -> String {
+    let log = std::fs::read_to_string(s.dir().join("supervisor.log")).unwrap_or_default();
+    let sock = s.dir().join("tmux.sock");
+    let panes = Command::new("tmux")
+        .args(["-S", sock.to_str().unwrap(), "list-panes", "-a", "-F"])
+        .arg("#{pane_id} #{pane_pid} dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal}")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+        .unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| e.to_string());
+    format!("supervisor.log:\n{log}\ntmux panes:\n{panes}\n/proc/{pid}/stat: {stat}")
+}
+
 #[tokio::test]
 async fn an_interactive_program_runs_receives_send_and_comes_back_after_sigkill() -> R {
     let s = Supervised::new(bin())?;
@@ -52,7 +67,8 @@ async fn an_interactive_program_runs_receives_send_and_comes_back_after_sigkill(
     testkit::signal(pid as u32, nix::sys::signal::Signal::SIGKILL)?;
     let again = s
         .wait_for("chat", "restarted", |p| p["status"] == "online" && p["pid"].as_u64().is_some_and(|n| n != pid))
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", diagnosis(&s, pid)))?;
     let log = std::fs::read_to_string(s.dir().join("supervisor.log")).unwrap_or_default();
     assert_eq!((again["restart_count"].as_u64(), again["exit_code"].as_i64()), (Some(1), Some(137)), "{again}\n{log}");
     s.ok(&["send", "chat", "second life"])?;

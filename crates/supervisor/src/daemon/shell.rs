@@ -16,6 +16,7 @@ use proto::control::{ProcSpec, Request, Response};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -66,6 +67,8 @@ pub struct Shell {
     /// Each process's log sink and tmux output, for the life of its spec.
     io: HashMap<String, Opened>,
     watches: Watches,
+    /// The `pane-died` reports of the tmux server, once a tmux process ran.
+    deaths: Option<Arc<tmux::died::Deaths>>,
     /// Cancelled after a `kill` is answered.
     exit: CancellationToken,
 }
@@ -96,6 +99,7 @@ impl Shell {
             replies: HashMap::new(),
             last_id: 0,
             io: HashMap::new(),
+            deaths: None,
             exit,
         }
     }
@@ -160,6 +164,7 @@ impl Shell {
                 _ => break,
             }
         }
+        self.deaths = None;
     }
 
     async fn on_ev(&mut self, ev: Ev) {
@@ -255,9 +260,18 @@ impl Shell {
         let io = self.io.get(&name);
         let sink = io.and_then(|io| io.sink.clone());
         // The output stays with the shell; the job needs its FIFO's path only.
-        let fifo = io.and_then(|io| io.output.as_ref()).map(|o| o.fifo.clone());
+        let output = io.and_then(|io| io.output.as_ref()).map(|o| o.fifo.clone());
+        let deaths = if spec.tmux { self.deaths() } else { Ok(None) };
         let job = Job { dir: self.cfg.dir.clone(), socket: self.socket.clone(), tx: self.tx.clone() };
-        tokio::spawn(job.run(name, gen, spec, sink, fifo));
+        tokio::spawn(job.run(name, gen, spec, sink, output, deaths));
+    }
+
+    /// The tmux server's death reports, opened with the first tmux process.
+    fn deaths(&mut self) -> Result<Option<Arc<tmux::died::Deaths>>, String> {
+        if self.deaths.is_none() {
+            self.deaths = Some(Arc::new(tmux::died::Deaths::open(&self.cfg.dir)?));
+        }
+        Ok(self.deaths.clone())
     }
 
     /// After the last stop: the private tmux server (if one ran) goes too.
@@ -296,13 +310,21 @@ struct Job {
 /// How the spawned process will tell us it ended.
 enum Waiter {
     Child(tokio::process::Child),
-    Pane(tmux::Pane),
+    Pane(tmux::Pane, Arc<tmux::died::Deaths>),
 }
 
 impl Job {
-    async fn run(self, name: String, gen: u64, spec: ProcSpec, sink: Option<SharedSink>, fifo: Option<PathBuf>) {
+    async fn run(
+        self,
+        name: String,
+        gen: u64,
+        spec: ProcSpec,
+        sink: Option<SharedSink>,
+        output: Option<PathBuf>,
+        deaths: Result<Option<Arc<tmux::died::Deaths>>, String>,
+    ) {
         let mut opened = Opened::default();
-        let started = self.start(&name, &spec, sink, fifo, &mut opened).await;
+        let started = self.start(&name, &spec, sink, output, deaths, &mut opened).await;
         let (result, waiter) = match started {
             Ok((pid, waiter)) => (Ok(pid), Some(waiter)),
             Err(why) => (Err(why), None),
@@ -314,7 +336,7 @@ impl Job {
         let (code, desc) = match waiter {
             None => return,
             Some(Waiter::Child(child)) => spawn::wait(child).await,
-            Some(Waiter::Pane(pane)) => tmux::wait_exit(self.dir.clone(), pane).await,
+            Some(Waiter::Pane(pane, deaths)) => tmux::died::wait_exit(self.dir.clone(), pane, deaths).await,
         };
         let _ = self.tx.send(Ev::Input(Input::Exited { name, gen, code, desc })).await;
     }
@@ -326,7 +348,8 @@ impl Job {
         name: &str,
         spec: &ProcSpec,
         sink: Option<SharedSink>,
-        fifo: Option<PathBuf>,
+        output: Option<PathBuf>,
+        deaths: Result<Option<Arc<tmux::died::Deaths>>, String>,
         opened: &mut Opened,
     ) -> Result<(u32, Waiter), String> {
         let sink = match sink {
@@ -343,7 +366,7 @@ impl Job {
             }
         };
         let started = if spec.tmux {
-            self.start_tmux(name, spec, &sink, fifo, opened).await
+            self.start_tmux(name, spec, &sink, output, deaths, opened).await
         } else {
             spawn::spawn_fork(spec, &self.socket, &sink).and_then(|child| {
                 let pid = child.id().ok_or("the child exited before its pid was read")?;
@@ -362,10 +385,12 @@ impl Job {
         name: &str,
         spec: &ProcSpec,
         sink: &SharedSink,
-        fifo: Option<PathBuf>,
+        output: Option<PathBuf>,
+        deaths: Result<Option<Arc<tmux::died::Deaths>>, String>,
         opened: &mut Opened,
     ) -> Result<(u32, Waiter), String> {
-        let fifo = match fifo {
+        let deaths = deaths?.ok_or("no tmux death reports")?;
+        let fifo = match output {
             Some(f) => f,
             None => {
                 let o = tmux::open_output(&self.dir, name, sink)?;
@@ -374,10 +399,10 @@ impl Job {
                 fifo
             }
         };
-        let (dir, socket, spec) = (self.dir.clone(), self.socket.clone(), spec.clone());
-        let pane = tokio::task::spawn_blocking(move || tmux::spawn(&dir, &spec, &socket, &fifo))
+        let (dir, socket, spec, d) = (self.dir.clone(), self.socket.clone(), spec.clone(), deaths.clone());
+        let pane = tokio::task::spawn_blocking(move || tmux::spawn(&dir, &spec, &socket, &fifo, &d))
             .await
             .map_err(|e| format!("tmux spawn failed: {e}"))??;
-        Ok((pane.pid, Waiter::Pane(pane)))
+        Ok((pane.pid, Waiter::Pane(pane, deaths)))
     }
 }

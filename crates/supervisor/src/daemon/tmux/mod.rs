@@ -1,17 +1,18 @@
 //! Processes with a real terminal: each runs in a session of a tmux server private to the
 //! supervisor (`<dir>/tmux.sock`, no user config), so a person can attach to it and an
-//! operator can type into it. tmux owns the pane's process, so the supervisor learns of its
-//! exit by watching its pid and reads the status from `pane_dead_status` (panes remain on
-//! exit); the pane's output reaches the usual log files through `pipe-pane` and a FIFO.
+//! operator can type into it.
+//!
+//! tmux owns the pane's process: its death is reported by tmux itself (the `pane-died` hook,
+//! [`died`]) with the status tmux read; the pane's output reaches the usual log files through
+//! `pipe-pane` and a FIFO.
+
+pub mod died;
 
 use super::{ENV_NAME, ENV_SOCKET};
 use crate::logs::{self, SharedSink, Stream};
 use proto::control::ProcSpec;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-/// How often the pane's process is looked at.
-const POLL: Duration = Duration::from_millis(25);
+use std::sync::Mutex;
 
 pub fn socket(dir: &Path) -> PathBuf {
     dir.join("tmux.sock")
@@ -25,6 +26,7 @@ pub fn session_name(name: &str) -> String {
     format!("{safe}_{:08x}", hash as u32)
 }
 
+/// `s` as one word of `sh`.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -73,35 +75,46 @@ impl Drop for Output {
     }
 }
 
+fn private_dir(dir: &Path) -> Result<PathBuf, String> {
+    let d = dir.join("tmux");
+    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    Ok(d)
+}
+
+/// Opens the output FIFO of process `name`; the pump runs on the current runtime.
 pub fn open_output(dir: &Path, name: &str, sink: &SharedSink) -> Result<Output, String> {
-    let fifos = dir.join("tmux");
-    std::fs::create_dir_all(&fifos).map_err(|e| format!("cannot create {}: {e}", fifos.display()))?;
-    let fifo = fifos.join(format!("{}.fifo", session_name(name)));
-    let _ = std::fs::remove_file(&fifo);
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
-    // Opened for reading and writing: no EOF between one pane's writer and the next.
-    let rx = tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(&fifo)
-        .map_err(|e| format!("cannot open {}: {e}", fifo.display()))?;
+    let d = private_dir(dir)?;
+    let fifo = d.join(format!("{}.fifo", session_name(name)));
+    let rx = died::open_fifo(&fifo)?;
     let pump = tokio::spawn(logs::pump(rx, sink.clone(), Stream::Out)).abort_handle();
     Ok(Output { fifo, pump })
 }
 
-/// The pane tmux started.
+/// The pane tmux started: its id (unique for the server's life) and its process.
 #[derive(Debug, Clone)]
 pub struct Pane {
     pub id: String,
     pub pid: u32,
-    /// The process's start time, so a reused pid is not mistaken for it.
+    /// The process's start time, so a reused pid is never mistaken for it.
     pub start_ticks: Option<u64>,
-    session: String,
+    /// The tmux server: the pane's parent, which reaps it.
+    pub server: i32,
 }
 
+/// tmux spawns are one at a time: the server's options (`update-environment` above all) are
+/// set for each.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
 /// Starts the command in a new session (its own process group: tmux makes each pane's process
-/// a session leader). Blocking: run it off the event loop.
-pub fn spawn(dir: &Path, spec: &ProcSpec, supervisor_socket: &Path, fifo: &Path) -> Result<Pane, String> {
+/// a session leader). Blocking: run it off the event loop. Its death is reported to `deaths`.
+pub fn spawn(
+    dir: &Path,
+    spec: &ProcSpec,
+    supervisor_socket: &Path,
+    fifo: &Path,
+    deaths: &died::Deaths,
+) -> Result<Pane, String> {
+    let _one = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
     let session = session_name(&spec.name);
     // A session left by an earlier run of this process is replaced.
     let mut stale = tmux(dir);
@@ -110,7 +123,9 @@ pub fn spawn(dir: &Path, spec: &ProcSpec, supervisor_socket: &Path, fifo: &Path)
     // The server starts with the supervisor's own environment, as a forked child would have it.
     let mut server = tmux(dir);
     server.args(["start-server", ";", "set-option", "-g", "exit-empty", "off", ";"]);
-    server.args(["set-option", "-gw", "remain-on-exit", "on"]);
+    server.args(["set-option", "-gw", "remain-on-exit", "on", ";"]);
+    server.args(["set-hook", "-g", "pane-died", &died::hook(), ";"]);
+    server.arg("set-environment").arg("-g").arg(died::ENV_EVENTS).arg(deaths.fifo());
     run(server)?;
     // The process's own variables travel in this client's environment, named in
     // `update-environment` so tmux copies them into the new session: never on a command line,
@@ -120,67 +135,27 @@ pub fn spawn(dir: &Path, spec: &ProcSpec, supervisor_socket: &Path, fifo: &Path)
     let mut c = tmux(dir);
     c.envs(&spec.env).env(ENV_NAME, &spec.name).env(ENV_SOCKET, supervisor_socket);
     c.args(["set-option", "-g", "update-environment", &names.join(" "), ";"]);
-    c.args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", "-P", "-F", "#{pane_id} #{pane_pid}"]);
+    c.args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", "-P", "-F", "#{pane_id} #{pane_pid} #{pid}"]);
     if let Some(cwd) = &spec.cwd {
         c.args(["-c", cwd]);
     }
     c.arg("--").arg(&spec.command).args(&spec.args);
     // In the same command queue as the new session: no output is missed before the pipe.
-    c.args([
-        ";",
-        "pipe-pane",
-        "-O",
-        "-t",
-        &format!("={session}:"),
-        &format!("cat >> {}", quote(&fifo.display().to_string())),
-    ]);
+    let cat = format!("cat >> {}", quote(&fifo.display().to_string()));
+    c.args([";", "pipe-pane", "-O", "-t", &format!("={session}:"), &cat]);
     let printed = run(c)?;
-    let (id, pid) = printed
+    let (id, pid, server) = printed
         .lines()
-        .find_map(|l| l.split_once(' '))
-        .and_then(|(pane, pid)| Some((pane.to_string(), pid.parse::<u32>().ok()?)))
+        .find_map(|l| {
+            let mut w = l.split(' ');
+            Some((w.next()?.to_string(), w.next()?.parse::<u32>().ok()?, w.next()?.parse::<i32>().ok()?))
+        })
         .ok_or_else(|| format!("tmux did not say which process it started: {printed:?}"))?;
     let start_ticks = osutil::procfs::stat(pid as i32).map(|s| s.start_ticks);
-    Ok(Pane { id, pid, start_ticks, session })
+    Ok(Pane { id, pid, start_ticks, server })
 }
 
-/// Waits for the pane's process to end: tmux's child, not ours, so its pid is watched (and its
-/// start time, so a reused pid is not mistaken for it); the status is read from the pane.
-pub async fn wait_exit(dir: PathBuf, pane: Pane) -> (Option<i32>, String) {
-    loop {
-        tokio::time::sleep(POLL).await;
-        let alive = osutil::procfs::stat(pane.pid as i32)
-            .is_some_and(|s| s.state != 'Z' && Some(s.start_ticks) == pane.start_ticks.or(Some(s.start_ticks)));
-        if !alive {
-            break;
-        }
-    }
-    tokio::task::spawn_blocking(move || {
-        let mut c = tmux(&dir);
-        c.args(["display-message", "-p", "-t", &pane.id, "#{pane_dead_status},#{pane_dead_signal}"]);
-        let status = run(c);
-        let mut kill = tmux(&dir);
-        kill.args(["kill-session", "-t", &format!("={}", pane.session)]).stderr(std::process::Stdio::null());
-        let _ = kill.output();
-        match status {
-            Ok(s) => {
-                let mut parts = s.trim().split(',');
-                let code = parts.next().and_then(|c| c.parse::<i32>().ok());
-                let signal = parts.next().and_then(|c| c.parse::<i32>().ok());
-                match (code, signal) {
-                    (_, Some(sig)) if sig > 0 => (Some(128 + sig), format!("signal: {sig}")),
-                    (Some(c), _) => (Some(c), format!("exit status: {c}")),
-                    _ => (None, "status unknown".to_string()),
-                }
-            }
-            Err(e) => (None, e),
-        }
-    })
-    .await
-    .unwrap_or((None, "status unknown".into()))
-}
-
-/// Types `text` into the session's pane, then Enter.
+/// Types `text` into the session's pane, then Enter. Blocking.
 pub fn send(dir: &Path, name: &str, text: &str, enter: bool) -> Result<(), String> {
     let target = format!("={}:", session_name(name));
     let mut c = tmux(dir);
