@@ -259,8 +259,8 @@ impl Shell {
     fn spawn(&mut self, name: String, gen: u64, spec: ProcSpec) {
         let io = self.io.get(&name);
         let sink = io.and_then(|io| io.sink.clone());
-        // The output stays with the shell; the job needs its FIFO's path only.
-        let output = io.and_then(|io| io.output.as_ref()).map(|o| o.fifo.clone());
+        // The output stays with the shell; the job needs its paths only.
+        let output = io.and_then(|io| io.output.as_ref()).map(|o| (o.fifo.clone(), o.exec.clone()));
         let deaths = if spec.tmux { self.deaths() } else { Ok(None) };
         let job = Job { dir: self.cfg.dir.clone(), socket: self.socket.clone(), tx: self.tx.clone() };
         tokio::spawn(job.run(name, gen, spec, sink, output, deaths));
@@ -320,7 +320,7 @@ impl Job {
         gen: u64,
         spec: ProcSpec,
         sink: Option<SharedSink>,
-        output: Option<PathBuf>,
+        output: Option<(PathBuf, PathBuf)>,
         deaths: Result<Option<Arc<tmux::died::Deaths>>, String>,
     ) {
         let mut opened = Opened::default();
@@ -348,7 +348,7 @@ impl Job {
         name: &str,
         spec: &ProcSpec,
         sink: Option<SharedSink>,
-        output: Option<PathBuf>,
+        output: Option<(PathBuf, PathBuf)>,
         deaths: Result<Option<Arc<tmux::died::Deaths>>, String>,
         opened: &mut Opened,
     ) -> Result<(u32, Waiter), String> {
@@ -385,22 +385,22 @@ impl Job {
         name: &str,
         spec: &ProcSpec,
         sink: &SharedSink,
-        output: Option<PathBuf>,
+        output: Option<(PathBuf, PathBuf)>,
         deaths: Result<Option<Arc<tmux::died::Deaths>>, String>,
         opened: &mut Opened,
     ) -> Result<(u32, Waiter), String> {
         let deaths = deaths?.ok_or("no tmux death reports")?;
-        let fifo = match output {
-            Some(f) => f,
+        let paths = match output {
+            Some(p) => p,
             None => {
                 let o = tmux::open_output(&self.dir, name, sink)?;
-                let fifo = o.fifo.clone();
+                let paths = (o.fifo.clone(), o.exec.clone());
                 opened.output = Some(o);
-                fifo
+                paths
             }
         };
         let (dir, socket, spec, d) = (self.dir.clone(), self.socket.clone(), spec.clone(), deaths.clone());
-        let pane = tokio::task::spawn_blocking(move || tmux::spawn(&dir, &spec, &socket, &fifo, &d))
+        let pane = tokio::task::spawn_blocking(move || tmux::spawn(&dir, &spec, &socket, &paths.0, &paths.1, &d))
             .await
             .map_err(|e| format!("tmux spawn failed: {e}"))??;
         Ok((pane.pid, Waiter::Pane(pane, deaths)))

@@ -2,17 +2,31 @@
 //! supervisor (`<dir>/tmux.sock`, no user config), so a person can attach to it and an
 //! operator can type into it.
 //!
+//! tmux is told nothing of the user's: it parses its arguments (a word ending in `;` ends a
+//! command) and expands formats in a start directory (`#(...)` runs a command). So the pane
+//! runs a fixed trampoline, `/bin/sh -c TRAMPOLINE`, which sources an exec file the supervisor
+//! wrote in its private folder: `cd` to the working directory and `exec` the argv, every word
+//! single-quoted. The command is checked first as a native spawn would find it
+//! ([`spawn::check_exec`]), so the same command means the same thing with and without tmux.
+//!
 //! tmux owns the pane's process: its death is reported by tmux itself (the `pane-died` hook,
 //! [`died`]) with the status tmux read; the pane's output reaches the usual log files through
 //! `pipe-pane` and a FIFO.
 
 pub mod died;
 
+use super::spawn;
 use super::{ENV_NAME, ENV_SOCKET};
 use crate::logs::{self, SharedSink, Stream};
 use proto::control::ProcSpec;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// The pane's environment names the exec file here; the trampoline unsets it.
+const ENV_EXEC: &str = "AGENTCOM_TMUX_EXEC";
+/// Runs the exec file, without a trace of our own variables.
+const TRAMPOLINE: &str = "f=$AGENTCOM_TMUX_EXEC; unset AGENTCOM_TMUX_EXEC AGENTCOM_TMUX_EVENTS; . \"$f\"";
 
 pub fn socket(dir: &Path) -> PathBuf {
     dir.join("tmux.sock")
@@ -29,6 +43,11 @@ pub fn session_name(name: &str) -> String {
 /// `s` as one word of `sh`.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` as literal text in a tmux format (`pipe-pane` expands formats and `strftime` sequences).
+fn literal_in_format(s: &str) -> String {
+    s.replace('#', "##").replace('%', "%%")
 }
 
 fn tmux(dir: &Path) -> std::process::Command {
@@ -60,11 +79,12 @@ pub fn kill_server(dir: &Path) {
     }
 }
 
-/// The FIFO that `pipe-pane` writes the pane's output into, and the task that pumps it into
-/// the process's log sink. One per process for its whole life: every restart's pane writes to
-/// the same FIFO. Dropping it stops the pump.
+/// The FIFO that `pipe-pane` writes the pane's output into (and the task that pumps it into the
+/// process's log sink), and the exec file of the process. One per process for its whole life:
+/// every restart's pane writes to the same FIFO. Dropping it stops the pump and removes both.
 pub struct Output {
     pub fifo: PathBuf,
+    pub exec: PathBuf,
     pump: tokio::task::AbortHandle,
 }
 
@@ -72,6 +92,7 @@ impl Drop for Output {
     fn drop(&mut self) {
         self.pump.abort();
         let _ = std::fs::remove_file(&self.fifo);
+        let _ = std::fs::remove_file(&self.exec);
     }
 }
 
@@ -85,9 +106,38 @@ fn private_dir(dir: &Path) -> Result<PathBuf, String> {
 pub fn open_output(dir: &Path, name: &str, sink: &SharedSink) -> Result<Output, String> {
     let d = private_dir(dir)?;
     let fifo = d.join(format!("{}.fifo", session_name(name)));
+    let exec = d.join(format!("{}.exec", session_name(name)));
     let rx = died::open_fifo(&fifo)?;
     let pump = tokio::spawn(logs::pump(rx, sink.clone(), Stream::Out)).abort_handle();
-    Ok(Output { fifo, pump })
+    Ok(Output { fifo, exec, pump })
+}
+
+/// The exec file: the working directory and the argv, each a single-quoted word, so the shell
+/// that sources it expands none of them.
+fn exec_script(spec: &ProcSpec) -> String {
+    let mut s = String::new();
+    if let Some(cwd) = &spec.cwd {
+        s.push_str(&format!("cd -- {} || exit 126\n", quote(cwd)));
+    }
+    s.push_str("exec");
+    for w in std::iter::once(&spec.command).chain(&spec.args) {
+        s.push(' ');
+        s.push_str(&quote(w));
+    }
+    s.push('\n');
+    s
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The pane tmux started: its id (unique for the server's life) and its process.
@@ -112,8 +162,10 @@ pub fn spawn(
     spec: &ProcSpec,
     supervisor_socket: &Path,
     fifo: &Path,
+    exec: &Path,
     deaths: &died::Deaths,
 ) -> Result<Pane, String> {
+    spawn::check_exec(spec)?;
     let _one = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
     let session = session_name(&spec.name);
     // A session left by an earlier run of this process is replaced.
@@ -127,21 +179,19 @@ pub fn spawn(
     server.args(["set-hook", "-g", "pane-died", &died::hook(), ";"]);
     server.arg("set-environment").arg("-g").arg(died::ENV_EVENTS).arg(deaths.fifo());
     run(server)?;
+    write_private(exec, &exec_script(spec))?;
     // The process's own variables travel in this client's environment, named in
     // `update-environment` so tmux copies them into the new session: never on a command line,
     // where any local user could read them.
     let mut names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
-    names.extend([ENV_NAME, ENV_SOCKET]);
+    names.extend([ENV_NAME, ENV_SOCKET, ENV_EXEC]);
     let mut c = tmux(dir);
-    c.envs(&spec.env).env(ENV_NAME, &spec.name).env(ENV_SOCKET, supervisor_socket);
+    c.envs(&spec.env).env(ENV_NAME, &spec.name).env(ENV_SOCKET, supervisor_socket).env(ENV_EXEC, exec);
     c.args(["set-option", "-g", "update-environment", &names.join(" "), ";"]);
     c.args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", "-P", "-F", "#{pane_id} #{pane_pid} #{pid}"]);
-    if let Some(cwd) = &spec.cwd {
-        c.args(["-c", cwd]);
-    }
-    c.arg("--").arg(&spec.command).args(&spec.args);
+    c.args(["--", "/bin/sh", "-c", TRAMPOLINE]);
     // In the same command queue as the new session: no output is missed before the pipe.
-    let cat = format!("cat >> {}", quote(&fifo.display().to_string()));
+    let cat = format!("cat >> {}", quote(&literal_in_format(&fifo.display().to_string())));
     c.args([";", "pipe-pane", "-O", "-t", &format!("={session}:"), &cat]);
     let printed = run(c)?;
     let (id, pid, server) = printed
@@ -179,5 +229,19 @@ mod tests {
         assert!(a.starts_with("daemons_web_api_") && !a.contains(['.', ':']), "{a}");
         assert_ne!(session_name("a.b"), session_name("a_b"));
         assert_eq!(quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn the_exec_file_quotes_every_word_and_tmux_sees_only_fixed_ones() {
+        let mut s = ProcSpec::new("x", "sh", vec!["-c".into(), "echo \"$1\"; x".into(), ";".into(), "it's".into()]);
+        s.cwd = Some("/w/#(touch p)/#{pane_pid}".into());
+        assert_eq!(
+            exec_script(&s),
+            "cd -- '/w/#(touch p)/#{pane_pid}' || exit 126\nexec 'sh' '-c' 'echo \"$1\"; x' ';' 'it'\\''s'\n"
+        );
+        // The trampoline is all tmux gets: no word ends in `;`, no format.
+        assert!(!TRAMPOLINE.ends_with(';') && !TRAMPOLINE.contains('#'));
+        assert!(TRAMPOLINE.contains(ENV_EXEC) && TRAMPOLINE.contains(died::ENV_EVENTS));
+        assert_eq!(literal_in_format("/a#{b}%Y"), "/a##{b}%%Y");
     }
 }
