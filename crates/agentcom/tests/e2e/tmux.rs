@@ -35,6 +35,21 @@ async fn logs_show(s: &Supervised, name: &str, want: &str) -> anyhow::Result<Str
     .await
 }
 
+/// What the supervisor logged, what its tmux server holds and what became of `pid`: for the
+/// failure message of a restart that did not come.
+fn diagnosis(s: &Supervised, pid: u64) -> String {
+    let log = std::fs::read_to_string(s.dir().join("supervisor.log")).unwrap_or_default();
+    let sock = s.dir().join("tmux.sock");
+    let panes = Command::new("tmux")
+        .args(["-S", sock.to_str().unwrap(), "list-panes", "-a", "-F"])
+        .arg("#{pane_id} #{pane_pid} dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal}")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+        .unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| e.to_string());
+    format!("supervisor.log:\n{log}\ntmux panes:\n{panes}\n/proc/{pid}/stat: {stat}")
+}
+
 #[tokio::test]
 async fn an_interactive_program_runs_receives_send_and_comes_back_after_sigkill() -> R {
     let s = Supervised::new(bin())?;
@@ -52,7 +67,8 @@ async fn an_interactive_program_runs_receives_send_and_comes_back_after_sigkill(
     testkit::signal(pid as u32, nix::sys::signal::Signal::SIGKILL)?;
     let again = s
         .wait_for("chat", "restarted", |p| p["status"] == "online" && p["pid"].as_u64().is_some_and(|n| n != pid))
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", diagnosis(&s, pid)))?;
     let log = std::fs::read_to_string(s.dir().join("supervisor.log")).unwrap_or_default();
     assert_eq!((again["restart_count"].as_u64(), again["exit_code"].as_i64()), (Some(1), Some(137)), "{again}\n{log}");
     s.ok(&["send", "chat", "second life"])?;
@@ -247,5 +263,85 @@ async fn the_guard_upgrades_and_rolls_back_a_tmux_process() -> R {
     eventually("v2 healthy again", healthy("ok 2")).await?;
     let p = s.proc("agent")?;
     assert_eq!((p["status"].as_str(), p["tmux"].as_bool()), (Some("online"), Some(true)));
+    Ok(())
+}
+
+/// Waits for `file` to hold something, and returns it.
+async fn written(file: &Path) -> anyhow::Result<String> {
+    eventually(&format!("{} written", file.display()), || async {
+        match std::fs::read_to_string(file) {
+            Ok(s) if !s.is_empty() => Ok(s),
+            Ok(_) => Err("empty".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn arguments_that_end_a_tmux_command_are_only_arguments() -> R {
+    let s = Supervised::new(bin())?;
+    let temp = s.dir().with_file_name("work");
+    std::fs::create_dir_all(&temp)?;
+    let pwned = temp.join("pwned");
+    let touch = format!("touch '{}'", pwned.display());
+    // `;` ends a tmux command (what follows it ran as tmux commands), and so does any word
+    // ending in one (`find -exec rm {} ';'` was cut short): each must reach the program as is.
+    let cases: [(&str, &[&str]); 2] =
+        [("semi", &["a", ";", "run-shell", &touch]), ("ends", &["{}", ";", "b;", "c\\;"])];
+    for (name, words) in cases {
+        let out = temp.join(name);
+        let script = format!("printf '%s|' \"$@\" > '{}'; exec sleep 1000", out.display());
+        let mut argv = vec!["start", name, "--tmux", "--", "sh", "-c", &script, "x"];
+        argv.extend(words);
+        s.ok(&argv)?;
+        let got = written(&out).await?;
+        let want: String = words.iter().map(|w| format!("{w}|")).collect();
+        assert_eq!(got, want, "{name}: the program's arguments");
+    }
+    assert!(!pwned.exists(), "an argument ran as a tmux command");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_working_directory_is_a_path_not_a_tmux_format() -> R {
+    let s = Supervised::new(bin())?;
+    let temp = s.dir().with_file_name("work");
+    // `#(...)` would run a command (in the supervisor's folder, the temp dir) and `#{...}` would
+    // expand to something else; both are plain characters of a folder's name.
+    for (name, dir) in [("job", "d#(touch pwned)"), ("fmt", "d#{pane_pid}")] {
+        let cwd = temp.join(dir);
+        std::fs::create_dir_all(&cwd)?;
+        let out = temp.join(format!("{name}.pwd"));
+        let script = format!("pwd > '{}'; exec sleep 1000", out.display());
+        s.ok(&["start", name, "--tmux", "--cwd", cwd.to_str().unwrap(), "--", "sh", "-c", &script])?;
+        let got = written(&out).await?;
+        assert_eq!(got.trim_end(), cwd.display().to_string(), "{name} runs in its folder");
+    }
+    assert!(!s.dir().with_file_name("pwned").exists(), "the folder's name ran as a command");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lone_command_word_means_the_same_with_and_without_tmux() -> R {
+    let s = Supervised::new(bin())?;
+    let temp = s.dir().with_file_name("work");
+    std::fs::create_dir_all(&temp)?;
+    let mut errors = Vec::new();
+    for (name, tmux) in [("native", false), ("tmuxed", true)] {
+        let made = temp.join(name);
+        let word = format!("touch {}", made.display());
+        let mut argv = vec!["start", name];
+        if tmux {
+            argv.push("--tmux");
+        }
+        argv.extend(["--", word.as_str()]);
+        let out = s.run(&argv);
+        assert!(!out.status.success(), "{name}: one word with a space is not a command");
+        errors.push(String::from_utf8(out.stderr)?.trim().replace(name, "NAME"));
+        assert!(!made.exists(), "{name}: the word went through a shell");
+    }
+    assert_eq!(errors[0], errors[1], "the same command fails the same way");
+    assert!(errors[0].ends_with("/work/NAME: no such file"), "{}", errors[0]);
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! `idle_timeout` is closed, and at most `max_connections` are served at once (one more is
 //! told so and closed). None of it keeps the supervisor from serving everyone else.
 
-use super::Ev;
+use super::shell::Ev;
 use proto::control::{parse_request, Request, Response, MAX_REQUEST_LINE};
 use std::io;
 use std::sync::Arc;
@@ -86,7 +86,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 /// can wait for the last answers (the one to `kill` above all) before it exits.
 pub async fn accept_loop(
     listener: UnixListener,
-    tx: mpsc::UnboundedSender<Ev>,
+    tx: mpsc::Sender<Ev>,
     limits: Limits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -135,7 +135,7 @@ async fn write_response(w: &mut (impl tokio::io::AsyncWrite + Unpin), resp: &Res
     w.write_all(&out).await
 }
 
-async fn serve_conn(stream: UnixStream, tx: mpsc::UnboundedSender<Ev>, idle: Duration, shutdown: CancellationToken) {
+async fn serve_conn(stream: UnixStream, tx: mpsc::Sender<Ev>, idle: Duration, shutdown: CancellationToken) {
     let (r, mut w) = stream.into_split();
     let mut lines = LineReader::new(r, MAX_REQUEST_LINE);
     loop {
@@ -165,9 +165,9 @@ async fn serve_conn(stream: UnixStream, tx: mpsc::UnboundedSender<Ev>, idle: Dur
     }
 }
 
-async fn ask(tx: &mpsc::UnboundedSender<Ev>, req: Request) -> Response {
+async fn ask(tx: &mpsc::Sender<Ev>, req: Request) -> Response {
     let (rtx, rrx) = oneshot::channel();
-    if tx.send(Ev::Req(req, rtx)).is_err() {
+    if tx.send(Ev::Req(req, rtx)).await.is_err() {
         return error("supervisor shutting down".into());
     }
     rrx.await.unwrap_or_else(|_| error("supervisor shutting down".into()))

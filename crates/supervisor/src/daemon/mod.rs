@@ -1,28 +1,27 @@
-//! The supervisor daemon: one task owns the process table ([`table`]) and receives a closed
-//! [`Ev`] enum (control requests, child exits, stop completions, health results) plus its
-//! timers. The control socket ([`control`]), spawning ([`spawn`]) and `state.json`
-//! ([`persist`]) are the IO around it. Each child runs in its own process group; a stop is
+//! The supervisor daemon, in the shape of the sidecar: a pure process table ([`table`]:
+//! `handle(input, now) -> Vec<Action>`, no IO and no clock) inside a thin shell ([`shell`])
+//! that carries out its actions and feeds their outcomes back as inputs. The control socket
+//! ([`control`]), spawning ([`spawn`], [`tmux`]), `state.json` ([`persist`]) and file watches
+//! ([`watch`]) are the IO around it. Each child runs in its own process group; a stop is
 //! reported only once every process of the group is gone.
 
-mod checks;
 mod control;
 mod persist;
+mod shell;
 mod spawn;
-mod status;
 mod table;
 mod tmux;
 mod watch;
 
-pub use checks::{next_cron, problems as spec_problems};
+pub use table::checks::{next_cron, problems as spec_problems};
 pub use watch::ignore_set;
 
 pub use control::{Frame, Limits, LineReader};
 
-use proto::control::{Request, Response};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,33 +75,6 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> DaemonError {
     move |source| DaemonError::Io { context, source }
 }
 
-#[derive(Debug)]
-enum Ev {
-    Req(Request, oneshot::Sender<Response>),
-    Exited {
-        name: String,
-        gen: u64,
-        code: Option<i32>,
-        desc: String,
-    },
-    /// Every process of the group is gone after a stop.
-    StopDone {
-        name: String,
-        gen: u64,
-    },
-    Health {
-        name: String,
-        gen: u64,
-        ok: bool,
-        detail: String,
-    },
-    /// A watched path of the process changed (once until the table handled it).
-    Watched {
-        name: String,
-        path: PathBuf,
-    },
-}
-
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET)
 }
@@ -132,16 +104,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let pid_file = cfg.dir.join("supervisor.pid");
     osutil::fs::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .map_err(io(format!("cannot write {}", pid_file.display())))?;
-    // Requests in flight are bounded by the connection limit (one at a time per connection),
-    // exits and stop completions by the number of processes: the channel cannot grow unbounded.
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(shell::capacity(&cfg));
     // Cancelled by a signal from `main` or by a `kill` request.
     let stop = shutdown.child_token();
-    let mut d = table::Daemon::new(cfg.clone(), socket.clone(), tx.clone(), stop.clone());
-    d.restore();
+    let mut sh = shell::Shell::new(cfg.clone(), socket.clone(), tx.clone(), stop.clone());
+    sh.restore().await;
     tracing::info!(
         socket = %socket.display(),
-        processes = d.len(),
+        processes = sh.len(),
         pid = std::process::id(),
         idle_timeout_ms = cfg.control_idle_timeout.as_millis() as u64,
         max_connections = cfg.max_connections,
@@ -151,21 +121,15 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let conns = TaskTracker::new();
     let limits = Limits { idle_timeout: cfg.control_idle_timeout, max_connections: cfg.max_connections.max(1) };
     let acceptor = tokio::spawn(control::accept_loop(listener, tx.clone(), limits, stop.clone(), conns.clone()));
-    loop {
-        let due = d.next_timer();
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(ev) = rx.recv() => d.on_event(ev),
-            _ = tokio::time::sleep_until(due.map(tokio::time::Instant::from_std).unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => d.fire_timers(),
-        }
-    }
+    drop(tx);
+    sh.serve(&mut rx, &stop).await;
     let _ = acceptor.await;
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pid_file);
     // Stop every child, whole groups, and wait for them; the desired state stays on disk.
-    d.stop_all_for_exit(&mut rx).await;
+    sh.stop_all_for_exit(&mut rx).await;
     // Its processes are stopped: the private tmux server (if one ran) goes too.
-    tmux::kill_server(&cfg.dir);
+    sh.close().await;
     // The last answers (to `kill`) are written before we go; idle connections end at once.
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
@@ -187,11 +151,6 @@ pub fn backoff(base_ms: u64, max_ms: u64, n: u32) -> Duration {
 /// process of the group is left.
 pub async fn stop_group(pgid: i32, signal: &str, timeout: Duration) {
     osutil::pgroup::stop_group(pgid, signal_of(signal), timeout).await
-}
-
-/// Blocking variant for start-up, before the runtime serves anything.
-fn kill_group_now(pgid: i32, signal: &str, timeout: Duration) {
-    osutil::pgroup::kill_group_now(pgid, signal_of(signal), timeout)
 }
 
 fn signal_of(name: &str) -> nix::sys::signal::Signal {

@@ -1,17 +1,18 @@
 //! `state.json`: the desired state and the groups we last ran, written atomically, read back at
-//! start (a corrupt file is moved aside, never fatal).
+//! start (a corrupt file is moved aside, never fatal). Both block: the shell runs them off its
+//! event loop.
 
 use super::STATE;
 use proto::control::ProcSpec;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Persisted {
     pub processes: Vec<PersistedProc>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PersistedProc {
     pub spec: ProcSpec,
     pub desired: bool,

@@ -3,7 +3,8 @@
 //! table has handled it, so a burst of events (a `git checkout`, an `rm -rf`) is one event for
 //! the table, and the table restarts the process `watch_delay_ms` after the first change.
 
-use super::Ev;
+use super::shell::Ev;
+use super::table::Input;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use proto::control::ProcSpec;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -54,11 +55,11 @@ pub struct Watches {
     routes: Arc<Mutex<Routes>>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: BTreeMap<PathBuf, ()>,
-    tx: mpsc::UnboundedSender<Ev>,
+    tx: mpsc::Sender<Ev>,
 }
 
 impl Watches {
-    pub fn new(tx: mpsc::UnboundedSender<Ev>) -> Watches {
+    pub fn new(tx: mpsc::Sender<Ev>) -> Watches {
         Watches { routes: Arc::default(), watcher: None, watched: BTreeMap::new(), tx }
     }
 
@@ -124,7 +125,13 @@ impl Watches {
                     .collect();
                 for name in hits {
                     if routes.pending.insert(name.clone()) {
-                        let _ = tx.send(Ev::Watched { name, path: path.clone() });
+                        // Never blocks notify's thread. With one change in flight per process the
+                        // channel has room; if it had none, the change is dropped and, no longer
+                        // pending, the next one counts.
+                        let ev = Ev::Input(Input::Watched { name: name.clone(), path: path.clone() });
+                        if tx.try_send(ev).is_err() {
+                            routes.pending.remove(&name);
+                        }
                     }
                 }
             }

@@ -1,37 +1,36 @@
-//! What `ps` and `describe` show of the table.
+//! What `ps` and `describe` show of the table, from a scan of `/proc` the shell made for them.
 
-use super::spawn::log_paths;
-use super::table::Daemon;
-use super::tmux;
-use osutil::procfs;
+use super::{Now, Table};
+use crate::daemon::{spawn::log_paths, tmux};
+use osutil::procfs::GroupUsage;
 use proto::control::{Describe, ProcStatus, TmuxTarget, ENV_INSTANCE_OF};
-use std::time::Instant;
+use std::collections::HashMap;
 
-impl Daemon {
-    pub(super) fn statuses(&mut self) -> Vec<ProcStatus> {
-        let groups = procfs::scan_groups();
-        let ticks = procfs::clock_ticks() as f64;
-        let now = Instant::now();
+impl Table {
+    pub(super) fn statuses(&mut self, groups: &HashMap<i32, GroupUsage>, now: Now) -> Vec<ProcStatus> {
+        let ticks = self.cfg.clock_ticks.max(1) as f64;
         self.procs
             .iter_mut()
             .map(|(name, p)| {
                 let usage = p.pgid.and_then(|pg| groups.get(&pg));
                 let (rss, cpu) = usage.map(|g| (g.rss_bytes, g.cpu_ticks)).unwrap_or((0, 0));
                 if let Some((last, at)) = p.cpu_sample {
-                    let secs = now.duration_since(at).as_secs_f64();
-                    if secs > 0.05 {
-                        p.cpu_percent = (cpu.saturating_sub(last) as f64 / ticks) / secs * 100.0;
-                        p.cpu_sample = Some((cpu, now));
+                    let ms = now.mono_ms.saturating_sub(at);
+                    // Too short an interval says nothing but noise.
+                    if ms > 50 {
+                        p.cpu_percent = (cpu.saturating_sub(last) as f64 / ticks) / (ms as f64 / 1000.0) * 100.0;
+                        p.cpu_sample = Some((cpu, now.mono_ms));
                     }
                 } else if usage.is_some() {
-                    p.cpu_sample = Some((cpu, now));
+                    p.cpu_sample = Some((cpu, now.mono_ms));
                 }
                 let running = p.state.running();
+                let uptime_ms = p.started.filter(|_| running).map_or(0, |s| now.mono_ms.saturating_sub(s));
                 ProcStatus {
                     name: name.clone(),
                     pid: if running { p.pid.unwrap_or(0) } else { 0 },
                     status: p.state.as_str().into(),
-                    uptime_ms: if running { p.started.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0) } else { 0 },
+                    uptime_ms,
                     restart_count: p.restart_count,
                     memory_bytes: rss,
                     cpu_percent: (p.cpu_percent * 10.0).round() / 10.0,
@@ -48,8 +47,8 @@ impl Daemon {
             .collect()
     }
 
-    pub(super) fn describe(&mut self, name: &str) -> Option<Describe> {
-        let status = self.statuses().into_iter().find(|s| s.name == name)?;
+    pub(super) fn describe(&mut self, name: &str, groups: &HashMap<i32, GroupUsage>, now: Now) -> Option<Describe> {
+        let status = self.statuses(groups, now).into_iter().find(|s| s.name == name)?;
         let p = self.procs.get(name)?;
         let (out, err) = log_paths(&self.cfg.dir, &p.spec);
         Some(Describe {
