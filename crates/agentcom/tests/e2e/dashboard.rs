@@ -122,7 +122,8 @@ async fn an_agent_gets_the_answer_given_on_the_task_page() -> R {
 #[tokio::test]
 async fn the_admin_submits_cancels_retries_and_restarts_with_a_confirmation() -> R {
     let hub = Hub::start(bin(), CONFIG)?;
-    let mut a1 = hub.agent("a1", &[]).await?;
+    // Under a supervisor, so Restart is offered (an agent without one would only stop).
+    let mut a1 = agent_with_process(&hub, "a1", "native", 10, 0).await?;
     let dir = tempfile::tempdir()?;
     let b = Browser::start(dir.path()).await?;
     login(&b, &hub, &hub.admin_token).await?;
