@@ -29,8 +29,17 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
 }
 
+/// How the demo ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every task finished.
+    Finished,
+    /// Ctrl-C (or SIGTERM) stopped it; its agents were stopped and reaped too.
+    Interrupted,
+}
+
 /// Runs the demo until every task is finished or `shutdown` is cancelled (Ctrl-C).
-pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<Ended> {
     let temp;
     let root = match &opts.data_dir {
         Some(d) => d.clone(),
@@ -68,7 +77,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     let wake =
         format!("{} sample-agent --work-ms {}", sidecar::wake::shell_quote(&exe.display().to_string()), opts.work_ms);
     let mut sidecars = Vec::new();
-    for (name, caps) in [("demo-agent-1", vec!["rust".to_string()]), ("demo-agent-2", vec![])] {
+    let agents = [("demo-agent-1", vec!["rust".to_string()]), ("demo-agent-2", vec![])];
+    for (name, caps) in agents.clone() {
         let token = api.call(&CreateToken { agent_id: name.into() }).await?.token;
         let dir = root.join(name);
         let file = sidecar::config::FileConfig {
@@ -91,15 +101,24 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     println!("watching them flow (Ctrl-C stops everything cleanly)\n");
 
     let outcome = watch(&api, &ids, &shutdown).await;
+    let interrupted = shutdown.is_cancelled();
     shutdown.cancel();
     for s in sidecars {
         s.await.context("sidecar task")??;
     }
     hub_task.await.context("hub task")??;
+    // A sidecar leaves its agent working when it stops (it recovers the task when it starts
+    // again); the demo's agents go with the demo: stopped, and waited for until they are gone.
+    for (name, _) in &agents {
+        let dir = root.join(name).join("results").display().to_string();
+        for group in osutil::procfs::groups_with_env(&[("AGENTCOM_RESULTS_DIR", &dir)]) {
+            osutil::pgroup::stop_group(group, nix::sys::signal::Signal::SIGTERM, Duration::from_secs(2)).await;
+        }
+    }
     if opts.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
-    outcome
+    outcome.map(|()| if interrupted { Ended::Interrupted } else { Ended::Finished })
 }
 
 async fn watch(api: &Client, ids: &[String], shutdown: &CancellationToken) -> Result<()> {

@@ -128,11 +128,23 @@ pub enum CommandError {
     Wait(std::io::Error),
 }
 
+/// Creates `path` afresh for us alone: whatever is there (an old log, or a link planted to send
+/// our writes elsewhere) is removed, never followed, and the new file is created exclusively.
+pub fn fresh_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)
+}
+
 /// Runs `sh -c cmd` in `dir` with a time limit, its output going to `log` (so a chatty test
-/// suite never fills a pipe). The error carries why it failed, with the output's last line.
+/// suite never fills a pipe; created by [`fresh_log`]). The error carries why it failed, with
+/// the output's last line.
 pub fn run_with_timeout(cmd: &str, dir: &Path, limit: Duration, log: &Path) -> Result<(), CommandError> {
-    let out =
-        std::fs::File::create(log).map_err(|source| CommandError::Log { path: log.display().to_string(), source })?;
+    let out = fresh_log(log).map_err(|source| CommandError::Log { path: log.display().to_string(), source })?;
+    let mut read_back = out.try_clone().map_err(CommandError::Wait)?;
     let err = out.try_clone().map_err(CommandError::Wait)?;
     let mut child = Command::new("sh")
         .arg("-c")
@@ -151,7 +163,13 @@ pub fn run_with_timeout(cmd: &str, dir: &Path, limit: Duration, log: &Path) -> R
             if status.success() {
                 return Ok(());
             }
-            let text = std::fs::read_to_string(log).unwrap_or_default();
+            // Read through our own descriptor, not the name (which a command could replace).
+            let mut text = String::new();
+            {
+                use std::io::{Read, Seek};
+                let _ = read_back.seek(std::io::SeekFrom::Start(0));
+                let _ = read_back.by_ref().take(1 << 20).read_to_string(&mut text);
+            }
             let last_line = text.trim().lines().last().unwrap_or("").to_string();
             return Err(CommandError::Failed { status, last_line });
         }

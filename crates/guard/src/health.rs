@@ -24,14 +24,31 @@ pub enum HealthError {
 /// One health check, built once per window: an HTTP client (its TLS configuration read once)
 /// or a command.
 pub enum Check {
-    Http { url: String, client: reqwest::blocking::Client, limit: Duration },
-    Command { cmd: String, dir: PathBuf, limit: Duration },
+    Http {
+        url: String,
+        client: reqwest::blocking::Client,
+        limit: Duration,
+    },
+    /// `logs`: the guard's own folder (the repository's git dir), where its output goes.
+    Command {
+        cmd: String,
+        dir: PathBuf,
+        logs: PathBuf,
+        limit: Duration,
+    },
 }
 
 impl Check {
-    pub fn new(health: &str, ca_file: Option<&Path>, dir: &Path, limit: Duration) -> Result<Check, HealthError> {
+    pub fn new(
+        health: &str,
+        ca_file: Option<&Path>,
+        dir: &Path,
+        logs: &Path,
+        limit: Duration,
+    ) -> Result<Check, HealthError> {
         if !(health.starts_with("http://") || health.starts_with("https://")) {
-            return Ok(Check::Command { cmd: health.to_string(), dir: dir.to_path_buf(), limit });
+            let (cmd, dir, logs) = (health.to_string(), dir.to_path_buf(), logs.to_path_buf());
+            return Ok(Check::Command { cmd, dir, logs, limit });
         }
         let tls = osutil::tls::client_config(ca_file).map_err(HealthError::CaFile)?;
         let client = reqwest::blocking::Client::builder()
@@ -61,8 +78,9 @@ impl Check {
                     Err(HealthError::Status { url: url.clone(), status })
                 }
             }
-            Check::Command { cmd, dir, limit } => {
-                let log = std::env::temp_dir().join(format!("agentcom-health-{}.log", std::process::id()));
+            Check::Command { cmd, dir, logs, limit } => {
+                // In the guard's own folder, never a guessable name in a shared one.
+                let log = logs.join(format!("agentcom-health-{}.log", std::process::id()));
                 let r = run_with_timeout(cmd, dir, *limit, &log)
                     .map_err(|source| HealthError::Command { cmd: cmd.clone(), source });
                 let _ = std::fs::remove_file(&log);
@@ -94,7 +112,8 @@ pub struct Window {
 pub fn health_window(backend: &Backend, process: &str, w: &Window, repo: &Repo) -> Result<String, GuardError> {
     let t0 = Instant::now();
     let limit = w.interval.max(Duration::from_millis(500)).min(Duration::from_secs(10));
-    let check = Check::new(&w.health, w.ca_file.as_deref(), &repo.dir, limit)?;
+    let git_dir = repo.git_dir().map_err(GuardError::from)?;
+    let check = Check::new(&w.health, w.ca_file.as_deref(), &repo.dir, &git_dir, limit)?;
     let mut ok_since: Option<Instant> = None;
     let mut baseline: Option<u64> = None;
     let mut last_problem = String::from("never checked");
@@ -138,4 +157,29 @@ pub fn health_window(backend: &Backend, process: &str, w: &Window, repo: &Repo) 
         timeout: humantime::format_duration(w.timeout).to_string(),
         last_problem,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18: the health command's output went to `/tmp/agentcom-health-<pid>.log`, a name
+    /// anyone could guess and plant a link at. It goes to the guard's own folder, created anew.
+    #[test]
+    fn a_health_command_logs_in_the_guards_folder_and_never_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (work, logs) = (dir.path().join("work"), dir.path().join("git"));
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&logs).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let name = format!("agentcom-health-{}.log", std::process::id());
+        std::os::unix::fs::symlink(&victim, logs.join(&name)).unwrap();
+        let check = Check::new("echo failing; exit 3", None, &work, &logs, Duration::from_secs(10)).unwrap();
+        let e = check.run().unwrap_err().to_string();
+        assert!(e.contains("failing"), "the output's last line is in the error: {e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me", "the link was not followed");
+        assert!(!std::env::temp_dir().join(&name).exists(), "nothing in the shared temp folder");
+        assert!(!logs.join(&name).exists(), "the log goes once read");
+    }
 }

@@ -65,8 +65,11 @@ pub async fn sidecar(a: SidecarArgs) -> anyhow::Result<u8> {
 pub async fn demo(a: DemoArgs) -> anyhow::Result<u8> {
     logging::init(logging::LogFormat::Human, "error");
     let shutdown = crate::shutdown_on_signals()?;
-    demo::run(demo::DemoOptions { work_ms: a.work_ms, data_dir: a.data_dir }, shutdown).await?;
-    Ok(0)
+    match demo::run(demo::DemoOptions { work_ms: a.work_ms, data_dir: a.data_dir }, shutdown).await? {
+        demo::Ended::Finished => Ok(0),
+        // As a shell reports a program stopped by Ctrl-C: 128 + SIGINT.
+        demo::Ended::Interrupted => Ok(130),
+    }
 }
 
 pub fn sample_agent(a: SampleAgentArgs) -> anyhow::Result<u8> {
