@@ -1,57 +1,30 @@
-//! The few git operations the guard needs, through the `git` command.
+//! The few git operations the guard needs, through [`gitops`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum GitError {
-    #[error("{0} is not a git repository")]
-    NotARepo(String),
-    #[error("`git {args}` failed: {message}")]
-    Failed { args: String, message: String },
-    #[error("cannot run git: {0}")]
-    Spawn(String),
-}
+pub use gitops::GitError;
 
+/// The agent's repository, through [`gitops`]: nothing its config names runs, and every call is
+/// bounded in time and output.
 pub struct Repo {
     pub dir: PathBuf,
+    git: gitops::Git,
 }
 
 impl Repo {
     pub fn open(dir: &Path) -> Result<Repo, GitError> {
-        if !dir.is_dir() {
-            return Err(GitError::NotARepo(dir.display().to_string()));
-        }
-        let r = Repo { dir: dir.to_path_buf() };
-        r.git(&["rev-parse", "--git-dir"]).map_err(|_| GitError::NotARepo(dir.display().to_string()))?;
-        Ok(r)
+        Ok(Repo { dir: dir.to_path_buf(), git: gitops::Git::open(dir)? })
     }
 
     pub fn git(&self, args: &[&str]) -> Result<String, GitError> {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(&self.dir)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .output()
-            .map_err(|e| GitError::Spawn(e.to_string()))?;
-        if !out.status.success() {
-            let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if message.is_empty() {
-                message = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            return Err(GitError::Failed {
-                args: args.join(" "),
-                message: message.lines().next().unwrap_or("").to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        self.git.run(args)
     }
 
     /// The `.git` folder (for the journal: outside the work tree, so it never dirties it).
     pub fn git_dir(&self) -> Result<PathBuf, GitError> {
-        let d = PathBuf::from(self.git(&["rev-parse", "--git-dir"])?);
-        Ok(if d.is_absolute() { d } else { self.dir.join(d) })
+        self.git.git_dir()
     }
 
     /// Runs a git command that writes commits (merge, stash). A machine with no git identity
@@ -80,7 +53,7 @@ impl Repo {
     }
 
     pub fn resolve(&self, rev: &str) -> Option<String> {
-        self.git(&["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).ok()
+        self.git.resolve(rev)
     }
 
     pub fn tag_good(&self, sha: &str) -> Result<String, GitError> {
