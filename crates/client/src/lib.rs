@@ -403,6 +403,26 @@ pub mod render {
         out
     }
 
+    /// `3 files changed, +10 -2`, as `git diff --shortstat` puts it.
+    pub fn diffstat(c: &proto::Change) -> String {
+        format!("{} files changed, +{} -{}", c.files_changed, c.insertions, c.deletions)
+    }
+
+    /// The patch as `git apply` reads it; a cut patch ends with a line that says so.
+    pub fn diff(d: &proto::api::TaskDiff) -> String {
+        let Some(c) = &d.change else { return format!("# task {} changed nothing\n", d.task_id) };
+        let mut out = d.patch.clone();
+        if d.cut {
+            out.push_str(&format!(
+                "# the patch is cut at {} bytes; the branch {} ({}) has all of it\n",
+                proto::MAX_PATCH_BYTES,
+                c.branch,
+                c.head_sha
+            ));
+        }
+        out
+    }
+
     pub fn task(d: &TaskDetail) -> String {
         let now = now_ms();
         let t = &d.task;
@@ -463,6 +483,11 @@ pub mod render {
         }
         if let Some(u) = &t.usage {
             line("usage", usage_cell(u));
+        }
+        if let Some(c) = &t.change {
+            line("change", format!("{} ({} commits, {})", c.branch, c.commits, diffstat(c)));
+            line("  commits", format!("{}..{}", c.base_sha, c.head_sha));
+            line("  diff", format!("agentcom task diff {}", t.task_id));
         }
         out.push_str("history:\n");
         for h in &d.history {

@@ -8,7 +8,7 @@ use proto::api::{ApiError, ErrorCode, TaskView};
 
 /// What an agent token sees of a task it neither submitted nor holds: where it stands in the
 /// queue, not what was said or made on it (result, report, progress, the question and a
-/// person's answer, usage); the caller also leaves out its history, whose lines quote
+/// person's answer, usage, its change); the caller also leaves out its history, whose lines quote
 /// questions. Returns whether anything was withheld.
 pub fn withhold_content(role: &Role, task: &mut TaskView) -> bool {
     let Role::Agent(me) = role else { return false };
@@ -21,6 +21,7 @@ pub fn withhold_content(role: &Role, task: &mut TaskView) -> bool {
     task.needs_input = None;
     task.answer = None;
     task.usage = None;
+    task.change = None;
     true
 }
 

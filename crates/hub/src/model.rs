@@ -48,6 +48,10 @@ pub struct TaskHead {
     /// A person's answer, until the holder's sidecar confirms it wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
+    /// What the latest attempt that reported one committed on the task's branch (its patch is
+    /// kept apart, see [`crate::store::Mutation::PutPatch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<proto::Change>,
 }
 
 /// What the submitter asked for; never changes.
@@ -114,6 +118,7 @@ impl StoredTask {
             needs_input: h.needs_input,
             answer: h.answer,
             usage: self.usage,
+            change: h.change,
         }
     }
 }

@@ -89,6 +89,9 @@ pub enum AgentFrame {
         verification_history: Option<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
+        /// What the attempt committed on its task's branch (our extension).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<Box<Change>>,
     },
     TaskFailed {
         task_id: String,
@@ -99,6 +102,9 @@ pub enum AgentFrame {
         error: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
+        /// What the attempt committed on its task's branch (our extension).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<Box<Change>>,
     },
     /// The agent asks a person something (our extension): from `<task_id>.needs-input`. A new
     /// `request_id` replaces an earlier question of the same task.

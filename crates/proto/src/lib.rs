@@ -6,6 +6,7 @@
 //! allowed, because v1 sidecars send extras such as `protocol_version` on every frame.
 
 pub mod api;
+mod change;
 pub mod control;
 mod frames;
 mod parse;
@@ -13,6 +14,7 @@ mod parse;
 mod tests;
 mod usage;
 
+pub use change::*;
 pub use frames::*;
 pub use parse::{parse_agent_frame, parse_hub_frame, FrameError};
 pub use usage::Usage;

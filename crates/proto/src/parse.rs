@@ -54,6 +54,8 @@ enum Kind {
     OptTaskId,
     /// A [`Usage`] object: every field optional, each of its type.
     UsageObj,
+    /// A [`Change`] ([`Change::from_value`]).
+    ChangeObj,
     Any,
 }
 
@@ -109,6 +111,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("verification_report", Any),
             opt!("verification_history", Any),
             opt!("usage", UsageObj),
+            opt!("change", ChangeObj),
         ],
         "task_failed" => &[
             req!("task_id", ID),
@@ -116,6 +119,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("reason", REASON),
             opt!("error", REASON),
             opt!("usage", UsageObj),
+            opt!("change", ChangeObj),
         ],
         "needs_input" => &[
             req!("task_id", ID),
@@ -203,6 +207,11 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
             }
         }
         (Kind::Obj, Value::Object(_)) => {}
+        (Kind::ChangeObj, v @ Value::Object(_)) => {
+            if let Err(e) = Change::from_value(v) {
+                errors.extend(e);
+            }
+        }
         (Kind::StrArray(max), Value::Array(items)) => {
             if items.len() > MAX_ARRAY {
                 errors.push(format!("{name}: more than {MAX_ARRAY} items"));
@@ -219,7 +228,7 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
             let want = match kind {
                 Kind::Str(_) | Kind::TaskId | Kind::OptTaskId => "string",
                 Kind::Num => "number",
-                Kind::Obj | Kind::UsageObj => "object",
+                Kind::Obj | Kind::UsageObj | Kind::ChangeObj => "object",
                 Kind::StrArray(_) => "array of strings",
                 Kind::UInt | Kind::Any => unreachable!("handled above"),
             };

@@ -45,6 +45,21 @@ pub struct FileConfig {
     pub log_file: Option<String>,
     pub repo_dir: Option<PathBuf>,
     pub name: Option<String>,
+    /// `"repo_dir"` (the default: every task runs in `repo_dir`) or `"worktree"` (each task in
+    /// a worktree and branch of its own); the rest are the worktree settings.
+    pub workspace: Option<String>,
+    pub worktrees_dir: Option<PathBuf>,
+    pub branch_prefix: Option<String>,
+    pub base_branch: Option<String>,
+    pub push_remote: Option<String>,
+    pub setup_command: Option<String>,
+    pub setup_timeout_ms: Option<u64>,
+    pub commit_author: Option<String>,
+    pub keep_failed_worktrees_h: Option<u64>,
+    pub max_worktrees: Option<u64>,
+    pub max_commit_file_bytes: Option<u64>,
+    pub max_patch_bytes: Option<u64>,
+    pub git_timeout_ms: Option<u64>,
 }
 
 /// `hub_url` as written: one URL, or a list of them.
@@ -79,6 +94,8 @@ pub struct SidecarConfig {
     pub results_dir: PathBuf,
     pub state_dir: PathBuf,
     pub repo_dir: Option<PathBuf>,
+    /// Where each task runs (`workspace`).
+    pub workspace: crate::workspace::Mode,
     pub confirmation_timeout: Duration,
     pub wake_timeout: Duration,
     pub wake_retry_delays: Vec<Duration>,
@@ -135,6 +152,19 @@ const JSON_KEYS: &[&str] = &[
     "log_file",
     "repo_dir",
     "name",
+    "workspace",
+    "worktrees_dir",
+    "branch_prefix",
+    "base_branch",
+    "push_remote",
+    "setup_command",
+    "setup_timeout_ms",
+    "commit_author",
+    "keep_failed_worktrees_h",
+    "max_worktrees",
+    "max_commit_file_bytes",
+    "max_patch_bytes",
+    "git_timeout_ms",
 ];
 
 impl SidecarConfig {
@@ -268,6 +298,23 @@ impl SidecarConfig {
         if results_dir == state_dir {
             errors.push("state_dir: must differ from results_dir".into());
         }
+        let repo_dir = f.repo_dir.map(resolve);
+        let fields = crate::workspace::WorkspaceFields {
+            workspace: f.workspace,
+            worktrees_dir: f.worktrees_dir,
+            branch_prefix: f.branch_prefix,
+            base_branch: f.base_branch,
+            push_remote: f.push_remote,
+            setup_command: f.setup_command,
+            setup_timeout_ms: f.setup_timeout_ms,
+            commit_author: f.commit_author,
+            keep_failed_worktrees_h: f.keep_failed_worktrees_h,
+            max_worktrees: f.max_worktrees,
+            max_commit_file_bytes: f.max_commit_file_bytes,
+            max_patch_bytes: f.max_patch_bytes,
+            git_timeout_ms: f.git_timeout_ms,
+        };
+        let workspace = fields.check(repo_dir.as_ref(), &state_dir, base, &mut errors);
         let tls = if hub_urls.iter().any(|u| u.starts_with("wss://")) {
             osutil::tls::client_config(f.tls_ca_file.map(resolve).as_deref())
                 .map_err(|e| errors.push(format!("tls_ca_file: {e}")))
@@ -288,7 +335,8 @@ impl SidecarConfig {
             wake_command,
             results_dir,
             state_dir,
-            repo_dir: f.repo_dir.map(resolve),
+            repo_dir,
+            workspace,
             confirmation_timeout,
             wake_timeout,
             wake_retry_delays,

@@ -40,6 +40,8 @@ pub struct Inputs {
 pub const OUTGOING_FRAMES: usize = 256;
 /// Room for the hub's frames and wake exits waiting for the executor.
 pub const INCOMING_EVENTS: usize = 64;
+/// How often the worktree janitor looks (worktree mode).
+const JANITOR_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct Executor {
     cfg: Arc<SidecarConfig>,
@@ -48,8 +50,11 @@ pub struct Executor {
     started: Instant,
     hub: Option<mpsc::Sender<AgentFrame>>,
     identify: watch::Sender<Identify>,
+    /// Where wake exits and the worktree steps' answers come back.
     wake_exits: mpsc::Sender<Event>,
     stop: CancellationToken,
+    /// Worktree mode: the git side of each task's worktree.
+    workspace: Option<Arc<crate::workspace::ops::Runtime>>,
 }
 
 impl Executor {
@@ -62,9 +67,15 @@ impl Executor {
         wake_exits: mpsc::Sender<Event>,
         stop: CancellationToken,
     ) -> Executor {
-        let e = Executor { cfg, store, machine, started, hub: None, identify, wake_exits, stop };
+        let e = Executor { cfg, store, machine, started, hub: None, identify, wake_exits, stop, workspace: None };
         e.update_identify();
         e
+    }
+
+    /// Worktree mode: the runtime that carries out the worktree steps.
+    pub fn with_workspace(mut self, workspace: Option<Arc<crate::workspace::ops::Runtime>>) -> Executor {
+        self.workspace = workspace;
+        self
     }
 
     fn now(&self) -> Now {
@@ -78,6 +89,10 @@ impl Executor {
         self.handle(Event::Start).await;
         let mut rescan = tokio::time::interval(self.cfg.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Worktrees no task holds, and failed ones whose time is up: saved and removed at start,
+        // then every hour.
+        let mut janitor = tokio::time::interval(JANITOR_EVERY);
+        janitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = self.machine.next_deadline().and_then(|d| self.started.checked_add(d));
             tokio::select! {
@@ -94,6 +109,7 @@ impl Executor {
                     }
                 }
                 _ = rescan.tick() => self.handle(Event::Rescan).await,
+                _ = janitor.tick(), if self.workspace.is_some() => self.janitor(),
             }
         }
         // Every change was persisted when it happened; the task stays on disk for recovery.
@@ -177,8 +193,34 @@ impl Executor {
                     }
                 }
             }
-            Action::SpawnWake { task_id, attempt, generation, task_json, vars } => {
-                return Step::Answer(self.spawn_wake(task_id, attempt, generation, &task_json, &vars));
+            Action::SpawnWake { task_id, attempt, generation, task_json, vars, cwd } => {
+                return Step::Answer(self.spawn_wake(task_id, attempt, generation, &task_json, &vars, cwd));
+            }
+            Action::PrepareWorkspace { task_id, from_branch, previous, vars } => {
+                let mut env: Vec<(String, String)> = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                env.push(("AGENTCOM_AGENT_ID".into(), self.cfg.agent_id.clone()));
+                self.on_workspace(move |rt| {
+                    match rt.prepare(&task_id, from_branch.as_deref(), previous.as_ref(), &env) {
+                        Ok(workspace) => Event::WorkspaceReady { task_id, workspace },
+                        Err(reason) => Event::WorkspaceFailed { task_id, reason },
+                    }
+                });
+            }
+            Action::CommitWorkspace { task_id, workspace, message, generation } => {
+                self.on_workspace(move |rt| match rt.commit(&task_id, &workspace, &message, generation) {
+                    Ok(change) => Event::Committed { task_id, change },
+                    Err(reason) => Event::CommitFailed { task_id, reason },
+                });
+            }
+            Action::ReleaseWorkspace { task_id, keep } => {
+                if let Some(rt) = self.workspace.clone() {
+                    // Nothing waits for it: a failure leaves the worktree to the janitor.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = rt.release(&task_id, keep) {
+                            tracing::warn!(task_id = %task_id, error = %e, "cannot release the worktree; the janitor will");
+                        }
+                    });
+                }
             }
             Action::StopGroup { pgid, task_id } => {
                 // A pgid from queue.json is only a hint: the group must still run this task.
@@ -267,6 +309,31 @@ impl Executor {
         Step::Done
     }
 
+    /// Runs a step of the worktree off the event loop (it may take as long as a setup
+    /// command); its answer comes back as an event.
+    fn on_workspace(&self, step: impl FnOnce(&crate::workspace::ops::Runtime) -> Event + Send + 'static) {
+        let Some(rt) = self.workspace.clone() else { return };
+        let answers = self.wake_exits.clone();
+        tokio::spawn(async move {
+            if let Ok(ev) = tokio::task::spawn_blocking(move || step(&rt)).await {
+                let _ = answers.send(ev).await;
+            }
+        });
+    }
+
+    fn janitor(&self) {
+        let Some(rt) = self.workspace.clone() else { return };
+        let active = match self.machine.slot() {
+            crate::machine::Slot::Active(h) | crate::machine::Slot::Recovering(h) => Some(h.task.id.clone()),
+            crate::machine::Slot::Idle => None,
+        };
+        tokio::task::spawn_blocking(move || {
+            for line in rt.janitor(active.as_deref(), osutil::clock::epoch_ms()) {
+                tracing::info!(note = %line, "worktree janitor");
+            }
+        });
+    }
+
     fn spawn_wake(
         &mut self,
         task_id: String,
@@ -274,6 +341,7 @@ impl Executor {
         generation: u64,
         task_json: &str,
         vars: &[(&'static str, String)],
+        cwd: Option<PathBuf>,
     ) -> Event {
         let Some(command) = self.cfg.wake_command.as_ref() else {
             let outcome = WakeOutcome::SpawnFailed { reason: "no wake command".into(), lasting: true };
@@ -291,7 +359,7 @@ impl Executor {
             task_file: &task_file,
             results_dir: &self.cfg.results_dir,
             log_file: &log,
-            cwd: self.cfg.repo_dir.as_deref(),
+            cwd: cwd.as_deref(),
             agent_id: &self.cfg.agent_id,
         };
         let mut child = match wake::spawn(&spec) {

@@ -17,6 +17,7 @@ pub mod task;
 pub mod usage;
 pub mod wake;
 pub mod watch;
+pub mod workspace;
 pub mod wrap;
 
 use notify::Watcher;
@@ -71,6 +72,8 @@ pub enum SidecarError {
     Io { context: String, source: std::io::Error },
     #[error("cannot watch {path}: {message}")]
     Watch { path: String, message: String },
+    #[error("{0}")]
+    Workspace(String),
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> SidecarError {
@@ -90,6 +93,16 @@ fn writable_dir(dir: &Path, what: &str) -> Result<(), SidecarError> {
 pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) -> Result<(), SidecarError> {
     writable_dir(&cfg.results_dir, "results dir")?;
     writable_dir(&cfg.state_dir.join("tasks"), "state dir")?;
+    // Worktree mode: repo_dir must be a repository, its base branch known, before anything runs.
+    let workspace = match &cfg.workspace {
+        workspace::Mode::Worktree(w) => {
+            let rt =
+                workspace::ops::Runtime::start(w.as_ref().clone(), &cfg.state_dir).map_err(SidecarError::Workspace)?;
+            tracing::info!(repo_dir = %w.repo_dir.display(), base_branch = %rt.base_branch, worktrees_dir = %w.worktrees_dir.display(), "each task in a worktree of its own");
+            Some(Arc::new(rt))
+        }
+        workspace::Mode::RepoDir => None,
+    };
     let store = queue::QueueStore::new(&cfg.state_dir);
     let loaded = store.load().map_err(io(format!("cannot read {}", store.path().display())))?;
     let corrupt = loaded.moved_aside.map(|(aside, why)| {
@@ -125,7 +138,8 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
     let machine = machine::Machine::new(cfg.clone(), host.restarts_us, loaded.queue, corrupt, started.elapsed());
     let (exits_tx, exits_rx) = mpsc::channel(executor::INCOMING_EVENTS);
     let mut executor =
-        executor::Executor::new(cfg.clone(), store, machine, started, identify_tx, exits_tx, shutdown.clone());
+        executor::Executor::new(cfg.clone(), store, machine, started, identify_tx, exits_tx, shutdown.clone())
+            .with_workspace(workspace);
     executor.set_process_info(info);
     let (info_tx, info_rx) = tokio::sync::watch::channel(None);
     let refresh_every = cfg.ping_interval;

@@ -17,9 +17,13 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Accepted,
+    /// Ours: its worktree is being made.
+    Preparing,
     Waking,
     WakingConfirmation,
     Working,
+    /// Ours: what the agent left is being committed; `report` holds the report to send after.
+    Committing,
     Reporting,
 }
 
@@ -52,6 +56,9 @@ pub struct QueuedTask {
     /// (our extension; absent when the agent asked nothing).
     #[serde(default, skip_serializing_if = "Asking::is_empty")]
     pub needs_input: Asking,
+    /// The task's worktree (our extension; worktree mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::workspace::Workspace>,
     /// The rest of `task_assign` (repo, branch, routing_decision, ...), kept for the agent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -63,6 +70,7 @@ pub struct QueuedTask {
 pub const RESERVED_KEYS: &[&str] = &[
     "task_id",
     "wake_failed",
+    "workspace",
     "description",
     "metadata",
     "generation",
@@ -86,16 +94,12 @@ impl QueuedTask {
         let t = &held.task;
         let (status, report) = match &held.phase {
             Phase::Accepted => (Status::Accepted, None),
+            Phase::Preparing => (Status::Preparing, None),
             Phase::Waking { .. } | Phase::WakingRecovered | Phase::WakeBackoff { .. } => (Status::Waking, None),
             Phase::WakingConfirmation { .. } => (Status::WakingConfirmation, None),
             Phase::Working { .. } => (Status::Working, None),
-            Phase::Reporting { report, .. } => {
-                let mut v = serde_json::to_value(report.frame(t)).expect("frames serialize");
-                if let (Report::Failed { keep_result: true, .. }, Value::Object(m)) = (report, &mut v) {
-                    m.insert("keep_result".into(), true.into());
-                }
-                (Status::Reporting, Some(v))
-            }
+            Phase::Committing { report } => (Status::Committing, Some(report_record(report, t))),
+            Phase::Reporting { report, .. } => (Status::Reporting, Some(report_record(report, t))),
         };
         QueuedTask {
             task_id: t.id.clone(),
@@ -109,6 +113,7 @@ impl QueuedTask {
             wake_failed: matches!(held.phase, Phase::WakeBackoff { .. }),
             report,
             needs_input: held.asking.clone(),
+            workspace: held.workspace.clone(),
             extra: t.extra.clone(),
         }
     }
@@ -122,19 +127,24 @@ impl QueuedTask {
         let report = self.report.as_ref().map(|v| {
             let keep_result = v.get("keep_result").and_then(Value::as_bool).unwrap_or(false);
             match serde_json::from_value::<AgentFrame>(v.clone()) {
-                Ok(AgentFrame::TaskComplete { result, tokens_used, usage, .. }) => {
-                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used, usage })
+                Ok(AgentFrame::TaskComplete { result, tokens_used, usage, change, .. }) => {
+                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used, usage, change })
                 }
-                Ok(AgentFrame::TaskFailed { reason, error, usage, .. }) => Some(Report::Failed {
+                Ok(AgentFrame::TaskFailed { reason, error, usage, change, .. }) => Some(Report::Failed {
                     reason: reason.or(error).unwrap_or_else(|| "unknown".into()),
                     keep_result,
                     usage,
+                    change,
                 }),
                 _ => None,
             }
         });
         let phase = match (self.status, report.flatten()) {
             (Status::Accepted, _) => Phase::Accepted,
+            (Status::Preparing, _) => Phase::Preparing,
+            (Status::Committing, Some(report)) => Phase::Committing { report },
+            // A report that cannot be read: the result file (still there) is read again.
+            (Status::Committing, None) => Phase::Working { foreground: false, exited: None },
             (Status::Waking, _) if self.wake_failed => Phase::WakeBackoff { at: now },
             (Status::Waking, _) => Phase::WakingRecovered,
             (Status::WakingConfirmation, _) => Phase::WakingConfirmation { deadline: now },
@@ -162,8 +172,18 @@ impl QueuedTask {
             wakes: self.wake_attempts,
             group: self.wake_pgid,
             asking,
+            workspace: self.workspace,
         })
     }
+}
+
+/// A report as `queue.json` keeps it: the frame, and whether the result file is to be kept.
+fn report_record(report: &Report, t: &crate::task::Task) -> Value {
+    let mut v = serde_json::to_value(report.frame(t)).expect("frames serialize");
+    if let (Report::Failed { keep_result: true, .. }, Value::Object(m)) = (report, &mut v) {
+        m.insert("keep_result".into(), true.into());
+    }
+    v
 }
 
 pub struct QueueStore {
@@ -237,6 +257,7 @@ mod tests {
             wake_failed: false,
             report: None,
             needs_input: Asking::default(),
+            workspace: None,
             extra,
         };
         s.save(&QueueFile { active: Some(t.clone()), recovering: None }).unwrap();
@@ -280,7 +301,12 @@ mod tests {
         let crate::task::Phase::Reporting { report, .. } = &held.phase else { panic!("{:?}", held.phase) };
         assert_eq!(
             report,
-            &Report::Complete { result: json!({"status": "success"}), tokens_used: Some(json!(7)), usage: None }
+            &Report::Complete {
+                result: json!({"status": "success"}),
+                tokens_used: Some(json!(7)),
+                usage: None,
+                change: None
+            }
         );
         // Written back, it is the same file.
         let back = QueueFile { active: Some(QueuedTask::from_held(&held)), recovering: None };
@@ -309,7 +335,12 @@ mod tests {
         assert!(matches!(held.phase, crate::task::Phase::Working { .. }));
         let kept = Held {
             phase: crate::task::Phase::Reporting {
-                report: Report::Failed { reason: "result_too_large: x".into(), keep_result: true, usage: None },
+                report: Report::Failed {
+                    reason: "result_too_large: x".into(),
+                    keep_result: true,
+                    usage: None,
+                    change: None,
+                },
                 resend_at: None,
             },
             ..held

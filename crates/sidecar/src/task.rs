@@ -3,7 +3,8 @@
 
 use crate::machine::Now;
 use crate::question::Asking;
-use proto::{AgentFrame, Usage};
+use crate::workspace::Workspace;
+use proto::{AgentFrame, Change, Usage};
 use serde_json::{Map, Value};
 
 /// A task as the hub assigned it (its id already checked with [`proto::check_task_id`]).
@@ -42,20 +43,18 @@ pub enum Report {
         result: Value,
         tokens_used: Option<Value>,
         usage: Option<Usage>,
+        /// What the attempt committed on the task's branch (worktree mode).
+        change: Option<Box<Change>>,
     },
     /// `keep_result`: the result file is set aside for the operator (it was too large to send)
     /// instead of being removed with the task's other files.
-    Failed {
-        reason: String,
-        keep_result: bool,
-        usage: Option<Usage>,
-    },
+    Failed { reason: String, keep_result: bool, usage: Option<Usage>, change: Option<Box<Change>> },
 }
 
 impl Report {
     pub fn frame(&self, task: &Task) -> AgentFrame {
         match self {
-            Report::Complete { result, tokens_used, usage } => AgentFrame::TaskComplete {
+            Report::Complete { result, tokens_used, usage, change } => AgentFrame::TaskComplete {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 result: Some(result.clone()),
@@ -63,15 +62,29 @@ impl Report {
                 verification_report: None,
                 verification_history: None,
                 usage: usage.clone(),
+                change: change.clone(),
             },
-            Report::Failed { reason, usage, .. } => AgentFrame::TaskFailed {
+            Report::Failed { reason, usage, change, .. } => AgentFrame::TaskFailed {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 reason: Some(reason.clone()),
                 error: None,
                 usage: usage.clone(),
+                change: change.clone(),
             },
         }
+    }
+
+    /// The same report with what the attempt changed.
+    pub fn with_change(mut self, c: Option<Change>) -> Report {
+        match &mut self {
+            Report::Complete { change, .. } | Report::Failed { change, .. } => *change = c.map(Box::new),
+        }
+        self
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self, Report::Failed { .. })
     }
 }
 
@@ -81,6 +94,8 @@ impl Report {
 pub enum Phase {
     /// Persisted and acknowledged; no wake yet.
     Accepted,
+    /// Its worktree is being made (or adopted) and set up (worktree mode).
+    Preparing,
     /// Wake number [`Held::wakes`] runs (or is being spawned).
     Waking {
         /// The wake is stopped if it neither exits nor confirms by then.
@@ -102,6 +117,9 @@ pub enum Phase {
         /// The agent exited: the result must show up by then, or the task fails with this.
         exited: Option<(Now, String)>,
     },
+    /// What the agent left in the worktree is being committed (and pushed); the report waits
+    /// for what that changed (worktree mode).
+    Committing { report: Report },
     /// The report is on its way to the hub, re-sent until it is acknowledged.
     Reporting { report: Report, resend_at: Option<Now> },
 }
@@ -111,6 +129,8 @@ impl Phase {
     pub fn status(&self) -> &'static str {
         match self {
             Phase::Accepted => "accepted",
+            Phase::Preparing => "preparing",
+            Phase::Committing { .. } => "committing",
             Phase::Waking { .. } | Phase::WakingRecovered | Phase::WakeBackoff { .. } => "waking",
             Phase::WakingConfirmation { .. } => "waking_confirmation",
             Phase::Working { .. } => "working",
@@ -140,4 +160,6 @@ pub struct Held {
     /// The agent's questions to a person (`<id>.needs-input`): orthogonal to the phase, a task
     /// waiting for an answer stays `working`.
     pub asking: Asking,
+    /// The task's worktree, once made (worktree mode).
+    pub workspace: Option<Workspace>,
 }

@@ -148,8 +148,8 @@ mod tests {
             if let Ok((Some(u), _)) = parse(&v) {
                 for frame in [
                     proto::AgentFrame::TaskComplete { task_id: "t".into(), generation: 1, result: None, tokens_used: None,
-                        verification_report: None, verification_history: None, usage: Some(u.clone()) },
-                    proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1, reason: None, error: None, usage: Some(u.clone()) },
+                        verification_report: None, verification_history: None, usage: Some(u.clone()), change: None },
+                    proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1, reason: None, error: None, usage: Some(u.clone()), change: None },
                 ] {
                     // Ok is the point; costs are not compared (serde_json may round a decimal's last digit).
                     let parsed = proto::parse_agent_frame(&frame.to_text());

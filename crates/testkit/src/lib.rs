@@ -20,6 +20,8 @@ pub use cluster::HubCluster;
 /// A scripted Anthropic Messages API for the real Claude Code CLI.
 pub mod anthropic;
 mod events;
+/// Real git repositories, and a `git` that crashes its caller at a chosen step.
+pub mod git;
 mod http;
 mod hub;
 mod net;

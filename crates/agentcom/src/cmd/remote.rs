@@ -132,6 +132,13 @@ pub enum TaskCmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Print the patch of the task's change (what its latest attempt committed on its branch).
+    Diff {
+        /// The task's id.
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Cancel a task (tells the agent holding it).
     Cancel {
         /// The task's id.
@@ -260,6 +267,25 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
         TaskCmd::Show { id, remote } => {
             let v = remote.call(&GetTask { task_id: id }).await?;
             remote.print(&v, render::task)?;
+        }
+        TaskCmd::Diff { id, remote } => {
+            let v = remote.call(&proto::api::GetTaskDiff { task_id: id }).await?;
+            // The patch is the agent's text: raw into a pipe (for `git apply`), made safe for a
+            // terminal (an ESC in a file the agent wrote would drive it).
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            remote.print(&v, |d| {
+                let text = render::diff(d);
+                match terminal {
+                    true => text
+                        .chars()
+                        .flat_map(|c| match c != '\n' && c != '\t' && human::unsafe_for_terminal(c) {
+                            true => c.escape_default().collect::<Vec<_>>(),
+                            false => vec![c],
+                        })
+                        .collect(),
+                    false => text,
+                }
+            })?;
         }
         TaskCmd::Cancel { id, remote } => {
             let v = remote.call(&CancelTask { task_id: id }).await?;

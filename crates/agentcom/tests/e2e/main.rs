@@ -33,6 +33,7 @@ mod supervisor_control;
 mod supervisor_pm2_keys;
 mod tls;
 mod tmux;
+mod workspaces;
 
 /// The binary under test.
 pub fn bin() -> &'static Path {

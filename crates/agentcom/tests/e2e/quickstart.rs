@@ -5,7 +5,7 @@
 
 use crate::bin;
 use proto::api::TaskStatus;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use testkit::anthropic::{self, ScriptedClaude};
 use testkit::{Hub, Sidecar};
 
@@ -33,26 +33,6 @@ pub fn fill_in(block: &str, values: &[(&str, String)]) -> String {
         .join("\n")
 }
 
-/// A git repository with one commit: the project an agent works on.
-pub fn project(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    for args in [&["init", "-q", "-b", "main"][..], &["commit", "-q", "--allow-empty", "-m", "start"]] {
-        let ok = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .envs([
-                ("GIT_AUTHOR_NAME", "t"),
-                ("GIT_AUTHOR_EMAIL", "t@t"),
-                ("GIT_COMMITTER_NAME", "t"),
-                ("GIT_COMMITTER_EMAIL", "t@t"),
-            ])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "git {args:?}");
-    }
-    Ok(dir.to_path_buf())
-}
-
 /// `PATH` with the binary under test first, as `cargo install` would put it for the wake command.
 pub fn path_with_agentcom() -> String {
     let dir = bin().canonicalize().unwrap().parent().unwrap().display().to_string();
@@ -67,7 +47,7 @@ async fn the_readme_quick_start_runs_as_written_from_the_configs_folder() -> R {
     let model =
         ScriptedClaude::start(anthropic::writes_file("hello.txt", "hello from claude\n", "Wrote hello.txt.")).await?;
     let token = hub.token("claude-1").await?;
-    let repo = project(&root.path().join("project"))?;
+    let repo = testkit::git::project(&root.path().join("project"))?;
     let block = readme_block("# sidecar.toml");
     let config =
         fill_in(&block, &[("token", token), ("hub_url", hub.ws_url()), ("repo_dir", repo.display().to_string())]);
@@ -82,10 +62,15 @@ async fn the_readme_quick_start_runs_as_written_from_the_configs_folder() -> R {
     let id = hub.submit_text("Create hello.txt saying hello").await?;
     let done = serde_json::to_value(hub.wait_status(&id, TaskStatus::Completed).await?)?;
     assert_eq!(done["result"]["result"], "Wrote hello.txt.", "{done}");
-    assert_eq!(std::fs::read_to_string(repo.join("hello.txt"))?, "hello from claude\n");
+    // In a worktree of its own: the file is committed on the task's branch, not in the checkout.
+    let branch = format!("agentcom/{id}");
+    assert_eq!(done["change"]["branch"], branch.as_str(), "{done}");
+    assert_eq!(testkit::git::show(&repo, &branch, "hello.txt")?, "hello from claude");
+    assert!(!repo.join("hello.txt").exists());
     let seen = model.requests();
     assert_eq!(seen.len(), 2, "a tool call, then the answer");
-    assert_eq!(seen[0].cwd.as_deref(), Some(repo.canonicalize()?.as_path()), "the agent ran in repo_dir");
+    let worktree = seen[0].cwd.clone().unwrap_or_default();
+    assert!(worktree.ends_with(format!("worktrees/{id}")), "the agent ran in its worktree: {worktree:?}");
     assert!(seen[0].prompts().iter().any(|p| p == "Create hello.txt saying hello"));
     Ok(())
 }

@@ -194,6 +194,8 @@ pub async fn fleet(s: &AppState, v: &Viewer, cursor: Option<String>, limit: u32)
 pub struct TaskPage {
     pub detail: TaskDetail,
     pub progress: Vec<(u64, Value)>,
+    /// The latest change's patch, when the task shows a change.
+    pub patch: Option<crate::store::StoredPatch>,
 }
 
 pub async fn task(s: &AppState, v: &Viewer, task_id: &str) -> Result<TaskPage, ApiError> {
@@ -206,7 +208,11 @@ pub async fn task(s: &AppState, v: &Viewer, task_id: &str) -> Result<TaskPage, A
         }
         let history = r.transitions(&id)?;
         let progress = r.progress(&id, task.head.generation)?;
-        Ok(Some(Ok(TaskPage { detail: TaskDetail { task: task.view(), history }, progress })))
+        let patch = match task.head.change {
+            Some(_) => r.patch(&id)?,
+            None => None,
+        };
+        Ok(Some(Ok(TaskPage { detail: TaskDetail { task: task.view(), history }, progress, patch })))
     })
     .await?;
     match found {
@@ -251,6 +257,7 @@ mod tests {
             completed_at: None,
             needs_input: None,
             answer: None,
+            change: None,
         };
         let payload =
             crate::model::Payload { description: id.into(), metadata: Default::default(), extra: Default::default() };

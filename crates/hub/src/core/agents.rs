@@ -255,6 +255,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 verification_report,
                 verification_history,
                 usage,
+                change,
             } => {
                 let usage = super::budget::usage_of(usage, result.as_ref(), tokens_used.as_ref());
                 let mut report = Map::new();
@@ -267,12 +268,14 @@ impl<S: Store, C: Clock> Core<S, C> {
                         report.insert(k.into(), v);
                     }
                 }
-                self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)), usage);
+                let attached = super::tasks::Attached { usage, change };
+                self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)), attached);
             }
-            AgentFrame::TaskFailed { task_id, generation, reason, error, usage } => {
+            AgentFrame::TaskFailed { task_id, generation, reason, error, usage, change } => {
                 let why = reason.or(error).unwrap_or_else(|| "unknown".into());
                 let usage = super::budget::usage_of(usage, None, None);
-                self.on_report(conn, &agent_id, task_id, generation, Err(why), usage);
+                let attached = super::tasks::Attached { usage, change };
+                self.on_report(conn, &agent_id, task_id, generation, Err(why), attached);
             }
             AgentFrame::TaskRecovering { task_id, .. } => {
                 let frame = match self.held_by(&task_id, &agent_id) {

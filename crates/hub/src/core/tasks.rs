@@ -5,7 +5,7 @@ use crate::auth::{self, Role};
 use crate::clock::Clock;
 use crate::events::Audience;
 use crate::model::{Outcome, Payload, TaskHead, TaskStatus, Transition};
-use crate::store::{Mutation, Store, StoreError};
+use crate::store::{Mutation, Store, StoreError, StoredPatch};
 use proto::api::{ApiError, ErrorCode, EventKind, SubmitTask, TaskChanged, TaskSubmitted};
 use proto::{AckStatus, ErrorFrame, FrameErrorCode, HubFrame};
 use serde_json::{Map, Value};
@@ -13,6 +13,12 @@ use std::time::Duration;
 
 /// How a report ended: the result and the rest of `task_complete`, or the failure reason.
 pub(super) type ReportOutcome = Result<(Option<Value>, Map<String, Value>), String>;
+
+/// What came with a report: its cost and what the attempt changed on its branch.
+pub(super) struct Attached {
+    pub usage: Option<proto::Usage>,
+    pub change: Option<Box<proto::Change>>,
+}
 
 impl<S: Store, C: Clock> Core<S, C> {
     pub(super) fn submit(&mut self, n: SubmitTask, role: &Role) -> Result<TaskSubmitted, ApiError> {
@@ -47,6 +53,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             completed_at: None,
             needs_input: None,
             answer: None,
+            change: None,
         };
         let payload = Payload { description: n.description, metadata: n.metadata, extra: n.extra };
         let priority = head.priority;
@@ -329,8 +336,9 @@ impl<S: Store, C: Clock> Core<S, C> {
         task_id: String,
         generation: u64,
         outcome: ReportOutcome,
-        usage: Option<proto::Usage>,
+        attached: Attached,
     ) {
+        let Attached { usage, change } = attached;
         let current = match self.tasks.get(&task_id) {
             Some(o) => Some(o.head.clone()),
             None => match self.store.head(&task_id) {
@@ -353,7 +361,8 @@ impl<S: Store, C: Clock> Core<S, C> {
             self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
             let reason = format!("completed by {agent_id} (generation {generation}, reported after the hub took it back; nobody else held it)");
             tracing::info!(task_id = %task_id, agent_id, generation, "taking a late completion: the task was queued again, but nobody else holds it");
-            self.transition(&task_id, TaskStatus::Completed, reason, |_| {});
+            let change = self.keep_change(&task_id, generation, change);
+            self.transition(&task_id, TaskStatus::Completed, reason, |t| t.change = change);
             let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: AckStatus::Complete };
             return self.send(conn, ack, SendKind::Ack { task_id });
         }
@@ -383,11 +392,14 @@ impl<S: Store, C: Clock> Core<S, C> {
         if let Some(u) = usage {
             self.record_usage(&task_id, agent_id, generation, u, &task.submitted_by);
         }
+        let change = self.keep_change(&task_id, generation, change);
         let ack_status = match outcome {
             Ok((result, report)) => {
                 let outcome = Outcome { result, report };
                 self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
-                self.transition(&task_id, TaskStatus::Completed, format!("completed by {agent_id}"), |_| {});
+                self.transition(&task_id, TaskStatus::Completed, format!("completed by {agent_id}"), |t| {
+                    t.change = change
+                });
                 AckStatus::Complete
             }
             Err(why) => {
@@ -397,6 +409,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                     self.transition(&task_id, TaskStatus::DeadLetter, reason, |t| {
                         t.failures = failures;
                         t.last_error = Some(why);
+                        t.change = change;
                     });
                     AckStatus::DeadLetter
                 } else {
@@ -408,6 +421,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                         t.failures = failures;
                         t.last_error = Some(why);
                         t.retry_at = Some(retry_at);
+                        t.change = change;
                     });
                     self.arm(backoff, Timer::RetryDue { task_id: task_id.clone(), generation });
                     AckStatus::Retried
@@ -415,6 +429,22 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
         };
         self.send(conn, HubFrame::TaskAck { task_id: task_id.clone(), status: ack_status }, SendKind::Ack { task_id });
+    }
+
+    /// Stores the patch of an accepted report's change and returns the change as the task
+    /// shows it (without the patch).
+    fn keep_change(
+        &mut self,
+        task_id: &str,
+        generation: u64,
+        change: Option<Box<proto::Change>>,
+    ) -> Option<proto::Change> {
+        let mut change = *change?;
+        if let Some(patch) = change.patch.take() {
+            let stored = StoredPatch { generation, at: self.now.wall_ms, patch, cut: change.patch_cut };
+            self.pending.push(Mutation::PutPatch { task_id: task_id.to_string(), patch: Box::new(stored) });
+        }
+        Some(change)
     }
 
     /// A `task_complete` for the attempt the hub took back from `agent_id`, while nobody else

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use proto::api::{
     ApiError, Checkpoint, CreateToken, ErrorCode, Health, HealthStatus, HubRole, ListAgents, ListDeadLetter, ListTasks,
-    ListTokens, RestartAgent, SubmitTask, TaskDetail, TaskList,
+    ListTokens, RestartAgent, SubmitTask, TaskDetail, TaskDiff, TaskList,
 };
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/dead-letter", get(dead_letter))
         .route("/api/tasks/stats", get(stats))
         .route("/api/tasks/{task_id}", get(get_task))
+        .route("/api/tasks/{task_id}/diff", get(diff))
         .route("/api/tasks/{task_id}/retry", post(retry))
         .route("/api/tasks/{task_id}/cancel", post(cancel))
         .route("/api/tasks/{task_id}/input", post(answer))

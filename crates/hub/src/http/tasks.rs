@@ -1,4 +1,4 @@
-//! The task routes: submit, list, one task, retry, cancel, answer, stats.
+//! The task routes: submit, list, one task, its diff, retry, cancel, answer, stats.
 
 use super::*;
 
@@ -130,6 +130,78 @@ pub(super) async fn get_task(State(s): State<AppState>, headers: HeaderMap, Path
         Ok(None) => error(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}"))),
         Err(r) => r,
     }
+}
+
+/// `?format=patch`: the patch alone, as `git apply` reads it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct DiffQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+pub(super) async fn diff(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Response {
+    let raw = match q {
+        Ok(Query(q)) => match q.format.as_deref() {
+            None | Some("json") => false,
+            Some("patch") => true,
+            Some(other) => {
+                return error(
+                    ApiError::new(ErrorCode::InvalidQuery)
+                        .msg(format!("format: {:?} is not one of json, patch", human::printable(other))),
+                )
+            }
+        },
+        Err(e) => return bad_query(e),
+    };
+    let role = match role(&s, &headers).await {
+        Ok(role) => role,
+        Err(r) => return r,
+    };
+    let wanted = id.clone();
+    let found = read(&s, move |r| {
+        let Some(task) = r.task(&wanted)? else { return Ok(None) };
+        Ok(Some((task.head, r.patch(&wanted)?)))
+    })
+    .await;
+    let (head, patch) = match found {
+        Ok(Some(x)) => x,
+        Ok(None) => return error(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}"))),
+        Err(r) => return r,
+    };
+    if let Role::Agent(me) = &role {
+        if head.submitted_by != *me && head.assigned_to.as_deref() != Some(me.as_str()) {
+            return error(
+                ApiError::new(ErrorCode::Forbidden)
+                    .msg(format!("an agent token (agent {me}) reads the diff only of tasks it submitted or holds")),
+            );
+        }
+    }
+    // The patch of an earlier attempt is not shown with a later attempt's change.
+    let patch = patch.filter(|_| head.change.is_some());
+    let diff = TaskDiff {
+        task_id: head.task_id,
+        change: head.change,
+        generation: patch.as_ref().map(|p| p.generation),
+        cut: patch.as_ref().is_some_and(|p| p.cut),
+        patch: patch.map(|p| p.patch).unwrap_or_default(),
+    };
+    if raw {
+        let cut = if diff.cut { "true" } else { "false" };
+        return (
+            [
+                (header::CONTENT_TYPE, "text/x-diff; charset=utf-8"),
+                (header::HeaderName::from_static("x-agentcom-patch-cut"), cut),
+            ],
+            diff.patch,
+        )
+            .into_response();
+    }
+    Json(diff).into_response()
 }
 
 pub(super) async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -68,6 +68,11 @@ pub enum Mutation {
         at: u64,
     },
     PutAgent(AgentRecord),
+    /// The patch of an attempt's change; a task keeps the latest one.
+    PutPatch {
+        task_id: String,
+        patch: Box<StoredPatch>,
+    },
     /// What one attempt reported it cost.
     AddUsage {
         task_id: String,
@@ -76,6 +81,16 @@ pub enum Mutation {
         at: u64,
         usage: proto::Usage,
     },
+}
+
+/// The patch of one attempt's change (`git diff base head`, at most [`proto::MAX_PATCH_BYTES`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPatch {
+    pub generation: u64,
+    pub at: u64,
+    pub patch: String,
+    /// The sidecar cut the patch at the bound.
+    pub cut: bool,
 }
 
 /// Progress lines kept per task.
@@ -127,6 +142,8 @@ pub trait Reader: Send + Sync + 'static {
     /// The kept progress lines of one attempt, oldest first: (when, body).
     fn progress(&self, task_id: &str, generation: u64) -> Result<Vec<(u64, Value)>, StoreError>;
     fn checkpoint(&self, agent_id: &str) -> Result<Option<(Value, u64)>, StoreError>;
+    /// The latest patch an attempt of the task reported.
+    fn patch(&self, task_id: &str) -> Result<Option<StoredPatch>, StoreError>;
     /// Usage between two instants (ms, `until` excluded), grouped; only `agent`'s when given.
     fn usage(
         &self,

@@ -7,7 +7,8 @@
 //! statements whatever its size: rows of one kind go in one `UNNEST` statement.
 
 use super::{
-    decode, json, stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT,
+    decode, json, stored_text, Database, Mutation, Reader, Snapshot, Store, StoreError, StoredPatch, TaskQuery,
+    PROGRESS_KEPT,
 };
 use crate::model::{AgentRecord, Payload, StoredTask, TaskHead, TaskStatus, TokenRecord, Transition};
 use postgres::Client;
@@ -23,7 +24,8 @@ use std::time::Duration;
 const MIGRATION_LOCK: i64 = 0x6167_656e_7401;
 
 /// Each entry moves the schema one version up.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE tasks (
         task_id TEXT PRIMARY KEY,
         seq BIGINT NOT NULL UNIQUE,
@@ -83,7 +85,17 @@ const MIGRATIONS: &[&str] = &["
         commits BIGINT NOT NULL DEFAULT 0
     );
     INSERT INTO leader (id, term, expires_at) VALUES (1, 0, now());
-"];
+",
+    "
+    CREATE TABLE patches (
+        task_id TEXT PRIMARY KEY,
+        generation BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        cut BOOLEAN NOT NULL,
+        patch TEXT NOT NULL
+    );
+",
+];
 
 /// How every connection to PostgreSQL is made (TLS as `database_url` says, see `pg_tls.rs`):
 /// keepalives and timeouts so that a cut network or a paused server is noticed within
@@ -413,6 +425,15 @@ impl Store for PgStore {
                 Mutation::DeleteTokens { agent_id } => {
                     tx.execute("DELETE FROM tokens WHERE agent_id = $1", &[agent_id])?;
                 }
+                // Patches come one per finished attempt: no batch is worth building.
+                Mutation::PutPatch { task_id, patch: p } => {
+                    tx.execute(
+                        "INSERT INTO patches (task_id, generation, at, cut, patch) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (task_id) DO UPDATE SET generation = excluded.generation, at = excluded.at,
+                           cut = excluded.cut, patch = excluded.patch",
+                        &[task_id, &(p.generation as i64), &(p.at as i64), &p.cut, &stored_text(&p.patch).as_ref()],
+                    )?;
+                }
                 _ => {}
             }
         }
@@ -582,6 +603,18 @@ impl Reader for PgReader {
                 decode(|| format!("checkpoint of {agent_id}"), &body).map(|v| (v, r.get::<_, i64>(1) as u64))
             })
             .transpose()
+        })
+    }
+
+    fn patch(&self, task_id: &str) -> Result<Option<StoredPatch>, StoreError> {
+        self.with(|c| {
+            let row = c.query_opt("SELECT generation, at, cut, patch FROM patches WHERE task_id = $1", &[&task_id])?;
+            Ok(row.map(|r| StoredPatch {
+                generation: r.get::<_, i64>(0).max(0) as u64,
+                at: r.get::<_, i64>(1).max(0) as u64,
+                cut: r.get(2),
+                patch: r.get(3),
+            }))
         })
     }
 

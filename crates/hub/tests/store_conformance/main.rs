@@ -9,8 +9,8 @@ mod scenarios;
 
 use hub::model::{AgentRecord, Outcome, Payload, Priority, StoredTask, TaskHead, TokenRecord, Transition};
 use hub::store::{
-    Database, Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, TaskQuery, DAY_MS, HISTORY_SHOWN,
-    PROGRESS_KEPT,
+    Database, Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, StoredPatch, TaskQuery, DAY_MS,
+    HISTORY_SHOWN, PROGRESS_KEPT,
 };
 use model::Model;
 use proptest::prelude::*;
@@ -130,6 +130,7 @@ impl Backend {
             transitions: ids.iter().map(|id| r.transitions(id).unwrap()).collect(),
             pages: statuses().map(|s| (s, pages(r.as_ref(), s, probe.page))).collect(),
             checkpoints: probe.agents.iter().map(|a| r.checkpoint(a).unwrap()).collect(),
+            patches: ids.iter().map(|id| r.patch(id).unwrap()).collect(),
             usage: probe
                 .usage_queries()
                 .map(|(by, since, until, agent)| r.usage(by, since, until, agent).unwrap())
@@ -226,6 +227,7 @@ pub struct State {
     transitions: Vec<Vec<Transition>>,
     pages: Vec<(Option<TaskStatus>, Vec<Page>)>,
     checkpoints: Vec<Option<(Value, u64)>>,
+    patches: Vec<Option<StoredPatch>>,
     usage: Vec<Vec<UsageRow>>,
 }
 
@@ -268,6 +270,7 @@ fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
         completed_at: None,
         needs_input: None,
         answer: None,
+        change: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{Page, Probe, Snap, State};
 use hub::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TokenRecord, Transition};
-use hub::store::{Mutation, HISTORY_SHOWN, PROGRESS_KEPT};
+use hub::store::{Mutation, StoredPatch, HISTORY_SHOWN, PROGRESS_KEPT};
 use proto::api::{TaskStatus, UsageBy, UsageRow};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -32,6 +32,8 @@ pub struct Model {
     checkpoints: BTreeMap<String, (Value, u64)>,
     agents: BTreeMap<String, AgentRecord>,
     usage: Vec<UsageRecord>,
+    /// The latest patch of each task.
+    patches: BTreeMap<String, StoredPatch>,
 }
 
 /// What a store keeps of a text column: PostgreSQL's text cannot hold NUL, so every store
@@ -83,6 +85,10 @@ impl Model {
                 Mutation::PutAgent(a) => {
                     self.agents.insert(a.agent_id.clone(), a);
                 }
+                Mutation::PutPatch { task_id, mut patch } => {
+                    patch.patch = stored_text(&patch.patch);
+                    self.patches.insert(task_id, *patch);
+                }
                 Mutation::AddUsage { task_id, agent_id, at, mut usage, .. } => {
                     usage.model = usage.model.as_deref().map(stored_text);
                     self.usage.push(UsageRecord { task_id, agent_id, at, usage });
@@ -113,6 +119,7 @@ impl Model {
                 .collect(),
             pages: super::statuses().map(|s| (s, self.pages(s, probe.page))).collect(),
             checkpoints: probe.agents.iter().map(|a| self.checkpoints.get(a).cloned()).collect(),
+            patches: probe.task_ids.iter().map(|id| self.patches.get(id).cloned()).collect(),
             usage: probe
                 .usage_queries()
                 .map(|(by, since, until, agent)| self.report(by, since, until, agent))

@@ -297,3 +297,27 @@ fn a_failed_batch_writes_nothing() {
     both.model.commit(&[token("h2", "y", 2)]);
     both.agree(&Probe::new(&["a"], &["x", "y"]));
 }
+
+#[test]
+fn a_task_keeps_the_latest_patch_of_its_change() {
+    let mut both = Both::new();
+    let patch = |generation: u64, text: &str, cut: bool| Mutation::PutPatch {
+        task_id: "t".into(),
+        patch: Box::new(StoredPatch { generation, at: DAY0 + generation, patch: text.into(), cut }),
+    };
+    both.commit(&[insert("t", 1, TaskStatus::Queued), patch(1, "diff --git a/x b/x\n+one\n", false)]);
+    both.agree(&Probe::new(&["t"], &[]));
+    // The next attempt's patch replaces it, NUL and all (an agent's file is its own bytes).
+    both.commit(&[patch(2, "diff --git a/x b/x\n+t\u{0}wo\n", true)]);
+    both.each(|b| {
+        let p = b.reader.patch("t").unwrap().expect("a patch");
+        assert_eq!(
+            (p.generation, p.cut, p.patch.as_str()),
+            (2, true, "diff --git a/x b/x\n+t\u{FFFD}wo\n"),
+            "{}",
+            b.name
+        );
+        assert_eq!(b.rows("patches"), 1, "{}", b.name);
+    });
+    both.agree(&Probe::new(&["t"], &[]));
+}

@@ -267,6 +267,10 @@ pub struct TaskView {
     /// What every attempt together cost, as reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::Usage>,
+    /// What the latest attempt committed on the task's branch (without its patch: see
+    /// [`TaskDiff`]); `null` when it changed nothing or ran outside a worktree.
+    #[serde(default)]
+    pub change: Option<crate::Change>,
 }
 
 /// A question an agent asked (`<task_id>.needs-input`), waiting for a person.
@@ -309,6 +313,34 @@ pub struct TaskDetail {
     #[serde(flatten)]
     pub task: TaskView,
     pub history: Vec<Transition>,
+}
+
+/// `GET /api/tasks/:task_id/diff`: the patch of the latest change an attempt reported (admin,
+/// the submitter or the holder). `?format=patch` answers the patch alone, as `text/x-diff`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetTaskDiff {
+    pub task_id: String,
+}
+
+impl Endpoint for GetTaskDiff {
+    type Response = TaskDiff;
+    const METHOD: Method = Method::Get;
+    fn path(&self) -> String {
+        format!("/api/tasks/{}/diff", encode(&self.task_id))
+    }
+}
+
+/// A task's change and its patch; `change: null` and an empty patch when it changed nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDiff {
+    pub task_id: String,
+    pub change: Option<crate::Change>,
+    /// The attempt the patch is from.
+    pub generation: Option<u64>,
+    /// `git diff base_sha head_sha`, at most [`crate::MAX_PATCH_BYTES`].
+    pub patch: String,
+    /// The patch was cut at that bound: the branch has the rest.
+    pub cut: bool,
 }
 
 /// One status change in a task's history.

@@ -132,8 +132,14 @@ impl Machine {
             assigned_at: a.assigned_at,
             extra,
         };
-        self.slot =
-            Slot::Active(Held { task, phase: Phase::Accepted, wakes: 0, group: None, asking: Default::default() });
+        self.slot = Slot::Active(Held {
+            task,
+            phase: Phase::Accepted,
+            wakes: 0,
+            group: None,
+            asking: Default::default(),
+            workspace: None,
+        });
         // Persist, fsync, then ack: if the persist fails, nothing after it runs.
         out.push(self.persist(true));
         self.unconfirmed = Some(Unconfirmed::Accept);
@@ -147,6 +153,7 @@ impl Machine {
             _ => None,
         };
         match target.as_ref().map(|t| t.as_str()) {
+            None | Some(Some("wake")) if self.worktrees() => self.prepare_workspace(out),
             None | Some(Some("wake")) => self.start_wake(1, now, out),
             Some(other) => {
                 let shown =
@@ -178,7 +185,10 @@ impl Machine {
             _ => None,
         };
         match phase {
-            None | Some(Phase::Accepted) => self.restart_now(reason, out),
+            // Nothing of the agent's runs, or only our own steps, all on record: at once.
+            None | Some(Phase::Accepted | Phase::Preparing | Phase::Committing { .. } | Phase::Reporting { .. }) => {
+                self.restart_now(reason, out)
+            }
             Some(_) if force => {
                 // Stop the agent's work and keep the task; after the restart `task_recovering`
                 // settles it, and a continued task is woken again from the start.

@@ -11,190 +11,31 @@
 //! question is persisted before it is forwarded, an answer written and persisted before it is
 //! acknowledged (`input.rs`).
 
+mod events;
 mod frames;
 mod hub;
 mod input;
 mod observe;
 mod report;
+mod workspace;
 
 use crate::config::SidecarConfig;
-use crate::files::{Observation, ProgressCursor};
-use crate::question::{Asked, Asking};
+use crate::files::ProgressCursor;
+use crate::question::Asking;
 use crate::queue::{QueueFile, QueuedTask};
 use crate::task::{Held, Phase, Task};
 use crate::wake;
-use proto::{AgentFrame, HubFrame, Usage};
+use proto::{AgentFrame, Usage};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use events::{Action, Event, Look, TaskFile, WakeOutcome};
 pub use frames::clip;
 
 /// The machine's clock: time since the executor started.
 pub type Now = Duration;
-
-/// Why the files are being looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Look {
-    /// A file event, a rescan, or a phase change.
-    Watch,
-    /// The confirmation deadline passed: without `.started` now, the task fails.
-    ConfirmationDue,
-    /// The agent exited a while ago: without a result now, the task fails.
-    ExitCheckDue,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum WakeOutcome {
-    /// The wake command ended; `code` is its exit code (none after a signal).
-    Exited { success: bool, code: Option<i32>, desc: String },
-    /// It could not be started. `lasting`: for a reason waiting cannot cure (its folder or a
-    /// program is missing, not allowed), so it is not tried again.
-    SpawnFailed { reason: String, lasting: bool },
-}
-
-impl WakeOutcome {
-    /// Why trying again cannot help, if that is so: it could not start for a lasting reason,
-    /// or the shell said the command is not there (127) or not executable (126).
-    fn lasting_failure(&self) -> Option<String> {
-        match self {
-            WakeOutcome::SpawnFailed { reason, lasting: true } => Some(format!("cannot start: {reason}")),
-            WakeOutcome::Exited { code: Some(127), desc, .. } => Some(format!("command not found ({desc})")),
-            WakeOutcome::Exited { code: Some(126), desc, .. } => Some(format!("command not executable ({desc})")),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// The sidecar starts with the queue it loaded.
-    Start,
-    /// Identified to the hub.
-    Connected,
-    Disconnected,
-    Frame(HubFrame),
-    WakeSpawned {
-        task_id: String,
-        attempt: u32,
-        pgid: i32,
-    },
-    /// The wake command ended. `started`: `<id>.started` existed at that moment;
-    /// `log_tail`: the end of its output.
-    WakeExited {
-        task_id: String,
-        attempt: u32,
-        outcome: WakeOutcome,
-        started: bool,
-        log_tail: String,
-    },
-    /// A file in the results dir changed; `closed`: closed after writing, or renamed in.
-    FileChanged {
-        name: String,
-        closed: bool,
-    },
-    /// The safety-net rescan.
-    Rescan,
-    Observed {
-        look: Look,
-        observation: Observation,
-    },
-    /// A timer may be due.
-    Tick,
-    /// A required persist (or the write of an answer) failed; the actions after it were not
-    /// carried out.
-    PersistFailed,
-    /// About to write the answer to `request_id`, the executor found another question in
-    /// `.needs-input`: the agent asked again. Nothing was written; the rest of the batch dropped.
-    AnswerSuperseded {
-        task_id: String,
-        request_id: String,
-    },
-}
-
-/// The files of a task the machine removes one by one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskFile {
-    /// `<id>.needs-input`, once its answer is written.
-    NeedsInput,
-    /// `<id>.input`, an earlier answer, when the agent asks again.
-    Input,
-}
-
-impl TaskFile {
-    pub fn ext(self) -> &'static str {
-        match self {
-            TaskFile::NeedsInput => "needs-input",
-            TaskFile::Input => "input",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Write `queue.json` durably. When `required` fails, the rest of the batch is dropped and
-    /// [`Event::PersistFailed`] comes back.
-    Persist {
-        queue: Box<QueueFile>,
-        required: bool,
-    },
-    Send(AgentFrame),
-    /// Write the task file and start wake number `attempt`; answer with `WakeSpawned`, or
-    /// `WakeExited` with `SpawnFailed`, and `WakeExited` when it ends.
-    SpawnWake {
-        task_id: String,
-        attempt: u32,
-        generation: u64,
-        task_json: String,
-        vars: Vec<(&'static str, String)>,
-    },
-    /// Stop process group `pgid` if it still runs a wake of `task_id`.
-    StopGroup {
-        pgid: i32,
-        task_id: String,
-    },
-    /// Stop every group running a wake of `task_id` for this agent (found by environment), and
-    /// the `recorded` group if it still runs one.
-    StopOrphans {
-        task_id: String,
-        recorded: Option<i32>,
-    },
-    /// Remove `<id>.started`, `<id>.json`, `<id>.progress`, `<id>.needs-input`, `<id>.input`
-    /// and `<id>.usage` left from an earlier attempt.
-    ClearResults {
-        task_id: String,
-    },
-    RemoveTaskFile {
-        task_id: String,
-        file: TaskFile,
-    },
-    /// Write `answer` to `<id>.input` durably, unless `<id>.needs-input` now holds a question
-    /// other than `asked` (answer `AnswerSuperseded`). A failed write answers `PersistFailed`.
-    /// Either drops the rest of the batch.
-    WriteAnswer {
-        task_id: String,
-        request_id: String,
-        answer: String,
-        asked: Asked,
-    },
-    /// Remove all the task's files; the result file is renamed to `keep_result_as` instead.
-    RemoveFiles {
-        task_id: String,
-        keep_result_as: Option<PathBuf>,
-    },
-    /// Read the task's files and answer with `Observed`; with `check_agent`, also whether a
-    /// process of the task's wake still runs (`recorded` group, or found by environment).
-    Observe {
-        task_id: String,
-        progress: ProgressCursor,
-        result_closed: bool,
-        look: Look,
-        check_agent: Option<Option<i32>>,
-    },
-    /// Exit so that our supervisor starts us again.
-    Exit,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Slot {
@@ -374,6 +215,10 @@ impl Machine {
             Event::AnswerSuperseded { task_id, request_id } => {
                 self.on_answer_superseded(&task_id, &request_id, unconfirmed, &mut out)
             }
+            Event::WorkspaceReady { task_id, workspace } => self.on_workspace_ready(&task_id, workspace, now, &mut out),
+            Event::WorkspaceFailed { task_id, reason } => self.on_workspace_failed(&task_id, &reason, &mut out),
+            Event::Committed { task_id, change } => self.on_committed(&task_id, change, &mut out),
+            Event::CommitFailed { task_id, reason } => self.on_commit_failed(&task_id, &reason, &mut out),
             Event::PersistFailed => {
                 if let Some(Unconfirmed::Asking(before)) = unconfirmed {
                     return self.undo_asking(before, out);
@@ -503,10 +348,11 @@ impl Machine {
         let Some(command) = self.cfg.wake_command.clone() else {
             return self.report_failure("no_wake_command_configured".into(), out);
         };
+        let repo_dir = self.cfg.repo_dir.clone();
         let Some(h) = self.active() else { return };
         let task_json = h.task.to_json().to_string();
         let values = wake::TaskValues { task_id: &h.task.id, task_json: &task_json, description: &h.task.description };
-        let vars = match wake::task_environment(&command, &values) {
+        let mut vars = match wake::task_environment(&command, &values) {
             Ok((vars, omitted)) => {
                 for note in omitted {
                     tracing::warn!(task_id = %h.task.id, note = %note, "wake environment");
@@ -515,12 +361,22 @@ impl Machine {
             }
             Err(reason) => return self.report_failure(reason, out),
         };
+        // In its worktree: where it is, its branch, and the commit it started from.
+        let cwd = match &h.workspace {
+            Some(ws) => {
+                vars.push(("AGENTCOM_WORKTREE", ws.path.display().to_string()));
+                vars.push(("AGENTCOM_BRANCH", ws.branch.clone()));
+                vars.push(("AGENTCOM_BASE_SHA", ws.base_sha.clone()));
+                Some(ws.path.clone())
+            }
+            None => repo_dir,
+        };
         h.wakes = attempt;
         h.group = None;
         let (task_id, generation) = (h.task.id.clone(), h.task.generation);
         self.withdraw_question(out);
         self.set_phase(Phase::Waking { deadline: now + self.cfg.wake_timeout, timed_out: false }, out);
-        out.push(Action::SpawnWake { task_id, attempt, generation, task_json, vars });
+        out.push(Action::SpawnWake { task_id, attempt, generation, task_json, vars, cwd });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -643,7 +499,18 @@ impl Machine {
             Phase::Accepted => {
                 // We may have died between spawning a wake and recording it.
                 out.push(Action::StopOrphans { task_id, recorded: h.group });
-                self.start_wake(1, now, out);
+                if self.worktrees() {
+                    self.prepare_workspace(out);
+                } else {
+                    self.start_wake(1, now, out);
+                }
+            }
+            // A step on the worktree cut short: run again (each is idempotent).
+            Phase::Preparing => self.prepare_workspace(out),
+            Phase::Committing { report } => {
+                if let Some(report) = self.commit_then_report(report, out) {
+                    self.send_report(report, out);
+                }
             }
             // The agent may have ended while we were down: if nothing of it runs any more when
             // it has confirmed, its result must show up soon, as after any exit we see.

@@ -178,7 +178,7 @@ impl Machine {
         let Some(h) = self.active() else { return };
         if v.get("status").and_then(Value::as_str) == Some("success") {
             let tokens_used = v.get("tokens_used").cloned();
-            let report = Report::Complete { result: v, tokens_used, usage };
+            let report = Report::Complete { result: v, tokens_used, usage, change: None };
             if frames::fits(&report.frame(&h.task)) {
                 return self.report(report, out);
             }
@@ -195,7 +195,7 @@ impl Machine {
             });
         tracing::warn!(task_id = %h.task.id, reason = %clip(&reason, 500), "task failed");
         let reason = clip(&reason, proto::MAX_REASON);
-        self.report(Report::Failed { reason, keep_result: false, usage }, out);
+        self.report(Report::Failed { reason, keep_result: false, usage, change: None }, out);
     }
 
     fn result_too_large(&mut self, size: u64, out: &mut Vec<Action>) {
@@ -211,6 +211,7 @@ impl Machine {
         );
         tracing::warn!(task_id = %task.id, reason = %reason, "task failed");
         let usage = self.usage.clone();
-        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: true, usage }, out);
+        let reason = clip(&reason, proto::MAX_REASON);
+        self.report(Report::Failed { reason, keep_result: true, usage, change: None }, out);
     }
 }

@@ -13,11 +13,21 @@ impl Machine {
             tracing::warn!(task_id = %h.task.id, reason = %reason, "task failed");
         }
         let usage = self.usage.clone();
-        self.report(Report::Failed { reason: clip(&reason, proto::MAX_REASON), keep_result: false, usage }, out);
+        let reason = clip(&reason, proto::MAX_REASON);
+        self.report(Report::Failed { reason, keep_result: false, usage, change: None }, out);
+    }
+
+    /// The attempt is over: what the agent left is committed first (worktree mode), then the
+    /// report goes out.
+    pub(super) fn report(&mut self, report: Report, out: &mut Vec<Action>) {
+        let report = if self.worktrees() { self.commit_then_report(report, out) } else { Some(report) };
+        if let Some(report) = report {
+            self.send_report(report, out);
+        }
     }
 
     /// Persists the report with the task, then sends it; it is re-sent until the hub acks.
-    pub(super) fn report(&mut self, report: Report, out: &mut Vec<Action>) {
+    pub(super) fn send_report(&mut self, report: Report, out: &mut Vec<Action>) {
         let Some(h) = self.active() else { return };
         let frame = report.frame(&h.task);
         tracing::info!(task_id = %h.task.id, frame = frame.type_name(), "reporting to the hub");
@@ -28,6 +38,8 @@ impl Machine {
     /// The hub has the report: remove the task's files (the result only now) and forget it.
     pub(super) fn finish(&mut self, out: &mut Vec<Action>) {
         let Slot::Active(h) = std::mem::replace(&mut self.slot, Slot::Idle) else { return };
+        let failed = matches!(&h.phase, Phase::Reporting { report, .. } if report.failed());
+        self.release_workspace(&h.task.id, h.workspace.as_ref(), failed, out);
         out.push(self.remove_files(&h));
         out.push(self.persist(false));
         self.remember_answers(&h);
@@ -38,6 +50,10 @@ impl Machine {
     /// environment: one spawned just before a crash was never recorded), remove its files, forget it.
     pub(super) fn drop_task(&mut self, h: Held, out: &mut Vec<Action>) {
         out.push(Action::StopOrphans { task_id: h.task.id.clone(), recorded: h.group });
+        // A person may want to look at the work of an attempt cut short; a finished one's is
+        // on its branch already.
+        let finished = matches!(&h.phase, Phase::Reporting { report, .. } if !report.failed());
+        self.release_workspace(&h.task.id, h.workspace.as_ref(), !finished, out);
         out.push(self.remove_files(&h));
         self.slot = Slot::Idle;
         out.push(self.persist(false));

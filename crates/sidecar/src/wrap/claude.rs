@@ -257,7 +257,7 @@ mod tests {
             let reason = o.error_reason();
             if let Some(u) = o.usage {
                 let frame = proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1,
-                    reason, error: None, usage: Some(u) };
+                    reason, error: None, usage: Some(u), change: None };
                 prop_assert!(proto::parse_agent_frame(&frame.to_text()).is_ok(), "{:?}", frame);
             }
         }

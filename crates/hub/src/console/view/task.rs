@@ -1,5 +1,6 @@
 //! One task: what it is, where it stands, its open question (and the form to answer it), its
-//! progress lines as they come, result, usage and history; the restart confirmation too.
+//! progress lines as they come, result, usage, the change on its branch (diffstat and patch)
+//! and history; the restart confirmation too.
 
 use super::layout::{page, ViewKind};
 use super::{ago, clip, json_text, live, priority, progress_text, task_href, task_status, usd, utc};
@@ -108,6 +109,67 @@ fn outcome(t: &TaskView) -> Markup {
     }
 }
 
+/// Patch bytes a page shows (the route `/api/tasks/:id/diff` has it all).
+const PATCH_SHOWN: usize = 256 * 1024;
+
+/// The change the latest attempt committed: branch, diffstat, files, and the patch with its
+/// added and removed lines marked.
+fn change(p: &TaskPage) -> Markup {
+    let Some(c) = &p.detail.task.change else { return html! {} };
+    let patch = p.patch.as_ref();
+    let text = patch.map(|p| p.patch.as_str()).unwrap_or("");
+    let mut end = text.len().min(PATCH_SHOWN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = patch.is_some_and(|p| p.cut) || end < text.len();
+    html! {
+        section #change {
+            h2 { "Change" }
+            dl.facts {
+                dt { "Branch" } dd { code #change-branch { (c.branch) } }
+                dt { "Commits" } dd { (c.commits) " (" code { (short(&c.base_sha)) } " → " code #change-head { (short(&c.head_sha)) } ")" }
+                dt { "Diffstat" } dd #change-stat {
+                    (c.files_changed) " files changed, "
+                    span.good { "+" (c.insertions) } " "
+                    span.bad { "−" (c.deletions) }
+                }
+            }
+            @if !c.files.is_empty() {
+                details {
+                    summary { (c.files.len()) " files" @if (c.files.len() as u64) < c.files_changed { " (of " (c.files_changed) ")" } }
+                    ul #change-files { @for f in &c.files { li { code { (f) } } } }
+                }
+            }
+            @if !text.is_empty() {
+                pre.diff #change-patch {
+                    @for line in text[..end].lines() {
+                        @let class = diff_class(line);
+                        span class=(class) { (line) } "\n"
+                    }
+                }
+                @if cut { p.muted #patch-cut { "The patch is cut here; the branch has all of it." } }
+            }
+        }
+    }
+}
+
+/// A commit id as `git log --oneline` shows it (ids are checked hex at the edge).
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn diff_class(line: &str) -> &'static str {
+    match line.as_bytes().first() {
+        _ if line.starts_with("+++") || line.starts_with("---") => "file",
+        Some(b'+') => "add",
+        Some(b'-') => "del",
+        Some(b'@') => "hunk",
+        _ if line.starts_with("diff ") => "file",
+        _ => "ctx",
+    }
+}
+
 /// Transitions shown at most (a task retried by hand again and again has no bound).
 const HISTORY_SHOWN: usize = 500;
 
@@ -152,6 +214,7 @@ pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
         (live("task-actions", actions(v, t)))
         (live("task-progress", progress))
         (live("task-outcome", outcome(t)))
+        (live("task-change", change(p)))
         (live("task-history", history(p)))
     };
     page(v, ViewKind::Task, &format!("Task {}", clip(&t.task_id, 40)), Some(&t.task_id), body)
@@ -189,4 +252,50 @@ pub fn restart_done(v: &Viewer, agent_id: &str, reason: &str, force: bool) -> Ma
         p { a href="/" { "Back to the fleet" } }
     };
     page(v, ViewKind::Other, "Restart commanded", None, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::api::TaskDetail;
+
+    #[test]
+    fn the_change_shows_its_diffstat_and_the_patch_line_by_line() {
+        let task: TaskView = serde_json::from_value(serde_json::json!({
+            "task_id": "t-1", "description": "d", "priority": "normal", "metadata": {}, "needed_capabilities": [],
+            "assign_to": null, "max_retries": 3, "extra": {}, "status": "completed", "generation": 2,
+            "assigned_to": null, "assigned_at": null, "attempts": 1, "failures": 0, "retry_at": null, "result": null,
+            "report": {}, "last_error": null, "progress": null, "submitted_by": "admin", "created_at": 0,
+            "updated_at": 0, "completed_at": null,
+            "change": {"branch": "agentcom/t-1", "base_sha": "a".repeat(40), "head_sha": "b".repeat(40), "commits": 2,
+                       "files_changed": 1, "insertions": 3, "deletions": 1, "files": ["<x>.rs"]}
+        }))
+        .unwrap();
+        let patch = "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+<script>alert(1)</script>\n";
+        let page = TaskPage {
+            detail: TaskDetail { task, history: vec![] },
+            progress: vec![],
+            patch: Some(crate::store::StoredPatch { generation: 2, at: 0, patch: patch.into(), cut: true }),
+        };
+        let v = Viewer { role: crate::auth::Role::Admin, token: String::new(), last_event: "1-0".into() };
+        let html = render(&v, &page, 0).into_string();
+        assert!(html.contains("<code id=\"change-branch\">agentcom/t-1</code>"), "{html}");
+        assert!(html.contains(&format!("<code id=\"change-head\">{}</code>", "b".repeat(12))));
+        assert!(html.contains("1 files changed, <span class=\"good\">+3</span> <span class=\"bad\">−1</span>"));
+        assert!(html.contains("<code>&lt;x&gt;.rs</code>"), "paths are text");
+        assert!(html.contains("<span class=\"del\">-old</span>"));
+        assert!(
+            html.contains("<span class=\"add\">+&lt;script&gt;alert(1)&lt;/script&gt;</span>"),
+            "the patch is text"
+        );
+        assert!(
+            html.contains("<span class=\"file\">+++ b/x</span>")
+                && html.contains("<span class=\"hunk\">@@ -1 +1 @@</span>")
+        );
+        assert!(html.contains("id=\"patch-cut\""));
+        // No change, no section.
+        let mut none = page;
+        none.detail.task.change = None;
+        assert!(!render(&v, &none, 0).into_string().contains("id=\"change\""));
+    }
 }

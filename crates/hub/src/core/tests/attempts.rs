@@ -31,6 +31,7 @@ fn complete(id: &str, generation: u64) -> AgentFrame {
         verification_report: None,
         verification_history: None,
         usage: None,
+        change: None,
     }
 }
 
@@ -137,8 +138,14 @@ fn a_late_report_never_takes_a_task_another_agent_holds_now() {
     h.disconnect(a);
     h.advance(Duration::from_secs(60));
     let b = h.connect(2, "a1", &token);
-    let failed =
-        AgentFrame::TaskFailed { task_id: id.clone(), generation, reason: Some("x".into()), error: None, usage: None };
+    let failed = AgentFrame::TaskFailed {
+        task_id: id.clone(),
+        generation,
+        reason: Some("x".into()),
+        error: None,
+        usage: None,
+        change: None,
+    };
     h.frame(&b, failed);
     assert_ne!(h.status(&id).0, TaskStatus::WaitingRetry);
 }
@@ -178,4 +185,62 @@ fn an_agents_uptime_counts_on_while_it_is_connected() {
     h.core.step([Event::Disconnected { conn: 1 }]);
     h.advance(Duration::from_secs(60));
     assert_eq!(uptime(&mut h), Some(1_000), "gone: what it last said, not a clock still running");
+}
+
+fn change(head: &str, patch: Option<&str>) -> proto::Change {
+    proto::Change {
+        branch: "agentcom/t".into(),
+        base_sha: "a".repeat(40),
+        head_sha: head.into(),
+        commits: 1,
+        files_changed: 1,
+        insertions: 1,
+        deletions: 0,
+        files: vec!["x".into()],
+        patch: patch.map(str::to_string),
+        patch_cut: false,
+    }
+}
+
+fn with_change(mut frame: AgentFrame, c: proto::Change) -> AgentFrame {
+    if let AgentFrame::TaskComplete { change, .. } = &mut frame {
+        *change = Some(Box::new(c));
+    }
+    frame
+}
+
+/// A report's change is kept on the task without its patch, the patch apart; a failed
+/// attempt's change shows until a later attempt reports its own, and a stale report's change
+/// is dropped with the report.
+#[test]
+fn a_reported_change_is_kept_on_the_task_and_its_patch_apart() {
+    let mut h = harness();
+    let (mut a, _, id, generation) = working(&mut h);
+    let failed = AgentFrame::TaskFailed {
+        task_id: id.clone(),
+        generation,
+        reason: Some("tests fail".into()),
+        error: None,
+        usage: None,
+        change: Some(Box::new(change(&"b".repeat(40), Some("+one\n")))),
+    };
+    h.frame(&a, failed);
+    let t = h.reader.task(&id).unwrap().unwrap();
+    assert_eq!(t.head.change, Some(change(&"b".repeat(40), None)), "without its patch");
+    let p = h.reader.patch(&id).unwrap().expect("the patch");
+    assert_eq!((p.generation, p.patch.as_str(), p.cut), (generation, "+one\n", false));
+    // A stale report (the old generation again) changes nothing.
+    let stale = with_change(complete(&id, generation), change(&"c".repeat(40), Some("+stale\n")));
+    h.advance(Duration::from_secs(1));
+    let (retry_id, retry_gen) = a.assigned().expect("the retry, after its backoff");
+    assert_eq!(retry_id, id);
+    h.frame(&a, stale);
+    assert_eq!(h.reader.patch(&id).unwrap().unwrap().patch, "+one\n");
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
+    let done = with_change(complete(&id, retry_gen), change(&"d".repeat(40), Some("+two\n")));
+    h.frame(&a, done);
+    let t = h.reader.task(&id).unwrap().unwrap();
+    assert_eq!(t.head.status, TaskStatus::Completed);
+    assert_eq!(t.head.change.map(|c| c.head_sha), Some("d".repeat(40)));
+    assert_eq!(h.reader.patch(&id).unwrap().unwrap().patch, "+two\n");
 }

@@ -261,7 +261,10 @@ fn failures_back_off_doubling_then_dead_letter() {
         let (_, generation) = a.assigned().expect("assigned");
         h.frame(&a, AgentFrame::TaskAccepted { task_id: id.clone() });
         let reason = Some(format!("boom {failure}"));
-        h.frame(&a, AgentFrame::TaskFailed { task_id: id.clone(), generation, reason, error: None, usage: None });
+        h.frame(
+            &a,
+            AgentFrame::TaskFailed { task_id: id.clone(), generation, reason, error: None, usage: None, change: None },
+        );
         assert!(a.frames().iter().any(|f| matches!(f, HubFrame::TaskAck { status: AckStatus::Retried, .. })));
         assert_eq!(h.status(&id).0, TaskStatus::WaitingRetry);
         h.advance(Duration::from_millis(backoff - 1));
@@ -278,6 +281,7 @@ fn failures_back_off_doubling_then_dead_letter() {
             reason: Some("boom 3".into()),
             error: None,
             usage: None,
+            change: None,
         },
     );
     assert_eq!(h.status(&id).0, TaskStatus::DeadLetter);
@@ -527,6 +531,7 @@ fn work_once(h: &mut Harness, a: &mut Agent, cost: f64) -> String {
         verification_report: None,
         verification_history: None,
         usage: Some(usage(cost)),
+        change: None,
     };
     h.frame(a, done);
     id

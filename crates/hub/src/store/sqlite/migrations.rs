@@ -70,6 +70,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX usage_at ON usage(at);
         CREATE INDEX usage_task ON usage(task_id);",
     ),
+    Migration::Sql(
+        "CREATE TABLE patches (
+            task_id TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            cut INTEGER NOT NULL,
+            patch TEXT NOT NULL
+        );",
+    ),
 ];
 
 /// Version 4: a task's one JSON body becomes head (rewritten on every transition), payload

@@ -1,7 +1,9 @@
 //! SQLite store: WAL, `synchronous=FULL`, versioned migrations, one transaction per group commit;
 //! and a reader over a few read-only connections for the API's reads.
 
-use super::{decode, json, stored_text, Mutation, Reader, Snapshot, Store, StoreError, TaskQuery, PROGRESS_KEPT};
+use super::{
+    decode, json, stored_text, Mutation, Reader, Snapshot, Store, StoreError, StoredPatch, TaskQuery, PROGRESS_KEPT,
+};
 use crate::model::{AgentRecord, Payload, TaskHead, TaskStatus, TokenRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -247,6 +249,12 @@ impl Store for SqliteStore {
                     tx.prepare_cached("INSERT OR REPLACE INTO agents (agent_id, body) VALUES (?1, ?2)")?
                         .execute(params![a.agent_id, json(a)])?;
                 }
+                Mutation::PutPatch { task_id, patch: p } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO patches (task_id, generation, at, cut, patch) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![task_id, p.generation as i64, p.at as i64, p.cut, stored_text(&p.patch)])?;
+                }
             }
         }
         // With WAL and synchronous=FULL, COMMIT returns after the WAL is fsynced.
@@ -284,6 +292,7 @@ mod tests {
             completed_at: None,
             needs_input: None,
             answer: None,
+            change: None,
         }
     }
 

@@ -182,4 +182,20 @@ impl Reader for SqliteReader {
                 .transpose()
         })
     }
+
+    fn patch(&self, task_id: &str) -> Result<Option<StoredPatch>, StoreError> {
+        self.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT generation, at, cut, patch FROM patches WHERE task_id = ?1")?
+                .query_row([task_id], |r| {
+                    Ok(StoredPatch {
+                        generation: r.get::<_, i64>(0)?.max(0) as u64,
+                        at: r.get::<_, i64>(1)?.max(0) as u64,
+                        cut: r.get(2)?,
+                        patch: r.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
 }

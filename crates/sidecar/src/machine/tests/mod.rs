@@ -8,11 +8,20 @@
 
 use super::*;
 use crate::config::FileConfig;
+use crate::files::Observation;
+use proto::HubFrame;
 
 const ID: &str = "task-1";
 
 pub fn cfg(wake: bool) -> Arc<SidecarConfig> {
+    cfg_in(wake, false)
+}
+
+/// With `worktree`, each task runs in a worktree of `/repo` of its own.
+pub fn cfg_in(wake: bool, worktree: bool) -> Arc<SidecarConfig> {
     let f = FileConfig {
+        workspace: worktree.then(|| "worktree".into()),
+        repo_dir: worktree.then(|| "/repo".into()),
         agent_id: Some("a1".into()),
         token: Some("t".into()),
         hub_url: Some("ws://127.0.0.1:1/ws".to_string().into()),
@@ -45,6 +54,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "foreground agent succeeds",
             wake: true,
             script: |_| vec![Step::Started, Step::Progress("{\"step\":1}"), Step::Result(success()), Step::Exit(true)],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::Completed,
             want_cost: None,
@@ -53,6 +63,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "background agent succeeds after its wake exits",
             wake: true,
             script: |_| vec![Step::Exit(true), Step::Started, Step::Progress("p"), Step::Result(success())],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::Completed,
             want_cost: None,
@@ -64,6 +75,7 @@ fn scenarios() -> Vec<Scenario> {
                 1 | 2 => vec![Step::Exit(false)],
                 _ => vec![Step::Started, Step::Result(success()), Step::Exit(true)],
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::Completed,
             want_cost: None,
@@ -72,6 +84,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "every wake fails",
             wake: true,
             script: |_| vec![Step::Exit(false)],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -82,6 +95,7 @@ fn scenarios() -> Vec<Scenario> {
             script: |_| {
                 vec![Step::Started, Step::Result(br#"{"status":"failed","reason":"no"}"#.to_vec()), Step::Exit(true)]
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -90,6 +104,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "the agent never confirms",
             wake: true,
             script: |_| vec![Step::Exit(true)],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -98,6 +113,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "the agent exits without a result",
             wake: true,
             script: |_| vec![Step::Started, Step::Exit(true)],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -109,6 +125,7 @@ fn scenarios() -> Vec<Scenario> {
                 let big = format!("{{\"status\":\"success\",\"x\":\"{}\"}}", "y".repeat(2000));
                 vec![Step::Started, Step::Result(big.into_bytes()), Step::Exit(true)]
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -117,6 +134,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "cancelled while working",
             wake: true,
             script: |_| vec![Step::Started, Step::Progress("p"), Step::Result(success()), Step::Exit(true)],
+            worktree: false,
             cancel_after_start: true,
             want: HubStatus::Cancelled,
             want_cost: None,
@@ -125,6 +143,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "every wake hangs until the wake timeout",
             wake: true,
             script: |_| vec![],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -133,6 +152,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "no wake command",
             wake: false,
             script: |_| vec![],
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: None,
@@ -150,6 +170,7 @@ fn scenarios() -> Vec<Scenario> {
                     Step::Exit(true),
                 ]
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::Completed,
             want_cost: None,
@@ -171,6 +192,7 @@ fn scenarios() -> Vec<Scenario> {
                     Step::Exit(true),
                 ]
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::Completed,
             want_cost: None,
@@ -186,6 +208,7 @@ fn scenarios() -> Vec<Scenario> {
                     Step::Result(br#"{"status":"failed","reason":"tests fail"}"#.to_vec()),
                 ]
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::DeadLetter,
             want_cost: Some(0.25),
@@ -201,6 +224,7 @@ fn scenarios() -> Vec<Scenario> {
                     Step::Exit(true),
                 ]
             },
+            worktree: false,
             cancel_after_start: false,
             want: HubStatus::Completed,
             want_cost: Some(1.5),
@@ -214,9 +238,11 @@ fn run(s: &Scenario, crash_at: Vec<usize>) -> World {
     w
 }
 
-/// Each scenario runs in a thread of its own.
+/// Each scenario runs in a thread of its own, in `repo_dir` and in a worktree of its own
+/// (where every attempt of the agent also edits a file before anything else).
 fn each_scenario(f: impl Fn(&Scenario) + Send + Sync + Copy + 'static) {
-    let handles: Vec<_> = scenarios().into_iter().map(|s| std::thread::spawn(move || f(&s))).collect();
+    let both = scenarios().into_iter().flat_map(|s| [Scenario { worktree: true, ..s.clone() }, s]);
+    let handles: Vec<_> = both.map(|s| std::thread::spawn(move || f(&s))).collect();
     for h in handles {
         h.join().unwrap();
     }

@@ -221,3 +221,70 @@ fn the_wake_count_survives_a_restart_during_the_backoff() {
     let a = m.handle(Event::Tick, due);
     assert!(a.iter().any(|x| matches!(x, Action::SpawnWake { attempt: 2, .. })), "attempt 2, not 1 again: {a:?}");
 }
+
+/// Worktree mode: a worktree that cannot be made fails the attempt at once, saying why, with
+/// no wake; one whose commit fails reports the failure (the worktree is kept as it is).
+#[test]
+fn a_worktree_that_cannot_be_made_or_committed_fails_the_attempt_saying_why() {
+    let mut m = Machine::new(cfg_in(true, true), true, QueueFile::default(), None, Duration::ZERO);
+    m.handle(Event::Connected, ms(0));
+    let hub = FakeHub::new(1);
+    let actions = m.handle(Event::Frame(hub.assign()), ms(0));
+    assert!(actions.iter().any(|a| matches!(a, Action::PrepareWorkspace { .. })), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::SpawnWake { .. })), "no wake before the worktree: {actions:?}");
+    let reason = "max_worktrees (2) reached".to_string();
+    let actions = m.handle(Event::WorkspaceFailed { task_id: ID.into(), reason }, ms(5));
+    let failed = sent(&actions).into_iter().find_map(|f| match f {
+        AgentFrame::TaskFailed { reason: Some(r), .. } => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(failed.as_deref(), Some("worktree_setup_failed: max_worktrees (2) reached"), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::SpawnWake { .. } | Action::CommitWorkspace { .. })));
+
+    let mut m = Machine::new(cfg_in(true, true), true, QueueFile::default(), None, Duration::ZERO);
+    m.handle(Event::Connected, ms(0));
+    m.handle(Event::Frame(hub.assign()), ms(0));
+    let workspace = crate::workspace::Workspace {
+        path: "/w/task-1".into(),
+        branch: "agentcom/task-1".into(),
+        base_sha: "0".repeat(40),
+    };
+    let actions = m.handle(Event::WorkspaceReady { task_id: ID.into(), workspace: workspace.clone() }, ms(1));
+    let cwd = actions.iter().find_map(|a| match a {
+        Action::SpawnWake { cwd, .. } => Some(cwd.clone()),
+        _ => None,
+    });
+    assert_eq!(cwd, Some(Some(workspace.path.clone())), "the wake runs in the worktree: {actions:?}");
+    m.handle(Event::WakeSpawned { task_id: ID.into(), attempt: 1, pgid: 7 }, ms(2));
+    // The agent's result: what it left is committed before the report.
+    let observation = Observation {
+        task_id: ID.into(),
+        started: Found::Regular(()),
+        progress: Found::Missing,
+        result: Found::Regular(ResultBytes { bytes: success(), age: None }),
+        needs_input: Found::Missing,
+        usage: Found::Missing,
+        result_closed: true,
+        agent_alive: None,
+    };
+    let actions = m.handle(Event::Observed { look: Look::Watch, observation }, ms(20));
+    let reported =
+        sent(&actions).iter().any(|f| matches!(f, AgentFrame::TaskComplete { .. } | AgentFrame::TaskFailed { .. }));
+    assert!(!reported, "no report before the commit: {actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::CommitWorkspace { workspace: w, .. } if *w == workspace)),
+        "{actions:?}"
+    );
+    let actions = m.handle(Event::CommitFailed { task_id: ID.into(), reason: "git add: disk full".into() }, ms(30));
+    let failed = sent(&actions).into_iter().find_map(|f| match f {
+        AgentFrame::TaskFailed { reason: Some(r), change, .. } => Some((r.clone(), change.clone())),
+        _ => None,
+    });
+    assert_eq!(failed, Some(("workspace_commit_failed: git add: disk full".into(), None)), "{actions:?}");
+    let actions =
+        m.handle(Event::Frame(HubFrame::TaskAck { task_id: ID.into(), status: proto::AckStatus::DeadLetter }), ms(31));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::ReleaseWorkspace { keep: true, .. })),
+        "kept for a person: {actions:?}"
+    );
+}

@@ -6,7 +6,7 @@ use super::*;
 use crate::files::{Found, ProgressLines, ResultBytes, SmallFile};
 use crate::queue::QueueFile;
 use proto::TaskAssign;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What a scripted agent does, one step at a time.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,8 @@ pub enum Step {
     Await(&'static str),
     /// Writes `.usage` with this JSON.
     Usage(&'static str),
+    /// Edits a file of its working directory (worktree mode: the task's worktree).
+    Edit(String),
 }
 
 #[derive(Debug)]
@@ -201,9 +203,12 @@ impl FakeHub {
 
 /// A scenario: the agent's script for each wake attempt, and whether the hub cancels once the
 /// agent has confirmed.
+#[derive(Clone)]
 pub struct Scenario {
     pub name: &'static str,
     pub wake: bool,
+    /// Each task in a worktree of its own; each attempt first edits a file `f<attempt>`.
+    pub worktree: bool,
     pub script: fn(u32) -> Vec<Step>,
     pub cancel_after_start: bool,
     /// The end the hub must record (None: cancelled, no report counts).
@@ -212,8 +217,35 @@ pub struct Scenario {
     pub want_cost: Option<f64>,
 }
 
+/// The task's worktree and branch, as git would keep them: the files the agent edited and
+/// nobody committed yet, those on the branch, those saved to `refs/agentcom/orphans`.
+#[derive(Debug, Default)]
+pub struct Git {
+    /// The worktree's uncommitted edits, while it exists.
+    pub worktree: Option<BTreeSet<String>>,
+    /// Kept for a person to look at (a failed attempt): the janitor leaves it until it expires.
+    pub kept: bool,
+    pub branch: BTreeSet<String>,
+    pub orphans: BTreeSet<String>,
+    /// Every edit the agent made in the worktree.
+    pub edited: BTreeSet<String>,
+    pub commits: u32,
+}
+
+impl Git {
+    /// Saves the uncommitted edits to the orphans ref and removes the worktree.
+    fn save_and_remove(&mut self) {
+        if let Some(dirty) = self.worktree.take() {
+            self.orphans.extend(dirty);
+        }
+        self.kept = false;
+    }
+}
+
 pub struct World {
     pub cfg: Arc<SidecarConfig>,
+    worktree: bool,
+    pub git: Git,
     script: fn(u32) -> Vec<Step>,
     cancel_after_start: bool,
     now: Now,
@@ -248,7 +280,9 @@ pub struct World {
 impl World {
     pub fn new(s: &Scenario, crash_at: Vec<usize>) -> World {
         World {
-            cfg: cfg(s.wake),
+            cfg: cfg_in(s.wake, s.worktree),
+            worktree: s.worktree,
+            git: Git::default(),
             script: s.script,
             cancel_after_start: s.cancel_after_start,
             now: Duration::ZERO,
@@ -289,6 +323,11 @@ impl World {
         self.epoch += 1;
         self.pending.clear();
         let queue: QueueFile = serde_json::from_str(&self.disk).expect("queue.json parses");
+        // The janitor at start: a worktree no task holds any more (its release was cut short)
+        // is saved and removed, unless it is kept for a while.
+        if queue.active.is_none() && queue.recovering.is_none() && !self.git.kept {
+            self.git.save_and_remove();
+        }
         self.machine = Some(Machine::new(self.cfg.clone(), true, queue, None, self.now));
         self.connected = false;
         self.deliver(Event::Start);
@@ -363,7 +402,10 @@ impl World {
                 self.spawns.push(attempt);
                 let pgid = self.next_pgid;
                 self.next_pgid += 1;
-                let steps = (self.script)(attempt).into();
+                let mut steps: VecDeque<Step> = (self.script)(attempt).into();
+                if self.worktree {
+                    steps.push_front(Step::Edit(format!("f{attempt}")));
+                }
                 self.procs.push(Proc {
                     task_id: task_id.clone(),
                     attempt,
@@ -428,6 +470,45 @@ impl World {
                     Observation { task_id, started, progress, result, needs_input, usage, result_closed, agent_alive };
                 self.pending.push_back(Event::Observed { look, observation });
             }
+            Action::PrepareWorkspace { task_id, .. } => {
+                // Made, or adopted as it is (with what an earlier attempt left uncommitted).
+                self.git.worktree.get_or_insert_with(BTreeSet::new);
+                self.git.kept = false;
+                let workspace = crate::workspace::Workspace {
+                    path: format!("/w/{task_id}").into(),
+                    branch: format!("agentcom/{task_id}"),
+                    base_sha: "0".repeat(40),
+                };
+                self.pending.push_back(Event::WorkspaceReady { task_id, workspace });
+            }
+            Action::CommitWorkspace { task_id, workspace, .. } => {
+                let Some(dirty) = self.git.worktree.as_mut() else {
+                    let reason = "the worktree is gone".to_string();
+                    self.pending.push_back(Event::CommitFailed { task_id, reason });
+                    return true;
+                };
+                if !dirty.is_empty() {
+                    self.git.commits += 1;
+                }
+                self.git.branch.append(dirty);
+                let change = (!self.git.branch.is_empty()).then(|| proto::Change {
+                    branch: workspace.branch.clone(),
+                    base_sha: workspace.base_sha.clone(),
+                    head_sha: format!("{:040x}", self.git.commits),
+                    commits: u64::from(self.git.commits),
+                    files_changed: self.git.branch.len() as u64,
+                    insertions: 0,
+                    deletions: 0,
+                    files: self.git.branch.iter().cloned().collect(),
+                    patch: None,
+                    patch_cut: false,
+                });
+                self.pending.push_back(Event::Committed { task_id, change });
+            }
+            Action::ReleaseWorkspace { keep, .. } => match keep {
+                true => self.git.kept = self.git.worktree.is_some(),
+                false => self.git.save_and_remove(),
+            },
             Action::Exit => {
                 self.exited = true;
                 self.crash();
@@ -519,6 +600,14 @@ impl World {
                 self.write(format!("{id}.usage"), json.as_bytes().to_vec());
                 (format!("{id}.usage"), true)
             }
+            Step::Edit(name) => {
+                // In a worktree that is gone the agent's write fails (its folder went with it).
+                if let Some(dirty) = self.git.worktree.as_mut() {
+                    dirty.insert(name.clone());
+                    self.git.edited.insert(name);
+                }
+                return true;
+            }
             Step::Exit(success) => {
                 let p = &mut self.procs[i];
                 p.exited = true;
@@ -599,6 +688,7 @@ impl World {
             let Some(request) = request else { panic!("{what}: the agent asked {question:?} and read {got:?}") };
             assert!(answers.insert(request), "{what}: the agent read the answer to {request} twice");
         }
+        self.check_git(s, &what);
         if s.want != HubStatus::Cancelled {
             assert!(self.hub.pending_answer.is_none(), "{what}");
             let report = self.hub.received.iter().rev().find_map(|f| match f {
@@ -607,6 +697,38 @@ impl World {
             });
             let cost = report.and_then(|u| u.as_ref()).and_then(|u| u.cost_usd);
             assert_eq!(cost, s.want_cost, "{what}: the report's cost");
+        }
+    }
+}
+
+impl World {
+    /// Worktree mode: no worktree left but a failed one kept a while, nothing the agent edited
+    /// lost (on the branch, saved as an orphan, or in the kept worktree), and a completed
+    /// task's report carries what is on its branch.
+    fn check_git(&self, s: &Scenario, what: &str) {
+        let g = &self.git;
+        if !self.worktree {
+            assert!(g.worktree.is_none() && g.edited.is_empty(), "{what}: no worktree in repo_dir mode");
+            return;
+        }
+        if let Some(dirty) = &g.worktree {
+            assert!(g.kept, "{what}: a worktree left behind, not kept: {dirty:?}");
+            assert_ne!(s.want, HubStatus::Completed, "{what}: the worktree of a completed task is kept");
+        }
+        let kept = g.worktree.clone().unwrap_or_default();
+        for f in &g.edited {
+            let found = g.branch.contains(f) || g.orphans.contains(f) || kept.contains(f);
+            assert!(found, "{what}: the edit {f} was lost ({g:?})");
+        }
+        let reported = self.hub.received.iter().rev().find_map(|f| match f {
+            AgentFrame::TaskComplete { change, .. } | AgentFrame::TaskFailed { change, .. } => Some(change.clone()),
+            _ => None,
+        });
+        if s.want == HubStatus::Completed {
+            let change = reported.flatten().unwrap_or_else(|| panic!("{what}: the completed task's change is missing"));
+            let on_branch: Vec<String> = g.branch.iter().cloned().collect();
+            assert_eq!(change.files, on_branch, "{what}: the change is what the branch has");
+            assert!(s.wake && g.edited.iter().all(|f| g.branch.contains(f)), "{what}: all edits on the branch ({g:?})");
         }
     }
 }
@@ -626,5 +748,9 @@ fn event_kind(ev: &Event) -> &'static str {
         Event::Tick => "Tick",
         Event::PersistFailed => "PersistFailed",
         Event::AnswerSuperseded { .. } => "AnswerSuperseded",
+        Event::WorkspaceReady { .. } => "WorkspaceReady",
+        Event::WorkspaceFailed { .. } => "WorkspaceFailed",
+        Event::Committed { .. } => "Committed",
+        Event::CommitFailed { .. } => "CommitFailed",
     }
 }
