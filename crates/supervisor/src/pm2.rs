@@ -171,6 +171,7 @@ pub fn status(e: &Value, now_ms: u64) -> ProcStatus {
     let status = env["status"].as_str().unwrap_or("unknown").replace(' ', "-");
     let online = status == "online";
     ProcStatus {
+        id: e["pm_id"].as_u64().or(env["pm_id"].as_u64()).and_then(|i| u32::try_from(i).ok()).unwrap_or(0),
         name: e["name"].as_str().unwrap_or("").into(),
         pid: e["pid"].as_u64().unwrap_or(0) as u32,
         status,
