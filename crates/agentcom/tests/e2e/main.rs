@@ -30,6 +30,7 @@ mod sidecar_steady;
 mod supervisor;
 mod supervisor_cli;
 mod supervisor_control;
+mod supervisor_habits;
 mod supervisor_pm2_keys;
 mod tls;
 mod tmux;
