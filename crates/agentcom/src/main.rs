@@ -43,6 +43,9 @@ enum Cmd {
     Delete(cmd::process::NameArgs),
     /// Stop every process, then the supervisor itself (as `pm2 kill`).
     Kill(cmd::process::KillArgs),
+    /// Start the supervisor at boot: write and enable a systemd user unit (--system: print a
+    /// system unit), as `pm2 startup`.
+    Startup(cmd::startup::StartupArgs),
     /// Attach this terminal to a tmux process (detach with the tmux prefix, then d).
     Attach(cmd::tmux::AttachArgs),
     /// Type text into a tmux process, then Enter.
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Flush(a) => cmd::process::flush(a),
         Cmd::Delete(a) => cmd::process::delete(a),
         Cmd::Kill(a) => cmd::process::kill(a),
+        Cmd::Startup(a) => cmd::startup::run(a),
         Cmd::Attach(a) => cmd::tmux::attach(a),
         Cmd::Send(a) => cmd::tmux::send(a),
         Cmd::Ps(a) => cmd::process::ps(a),

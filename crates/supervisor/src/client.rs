@@ -63,6 +63,18 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
+/// The name of the user we run as, and of the user whose `sudo` started us if any (`SUDO_USER`).
+pub fn user_names() -> (Option<String>, Option<String>) {
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
+    let sudo = std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty() && u != "root");
+    (me, sudo)
+}
+
+/// A user's home, from the password database.
+pub fn home_of(user: &str) -> Option<PathBuf> {
+    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.dir)
+}
+
 /// The user's home: `$HOME` when it is an absolute path, else the password database's.
 pub fn home_dir() -> Option<PathBuf> {
     std::env::var_os("HOME")

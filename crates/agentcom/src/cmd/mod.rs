@@ -6,4 +6,5 @@ pub mod guard;
 pub mod hub;
 pub mod process;
 pub mod remote;
+pub mod startup;
 pub mod tmux;

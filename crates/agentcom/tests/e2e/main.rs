@@ -32,6 +32,7 @@ mod supervisor_cli;
 mod supervisor_control;
 mod supervisor_habits;
 mod supervisor_pm2_keys;
+mod supervisor_startup;
 mod tls;
 mod tmux;
 
