@@ -55,6 +55,8 @@ enum Cmd {
     Ps(cmd::process::PsArgs),
     /// Everything about one process, as a table (--json for scripts).
     Describe(cmd::process::DescribeArgs),
+    /// A live view of the processes and the hub's agents (as pm2's monit); q quits.
+    Top(cmd::top::TopArgs),
     /// Print a process's logs (or every process's); -f follows them across rotations.
     Logs(cmd::process::LogsArgs),
     /// Empty the log files of a process, or of every process.
@@ -142,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Ps(a) => cmd::process::ps(a),
         Cmd::Describe(a) => cmd::process::describe(a),
         Cmd::Logs(a) => cmd::process::logs(a).await,
+        Cmd::Top(a) => cmd::top::run(a).await,
         Cmd::Daemons { cmd } => cmd::daemons::run(cmd).await,
         Cmd::Checkpoint { cmd } => cmd::guard::checkpoint(cmd).await,
         Cmd::Upgrade(a) => cmd::guard::upgrade(a).await,

@@ -8,3 +8,4 @@ pub mod process;
 pub mod remote;
 pub mod startup;
 pub mod tmux;
+pub mod top;

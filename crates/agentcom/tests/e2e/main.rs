@@ -33,6 +33,7 @@ mod supervisor_control;
 mod supervisor_habits;
 mod supervisor_pm2_keys;
 mod supervisor_startup;
+mod supervisor_top;
 mod tls;
 mod tmux;
 

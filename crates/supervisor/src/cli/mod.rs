@@ -34,6 +34,9 @@ pub fn ps_table(list: &[ProcStatus]) -> String {
     if with_reason {
         headers.push("REASON");
     }
+    // By id, as pm2 lists them: the order they were first started in.
+    let mut list: Vec<&ProcStatus> = list.iter().collect();
+    list.sort_by_key(|p| p.id);
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|p| {

@@ -258,10 +258,11 @@ impl Table {
 
     /// A retiring group is gone: its requests get their answer. False when `gen` is not one.
     pub(super) fn retired(&mut self, name: &str, gen: u64) -> bool {
-        if !self.retiring.get(&gen).is_some_and(|r| r.name == name) {
+        let Some(r) = self.retiring.remove(&gen) else { return false };
+        if r.name != name {
+            self.retiring.insert(gen, r);
             return false;
         }
-        let Some(r) = self.retiring.remove(&gen) else { return false };
         self.dirty = true;
         for id in r.waiters {
             self.reply(id, r.answer.clone());
