@@ -290,3 +290,34 @@ async fn describe_is_a_table_and_ps_shows_no_stale_exit_code_nor_figures_of_a_st
     assert_eq!(&stopped[7..9], ["—", "—"], "no memory nor CPU for a stopped process: {stopped:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn under_pm2_ids_reload_flush_and_all_drive_pm2_and_leave_its_other_processes_alone() -> R {
+    let pm2 = testkit::Pm2Home::new()?;
+    let mut s = Supervised::new(bin())?;
+    pm2.apply(&mut s);
+    s.env.push(("AGENTCOM_BACKEND".into(), "pm2".into()));
+    s.ok(&["start", "a", "--", "sleep", "1000"])?;
+    s.ok(&["start", "b", "--", "sleep", "1000"])?;
+    // A process of the user's own in the same pm2: `all` is not about it.
+    let foreign = Command::new("pm2")
+        .args(["start", "sleep", "--name", "foreign", "--", "1000"])
+        .env("PM2_HOME", pm2.path())
+        .output()?;
+    assert!(foreign.status.success(), "{}", text(&foreign.stderr));
+    let a = s.wait_for("a", "online", |p| p["status"] == "online").await?;
+    assert_eq!(a["id"], 0, "pm2's pm_id");
+    s.ok(&["reload", "0"])?;
+    let reloaded = s.wait_for("a", "reloaded", |p| p["status"] == "online" && p["restart_count"] == 1).await?;
+    assert_ne!(reloaded["pid"], a["pid"]);
+    s.ok(&["flush", "a"])?;
+    assert_eq!(s.ok(&["stop", "all"])?.lines().count(), 2);
+    for name in ["a", "b"] {
+        s.wait_for(name, "stopped", |p| p["status"] == "stopped").await?;
+    }
+    assert_eq!(s.proc("foreign")?["status"], "online");
+    assert_eq!(s.ok(&["start", "b"])?.trim(), "started b");
+    s.wait_for("b", "online", |p| p["status"] == "online").await?;
+    assert!(s.ok(&["describe", "b"])?.lines().any(|l| l.starts_with("status") && l.ends_with("online")));
+    Ok(())
+}
