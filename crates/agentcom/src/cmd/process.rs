@@ -441,8 +441,11 @@ pub fn ps(a: PsArgs) -> anyhow::Result<u8> {
 }
 
 pub fn describe(a: DescribeArgs) -> anyhow::Result<u8> {
+    if a.name == supervisor::backend::ALL {
+        anyhow::bail!("describe takes one process: its name or its id (ps lists them)");
+    }
     let backend = a.sup.backend()?;
-    // An id means its process, as for the other commands.
+    // An id means its process, as for the other commands (a spec's name, its first instance).
     let name = backend.targets(&a.name)?.into_iter().next().unwrap_or(a.name);
     let d = backend.describe(&name)?;
     if a.json {
