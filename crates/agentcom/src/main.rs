@@ -36,20 +36,31 @@ enum Cmd {
     Stop(cmd::process::NameArgs),
     /// Restart a supervised process (also clears `errored`).
     Restart(cmd::process::NameArgs),
+    /// Replace a process with a fresh one without a moment where none runs: the new one must
+    /// stay up (and pass its health command) before the old one is stopped.
+    Reload(cmd::process::ReloadArgs),
     /// Stop and forget a supervised process.
     Delete(cmd::process::NameArgs),
     /// Stop every process, then the supervisor itself (as `pm2 kill`).
     Kill(cmd::process::KillArgs),
+    /// Start the supervisor at boot: write and enable a systemd user unit (--system: print a
+    /// system unit), as `pm2 startup`.
+    Startup(cmd::startup::StartupArgs),
     /// Attach this terminal to a tmux process (detach with the tmux prefix, then d).
     Attach(cmd::tmux::AttachArgs),
     /// Type text into a tmux process, then Enter.
     Send(cmd::tmux::SendArgs),
     /// List supervised processes.
+    #[command(visible_aliases = ["ls", "list", "status"])]
     Ps(cmd::process::PsArgs),
-    /// Everything about one process (env values redacted under pm2).
-    Describe(cmd::process::NameArgs),
-    /// Print a process's logs; -f follows them across rotations.
+    /// Everything about one process, as a table (--json for scripts).
+    Describe(cmd::process::DescribeArgs),
+    /// A live view of the processes and the hub's agents (as pm2's monit); q quits.
+    Top(cmd::top::TopArgs),
+    /// Print a process's logs (or every process's); -f follows them across rotations.
     Logs(cmd::process::LogsArgs),
+    /// Empty the log files of a process, or of every process.
+    Flush(cmd::process::FlushArgs),
     /// A folder of daemon definitions as the source of truth for the supervisor.
     Daemons {
         #[command(subcommand)]
@@ -123,13 +134,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Start(a) => cmd::process::start(*a),
         Cmd::Stop(a) => cmd::process::stop(a),
         Cmd::Restart(a) => cmd::process::restart(a),
+        Cmd::Reload(a) => cmd::process::reload(a),
+        Cmd::Flush(a) => cmd::process::flush(a),
         Cmd::Delete(a) => cmd::process::delete(a),
         Cmd::Kill(a) => cmd::process::kill(a),
+        Cmd::Startup(a) => cmd::startup::run(a),
         Cmd::Attach(a) => cmd::tmux::attach(a),
         Cmd::Send(a) => cmd::tmux::send(a),
         Cmd::Ps(a) => cmd::process::ps(a),
         Cmd::Describe(a) => cmd::process::describe(a),
         Cmd::Logs(a) => cmd::process::logs(a).await,
+        Cmd::Top(a) => cmd::top::run(a).await,
         Cmd::Daemons { cmd } => cmd::daemons::run(cmd).await,
         Cmd::Checkpoint { cmd } => cmd::guard::checkpoint(cmd).await,
         Cmd::Upgrade(a) => cmd::guard::upgrade(a).await,

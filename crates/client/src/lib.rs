@@ -7,7 +7,7 @@ pub use hubs::{parse_hub_urls, Attempt, Skipped, MAX_HUBS};
 
 use hubs::{Answer, Hubs};
 use proto::api::{ApiError, Endpoint, Method};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -330,6 +330,35 @@ pub fn now_ms() -> u64 {
     osutil::clock::epoch_ms()
 }
 
+/// Where a client looks for a local hub's admin token when none is given, in this order: the
+/// data dir named by `--data-dir` or `AGENTCOM_DATA_DIR` alone, when one is; else the hub's
+/// default data dir under the current folder (`./agentcom-data/hub`, where `agentcom hub` run
+/// here keeps it), then the user's (`~/.agentcom/hub`), found wherever the command runs.
+pub fn admin_token_paths(data_dir: Option<&Path>, home: Option<&Path>) -> Vec<PathBuf> {
+    const FILE: &str = "admin.token";
+    if let Some(dir) = data_dir {
+        return vec![dir.join(FILE)];
+    }
+    let mut paths = vec![Path::new("./agentcom-data/hub").join(FILE)];
+    paths.extend(home.map(|h| h.join(".agentcom/hub").join(FILE)));
+    paths
+}
+
+/// The first admin token found in [`admin_token_paths`] (with `$HOME`), with its file; or
+/// every path looked at.
+pub fn find_admin_token(data_dir: Option<&Path>) -> Result<(String, PathBuf), Vec<PathBuf>> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_absolute());
+    let paths = admin_token_paths(data_dir, home.as_deref());
+    for path in &paths {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if !t.trim().is_empty() {
+                return Ok((t.trim().to_string(), path.clone()));
+            }
+        }
+    }
+    Err(paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +374,18 @@ mod tests {
         assert_eq!(age(Some(1000), 61_000), "1m ago");
         assert_eq!(age(None, 5), "-");
         assert_eq!(when(Some(1_700_000_000_123), 1_700_000_060_123), "2023-11-14T22:13:20.123Z (1m ago)");
+    }
+
+    #[test]
+    fn the_admin_token_is_looked_for_here_then_in_the_users_home_unless_a_data_dir_is_named() {
+        let home = Path::new("/home/u");
+        let shown = |v: Vec<PathBuf>| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shown(admin_token_paths(None, Some(home))),
+            ["./agentcom-data/hub/admin.token", "/home/u/.agentcom/hub/admin.token"]
+        );
+        assert_eq!(shown(admin_token_paths(Some(Path::new("/srv/hub")), Some(home))), ["/srv/hub/admin.token"]);
+        assert_eq!(shown(admin_token_paths(None, None)), ["./agentcom-data/hub/admin.token"]);
     }
 
     #[test]

@@ -327,6 +327,11 @@ pub fn signal_number(name: &str) -> Option<i32> {
 /// One line of `agentcom ps --json`. Field names are stable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcStatus {
+    /// A small number that names the process as well as its name does (pm2's `pm_id`): given at
+    /// its first start, kept across restarts, reloads and supervisor restarts, free again only
+    /// once the process is deleted.
+    #[serde(default)]
+    pub id: u32,
     pub name: String,
     /// 0 when not running.
     pub pid: u32,
@@ -372,6 +377,24 @@ pub enum Request {
     Restart {
         name: String,
     },
+    /// `start NAME` of a process the supervisor holds (pm2's habit): a stopped or errored one
+    /// is started, one that runs is left alone and that is said.
+    StartExisting {
+        name: String,
+    },
+    /// Starts a successor with the same spec beside the running process; once it has stayed up
+    /// `min_uptime_ms` (and passed its health command, if it has one) the old one is stopped and
+    /// the successor becomes the process. No moment without one running. Fails, leaving the old
+    /// one untouched, if the successor exits first or is not healthy within `timeout_ms`.
+    Reload {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Empties the process's log files (pm2's `flush`).
+    Flush {
+        name: String,
+    },
     Delete {
         name: String,
     },
@@ -389,6 +412,9 @@ pub enum Request {
         enter: bool,
     },
 }
+
+/// How long a reload waits for the successor to become healthy, unless told.
+pub const RELOAD_TIMEOUT_MS: u64 = 30_000;
 
 /// The longest request line the supervisor reads; a longer one is answered with an error and
 /// skipped up to its newline, without being buffered.

@@ -51,19 +51,22 @@ impl Backend {
         }
     }
 
-    /// The processes a name stands for: itself, or the instances `name-0` … of a spec started
-    /// with `instances > 1` (as `pm2 stop app` stops every instance of app).
-    fn targets(&self, name: &str) -> Result<Vec<String>, BackendError> {
-        let list = self.list()?;
-        if list.iter().any(|p| p.name == name) {
-            return Ok(vec![name.to_string()]);
+    /// The processes an argument stands for ([`resolve`]); under pm2, `all` is every process
+    /// agentcom started there, never the user's others.
+    pub fn targets(&self, arg: &str) -> Result<Vec<String>, BackendError> {
+        if self.kind == Kind::Pm2 && arg == ALL {
+            let mut ours: Vec<(u32, String)> = pm2::jlist()?
+                .iter()
+                .filter(|e| pm2::ours(e))
+                .map(|e| {
+                    let s = pm2::status(e, 0);
+                    (s.id, s.name)
+                })
+                .collect();
+            ours.sort();
+            return Ok(ours.into_iter().map(|(_, n)| n).collect());
         }
-        let instances: Vec<String> =
-            list.into_iter().filter(|p| p.instance_of.as_deref() == Some(name)).map(|p| p.name).collect();
-        if instances.is_empty() {
-            return Ok(vec![name.to_string()]); // the supervisor says it does not know it
-        }
-        Ok(instances)
+        Ok(resolve(arg, &self.list()?))
     }
 
     fn simple(
@@ -73,7 +76,11 @@ impl Backend {
         pm2_op: fn(&str) -> Result<(), pm2::Pm2Error>,
     ) -> Result<String, BackendError> {
         let mut messages = Vec::new();
-        for target in self.targets(name)? {
+        let targets = self.targets(name)?;
+        if targets.is_empty() {
+            return Ok("no processes".into());
+        }
+        for target in targets {
             messages.push(match self.kind {
                 Kind::Native => match self.native(req(target), false)? {
                     Response::Ok { message } => message,
@@ -96,6 +103,65 @@ impl Backend {
     }
     pub fn delete(&self, name: &str) -> Result<String, BackendError> {
         self.simple(name, |name| Request::Delete { name }, pm2::delete)
+    }
+    /// Empties the log files (`pm2 flush`).
+    pub fn flush(&self, name: &str) -> Result<String, BackendError> {
+        self.simple(name, |name| Request::Flush { name }, pm2::flush)
+    }
+
+    /// Replaces each process the argument stands for with a fresh one without a moment where
+    /// none runs, one after the other (instance by instance); `pm2 reload` under pm2.
+    pub fn reload(&self, name: &str, timeout_ms: Option<u64>) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Native => {
+                let mut messages = Vec::new();
+                for target in self.targets(name)? {
+                    match self.native(Request::Reload { name: target, timeout_ms }, false)? {
+                        Response::Ok { message } => messages.push(message),
+                        other => messages.push(format!("{other:?}")),
+                    }
+                }
+                Ok(if messages.is_empty() { "no processes".into() } else { messages.join("\n") })
+            }
+            Kind::Pm2 => self.simple(name, |name| Request::Reload { name, timeout_ms: None }, pm2::reload),
+        }
+    }
+
+    /// `start NAME` without a command, as pm2 takes it: the processes NAME (or an id) stands
+    /// for are started unless they run. `None` when it stands for none, so the caller can say
+    /// what `start` needs. A supervisor is launched only when one ran here before (its
+    /// `state.json` may hold NAME): a mistyped name does not leave a daemon behind.
+    pub fn start_existing(&self, name: &str) -> Result<Option<String>, BackendError> {
+        let list = match self.kind {
+            Kind::Native if self.dir.join(crate::daemon::STATE).exists() => {
+                match connect_or_launch(&self.dir, &self.exe)?.call(&Request::Ps)? {
+                    Response::List { processes } => processes,
+                    _ => Vec::new(),
+                }
+            }
+            _ => self.list_if_running()?.unwrap_or_default(),
+        };
+        let targets = resolve(name, &list);
+        if !targets.iter().any(|t| list.iter().any(|p| &p.name == t)) {
+            return Ok(None);
+        }
+        let mut messages = Vec::new();
+        for target in targets {
+            messages.push(match self.kind {
+                Kind::Native => match self.native(Request::StartExisting { name: target }, false)? {
+                    Response::Ok { message } => message,
+                    other => format!("{other:?}"),
+                },
+                Kind::Pm2 => match list.iter().find(|p| p.name == target) {
+                    Some(p) if p.status == "online" => format!("{target} is already online"),
+                    _ => {
+                        pm2::restart(&target)?;
+                        format!("started {target}")
+                    }
+                },
+            });
+        }
+        Ok(Some(messages.join("\n")))
     }
 
     /// Types `text` into a tmux process (native supervisor only).
@@ -180,5 +246,85 @@ impl Backend {
                 .map(pm2::redacted)
                 .ok_or_else(|| BackendError::NotFound(name.into())),
         }
+    }
+}
+
+/// The argument that means every process (pm2's `all`).
+pub const ALL: &str = "all";
+
+/// What a process argument of `stop`, `restart`, `reload`, `delete`, `logs` and `flush` stands
+/// for, as pm2 reads it: `all` is every process (by id); a process's own name is that process;
+/// the name of a spec with instances is its instances; a number that is no process's name is
+/// the process with that id. Anything else is itself, for the supervisor to say it knows no
+/// such process. A number is read only when it is a few digits, so a hostile one costs
+/// nothing.
+pub fn resolve(arg: &str, list: &[ProcStatus]) -> Vec<String> {
+    if arg == ALL {
+        let mut all: Vec<&ProcStatus> = list.iter().collect();
+        all.sort_by_key(|p| p.id);
+        return all.into_iter().map(|p| p.name.clone()).collect();
+    }
+    if list.iter().any(|p| p.name == arg) {
+        return vec![arg.to_string()];
+    }
+    let instances: Vec<String> =
+        list.iter().filter(|p| p.instance_of.as_deref() == Some(arg)).map(|p| p.name.clone()).collect();
+    if !instances.is_empty() {
+        return instances;
+    }
+    let id = (arg.len() <= 9 && !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| arg.parse::<u32>().ok())
+        .flatten();
+    if let Some(p) = id.and_then(|id| list.iter().find(|p| p.id == id)) {
+        return vec![p.name.clone()];
+    }
+    vec![arg.to_string()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(id: u32, name: &str, of: Option<&str>) -> ProcStatus {
+        ProcStatus {
+            id,
+            name: name.into(),
+            pid: 0,
+            status: "online".into(),
+            uptime_ms: 0,
+            restart_count: 0,
+            memory_bytes: 0,
+            cpu_percent: 0.0,
+            exit_code: None,
+            unstable_restarts: 0,
+            spec_hash: None,
+            daemon_root: None,
+            reason: None,
+            tmux: false,
+            instance_of: of.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn arguments_resolve_as_pm2_reads_them() {
+        let list = [
+            proc(2, "web-0", Some("web")),
+            proc(3, "web-1", Some("web")),
+            proc(0, "api", None),
+            proc(1, "7", None),
+            proc(7, "seven", None),
+        ];
+        let r = |a: &str| resolve(a, &list);
+        assert_eq!(r("all"), ["api", "7", "web-0", "web-1", "seven"], "every process, by id");
+        assert_eq!(r("api"), ["api"]);
+        assert_eq!(r("web"), ["web-0", "web-1"]);
+        assert_eq!(r("3"), ["web-1"], "an id");
+        assert_eq!(r("7"), ["7"], "a process's own name wins over an id");
+        assert_eq!(r("0"), ["api"]);
+        assert_eq!(r("42"), ["42"], "no such id: the supervisor will say so");
+        assert_eq!(r("0000000003"), ["0000000003"], "too long to be an id");
+        assert_eq!(r("99999999999999999999"), ["99999999999999999999"]);
+        assert_eq!(r("-1"), ["-1"]);
+        assert!(resolve("all", &[]).is_empty());
     }
 }

@@ -50,11 +50,37 @@ impl Client {
     }
 }
 
-/// The supervisor state dir: `AGENTCOM_SUPERVISOR_DIR`, else `./agentcom-data/supervisor`.
+/// The supervisor state dir: `AGENTCOM_SUPERVISOR_DIR`, else one per user wherever a command
+/// runs, as pm2 keeps `~/.pm2`: `~/.agentcom/supervisor` (`$HOME`, else the user's home in
+/// the password database; only with neither, `./agentcom-data/supervisor`).
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("AGENTCOM_SUPERVISOR_DIR")
+    if let Some(dir) = std::env::var_os("AGENTCOM_SUPERVISOR_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match home_dir() {
+        Some(home) => home.join(".agentcom").join("supervisor"),
+        None => PathBuf::from("./agentcom-data/supervisor"),
+    }
+}
+
+/// The name of the user we run as, and of the user whose `sudo` started us if any (`SUDO_USER`).
+pub fn user_names() -> (Option<String>, Option<String>) {
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
+    let sudo = std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty() && u != "root");
+    (me, sudo)
+}
+
+/// A user's home, from the password database.
+pub fn home_of(user: &str) -> Option<PathBuf> {
+    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.dir)
+}
+
+/// The user's home: `$HOME` when it is an absolute path, else the password database's.
+pub fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("./agentcom-data/supervisor"))
+        .filter(|h| h.is_absolute())
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir))
 }
 
 /// Connects to the supervisor, launching `exe supervisor` in the background first if none

@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod logs;
 pub mod pm2;
 pub mod selfinfo;
+pub mod startup;

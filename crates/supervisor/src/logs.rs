@@ -48,6 +48,15 @@ impl LogFile {
         Ok(())
     }
 
+    /// Empties the file and removes its rotated ones (pm2's `flush`): a writer goes on at the
+    /// start of the emptied file (it appends).
+    pub fn clear(&mut self) -> io::Result<()> {
+        remove_rotated(&self.path, self.keep)?;
+        self.file.set_len(0)?;
+        self.size = 0;
+        Ok(())
+    }
+
     /// `name.log` → `name.log.1` → … → `name.log.<keep>`; then a fresh `name.log`.
     fn rotate(&mut self) -> io::Result<()> {
         let numbered = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
@@ -217,6 +226,13 @@ impl LogSink {
         Arc::new(Mutex::new(self))
     }
 
+    /// Empties every log file of the process (and removes the rotated ones).
+    pub fn clear(&mut self) -> io::Result<()> {
+        self.out.clear()?;
+        self.err.clear()?;
+        self.combined.as_mut().map_or(Ok(()), LogFile::clear)
+    }
+
     pub fn write(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
         let prefix = self.stamp.next(SystemTime::now());
         if let Some(c) = self.combined.as_mut() {
@@ -226,6 +242,27 @@ impl LogSink {
             Stream::Out => self.out.write_line(prefix.as_deref(), line),
             Stream::Err => self.err.write_line(prefix.as_deref(), line),
         }
+    }
+}
+
+/// Removes `path.1` … `path.<keep>`.
+fn remove_rotated(path: &Path, keep: u32) -> io::Result<()> {
+    for i in 1..=keep {
+        match std::fs::remove_file(format!("{}.{i}", path.display())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Empties a log file no sink holds open (a process not started since the supervisor started),
+/// and removes its rotated ones; a file that does not exist is empty already.
+pub fn clear_file(path: &Path, keep: u32) -> io::Result<()> {
+    remove_rotated(path, keep)?;
+    match OpenOptions::new().write(true).truncate(true).open(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -141,6 +141,18 @@ pub fn restart(name: &str) -> Result<(), Pm2Error> {
 pub fn delete(name: &str) -> Result<(), Pm2Error> {
     pm2(&["delete", name]).map(drop)
 }
+pub fn reload(name: &str) -> Result<(), Pm2Error> {
+    pm2(&["reload", name]).map(drop)
+}
+pub fn flush(name: &str) -> Result<(), Pm2Error> {
+    pm2(&["flush", name]).map(drop)
+}
+
+/// Whether agentcom started this pm2 process (every app it writes carries its name in
+/// `AGENTCOM_PROCESS_NAME`): `all` means these, never the user's other pm2 processes.
+pub fn ours(e: &Value) -> bool {
+    e["pm2_env"]["env"]["AGENTCOM_PROCESS_NAME"].is_string() || e["pm2_env"]["AGENTCOM_PROCESS_NAME"].is_string()
+}
 
 /// Whether a pm2 daemon answers in `PM2_HOME` (default `~/.pm2`): any pm2 command would
 /// start one, so a question that must change nothing asks this first.
@@ -171,6 +183,7 @@ pub fn status(e: &Value, now_ms: u64) -> ProcStatus {
     let status = env["status"].as_str().unwrap_or("unknown").replace(' ', "-");
     let online = status == "online";
     ProcStatus {
+        id: e["pm_id"].as_u64().or(env["pm_id"].as_u64()).and_then(|i| u32::try_from(i).ok()).unwrap_or(0),
         name: e["name"].as_str().unwrap_or("").into(),
         pid: e["pid"].as_u64().unwrap_or(0) as u32,
         status,

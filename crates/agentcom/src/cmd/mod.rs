@@ -6,4 +6,6 @@ pub mod guard;
 pub mod hub;
 pub mod process;
 pub mod remote;
+pub mod startup;
 pub mod tmux;
+pub mod top;

@@ -1,5 +1,5 @@
-//! The process commands (`supervisor`, `start`, `stop`, `restart`, `delete`, `ps`, `describe`,
-//! `logs`), on the native supervisor or on pm2.
+//! The process commands (`supervisor`, `start`, `stop`, `restart`, `reload`, `delete`, `ps`,
+//! `describe`, `logs`, `flush`), on the native supervisor or on pm2.
 
 use crate::logging::{self, LogArgs};
 use anyhow::Context;
@@ -238,7 +238,39 @@ impl StartOpts {
 
 #[derive(clap::Args)]
 pub struct NameArgs {
-    /// The process's name.
+    /// The process's name, its id (the ID column of ps), or all.
+    name: String,
+    #[command(flatten)]
+    sup: Sup,
+}
+
+#[derive(clap::Args)]
+pub struct DescribeArgs {
+    /// The process's name or id.
+    name: String,
+    /// Print JSON instead of a table (env values redacted under pm2).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sup: Sup,
+}
+
+#[derive(clap::Args)]
+pub struct ReloadArgs {
+    /// The process's name, its id, or all.
+    name: String,
+    /// How long the new process may take to become healthy (stay up min-uptime-ms and pass its
+    /// health command) before the reload is given up and the old one keeps running.
+    #[arg(long, default_value_t = proto::control::RELOAD_TIMEOUT_MS)]
+    timeout_ms: u64,
+    #[command(flatten)]
+    sup: Sup,
+}
+
+#[derive(clap::Args)]
+pub struct FlushArgs {
+    /// The process's name, its id, or all.
+    #[arg(default_value = supervisor::backend::ALL)]
     name: String,
     #[command(flatten)]
     sup: Sup,
@@ -255,11 +287,18 @@ pub struct PsArgs {
 
 #[derive(clap::Args)]
 pub struct LogsArgs {
-    /// The process's name.
+    /// The process's name, its id, or all (each line then starts with the process's name).
+    #[arg(default_value = supervisor::backend::ALL)]
     name: String,
     /// Keep printing new lines, across rotations.
     #[arg(short, long)]
     follow: bool,
+    /// Only the error output (stderr).
+    #[arg(long, conflicts_with = "out")]
+    err: bool,
+    /// Only the standard output (stdout).
+    #[arg(long)]
+    out: bool,
     /// How many of the last lines to print first.
     #[arg(long, default_value_t = 20)]
     lines: usize,
@@ -284,7 +323,7 @@ pub async fn supervisor(a: SupervisorArgs) -> anyhow::Result<u8> {
 
 pub fn start(a: StartArgs) -> anyhow::Result<u8> {
     if a.cmd.is_empty() {
-        return start_file(a);
+        return start_file_or_existing(a);
     }
     let spec = a.opts.spec(a.name, a.cmd);
     let mut problems = spec.validate();
@@ -296,21 +335,31 @@ pub fn start(a: StartArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `agentcom start ecosystem.config.js`: every app of the file, named as in it, with relative
-/// paths against the current folder (as pm2 run from here).
-fn start_file(a: StartArgs) -> anyhow::Result<u8> {
+/// `agentcom start NAME` without a command: an ecosystem file's apps, or (as pm2 does) a process
+/// the supervisor holds, started unless it runs.
+fn start_file_or_existing(a: StartArgs) -> anyhow::Result<u8> {
     let file = PathBuf::from(&a.name);
     let file_name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if daemons::ecosystem::format_of(file_name).is_none() || !file.is_file() {
-        anyhow::bail!(
-            "give the command after `--` (agentcom start {} -- CMD ARGS...), or an ecosystem file (ecosystem.config.js, .cjs, .mjs, .json, ecosystem.edn)",
-            a.name
-        );
+    if daemons::ecosystem::format_of(file_name).is_some() && file.is_file() {
+        return start_file(a, &file);
     }
+    if let Some(message) = a.sup.backend()?.start_existing(&a.name)? {
+        crate::out::println(message)?;
+        return Ok(0);
+    }
+    anyhow::bail!(
+        "give the command after `--` (agentcom start {} -- CMD ARGS...), or an ecosystem file (ecosystem.config.js, .cjs, .mjs, .json, ecosystem.edn)",
+        a.name
+    )
+}
+
+/// `agentcom start ecosystem.config.js`: every app of the file, named as in it, with relative
+/// paths against the current folder (as pm2 run from here).
+fn start_file(a: StartArgs, file: &Path) -> anyhow::Result<u8> {
     let here = std::env::current_dir().context("the current folder")?;
-    let apps = daemons::ecosystem::read(&file, &here)?
+    let apps = daemons::ecosystem::read(file, &here)?
         .ok_or_else(|| anyhow::anyhow!("{}: no :apps in this file", file.display()))?;
-    let ctx = daemons::pm2app::Ctx { file: &file, workdir: &here, env_name: a.env_name.as_deref() };
+    let ctx = daemons::pm2app::Ctx { file, workdir: &here, env_name: a.env_name.as_deref() };
     let backend = a.sup.backend()?;
     let mut failed = 0;
     for app in &apps {
@@ -355,6 +404,16 @@ pub fn restart(a: NameArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+pub fn reload(a: ReloadArgs) -> anyhow::Result<u8> {
+    crate::out::println(a.sup.backend()?.reload(&a.name, Some(a.timeout_ms))?)?;
+    Ok(0)
+}
+
+pub fn flush(a: FlushArgs) -> anyhow::Result<u8> {
+    crate::out::println(a.sup.backend()?.flush(&a.name)?)?;
+    Ok(0)
+}
+
 #[derive(clap::Args)]
 pub struct KillArgs {
     #[command(flatten)]
@@ -381,21 +440,56 @@ pub fn ps(a: PsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn describe(a: NameArgs) -> anyhow::Result<u8> {
-    crate::out::println(serde_json::to_string_pretty(&a.sup.backend()?.describe(&a.name)?)?)?;
+pub fn describe(a: DescribeArgs) -> anyhow::Result<u8> {
+    if a.name == supervisor::backend::ALL {
+        anyhow::bail!("describe takes one process: its name or its id (ps lists them)");
+    }
+    let backend = a.sup.backend()?;
+    // An id means its process, as for the other commands (a spec's name, its first instance).
+    let name = backend.targets(&a.name)?.into_iter().next().unwrap_or(a.name);
+    let d = backend.describe(&name)?;
+    if a.json {
+        crate::out::println(serde_json::to_string_pretty(&d)?)?;
+    } else if let Ok(native) = serde_json::from_value::<proto::control::Describe>(d.clone()) {
+        crate::out::print(supervisor::cli::describe_table(&native))?;
+    } else {
+        crate::out::print(supervisor::cli::describe_pm2_table(&d, client::now_ms()))?;
+    }
     Ok(0)
 }
 
-pub async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
-    let d = a.sup.backend()?.describe(&a.name)?;
+/// The log files `describe` names, natively or under pm2.
+fn log_files(d: &serde_json::Value, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (out, err) = match (d["out_log"].as_str(), d["pm2_env"]["pm_out_log_path"].as_str()) {
-        (Some(o), _) => (o.to_string(), d["err_log"].as_str().unwrap_or_default().to_string()),
-        (None, Some(o)) => (o.to_string(), d["pm2_env"]["pm_err_log_path"].as_str().unwrap_or_default().to_string()),
-        _ => anyhow::bail!("no log files known for {}", a.name),
+        (Some(o), _) => (o, d["err_log"].as_str().unwrap_or_default()),
+        (None, Some(o)) => (o, d["pm2_env"]["pm_err_log_path"].as_str().unwrap_or_default()),
+        _ => anyhow::bail!("no log files known for {name}"),
+    };
+    Ok((out.into(), err.into()))
+}
+
+pub async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
+    let backend = a.sup.backend()?;
+    let targets = backend.targets(&a.name)?;
+    // Lines of several processes (or of `all`) say whose they are, as pm2 prints them.
+    let named = targets.len() > 1 || a.name == supervisor::backend::ALL;
+    let mut sources = Vec::new();
+    for target in targets {
+        let (out, err) = log_files(&backend.describe(&target)?, &target)?;
+        sources.push(supervisor::cli::LogSource { prefix: named.then_some(target), out, err });
+    }
+    if sources.is_empty() {
+        crate::out::println("no processes")?;
+        return Ok(0);
+    }
+    let selected = match (a.out, a.err) {
+        (true, _) => supervisor::cli::Selected::Out,
+        (_, true) => supervisor::cli::Selected::Err,
+        _ => supervisor::cli::Selected::Both,
     };
     let (lines, follow) = (a.lines, a.follow);
     tokio::task::spawn_blocking(move || {
-        supervisor::cli::logs(out.as_ref(), err.as_ref(), lines, follow, &mut |l| crate::out::println(l))
+        supervisor::cli::logs(&sources, selected, lines, follow, &mut |l| crate::out::println(l))
     })
     .await??;
     Ok(0)

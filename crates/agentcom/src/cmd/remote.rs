@@ -15,12 +15,13 @@ pub struct RemoteArgs {
     /// Hub base URL, or several separated by commas (hubs sharing PostgreSQL: requests find the leader).
     #[arg(long, env = "AGENTCOM_URL", default_value = client::DEFAULT_URL)]
     url: String,
-    /// Bearer token; defaults to the local hub's admin.token when it can be read.
+    /// Bearer token; defaults to a local hub's admin.token when one can be read (in the data
+    /// dir, else ./agentcom-data/hub, then ~/.agentcom/hub).
     #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Data dir whose admin.token is the default token.
-    #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = hub::config::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Data dir whose admin.token is the default token (the only place looked at when given).
+    #[arg(long, env = "AGENTCOM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// PEM CA certificates to trust for an https:// hub, besides the built-in roots.
     #[arg(long, env = "AGENTCOM_CA_FILE")]
     ca_file: Option<PathBuf>,
@@ -33,7 +34,7 @@ pub struct RemoteArgs {
 enum TokenSource {
     Given,
     AdminFile(PathBuf),
-    None(PathBuf),
+    None(Vec<PathBuf>),
 }
 
 impl RemoteArgs {
@@ -41,10 +42,9 @@ impl RemoteArgs {
         if let Some(t) = &self.token {
             return (Some(t.clone()), TokenSource::Given);
         }
-        let path = hub::admin_token_path(&self.data_dir);
-        match std::fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => (Some(t.trim().to_string()), TokenSource::AdminFile(path)),
-            _ => (None, TokenSource::None(path)),
+        match client::find_admin_token(self.data_dir.as_deref()) {
+            Ok((t, path)) => (Some(t), TokenSource::AdminFile(path)),
+            Err(looked_at) => (None, TokenSource::None(looked_at)),
         }
     }
 
@@ -66,11 +66,11 @@ impl RemoteArgs {
 
 fn explain(e: ClientError, source: &TokenSource) -> anyhow::Error {
     let hint = match (e.code(), source) {
-        (Some(ErrorCode::Unauthorized), TokenSource::None(path)) => format!(
+        (Some(ErrorCode::Unauthorized), TokenSource::None(paths)) => format!(
             "no token was sent: none given (--token or AGENTCOM_TOKEN), and no admin token at {} \
              (AGENTCOM_DATA_DIR or --data-dir names the hub's data dir). Set AGENTCOM_TOKEN to the \
              hub's admin token or to an agent token (`agentcom token create AGENT` on the hub machine).",
-            path.display()
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
         ),
         (Some(ErrorCode::InvalidToken), TokenSource::Given) => {
             "the hub refused the token given with --token or AGENTCOM_TOKEN (not its admin token, \

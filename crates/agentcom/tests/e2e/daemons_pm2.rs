@@ -171,14 +171,14 @@ async fn a_mixed_tree_under_the_native_supervisor() -> R {
     let w = Workspace::new("native")?;
     mixed_tree_plan_apply_edit_duplicate(&w).await?;
     // Relative cwd and log paths resolve against the workspace root (the git work tree).
-    let d: Value = serde_json::from_str(&w.sup.ok(&["describe", "daemons:indexer"])?)?;
+    let d: Value = serde_json::from_str(&w.sup.ok(&["describe", "--json", "daemons:indexer"])?)?;
     assert_eq!(d["spec"]["cwd"], w.top().join("work").display().to_string());
     assert_eq!(d["out_log"], w.top().join("logs/indexer-out.log").display().to_string());
     assert_eq!(d["spec"]["command"], "/usr/bin/env");
     assert_eq!(d["spec"]["kill_signal"], "SIGINT", "pm2's stop signal");
     let pid = d["status"]["pid"].as_u64().unwrap();
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd"))?, w.top().join("work"));
-    let h1: Value = serde_json::from_str(&w.sup.ok(&["describe", "daemons:heartbeat-1"])?)?;
+    let h1: Value = serde_json::from_str(&w.sup.ok(&["describe", "--json", "daemons:heartbeat-1"])?)?;
     assert_eq!(h1["spec"]["env"]["NODE_APP_INSTANCE"], "1");
     // The generated pm2 file of a folder holds all its apps.
     let eco = std::fs::read_to_string(w.root().join("devops/ecosystem-watch/dist/ecosystem.config.cjs"))?;
@@ -192,7 +192,7 @@ async fn a_mixed_tree_under_the_native_supervisor() -> R {
     let out = w.daemons("install-watcher", &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let watcher = w.ps()?.into_iter().find(|p| p["name"].as_str().unwrap().starts_with("daemons-watcher.")).unwrap();
-    let d: Value = serde_json::from_str(&w.sup.ok(&["describe", watcher["name"].as_str().unwrap()])?)?;
+    let d: Value = serde_json::from_str(&w.sup.ok(&["describe", "--json", watcher["name"].as_str().unwrap()])?)?;
     let args: Vec<&str> = d["spec"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let top = w.top().display().to_string();
     assert!(args.windows(2).any(|p| p == ["--workdir", top.as_str()]), "{args:?}");
@@ -243,7 +243,7 @@ async fn a_watched_path_restarts_its_daemon() -> R {
     let after = w
         .wait("restarted by the change", |p| p.get("daemons:watched").is_some_and(|n| *n != before["daemons:watched"]))
         .await?;
-    let d: Value = serde_json::from_str(&w.sup.ok(&["describe", "daemons:watched"])?)?;
+    let d: Value = serde_json::from_str(&w.sup.ok(&["describe", "--json", "daemons:watched"])?)?;
     assert!(d["last_restart_reason"].as_str().unwrap().ends_with("app/src/main.js"), "{d}");
     assert!(after.contains_key("daemons:watched"));
     Ok(())

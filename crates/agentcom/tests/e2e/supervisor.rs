@@ -56,7 +56,7 @@ async fn start_launches_the_supervisor_and_children_know_their_name() -> R {
         assert!(check, "field {k} in {p}");
     }
     let table = s.ok(&["ps"])?;
-    assert!(table.starts_with("NAME") && table.contains("envy") && table.contains("online"), "{table}");
+    assert!(table.starts_with("ID  NAME") && table.contains("envy") && table.contains("online"), "{table}");
     Ok(())
 }
 
@@ -76,7 +76,7 @@ async fn crash_restarts_with_backoff_then_errored_until_restart() -> R {
     // A backoff happened: the later restarts waited at least 100 ms, then 150 ms (x1.5).
     // (How soon the first one comes is a figure for the bench, not a test.)
     assert!(gaps[1] >= 100.0 && gaps[2] >= 150.0, "gaps {gaps:?}");
-    let d: Value = serde_json::from_str(&s.ok(&["describe", "crasher"])?)?;
+    let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", "crasher"])?)?;
     assert!(d["last_restart_reason"].as_str().unwrap().contains("within min_uptime"), "{d}");
     s.ok(&["restart", "crasher"])?;
     eventually("restart to clear errored and run it again", || async {
@@ -243,7 +243,7 @@ async fn failing_health_check_and_memory_limit_restart_the_process() -> R {
         "1000",
     ])?;
     s.wait_for("sick", "restarted", |p| p["restart_count"].as_u64() >= Some(1)).await?;
-    let d: Value = serde_json::from_str(&s.ok(&["describe", "sick"])?)?;
+    let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", "sick"])?)?;
     assert!(d["last_restart_reason"].as_str().unwrap().starts_with("health check failed 2 times"), "{d}");
     std::fs::write(&flag, b"")?;
     // Counted after the fix: a restart already decided may still land, none after it.
@@ -254,7 +254,7 @@ async fn failing_health_check_and_memory_limit_restart_the_process() -> R {
     let hog = "x=$(head -c 40000000 /dev/zero | tr '\\0' a); sleep 1000";
     s.ok(&["start", "hog", "--max-memory-bytes", "20000000", "--", "sh", "-c", hog])?;
     s.wait_for("hog", "restarted for memory", |p| p["restart_count"].as_u64() >= Some(1)).await?;
-    let d: Value = serde_json::from_str(&s.ok(&["describe", "hog"])?)?;
+    let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", "hog"])?)?;
     assert!(d["last_restart_reason"].as_str().unwrap().starts_with("memory"), "{d}");
     Ok(())
 }
@@ -437,9 +437,11 @@ async fn pm2_backend_start_ps_stop_delete_and_redaction() -> R {
     let napper = list.iter().find(|e| e["name"] == "napper").expect("listed");
     assert_eq!(napper["status"], "online");
     assert!(napper["pid"].as_u64().unwrap() > 0);
-    let d = s.ok(&["describe", "napper", "--backend", "pm2"])?;
+    let d = s.ok(&["describe", "--json", "napper", "--backend", "pm2"])?;
     assert!(!d.contains("hunter2"), "env values are redacted");
     assert!(d.contains("<redacted>"));
+    let table = s.ok(&["describe", "napper", "--backend", "pm2"])?;
+    assert!(!table.contains("hunter2") && table.lines().any(|l| l.starts_with("status") && l.ends_with("online")));
     s.ok(&["stop", "napper", "--backend", "pm2"])?;
     let list: Vec<Value> = serde_json::from_str(&s.ok(&["ps", "--json", "--backend", "pm2"])?)?;
     assert_eq!(list.iter().find(|e| e["name"] == "napper").unwrap()["status"], "stopped");

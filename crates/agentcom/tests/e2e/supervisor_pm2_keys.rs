@@ -41,7 +41,7 @@ async fn a_change_below_a_watched_path_restarts_and_ignored_ones_do_not() -> R {
     std::fs::write(app.path().join("src/main.rs"), "fn main() {}")?;
     let pid = p["pid"].as_u64();
     s.wait_for("w", "restarted", |p| p["status"] == "online" && p["pid"].as_u64() != pid).await?;
-    let d: Value = serde_json::from_str(&s.ok(&["describe", "w"])?)?;
+    let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", "w"])?)?;
     let reason = d["last_restart_reason"].as_str().unwrap();
     assert!(reason.starts_with("watched path changed: ") && reason.ends_with("src/main.rs"), "{reason}");
     assert_eq!(d["status"]["restart_count"], 1);
@@ -54,7 +54,7 @@ async fn instances_run_side_by_side_and_are_handled_by_their_name() -> R {
     let out = s.ok(&["start", "web", "--instances", "3", "--", "sleep", "1000"])?;
     assert_eq!(out.trim(), "started web-0, web-1, web-2");
     for i in 0..3 {
-        let d: Value = serde_json::from_str(&s.ok(&["describe", &format!("web-{i}")])?)?;
+        let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", &format!("web-{i}")])?)?;
         assert_eq!(d["spec"]["env"]["NODE_APP_INSTANCE"], i.to_string());
         assert_eq!(d["status"]["instance_of"], "web");
     }
@@ -88,7 +88,7 @@ async fn cron_restart_restarts_a_service_and_reruns_a_job() -> R {
         }
     })
     .await?;
-    let d: Value = serde_json::from_str(&s.ok(&["describe", "svc"])?)?;
+    let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", "svc"])?)?;
     assert!(d["last_restart_reason"].as_str().unwrap().starts_with("cron_restart"), "{d}");
     // A process stopped by a person is left alone by its schedule.
     s.ok(&["stop", "job"])?;
@@ -135,7 +135,7 @@ async fn log_timestamps_follow_time_and_log_date_format_and_files_can_be_chosen(
     assert!(std::fs::read_to_string(&err)?.trim_end().ends_with(" to-err"));
     let all = std::fs::read_to_string(&both)?;
     assert!(all.contains("to-out") && all.contains("to-err"), "{all}");
-    let d: Value = serde_json::from_str(&s.ok(&["describe", "fmt"])?)?;
+    let d: Value = serde_json::from_str(&s.ok(&["describe", "--json", "fmt"])?)?;
     assert_eq!(d["out_log"], out.display().to_string());
     let raw = std::fs::read_to_string(s.dir().join("logs/raw-out.log"))?;
     assert_eq!(raw, "plain line\n");

@@ -57,8 +57,8 @@ async fn an_interactive_program_runs_receives_send_and_comes_back_after_sigkill(
     let p = s.wait_for("chat", "online", |p| p["status"] == "online").await?;
     assert_eq!(p["tmux"], true, "ps --json marks it");
     let table = s.ok(&["ps"])?;
-    let row = table.lines().find(|l| l.starts_with("chat")).unwrap();
-    assert!(row.split_whitespace().nth(1) == Some("tmux"), "{table}");
+    let row = table.lines().find(|l| l.split_whitespace().nth(1) == Some("chat")).unwrap();
+    assert!(row.split_whitespace().nth(2) == Some("tmux"), "{table}");
     logs_show(&s, "chat", "tty: yes").await?;
     assert_eq!(s.ok(&["send", "chat", "hello there"])?.trim(), "sent 11 bytes to chat");
     logs_show(&s, "chat", "got: hello there").await?;

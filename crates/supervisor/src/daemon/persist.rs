@@ -14,10 +14,17 @@ pub struct Persisted {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PersistedProc {
+    /// The process's id (`None` in a file written before ids: one is given at restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
     pub spec: ProcSpec,
     pub desired: bool,
     pub pgid: Option<i32>,
     pub restart_count: u64,
+    /// Other groups of this process that run: a reload's successor, or an old process being
+    /// stopped after a reload. A supervisor killed meanwhile stops them at its next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_pgids: Vec<i32>,
 }
 
 pub fn save(dir: &Path, p: &Persisted) {

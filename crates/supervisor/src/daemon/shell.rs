@@ -120,13 +120,13 @@ impl Shell {
         let loaded = tokio::task::spawn_blocking(move || {
             tmux::kill_server(&dir);
             let state = persist::load(&dir, wall_ms());
+            // Its groups, and those of a reload that was under way (successor, or old process).
             let left: Vec<(String, i32, String, u64)> = state
                 .processes
                 .iter()
-                .filter_map(|pp| {
-                    let pg = pp.pgid.filter(|pg| procfs::group_has_env(*pg, ENV_NAME, &pp.spec.name))?;
-                    Some((pp.spec.name.clone(), pg, pp.spec.kill_signal.clone(), pp.spec.kill_timeout_ms))
-                })
+                .flat_map(|pp| pp.pgid.iter().chain(&pp.extra_pgids).map(move |pg| (pp, *pg)))
+                .filter(|(pp, pg)| procfs::group_has_env(*pg, ENV_NAME, &pp.spec.name))
+                .map(|(pp, pg)| (pp.spec.name.clone(), pg, pp.spec.kill_signal.clone(), pp.spec.kill_timeout_ms))
                 .collect();
             (state, left)
         })
@@ -240,6 +240,23 @@ impl Shell {
                         Err(e) => Err(format!("tmux send failed: {e}")),
                     };
                     let _ = tx.send(Ev::Input(Input::Sent { id, result })).await;
+                });
+            }
+            Action::Flush { id, name, files, keep } => {
+                // Through the open sink when there is one, so no line is half written meanwhile.
+                let sink = self.io.get(&name).and_then(|io| io.sink.clone());
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let cleared = tokio::task::spawn_blocking(move || match sink {
+                        Some(sink) => sink.lock().unwrap_or_else(|p| p.into_inner()).clear(),
+                        None => files.iter().try_for_each(|f| crate::logs::clear_file(f, keep)),
+                    });
+                    let result = match cleared.await {
+                        Ok(Ok(())) => Ok(format!("flushed the logs of {name}")),
+                        Ok(Err(e)) => Err(format!("cannot flush the logs of {name}: {e}")),
+                        Err(e) => Err(format!("cannot flush the logs of {name}: {e}")),
+                    };
+                    let _ = tx.send(Ev::Input(Input::Flushed { id, result })).await;
                 });
             }
             Action::Watch(specs) => self.watches.sync(specs.iter()),

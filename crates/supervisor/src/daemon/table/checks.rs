@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// What the supervisor checks beyond `ProcSpec::validate` (it has the parsers): the cron
-/// schedule and the `ignore_watch` globs.
+/// schedule and the `ignore_watch` globs; and the name `all`, which the commands read as every
+/// process.
 pub fn problems(spec: &ProcSpec) -> Vec<String> {
     let mut e = Vec::new();
+    if spec.name == "all" {
+        e.push("name: \"all\" means every process to stop, restart, delete, logs and flush: pick another".into());
+    }
     if let Some(c) = &spec.cron_restart {
         if let Err(why) = croner::Cron::from_str(c) {
             e.push(format!("cron_restart: {c:?} is not a cron schedule: {why}"));
@@ -43,6 +47,9 @@ impl Table {
     }
 
     pub(super) fn on_health(&mut self, name: &str, gen: u64, ok: bool, detail: String, now: Now) {
+        if self.reload_health(name, gen, ok, &detail, now) {
+            return;
+        }
         let Some(p) = self.procs.get_mut(name).filter(|p| p.gen == gen && p.state == State::Online) else { return };
         if ok {
             p.health_failures = 0;

@@ -23,6 +23,9 @@ impl Table {
     /// A command that cannot be executed counts as an exit (the restart policy applies); the
     /// requests that waited for the spawn are answered either way.
     pub(super) fn on_spawned(&mut self, name: &str, gen: u64, result: Result<u32, String>, now: Now) {
+        if self.reload_spawned(name, gen, &result, now) {
+            return;
+        }
         let Some(p) = self.procs.get_mut(name).filter(|p| p.gen == gen && p.spawning) else {
             if let Ok(pid) = result {
                 // Nobody wants this process any more: it must not outlive its table entry.
@@ -60,9 +63,9 @@ impl Table {
             self.arm(now, interval, Timer::HealthDue { name: name.into(), gen });
         }
         self.dirty = true;
-        for id in waiters {
+        for (id, verb) in waiters {
             let r = match &result {
-                Ok(_) => ok(format!("restarted {name}")),
+                Ok(_) => ok(format!("{verb} {name}")),
                 Err(e) => err(format!("cannot start {name}: {e}")),
             };
             self.reply(id, r);
@@ -83,6 +86,9 @@ impl Table {
 
     pub(super) fn on_exit(&mut self, name: &str, gen: u64, code: Option<i32>, desc: String, now: Now) {
         let backoff_reset_ms = self.cfg.backoff_reset_ms;
+        if self.reload_exited(name, gen, &desc) {
+            return;
+        }
         let Some(p) = self.procs.get_mut(name) else { return };
         if p.gen != gen {
             return;
@@ -95,6 +101,11 @@ impl Table {
             // the leader may be reaped after that.
             return;
         }
+        if p.reload.is_some() {
+            // What was to be replaced without a gap is gone already: the policy decides now.
+            self.fail_reload(name, format!("{name} exited during the reload ({desc})"));
+        }
+        let Some(p) = self.procs.get_mut(name) else { return };
         // The leader is gone on its own: take the rest of its group with it.
         if let Some(pgid) = p.pgid.take() {
             let (signal, timeout_ms) = (p.spec.kill_signal.clone(), p.spec.kill_timeout_ms);
@@ -147,6 +158,8 @@ impl Table {
     /// only when no process of the group is left. A process still being spawned is stopped as
     /// soon as its spawn comes back.
     pub(super) fn begin_stop(&mut self, name: &str, then: Then, reply: Option<ReqId>, now: Now) {
+        // A stop, a restart or a delete wins over a reload in progress.
+        self.fail_reload(name, format!("the reload of {name} was cancelled: {name} is being stopped"));
         let Some(p) = self.procs.get_mut(name) else { return };
         p.waiters.extend(reply);
         p.then = then;
@@ -171,6 +184,9 @@ impl Table {
     }
 
     pub(super) fn on_stop_done(&mut self, name: &str, gen: u64, now: Now) {
+        if self.retired(name, gen) {
+            return;
+        }
         if self.procs.get(name).is_some_and(|p| p.gen == gen && p.state == State::Stopping && !p.spawning) {
             self.finish_stop(name, now);
         }
@@ -189,7 +205,7 @@ impl Table {
             Then::Stay => format!("stopped {name}"),
             Then::Restart => {
                 // The requests that asked for the restart are answered when the spawn comes back.
-                p.spawn_waiters.extend(waiters);
+                p.spawn_waiters.extend(waiters.into_iter().map(|id| (id, "restarted")));
                 return self.spawn(name, now);
             }
             Then::Delete => {
@@ -257,14 +273,28 @@ impl Table {
     /// Loads the desired state (the shell stopped the groups left from before: we restart rather
     /// than re-adopt, because only a parent can wait for a child's exit status).
     pub(super) fn restore(&mut self, procs: Vec<PersistedProc>, now: Now) {
+        // Ids from the file first (two claiming one id: the first keeps it), then new ones for
+        // the rest (a file written before ids, or a clash), so none moves needlessly.
+        let mut taken = std::collections::BTreeSet::new();
+        let mut restored = Vec::new();
         for pp in procs {
+            let id = pp.id.filter(|id| taken.insert(*id));
+            restored.push((id, pp));
+        }
+        let mut fresh = (0u32..).filter(|i| !taken.contains(i));
+        let mut names = Vec::new();
+        for (id, pp) in restored {
             let name = pp.spec.name.clone();
-            let mut p = new_proc(pp.spec);
+            let id = id.or_else(|| fresh.next()).unwrap_or(u32::MAX);
+            let mut p = new_proc(pp.spec, id);
             p.desired = pp.desired;
             p.restart_count = pp.restart_count;
             self.procs.insert(name.clone(), p);
+            names.push((name, pp.desired));
+        }
+        for (name, desired) in names {
             self.arm_cron(&name, now);
-            if pp.desired {
+            if desired {
                 self.spawn(&name, now);
             }
         }

@@ -1,12 +1,13 @@
 //! The process table: the one owner of every process's state, and no IO. [`Table::handle`]
 //! takes an [`Input`] (a control request, a spawn's result, an exit, a stop completion, a health
-//! result, a `/proc` scan, a watched change, a tmux outcome, a timer tick) and the time, changes
+//! result, a `/proc` scan, a watched change, a tmux outcome, a flush, a timer tick) and the time, changes
 //! the state and returns the [`Action`]s to carry out, in order. The shell (`shell.rs`) does the
 //! IO and feeds its outcomes back as inputs. Time is a parameter ([`Now`]), and every timer is
 //! data with a deadline in it, so the restart policy is tested by advancing a number.
 
 pub(super) mod checks;
 mod life;
+mod reload;
 mod requests;
 mod status;
 #[cfg(test)]
@@ -86,6 +87,11 @@ pub enum Input {
         id: ReqId,
         result: Result<String, String>,
     },
+    /// The outcome of [`Action::Flush`].
+    Flushed {
+        id: ReqId,
+        result: Result<String, String>,
+    },
     /// A deadline may have passed.
     Tick,
     /// The supervisor is stopping: stop every group, keep the desired state, take no new work.
@@ -134,6 +140,14 @@ pub enum Action {
     },
     /// Watch the paths of exactly these specs.
     Watch(Vec<ProcSpec>),
+    /// Empty the process's log files (`files`, each with its `keep` rotated ones); answer
+    /// `Flushed`.
+    Flush {
+        id: ReqId,
+        name: String,
+        files: Vec<PathBuf>,
+        keep: u32,
+    },
     /// A change of `name` was handled: the next one counts again.
     WatchHandled {
         name: String,
@@ -203,10 +217,22 @@ enum Timer {
         seq: u64,
         at_ms: u64,
     },
+    /// Whether the successor of a reload (generation `gen`) is healthy yet.
+    ReloadCheck {
+        name: String,
+        gen: u64,
+    },
+    /// The reload's bound: a successor not healthy by now fails it.
+    ReloadTimeout {
+        name: String,
+        gen: u64,
+    },
 }
 
 #[derive(Debug)]
 struct Proc {
+    /// pm2's `pm_id`: see [`proto::control::ProcStatus::id`].
+    id: u32,
     spec: ProcSpec,
     /// Should run: survives supervisor restarts.
     desired: bool,
@@ -227,8 +253,8 @@ struct Proc {
     then: Then,
     /// Requests answered when the stop completes.
     waiters: Vec<ReqId>,
-    /// Requests answered when the spawn comes back.
-    spawn_waiters: Vec<ReqId>,
+    /// Requests answered when the spawn comes back, with the verb of their answer.
+    spawn_waiters: Vec<(ReqId, &'static str)>,
     /// The `start` whose instances are spawned one after the other, this one next to answer.
     batch: Option<ReqId>,
     health_failures: u32,
@@ -241,10 +267,13 @@ struct Proc {
     /// A watch restart is armed.
     watch_armed: bool,
     cron_seq: u64,
+    /// A reload in progress: its successor runs beside this process until it is healthy.
+    reload: Option<reload::Successor>,
 }
 
-fn new_proc(spec: ProcSpec) -> Proc {
+fn new_proc(spec: ProcSpec, id: u32) -> Proc {
     Proc {
+        id,
         spec,
         desired: true,
         state: State::Stopped,
@@ -269,6 +298,7 @@ fn new_proc(spec: ProcSpec) -> Proc {
         user_stopped: false,
         watch_armed: false,
         cron_seq: 0,
+        reload: None,
     }
 }
 
@@ -316,6 +346,9 @@ pub struct Table {
     /// matches its successor.
     last_gen: u64,
     starts: BTreeMap<ReqId, Starting>,
+    /// Groups stopped on their way out, by generation: a reload's old process, or a successor
+    /// that failed. Their requests are answered once they are gone.
+    retiring: BTreeMap<u64, reload::Retiring>,
     /// A `kill` waiting for every stop to complete.
     killing: Option<ReqId>,
     /// Shutting down: timers do not fire, requests are refused.
@@ -333,6 +366,7 @@ impl Table {
             timer_seq: 0,
             last_gen: 0,
             starts: BTreeMap::new(),
+            retiring: BTreeMap::new(),
             killing: None,
             closing: false,
             out: Vec::new(),
@@ -351,9 +385,10 @@ impl Table {
         self.procs.contains_key(name)
     }
 
-    /// A process is being stopped (or its stop waits for its spawn).
+    /// A process is being stopped (or its stop waits for its spawn), or a group is on its way
+    /// out.
     pub fn stopping(&self) -> bool {
-        self.procs.values().any(|p| p.state == State::Stopping)
+        self.procs.values().any(|p| p.state == State::Stopping) || !self.retiring.is_empty()
     }
 
     /// When the table wants a `Tick`, in monotonic ms.
@@ -374,7 +409,7 @@ impl Table {
             Input::Health { name, gen, ok, detail } => self.on_health(&name, gen, ok, detail, now),
             Input::Scanned { scan, groups } => self.on_scanned(scan, &groups, now),
             Input::Watched { name, path } => self.on_watched(&name, path, now),
-            Input::Sent { id, result } => self.reply(id, result.map_or_else(err, ok)),
+            Input::Sent { id, result } | Input::Flushed { id, result } => self.reply(id, result.map_or_else(err, ok)),
             Input::Tick => self.fire_timers(now),
             Input::Shutdown => self.shutdown(now),
         }
@@ -416,6 +451,8 @@ impl Table {
                 }
                 Timer::WatchDue { name, path } => self.on_watch_due(&name, &path, now),
                 Timer::CronDue { name, seq, at_ms } => self.on_cron_due(&name, seq, at_ms, now),
+                Timer::ReloadCheck { name, gen } => self.reload_check(&name, gen, now),
+                Timer::ReloadTimeout { name, gen } => self.reload_timeout(&name, gen),
             }
         }
     }
@@ -427,10 +464,12 @@ impl Table {
                 .procs
                 .values()
                 .map(|p| PersistedProc {
+                    id: Some(p.id),
                     spec: p.spec.clone(),
                     desired: p.desired,
                     pgid: p.pgid,
                     restart_count: p.restart_count,
+                    extra_pgids: self.extra_groups(&p.spec.name),
                 })
                 .collect(),
         }
@@ -445,5 +484,12 @@ impl Table {
     fn next_gen(&mut self) -> u64 {
         self.last_gen += 1;
         self.last_gen
+    }
+
+    /// The smallest id no process holds (pm2 counts up; reusing a deleted process's id keeps
+    /// them small and is safe, since nothing holds it any more).
+    fn free_id(&self) -> u32 {
+        let taken: std::collections::BTreeSet<u32> = self.procs.values().map(|p| p.id).collect();
+        (0..).find(|i| !taken.contains(i)).unwrap_or(u32::MAX)
     }
 }

@@ -2,7 +2,9 @@
 //! it asked for is done (a stop completed, a spawn came back, a scan was read).
 
 use super::{err, new_proc, ok, Action, Now, ReqId, Scan, Starting, State, Table, Then};
+use crate::daemon::spawn::log_paths;
 use proto::control::{ProcSpec, Request, Response};
+use std::path::PathBuf;
 
 impl Table {
     pub(super) fn on_request(&mut self, id: ReqId, req: Request, now: Now) {
@@ -54,9 +56,24 @@ impl Table {
                 if p.state == State::WaitingRestart || p.pid.is_some() {
                     p.restart_count += 1;
                 }
-                p.spawn_waiters.push(id);
+                p.spawn_waiters.push((id, "restarted"));
                 return self.spawn(&name, now);
             }
+            Request::StartExisting { name } => return self.start_existing(id, &name, now),
+            Request::Reload { name, timeout_ms } => {
+                let timeout_ms = timeout_ms.unwrap_or(proto::control::RELOAD_TIMEOUT_MS);
+                return self.reload(id, &name, timeout_ms, now);
+            }
+            Request::Flush { name } => match self.procs.get(&name) {
+                None => err(format!("no process named {name}")),
+                Some(p) => {
+                    let (out, error) = log_paths(&self.cfg.dir, &p.spec);
+                    let mut files = vec![out, error];
+                    files.extend(p.spec.log_file.as_ref().map(PathBuf::from));
+                    let keep = p.spec.log_keep;
+                    return self.out.push(Action::Flush { id, name, files, keep });
+                }
+            },
             Request::Delete { name } => {
                 let Some(p) = self.procs.get_mut(&name) else {
                     return self.reply(id, err(format!("no process named {name}")));
@@ -131,7 +148,9 @@ impl Table {
         let mut previous = Vec::new();
         for s in &all {
             let old = self.procs.remove(&s.name);
-            let mut p = new_proc(s.clone());
+            // A new spec for a name keeps the name's id; a new name takes the smallest free one.
+            let id = old.as_ref().map_or_else(|| self.free_id(), |o| o.id);
+            let mut p = new_proc(s.clone(), id);
             if let Some(old) = &old {
                 p.restart_count = old.restart_count;
                 p.cron_seq = old.cron_seq + 1;
@@ -149,5 +168,38 @@ impl Table {
         }
         self.spawn(&first, now);
         None
+    }
+}
+
+impl Table {
+    /// `start NAME` of a process the table holds, as pm2 takes it: one that is not running is
+    /// started (answered when its spawn comes back), one that runs is left alone and that is
+    /// said.
+    pub(super) fn start_existing(&mut self, id: ReqId, name: &str, now: Now) {
+        let Some(p) = self.procs.get_mut(name) else {
+            return self.reply(id, err(format!("no process named {name}")));
+        };
+        match p.state {
+            State::Online | State::Launching => {
+                let message = format!("{name} is already {}", p.state.as_str());
+                self.reply(id, ok(message));
+            }
+            State::Stopping if p.then == Then::Delete => self.reply(id, err(format!("{name} is being deleted"))),
+            State::Stopping => {
+                p.desired = true;
+                p.user_stopped = false;
+                self.dirty = true;
+                self.begin_stop(name, Then::Restart, Some(id), now);
+            }
+            State::Stopped | State::Errored | State::WaitingRestart => {
+                p.desired = true;
+                p.user_stopped = false;
+                p.unstable_restarts = 0;
+                p.consecutive = 0;
+                p.spawn_waiters.push((id, "started"));
+                self.dirty = true;
+                self.spawn(name, now);
+            }
+        }
     }
 }

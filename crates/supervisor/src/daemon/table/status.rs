@@ -27,6 +27,7 @@ impl Table {
                 let running = p.state.running();
                 let uptime_ms = p.started.filter(|_| running).map_or(0, |s| now.mono_ms.saturating_sub(s));
                 ProcStatus {
+                    id: p.id,
                     name: name.clone(),
                     pid: if running { p.pid.unwrap_or(0) } else { 0 },
                     status: p.state.as_str().into(),

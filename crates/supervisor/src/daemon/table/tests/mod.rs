@@ -3,7 +3,9 @@
 //! at once unless held) and time is a number that only moves when a test advances it.
 
 mod checks;
+mod ids;
 mod policy;
+mod reload;
 mod requests;
 
 use super::{Action, Input, Now, ReqId, State, Table, TableConfig, Timer};

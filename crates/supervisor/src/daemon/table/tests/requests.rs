@@ -180,7 +180,14 @@ fn kill_answers_once_every_group_is_gone_then_exits() {
 fn restore_starts_what_should_run_and_shutdown_stops_it_keeping_the_desired_state() {
     use crate::daemon::persist::PersistedProc;
     let mut w = World::new();
-    let pp = |name: &str, desired| PersistedProc { spec: spec(name), desired, pgid: Some(9), restart_count: 4 };
+    let pp = |name: &str, desired| PersistedProc {
+        id: None,
+        spec: spec(name),
+        desired,
+        pgid: Some(9),
+        restart_count: 4,
+        extra_pgids: vec![],
+    };
     w.feed(Input::Restore { procs: vec![pp("up", true), pp("down", false)] });
     assert_eq!((w.state("up"), w.restarts("up")), (Online, 4));
     assert_eq!(w.state("down"), Stopped);
