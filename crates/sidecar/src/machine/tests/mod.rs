@@ -38,10 +38,12 @@ pub fn cfg_in(wake: bool, worktree: bool) -> Arc<SidecarConfig> {
     Arc::new(SidecarConfig::from_file(f, std::path::Path::new("/")).unwrap())
 }
 
+mod fake_hub;
 mod input;
 mod units;
 mod world;
 
+use fake_hub::*;
 use world::*;
 
 fn success() -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! Single transitions, with the clock as a number.
 
-use super::world::*;
+use super::fake_hub::*;
 use super::*;
 use crate::files::{Found, ResultBytes};
 use crate::queue::QueueFile;
