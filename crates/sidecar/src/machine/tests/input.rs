@@ -1,7 +1,7 @@
 //! The agent's questions, their answers and what an attempt cost, one transition at a time.
 
-use super::units::{ms, sent, waking};
 use super::fake_hub::FakeHub;
+use super::units::{ms, sent, waking};
 use super::*;
 use crate::files::{Found, ResultBytes, SmallFile};
 use crate::question::{Asked, Asking, OpenQuestion};
