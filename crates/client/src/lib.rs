@@ -525,6 +525,23 @@ pub mod render {
         if let Some(u) = &t.usage {
             line("usage", usage_cell(u));
         }
+        if t.limited_attempts > 0 {
+            line("limited_attempts", format!("{} (model provider limits; not failures)", t.limited_attempts));
+        }
+        if t.not_before.is_some() {
+            line("not_before", when(t.not_before, now));
+        }
+        if let Some(p) = &t.prefer_agent {
+            line("prefer_agent", format!("{p} (holds its session)"));
+        }
+        if t.max_cost_usd.is_some() || t.max_tokens.is_some() {
+            let cost = t.max_cost_usd.map(|c| format!("${c}")).unwrap_or_else(|| "-".into());
+            let tokens = t.max_tokens.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            line("caps", format!("max_cost_usd {cost}, max_tokens {tokens}"));
+        }
+        if let Some(s) = t.sessions.last() {
+            line("session", format!("{} on {} (attempt {})", s.session_id, s.agent_id, s.generation));
+        }
         if let Some(c) = &t.change {
             line("change", format!("{} ({} commits, {})", c.branch, c.commits, diffstat(c)));
             line("  commits", format!("{}..{}", c.base_sha, c.head_sha));
@@ -579,7 +596,11 @@ pub mod render {
             .agents
             .iter()
             .map(|a| {
-                let status = if a.needs_input { format!("{} (needs input)", a.status) } else { a.status.to_string() };
+                let mut status =
+                    if a.needs_input { format!("{} (needs input)", a.status) } else { a.status.to_string() };
+                if let Some(until) = a.limited_until {
+                    status.push_str(&format!(" until {}", human::utc(until)));
+                }
                 vec![
                     a.agent_id.clone(),
                     status,
@@ -642,6 +663,11 @@ pub mod render {
                 format!("restart {agent_id} {}{reason}", outcome.as_str())
             }
             EventKind::Agent { agent_id, status, .. } => format!("agent {agent_id} {status}"),
+            EventKind::Limited { agent_id, account, until, reason } => {
+                let account = account.as_ref().map(|a| format!(" (account {a})")).unwrap_or_default();
+                format!("LIMITED {agent_id}{account} until {}: {reason}", human::utc(*until))
+            }
+            EventKind::Unlimited { agent_id, by } => format!("unlimited {agent_id} ({by})"),
             EventKind::NeedsInput { task_id, agent_id, question } => {
                 format!("NEEDS INPUT {task_id} ({agent_id}): {} [request {}]", question.question, question.request_id)
             }

@@ -52,6 +52,45 @@ pub struct TaskHead {
     /// kept apart, see [`crate::store::Mutation::PutPatch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<proto::Change>,
+    /// Caps over all attempts (`budget_exceeded` past either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Attempts a provider's limit stopped; they do not count as failures.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limited_attempts: u32,
+    /// Queued, but not handed out before this instant (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// The agent holding the task's session, preferred until `prefer_until` (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_until: Option<u64>,
+    /// Each attempt's agent CLI session, oldest first (the newest [`SESSIONS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<proto::api::Session>,
+    /// What finished attempts reported they cost, for the caps (the live attempt's is apart).
+    #[serde(default, skip_serializing_if = "is_nothing")]
+    pub spent_usd: f64,
+    #[serde(default, skip_serializing_if = "is_none_spent")]
+    pub spent_tokens: u64,
+}
+
+fn is_nothing(c: &f64) -> bool {
+    *c == 0.0
+}
+
+fn is_none_spent(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Sessions a task remembers.
+pub const SESSIONS_KEPT: usize = 20;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What the submitter asked for; never changes.
@@ -119,6 +158,12 @@ impl StoredTask {
             answer: h.answer,
             usage: self.usage,
             change: h.change,
+            max_cost_usd: h.max_cost_usd,
+            max_tokens: h.max_tokens,
+            limited_attempts: h.limited_attempts,
+            not_before: h.not_before,
+            prefer_agent: h.prefer_agent,
+            sessions: h.sessions,
         }
     }
 }
@@ -149,4 +194,14 @@ pub struct AgentRecord {
     pub last_seen: u64,
     #[serde(default)]
     pub restarting: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// A provider's limit: no task before this instant (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_reason: Option<String>,
+    /// Limits in a row without a finished task between (the step of `limit_backoff_ms`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limit_level: u32,
 }

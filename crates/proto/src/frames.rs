@@ -42,6 +42,10 @@ pub struct Identify {
     pub process_info: Option<ProcessInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ollama_url: Option<String>,
+    /// The model provider account the agent uses (our extension): a limit on one agent of an
+    /// account limits all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// Frames an agent (sidecar) sends to the hub.
@@ -92,6 +96,9 @@ pub enum AgentFrame {
         /// What the attempt committed on its task's branch (our extension).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         change: Option<Box<Change>>,
+        /// The agent CLI's conversation, which a later attempt may resume (our extension).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
     },
     TaskFailed {
         task_id: String,
@@ -105,6 +112,32 @@ pub enum AgentFrame {
         /// What the attempt committed on its task's branch (our extension).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         change: Option<Box<Change>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+    },
+    /// The model provider stopped the attempt (a rate or usage limit; our extension): not a
+    /// failure. The hub queues the task again for after the limit and gives the agent (and its
+    /// account) nothing until then.
+    TaskLimited {
+        task_id: String,
+        generation: u64,
+        #[serde(default)]
+        limit: Limit,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<Box<Change>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+    },
+    /// What the attempt has cost so far, cumulative (our extension): the hub checks it against
+    /// the task's caps and the agent's budget, and stops the attempt that crosses one.
+    TaskUsage {
+        task_id: String,
+        generation: u64,
+        usage: Usage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
     },
     /// The agent asks a person something (our extension): from `<task_id>.needs-input`. A new
     /// `request_id` replaces an earlier question of the same task.
@@ -173,6 +206,8 @@ impl AgentFrame {
             AgentFrame::WakeResult { .. } => "wake_result",
             AgentFrame::TaskComplete { .. } => "task_complete",
             AgentFrame::TaskFailed { .. } => "task_failed",
+            AgentFrame::TaskLimited { .. } => "task_limited",
+            AgentFrame::TaskUsage { .. } => "task_usage",
             AgentFrame::NeedsInput { .. } => "needs_input",
             AgentFrame::TaskInputAck { .. } => "task_input_ack",
             AgentFrame::NeedsInputClosed { .. } => "needs_input_closed",
@@ -230,6 +265,10 @@ pub struct TaskAssign {
     pub assigned_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// The agent CLI's conversation of an earlier attempt on this agent, to resume (our
+    /// extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session: Option<String>,
     /// Optional v1 fields (repo, branch, file_hints, routing_decision, ...), passed through as given.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -268,6 +307,9 @@ pub enum HubFrame {
     TaskCancelled {
         task_id: String,
         timestamp: u64,
+        /// Why, when the hub stopped the attempt itself (`budget_exceeded: ...`; our extension).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A person's answer to the agent's `needs_input` (our extension); re-sent until acked.
     TaskInput {

@@ -9,6 +9,7 @@ pub mod api;
 mod change;
 pub mod control;
 mod frames;
+mod limit;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ mod usage;
 
 pub use change::*;
 pub use frames::*;
+pub use limit::*;
 pub use parse::{parse_agent_frame, parse_hub_frame, FrameError};
 pub use usage::Usage;
 

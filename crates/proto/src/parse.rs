@@ -56,6 +56,10 @@ enum Kind {
     UsageObj,
     /// A [`Change`] ([`Change::from_value`]).
     ChangeObj,
+    /// A [`Limit`]: times within [`MAX_LIMIT_WAIT_MS`] of each other, a message.
+    LimitObj,
+    /// A session id ([`check_session_id`]).
+    SessionId,
     Any,
 }
 
@@ -94,6 +98,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("pm2_info", Obj),
             opt!("process_info", Obj),
             opt!("ollama_url", Str(MAX_REASON)),
+            opt!("account", Str(MAX_AGENT_ID)),
         ],
         "ping" => &[],
         "status" => &[req!("status", Str(MAX_SHORT))],
@@ -112,6 +117,7 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("verification_history", Any),
             opt!("usage", UsageObj),
             opt!("change", ChangeObj),
+            opt!("session_id", SessionId),
         ],
         "task_failed" => &[
             req!("task_id", ID),
@@ -120,7 +126,19 @@ fn schema(message_type: &str) -> Option<&'static [Field]> {
             opt!("error", REASON),
             opt!("usage", UsageObj),
             opt!("change", ChangeObj),
+            opt!("session_id", SessionId),
         ],
+        "task_limited" => &[
+            req!("task_id", ID),
+            req!("generation", UInt),
+            opt!("limit", LimitObj),
+            opt!("usage", UsageObj),
+            opt!("change", ChangeObj),
+            opt!("session_id", SessionId),
+        ],
+        "task_usage" => {
+            &[req!("task_id", ID), req!("generation", UInt), req!("usage", UsageObj), opt!("session_id", SessionId)]
+        }
         "needs_input" => &[
             req!("task_id", ID),
             req!("request_id", Str(MAX_REQUEST_ID)),
@@ -207,6 +225,31 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
             }
         }
         (Kind::Obj, Value::Object(_)) => {}
+        (Kind::SessionId, Value::String(s)) => {
+            if let Err(e) = check_session_id(s) {
+                errors.push(e);
+            }
+        }
+        (Kind::LimitObj, Value::Object(m)) => {
+            for (k, v) in m {
+                let ok = match (k.as_str(), v) {
+                    (_, Value::Null) => true,
+                    ("reset_at_ms", Value::Number(n)) => n.as_u64().is_some_and(|n| n < 1 << 53),
+                    ("retry_after_ms", Value::Number(n)) => n.as_u64().is_some_and(|n| n <= MAX_LIMIT_WAIT_MS),
+                    ("message", Value::String(s)) => s.chars().count() <= MAX_REASON,
+                    ("reset_at_ms" | "retry_after_ms" | "message", _) => false,
+                    _ => true,
+                };
+                if !ok {
+                    let want = match k.as_str() {
+                        "message" => format!("a string of at most {MAX_REASON} characters"),
+                        "retry_after_ms" => format!("milliseconds, at most {MAX_LIMIT_WAIT_MS}"),
+                        _ => "epoch milliseconds".into(),
+                    };
+                    errors.push(format!("{name}.{k}: expected {want}"));
+                }
+            }
+        }
         (Kind::ChangeObj, v @ Value::Object(_)) => {
             if let Err(e) = Change::from_value(v) {
                 errors.extend(e);
@@ -226,9 +269,9 @@ fn check(field: &Field, v: &Value, errors: &mut Vec<String>) {
         }
         (kind, other) => {
             let want = match kind {
-                Kind::Str(_) | Kind::TaskId | Kind::OptTaskId => "string",
+                Kind::Str(_) | Kind::TaskId | Kind::OptTaskId | Kind::SessionId => "string",
                 Kind::Num => "number",
-                Kind::Obj | Kind::UsageObj | Kind::ChangeObj => "object",
+                Kind::Obj | Kind::UsageObj | Kind::ChangeObj | Kind::LimitObj => "object",
                 Kind::StrArray(_) => "array of strings",
                 Kind::UInt | Kind::Any => unreachable!("handled above"),
             };

@@ -79,11 +79,13 @@ fn hub_frames_serialize_like_v1() {
         generation: 1,
         assigned_at: 2,
         priority: None,
+        resume_session: Some("s-1".into()),
         extra,
     });
     let v = serde_json::to_value(&a).unwrap();
     assert_eq!(v["type"], "task_assign");
     assert_eq!(v["repo"], "r");
+    assert_eq!(v["resume_session"], "s-1");
     assert_eq!(parse_hub_frame(&a.to_text()).unwrap(), a);
 }
 

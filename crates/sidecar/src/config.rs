@@ -60,6 +60,9 @@ pub struct FileConfig {
     pub max_commit_file_bytes: Option<u64>,
     pub max_patch_bytes: Option<u64>,
     pub git_timeout_ms: Option<u64>,
+    /// The model provider account this agent shares with others (a limit on one is a limit on
+    /// all of them); sent to the hub when it identifies.
+    pub account: Option<String>,
 }
 
 /// `hub_url` as written: one URL, or a list of them.
@@ -108,6 +111,7 @@ pub struct SidecarConfig {
     pub max_result_bytes: usize,
     pub max_progress_bytes: usize,
     pub reconnect_healthy: Duration,
+    pub account: Option<String>,
 }
 
 /// Default [`SidecarConfig::max_result_bytes`]: 768 KiB, safely below the hub's frame limit.
@@ -153,6 +157,7 @@ const JSON_KEYS: &[&str] = &[
     "repo_dir",
     "name",
     "workspace",
+    "account",
     "worktrees_dir",
     "branch_prefix",
     "base_branch",
@@ -315,6 +320,9 @@ impl SidecarConfig {
             git_timeout_ms: f.git_timeout_ms,
         };
         let workspace = fields.check(repo_dir.as_ref(), &state_dir, base, &mut errors);
+        if let Some(Err(e)) = f.account.as_deref().map(proto::api::check_agent_id) {
+            errors.push(e.replacen("agent_id", "account", 1));
+        }
         let tls = if hub_urls.iter().any(|u| u.starts_with("wss://")) {
             osutil::tls::client_config(f.tls_ca_file.map(resolve).as_deref())
                 .map_err(|e| errors.push(format!("tls_ca_file: {e}")))
@@ -337,6 +345,7 @@ impl SidecarConfig {
             state_dir,
             repo_dir,
             workspace,
+            account: f.account,
             confirmation_timeout,
             wake_timeout,
             wake_retry_delays,

@@ -418,6 +418,7 @@ impl Executor {
             i.token = cfg.token.clone();
             i.name = Some(cfg.name.clone().unwrap_or_else(|| cfg.agent_id.clone()));
             i.capabilities = cfg.capabilities.clone();
+            i.account = cfg.account.clone();
             i.client_type = Some("sidecar".into());
             i.protocol_version = Some(proto::PROTOCOL_VERSION as u64);
             i.status = status;
@@ -469,5 +470,6 @@ pub fn empty_identify() -> Identify {
         pm2_info: None,
         process_info: None,
         ollama_url: None,
+        account: None,
     }
 }

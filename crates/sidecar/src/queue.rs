@@ -59,6 +59,9 @@ pub struct QueuedTask {
     /// The task's worktree (our extension; worktree mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<crate::workspace::Workspace>,
+    /// The session the hub said to resume (our extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session: Option<String>,
     /// The rest of `task_assign` (repo, branch, routing_decision, ...), kept for the agent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -71,6 +74,7 @@ pub const RESERVED_KEYS: &[&str] = &[
     "task_id",
     "wake_failed",
     "workspace",
+    "resume_session",
     "description",
     "metadata",
     "generation",
@@ -114,6 +118,7 @@ impl QueuedTask {
             report,
             needs_input: held.asking.clone(),
             workspace: held.workspace.clone(),
+            resume_session: t.resume_session.clone(),
             extra: t.extra.clone(),
         }
     }
@@ -127,15 +132,25 @@ impl QueuedTask {
         let report = self.report.as_ref().map(|v| {
             let keep_result = v.get("keep_result").and_then(Value::as_bool).unwrap_or(false);
             match serde_json::from_value::<AgentFrame>(v.clone()) {
-                Ok(AgentFrame::TaskComplete { result, tokens_used, usage, change, .. }) => {
-                    Some(Report::Complete { result: result.unwrap_or(Value::Null), tokens_used, usage, change })
+                Ok(AgentFrame::TaskComplete { result, tokens_used, usage, change, session_id, .. }) => {
+                    Some(Report::Complete {
+                        result: result.unwrap_or(Value::Null),
+                        tokens_used,
+                        usage,
+                        change,
+                        session_id,
+                    })
                 }
-                Ok(AgentFrame::TaskFailed { reason, error, usage, change, .. }) => Some(Report::Failed {
+                Ok(AgentFrame::TaskFailed { reason, error, usage, change, session_id, .. }) => Some(Report::Failed {
                     reason: reason.or(error).unwrap_or_else(|| "unknown".into()),
                     keep_result,
                     usage,
                     change,
+                    session_id,
                 }),
+                Ok(AgentFrame::TaskLimited { limit, usage, change, session_id, .. }) => {
+                    Some(Report::Limited { limit, usage, change, session_id })
+                }
                 _ => None,
             }
         });
@@ -167,6 +182,7 @@ impl QueuedTask {
                 generation: self.generation,
                 assigned_at: self.assigned_at,
                 extra: self.extra,
+                resume_session: self.resume_session.filter(|s| proto::check_session_id(s).is_ok()),
             },
             phase,
             wakes: self.wake_attempts,
@@ -258,6 +274,7 @@ mod tests {
             report: None,
             needs_input: Asking::default(),
             workspace: None,
+            resume_session: None,
             extra,
         };
         s.save(&QueueFile { active: Some(t.clone()), recovering: None }).unwrap();
@@ -305,7 +322,8 @@ mod tests {
                 result: json!({"status": "success"}),
                 tokens_used: Some(json!(7)),
                 usage: None,
-                change: None
+                change: None,
+                session_id: None
             }
         );
         // Written back, it is the same file.
@@ -340,6 +358,7 @@ mod tests {
                     keep_result: true,
                     usage: None,
                     change: None,
+                    session_id: None,
                 },
                 resend_at: None,
             },

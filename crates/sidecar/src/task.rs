@@ -4,7 +4,7 @@
 use crate::machine::Now;
 use crate::question::Asking;
 use crate::workspace::Workspace;
-use proto::{AgentFrame, Change, Usage};
+use proto::{AgentFrame, Change, Limit, Usage};
 use serde_json::{Map, Value};
 
 /// A task as the hub assigned it (its id already checked with [`proto::check_task_id`]).
@@ -17,6 +17,9 @@ pub struct Task {
     pub assigned_at: u64,
     /// The rest of `task_assign` (repo, branch, routing_decision, ...), kept for the agent.
     pub extra: Map<String, Value>,
+    /// The agent CLI's conversation of an earlier attempt on this agent, to resume (checked
+    /// with [`proto::check_session_id`]).
+    pub resume_session: Option<String>,
 }
 
 impl Task {
@@ -45,16 +48,26 @@ pub enum Report {
         usage: Option<Usage>,
         /// What the attempt committed on the task's branch (worktree mode).
         change: Option<Box<Change>>,
+        /// The agent CLI's session of this attempt.
+        session_id: Option<String>,
     },
     /// `keep_result`: the result file is set aside for the operator (it was too large to send)
     /// instead of being removed with the task's other files.
-    Failed { reason: String, keep_result: bool, usage: Option<Usage>, change: Option<Box<Change>> },
+    Failed {
+        reason: String,
+        keep_result: bool,
+        usage: Option<Usage>,
+        change: Option<Box<Change>>,
+        session_id: Option<String>,
+    },
+    /// The model provider stopped the attempt (a rate or usage limit): not a failure.
+    Limited { limit: Limit, usage: Option<Usage>, change: Option<Box<Change>>, session_id: Option<String> },
 }
 
 impl Report {
     pub fn frame(&self, task: &Task) -> AgentFrame {
         match self {
-            Report::Complete { result, tokens_used, usage, change } => AgentFrame::TaskComplete {
+            Report::Complete { result, tokens_used, usage, change, session_id } => AgentFrame::TaskComplete {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 result: Some(result.clone()),
@@ -63,14 +76,24 @@ impl Report {
                 verification_history: None,
                 usage: usage.clone(),
                 change: change.clone(),
+                session_id: session_id.clone(),
             },
-            Report::Failed { reason, usage, change, .. } => AgentFrame::TaskFailed {
+            Report::Failed { reason, usage, change, session_id, .. } => AgentFrame::TaskFailed {
                 task_id: task.id.clone(),
                 generation: task.generation,
                 reason: Some(reason.clone()),
                 error: None,
                 usage: usage.clone(),
                 change: change.clone(),
+                session_id: session_id.clone(),
+            },
+            Report::Limited { limit, usage, change, session_id } => AgentFrame::TaskLimited {
+                task_id: task.id.clone(),
+                generation: task.generation,
+                limit: limit.clone(),
+                usage: usage.clone(),
+                change: change.clone(),
+                session_id: session_id.clone(),
             },
         }
     }
@@ -78,13 +101,32 @@ impl Report {
     /// The same report with what the attempt changed.
     pub fn with_change(mut self, c: Option<Change>) -> Report {
         match &mut self {
-            Report::Complete { change, .. } | Report::Failed { change, .. } => *change = c.map(Box::new),
+            Report::Complete { change, .. } | Report::Failed { change, .. } | Report::Limited { change, .. } => {
+                *change = c.map(Box::new)
+            }
         }
         self
     }
 
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            Report::Complete { usage, .. } | Report::Failed { usage, .. } | Report::Limited { usage, .. } => {
+                usage.clone()
+            }
+        }
+    }
+
+    pub fn session_id(&self) -> Option<String> {
+        match self {
+            Report::Complete { session_id, .. }
+            | Report::Failed { session_id, .. }
+            | Report::Limited { session_id, .. } => session_id.clone(),
+        }
+    }
+
+    /// The attempt did not finish the task: its worktree is kept (and the next attempt goes on there).
     pub fn failed(&self) -> bool {
-        matches!(self, Report::Failed { .. })
+        matches!(self, Report::Failed { .. } | Report::Limited { .. })
     }
 }
 

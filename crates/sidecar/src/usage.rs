@@ -51,10 +51,21 @@ pub fn parse(v: &Value) -> Result<(Option<Usage>, Vec<String>), String> {
     Ok(((!usage.is_empty()).then_some(usage), dropped))
 }
 
+/// The agent CLI's session id in a usage object or a result (`session_id`), if it is one we
+/// pass on ([`proto::check_session_id`]).
+pub fn session_of(v: &Value) -> Option<String> {
+    v.get("session_id").and_then(Value::as_str).filter(|s| proto::check_session_id(s).is_ok()).map(str::to_string)
+}
+
 /// A `<task_id>.usage` file's bytes: JSON of the same shape.
 pub fn parse_file(bytes: &[u8]) -> Result<(Option<Usage>, Vec<String>), String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     parse(&v)
+}
+
+/// A usage file's session id, if it names one.
+pub fn session_in_file(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(bytes).ok().as_ref().and_then(session_of)
 }
 
 fn count(v: &Value) -> Option<u64> {
@@ -148,8 +159,8 @@ mod tests {
             if let Ok((Some(u), _)) = parse(&v) {
                 for frame in [
                     proto::AgentFrame::TaskComplete { task_id: "t".into(), generation: 1, result: None, tokens_used: None,
-                        verification_report: None, verification_history: None, usage: Some(u.clone()), change: None },
-                    proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1, reason: None, error: None, usage: Some(u.clone()), change: None },
+                        verification_report: None, verification_history: None, usage: Some(u.clone()), change: None, session_id: None },
+                    proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1, reason: None, error: None, usage: Some(u.clone()), change: None, session_id: None },
                 ] {
                     // Ok is the point; costs are not compared (serde_json may round a decimal's last digit).
                     let parsed = proto::parse_agent_frame(&frame.to_text());

@@ -33,10 +33,15 @@ pub struct SampleAgentArgs {
 
 #[derive(clap::Args)]
 pub struct RunAgentArgs {
-    /// Read the result, what it cost and any error from the agent's own output:
-    /// `claude-json` is Claude Code's final object (`claude -p ... --output-format json`).
+    /// Read the result, what it cost, any error and any model provider limit from the agent's
+    /// own output: `claude-json` is Claude Code's final object (`claude -p ... --output-format
+    /// json`); `claude-stream` runs it with `--output-format stream-json --verbose` and forwards
+    /// its text and cost as it goes; `codex-json` reads `codex exec --json`.
     #[arg(long, value_enum, value_name = "FORMAT")]
     usage: Option<UsageFormat>,
+    /// Do not resume the session of the task's earlier attempt (`AGENTCOM_RESUME_SESSION`).
+    #[arg(long)]
+    no_resume: bool,
     /// The agent's command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     cmd: Vec<String>,
@@ -46,6 +51,8 @@ pub struct RunAgentArgs {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum UsageFormat {
     ClaudeJson,
+    ClaudeStream,
+    CodexJson,
 }
 
 pub async fn sidecar(a: SidecarArgs) -> anyhow::Result<u8> {
@@ -79,7 +86,12 @@ pub fn sample_agent(a: SampleAgentArgs) -> anyhow::Result<u8> {
 
 pub fn run_agent(a: RunAgentArgs) -> anyhow::Result<u8> {
     // The wrapped agent's exit code becomes ours, for the wake log.
-    let format = a.usage.map(|UsageFormat::ClaudeJson| sidecar::wrap::UsageFormat::ClaudeJson);
-    let code = sidecar::wrap::run_agent(&a.cmd, format)?;
+    let format = a.usage.map(|f| match f {
+        UsageFormat::ClaudeJson => sidecar::wrap::UsageFormat::ClaudeJson,
+        UsageFormat::ClaudeStream => sidecar::wrap::UsageFormat::ClaudeStream,
+        UsageFormat::CodexJson => sidecar::wrap::UsageFormat::CodexJson,
+    });
+    let opts = sidecar::wrap::Options { format, resume: !a.no_resume };
+    let code = sidecar::wrap::run_agent(&a.cmd, opts)?;
     Ok(u8::try_from(code).unwrap_or(1))
 }

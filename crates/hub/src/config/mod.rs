@@ -29,6 +29,13 @@ pub struct FileConfig {
     pub violation_limit: Option<u32>,
     pub violation_window_ms: Option<u64>,
     pub ban_ms: Option<Vec<u64>>,
+    /// A provider's limit without a known reset: how long the agent waits, one step per limit
+    /// in a row (the last repeats).
+    pub limit_backoff_ms: Option<Vec<u64>>,
+    /// When a limit ends, its agents get work spread over this long, not all at once.
+    pub limit_wake_spread_ms: Option<u64>,
+    /// After a limit, the task waits this long for the agent holding its session.
+    pub limit_prefer_ms: Option<u64>,
     /// PEM certificate chain; with `tls_key`, the hub serves `https://` and `wss://` only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -105,6 +112,12 @@ pub struct Timings {
     pub violation_window: Duration,
     /// Successive identify refusals after a 1008 close: 30 s, 60 s, 5 min by default.
     pub bans: Vec<Duration>,
+    /// A provider's limit without a reset time: 60 s, 5 min, 15 min, 30 min, then 30 min.
+    pub limit_backoff: Vec<Duration>,
+    /// Agents freed by the end of one limit are freed over this long (30 s).
+    pub limit_wake_spread: Duration,
+    /// A limited task waits this long for the agent with its session (60 s).
+    pub limit_prefer: Duration,
 }
 
 impl Default for Timings {
@@ -119,6 +132,9 @@ impl Default for Timings {
             violation_limit: 10,
             violation_window: Duration::from_secs(60),
             bans: vec![Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(300)],
+            limit_backoff: [60, 300, 900, 1800].into_iter().map(Duration::from_secs).collect(),
+            limit_wake_spread: Duration::from_secs(30),
+            limit_prefer: Duration::from_secs(60),
         }
     }
 }
@@ -313,6 +329,37 @@ impl HubConfig {
                 }
                 Some(v) => v.into_iter().map(Duration::from_millis).collect(),
                 None => d.bans,
+            },
+            limit_backoff: match file.limit_backoff_ms {
+                Some(v)
+                    if v.is_empty()
+                        || v.len() > 32
+                        || v.iter().any(|ms| *ms == 0 || *ms > proto::MAX_LIMIT_WAIT_MS) =>
+                {
+                    errors.push(format!(
+                        "limit_backoff_ms: must be 1 to 32 durations, each 1 ms to {} ms",
+                        proto::MAX_LIMIT_WAIT_MS
+                    ));
+                    d.limit_backoff
+                }
+                Some(v) => v.into_iter().map(Duration::from_millis).collect(),
+                None => d.limit_backoff,
+            },
+            limit_wake_spread: match file.limit_wake_spread_ms {
+                Some(v) if v > 3_600_000 => {
+                    errors.push("limit_wake_spread_ms: at most 3600000 (an hour)".into());
+                    d.limit_wake_spread
+                }
+                Some(v) => Duration::from_millis(v),
+                None => d.limit_wake_spread,
+            },
+            limit_prefer: match file.limit_prefer_ms {
+                Some(v) if v > 3_600_000 => {
+                    errors.push("limit_prefer_ms: at most 3600000 (an hour)".into());
+                    d.limit_prefer
+                }
+                Some(v) => Duration::from_millis(v),
+                None => d.limit_prefer,
             },
         };
         let positive = |name: &str, v: Option<usize>, def: usize, errors: &mut Vec<String>| match v {
@@ -554,140 +601,4 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_file_error_says_where_without_quoting_the_line() {
-        let err = parse_file("listen = \"127.0.0.1:0\"\nadmin_tokne = \"s3cret-s3cret-s3cret\"\n").unwrap_err();
-        assert!(err.starts_with("line 2, column 1: unknown field `admin_tokne`"), "{err}");
-        assert!(!err.contains("s3cret"), "{err}");
-    }
-
-    #[test]
-    fn lists_every_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("hub.toml");
-        std::fs::write(&p, "grace_period_ms = 0\nretry_base_ms = 10\nretry_max_ms = 5\n").unwrap();
-        let err = HubConfig::load(Overrides { config: Some(p), listen: Some("nonsense".into()), ..Default::default() })
-            .unwrap_err();
-        assert_eq!(err.0.len(), 3, "{err}");
-    }
-
-    #[test]
-    fn unknown_key_names_file_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("hub.toml");
-        std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_ms = 5\n").unwrap();
-        let err = HubConfig::load(Overrides { config: Some(p), ..Default::default() }).unwrap_err().to_string();
-        assert!(err.contains("hub.toml") && err.contains("line 2") && err.contains("grace_ms"), "{err}");
-    }
-
-    mod props {
-        use super::super::*;
-        use proptest::prelude::*;
-
-        const KEYS: &[&str] = &[
-            "listen",
-            "grace_period_ms",
-            "accept_timeout_ms",
-            "retry_base_ms",
-            "retry_max_ms",
-            "violation_limit",
-            "ban_ms",
-            "max_open_tasks",
-            "max_description_chars",
-            "max_progress_bytes",
-            "max_connections",
-            "agent_reserve_percent",
-            "reader_connections",
-            "header_read_timeout_ms",
-            "no_such_key",
-        ];
-
-        fn value() -> impl Strategy<Value = String> {
-            prop_oneof![
-                any::<i64>().prop_map(|n| n.to_string()),
-                any::<u8>().prop_map(|n| n.to_string()),
-                "[a-z0-9:. ]{0,12}".prop_map(|s| format!("{s:?}")),
-                proptest::collection::vec(any::<u16>(), 0..4).prop_map(|v| format!("{v:?}")),
-                Just("true".to_string()),
-                "\\PC{0,20}",
-            ]
-        }
-
-        proptest! {
-            // Failures are reported, not written into the source tree.
-            #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
-
-            /// Any file: parsed or refused with a message, never a panic; every error names its key.
-            #[test]
-            fn any_config_file_is_parsed_or_refused_by_name(
-                lines in proptest::collection::vec((0..KEYS.len(), value()), 0..6)
-            ) {
-                let text: String = lines.iter().map(|(k, v)| format!("{} = {v}\n", KEYS[*k])).collect();
-                match parse_file(&text) {
-                    Err(e) => prop_assert!(!e.is_empty()),
-                    Ok(file) => {
-                        if let Err(errors) = HubConfig::resolve(file, Overrides::default(), Vec::new()) {
-                            for e in &errors.0 {
-                                prop_assert!(KEYS.iter().any(|k| e.starts_with(k)), "{e}");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn database_tls_settings_are_checked_with_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("hub.toml");
-        let missing = dir.path().join("no-such-ca.pem");
-        std::fs::write(
-            &p,
-            format!(
-                "admin_token = \"test-admin-token-0123456789abcdef\"\ngrace_period_ms = 0\n\
-                 database_url = \"postgres://agentcom@db/agentcom?sslmode=verify-fully\"\n\
-                 database_ca_file = {:?}\n",
-                missing.display().to_string()
-            ),
-        )
-        .unwrap();
-        let err = HubConfig::load(Overrides { config: Some(p.clone()), ..Default::default() }).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("grace_period_ms: must be greater than 0"), "{text}");
-        assert!(text.contains("database_url: sslmode \"verify-fully\" is not one of"), "{text}");
-        assert!(
-            err.0.iter().any(|e| e.starts_with("database_ca_file: ") && e.contains(&missing.display().to_string())),
-            "{text}"
-        );
-
-        // The env / flag value is used like the file's; without a database URL it is a mistake.
-        let certs = testkit::tls::tls_files(&dir.path().join("certs")).unwrap();
-        let o = Overrides {
-            admin_token: Some("test-admin-token-0123456789abcdef".into()),
-            database_url: Some("postgres://agentcom@db/agentcom?sslmode=verify-full".into()),
-            database_ca_file: Some(certs.ca.clone()),
-            ..Default::default()
-        };
-        let c = HubConfig::load(o.clone()).unwrap();
-        let db = &c.ha.unwrap().database;
-        assert_eq!(db.ssl_mode(), crate::store::SslMode::VerifyFull);
-        let err = HubConfig::load(Overrides { database_url: None, ..o }).unwrap_err();
-        assert_eq!(err.0, ["database_ca_file: only used with database_url"]);
-    }
-
-    #[test]
-    fn flags_win_over_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("hub.toml");
-        std::fs::write(&p, "listen = \"127.0.0.1:1\"\ngrace_period_ms = 250\n").unwrap();
-        let c =
-            HubConfig::load(Overrides { config: Some(p), listen: Some("127.0.0.1:2".into()), ..Default::default() })
-                .unwrap();
-        assert_eq!(c.listen, "127.0.0.1:2");
-        assert_eq!(c.timings.grace_period, Duration::from_millis(250));
-    }
-}
+mod tests;

@@ -35,6 +35,12 @@ pub(super) struct Agent {
     pub restart: Option<proto::api::RestartState>,
     /// The status the last presence event told: an event goes out only when it changes.
     pub told: Option<AgentStatus>,
+    /// The model provider account it shares with other agents.
+    pub account: Option<String>,
+    /// A provider's limit: no task before `until` (epoch ms); and why.
+    pub limit: Option<super::limits::AgentLimit>,
+    /// Limits in a row without a finished task between.
+    pub limit_level: u32,
 }
 
 impl Agent {
@@ -57,6 +63,9 @@ impl Agent {
             paused_until: None,
             restart: None,
             told: None,
+            account: None,
+            limit: None,
+            limit_level: 0,
         }
     }
 
@@ -68,6 +77,11 @@ impl Agent {
             process_info: r.process_info,
             connected_at: r.connected_at,
             restarting: r.restarting,
+            account: r.account,
+            limit: r
+                .limited_until
+                .map(|until| super::limits::AgentLimit { until, reason: r.limit_reason.unwrap_or_default() }),
+            limit_level: r.limit_level,
             ..Agent::new(r.agent_id, r.last_seen)
         }
     }
@@ -94,6 +108,10 @@ impl Agent {
             connected_at: self.connected_at,
             last_seen: self.last_seen,
             restarting: self.restarting,
+            account: self.account.clone(),
+            limited_until: self.limit.as_ref().map(|l| l.until),
+            limit_reason: self.limit.as_ref().map(|l| l.reason.clone()),
+            limit_level: self.limit_level,
         }
     }
 
@@ -104,6 +122,8 @@ impl Agent {
             AgentStatus::Offline
         } else if self.current_task.is_some() {
             AgentStatus::Working
+        } else if self.limit.is_some() {
+            AgentStatus::Limited
         } else {
             AgentStatus::Idle
         }
@@ -133,6 +153,9 @@ impl Agent {
             spend,
             needs_input,
             restart: self.restart.clone(),
+            account: self.account.clone(),
+            limited_until: self.limit.as_ref().map(|l| l.until),
+            limit_reason: self.limit.as_ref().map(|l| l.reason.clone()),
         }
     }
 }
@@ -256,6 +279,7 @@ impl<S: Store, C: Clock> Core<S, C> {
                 verification_history,
                 usage,
                 change,
+                session_id,
             } => {
                 let usage = super::budget::usage_of(usage, result.as_ref(), tokens_used.as_ref());
                 let mut report = Map::new();
@@ -268,14 +292,22 @@ impl<S: Store, C: Clock> Core<S, C> {
                         report.insert(k.into(), v);
                     }
                 }
-                let attached = super::tasks::Attached { usage, change };
+                let attached = super::tasks::Attached { usage, change, session_id };
                 self.on_report(conn, &agent_id, task_id, generation, Ok((result, report)), attached);
             }
-            AgentFrame::TaskFailed { task_id, generation, reason, error, usage, change } => {
+            AgentFrame::TaskFailed { task_id, generation, reason, error, usage, change, session_id } => {
                 let why = reason.or(error).unwrap_or_else(|| "unknown".into());
                 let usage = super::budget::usage_of(usage, None, None);
-                let attached = super::tasks::Attached { usage, change };
+                let attached = super::tasks::Attached { usage, change, session_id };
                 self.on_report(conn, &agent_id, task_id, generation, Err(why), attached);
+            }
+            AgentFrame::TaskLimited { task_id, generation, limit, usage, change, session_id } => {
+                let usage = super::budget::usage_of(usage, None, None);
+                let attached = super::tasks::Attached { usage, change, session_id };
+                self.on_limited(conn, &agent_id, task_id, generation, limit, attached);
+            }
+            AgentFrame::TaskUsage { task_id, generation, usage, session_id } => {
+                self.on_live_usage(&agent_id, &task_id, generation, usage, session_id);
             }
             AgentFrame::TaskRecovering { task_id, .. } => {
                 let frame = match self.held_by(&task_id, &agent_id) {
@@ -372,6 +404,10 @@ impl<S: Store, C: Clock> Core<S, C> {
             let e = ErrorFrame::new(FrameErrorCode::ValidationFailed).message(e);
             return refuse(self, e);
         }
+        if let Some(Err(e)) = id.account.as_deref().map(proto::api::check_agent_id) {
+            let e = ErrorFrame::new(FrameErrorCode::ValidationFailed).message(e.replacen("agent_id", "account", 1));
+            return refuse(self, e);
+        }
         if let Some(ban) = self.bans.get(&id.agent_id) {
             if ban.until > self.now.mono {
                 let ms = ban.until.duration_since(self.now.mono).as_millis() as u64;
@@ -425,6 +461,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         agent.last_seen = now;
         agent.restarting = false;
         agent.paused_until = None;
+        agent.account = id.account;
         if agent.current_task.is_none() {
             agent.idle_since = now;
         }
@@ -452,6 +489,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             c.agent = Some(agent_id.clone());
         }
         tracing::info!(agent_id = %agent_id, replaced = replaced.is_some(), "agent identified");
+        self.inherit_account_limit(&agent_id);
         self.record_agent(&agent_id);
         self.presence_event(&agent_id);
         self.effects.push(Effect::Send { conn, out: Out::Identified(agent_id.clone()), kind: SendKind::Plain });
@@ -490,7 +528,7 @@ impl<S: Store, C: Clock> Core<S, C> {
 
     /// Tells event readers an agent's presence changed: once per change of its status (a
     /// restarting agent that then disconnects is still restarting).
-    fn presence_event(&mut self, agent_id: &str) {
+    pub(super) fn presence_event(&mut self, agent_id: &str) {
         let Some(a) = self.agents.get_mut(agent_id) else { return };
         let status = a.status();
         if a.told == Some(status) {

@@ -12,6 +12,7 @@ use proto::api::{
     AgentList, AgentView, AnswerTask, Answered, ApiError, CancelTask, CheckpointStored, CreateToken, Done, Endpoint,
     ErrorCode, GetAgent, GetStats, ListAgents, ListTokens, PutCheckpoint, RestartAgent, RestartCommanded, RetryTask,
     RevokeTokens, Stats, SubmitTask, TaskChanged, TaskSubmitted, TokenCreated, TokenInfo, TokenList, TokensRevoked,
+    UnlimitAgent, Unlimited,
 };
 use proto::HubFrame;
 use serde_json::Value;
@@ -36,6 +37,7 @@ pub enum ApiRequest {
     ListTokens(ListTokens, Tx<TokenList>),
     RevokeToken(RevokeTokens, Tx<TokensRevoked>),
     RestartAgent(RestartAgent, Tx<RestartCommanded>),
+    Unlimit(UnlimitAgent, Tx<Unlimited>),
     PutCheckpoint(PutCheckpoint, Tx<CheckpointStored>),
     Answer(AnswerTask, Tx<Answered>),
     /// Prometheus text of the core's counters (no token needed).
@@ -77,6 +79,7 @@ core_requests! {
     ListTokens => ListTokens;
     RevokeTokens => RevokeToken;
     RestartAgent => RestartAgent;
+    UnlimitAgent => Unlimit;
     PutCheckpoint => PutCheckpoint;
     AnswerTask => Answer;
 }
@@ -148,6 +151,7 @@ impl ApiRequest {
             ApiRequest::ListTokens(_, tx) => pending(tx, Err(e)),
             ApiRequest::RevokeToken(_, tx) => pending(tx, Err(e)),
             ApiRequest::RestartAgent(_, tx) => pending(tx, Err(e)),
+            ApiRequest::Unlimit(_, tx) => pending(tx, Err(e)),
             ApiRequest::PutCheckpoint(_, tx) => pending(tx, Err(e)),
             ApiRequest::Answer(_, tx) => pending(tx, Err(e)),
             ApiRequest::Metrics(tx) => pending(tx, Err(e)),
@@ -195,6 +199,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             ApiRequest::ListTokens(q, tx) => pending(tx, self.token_page(q, &role)),
             ApiRequest::RevokeToken(r, tx) => pending(tx, self.revoke_tokens(r.agent_id, &role)),
             ApiRequest::RestartAgent(r, tx) => pending(tx, self.restart_agent(r, &role)),
+            ApiRequest::Unlimit(r, tx) => pending(tx, self.unlimit(&r.agent_id, &role)),
             ApiRequest::PutCheckpoint(c, tx) => pending(tx, self.put_checkpoint(c, &role)),
         }
     }

@@ -115,6 +115,11 @@ impl<S: Store, C: Clock> Core<S, C> {
         });
         self.metrics.record_usage(&usage);
         let (cost, tokens) = (usage.cost_usd.unwrap_or(0.0), usage.tokens());
+        // The task's own tally, for its caps (saved with the transition that follows).
+        if let Some(o) = self.tasks.get_mut(task_id) {
+            o.head.spent_usd += cost;
+            o.head.spent_tokens = o.head.spent_tokens.saturating_add(tokens);
+        }
         let spent = self.spending.agents.entry(agent_id.to_string()).or_default();
         spent.0 += cost;
         spent.1 = spent.1.saturating_add(tokens);

@@ -32,8 +32,11 @@ impl<S: Store, C: Clock> Core<S, C> {
             return;
         }
         let now = self.now.mono;
-        let mut idle: Vec<&Agent> =
-            self.agents.values().filter(|a| Self::available(a, now) && self.within_budget(&a.agent_id)).collect();
+        let mut idle: Vec<&Agent> = self
+            .agents
+            .values()
+            .filter(|a| Self::available(a, now) && a.limit.is_none() && self.within_budget(&a.agent_id))
+            .collect();
         if idle.is_empty() {
             return;
         }
@@ -60,7 +63,9 @@ impl<S: Store, C: Clock> Core<S, C> {
                 continue; // every agent that fits this class is spoken for
             }
             let task = &self.tasks[&entry.2];
-            if let Some(&i) = fits.iter().find(|i| !Self::refused_by(task, idle[**i], now)) {
+            let preferred = self.preferred_agent(task);
+            let may = |a: &Agent| preferred.is_none_or(|p| p == a.agent_id);
+            if let Some(&i) = fits.iter().find(|i| !Self::refused_by(task, idle[**i], now) && may(idle[**i])) {
                 taken[i] = true;
                 free -= 1;
                 plan.push((entry.2.clone(), idle[i].agent_id.clone()));
@@ -106,11 +111,19 @@ impl<S: Store, C: Clock> Core<S, C> {
         let Some(conn) = self.agents.get(agent_id).and_then(|a| a.conn) else { return };
         let now = self.now.wall_ms;
         let agent = agent_id.to_string();
-        self.transition(task_id, TaskStatus::Assigned, format!("assigned to {agent_id}"), |t| {
+        let resume = self.tasks[task_id].head.sessions.iter().rev().find(|s| s.agent_id == agent_id);
+        let resume_session = resume.map(|s| s.session_id.clone());
+        let reason = match &resume_session {
+            Some(s) => format!("assigned to {agent_id} (resuming session {s})"),
+            None => format!("assigned to {agent_id}"),
+        };
+        self.transition(task_id, TaskStatus::Assigned, reason, |t| {
             t.generation += 1;
             t.attempts += 1;
             t.assigned_to = Some(agent);
             t.assigned_at = Some(now);
+            t.prefer_agent = None;
+            t.prefer_until = None;
         });
         let open = &self.tasks[task_id];
         let h = &open.head;
@@ -121,6 +134,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             generation: h.generation,
             assigned_at: now,
             priority: Some(h.priority.as_str().to_string()),
+            resume_session,
             extra: payload.extra,
         });
         let (generation, queued_at) = (h.generation, open.queued_at);
@@ -157,6 +171,8 @@ impl<S: Store, C: Clock> Core<S, C> {
                 }
             }
             Timer::Redispatch => self.dispatch_needed = true,
+            Timer::NotBefore { task_id } => self.not_before_passed(&task_id),
+            Timer::LimitEnds { agent_id } => self.limit_may_end(&agent_id),
             Timer::NewDay => {
                 self.new_day();
                 self.arm_new_day();

@@ -18,6 +18,7 @@ mod agents;
 pub mod api;
 mod budget;
 mod dispatch;
+mod limits;
 mod questions;
 mod queue;
 mod tasks;
@@ -146,6 +147,14 @@ enum Timer {
     Redispatch,
     /// Midnight UTC: budgets start over.
     NewDay,
+    /// A task held back until a limit's reset may be queued now.
+    NotBefore {
+        task_id: String,
+    },
+    /// An agent's provider limit may have ended.
+    LimitEnds {
+        agent_id: String,
+    },
 }
 
 struct OpenTask {
@@ -304,7 +313,13 @@ impl<S: Store, C: Clock> Core<S, C> {
         for head in open {
             let id = head.task_id.clone();
             match head.status {
-                TaskStatus::Queued => self.queue.insert(&head),
+                TaskStatus::Queued => match head.not_before.filter(|t| *t > self.now.wall_ms) {
+                    Some(t) => {
+                        let wait = Duration::from_millis(t - self.now.wall_ms);
+                        self.arm(wait, Timer::NotBefore { task_id: id.clone() })
+                    }
+                    None => self.queue.insert(&head),
+                },
                 TaskStatus::Assigned | TaskStatus::Working => {
                     let holder = head.assigned_to.clone().unwrap_or_default();
                     let connected = self.agents.get(&holder).is_some_and(|a| a.conn.is_some());
@@ -331,6 +346,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             self.tasks.insert(id, OpenTask::new(head, mono));
         }
         self.fresh.clear();
+        self.arm_limits();
         self.dispatch_needed = true;
         Ok(())
     }

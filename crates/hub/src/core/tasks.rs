@@ -18,6 +18,8 @@ pub(super) type ReportOutcome = Result<(Option<Value>, Map<String, Value>), Stri
 pub(super) struct Attached {
     pub usage: Option<proto::Usage>,
     pub change: Option<Box<proto::Change>>,
+    /// The agent CLI's session of the attempt.
+    pub session_id: Option<String>,
 }
 
 impl<S: Store, C: Clock> Core<S, C> {
@@ -54,6 +56,15 @@ impl<S: Store, C: Clock> Core<S, C> {
             needs_input: None,
             answer: None,
             change: None,
+            max_cost_usd: n.max_cost_usd,
+            max_tokens: n.max_tokens,
+            limited_attempts: 0,
+            not_before: None,
+            prefer_agent: None,
+            prefer_until: None,
+            sessions: Vec::new(),
+            spent_usd: 0.0,
+            spent_tokens: 0,
         };
         let payload = Payload { description: n.description, metadata: n.metadata, extra: n.extra };
         let priority = head.priority;
@@ -115,11 +126,21 @@ impl<S: Store, C: Clock> Core<S, C> {
         if to.is_terminal() {
             head.completed_at = Some(now_ms);
         }
-        if to == TaskStatus::Queued {
+        let deferred = if to == TaskStatus::Queued {
             open.queued_at = now;
-            self.queue.insert(head);
-            self.dispatch_needed = true;
-        }
+            match head.not_before.filter(|t| *t > now_ms) {
+                // Not before a limit's reset: into the queue when its timer fires.
+                Some(t) => Some(t - now_ms),
+                None => {
+                    head.not_before = None;
+                    self.queue.insert(head);
+                    self.dispatch_needed = true;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let new_holder = to.is_held().then(|| head.assigned_to.clone()).flatten();
         // A question and its answer belong to the attempt that asked: they close with it.
         let closed = if old_holder != new_holder {
@@ -183,6 +204,9 @@ impl<S: Store, C: Clock> Core<S, C> {
         }
         if to.is_terminal() {
             self.tasks.remove(task_id);
+        }
+        if let Some(wait) = deferred {
+            self.arm(Duration::from_millis(wait), Timer::NotBefore { task_id: task_id.to_string() });
         }
     }
 
@@ -269,7 +293,8 @@ impl<S: Store, C: Clock> Core<S, C> {
                 let holder = if s.is_held() { head.assigned_to.clone() } else { None };
                 self.transition(id, TaskStatus::Cancelled, format!("cancelled by {}", role.name()), |_| {});
                 if let Some(conn) = holder.and_then(|h| self.agents.get(&h)).and_then(|a| a.conn) {
-                    let frame = HubFrame::TaskCancelled { task_id: id.to_string(), timestamp: self.now.wall_ms };
+                    let frame =
+                        HubFrame::TaskCancelled { task_id: id.to_string(), timestamp: self.now.wall_ms, reason: None };
                     self.send(conn, frame, SendKind::Push { dispatch_started: None });
                 }
                 Ok(TaskChanged { status: TaskStatus::Cancelled, task_id: id.to_string() })
@@ -338,7 +363,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         outcome: ReportOutcome,
         attached: Attached,
     ) {
-        let Attached { usage, change } = attached;
+        let Attached { usage, change, session_id } = attached;
         let current = match self.tasks.get(&task_id) {
             Some(o) => Some(o.head.clone()),
             None => match self.store.head(&task_id) {
@@ -356,6 +381,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             if let Some(u) = usage {
                 self.record_usage(&task_id, agent_id, generation, u, &task.submitted_by);
             }
+            self.note_session(&task_id, generation, agent_id, session_id);
             let Ok((result, report)) = outcome else { unreachable!("only completions are taken late") };
             let outcome = Outcome { result, report };
             self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
@@ -392,9 +418,12 @@ impl<S: Store, C: Clock> Core<S, C> {
         if let Some(u) = usage {
             self.record_usage(&task_id, agent_id, generation, u, &task.submitted_by);
         }
+        self.note_session(&task_id, generation, agent_id, session_id);
         let change = self.keep_change(&task_id, generation, change);
         let ack_status = match outcome {
             Ok((result, report)) => {
+                // Finished work: the provider takes this agent's requests again.
+                self.limit_level_reset(agent_id);
                 let outcome = Outcome { result, report };
                 self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
                 self.transition(&task_id, TaskStatus::Completed, format!("completed by {agent_id}"), |t| {
@@ -404,7 +433,12 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
             Err(why) => {
                 let failures = task.failures + 1;
-                if failures > task.max_retries {
+                // Another attempt would start over a cap the task has already reached.
+                let why = match self.over_task_cap(&task_id, &proto::Usage::default()) {
+                    Some(cap) => format!("budget_exceeded: {cap} (after: {why})"),
+                    None => why,
+                };
+                if why.starts_with("budget_exceeded: ") || failures > task.max_retries {
                     let reason = format!("dead_letter after {failures} failures: {why}");
                     self.transition(&task_id, TaskStatus::DeadLetter, reason, |t| {
                         t.failures = failures;
@@ -433,7 +467,7 @@ impl<S: Store, C: Clock> Core<S, C> {
 
     /// Stores the patch of an accepted report's change and returns the change as the task
     /// shows it (without the patch).
-    fn keep_change(
+    pub(super) fn keep_change(
         &mut self,
         task_id: &str,
         generation: u64,

@@ -1,4 +1,4 @@
-//! The agent routes: agents, restart, checkpoints, tokens, usage.
+//! The agent routes: agents, restart, unlimit, checkpoints, tokens, usage.
 
 use super::*;
 
@@ -107,6 +107,14 @@ pub(super) async fn restart_agent(
         Ok(r) => call(&s, &headers, r).await,
         Err(errors) => invalid(errors),
     }
+}
+
+pub(super) async fn unlimit_agent(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(agent_id): Path<String>,
+) -> Response {
+    call(&s, &headers, proto::api::UnlimitAgent { agent_id }).await
 }
 
 pub(super) async fn put_checkpoint(

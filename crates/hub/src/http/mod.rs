@@ -141,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents/{agent_id}", get(agent))
         .route("/api/agents/{agent_id}/checkpoint", get(get_checkpoint).put(put_checkpoint))
         .route("/api/admin/agents/{agent_id}/restart", post(restart_agent))
+        .route("/api/admin/agents/{agent_id}/unlimit", post(unlimit_agent))
         .route("/admin/tokens", post(create_token).get(list_tokens))
         .route("/admin/tokens/{agent_id}", axum::routing::delete(revoke_token))
         .merge(crate::console::routes())

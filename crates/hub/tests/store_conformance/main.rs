@@ -271,6 +271,15 @@ fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
         needs_input: None,
         answer: None,
         change: None,
+        max_cost_usd: None,
+        max_tokens: None,
+        limited_attempts: 0,
+        not_before: None,
+        prefer_agent: None,
+        prefer_until: None,
+        sessions: Vec::new(),
+        spent_usd: 0.0,
+        spent_tokens: 0,
     }
 }
 
@@ -345,6 +354,10 @@ fn agent(id: &str, last_seen: u64) -> Mutation {
         connected_at: None,
         last_seen,
         restarting: false,
+        account: Some("team-a".into()),
+        limited_until: Some(last_seen + 60_000),
+        limit_reason: Some("429 · resets 9pm".into()),
+        limit_level: 2,
     })
 }
 

@@ -55,6 +55,14 @@ pub struct AgentView {
     /// The last restart command and what became of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartState>,
+    /// The model provider account it shares with other agents (its `account` setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// A provider's limit: no task for it before this instant (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_reason: Option<String>,
 }
 
 impl AgentView {
@@ -136,6 +144,32 @@ impl Endpoint for RestartAgent {
     fn body(&self) -> Option<Value> {
         Some(serde_json::to_value(self).expect("serializes"))
     }
+}
+
+/// `POST /api/admin/agents/:agent_id/unlimit`: lifts a provider's limit from the agent and
+/// every agent of its account, at once (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnlimitAgent {
+    #[serde(skip)]
+    pub agent_id: String,
+}
+
+impl Endpoint for UnlimitAgent {
+    type Response = Unlimited;
+    const METHOD: Method = Method::Post;
+    fn path(&self) -> String {
+        format!("/api/admin/agents/{}/unlimit", encode(&self.agent_id))
+    }
+    fn body(&self) -> Option<Value> {
+        Some(Value::Object(Map::new()))
+    }
+}
+
+/// The agents whose limit was lifted (none were limited: empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unlimited {
+    pub agent_id: String,
+    pub unlimited: Vec<String>,
 }
 
 /// A fixed word in a response that says what was done (v1 clients read it).

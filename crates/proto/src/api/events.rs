@@ -68,6 +68,17 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A model provider's limit: the agent (and every agent of its account) gets no task until
+    /// `until` (epoch ms).
+    Limited {
+        agent_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account: Option<String>,
+        until: u64,
+        reason: String,
+    },
+    /// The limit ended (`by`: `expired`, or who lifted it).
+    Unlimited { agent_id: String, by: String },
     /// An agent connected, disconnected, or announced a restart.
     Agent { agent_id: String, status: AgentStatus, connected: bool },
     /// An agent asked a person something.
@@ -103,6 +114,8 @@ impl EventKind {
             EventKind::Progress { .. } => "progress",
             EventKind::Wake { .. } => "wake",
             EventKind::Restart { .. } => "restart",
+            EventKind::Limited { .. } => "limited",
+            EventKind::Unlimited { .. } => "unlimited",
             EventKind::Agent { .. } => "agent",
             EventKind::NeedsInput { .. } => "needs_input",
             EventKind::InputAnswered { .. } => "input_answered",

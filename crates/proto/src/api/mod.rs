@@ -190,17 +190,20 @@ pub enum AgentStatus {
     Working,
     Restarting,
     Offline,
+    /// Connected and free, but a model provider's limit holds (`limited_until`).
+    Limited,
 }
 
 impl AgentStatus {
-    pub const ALL: [AgentStatus; 4] =
-        [AgentStatus::Idle, AgentStatus::Working, AgentStatus::Restarting, AgentStatus::Offline];
+    pub const ALL: [AgentStatus; 5] =
+        [AgentStatus::Idle, AgentStatus::Working, AgentStatus::Restarting, AgentStatus::Offline, AgentStatus::Limited];
     pub fn as_str(self) -> &'static str {
         match self {
             AgentStatus::Idle => "idle",
             AgentStatus::Working => "working",
             AgentStatus::Restarting => "restarting",
             AgentStatus::Offline => "offline",
+            AgentStatus::Limited => "limited",
         }
     }
 }

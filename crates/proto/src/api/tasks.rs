@@ -17,6 +17,13 @@ pub struct SubmitTask {
     pub needed_capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assign_to: Option<String>,
+    /// The most the task may cost, over all its attempts: the attempt that crosses it is
+    /// stopped and the task fails with `budget_exceeded` (not retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// The most tokens (input and output) the task may use, over all its attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -26,8 +33,17 @@ fn default_max_retries() -> u32 {
 }
 
 /// Fields the hub owns; a submission may not set them.
-const RESERVED: &[&str] =
-    &["task_id", "status", "generation", "assigned_at", "assigned_to", "type", "attempts", "failures"];
+const RESERVED: &[&str] = &[
+    "task_id",
+    "status",
+    "generation",
+    "assigned_at",
+    "assigned_to",
+    "type",
+    "attempts",
+    "failures",
+    "resume_session",
+];
 
 impl SubmitTask {
     pub fn new(description: impl Into<String>) -> SubmitTask {
@@ -38,6 +54,8 @@ impl SubmitTask {
             max_retries: DEFAULT_MAX_RETRIES,
             needed_capabilities: Vec::new(),
             assign_to: None,
+            max_cost_usd: None,
+            max_tokens: None,
             extra: Map::new(),
         }
     }
@@ -124,6 +142,24 @@ impl SubmitTask {
                 None
             }
         };
+        let max_cost_usd = match m.remove("max_cost_usd") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|c| c > 0.0 && c <= crate::MAX_USAGE_COST_USD) => {
+                n.as_f64()
+            }
+            Some(_) => {
+                errors.push(format!("max_cost_usd: expected a number above 0, at most {}", crate::MAX_USAGE_COST_USD));
+                None
+            }
+        };
+        let max_tokens = match m.remove("max_tokens") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|t| t > 0 && t <= crate::MAX_USAGE_TOKENS) => n.as_u64(),
+            Some(_) => {
+                errors.push(format!("max_tokens: expected an integer from 1 to {}", crate::MAX_USAGE_TOKENS));
+                None
+            }
+        };
         for k in RESERVED {
             if m.contains_key(*k) {
                 errors.push(format!("{k}: set by the hub, not by a submission"));
@@ -132,7 +168,17 @@ impl SubmitTask {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(SubmitTask { description, priority, metadata, max_retries, needed_capabilities, assign_to, extra: m })
+        Ok(SubmitTask {
+            description,
+            priority,
+            metadata,
+            max_retries,
+            needed_capabilities,
+            assign_to,
+            max_cost_usd,
+            max_tokens,
+            extra: m,
+        })
     }
 }
 
@@ -271,6 +317,37 @@ pub struct TaskView {
     /// [`TaskDiff`]); `null` when it changed nothing or ran outside a worktree.
     #[serde(default)]
     pub change: Option<crate::Change>,
+    /// The task's caps over all its attempts (`budget_exceeded` past either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Attempts a model provider's limit stopped (they do not count against `max_retries`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limited_attempts: u32,
+    /// Queued, but not handed out before this instant (epoch ms): a limit's reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// The agent whose session the next attempt resumes, preferred for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_agent: Option<String>,
+    /// The agent CLI's conversation of each attempt that reported one, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<Session>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One attempt's conversation with its model (the agent CLI's session id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub generation: u64,
+    pub agent_id: String,
+    pub session_id: String,
+    /// When it was reported (epoch ms).
+    pub at: u64,
 }
 
 /// A question an agent asked (`<task_id>.needs-input`), waiting for a person.

@@ -62,9 +62,10 @@ impl Machine {
                     self.drop_held(out);
                 }
             }
-            HubFrame::TaskCancelled { task_id, .. } => {
+            HubFrame::TaskCancelled { task_id, reason, .. } => {
                 if matches!(&self.slot, Slot::Active(h) | Slot::Recovering(h) if h.task.id == task_id) {
-                    tracing::info!(task_id = %task_id, "task cancelled by the hub");
+                    let reason = reason.as_deref().map(|r| clip(r, 500)).unwrap_or_else(|| "cancelled".into());
+                    tracing::info!(task_id = %task_id, reason = %reason, "task stopped by the hub");
                     self.drop_held(out);
                 }
             }
@@ -124,6 +125,14 @@ impl Machine {
         if !collide.is_empty() {
             tracing::warn!(task_id = %a.task_id, fields = ?collide, "dropping task fields named like the sidecar's own");
         }
+        let resume_session = match a.resume_session {
+            Some(s) if proto::check_session_id(&s).is_ok() => Some(s),
+            Some(s) => {
+                tracing::warn!(task_id = %a.task_id, session = %clip(&s, 100), "ignoring a session id to resume that is not one");
+                None
+            }
+            None => None,
+        };
         let task = Task {
             id: a.task_id.clone(),
             description: a.description,
@@ -131,6 +140,7 @@ impl Machine {
             generation: a.generation,
             assigned_at: a.assigned_at,
             extra,
+            resume_session,
         };
         self.slot = Slot::Active(Held {
             task,

@@ -70,6 +70,10 @@ pub struct Machine {
     recent_answers: VecDeque<(String, String)>,
     /// What the attempt cost, from the last `<id>.usage` read.
     usage: Option<Usage>,
+    /// The usage last sent to the hub in `task_usage` (a new reading is sent when it differs).
+    usage_sent: Option<Usage>,
+    /// The agent CLI's session of the attempt (from `.usage` or the result).
+    session: Option<String>,
 }
 
 /// A change made in memory whose required persist is on its way.
@@ -127,6 +131,8 @@ impl Machine {
             redeliver: None,
             recent_answers: VecDeque::new(),
             usage: None,
+            usage_sent: None,
+            session: None,
         }
     }
 
@@ -351,7 +357,13 @@ impl Machine {
         let repo_dir = self.cfg.repo_dir.clone();
         let Some(h) = self.active() else { return };
         let task_json = h.task.to_json().to_string();
-        let values = wake::TaskValues { task_id: &h.task.id, task_json: &task_json, description: &h.task.description };
+        let session_id = h.task.resume_session.clone().unwrap_or_default();
+        let values = wake::TaskValues {
+            task_id: &h.task.id,
+            task_json: &task_json,
+            description: &h.task.description,
+            session_id: &session_id,
+        };
         let mut vars = match wake::task_environment(&command, &values) {
             Ok((vars, omitted)) => {
                 for note in omitted {

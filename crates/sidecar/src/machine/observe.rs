@@ -17,7 +17,7 @@ impl Machine {
         };
         let (task_id, phase, attempt) = (h.task.id.clone(), h.phase.clone(), h.wakes);
         // First: a report made by this look carries what the attempt cost.
-        self.on_usage_file(obs.usage, &shown("usage"));
+        self.on_usage_file(obs.usage, &shown("usage"), out);
         // `.started`
         match &obs.started {
             Found::Regular(()) => match phase {
@@ -127,15 +127,19 @@ impl Machine {
     }
 
     /// `<id>.usage`: the last one read is sent with the report (unless the result has its own).
-    fn on_usage_file(&mut self, found: Found<SmallFile>, shown: &str) {
+    fn on_usage_file(&mut self, found: Found<SmallFile>, shown: &str, out: &mut Vec<Action>) {
         let problem = match found {
             Found::Missing => return,
             Found::Regular(f) => match crate::usage::parse_file(&f.bytes) {
                 Ok((usage, dropped)) => {
                     self.keep_usage_notes(&dropped, shown);
+                    if let Some(s) = crate::usage::session_in_file(&f.bytes) {
+                        self.session = Some(s);
+                    }
                     if usage.is_some() {
                         self.usage = usage;
                     }
+                    self.send_live_usage(out);
                     return;
                 }
                 Err(e) => e,
@@ -147,6 +151,21 @@ impl Machine {
         if self.warn_once("usage") {
             tracing::warn!(path = %shown, problem = %problem, "ignoring the usage file");
         }
+    }
+
+    /// What the attempt has cost so far goes to the hub when it changed (the hub stops an
+    /// attempt that crosses its task's cap or its agent's budget).
+    fn send_live_usage(&mut self, out: &mut Vec<Action>) {
+        let Some(usage) = self.usage.clone().filter(|u| Some(u) != self.usage_sent.as_ref()) else { return };
+        let Some(h) = self.active() else { return };
+        let frame = proto::AgentFrame::TaskUsage {
+            task_id: h.task.id.clone(),
+            generation: h.task.generation,
+            usage: usage.clone(),
+            session_id: self.session.clone(),
+        };
+        self.usage_sent = Some(usage);
+        self.send(out, frame);
     }
 
     fn keep_usage_notes(&mut self, dropped: &[String], shown: &str) {
@@ -173,12 +192,21 @@ impl Machine {
         self.usage.clone()
     }
 
-    fn on_result(&mut self, v: Value, shown: &str, _now: Now, out: &mut Vec<Action>) {
+    fn on_result(&mut self, v: Value, shown: &str, now: Now, out: &mut Vec<Action>) {
         let usage = self.result_usage(&v, shown);
+        if let Some(s) = crate::usage::session_of(&v) {
+            self.session = Some(s);
+        }
+        let session_id = self.session.clone();
         let Some(h) = self.active() else { return };
+        if v.get("status").and_then(Value::as_str) == Some("rate_limited") {
+            let limit = limit_of(&v, now);
+            tracing::warn!(task_id = %h.task.id, limit = ?limit, "the model provider limits this agent");
+            return self.report(Report::Limited { limit, usage, change: None, session_id }, out);
+        }
         if v.get("status").and_then(Value::as_str) == Some("success") {
             let tokens_used = v.get("tokens_used").cloned();
-            let report = Report::Complete { result: v, tokens_used, usage, change: None };
+            let report = Report::Complete { result: v, tokens_used, usage, change: None, session_id };
             if frames::fits(&report.frame(&h.task)) {
                 return self.report(report, out);
             }
@@ -195,7 +223,7 @@ impl Machine {
             });
         tracing::warn!(task_id = %h.task.id, reason = %clip(&reason, 500), "task failed");
         let reason = clip(&reason, proto::MAX_REASON);
-        self.report(Report::Failed { reason, keep_result: false, usage, change: None }, out);
+        self.report(Report::Failed { reason, keep_result: false, usage, change: None, session_id }, out);
     }
 
     fn result_too_large(&mut self, size: u64, out: &mut Vec<Action>) {
@@ -210,8 +238,26 @@ impl Machine {
             kept.display()
         );
         tracing::warn!(task_id = %task.id, reason = %reason, "task failed");
-        let usage = self.usage.clone();
+        let (usage, session_id) = (self.usage.clone(), self.session.clone());
         let reason = clip(&reason, proto::MAX_REASON);
-        self.report(Report::Failed { reason, keep_result: true, usage, change: None }, out);
+        self.report(Report::Failed { reason, keep_result: true, usage, change: None, session_id }, out);
     }
+}
+
+/// A `rate_limited` result's limit: `reset_at` (epoch seconds) or `reset_at_ms`, else
+/// `retry_after_s` or `retry_after_ms`, each bounded; its `reason` or `message` as the message.
+fn limit_of(v: &Value, _now: Now) -> proto::Limit {
+    let number = |k: &str| v.get(k).and_then(Value::as_f64).filter(|n| n.is_finite() && *n >= 0.0);
+    let reset_at_ms = number("reset_at_ms")
+        .or_else(|| number("reset_at").map(|s| s * 1000.0))
+        .filter(|ms| *ms < (1u64 << 53) as f64)
+        .map(|ms| ms as u64);
+    let retry_after_ms = number("retry_after_ms")
+        .or_else(|| number("retry_after_s").map(|s| s * 1000.0))
+        .map(|ms| (ms.min(proto::MAX_LIMIT_WAIT_MS as f64)) as u64);
+    let message = ["reason", "message", "error"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .map(|m| clip(m, proto::MAX_REASON));
+    proto::Limit { reset_at_ms, retry_after_ms, message }
 }

@@ -12,9 +12,9 @@ impl Machine {
         if let Some(h) = self.active() {
             tracing::warn!(task_id = %h.task.id, reason = %reason, "task failed");
         }
-        let usage = self.usage.clone();
+        let (usage, session_id) = (self.usage.clone(), self.session.clone());
         let reason = clip(&reason, proto::MAX_REASON);
-        self.report(Report::Failed { reason, keep_result: false, usage, change: None }, out);
+        self.report(Report::Failed { reason, keep_result: false, usage, change: None, session_id }, out);
     }
 
     /// The attempt is over: what the agent left is committed first (worktree mode), then the
@@ -72,6 +72,8 @@ impl Machine {
         self.bad_question = None;
         self.redeliver = None;
         self.usage = None;
+        self.usage_sent = None;
+        self.session = None;
         if let Some(reason) = self.pending_restart.take() {
             self.restart_now(reason, out);
         }

@@ -67,11 +67,9 @@ impl Machine {
             return;
         };
         tracing::error!(task_id, reason, "cannot commit what the agent left; the worktree is kept as it is");
-        let usage = match &report {
-            Report::Complete { usage, .. } | Report::Failed { usage, .. } => usage.clone(),
-        };
+        let (usage, session_id) = (report.usage(), report.session_id());
         let reason = clip(&format!("workspace_commit_failed: {reason}"), proto::MAX_REASON);
-        self.send_report(Report::Failed { reason, keep_result: false, usage, change: None }, out);
+        self.send_report(Report::Failed { reason, keep_result: false, usage, change: None, session_id }, out);
     }
 
     /// The worktree of a task that leaves: removed once its work is on the branch, kept a while

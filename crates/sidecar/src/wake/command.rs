@@ -1,5 +1,5 @@
 //! The wake command, compiled once at config load: lexed as POSIX `sh` words, every
-//! placeholder (`${TASK_ID}`, `${TASK_JSON}`, `${TASK_DESCRIPTION}`) replaced by a reference to
+//! placeholder (`${TASK_ID}`, `${TASK_JSON}`, `${TASK_DESCRIPTION}`, `${SESSION_ID}`) replaced by a reference to
 //! an environment variable written for its quoting context, so the shell only ever *expands*
 //! task text and never parses it.
 //!
@@ -21,10 +21,13 @@ pub enum Placeholder {
     TaskId,
     TaskJson,
     TaskDescription,
+    /// The agent CLI's session of an earlier attempt to resume (empty when none).
+    SessionId,
 }
 
 impl Placeholder {
-    pub const ALL: [Placeholder; 3] = [Placeholder::TaskId, Placeholder::TaskJson, Placeholder::TaskDescription];
+    pub const ALL: [Placeholder; 4] =
+        [Placeholder::TaskId, Placeholder::TaskJson, Placeholder::TaskDescription, Placeholder::SessionId];
 
     /// The text in a wake command, as AgentCom wrote it.
     pub fn text(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Placeholder {
             Placeholder::TaskId => "${TASK_ID}",
             Placeholder::TaskJson => "${TASK_JSON}",
             Placeholder::TaskDescription => "${TASK_DESCRIPTION}",
+            Placeholder::SessionId => "${SESSION_ID}",
         }
     }
 
@@ -41,6 +45,7 @@ impl Placeholder {
             Placeholder::TaskId => "AGENTCOM_TASK_ID",
             Placeholder::TaskJson => "AGENTCOM_TASK_JSON",
             Placeholder::TaskDescription => "AGENTCOM_TASK_DESCRIPTION",
+            Placeholder::SessionId => "AGENTCOM_RESUME_SESSION",
         }
     }
 
@@ -56,7 +61,7 @@ pub struct WakeCommand {
     pub source: String,
     /// With every placeholder replaced by an environment reference.
     pub script: String,
-    uses: [bool; 3],
+    uses: [bool; 4],
 }
 
 impl WakeCommand {
@@ -158,7 +163,7 @@ struct Lexer<'a> {
     at: usize,
     out: String,
     errors: Vec<String>,
-    uses: [bool; 3],
+    uses: [bool; 4],
     cmd: Command,
     heredocs: Vec<Heredoc>,
     /// Where a `$'` was seen, if anywhere.
@@ -172,7 +177,7 @@ impl<'a> Lexer<'a> {
             at: 0,
             out: String::with_capacity(src.len() + 64),
             errors: Vec::new(),
-            uses: [false; 3],
+            uses: [false; 4],
             cmd: Command::default(),
             heredocs: Vec::new(),
             dollar_single: None,

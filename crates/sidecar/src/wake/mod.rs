@@ -25,6 +25,8 @@ pub struct TaskValues<'a> {
     pub task_id: &'a str,
     pub task_json: &'a str,
     pub description: &'a str,
+    /// The session to resume ("" when none).
+    pub session_id: &'a str,
 }
 
 /// Environment variables for a wake: name and value.
@@ -41,6 +43,9 @@ pub fn task_environment(cmd: &WakeCommand, values: &TaskValues<'_>) -> Result<(V
             Placeholder::TaskId => values.task_id,
             Placeholder::TaskJson => values.task_json,
             Placeholder::TaskDescription => values.description,
+            // No session to resume: the variable is not set at all (`${SESSION_ID}` is then empty).
+            Placeholder::SessionId if values.session_id.is_empty() => continue,
+            Placeholder::SessionId => values.session_id,
         };
         let var = p.env_var();
         let problem = if value.contains('\0') {
@@ -160,7 +165,7 @@ mod tests {
         let uses_json = WakeCommand::compile("run \"${TASK_JSON}\"").unwrap();
         let plain = WakeCommand::compile("run").unwrap();
         let big = "x".repeat(MAX_ENV_STRING);
-        let values = TaskValues { task_id: "t", task_json: &big, description: "nul\0inside" };
+        let values = TaskValues { task_id: "t", task_json: &big, description: "nul\0inside", session_id: "" };
         let e = task_environment(&uses_json, &values).unwrap_err();
         assert!(
             e.starts_with("task_too_large_for_wake: ${TASK_JSON} (AGENTCOM_TASK_JSON)") && e.contains("131072"),
@@ -170,7 +175,7 @@ mod tests {
         assert_eq!(vars, vec![("AGENTCOM_TASK_ID", "t".to_string())]);
         assert_eq!(omitted.len(), 2, "{omitted:?}");
         let fits = "y".repeat(MAX_ENV_STRING - "AGENTCOM_TASK_JSON".len() - 2);
-        let values = TaskValues { task_id: "t", task_json: &fits, description: "d" };
+        let values = TaskValues { task_id: "t", task_json: &fits, description: "d", session_id: "" };
         assert_eq!(task_environment(&uses_json, &values).unwrap().0.len(), 3);
     }
 
@@ -181,7 +186,8 @@ mod tests {
         let cmd = WakeCommand::compile("printf %s \"${TASK_JSON}\" | wc -c > n").unwrap();
         let json = "j".repeat(MAX_ENV_STRING - "AGENTCOM_TASK_JSON".len() - 2);
         let (vars, _) =
-            task_environment(&cmd, &TaskValues { task_id: "t", task_json: &json, description: "" }).unwrap();
+            task_environment(&cmd, &TaskValues { task_id: "t", task_json: &json, description: "", session_id: "" })
+                .unwrap();
         let spec = WakeSpec {
             command: &cmd,
             vars: &vars,

@@ -29,9 +29,29 @@ pub struct Outcome {
     pub errors: Vec<String>,
     pub usage: Option<Usage>,
     pub session_id: Option<String>,
+    /// The HTTP status of the API error that ended the run (429, 529...), when it says.
+    pub api_error_status: Option<u64>,
 }
 
 impl Outcome {
+    /// The model provider's limit that ended the run, if that is what ended it: the API's 429
+    /// (rate limit) or 529 (overloaded), or a usage-limit message (`You've hit your session
+    /// limit · resets 9pm (UTC)`, subscriber accounts). `reset_at_ms`: the reset time when the
+    /// stream said it (`rate_limit_event`); else it is read from the message, when it has one.
+    pub fn limit(&self, reset_at_ms: Option<u64>, now: chrono::DateTime<chrono::Local>) -> Option<proto::Limit> {
+        if !self.is_error {
+            return None;
+        }
+        let text = self.text.clone().unwrap_or_else(|| self.errors.join("; "));
+        let by_status = matches!(self.api_error_status, Some(429 | 529));
+        let by_text = super::limits::is_limit_message(&text);
+        if !by_status && !by_text {
+            return None;
+        }
+        let reset_at_ms = reset_at_ms.or_else(|| super::limits::claude_reset(&text, now));
+        Some(proto::Limit { reset_at_ms, retry_after_ms: None, message: Some(crate::machine::clip(text.trim(), 500)) })
+    }
+
     /// Why the run failed, when Claude Code says it did.
     pub fn error_reason(&self) -> Option<String> {
         if !self.is_error {
@@ -78,8 +98,13 @@ pub fn parse_line(line: &[u8]) -> Option<Outcome> {
         }
         _ => Vec::new(),
     };
-    let session_id = obj.get("session_id").and_then(Value::as_str).filter(|s| s.len() <= 200).map(str::to_string);
-    Some(Outcome { is_error, subtype, text, text_clipped, errors, usage: usage(obj), session_id })
+    let session_id = obj
+        .get("session_id")
+        .and_then(Value::as_str)
+        .filter(|s| proto::check_session_id(s).is_ok())
+        .map(str::to_string);
+    let api_error_status = obj.get("api_error_status").and_then(Value::as_u64);
+    Some(Outcome { is_error, subtype, text, text_clipped, errors, usage: usage(obj), session_id, api_error_status })
 }
 
 fn is_result(m: &Map<String, Value>) -> bool {
@@ -257,7 +282,7 @@ mod tests {
             let reason = o.error_reason();
             if let Some(u) = o.usage {
                 let frame = proto::AgentFrame::TaskFailed { task_id: "t".into(), generation: 1,
-                    reason, error: None, usage: Some(u), change: None };
+                    reason, error: None, usage: Some(u), change: None, session_id: o.session_id.clone() };
                 prop_assert!(proto::parse_agent_frame(&frame.to_text()).is_ok(), "{:?}", frame);
             }
         }

@@ -32,6 +32,7 @@ fn complete(id: &str, generation: u64) -> AgentFrame {
         verification_history: None,
         usage: None,
         change: None,
+        session_id: None,
     }
 }
 
@@ -145,6 +146,7 @@ fn a_late_report_never_takes_a_task_another_agent_holds_now() {
         error: None,
         usage: None,
         change: None,
+        session_id: None,
     };
     h.frame(&b, failed);
     assert_ne!(h.status(&id).0, TaskStatus::WaitingRetry);
@@ -174,6 +176,7 @@ fn an_agents_uptime_counts_on_while_it_is_connected() {
         pm2_info: None,
         process_info: Some(info),
         ollama_url: None,
+        account: None,
     };
     h.core
         .step([Event::Connected { conn: 1, tx }, Event::Frame { conn: 1, frame: AgentFrame::Identify(Box::new(id)) }]);
@@ -223,6 +226,7 @@ fn a_reported_change_is_kept_on_the_task_and_its_patch_apart() {
         error: None,
         usage: None,
         change: Some(Box::new(change(&"b".repeat(40), Some("+one\n")))),
+        session_id: None,
     };
     h.frame(&a, failed);
     let t = h.reader.task(&id).unwrap().unwrap();

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 mod attempts;
+mod limits;
 
 const ADMIN: &str = "test-admin-token-0123456789";
 
@@ -120,6 +121,11 @@ impl Harness {
     }
 
     fn connect(&mut self, conn: ConnId, agent_id: &str, token: &str) -> Agent {
+        self.connect_in(conn, agent_id, token, None)
+    }
+
+    /// An agent that says which model provider account it uses.
+    fn connect_in(&mut self, conn: ConnId, agent_id: &str, token: &str, account: Option<&str>) -> Agent {
         let (tx, rx) = mpsc::channel(64);
         let id = Identify {
             agent_id: agent_id.into(),
@@ -132,6 +138,7 @@ impl Harness {
             pm2_info: None,
             process_info: None,
             ollama_url: None,
+            account: account.map(str::to_string),
         };
         self.core
             .step([Event::Connected { conn, tx }, Event::Frame { conn, frame: AgentFrame::Identify(Box::new(id)) }]);
@@ -263,7 +270,15 @@ fn failures_back_off_doubling_then_dead_letter() {
         let reason = Some(format!("boom {failure}"));
         h.frame(
             &a,
-            AgentFrame::TaskFailed { task_id: id.clone(), generation, reason, error: None, usage: None, change: None },
+            AgentFrame::TaskFailed {
+                task_id: id.clone(),
+                generation,
+                reason,
+                error: None,
+                usage: None,
+                change: None,
+                session_id: None,
+            },
         );
         assert!(a.frames().iter().any(|f| matches!(f, HubFrame::TaskAck { status: AckStatus::Retried, .. })));
         assert_eq!(h.status(&id).0, TaskStatus::WaitingRetry);
@@ -282,6 +297,7 @@ fn failures_back_off_doubling_then_dead_letter() {
             error: None,
             usage: None,
             change: None,
+            session_id: None,
         },
     );
     assert_eq!(h.status(&id).0, TaskStatus::DeadLetter);
@@ -389,6 +405,7 @@ fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
         pm2_info: None,
         process_info: None,
         ollama_url: None,
+        account: None,
     };
     h.core
         .step([Event::Connected { conn: 2, tx }, Event::Frame { conn: 2, frame: AgentFrame::Identify(Box::new(id)) }]);
@@ -532,6 +549,7 @@ fn work_once(h: &mut Harness, a: &mut Agent, cost: f64) -> String {
         verification_history: None,
         usage: Some(usage(cost)),
         change: None,
+        session_id: None,
     };
     h.frame(a, done);
     id

@@ -293,6 +293,15 @@ mod tests {
             needs_input: None,
             answer: None,
             change: None,
+            max_cost_usd: None,
+            max_tokens: None,
+            limited_attempts: 0,
+            not_before: None,
+            prefer_agent: None,
+            prefer_until: None,
+            sessions: Vec::new(),
+            spent_usd: 0.0,
+            spent_tokens: 0,
         }
     }
 

@@ -51,6 +51,7 @@ impl FakeHub {
             generation: self.generation,
             assigned_at: 1,
             priority: None,
+            resume_session: None,
             extra: Default::default(),
         })
     }

@@ -227,7 +227,13 @@ fn what_the_attempt_cost_goes_with_the_report_and_the_results_own_usage_wins() {
     let mut m = working();
     let usage = file(br#"{"input_tokens": 1000, "output_tokens": -5, "cost_usd": 0.3, "model": "m1"}"#, "u1");
     let a = look(&mut m, Found::Missing, usage, Some(br#"{"status":"failed","reason":"tests fail"}"#));
-    let [AgentFrame::TaskFailed { usage: Some(u), reason: Some(r), .. }] = sent(&a)[..] else { panic!("{a:?}") };
+    // What it cost so far goes out first (the hub checks it against the task's caps), then the report.
+    let [AgentFrame::TaskUsage { usage: live, .. }, AgentFrame::TaskFailed { usage: Some(u), reason: Some(r), .. }] =
+        sent(&a)[..]
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(live, u);
     assert_eq!((r.as_str(), u.input_tokens, u.output_tokens, u.cost_usd), ("tests fail", Some(1000), None, Some(0.3)));
     // Persisted with the report: a restart re-sends the same usage.
     let Slot::Active(h) = m.slot() else { panic!() };

@@ -115,7 +115,7 @@ fn unsafe_task_ids_are_rejected_or_ignored_and_never_reach_a_path() {
         "{actions:?}"
     );
     for f in [
-        HubFrame::TaskCancelled { task_id: "../x".into(), timestamp: 0 },
+        HubFrame::TaskCancelled { task_id: "../x".into(), timestamp: 0, reason: None },
         HubFrame::TaskContinue { task_id: "a/b".into(), generation: 1 },
         HubFrame::TaskAck { task_id: ".hidden".into(), status: proto::AckStatus::Complete },
     ] {

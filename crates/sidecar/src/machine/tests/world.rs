@@ -405,8 +405,11 @@ impl World {
                     self.scenario_cancelled = true;
                     self.hub.status = HubStatus::Cancelled;
                     if self.connected {
-                        self.pending
-                            .push_back(Event::Frame(HubFrame::TaskCancelled { task_id: id.clone(), timestamp: 0 }));
+                        self.pending.push_back(Event::Frame(HubFrame::TaskCancelled {
+                            task_id: id.clone(),
+                            timestamp: 0,
+                            reason: None,
+                        }));
                     }
                 }
                 (format!("{id}.started"), false)

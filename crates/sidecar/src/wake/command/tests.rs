@@ -110,6 +110,7 @@ fn run_sh(compiled: &WakeCommand, dir: &std::path::Path, value: &str) -> Vec<u8>
         .env("AGENTCOM_TASK_ID", value)
         .env("AGENTCOM_TASK_JSON", value)
         .env("AGENTCOM_TASK_DESCRIPTION", value)
+        .env("AGENTCOM_RESUME_SESSION", value)
         .env("HOME", dir)
         .status()
         .unwrap();
@@ -332,6 +333,7 @@ proptest! {
             Placeholder::TaskId => id.clone(),
             Placeholder::TaskJson => json.clone(),
             Placeholder::TaskDescription => desc.clone(),
+            Placeholder::SessionId => id.clone(),
         };
         let (cmd, want) = render(&words, &value);
         let compiled = WakeCommand::compile(&cmd).map_err(|e| TestCaseError::fail(format!("{cmd:?}: {e:?}")))?;
