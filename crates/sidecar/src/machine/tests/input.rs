@@ -245,7 +245,9 @@ fn what_the_attempt_cost_goes_with_the_report_and_the_results_own_usage_wins() {
     let usage = file(br#"{"cost_usd": 0.3}"#, "u1");
     let result = br#"{"status":"success","usage":{"cost_usd":1.25,"model":"m2"},"tokens_used":9}"#;
     let a = look(&mut m, Found::Missing, usage, Some(result));
-    let [AgentFrame::TaskComplete { usage: Some(u), result: Some(r), tokens_used, .. }] = sent(&a)[..] else {
+    let [AgentFrame::TaskUsage { .. }, AgentFrame::TaskComplete { usage: Some(u), result: Some(r), tokens_used, .. }] =
+        sent(&a)[..]
+    else {
         panic!("{a:?}")
     };
     assert_eq!((u.cost_usd, u.model.as_deref()), (Some(1.25), Some("m2")));
