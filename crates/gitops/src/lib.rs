@@ -167,11 +167,13 @@ impl Git {
             let lower = key.to_ascii_lowercase();
             let (section, rest) = lower.split_once('.').unwrap_or((&lower, ""));
             let setting = rest.rsplit('.').next().unwrap_or("");
-            // `cat` where git needs a command that leaves content as it is; an empty command
-            // where a failure is ignored (`required` off) or never reached (`--no-ext-diff`).
+            // An empty filter is no filter at all (the content passes as it is, no process is
+            // started: a worktree of thousands of files must not cost a process each); `cat`
+            // where git needs a command that leaves content as it is; an empty command where
+            // a failure is ignored (`required` off) or never reached (`--no-ext-diff`).
             let value = match (section, setting) {
-                ("filter", "clean" | "smudge") | ("diff", "textconv") => "cat",
-                ("filter", "process") | ("diff", "command") | ("merge", "driver") => "",
+                ("diff", "textconv") => "cat",
+                ("filter", "clean" | "smudge" | "process") | ("diff", "command") | ("merge", "driver") => "",
                 ("filter", "required") => "false",
                 _ => continue,
             };

@@ -79,6 +79,22 @@ pub enum Turn {
 }
 
 impl Turn {
+    /// A subscriber's usage limit (the 5-hour session window), as the API tells Claude Code in
+    /// OAuth mode ([`ScriptedClaude::env_oauth`]): it prints `You've hit your session limit ·
+    /// resets <time>`, and its stream gives the reset (`rate_limit_event`).
+    pub fn usage_limit(reset_at_s: u64) -> Turn {
+        Turn::Error {
+            status: 429,
+            kind: "rate_limit_error".into(),
+            message: "Scripted usage limit".into(),
+            headers: vec![
+                ("anthropic-ratelimit-unified-status".into(), "rejected".into()),
+                ("anthropic-ratelimit-unified-representative-claim".into(), "five_hour".into()),
+                ("anthropic-ratelimit-unified-reset".into(), reset_at_s.to_string()),
+            ],
+        }
+    }
+
     /// The API's rate limit: 429 `rate_limit_error`, with `retry-after` and the reset time.
     pub fn rate_limited(retry_after_s: u64, reset_at_s: u64) -> Turn {
         Turn::Error {
@@ -149,6 +165,15 @@ impl ScriptedClaude {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+
+    /// As [`ScriptedClaude::env`], signed in as a subscriber (an OAuth token, no API key): the
+    /// CLI then words usage limits as subscribers see them.
+    pub fn env_oauth(&self, home: &Path) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> =
+            self.env(home).into_iter().filter(|(k, _)| k != "ANTHROPIC_API_KEY").collect();
+        env.push(("CLAUDE_CODE_OAUTH_TOKEN".into(), "test-oauth-token".into()));
+        env
+    }
 }
 
 async fn messages(
@@ -197,8 +222,9 @@ async fn messages(
 
 /// The answer as the Messages API streams it.
 fn sse(turn: &Turn) -> Response {
+    // Each message its own id, as the API gives (Claude Code's stream reports usage per message).
     let mut events: Vec<Value> = vec![json!({"type": "message_start", "message": {
-        "id": "msg_scripted", "type": "message", "role": "assistant", "model": "claude-opus-4-8", "content": [],
+        "id": format!("msg_{:016x}", rand_u64()), "type": "message", "role": "assistant", "model": "claude-opus-4-8", "content": [],
         "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": 10, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})];
     let stop = match turn {

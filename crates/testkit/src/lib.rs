@@ -25,6 +25,8 @@ pub mod git;
 mod http;
 mod hub;
 mod net;
+/// A scripted OpenAI Responses API for the real Codex CLI.
+pub mod openai;
 mod process;
 mod sidecar;
 mod supervised;

@@ -217,6 +217,13 @@ pub enum AgentCmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Lift a model provider's limit from an agent and every agent of its account, now.
+    Unlimit {
+        /// The agent's id.
+        agent: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -372,7 +379,17 @@ pub async fn agents(remote: RemoteArgs) -> anyhow::Result<u8> {
 
 pub async fn agent(cmd: AgentCmd) -> anyhow::Result<u8> {
     use proto::RestartOutcome;
-    let AgentCmd::Restart { agent, reason, force, wait, remote } = cmd;
+    let (agent, reason, force, wait, remote) = match cmd {
+        AgentCmd::Restart { agent, reason, force, wait, remote } => (agent, reason, force, wait, remote),
+        AgentCmd::Unlimit { agent, remote } => {
+            let v = remote.call(&proto::api::UnlimitAgent { agent_id: agent }).await?;
+            remote.print(&v, |v| match v.unlimited.is_empty() {
+                true => format!("{} was not limited\n", v.agent_id),
+                false => format!("limit lifted: {}\n", v.unlimited.join(", ")),
+            })?;
+            return Ok(0);
+        }
+    };
     let get = GetAgent { agent_id: agent.clone() };
     let before = remote.call(&get).await.ok().and_then(|a| a.restart).map(|r| r.commanded_at);
     let v = remote.call(&RestartAgent { agent_id: agent.clone(), reason: Some(reason), force }).await?;

@@ -258,7 +258,7 @@ async fn what_a_hostile_agent_leaves_is_committed_or_refused_and_nothing_it_plan
         r#"case "$AGENTCOM_TASK_DESCRIPTION" in
              links*)
                ln -s /etc/passwd passwd-link; ln -s / root-link; touch "$(printf 'bad\377name')"
-               mkdir many; i=0; while [ $i -lt 3000 ]; do echo $i > many/$i; i=$((i+1)); done
+               mkdir many; i=0; while [ $i -lt 2000 ]; do echo $i > many/$i; i=$((i+1)); done
                common=$(git rev-parse --git-common-dir)
                printf '#!/bin/sh\ntouch {mark}\n' > "$common/hooks/pre-commit"; chmod +x "$common/hooks/pre-commit"
                git config core.fsmonitor 'touch {mark}'; git config core.hooksPath "$common/hooks"
@@ -279,7 +279,7 @@ async fn what_a_hostile_agent_leaves_is_committed_or_refused_and_nothing_it_plan
     let done = hub.wait_status(&id, TaskStatus::Completed).await?;
     let branch = format!("agentcom/{id}");
     let change = done.task.change.expect("a change");
-    assert!(change.files_changed >= 3003, "{change:?}");
+    assert!(change.files_changed >= 2003, "{change:?}");
     assert_eq!(change.files.len(), proto::MAX_CHANGE_FILES, "the first 200 paths");
     let tree = git(&repo, &["ls-tree", &branch])?;
     for link in ["passwd-link", "root-link"] {
@@ -288,7 +288,7 @@ async fn what_a_hostile_agent_leaves_is_committed_or_refused_and_nothing_it_plan
     }
     assert_eq!(show(&repo, &branch, "root-link")?, "/");
     assert!(files_at(&repo, &branch)?.iter().any(|f| f.starts_with("\"bad\\377name\"")), "the non-UTF-8 name");
-    assert_eq!(files_at(&repo, &branch)?.iter().filter(|f| f.starts_with("many/")).count(), 3000);
+    assert_eq!(files_at(&repo, &branch)?.iter().filter(|f| f.starts_with("many/")).count(), 2000);
     assert!(!mark.exists(), "a hook, fsmonitor or filter the agent planted ran");
     // The agent's own git calls would run them (that is its business): taken out for the rest.
     for key in ["core.fsmonitor", "core.hooksPath", "filter.evil.clean"] {
