@@ -49,6 +49,7 @@ pub fn wanted(kind: &EventKind) -> bool {
             | EventKind::Task { to: TaskStatus::DeadLetter, .. }
             | EventKind::Agent { .. }
             | EventKind::BudgetExhausted { .. }
+            | EventKind::Limited { .. }
     )
 }
 
@@ -64,9 +65,22 @@ fn notify_of(p: &Published) -> Option<(WebhookEvent, Value, Value)> {
             let fields = json!({ "task_id": task_id, "agent_id": agent_id, "question": question });
             (WebhookEvent::NeedsInput, text, fields)
         }
+        EventKind::Task { task_id, to: TaskStatus::DeadLetter, reason, agent_id, priority, .. }
+            if reason.starts_with("budget_exceeded: ") =>
+        {
+            let text = format!("task {task_id} ({priority}) was stopped: {reason}");
+            (WebhookEvent::BudgetExceeded, text, json!({ "task_id": task_id, "agent_id": agent_id, "reason": reason }))
+        }
         EventKind::Task { task_id, to: TaskStatus::DeadLetter, reason, agent_id, priority, .. } => {
             let text = format!("task {task_id} ({priority}) went to the dead letter queue: {reason}");
             (WebhookEvent::DeadLetter, text, json!({ "task_id": task_id, "agent_id": agent_id, "reason": reason }))
+        }
+        EventKind::Limited { agent_id, account, until, reason } => {
+            let of = account.as_ref().map(|a| format!(" (account {a})")).unwrap_or_default();
+            let text =
+                format!("agent {agent_id}{of} is limited by its model provider until {}: {reason}", human::utc(*until));
+            let fields = json!({ "agent_id": agent_id, "account": account, "until": until, "reason": reason });
+            (WebhookEvent::AgentLimited, text, fields)
         }
         EventKind::BudgetExhausted { agent_id, spend } => {
             let who = agent_id.as_ref().map(|a| format!("agent {a} is")).unwrap_or_else(|| "the fleet is".into());

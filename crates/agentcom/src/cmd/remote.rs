@@ -108,6 +108,12 @@ pub enum TaskCmd {
         /// Pin the task to one agent.
         #[arg(long)]
         assign_to: Option<String>,
+        /// The most the task may cost over all its attempts (USD); past it: budget_exceeded.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+        /// The most tokens the task may use over all its attempts.
+        #[arg(long)]
+        max_tokens: Option<u64>,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -251,7 +257,17 @@ pub enum TokenCmd {
 
 pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
     match cmd {
-        TaskCmd::Submit { description, priority, capabilities, metadata, max_retries, assign_to, remote } => {
+        TaskCmd::Submit {
+            description,
+            priority,
+            capabilities,
+            metadata,
+            max_retries,
+            assign_to,
+            max_cost_usd,
+            max_tokens,
+            remote,
+        } => {
             let mut req = SubmitTask::new(description);
             req.priority = priority;
             req.needed_capabilities = capabilities;
@@ -264,6 +280,8 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
                 req.max_retries = n;
             }
             req.assign_to = assign_to;
+            req.max_cost_usd = max_cost_usd;
+            req.max_tokens = max_tokens;
             let v = remote.call(&req).await?;
             remote.print(&v, |v| format!("{}\n", v.task_id))?;
         }

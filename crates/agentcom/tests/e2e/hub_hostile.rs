@@ -48,6 +48,7 @@ const MATRIX: &[(&str, &str, &str, [u16; 3])] = &[
     ("PUT", "/api/agents/a2/checkpoint", r#"{"objective":"o"}"#, [401, 403, 200]),
     ("GET", "/api/agents/a2/checkpoint", "", [401, 403, 200]),
     ("POST", "/api/admin/agents/a1/restart", "{}", [401, 403, 200]),
+    ("POST", "/api/admin/agents/a1/unlimit", "{}", [401, 403, 200]),
     ("POST", "/admin/tokens", r#"{"agent_id":"a9"}"#, [401, 403, 201]),
     ("GET", "/admin/tokens", "", [401, 403, 200]),
     ("DELETE", "/admin/tokens/a9", "", [401, 403, 200]),

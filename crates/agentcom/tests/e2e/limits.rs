@@ -44,12 +44,14 @@ async fn a_usage_limit_parks_the_agent_until_the_reset_and_the_task_resumes_its_
     let log: Log = Arc::default();
     let (r, l) = (reset_at.clone(), log.clone());
     let model = ScriptedClaude::start(move |s: &Seen| {
-        let refused = s.tool_results().is_empty().then_some(false).unwrap_or_else(|| {
+        let refused = if s.tool_results().is_empty() {
+            false
+        } else {
             if r.load(Ordering::SeqCst) == 0 {
                 r.store(epoch_s() + 3, Ordering::SeqCst);
             }
             epoch_s() < r.load(Ordering::SeqCst)
-        });
+        };
         l.lock().unwrap().push((Instant::now(), refused));
         match (s.tool_results().is_empty(), refused) {
             (true, _) => Turn::Tool {

@@ -51,7 +51,7 @@ async fn the_readme_quick_start_runs_as_written_from_the_configs_folder() -> R {
     let block = readme_block("# sidecar.toml");
     let config =
         fill_in(&block, &[("token", token), ("hub_url", hub.ws_url()), ("repo_dir", repo.display().to_string())]);
-    assert!(config.contains("agentcom run-agent --usage claude-json -- claude -p"), "{config}");
+    assert!(config.contains("agentcom run-agent --usage claude-stream -- claude -p"), "{config}");
     let here = root.path().join("beside-the-agent");
     std::fs::create_dir_all(&here)?;
     std::fs::write(here.join("sidecar.toml"), &config)?;

@@ -26,7 +26,8 @@ pub struct BudgetFile {
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub url: Option<String>,
-    /// `needs_input`, `dead_letter`, `agent_offline`, `budget_exhausted`.
+    /// `needs_input`, `dead_letter`, `agent_offline`, `budget_exhausted`, `agent_limited`,
+    /// `budget_exceeded`.
     pub events: Option<Vec<String>>,
     /// `json` (default) or `slack` (a `{"text": ...}` body).
     pub format: Option<String>,
@@ -69,11 +70,21 @@ pub enum WebhookEvent {
     DeadLetter,
     AgentOffline,
     BudgetExhausted,
+    /// A model provider's limit parked an agent (once per agent and limit).
+    AgentLimited,
+    /// A task was stopped over its cost cap or its agent's budget.
+    BudgetExceeded,
 }
 
 impl WebhookEvent {
-    const ALL: [WebhookEvent; 4] =
-        [WebhookEvent::NeedsInput, WebhookEvent::DeadLetter, WebhookEvent::AgentOffline, WebhookEvent::BudgetExhausted];
+    const ALL: [WebhookEvent; 6] = [
+        WebhookEvent::NeedsInput,
+        WebhookEvent::DeadLetter,
+        WebhookEvent::AgentOffline,
+        WebhookEvent::BudgetExhausted,
+        WebhookEvent::AgentLimited,
+        WebhookEvent::BudgetExceeded,
+    ];
 
     /// The name in the configuration and in a notification's `event`.
     pub fn name(self) -> &'static str {
@@ -82,6 +93,8 @@ impl WebhookEvent {
             WebhookEvent::DeadLetter => "dead_letter",
             WebhookEvent::AgentOffline => "agent_offline",
             WebhookEvent::BudgetExhausted => "budget_exhausted",
+            WebhookEvent::AgentLimited => "agent_limited",
+            WebhookEvent::BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -90,7 +103,9 @@ impl std::str::FromStr for WebhookEvent {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         WebhookEvent::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
-            format!("unknown event {s:?} (expected needs_input, dead_letter, agent_offline or budget_exhausted)")
+            format!(
+                "unknown event {s:?} (expected needs_input, dead_letter, agent_offline, budget_exhausted, agent_limited or budget_exceeded)"
+            )
         })
     }
 }

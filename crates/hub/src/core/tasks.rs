@@ -438,8 +438,12 @@ impl<S: Store, C: Clock> Core<S, C> {
                     Some(cap) => format!("budget_exceeded: {cap} (after: {why})"),
                     None => why,
                 };
-                if why.starts_with("budget_exceeded: ") || failures > task.max_retries {
-                    let reason = format!("dead_letter after {failures} failures: {why}");
+                let over_cap = why.starts_with("budget_exceeded: ");
+                if over_cap || failures > task.max_retries {
+                    let reason = match over_cap {
+                        true => why.clone(),
+                        false => format!("dead_letter after {failures} failures: {why}"),
+                    };
                     self.transition(&task_id, TaskStatus::DeadLetter, reason, |t| {
                         t.failures = failures;
                         t.last_error = Some(why);

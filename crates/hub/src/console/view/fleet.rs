@@ -34,6 +34,11 @@ fn agent_row(v: &Viewer, a: &AgentView, now: u64) -> Markup {
             }
             td.status {
                 (agent_status(a.status)) @if a.needs_input { " " (needs_input_badge()) }
+                @if let Some(until) = a.limited_until {
+                    br; small.muted.limit { "model provider limit until " (super::utc(until))
+                        @if let Some(acct) = &a.account { " (account " (acct) ")" }
+                        @if let Some(why) = &a.limit_reason { ": " (clip(why, 120)) } }
+                }
                 @if let Some(r) = a.restart.as_ref().filter(|r| r.outcome == proto::RestartOutcome::Refused || r.outcome == proto::RestartOutcome::Deferred) {
                     br; small.muted.restart-outcome { "restart " (r.outcome.as_str()) @if let Some(why) = &r.reason { ": " (clip(why, 120)) } }
                 }

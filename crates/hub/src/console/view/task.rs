@@ -24,6 +24,15 @@ fn facts(t: &TaskView, now: u64) -> Markup {
             @if !t.needed_capabilities.is_empty() { dt { "Needs" } dd { (t.needed_capabilities.join(", ")) } }
             @if let Some(a) = &t.assign_to { dt { "Pinned to" } dd { (a) } }
             @if let Some(e) = &t.last_error { dt { "Last error" } dd.error { (clip(e, 4000)) } }
+            @if t.limited_attempts > 0 { dt { "Limited" } dd #task-limited { (t.limited_attempts) " attempt(s) stopped by a model provider's limit (not failures)" } }
+            @if let Some(nb) = t.not_before { dt { "Not before" } dd { (utc(nb)) @if let Some(p) = &t.prefer_agent { " (for " (p) ", which holds its session)" } } }
+            @if t.max_cost_usd.is_some() || t.max_tokens.is_some() {
+                dt { "Caps" } dd #task-caps {
+                    @if let Some(c) = t.max_cost_usd { "max " (usd(c)) " " }
+                    @if let Some(n) = t.max_tokens { "max " (n) " tokens" }
+                }
+            }
+            @if let Some(s) = t.sessions.last() { dt { "Session" } dd { code { (s.session_id) } " on " (s.agent_id) " (attempt " (s.generation) ")" } }
         }
     }
 }
