@@ -142,6 +142,22 @@ pub fn task(d: &TaskDetail) -> String {
     if let Some(s) = t.sessions.last() {
         line("session", format!("{} on {} (attempt {})", s.session_id, s.agent_id, s.generation));
     }
+    if let Some(i) = &t.integration {
+        let sha = i.merged_sha.clone().map(|s| format!(" at {s}")).unwrap_or_default();
+        line("integration", format!("{} into {}{sha} (attempt {})", i.status, i.target, i.attempts));
+        if !i.conflicts.is_empty() {
+            line("  conflicts", i.conflicts.join(", "));
+        }
+        if let Some(tail) = &i.output_tail {
+            line("  output", tail.replace('\n', "\n                     "));
+        }
+        if i.status == proto::api::IntegrationStatus::WaitingReview {
+            line("  review", format!("agentcom task approve {0} | agentcom task reject {0} --reason R", t.task_id));
+        }
+    }
+    if let Some(o) = &t.integrates {
+        line("integrates", o.clone());
+    }
     if let Some(c) = &t.change {
         line("change", format!("{} ({} commits, {})", c.branch, c.commits, diffstat(c)));
         line("  commits", format!("{}..{}", c.base_sha, c.head_sha));
@@ -267,6 +283,12 @@ pub fn event(e: &Event) -> String {
             format!("LIMITED {agent_id}{account} until {}: {reason}", human::utc(*until))
         }
         EventKind::Unlimited { agent_id, by } => format!("unlimited {agent_id} ({by})"),
+        EventKind::Integration { task_id, integration: i } => {
+            let sha = i.merged_sha.as_ref().map(|s| format!(" at {}", &s[..s.len().min(12)])).unwrap_or_default();
+            let tail =
+                i.output_tail.as_ref().map(|t| format!(": {}", t.lines().last().unwrap_or(""))).unwrap_or_default();
+            format!("integration {task_id} -> {} {}{sha}{tail}", i.target, i.status)
+        }
         EventKind::NeedsInput { task_id, agent_id, question } => {
             format!("NEEDS INPUT {task_id} ({agent_id}): {} [request {}]", question.question, question.request_id)
         }

@@ -22,6 +22,7 @@ pub fn withhold_content(role: &Role, task: &mut TaskView) -> bool {
     task.answer = None;
     task.usage = None;
     task.change = None;
+    task.integration = None;
     true
 }
 

@@ -76,6 +76,31 @@ pub struct TaskHead {
     pub spent_usd: f64,
     #[serde(default, skip_serializing_if = "is_none_spent")]
     pub spent_tokens: u64,
+    /// One task of a key at a time, in submission order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_key: Option<String>,
+    /// Its change waits for a person's approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
+    /// Its change's way to the target branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration: Option<proto::api::Integration>,
+    /// An integration task: the task it integrates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrates: Option<String>,
+    /// An integration task: the change it integrates, for the queue's listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrating: Option<IntegratingChange>,
+}
+
+/// The change an integration task integrates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegratingChange {
+    pub branch: String,
+    pub head_sha: String,
+    pub attempt: u32,
+    #[serde(default)]
+    pub approved: bool,
 }
 
 fn is_nothing(c: &f64) -> bool {
@@ -164,6 +189,10 @@ impl StoredTask {
             not_before: h.not_before,
             prefer_agent: h.prefer_agent,
             sessions: h.sessions,
+            serial_key: h.serial_key,
+            review: h.review,
+            integration: h.integration,
+            integrates: h.integrates,
         }
     }
 }

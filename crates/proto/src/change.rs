@@ -21,6 +21,9 @@ pub struct Change {
     pub base_sha: String,
     /// The branch's commit when the attempt ended.
     pub head_sha: String,
+    /// The branch the task started from (where its change is integrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
     /// Commits from `base_sha` to `head_sha`.
     pub commits: u64,
     pub files_changed: u64,
@@ -54,6 +57,12 @@ impl Change {
             if !sha(v) {
                 errors.push(format!("change.{name}: expected a commit id (hex)"));
             }
+        }
+        if c.base_branch
+            .as_ref()
+            .is_some_and(|b| b.is_empty() || b.chars().count() > MAX_BRANCH || b.chars().any(char::is_control))
+        {
+            errors.push(format!("change.base_branch: 1 to {MAX_BRANCH} printable characters"));
         }
         if c.files.len() > MAX_CHANGE_FILES {
             errors.push(format!("change.files: more than {MAX_CHANGE_FILES} paths"));

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub limit_wake_spread_ms: Option<u64>,
     /// After a limit, the task waits this long for the agent holding its session.
     pub limit_prefer_ms: Option<u64>,
+    /// Queue an integration task for each task that completes with a change (default true).
+    pub integrate_changes: Option<bool>,
     /// PEM certificate chain; with `tls_key`, the hub serves `https://` and `wss://` only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -156,6 +158,8 @@ pub struct Limits {
     pub max_checkpoint_bytes: usize,
     /// Spend allowed per UTC day.
     pub budgets: Budgets,
+    /// A task that completes with a change gets an integration task (`agentcom integrate`).
+    pub integrate_changes: bool,
 }
 
 /// The event stream's bounds.
@@ -182,6 +186,7 @@ impl Default for Limits {
             max_progress_bytes: 16 * 1024,
             max_checkpoint_bytes: 4 * 1024 * 1024,
             budgets: Budgets::default(),
+            integrate_changes: true,
         }
     }
 }
@@ -401,6 +406,7 @@ impl HubConfig {
                 &mut errors,
             ),
             budgets: budgets(file.budgets, &mut errors),
+            integrate_changes: file.integrate_changes.unwrap_or(dl.integrate_changes),
         };
         let de = EventLimits::default();
         let events = EventLimits {

@@ -267,6 +267,11 @@ mod tests {
             sessions: Vec::new(),
             spent_usd: 0.0,
             spent_tokens: 0,
+            serial_key: None,
+            review: false,
+            integration: None,
+            integrates: None,
+            integrating: None,
         };
         let payload =
             crate::model::Payload { description: id.into(), metadata: Default::default(), extra: Default::default() };

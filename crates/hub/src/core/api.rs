@@ -9,10 +9,10 @@ use crate::model::{TaskStatus, TokenRecord};
 use crate::paging;
 use crate::store::{Mutation, Store};
 use proto::api::{
-    AgentList, AgentView, AnswerTask, Answered, ApiError, CancelTask, CheckpointStored, CreateToken, Done, Endpoint,
-    ErrorCode, GetAgent, GetStats, ListAgents, ListTokens, PutCheckpoint, RestartAgent, RestartCommanded, RetryTask,
-    RevokeTokens, Stats, SubmitTask, TaskChanged, TaskSubmitted, TokenCreated, TokenInfo, TokenList, TokensRevoked,
-    UnlimitAgent, Unlimited,
+    AgentList, AgentView, AnswerTask, Answered, ApiError, ApproveTask, CancelTask, CheckpointStored, CreateToken, Done,
+    Endpoint, ErrorCode, GetAgent, GetStats, IntegrationList, ListAgents, ListIntegrations, ListTokens, PutCheckpoint,
+    RejectTask, RestartAgent, RestartCommanded, RetryTask, RevokeTokens, Stats, SubmitTask, TaskChanged,
+    TaskIntegration, TaskSubmitted, TokenCreated, TokenInfo, TokenList, TokensRevoked, UnlimitAgent, Unlimited,
 };
 use proto::HubFrame;
 use serde_json::Value;
@@ -38,6 +38,9 @@ pub enum ApiRequest {
     RevokeToken(RevokeTokens, Tx<TokensRevoked>),
     RestartAgent(RestartAgent, Tx<RestartCommanded>),
     Unlimit(UnlimitAgent, Tx<Unlimited>),
+    Approve(ApproveTask, Tx<TaskIntegration>),
+    Reject(RejectTask, Tx<TaskIntegration>),
+    Integrations(ListIntegrations, Tx<IntegrationList>),
     PutCheckpoint(PutCheckpoint, Tx<CheckpointStored>),
     Answer(AnswerTask, Tx<Answered>),
     /// Prometheus text of the core's counters (no token needed).
@@ -80,6 +83,9 @@ core_requests! {
     RevokeTokens => RevokeToken;
     RestartAgent => RestartAgent;
     UnlimitAgent => Unlimit;
+    ApproveTask => Approve;
+    RejectTask => Reject;
+    ListIntegrations => Integrations;
     PutCheckpoint => PutCheckpoint;
     AnswerTask => Answer;
 }
@@ -152,6 +158,8 @@ impl ApiRequest {
             ApiRequest::RevokeToken(_, tx) => pending(tx, Err(e)),
             ApiRequest::RestartAgent(_, tx) => pending(tx, Err(e)),
             ApiRequest::Unlimit(_, tx) => pending(tx, Err(e)),
+            ApiRequest::Approve(_, tx) | ApiRequest::Reject(_, tx) => pending(tx, Err(e)),
+            ApiRequest::Integrations(_, tx) => pending(tx, Err(e)),
             ApiRequest::PutCheckpoint(_, tx) => pending(tx, Err(e)),
             ApiRequest::Answer(_, tx) => pending(tx, Err(e)),
             ApiRequest::Metrics(tx) => pending(tx, Err(e)),
@@ -200,6 +208,9 @@ impl<S: Store, C: Clock> Core<S, C> {
             ApiRequest::RevokeToken(r, tx) => pending(tx, self.revoke_tokens(r.agent_id, &role)),
             ApiRequest::RestartAgent(r, tx) => pending(tx, self.restart_agent(r, &role)),
             ApiRequest::Unlimit(r, tx) => pending(tx, self.unlimit(&r.agent_id, &role)),
+            ApiRequest::Approve(r, tx) => pending(tx, self.approve(&r.task_id, &role)),
+            ApiRequest::Reject(r, tx) => pending(tx, self.reject(&r.task_id, &r.reason, &role)),
+            ApiRequest::Integrations(q, tx) => pending(tx, Ok(self.integrations(q.target.as_deref()))),
             ApiRequest::PutCheckpoint(c, tx) => pending(tx, self.put_checkpoint(c, &role)),
         }
     }

@@ -63,6 +63,15 @@ impl<S: Store, C: Clock> Core<S, C> {
                 continue; // every agent that fits this class is spoken for
             }
             let task = &self.tasks[&entry.2];
+            // A serial key's tasks go one at a time, in the order they were queued.
+            if let Some(k) = &task.head.serial_key {
+                if self.serial_held.contains_key(k) || self.queue.serial_head(k) != Some(task.head.seq) {
+                    if let Some(next) = rest.next() {
+                        heads.push(Reverse((next, c)));
+                    }
+                    continue;
+                }
+            }
             let preferred = self.preferred_agent(task);
             let may = |a: &Agent| preferred.is_none_or(|p| p == a.agent_id);
             if let Some(&i) = fits.iter().find(|i| !Self::refused_by(task, idle[**i], now) && may(idle[**i])) {
@@ -127,6 +136,11 @@ impl<S: Store, C: Clock> Core<S, C> {
         });
         let open = &self.tasks[task_id];
         let h = &open.head;
+        let mut payload = payload;
+        // A change sent back by the integration (a conflict, a red check, a reviewer's no): why.
+        if let Some(feedback) = h.integration.as_ref().and_then(Self::integration_feedback) {
+            payload.extra.insert("integration_feedback".into(), feedback);
+        }
         let frame = HubFrame::TaskAssign(TaskAssign {
             task_id: h.task_id.clone(),
             description: payload.description,
@@ -137,8 +151,11 @@ impl<S: Store, C: Clock> Core<S, C> {
             resume_session,
             extra: payload.extra,
         });
-        let (generation, queued_at) = (h.generation, open.queued_at);
+        let (generation, queued_at, integrating) = (h.generation, open.queued_at, h.integrates.is_some());
         self.send(conn, frame, SendKind::Push { dispatch_started: Some(queued_at) });
+        if integrating {
+            self.integration_started(task_id);
+        }
         self.arm(self.t.accept_timeout, Timer::AcceptDeadline { task_id: task_id.to_string(), generation });
     }
 

@@ -18,6 +18,7 @@ mod agents;
 pub mod api;
 mod budget;
 mod dispatch;
+mod integration;
 mod limits;
 mod questions;
 mod queue;
@@ -224,6 +225,8 @@ pub struct Core<S: Store, C: Clock> {
     metrics: Metrics,
     /// Another hub leads now (a commit was fenced off): this core stops.
     deposed: bool,
+    /// Per serial key, its tasks held by agents now (a key's next task waits for none).
+    serial_held: HashMap<String, u32>,
 }
 
 const MAX_BATCH: usize = 1024;
@@ -266,6 +269,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             dispatch_needed: true,
             metrics: Metrics::default(),
             deposed: false,
+            serial_held: HashMap::new(),
         };
         core.reload()?;
         core.arm_new_day();
@@ -306,6 +310,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         self.tasks.clear();
         self.queue.clear();
         self.timers.clear();
+        self.serial_held.clear();
         for a in self.agents.values_mut() {
             a.current_task = None;
         }
@@ -321,6 +326,9 @@ impl<S: Store, C: Clock> Core<S, C> {
                     None => self.queue.insert(&head),
                 },
                 TaskStatus::Assigned | TaskStatus::Working => {
+                    if let Some(k) = &head.serial_key {
+                        *self.serial_held.entry(k.clone()).or_default() += 1;
+                    }
                     let holder = head.assigned_to.clone().unwrap_or_default();
                     let connected = self.agents.get(&holder).is_some_and(|a| a.conn.is_some());
                     if let Some(a) = self.agents.get_mut(&holder) {

@@ -29,6 +29,8 @@ pub(super) type Entry = (Priority, i64, String);
 pub(super) struct Queue {
     classes: HashMap<Class, BTreeSet<Entry>>,
     len: usize,
+    /// Per serial key, the submission order of its queued tasks: only the first may go.
+    serial: HashMap<String, BTreeSet<i64>>,
 }
 
 impl Queue {
@@ -40,6 +42,14 @@ impl Queue {
         if self.classes.entry(Class::of(head)).or_default().insert(Self::entry(head)) {
             self.len += 1;
         }
+        if let Some(k) = &head.serial_key {
+            self.serial.entry(k.clone()).or_default().insert(head.seq);
+        }
+    }
+
+    /// The queued task of `key` submitted first (the only one of the key that may go).
+    pub fn serial_head(&self, key: &str) -> Option<i64> {
+        self.serial.get(key).and_then(|s| s.first().copied())
     }
 
     pub fn remove(&mut self, head: &TaskHead) {
@@ -52,10 +62,19 @@ impl Queue {
                 self.classes.remove(&class);
             }
         }
+        if let Some(k) = &head.serial_key {
+            if let Some(s) = self.serial.get_mut(k) {
+                s.remove(&head.seq);
+                if s.is_empty() {
+                    self.serial.remove(k);
+                }
+            }
+        }
     }
 
     pub fn clear(&mut self) {
         self.classes.clear();
+        self.serial.clear();
         self.len = 0;
     }
 

@@ -65,6 +65,11 @@ impl<S: Store, C: Clock> Core<S, C> {
             sessions: Vec::new(),
             spent_usd: 0.0,
             spent_tokens: 0,
+            serial_key: n.serial_key,
+            review: n.review,
+            integration: None,
+            integrates: None,
+            integrating: None,
         };
         let payload = Payload { description: n.description, metadata: n.metadata, extra: n.extra };
         let priority = head.priority;
@@ -142,6 +147,18 @@ impl<S: Store, C: Clock> Core<S, C> {
             None
         };
         let new_holder = to.is_held().then(|| head.assigned_to.clone()).flatten();
+        if let Some(k) = head.serial_key.clone().filter(|_| from.is_held() != to.is_held()) {
+            let held = self.serial_held.entry(k.clone()).or_default();
+            if to.is_held() {
+                *held += 1;
+            } else {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    self.serial_held.remove(&k);
+                }
+                self.dispatch_needed = true;
+            }
+        }
         // A question and its answer belong to the attempt that asked: they close with it.
         let closed = if old_holder != new_holder {
             let asked = head.needs_input.take().map(|q| (q.request_id, false));
@@ -230,17 +247,29 @@ impl<S: Store, C: Clock> Core<S, C> {
     }
 
     /// Brings a terminal task back into memory so it can be retried; `None` if it never existed.
-    fn reopen(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError> {
+    pub(super) fn reopen(&mut self, task_id: &str) -> Result<Option<TaskHead>, StoreError> {
         if let Some(t) = self.tasks.get(task_id) {
             return Ok(Some(t.head.clone()));
         }
-        let Some(head) = self.store.head(task_id)? else { return Ok(None) };
+        // A task that ended in this batch: its head is not committed yet; the batch's is the truth.
+        let written = self.pending.iter().rev().find_map(|m| match m {
+            Mutation::PutHead(h) if h.task_id == task_id => Some((**h).clone()),
+            Mutation::InsertTask { head, .. } if head.task_id == task_id => Some((**head).clone()),
+            _ => None,
+        });
+        let head = match written {
+            Some(h) => h,
+            None => match self.store.head(task_id)? {
+                Some(h) => h,
+                None => return Ok(None),
+            },
+        };
         self.tasks.insert(task_id.to_string(), OpenTask::new(head.clone(), self.now.mono));
         Ok(Some(head))
     }
 
     /// A terminal task loaded by `reopen` that was not changed goes back out of memory.
-    fn drop_if_terminal(&mut self, id: &str) {
+    pub(super) fn drop_if_terminal(&mut self, id: &str) {
         if self.tasks.get(id).is_some_and(|o| o.head.status.is_terminal()) {
             self.tasks.remove(id);
         }
@@ -383,12 +412,13 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
             self.note_session(&task_id, generation, agent_id, session_id);
             let Ok((result, report)) = outcome else { unreachable!("only completions are taken late") };
+            let outcome_result = result.clone();
             let outcome = Outcome { result, report };
             self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
             let reason = format!("completed by {agent_id} (generation {generation}, reported after the hub took it back; nobody else held it)");
             tracing::info!(task_id = %task_id, agent_id, generation, "taking a late completion: the task was queued again, but nobody else holds it");
             let change = self.keep_change(&task_id, generation, change);
-            self.transition(&task_id, TaskStatus::Completed, reason, |t| t.change = change);
+            self.complete(&task_id, reason, change, outcome_result);
             let ack = HubFrame::TaskAck { task_id: task_id.clone(), status: AckStatus::Complete };
             return self.send(conn, ack, SendKind::Ack { task_id });
         }
@@ -424,11 +454,10 @@ impl<S: Store, C: Clock> Core<S, C> {
             Ok((result, report)) => {
                 // Finished work: the provider takes this agent's requests again.
                 self.limit_level_reset(agent_id);
+                let kept = result.clone();
                 let outcome = Outcome { result, report };
                 self.pending.push(Mutation::SetOutcome { task_id: task_id.clone(), outcome: Box::new(outcome) });
-                self.transition(&task_id, TaskStatus::Completed, format!("completed by {agent_id}"), |t| {
-                    t.change = change
-                });
+                self.complete(&task_id, format!("completed by {agent_id}"), change, kept);
                 AckStatus::Complete
             }
             Err(why) => {
@@ -444,11 +473,16 @@ impl<S: Store, C: Clock> Core<S, C> {
                         true => why.clone(),
                         false => format!("dead_letter after {failures} failures: {why}"),
                     };
+                    let integrates = task.integrates.clone();
+                    let last = why.clone();
                     self.transition(&task_id, TaskStatus::DeadLetter, reason, |t| {
                         t.failures = failures;
-                        t.last_error = Some(why);
+                        t.last_error = Some(last);
                         t.change = change;
                     });
+                    if let Some(original) = integrates {
+                        self.integration_ended(&original, None, Some(&why));
+                    }
                     AckStatus::DeadLetter
                 } else {
                     let backoff = self.backoff(failures);
@@ -467,6 +501,25 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
         };
         self.send(conn, HubFrame::TaskAck { task_id: task_id.clone(), status: ack_status }, SendKind::Ack { task_id });
+    }
+
+    /// A task completes: with a change, its integration is queued; an integration task's report
+    /// moves the change it integrates.
+    fn complete(&mut self, task_id: &str, reason: String, change: Option<proto::Change>, result: Option<Value>) {
+        let integrates = self.tasks.get(task_id).and_then(|o| o.head.integrates.clone());
+        let integration = match (&integrates, &change) {
+            (None, Some(c)) => self.queue_integration(task_id, c, false),
+            _ => None,
+        };
+        self.transition(task_id, TaskStatus::Completed, reason, |t| {
+            t.change = change;
+            if integration.is_some() {
+                t.integration = integration;
+            }
+        });
+        if let Some(original) = integrates {
+            self.integration_ended(&original, result.as_ref(), None);
+        }
     }
 
     /// Stores the patch of an accepted report's change and returns the change as the task

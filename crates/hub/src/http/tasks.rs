@@ -1,4 +1,5 @@
-//! The task routes: submit, list, one task, its diff, retry, cancel, answer, stats.
+//! The task routes: submit, list, one task, its diff, retry, cancel, answer, stats, and the
+//! integration queue (approve, reject, the queue per target).
 
 use super::*;
 
@@ -202,6 +203,37 @@ pub(super) async fn diff(
             .into_response();
     }
     Json(diff).into_response()
+}
+
+pub(super) async fn approve(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    call(&s, &headers, proto::api::ApproveTask { task_id: id }).await
+}
+
+pub(super) async fn reject(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let m = match read_json(body, SMALL_BODY, s.net.body_read_timeout).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match proto::api::RejectTask::from_json(&id, m) {
+        Ok(r) => call(&s, &headers, r).await,
+        Err(errors) => invalid(errors),
+    }
+}
+
+pub(super) async fn integrations(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<proto::api::ListIntegrations>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => call(&s, &headers, q).await,
+        Err(e) => bad_query(e),
+    }
 }
 
 pub(super) async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {

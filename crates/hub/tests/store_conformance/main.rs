@@ -280,6 +280,11 @@ fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
         sessions: Vec::new(),
         spent_usd: 0.0,
         spent_tokens: 0,
+        serial_key: None,
+        review: false,
+        integration: None,
+        integrates: None,
+        integrating: None,
     }
 }
 

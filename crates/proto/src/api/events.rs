@@ -77,6 +77,8 @@ pub enum EventKind {
         until: u64,
         reason: String,
     },
+    /// A task's change moved on its way to the target branch.
+    Integration { task_id: String, integration: Integration },
     /// The limit ended (`by`: `expired`, or who lifted it).
     Unlimited { agent_id: String, by: String },
     /// An agent connected, disconnected, or announced a restart.
@@ -116,6 +118,7 @@ impl EventKind {
             EventKind::Restart { .. } => "restart",
             EventKind::Limited { .. } => "limited",
             EventKind::Unlimited { .. } => "unlimited",
+            EventKind::Integration { .. } => "integration",
             EventKind::Agent { .. } => "agent",
             EventKind::NeedsInput { .. } => "needs_input",
             EventKind::InputAnswered { .. } => "input_answered",

@@ -24,6 +24,12 @@ pub struct SubmitTask {
     /// The most tokens (input and output) the task may use, over all its attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    /// Tasks of one key are handed out one at a time, in the order they were queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_key: Option<String>,
+    /// Its change waits for a person's approval before it is merged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -43,7 +49,15 @@ const RESERVED: &[&str] = &[
     "attempts",
     "failures",
     "resume_session",
+    "kind",
+    "integrates",
+    "integration",
+    "integration_feedback",
 ];
+
+/// Capabilities only the hub's own integration tasks need (an agent could otherwise have the
+/// integrator merge a branch of its choosing).
+pub const INTEGRATE_CAPABILITY: &str = "integrate";
 
 impl SubmitTask {
     pub fn new(description: impl Into<String>) -> SubmitTask {
@@ -56,6 +70,8 @@ impl SubmitTask {
             assign_to: None,
             max_cost_usd: None,
             max_tokens: None,
+            serial_key: None,
+            review: false,
             extra: Map::new(),
         }
     }
@@ -160,6 +176,32 @@ impl SubmitTask {
                 None
             }
         };
+        let serial_key = match m.remove("serial_key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k))
+                if !k.is_empty() && k.chars().count() <= crate::MAX_SHORT && !k.chars().any(char::is_control) =>
+            {
+                Some(k)
+            }
+            Some(_) => {
+                errors.push(format!("serial_key: expected 1 to {} printable characters", crate::MAX_SHORT));
+                None
+            }
+        };
+        let review = match m.remove("review") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                errors.push("review: expected true or false".into());
+                false
+            }
+        };
+        if needed_capabilities.iter().any(|c| c == INTEGRATE_CAPABILITY || c.starts_with("integrate:")) {
+            errors.push("needed_capabilities: integrate capabilities are the hub's own integration tasks'".into());
+        }
+        if serial_key.as_deref().is_some_and(|k| k.starts_with("integrate:")) {
+            errors.push("serial_key: keys starting with integrate: are the hub's own".into());
+        }
         for k in RESERVED {
             if m.contains_key(*k) {
                 errors.push(format!("{k}: set by the hub, not by a submission"));
@@ -177,6 +219,8 @@ impl SubmitTask {
             assign_to,
             max_cost_usd,
             max_tokens,
+            serial_key,
+            review,
             extra: m,
         })
     }
@@ -334,6 +378,16 @@ pub struct TaskView {
     /// The agent CLI's conversation of each attempt that reported one, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<Session>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_key: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
+    /// Its change on the way to its target branch (the integration queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration: Option<Integration>,
+    /// An integration task: the task whose change it integrates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrates: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -183,6 +183,9 @@ pub struct Workspace {
     pub path: PathBuf,
     pub branch: String,
     pub base_sha: String,
+    /// The branch the task started from (its change's integration target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
 }
 
 impl WorktreeConfig {

@@ -158,7 +158,12 @@ impl Runtime {
                     .map_err(err("HEAD"))?
             }
         };
-        Ok(Workspace { path: path.to_path_buf(), branch: branch.to_string(), base_sha })
+        Ok(Workspace {
+            path: path.to_path_buf(),
+            branch: branch.to_string(),
+            base_sha,
+            base_branch: Some(base.to_string()),
+        })
     }
 
     fn create(&self, repo: &Git, path: &Path, branch: &str, base: &str) -> Result<Workspace, String> {
@@ -201,7 +206,12 @@ impl Runtime {
             None => repo.run(&["worktree", "add", "-q", &shown, branch]),
         };
         made.map_err(err("git worktree add"))?;
-        Ok(Workspace { path: path.to_path_buf(), branch: branch.to_string(), base_sha })
+        Ok(Workspace {
+            path: path.to_path_buf(),
+            branch: branch.to_string(),
+            base_sha,
+            base_branch: Some(base.to_string()),
+        })
     }
 
     /// `remote`'s `branch`, fetched into `refs/remotes/<remote>/<branch>`; `None` if it has none.
@@ -346,6 +356,7 @@ impl Runtime {
             branch: ws.branch.clone(),
             base_sha: ws.base_sha.clone(),
             head_sha: head.to_string(),
+            base_branch: ws.base_branch.clone(),
             commits,
             files_changed: number("changed"),
             insertions: number("insertion"),

@@ -195,6 +195,7 @@ fn change(head: &str, patch: Option<&str>) -> proto::Change {
         branch: "agentcom/t".into(),
         base_sha: "a".repeat(40),
         head_sha: head.into(),
+        base_branch: None,
         commits: 1,
         files_changed: 1,
         insertions: 1,

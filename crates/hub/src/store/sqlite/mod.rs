@@ -302,6 +302,11 @@ mod tests {
             sessions: Vec::new(),
             spent_usd: 0.0,
             spent_tokens: 0,
+            serial_key: None,
+            review: false,
+            integration: None,
+            integrates: None,
+            integrating: None,
         }
     }
 

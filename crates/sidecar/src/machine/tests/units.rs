@@ -248,6 +248,7 @@ fn a_worktree_that_cannot_be_made_or_committed_fails_the_attempt_saying_why() {
         path: "/w/task-1".into(),
         branch: "agentcom/task-1".into(),
         base_sha: "0".repeat(40),
+        base_branch: None,
     };
     let actions = m.handle(Event::WorkspaceReady { task_id: ID.into(), workspace: workspace.clone() }, ms(1));
     let cwd = actions.iter().find_map(|a| match a {

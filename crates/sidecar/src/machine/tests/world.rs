@@ -316,6 +316,7 @@ impl World {
                     path: format!("/w/{task_id}").into(),
                     branch: format!("agentcom/{task_id}"),
                     base_sha: "0".repeat(40),
+                    base_branch: Some("main".into()),
                 };
                 self.pending.push_back(Event::WorkspaceReady { task_id, workspace });
             }
@@ -333,6 +334,7 @@ impl World {
                     branch: workspace.branch.clone(),
                     base_sha: workspace.base_sha.clone(),
                     head_sha: format!("{:040x}", self.git.commits),
+                    base_branch: workspace.base_branch.clone(),
                     commits: u64::from(self.git.commits),
                     files_changed: self.git.branch.len() as u64,
                     insertions: 0,
