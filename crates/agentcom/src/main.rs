@@ -28,6 +28,12 @@ enum Cmd {
     /// Wake-command wrapper for real agents: writes <task>.started, runs CMD, streams its output
     /// lines to <task>.progress, then writes <task>.json from its exit status.
     RunAgent(cmd::agent::RunAgentArgs),
+    /// Run the integrator: finished tasks' branches rebased onto their target, checked with
+    /// check_command and pushed by compare-and-swap, one change per target at a time.
+    Integrate(cmd::integrate::IntegrateArgs),
+    /// One integration, as the integrator's sidecar runs it.
+    #[command(hide = true)]
+    IntegrateRun(cmd::integrate::IntegrateRunArgs),
     /// Run the process supervisor daemon (state in AGENTCOM_SUPERVISOR_DIR).
     Supervisor(cmd::process::SupervisorArgs),
     /// Start a supervised process (launches the supervisor in the background if none runs).
@@ -130,6 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Demo(a) => cmd::agent::demo(a).await,
         Cmd::SampleAgent(a) => cmd::agent::sample_agent(a),
         Cmd::RunAgent(a) => cmd::agent::run_agent(a),
+        Cmd::Integrate(a) => cmd::integrate::integrate(a).await,
+        Cmd::IntegrateRun(a) => cmd::integrate::integrate_run(a),
         Cmd::Supervisor(a) => cmd::process::supervisor(a).await,
         Cmd::Start(a) => cmd::process::start(*a),
         Cmd::Stop(a) => cmd::process::stop(a),

@@ -325,3 +325,30 @@ pub fn tokens(v: &TokenList) -> String {
     }
     table(&["AGENT", "CREATED", "FINGERPRINT"], &rows, 40)
 }
+
+/// The integration queue, per target.
+pub fn integrations(v: &proto::api::IntegrationList) -> String {
+    if v.targets.is_empty() {
+        return "no change waits for integration\n".into();
+    }
+    let mut out = String::new();
+    for t in &v.targets {
+        out.push_str(&format!("{}:\n", t.target));
+        let rows: Vec<Vec<String>> = t
+            .changes
+            .iter()
+            .map(|c| {
+                let approved = if c.approved { " (approved)" } else { "" };
+                vec![
+                    c.integrates.clone(),
+                    c.branch.clone(),
+                    format!("{}{approved}", c.status),
+                    c.attempt.to_string(),
+                    c.task_id.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["TASK", "BRANCH", "STATUS", "ATTEMPT", "INTEGRATION TASK"], &rows, 48));
+    }
+    out
+}

@@ -78,6 +78,13 @@ impl Sidecar {
         Ok(Sidecar { child, dir: dir.to_path_buf(), config, logs })
     }
 
+    /// Starts `cmd`, a program that runs a sidecar (such as `agentcom integrate`, with
+    /// `--log-format json`), with `dir` as its folder; waits until its sidecar started.
+    pub fn spawn(cmd: Command, dir: &Path) -> Result<Sidecar> {
+        let (child, logs, _) = spawn_until(cmd, "sidecar", "sidecar started", "agent_id")?;
+        Ok(Sidecar { child, dir: dir.to_path_buf(), config: dir.to_path_buf(), logs })
+    }
+
     pub fn results(&self) -> PathBuf {
         self.dir.join("results")
     }

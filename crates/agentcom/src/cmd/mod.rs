@@ -4,6 +4,7 @@ pub mod agent;
 pub mod daemons;
 pub mod guard;
 pub mod hub;
+pub mod integrate;
 pub mod process;
 pub mod remote;
 pub mod startup;

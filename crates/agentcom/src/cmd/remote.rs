@@ -145,6 +145,31 @@ pub enum TaskCmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Approve a change waiting for review: the integrator merges it (tested again first).
+    Approve {
+        /// The task's id.
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Send a change waiting for review back to an agent, with the reason as feedback.
+    Reject {
+        /// The task's id.
+        id: String,
+        /// Why, as the agent will read it.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// The integration queue: changes on their way to each target branch.
+    Integrations {
+        /// Only this target's queue.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Cancel a task (tells the agent holding it).
     Cancel {
         /// The task's id.
@@ -311,6 +336,25 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
                     false => text,
                 }
             })?;
+        }
+        TaskCmd::Approve { id, remote } => {
+            let v = remote.call(&proto::api::ApproveTask { task_id: id }).await?;
+            remote.print(&v, |v| {
+                format!("approved {}: {} into {}\n", v.task_id, v.integration.status, v.integration.target)
+            })?;
+        }
+        TaskCmd::Reject { id, reason, remote } => {
+            let req = proto::api::RejectTask::from_json(
+                &id,
+                [("reason".to_string(), serde_json::json!(reason))].into_iter().collect(),
+            )
+            .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))?;
+            let v = remote.call(&req).await?;
+            remote.print(&v, |v| format!("rejected {}: back to an agent\n", v.task_id))?;
+        }
+        TaskCmd::Integrations { target, remote } => {
+            let v = remote.call(&proto::api::ListIntegrations { target }).await?;
+            remote.print(&v, render::integrations)?;
         }
         TaskCmd::Cancel { id, remote } => {
             let v = remote.call(&CancelTask { task_id: id }).await?;

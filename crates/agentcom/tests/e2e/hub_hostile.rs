@@ -33,6 +33,10 @@ const MATRIX: &[(&str, &str, &str, [u16; 3])] = &[
     ("GET", "/api/tasks/{other}", "", [401, 200, 200]),
     ("GET", "/api/tasks/{own}/diff", "", [401, 200, 200]),
     ("GET", "/api/tasks/{other}/diff", "", [401, 403, 200]),
+    // A change waits for review only after an integration: here, past the role check, the state refuses.
+    ("POST", "/api/tasks/{own}/approve", "{}", [401, 403, 409]),
+    ("POST", "/api/tasks/{own}/reject", r#"{"reason":"no"}"#, [401, 403, 409]),
+    ("GET", "/api/integrations", "", [401, 200, 200]),
     // While both are open and no question is is open: past the role check the state refuses.
     ("POST", "/api/tasks/{own}/input", r#"{"answer":"yes"}"#, [401, 409, 409]),
     ("POST", "/api/tasks/{other}/input", r#"{"answer":"yes"}"#, [401, 403, 409]),

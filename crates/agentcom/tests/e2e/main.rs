@@ -20,6 +20,7 @@ mod hub;
 mod hub_hostile;
 mod hub_protocol;
 mod hub_restarts;
+mod integration;
 mod limits;
 mod quickstart;
 mod sidecar;

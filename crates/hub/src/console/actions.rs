@@ -228,6 +228,44 @@ pub async fn retry(
     change(s, headers, body, task_id, true).await
 }
 
+/// A person's review of a change waiting for it: approve (the integrator merges it) or reject
+/// with a reason (back to an agent).
+pub async fn review(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let v = match begin(&s, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Some(r) = not_admin(&v) {
+        return r;
+    }
+    let f = match read_form(&headers, body, SMALL_FORM + proto::MAX_REASON * 12, s.net.body_read_timeout).await {
+        Ok(f) => f,
+        Err(e) => return error_page(Some(&v), &e),
+    };
+    let href = task_href(&task_id);
+    let done = match f.get("decision") {
+        Some("approve") => super::data::call(&s, &v, proto::api::ApproveTask { task_id }).await.map(|_| ()),
+        Some("reject") => {
+            let mut m = Map::new();
+            m.insert("reason".into(), Value::String(f.text("reason").unwrap_or("").to_string()));
+            match proto::api::RejectTask::from_json(&task_id, m) {
+                Ok(r) => super::data::call(&s, &v, r).await.map(|_| ()),
+                Err(errors) => Err(ApiError::fields(errors)),
+            }
+        }
+        _ => Err(ApiError::new(ErrorCode::ValidationFailed).msg("decision: approve or reject")),
+    };
+    match done {
+        Ok(()) => see_other(&href),
+        Err(e) => error_page(Some(&v), &e),
+    }
+}
+
 pub async fn answer(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -109,6 +109,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tasks/{task_id}/cancel", post(actions::cancel))
         .route("/tasks/{task_id}/retry", post(actions::retry))
         .route("/tasks/{task_id}/answer", post(actions::answer))
+        .route("/tasks/{task_id}/review", post(actions::review))
         .route("/dead-letter", get(pages::dead_letter))
         .route("/agents/{agent_id}/restart", get(pages::restart).post(actions::restart))
         .route("/login", post(actions::login))

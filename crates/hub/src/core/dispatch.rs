@@ -14,7 +14,12 @@ use std::time::{Duration, Instant};
 
 impl<S: Store, C: Clock> Core<S, C> {
     fn fits(class: &Class, a: &Agent) -> bool {
-        class.pin.as_ref().is_none_or(|pin| pin == &a.agent_id) && class.caps.iter().all(|c| a.capabilities.contains(c))
+        // An integrator takes integration tasks only, and they go to integrators only.
+        let integration = class.caps.iter().any(|c| c.starts_with("integrate:"));
+        let integrator = a.capabilities.contains(proto::api::INTEGRATE_CAPABILITY);
+        integration == integrator
+            && class.pin.as_ref().is_none_or(|pin| pin == &a.agent_id)
+            && class.caps.iter().all(|c| a.capabilities.contains(c))
     }
 
     /// After `task_rejected`, not offered to the same agent again during the cooldown.

@@ -118,6 +118,35 @@ fn outcome(t: &TaskView) -> Markup {
     }
 }
 
+/// Where the task's change stands on its way to the target branch, and the review form when a
+/// person decides.
+fn integration(v: &Viewer, t: &TaskView) -> Markup {
+    let Some(i) = &t.integration else { return html! {} };
+    let waiting = i.status == proto::api::IntegrationStatus::WaitingReview;
+    html! {
+        section #integration {
+            h2 { "Integration" }
+            dl.facts {
+                dt { "Status" } dd #integration-status { span class={ "badge int-" (i.status.as_str()) } { (i.status.as_str()) } " into " code { (i.target) } }
+                dt { "Attempts" } dd { (i.attempts) }
+                @if let Some(sha) = &i.merged_sha { dt { "Merged at" } dd { code { (short(sha)) } } }
+                @if let Some(sha) = &i.tested_sha { dt { "Checked" } dd { code { (short(sha)) } } }
+                @if !i.conflicts.is_empty() { dt { "Conflicts" } dd { @for c in &i.conflicts { code { (c) } " " } } }
+            }
+            @if let Some(tail) = &i.output_tail { pre #integration-output { (clip(tail, 8000)) } }
+            @if waiting && v.is_admin() {
+                form #review method="post" action={ (task_href(&t.task_id)) "/review" } {
+                    label { "Reason " small { "(to reject: the agent reads it)" } textarea name="reason" rows="2" maxlength=(proto::MAX_REASON) {} }
+                    div.actions {
+                        button #approve type="submit" name="decision" value="approve" { "Approve and merge" }
+                        button.danger #reject type="submit" name="decision" value="reject" { "Reject" }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Patch bytes a page shows (the route `/api/tasks/:id/diff` has it all).
 const PATCH_SHOWN: usize = 256 * 1024;
 
@@ -223,6 +252,7 @@ pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
         (live("task-actions", actions(v, t)))
         (live("task-progress", progress))
         (live("task-outcome", outcome(t)))
+        (live("task-integration", integration(v, t)))
         (live("task-change", change(p)))
         (live("task-history", history(p)))
     };

@@ -249,3 +249,36 @@ fn a_reported_change_is_kept_on_the_task_and_its_patch_apart() {
     assert_eq!(t.head.change.map(|c| c.head_sha), Some("d".repeat(40)));
     assert_eq!(h.reader.patch(&id).unwrap().unwrap().patch, "+two\n");
 }
+
+/// Tasks of one serial key go one at a time, in the order they were queued, whatever their
+/// lanes; tasks of other keys (or none) go beside them.
+#[test]
+fn a_serial_key_hands_out_one_task_at_a_time_in_submission_order() {
+    let mut h = harness();
+    let (t1, t2, t3) = (h.agent_token("a1"), h.agent_token("a2"), h.agent_token("a3"));
+    let serial = |d: &str, p: proto::api::Priority| SubmitTask {
+        serial_key: Some("deploy".into()),
+        priority: p,
+        ..SubmitTask::new(d)
+    };
+    let first = h.api(ADMIN, serial("first", proto::api::Priority::Low)).unwrap().task_id;
+    let second = h.api(ADMIN, serial("second", proto::api::Priority::Urgent)).unwrap().task_id;
+    let free = h.submit(ADMIN, "no key").unwrap();
+    let mut a1 = h.connect(1, "a1", &t1);
+    let mut a2 = h.connect(2, "a2", &t2);
+    let mut a3 = h.connect(3, "a3", &t3);
+    let got: Vec<String> =
+        [&mut a1, &mut a2, &mut a3].into_iter().filter_map(|a| a.assigned().map(|(t, _)| t)).collect();
+    assert!(got.contains(&first) && got.contains(&free) && !got.contains(&second), "{got:?}");
+    // The first ends: the second goes.
+    let (who, g) = [(&a1, 1), (&a2, 2), (&a3, 3)]
+        .into_iter()
+        .find(|(_, n)| got.get(n - 1) == Some(&first))
+        .map(|(a, _)| (a.conn, h.status(&first).1))
+        .unwrap();
+    let a = Agent { conn: who, rx: mpsc::channel(1).1 };
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: first.clone() });
+    h.frame(&a, complete(&first, g));
+    assert_eq!(h.status(&first).0, TaskStatus::Completed);
+    assert_eq!(h.status(&second).0, TaskStatus::Assigned, "the key's next task goes once the first ended");
+}
