@@ -192,7 +192,8 @@ fn commands(path: &[String]) -> Vec<Vec<String>> {
 fn every_argument_in_help_is_described_and_env_vars_appear_once() {
     let all = commands(&[]);
     assert!(all.len() > 30, "{all:?}");
-    let daemons = [&["hub"][..], &["sidecar"], &["supervisor"], &["daemons", "watch"], &["guard", "watch"]];
+    let daemons =
+        [&["hub"][..], &["sidecar"], &["supervisor"], &["daemons", "watch"], &["guard", "watch"], &["integrate"]];
     for path in &all {
         let out = Command::new(bin()).args(path).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -24,6 +24,7 @@ mod integration;
 mod limits;
 mod quickstart;
 mod sidecar;
+mod sidecar_answers;
 mod sidecar_hostile;
 mod sidecar_hubs;
 mod sidecar_input;
