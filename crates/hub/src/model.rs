@@ -52,6 +52,22 @@ pub struct TaskHead {
     /// kept apart, see [`crate::store::Mutation::PutPatch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<proto::Change>,
+    /// The task that created this one (`core/deps.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Tasks that must complete before this one leaves `blocked`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// 0 for a task submitted without a parent, its parent's depth + 1 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+    /// The tasks this one created, oldest first (at most `max_children_per_task`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What the submitter asked for; never changes.
@@ -119,6 +135,8 @@ impl StoredTask {
             answer: h.answer,
             usage: self.usage,
             change: h.change,
+            parent_task_id: h.parent_task_id,
+            depends_on: h.depends_on,
         }
     }
 }

@@ -164,6 +164,24 @@ pub fn stored_text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// The children a task lists (`TaskHead::children`), with their status, as its page shows them;
+/// a child the store no longer has is left out.
+pub fn read_children<R: Reader + ?Sized>(r: &R, ids: &[String]) -> Result<Vec<proto::api::ChildTask>, StoreError> {
+    let mut children = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(t) = r.task(id)? {
+            children.push(proto::api::ChildTask {
+                task_id: t.head.task_id,
+                status: t.head.status,
+                description: t.payload.description.chars().take(proto::api::CHILD_DESCRIPTION).collect(),
+                assigned_to: t.head.assigned_to,
+                last_error: t.head.last_error,
+            });
+        }
+    }
+    Ok(children)
+}
+
 /// Milliseconds in a day, for UTC day arithmetic.
 pub const DAY_MS: u64 = 86_400_000;
 

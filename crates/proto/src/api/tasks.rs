@@ -17,6 +17,12 @@ pub struct SubmitTask {
     pub needed_capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assign_to: Option<String>,
+    /// The task that created this one (see `family.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Tasks that must complete before this one is queued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -38,6 +44,8 @@ impl SubmitTask {
             max_retries: DEFAULT_MAX_RETRIES,
             needed_capabilities: Vec::new(),
             assign_to: None,
+            parent_task_id: None,
+            depends_on: Vec::new(),
             extra: Map::new(),
         }
     }
@@ -124,6 +132,7 @@ impl SubmitTask {
                 None
             }
         };
+        let super::Family { parent_task_id, depends_on } = super::read_family(&mut m, &mut errors);
         for k in RESERVED {
             if m.contains_key(*k) {
                 errors.push(format!("{k}: set by the hub, not by a submission"));
@@ -132,7 +141,17 @@ impl SubmitTask {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(SubmitTask { description, priority, metadata, max_retries, needed_capabilities, assign_to, extra: m })
+        Ok(SubmitTask {
+            description,
+            priority,
+            metadata,
+            max_retries,
+            needed_capabilities,
+            assign_to,
+            parent_task_id,
+            depends_on,
+            extra: m,
+        })
     }
 }
 
@@ -271,6 +290,12 @@ pub struct TaskView {
     /// [`TaskDiff`]); `null` when it changed nothing or ran outside a worktree.
     #[serde(default)]
     pub change: Option<crate::Change>,
+    /// The task that created this one, if an agent (or a person) made it a child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Tasks that had to complete before this one was queued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// A question an agent asked (`<task_id>.needs-input`), waiting for a person.
@@ -313,6 +338,9 @@ pub struct TaskDetail {
     #[serde(flatten)]
     pub task: TaskView,
     pub history: Vec<Transition>,
+    /// The tasks this one created, oldest first, with their status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildTask>,
 }
 
 /// `GET /api/tasks/:task_id/diff`: the patch of the latest change an attempt reported (admin,

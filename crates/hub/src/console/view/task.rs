@@ -273,7 +273,7 @@ mod tests {
         .unwrap();
         let patch = "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+<script>alert(1)</script>\n";
         let page = TaskPage {
-            detail: TaskDetail { task, history: vec![] },
+            detail: TaskDetail { task, history: vec![], children: vec![] },
             progress: vec![],
             patch: Some(crate::store::StoredPatch { generation: 2, at: 0, patch: patch.into(), cut: true }),
         };

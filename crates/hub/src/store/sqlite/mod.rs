@@ -293,6 +293,10 @@ mod tests {
             needs_input: None,
             answer: None,
             change: None,
+            parent_task_id: None,
+            depends_on: vec![],
+            depth: 0,
+            children: vec![],
         }
     }
 
