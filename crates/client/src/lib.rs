@@ -480,6 +480,12 @@ pub mod render {
         line("needed_capabilities", list(&t.needed_capabilities));
         line("assign_to", opt(&t.assign_to));
         line("last_error", opt(&t.last_error));
+        if let Some(p) = &t.parent_task_id {
+            line("parent", p.clone());
+        }
+        if !t.depends_on.is_empty() {
+            line("depends_on", list(&t.depends_on));
+        }
         line("submitted_by", t.submitted_by.clone());
         line("created", when(Some(t.created_at), now));
         line("updated", when(Some(t.updated_at), now));
@@ -529,6 +535,20 @@ pub mod render {
             line("change", format!("{} ({} commits, {})", c.branch, c.commits, diffstat(c)));
             line("  commits", format!("{}..{}", c.base_sha, c.head_sha));
             line("  diff", format!("agentcom task diff {}", t.task_id));
+        }
+        if !d.children.is_empty() {
+            out.push_str(&format!("children ({}):\n", d.children.len()));
+            for c in &d.children {
+                let who = c.assigned_to.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+                let error = c.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+                let first = c.description.lines().next().unwrap_or("");
+                out.push_str(&format!(
+                    "  {:<22} {:<13}{who}{error}  {}\n",
+                    c.task_id,
+                    c.status.to_string(),
+                    human::printable(first)
+                ));
+            }
         }
         out.push_str("history:\n");
         for h in &d.history {

@@ -108,6 +108,12 @@ pub enum TaskCmd {
         /// Pin the task to one agent.
         #[arg(long)]
         assign_to: Option<String>,
+        /// The task that creates this one (an agent token: only the task it holds).
+        #[arg(long = "parent")]
+        parent_task_id: Option<String>,
+        /// A task that must complete first (repeatable); the new task waits `blocked` until then.
+        #[arg(long = "depends-on")]
+        depends_on: Vec<String>,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -244,7 +250,17 @@ pub enum TokenCmd {
 
 pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
     match cmd {
-        TaskCmd::Submit { description, priority, capabilities, metadata, max_retries, assign_to, remote } => {
+        TaskCmd::Submit {
+            description,
+            priority,
+            capabilities,
+            metadata,
+            max_retries,
+            assign_to,
+            parent_task_id,
+            depends_on,
+            remote,
+        } => {
             let mut req = SubmitTask::new(description);
             req.priority = priority;
             req.needed_capabilities = capabilities;
@@ -257,6 +273,8 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
                 req.max_retries = n;
             }
             req.assign_to = assign_to;
+            req.parent_task_id = parent_task_id;
+            req.depends_on = depends_on;
             let v = remote.call(&req).await?;
             remote.print(&v, |v| format!("{}\n", v.task_id))?;
         }

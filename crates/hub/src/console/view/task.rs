@@ -197,6 +197,41 @@ fn history(p: &TaskPage) -> Markup {
     }
 }
 
+/// Where the task stands among others: its parent, what it waits for, the children it made.
+fn family(p: &TaskPage) -> Markup {
+    let t = &p.detail.task;
+    let children = &p.detail.children;
+    html! {
+        @if t.parent_task_id.is_some() || !t.depends_on.is_empty() || !children.is_empty() {
+            h2 { "Family" }
+            dl.facts {
+                @if let Some(parent) = &t.parent_task_id {
+                    dt { "Parent" } dd #task-parent { a href=(task_href(parent)) { code { (parent) } } }
+                }
+                @if !t.depends_on.is_empty() {
+                    dt { "Depends on" }
+                    dd #task-depends-on { @for d in &t.depends_on { a href=(task_href(d)) { code { (d) } } " " } }
+                }
+            }
+            @if !children.is_empty() {
+                table.grid #task-children {
+                    thead { tr { th { "Child" } th { "Status" } th { "Agent" } th { "Description" } } }
+                    tbody {
+                        @for c in children {
+                            tr data-task=(c.task_id) {
+                                td { "└ " a href=(task_href(&c.task_id)) { code { (clip(&c.task_id, 80)) } } }
+                                td { (task_status(c.status)) }
+                                td { (c.assigned_to.as_deref().unwrap_or("—")) }
+                                td { (clip(&c.description, 200)) @if let Some(e) = &c.last_error { " " span.error { (clip(e, 200)) } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
     let t = &p.detail.task;
     let progress = html! {
@@ -215,6 +250,7 @@ pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
         (live("task-progress", progress))
         (live("task-outcome", outcome(t)))
         (live("task-change", change(p)))
+        (live("task-family", family(p)))
         (live("task-history", history(p)))
     };
     page(v, ViewKind::Task, &format!("Task {}", clip(&t.task_id, 40)), Some(&t.task_id), body)
