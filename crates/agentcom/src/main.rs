@@ -28,6 +28,9 @@ enum Cmd {
     /// Wake-command wrapper for real agents: writes <task>.started, runs CMD, streams its output
     /// lines to <task>.progress, then writes <task>.json from its exit status.
     RunAgent(cmd::agent::RunAgentArgs),
+    /// An MCP server over stdio giving the agent of a wake the fleet's tools (ask_person,
+    /// report_progress, submit_task, wait_for_tasks, task_status), through its sidecar.
+    Mcp(cmd::agent::McpArgs),
     /// Run the process supervisor daemon (state in AGENTCOM_SUPERVISOR_DIR).
     Supervisor(cmd::process::SupervisorArgs),
     /// Start a supervised process (launches the supervisor in the background if none runs).
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Demo(a) => cmd::agent::demo(a).await,
         Cmd::SampleAgent(a) => cmd::agent::sample_agent(a),
         Cmd::RunAgent(a) => cmd::agent::run_agent(a),
+        Cmd::Mcp(a) => cmd::agent::mcp(a).await,
         Cmd::Supervisor(a) => cmd::process::supervisor(a).await,
         Cmd::Start(a) => cmd::process::start(*a),
         Cmd::Stop(a) => cmd::process::stop(a),

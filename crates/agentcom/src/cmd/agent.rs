@@ -37,6 +37,10 @@ pub struct RunAgentArgs {
     /// `claude-json` is Claude Code's final object (`claude -p ... --output-format json`).
     #[arg(long, value_enum, value_name = "FORMAT")]
     usage: Option<UsageFormat>,
+    /// Give the agent the fleet's MCP tools: configures `agentcom mcp` as its MCP server
+    /// `agentcom` (claude: --mcp-config and --allowedTools; codex: -c mcp_servers.agentcom.*).
+    #[arg(long)]
+    mcp: bool,
     /// The agent's command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     cmd: Vec<String>,
@@ -80,6 +84,26 @@ pub fn sample_agent(a: SampleAgentArgs) -> anyhow::Result<u8> {
 pub fn run_agent(a: RunAgentArgs) -> anyhow::Result<u8> {
     // The wrapped agent's exit code becomes ours, for the wake log.
     let format = a.usage.map(|UsageFormat::ClaudeJson| sidecar::wrap::UsageFormat::ClaudeJson);
-    let code = sidecar::wrap::run_agent(&a.cmd, format)?;
+    let code = sidecar::wrap::run_agent(&a.cmd, format, a.mcp)?;
     Ok(u8::try_from(code).unwrap_or(1))
+}
+
+#[derive(clap::Args)]
+pub struct McpArgs {
+    /// The longest one tool call waits (for a person's answer, for child tasks), in ms; it also
+    /// ends a tenth before the client's MCP_TOOL_TIMEOUT.
+    #[arg(long, env = "AGENTCOM_MCP_MAX_WAIT_MS", default_value_t = mcp::DEFAULT_MAX_WAIT.as_millis() as u64)]
+    max_wait_ms: u64,
+}
+
+/// `agentcom mcp`: the fleet's tools over stdio, for an agent CLI inside a wake.
+pub async fn mcp(a: McpArgs) -> anyhow::Result<u8> {
+    // stdout is the protocol: logs go to stderr (the CLI's MCP log), warnings only.
+    logging::init(logging::LogFormat::Human, "warn");
+    let settings = mcp::Settings::from_env(std::time::Duration::from_millis(a.max_wait_ms), |k| std::env::var(k).ok());
+    if let Err(why) = &settings.place {
+        tracing::warn!(problem = %why, "every tool will say so");
+    }
+    mcp::serve_stdio(settings).await.map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
+    Ok(0)
 }

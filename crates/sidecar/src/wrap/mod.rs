@@ -5,6 +5,7 @@
 //! error) comes from Claude Code's final JSON object ([`claude`]).
 
 pub mod claude;
+pub mod mcp;
 
 use serde_json::json;
 use std::collections::VecDeque;
@@ -21,6 +22,8 @@ pub enum WrapError {
     Io { context: String, source: std::io::Error },
     #[error("no command given: use `agentcom run-agent -- CMD ARGS...`")]
     NoCommand,
+    #[error("--mcp: {0}")]
+    Mcp(String),
 }
 
 const TAIL_LINES: usize = 40;
@@ -39,13 +42,29 @@ pub enum UsageFormat {
 /// is streamed to `.progress` as any line, and not read as the result.
 const MAX_JSON_LINE: usize = 4 << 20;
 
-/// Runs `cmd`, returns its exit code (the sidecar reads the result file, not the code).
-pub fn run_agent(cmd: &[String], format: Option<UsageFormat>) -> Result<i32, WrapError> {
-    let (program, args) = cmd.split_first().ok_or(WrapError::NoCommand)?;
+/// Runs `cmd` (with `agentcom mcp` configured in it when `mcp`), returns its exit code (the
+/// sidecar reads the result file, not the code).
+pub fn run_agent(cmd: &[String], format: Option<UsageFormat>, mcp: bool) -> Result<i32, WrapError> {
     let id = std::env::var("AGENTCOM_TASK_ID").map_err(|_| WrapError::MissingEnv("AGENTCOM_TASK_ID"))?;
     let dir = PathBuf::from(
         std::env::var("AGENTCOM_RESULTS_DIR").map_err(|_| WrapError::MissingEnv("AGENTCOM_RESULTS_DIR"))?,
     );
+    let configured;
+    let cmd = if mcp {
+        let mut env = Vec::new();
+        for k in mcp::PASSED {
+            env.push((k.to_string(), std::env::var(k).map_err(|_| WrapError::MissingEnv(k))?));
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| WrapError::Io { context: "cannot find this binary".into(), source: e })?;
+        let task_file = std::env::var("AGENTCOM_TASK_FILE").map_err(|_| WrapError::MissingEnv("AGENTCOM_TASK_FILE"))?;
+        let config = PathBuf::from(task_file).with_extension("mcp.json");
+        configured = mcp::configure(cmd, &exe, &env, &config).map_err(WrapError::Mcp)?;
+        &configured[..]
+    } else {
+        cmd
+    };
+    let (program, args) = cmd.split_first().ok_or(WrapError::NoCommand)?;
     let io = |context: String| move |source| WrapError::Io { context, source };
     let file = |ext: &str| dir.join(format!("{id}.{ext}"));
     std::fs::write(file("started"), b"").map_err(io(format!("cannot write {}", file("started").display())))?;
