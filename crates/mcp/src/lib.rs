@@ -144,10 +144,14 @@ impl Fleet {
             Ok(p) => p.clone(),
             Err(e) => return failed(e.clone()),
         };
-        let req = make(scope);
+        let mut req = make(scope);
         let errors = req.check();
         if !errors.is_empty() {
             return failed(format!("invalid arguments: {}", errors.join("; ")));
+        }
+        // A wait asked for (checked against its bound above) ends before the client's timeout.
+        if let Request::Wait { wait_ms, .. } = &mut req {
+            *wait_ms = (*wait_ms).min(self.settings.max_wait.as_millis() as u64);
         }
         match socket::call(&socket, &req, limit).await {
             Ok(Response::Done { value }) => ok(value.to_string()),
@@ -225,12 +229,9 @@ impl Fleet {
         description = "Wait until the given child tasks have all finished (or timeout_s passed) and return their status and results. If it returns done: false, call it again to keep waiting."
     )]
     async fn wait_for_tasks(&self, Parameters(w): Parameters<WaitForTasks>) -> CallToolResult {
-        if w.timeout_s > MAX_WAIT_S {
-            return failed(format!("invalid arguments: timeout_s: at most {MAX_WAIT_S}"));
-        }
-        let wait = Duration::from_secs(w.timeout_s).min(self.settings.max_wait);
-        self.send(|scope| Request::Wait { scope, task_ids: w.task_ids, wait_ms: wait.as_millis() as u64 }, wait + QUICK)
-            .await
+        let wait = Duration::from_secs(w.timeout_s.min(MAX_WAIT_S)).min(self.settings.max_wait);
+        let wait_ms = w.timeout_s.saturating_mul(1000);
+        self.send(|scope| Request::Wait { scope, task_ids: w.task_ids, wait_ms }, wait + QUICK).await
     }
 
     #[tool(description = "The status, holder, progress and result of one child task of your current task.")]

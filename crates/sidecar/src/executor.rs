@@ -107,7 +107,11 @@ impl Executor {
         let moved = std::mem::take(&mut self.answers_moved);
         let Some((_, tx)) = &self.local else { return };
         let task = match self.machine.slot() {
-            crate::machine::Slot::Active(h) => Some((h.task.id.clone(), h.task.generation)),
+            // Held before a restart and being claimed again: a question asked before the
+            // restart is waited for meanwhile (the hub's reassignment would end it).
+            crate::machine::Slot::Active(h) | crate::machine::Slot::Recovering(h) => {
+                Some((h.task.id.clone(), h.task.generation))
+            }
             _ => None,
         };
         tx.send_if_modified(|h| {

@@ -20,6 +20,7 @@ mod hub;
 mod hub_hostile;
 mod hub_protocol;
 mod hub_restarts;
+mod mcp;
 mod quickstart;
 mod sidecar;
 mod sidecar_hostile;
