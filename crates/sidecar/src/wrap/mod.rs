@@ -50,6 +50,7 @@ pub fn run_agent(cmd: &[String], format: Option<UsageFormat>, mcp: bool) -> Resu
         std::env::var("AGENTCOM_RESULTS_DIR").map_err(|_| WrapError::MissingEnv("AGENTCOM_RESULTS_DIR"))?,
     );
     let configured;
+    let mut mcp_config = None;
     let cmd = if mcp {
         let mut env = Vec::new();
         for k in mcp::PASSED {
@@ -60,6 +61,7 @@ pub fn run_agent(cmd: &[String], format: Option<UsageFormat>, mcp: bool) -> Resu
         let task_file = std::env::var("AGENTCOM_TASK_FILE").map_err(|_| WrapError::MissingEnv("AGENTCOM_TASK_FILE"))?;
         let config = PathBuf::from(task_file).with_extension("mcp.json");
         configured = mcp::configure(cmd, &exe, &env, &config).map_err(WrapError::Mcp)?;
+        mcp_config = Some(config);
         &configured[..]
     } else {
         cmd
@@ -168,6 +170,10 @@ pub fn run_agent(cmd: &[String], format: Option<UsageFormat>, mcp: bool) -> Resu
         }));
     }
     let status = child.wait().map_err(io(format!("waiting for {program}")))?;
+    if let Some(c) = &mcp_config {
+        // Claude Code's config for this run only (Codex's is on its command line).
+        let _ = std::fs::remove_file(c);
+    }
     for r in readers {
         let _ = r.join();
     }
