@@ -27,6 +27,9 @@ pub struct Args {
     /// Tasks in each chain.
     #[arg(long, default_value_t = 100)]
     depth: usize,
+    /// Rounds of the with/without comparison (alternating; medians are shown).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 /// When each task reached its agent, and when its completion left it.
@@ -157,37 +160,57 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         args.width,
         bin.display()
     );
-    let mut figures = Vec::new();
-    for linked in [false, true] {
-        let hub = Hub::start(bin, crate::hub::PRODUCTION)?;
-        let f = fleet(&hub, args.width).await?;
-        let t0 = Instant::now();
-        let chains = submit_chains(&hub, args.width, args.depth, linked).await?;
-        let end = f.until_done(total as u64).await?;
-        let secs = (end - t0).as_secs_f64();
-        let ordered = in_order(&f.log.lock().unwrap(), &chains);
-        if linked && !ordered {
-            bail!("a task ran before its dependency completed");
+    let (mut plain, mut linked_secs, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let mut pair = [0.0; 2];
+        for (i, linked) in [false, true].into_iter().enumerate() {
+            let hub = Hub::start(bin, crate::hub::PRODUCTION)?;
+            let f = fleet(&hub, args.width).await?;
+            let t0 = Instant::now();
+            let chains = submit_chains(&hub, args.width, args.depth, linked).await?;
+            let end = f.until_done(total as u64).await?;
+            pair[i] = (end - t0).as_secs_f64();
+            if linked && !in_order(&f.log.lock().unwrap(), &chains) {
+                bail!("a task ran before its dependency completed");
+            }
         }
+        let overhead = (pair[1] / pair[0] - 1.0) * 100.0;
         println!(
-            "  {}: submit-to-last-completed {:.3} s ({:.0} tasks/s){}",
-            if linked { "with depends_on   " } else { "without dependencies" },
-            secs,
-            total as f64 / secs,
-            if linked { ", every task after its dependency" } else { "" }
+            "  round {round}: submit-to-last-completed without dependencies {:.3} s, with depends_on {:.3} s (every task after its dependency): {overhead:+.1} %",
+            pair[0], pair[1]
         );
-        figures.push(secs);
+        plain.push(pair[0]);
+        linked_secs.push(pair[1]);
+        overhead.is_finite().then(|| overheads.push(overhead));
     }
-    println!("  overhead of dependencies: {:+.1} %", (figures[1] / figures[0] - 1.0) * 100.0);
+    for v in [&mut plain, &mut linked_secs, &mut overheads] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    println!(
+        "  median of {} rounds: without {:.3} s ({:.0} tasks/s), with {:.3} s ({:.0} tasks/s); overhead {:+.1} % (median of the rounds' overheads)",
+        args.rounds,
+        pct(&plain, 0.5),
+        total as f64 / pct(&plain, 0.5),
+        pct(&linked_secs, 0.5),
+        total as f64 / pct(&linked_secs, 0.5),
+        pct(&overheads, 0.5)
+    );
+    // The graph waits, blocked, before any agent is there; then the agents run it: one chain of
+    // all the tasks (each completion alone in its commit), then the chains side by side.
+    for (width, depth) in [(1, total), (args.width, args.depth)] {
+        latency(bin, width, depth).await?;
+    }
+    Ok(())
+}
 
-    // The graph waits, blocked, before any agent is there; then the agents run it.
+/// Each dependency's `task_complete` leaving its agent → its dependent's `task_assign` arriving.
+async fn latency(bin: &Path, width: usize, depth: usize) -> Result<()> {
     let hub = Hub::start(bin, crate::hub::PRODUCTION)?;
-    let chains = submit_chains(&hub, args.width, args.depth, true).await?;
+    let chains = submit_chains(&hub, width, depth, true).await?;
     let (_, s) = hub.admin().get("/api/tasks/stats").await?;
-    println!("  submitted up front: {} queued, {} blocked", s["by_status"]["queued"], s["by_status"]["blocked"]);
     let t0 = Instant::now();
-    let f = fleet(&hub, args.width).await?;
-    let end = f.until_done(total as u64).await?;
+    let f = fleet(&hub, width).await?;
+    let end = f.until_done((width * depth) as u64).await?;
     let log = f.log.lock().unwrap();
     if !in_order(&log, &chains) {
         bail!("a task ran before its dependency completed");
@@ -198,12 +221,14 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "  dependency's task_complete sent -> dependent's task_assign received ({} pairs): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "  {width} chain(s) of {depth} submitted up front ({} queued, {} blocked), run by {width} agent(s) in {:.3} s: dependency's task_complete sent -> dependent's task_assign received ({} pairs) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        s["by_status"]["queued"],
+        s["by_status"]["blocked"],
+        (end - t0).as_secs_f64(),
         lat.len(),
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         lat.last().copied().unwrap_or(0.0)
     );
-    println!("  all {total} ran in {:.3} s once the agents connected", (end - t0).as_secs_f64());
     Ok(())
 }

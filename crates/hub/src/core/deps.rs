@@ -32,7 +32,15 @@ pub(super) struct Deps {
     /// failure or a cancel can cascade down long chains).
     settled: VecDeque<TaskHead>,
     settling: bool,
+    /// How recently finished tasks ended, newest last, so a submission that depends on one does
+    /// not read the store on the core thread (a chain's next step usually names the step just
+    /// completed). Cleared at every load: only what this core committed is in it.
+    finished: HashMap<String, TaskStatus>,
+    finished_order: VecDeque<String>,
 }
+
+/// Finished tasks remembered in [`Deps::finished`].
+const FINISHED_KEPT: usize = 65_536;
 
 impl Deps {
     fn block(&mut self, task_id: &str, pending: HashSet<String>) {
@@ -40,6 +48,17 @@ impl Deps {
             self.dependents.entry(d.clone()).or_default().push(task_id.to_string());
         }
         self.waiting.insert(task_id.to_string(), pending);
+    }
+
+    fn finished(&mut self, id: &str, status: TaskStatus) {
+        if self.finished.insert(id.to_string(), status).is_none() {
+            self.finished_order.push_back(id.to_string());
+        }
+        while self.finished_order.len() > FINISHED_KEPT {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
     }
 
     /// Tasks blocked now.
@@ -139,13 +158,17 @@ impl<S: Store, C: Clock> Core<S, C> {
                 }
                 continue;
             }
-            match self.store.head(d).map_err(super::tasks::store_err)? {
+            let known = match self.deps.finished.get(d) {
+                Some(status) => Some(*status),
+                None => self.store.head(d).map_err(super::tasks::store_err)?.map(|h| h.status),
+            };
+            match known {
                 None => return Err(refused(ErrorCode::ValidationFailed, format!("depends_on[{i}]: no task {d}"))),
-                Some(h) if h.status == TaskStatus::Completed => {}
-                Some(h) => {
+                Some(TaskStatus::Completed) => {}
+                Some(status) => {
                     return Err(refused(
                         ErrorCode::InvalidState,
-                        format!("depends_on[{i}]: task {d} is {}; it will not complete unless it is retried", h.status),
+                        format!("depends_on[{i}]: task {d} is {status}; it will not complete unless it is retried"),
                     ))
                 }
             }
@@ -189,6 +212,7 @@ impl<S: Store, C: Clock> Core<S, C> {
 
     fn settle(&mut self, head: TaskHead) {
         let id = head.task_id.as_str();
+        self.deps.finished(id, head.status);
         self.deps.waiting.remove(id);
         for d in self.deps.dependents.remove(id).unwrap_or_default() {
             let blocked = self.tasks.get(&d).is_some_and(|o| o.head.status == TaskStatus::Blocked);

@@ -198,3 +198,19 @@ fn who_waits_on_whom_survives_a_reload() {
     report(&mut h, &a, &first, g, true);
     assert_eq!(a.assigned().map(|(t, _)| t), Some(then));
 }
+
+#[test]
+fn a_completion_that_did_not_commit_does_not_unblock_anything() {
+    let mut h = harness();
+    let first = h.submit(ADMIN, "first").unwrap();
+    let token = h.agent_token("a1");
+    let mut a = h.connect(1, "a1", &token);
+    let (_, g) = a.assigned().unwrap();
+    h.frame(&a, AgentFrame::TaskAccepted { task_id: first.clone() });
+    h.full.store(true, Ordering::SeqCst);
+    report(&mut h, &a, &first, g, true);
+    h.full.store(false, Ordering::SeqCst);
+    assert_eq!(h.status(&first).0, TaskStatus::Working, "the completion is not on disk");
+    // What the failed batch did in memory is gone with it: the dependency is still open.
+    assert_eq!(after(&mut h, ADMIN, "then", &[&first]).unwrap().status, TaskStatus::Blocked);
+}
