@@ -86,9 +86,10 @@ pub fn bind(state_dir: &Path) -> io::Result<(UnixListener, PathBuf)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut b = [0u8; 8];
+    // Short: a socket's path is at most 107 bytes, and it is bound here before the rename.
+    let mut b = [0u8; 4];
     getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
-    let private = state_dir.join(format!(".sock-{:016x}", u64::from_le_bytes(b)));
+    let private = state_dir.join(format!(".s{:08x}", u32::from_le_bytes(b)));
     std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let made = (|| -> io::Result<UnixListener> {
         let inner = private.join("s");
@@ -97,6 +98,8 @@ pub fn bind(state_dir: &Path) -> io::Result<(UnixListener, PathBuf)> {
         std::fs::rename(&inner, &path)?;
         Ok(listener)
     })();
+    // Whatever was left when a step failed (after the rename, nothing is).
+    let _ = std::fs::remove_file(private.join("s"));
     let _ = std::fs::remove_dir(&private);
     Ok((made?, path))
 }
