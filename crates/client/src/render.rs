@@ -138,17 +138,7 @@ pub fn task(d: &TaskDetail) -> String {
     }
     if !d.children.is_empty() {
         out.push_str(&format!("children ({}):\n", d.children.len()));
-        for c in &d.children {
-            let who = c.assigned_to.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
-            let error = c.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
-            let first = c.description.lines().next().unwrap_or("");
-            out.push_str(&format!(
-                "  {:<22} {:<13}{who}{error}  {}\n",
-                c.task_id,
-                c.status.to_string(),
-                human::printable(first)
-            ));
-        }
+        tree(&mut out, &d.children, 1);
     }
     out.push_str("history:\n");
     for h in &d.history {
@@ -297,4 +287,21 @@ pub fn tokens(v: &TokenList) -> String {
         return "no tokens\n".into();
     }
     table(&["AGENT", "CREATED", "FINGERPRINT"], &rows, 40)
+}
+
+/// A task's children, and theirs indented below each.
+fn tree(out: &mut String, children: &[proto::api::ChildTask], depth: usize) {
+    for c in children {
+        let who = c.assigned_to.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+        let error = c.last_error.as_deref().map(|e| format!(" ({})", human::printable(e))).unwrap_or_default();
+        let first = c.description.lines().next().unwrap_or("");
+        let indent = "  ".repeat(depth);
+        out.push_str(&format!(
+            "{indent}{:<22} {:<13}{who}{error}  {}\n",
+            c.task_id,
+            c.status.to_string(),
+            human::printable(first)
+        ));
+        tree(out, &c.children, depth + 1);
+    }
 }

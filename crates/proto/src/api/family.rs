@@ -66,10 +66,15 @@ pub struct ChildTask {
     pub assigned_to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Its own children, and theirs: the tree, down to [`CHILDREN_SHOWN`] tasks in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildTask>,
 }
 
 /// Characters of a child's description its parent's page shows.
 pub const CHILD_DESCRIPTION: usize = 200;
+/// Tasks of the tree below a task that its page shows at most (its children first).
+pub const CHILDREN_SHOWN: usize = 500;
 
 #[cfg(test)]
 mod tests {

@@ -197,6 +197,21 @@ fn history(p: &TaskPage) -> Markup {
     }
 }
 
+/// The tree below a task, a row each, indented by depth.
+fn tree_rows(children: &[proto::api::ChildTask], depth: usize) -> Markup {
+    html! {
+        @for c in children {
+            tr data-task=(c.task_id) data-depth=(depth) {
+                td { ("\u{a0}\u{a0}\u{a0}".repeat(depth)) "└ " a href=(task_href(&c.task_id)) { code { (clip(&c.task_id, 80)) } } }
+                td { (task_status(c.status)) }
+                td { (c.assigned_to.as_deref().unwrap_or("—")) }
+                td { (clip(&c.description, 200)) @if let Some(e) = &c.last_error { " " span.error { (clip(e, 200)) } } }
+            }
+            (tree_rows(&c.children, depth + 1))
+        }
+    }
+}
+
 /// Where the task stands among others: its parent, what it waits for, the children it made.
 fn family(p: &TaskPage) -> Markup {
     let t = &p.detail.task;
@@ -216,16 +231,7 @@ fn family(p: &TaskPage) -> Markup {
             @if !children.is_empty() {
                 table.grid #task-children {
                     thead { tr { th { "Child" } th { "Status" } th { "Agent" } th { "Description" } } }
-                    tbody {
-                        @for c in children {
-                            tr data-task=(c.task_id) {
-                                td { "└ " a href=(task_href(&c.task_id)) { code { (clip(&c.task_id, 80)) } } }
-                                td { (task_status(c.status)) }
-                                td { (c.assigned_to.as_deref().unwrap_or("—")) }
-                                td { (clip(&c.description, 200)) @if let Some(e) = &c.last_error { " " span.error { (clip(e, 200)) } } }
-                            }
-                        }
-                    }
+                    tbody { (tree_rows(children, 0)) }
                 }
             }
         }

@@ -214,3 +214,18 @@ fn a_completion_that_did_not_commit_does_not_unblock_anything() {
     // What the failed batch did in memory is gone with it: the dependency is still open.
     assert_eq!(after(&mut h, ADMIN, "then", &[&first]).unwrap().status, TaskStatus::Blocked);
 }
+
+#[test]
+fn a_parents_page_shows_the_tree_below_it() {
+    let mut h = harness();
+    let parent = h.submit(ADMIN, "parent").unwrap();
+    let c1 = child(&mut h, ADMIN, &parent).unwrap();
+    let c2 = child(&mut h, ADMIN, &parent).unwrap();
+    let g = child(&mut h, ADMIN, &c1).unwrap();
+    let ids = h.reader.task(&parent).unwrap().unwrap().head.children;
+    let tree = crate::store::read_children(&h.reader, &ids).unwrap();
+    let shape: Vec<(String, Vec<String>)> =
+        tree.iter().map(|c| (c.task_id.clone(), c.children.iter().map(|g| g.task_id.clone()).collect())).collect();
+    assert_eq!(shape, [(c1, vec![g]), (c2, vec![])]);
+    assert!(tree.iter().all(|c| c.status == TaskStatus::Queued && c.description == "a child"));
+}
