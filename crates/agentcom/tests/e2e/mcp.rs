@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use testkit::anthropic::{self, ScriptedClaude, Seen, Turn};
-use testkit::{eventually, Hub, Sidecar};
+use testkit::{eventually, eventually_within, Hub, Sidecar, AGENT_WAIT};
 
 type R = anyhow::Result<()>;
 
@@ -63,7 +63,7 @@ fn answer_with_cli(hub: &Hub, id: &str, text: &str) -> R {
 }
 
 async fn open_question(hub: &Hub, id: &str) -> anyhow::Result<String> {
-    eventually("the agent's question to reach the hub", || async {
+    eventually_within(AGENT_WAIT, "the agent's question to reach the hub", || async {
         let t = hub.task(id).await.map_err(|e| e.to_string())?;
         match &t.task.needs_input {
             Some(q) => Ok(format!("{}|{}|{}", q.request_id, q.question, q.options.join(","))),
@@ -96,7 +96,7 @@ async fn a_real_claude_asks_a_person_through_mcp_and_gets_the_answer_given_with_
     let q = open_question(&hub, &id).await?;
     assert!(q.ends_with("|Which color?|red,blue"), "{q}");
     answer_with_cli(&hub, &id, "blue")?;
-    let done = hub.wait_status(&id, TaskStatus::Completed).await?;
+    let done = hub.wait_status_within(AGENT_WAIT, &id, TaskStatus::Completed).await?;
     assert_eq!(done.task.result.as_ref().unwrap()["result"], "The person chose: blue", "{:?}", done.task.result);
     let seen = model.requests();
     let tools = &seen[0].tools;
@@ -123,7 +123,7 @@ async fn a_question_asked_through_mcp_survives_a_sigkill_of_the_sidecar_and_is_a
     // in its tool call, whose MCP server reconnects and waits for the same question.
     let _s = Sidecar::launch(bin(), cfg.parent().unwrap(), &cfg, None, &env)?;
     answer_with_cli(&hub, &id, "red")?;
-    let done = hub.wait_status(&id, TaskStatus::Completed).await?;
+    let done = hub.wait_status_within(AGENT_WAIT, &id, TaskStatus::Completed).await?;
     assert_eq!(done.task.result.as_ref().unwrap()["result"], "The person chose: red");
     let request_id = q.split('|').next().unwrap();
     let asked: Vec<_> = done.history.iter().filter(|h| h.reason.starts_with("needs input")).collect();
@@ -192,7 +192,7 @@ async fn a_real_claude_delegates_two_children_to_two_agents_and_completes_after_
             ..proto::api::SubmitTask::new("Split the work")
         })
         .await?;
-    let done = hub.wait_status(&parent, TaskStatus::Completed).await?;
+    let done = hub.wait_status_within(AGENT_WAIT, &parent, TaskStatus::Completed).await?;
     let text = done.task.result.as_ref().unwrap()["result"].as_str().unwrap_or("").to_string();
     assert_eq!(text, "Both halves done: w1 did the-left-half; w2 did the-right-half", "{text}");
     assert_eq!(done.children.len(), 2, "{:?}", done.children);
