@@ -34,6 +34,9 @@ enum Cmd {
     /// One integration, as the integrator's sidecar runs it.
     #[command(hide = true)]
     IntegrateRun(cmd::integrate::IntegrateRunArgs),
+    /// An MCP server over stdio giving the agent of a wake the fleet's tools (ask_person,
+    /// report_progress, submit_task, wait_for_tasks, task_status), through its sidecar.
+    Mcp(cmd::agent::McpArgs),
     /// Run the process supervisor daemon (state in AGENTCOM_SUPERVISOR_DIR).
     Supervisor(cmd::process::SupervisorArgs),
     /// Start a supervised process (launches the supervisor in the background if none runs).
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::RunAgent(a) => cmd::agent::run_agent(a),
         Cmd::Integrate(a) => cmd::integrate::integrate(a).await,
         Cmd::IntegrateRun(a) => cmd::integrate::integrate_run(a),
+        Cmd::Mcp(a) => cmd::agent::mcp(a).await,
         Cmd::Supervisor(a) => cmd::process::supervisor(a).await,
         Cmd::Start(a) => cmd::process::start(*a),
         Cmd::Stop(a) => cmd::process::stop(a),

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// Paths ARCHITECTURE.md names that the programs write at run time, not files of the repository.
-const RUNTIME_PATHS: &[&str] = &[".git/agentcom-upgrade.json", "dist/"];
+const RUNTIME_PATHS: &[&str] = &[".git/agentcom-upgrade.json", "dist/", "refs/agentcom/attempts/"];
 const MAX_LINES: usize = 700;
 
 fn root() -> PathBuf {

@@ -99,15 +99,20 @@ impl Client {
     /// roots and the PEM certificates in `ca_file` (a private CA, or a self-signed hub): the
     /// same [`osutil::tls::client_config`] as every other outgoing connection.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
-        let urls = parse_hub_urls(base)?;
         let tls = osutil::tls::client_config(ca_file).map_err(ClientError::CaFile)?;
+        Client::with_tls(base, token, rustls::ClientConfig::clone(&tls))
+    }
+
+    /// Like [`Client::new`], with a TLS configuration made already (a sidecar's).
+    pub fn with_tls(base: &str, token: Option<String>, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+        let urls = parse_hub_urls(base)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(CONNECT_TIMEOUT)
             // Never followed by reqwest: a redirect would carry the token to a hub the user did
             // not name (or drop it). A standby's redirect is handled in `route`.
             .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
+            .use_preconfigured_tls(tls)
             .build()
             .map_err(|e| ClientError::Connect { url: base.to_string(), message: root_cause(&e) })?;
         Ok(Client { hubs: Arc::new(Hubs::new(urls)), token, http })

@@ -80,6 +80,12 @@ pub fn task(d: &TaskDetail) -> String {
     line("needed_capabilities", list(&t.needed_capabilities));
     line("assign_to", opt(&t.assign_to));
     line("last_error", opt(&t.last_error));
+    if let Some(p) = &t.parent_task_id {
+        line("parent", p.clone());
+    }
+    if !t.depends_on.is_empty() {
+        line("depends_on", list(&t.depends_on));
+    }
     line("submitted_by", t.submitted_by.clone());
     line("created", when(Some(t.created_at), now));
     line("updated", when(Some(t.updated_at), now));
@@ -162,6 +168,10 @@ pub fn task(d: &TaskDetail) -> String {
         line("change", format!("{} ({} commits, {})", c.branch, c.commits, diffstat(c)));
         line("  commits", format!("{}..{}", c.base_sha, c.head_sha));
         line("  diff", format!("agentcom task diff {}", t.task_id));
+    }
+    if !d.children.is_empty() {
+        out.push_str(&format!("children ({}):\n", d.children.len()));
+        tree(&mut out, &d.children, 1);
     }
     out.push_str("history:\n");
     for h in &d.history {
@@ -351,4 +361,21 @@ pub fn integrations(v: &proto::api::IntegrationList) -> String {
         out.push_str(&table(&["TASK", "BRANCH", "STATUS", "ATTEMPT", "INTEGRATION TASK"], &rows, 48));
     }
     out
+}
+
+/// A task's children, and theirs indented below each.
+fn tree(out: &mut String, children: &[proto::api::ChildTask], depth: usize) {
+    for c in children {
+        let who = c.assigned_to.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+        let error = c.last_error.as_deref().map(|e| format!(" ({})", human::printable(e))).unwrap_or_default();
+        let first = c.description.lines().next().unwrap_or("");
+        let indent = "  ".repeat(depth);
+        out.push_str(&format!(
+            "{indent}{:<22} {:<13}{who}{error}  {}\n",
+            c.task_id,
+            c.status.to_string(),
+            human::printable(first)
+        ));
+        tree(out, &c.children, depth + 1);
+    }
 }

@@ -52,6 +52,18 @@ pub struct TaskHead {
     /// kept apart, see [`crate::store::Mutation::PutPatch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<proto::Change>,
+    /// The task that created this one (`core/deps.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Tasks that must complete before this one leaves `blocked`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// 0 for a task submitted without a parent, its parent's depth + 1 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+    /// The tasks this one created, oldest first (at most `max_children_per_task`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
     /// Caps over all attempts (`budget_exceeded` past either).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
@@ -193,6 +205,8 @@ impl StoredTask {
             review: h.review,
             integration: h.integration,
             integrates: h.integrates,
+            parent_task_id: h.parent_task_id,
+            depends_on: h.depends_on,
         }
     }
 }

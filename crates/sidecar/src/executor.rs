@@ -55,6 +55,10 @@ pub struct Executor {
     stop: CancellationToken,
     /// Worktree mode: the git side of each task's worktree.
     workspace: Option<Arc<crate::workspace::ops::Runtime>>,
+    /// The local socket for `agentcom mcp` (`local/`): where it is, and what it is told.
+    local: Option<(PathBuf, watch::Sender<crate::local::Holding>)>,
+    /// An answer was written or a question file removed in this step.
+    answers_moved: bool,
 }
 
 impl Executor {
@@ -67,7 +71,19 @@ impl Executor {
         wake_exits: mpsc::Sender<Event>,
         stop: CancellationToken,
     ) -> Executor {
-        let e = Executor { cfg, store, machine, started, hub: None, identify, wake_exits, stop, workspace: None };
+        let e = Executor {
+            cfg,
+            store,
+            machine,
+            started,
+            hub: None,
+            identify,
+            wake_exits,
+            stop,
+            workspace: None,
+            local: None,
+            answers_moved: false,
+        };
         e.update_identify();
         e
     }
@@ -76,6 +92,34 @@ impl Executor {
     pub fn with_workspace(mut self, workspace: Option<Arc<crate::workspace::ops::Runtime>>) -> Executor {
         self.workspace = workspace;
         self
+    }
+
+    /// The local socket at `path` (its wakes are told where), and the channel it learns from.
+    pub fn with_local(mut self, local: Option<(PathBuf, watch::Sender<crate::local::Holding>)>) -> Executor {
+        self.local = local;
+        self.publish_holding();
+        self
+    }
+
+    /// Tells the local socket which task (and attempt) is held, and whether the question
+    /// files moved.
+    fn publish_holding(&mut self) {
+        let moved = std::mem::take(&mut self.answers_moved);
+        let Some((_, tx)) = &self.local else { return };
+        let task = match self.machine.slot() {
+            // Held before a restart and being claimed again: a question asked before the
+            // restart is waited for meanwhile (the hub's reassignment would end it).
+            crate::machine::Slot::Active(h) | crate::machine::Slot::Recovering(h) => {
+                Some((h.task.id.clone(), h.task.generation))
+            }
+            _ => None,
+        };
+        tx.send_if_modified(|h| {
+            let changed = h.task != task || moved;
+            h.task = task;
+            h.answers += u64::from(moved);
+            changed
+        });
     }
 
     fn now(&self) -> Now {
@@ -166,6 +210,7 @@ impl Executor {
             }
         }
         self.update_identify();
+        self.publish_holding();
     }
 
     fn execute(&mut self, action: Action) -> Step {
@@ -243,8 +288,12 @@ impl Executor {
                     self.remove(&self.result_path(&task_id, ext));
                 }
             }
-            Action::RemoveTaskFile { task_id, file } => self.remove(&self.result_path(&task_id, file.ext())),
+            Action::RemoveTaskFile { task_id, file } => {
+                self.answers_moved = true;
+                self.remove(&self.result_path(&task_id, file.ext()))
+            }
             Action::WriteAnswer { task_id, request_id, answer, asked } => {
+                self.answers_moved = true;
                 // The agent may have asked something else since: that question is the one to answer.
                 let now_asked =
                     files::read_small(&self.result_path(&task_id, "needs-input"), question::MAX_NEEDS_INPUT_BYTES);
@@ -361,6 +410,7 @@ impl Executor {
             log_file: &log,
             cwd: cwd.as_deref(),
             agent_id: &self.cfg.agent_id,
+            socket: self.local.as_ref().map(|(p, _)| p.as_path()),
         };
         let mut child = match wake::spawn(&spec) {
             Ok(c) => c,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod executor;
 pub mod files;
+pub mod local;
 pub mod machine;
 pub mod question;
 pub mod queue;
@@ -137,9 +138,21 @@ pub async fn run(cfg: SidecarConfig, host: Host, shutdown: CancellationToken) ->
     let started = tokio::time::Instant::now();
     let machine = machine::Machine::new(cfg.clone(), host.restarts_us, loaded.queue, corrupt, started.elapsed());
     let (exits_tx, exits_rx) = mpsc::channel(executor::INCOMING_EVENTS);
-    let mut executor =
+    let executor =
         executor::Executor::new(cfg.clone(), store, machine, started, identify_tx, exits_tx, shutdown.clone())
             .with_workspace(workspace);
+    let (holding_tx, holding_rx) = tokio::sync::watch::channel(local::Holding::default());
+    let executor = match local::start(cfg.clone(), holding_rx, shutdown.clone()) {
+        Ok(path) => {
+            tracing::info!(socket = %path.display(), "local socket for agentcom mcp");
+            executor.with_local(Some((path, holding_tx)))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the local socket; agentcom mcp will not reach this sidecar");
+            executor
+        }
+    };
+    let mut executor = executor;
     executor.set_process_info(info);
     let (info_tx, info_rx) = tokio::sync::watch::channel(None);
     let refresh_every = cfg.ping_interval;

@@ -188,7 +188,17 @@ impl Hub {
 
     /// Polls until the task has `status` (the hub changes it on a timer we do not observe).
     pub async fn wait_status(&self, id: &str, status: proto::api::TaskStatus) -> Result<proto::api::TaskDetail> {
-        eventually(&format!("task {id} to be {status}"), || async {
+        self.wait_status_within(crate::WAIT, id, status).await
+    }
+
+    /// [`Hub::wait_status`] for at most `limit` (a real agent CLI's work: [`crate::AGENT_WAIT`]).
+    pub async fn wait_status_within(
+        &self,
+        limit: std::time::Duration,
+        id: &str,
+        status: proto::api::TaskStatus,
+    ) -> Result<proto::api::TaskDetail> {
+        crate::eventually_within(limit, &format!("task {id} to be {status}"), || async {
             let t = self.task(id).await.map_err(|e| e.to_string())?;
             if t.task.status == status {
                 Ok(t)

@@ -43,24 +43,36 @@ pub use ws::{Closed, ScriptedConn, ScriptedHub, WsAgent};
 
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for what a real agent CLI does (a 430 MB binary starting, its MCP
+/// servers, its model calls): on a loaded 2-core machine that can take longer than [`WAIT`].
+pub const AGENT_WAIT: Duration = Duration::from_secs(60);
 
 /// Polls `probe` until it returns `Ok`, for at most [`WAIT`]: the one way tests wait for a
 /// condition (never a fixed sleep, never a hand-written deadline loop). It looks again after 1 ms,
 /// then less and less often (up to every [`POLL_MAX`]): what comes at once is seen at once, and a
 /// long wait does not spin.
 /// `Err` carries what the probe saw, so a failure says what it was waiting for and what it got.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(WAIT, what, probe).await
+}
+
+/// [`eventually`] for at most `limit` (such as [`AGENT_WAIT`]).
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     let mut pause = POLL_MIN;
     loop {
         match probe().await {
             Ok(v) => return Ok(v),
             Err(seen) if tokio::time::Instant::now() >= deadline => {
-                bail!("timed out after {WAIT:?} waiting for {what}; last seen: {seen}")
+                bail!("timed out after {limit:?} waiting for {what}; last seen: {seen}")
             }
             Err(_) => {
                 tokio::time::sleep(pause).await;

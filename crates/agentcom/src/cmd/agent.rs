@@ -42,6 +42,10 @@ pub struct RunAgentArgs {
     /// Do not resume the session of the task's earlier attempt (`AGENTCOM_RESUME_SESSION`).
     #[arg(long)]
     no_resume: bool,
+    /// Give the agent the fleet's MCP tools: configures `agentcom mcp` as its MCP server
+    /// `agentcom` (claude: --mcp-config and --allowedTools; codex: -c mcp_servers.agentcom.*).
+    #[arg(long)]
+    mcp: bool,
     /// The agent's command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     cmd: Vec<String>,
@@ -91,7 +95,27 @@ pub fn run_agent(a: RunAgentArgs) -> anyhow::Result<u8> {
         UsageFormat::ClaudeStream => sidecar::wrap::UsageFormat::ClaudeStream,
         UsageFormat::CodexJson => sidecar::wrap::UsageFormat::CodexJson,
     });
-    let opts = sidecar::wrap::Options { format, resume: !a.no_resume };
+    let opts = sidecar::wrap::Options { format, resume: !a.no_resume, mcp: a.mcp };
     let code = sidecar::wrap::run_agent(&a.cmd, opts)?;
     Ok(u8::try_from(code).unwrap_or(1))
+}
+
+#[derive(clap::Args)]
+pub struct McpArgs {
+    /// The longest one tool call waits (for a person's answer, for child tasks), in ms; it also
+    /// ends a tenth before the client's MCP_TOOL_TIMEOUT.
+    #[arg(long, env = "AGENTCOM_MCP_MAX_WAIT_MS", default_value_t = mcp::DEFAULT_MAX_WAIT.as_millis() as u64)]
+    max_wait_ms: u64,
+}
+
+/// `agentcom mcp`: the fleet's tools over stdio, for an agent CLI inside a wake.
+pub async fn mcp(a: McpArgs) -> anyhow::Result<u8> {
+    // stdout is the protocol: logs go to stderr (the CLI's MCP log), warnings only.
+    logging::init(logging::LogFormat::Human, "warn");
+    let settings = mcp::Settings::from_env(std::time::Duration::from_millis(a.max_wait_ms), |k| std::env::var(k).ok());
+    if let Err(why) = &settings.place {
+        tracing::warn!(problem = %why, "every tool will say so");
+    }
+    mcp::serve_stdio(settings).await.map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
+    Ok(0)
 }

@@ -114,6 +114,12 @@ pub enum TaskCmd {
         /// The most tokens the task may use over all its attempts.
         #[arg(long)]
         max_tokens: Option<u64>,
+        /// The task that creates this one (an agent token: only the task it holds).
+        #[arg(long = "parent")]
+        parent_task_id: Option<String>,
+        /// A task that must complete first (repeatable); the new task waits `blocked` until then.
+        #[arg(long = "depends-on")]
+        depends_on: Vec<String>,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -291,6 +297,8 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
             assign_to,
             max_cost_usd,
             max_tokens,
+            parent_task_id,
+            depends_on,
             remote,
         } => {
             let mut req = SubmitTask::new(description);
@@ -307,6 +315,8 @@ pub async fn task(cmd: TaskCmd) -> anyhow::Result<u8> {
             req.assign_to = assign_to;
             req.max_cost_usd = max_cost_usd;
             req.max_tokens = max_tokens;
+            req.parent_task_id = parent_task_id;
+            req.depends_on = depends_on;
             let v = remote.call(&req).await?;
             remote.print(&v, |v| format!("{}\n", v.task_id))?;
         }

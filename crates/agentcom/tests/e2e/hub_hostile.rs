@@ -27,6 +27,11 @@ const MATRIX: &[(&str, &str, &str, [u16; 3])] = &[
     ("GET", "/health", "", [200, 200, 200]),
     ("GET", "/metrics", "", [200, 200, 200]),
     ("POST", "/api/tasks", r#"{"description":"x"}"#, [401, 201, 201]),
+    // Children only of the task an agent holds, while it holds it (a1 holds neither); any
+    // token may make a task wait for another.
+    ("POST", "/api/tasks", r#"{"description":"x","parent_task_id":"{own}"}"#, [401, 403, 201]),
+    ("POST", "/api/tasks", r#"{"description":"x","parent_task_id":"{other}"}"#, [401, 403, 201]),
+    ("POST", "/api/tasks", r#"{"description":"x","depends_on":["{other}"]}"#, [401, 201, 201]),
     ("GET", "/api/tasks", "", [401, 200, 200]),
     ("GET", "/api/tasks/dead-letter", "", [401, 200, 200]),
     ("GET", "/api/tasks/stats", "", [401, 200, 200]),
@@ -87,7 +92,7 @@ async fn every_route_answers_each_role_as_the_matrix_says() -> R {
                 hub.admin().post(&path.replace("/retry", "/cancel"), json!({})).await?;
             }
             let method = reqwest::Method::from_bytes(method.as_bytes())?;
-            let body = (!body.is_empty()).then(|| body.to_string());
+            let body = (!body.is_empty()).then(|| body.replace("{own}", &own).replace("{other}", &other));
             let (status, v) = api.raw(method.clone(), &path, body).await?;
             let want = want[who as usize];
             assert_eq!(status, want, "{who:?} {method} {path}: {v}");

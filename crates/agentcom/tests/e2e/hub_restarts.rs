@@ -270,3 +270,29 @@ async fn agents_are_remembered_across_a_hub_restart() -> R {
     assert_eq!((a1.status, a1.capabilities.as_slice()), (AgentStatus::Idle, ["rust".to_string()].as_slice()), "{a1:?}");
     Ok(())
 }
+
+/// Tasks that depend on tasks (issue 22): what waits on what is rebuilt from the store, so a
+/// blocked task stays blocked across a SIGKILL and runs once its dependency completes after it.
+#[tokio::test]
+async fn a_blocked_task_waits_across_a_hub_sigkill_and_runs_after_its_dependency() -> R {
+    let mut hub = Hub::start(bin(), "")?;
+    let token = hub.token("a").await?;
+    let first = hub.submit_text("first").await?;
+    let then = hub.submit(SubmitTask { depends_on: vec![first.clone()], ..SubmitTask::new("then") }).await?;
+    assert_eq!(hub.task(&then).await?.task.status, TaskStatus::Blocked);
+    hub.restart_after_kill(bin(), &testkit::fast_config())?;
+    assert_eq!(hub.task(&then).await?.task.status, TaskStatus::Blocked);
+    let mut a = WsAgent::identify(&hub.ws_url(), "a", &token, &[]).await?;
+    let (id, g) = a.take_task().await?;
+    assert_eq!(id, first, "the blocked task is not handed out first");
+    assert_eq!(a.complete(&first, g).await?["status"], "complete");
+    let (id, _) = a.take_task().await?;
+    assert_eq!(id, then);
+    let t = hub.task(&then).await?;
+    assert!(
+        t.history.iter().any(|h| h.reason == format!("dependencies completed (the last: {first})")),
+        "{:?}",
+        t.history
+    );
+    Ok(())
+}

@@ -22,6 +22,7 @@ mod hub_protocol;
 mod hub_restarts;
 mod integration;
 mod limits;
+mod mcp;
 mod quickstart;
 mod sidecar;
 mod sidecar_answers;

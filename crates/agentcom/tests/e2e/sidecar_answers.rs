@@ -100,13 +100,16 @@ async fn a_thousand_answers_each_reach_their_agent_once_through_restarts_and_cut
         let open: Vec<(String, String, String)> = page
             .tasks
             .iter()
-            .filter_map(|t| t.needs_input.as_ref().map(|q| (t.task_id.clone(), q.request_id.clone(), q.question.clone())))
+            .filter_map(|t| {
+                t.needs_input.as_ref().map(|q| (t.task_id.clone(), q.request_id.clone(), q.question.clone()))
+            })
             .filter(|(task, rid, _)| !answered.contains(&(task.clone(), rid.clone())))
             .collect();
         for (task, rid, question) in open {
             // A person takes a moment; some answer at once.
             tokio::time::sleep(Duration::from_millis(rand_below(15))).await;
-            let answer = AnswerTask { task_id: task.clone(), answer: format!("A:{question}"), request_id: Some(rid.clone()) };
+            let answer =
+                AnswerTask { task_id: task.clone(), answer: format!("A:{question}"), request_id: Some(rid.clone()) };
             // Refused only if the question closed meanwhile (it is then asked again, anew).
             if admin.call(&answer).await.is_ok() {
                 answered.insert((task, rid));
@@ -141,11 +144,27 @@ async fn a_thousand_answers_each_reach_their_agent_once_through_restarts_and_cut
     }
     assert_eq!(total, TASKS * QUESTIONS);
     // The hub recorded each delivery once.
-    let mut delivered: BTreeMap<String, usize> = BTreeMap::new();
+    // Request ids are per task: (task, reason).
+    let mut delivered: BTreeMap<(String, String), usize> = BTreeMap::new();
     for id in &ids {
         for h in hub.task(id).await?.history {
             if h.reason.starts_with("answer to ") && h.reason.ends_with(" delivered") {
-                *delivered.entry(h.reason).or_default() += 1;
+                *delivered.entry((id.clone(), h.reason)).or_default() += 1;
+            }
+        }
+    }
+    if delivered.len() != TASKS * QUESTIONS {
+        for id in &ids {
+            let n = delivered.keys().filter(|(t, _)| t == id).count();
+            if n != QUESTIONS {
+                let h: Vec<String> = hub
+                    .task(id)
+                    .await?
+                    .history
+                    .iter()
+                    .map(|h| format!("{:?}->{} {}", h.from, h.to, h.reason))
+                    .collect();
+                eprintln!("DIAG {id} {n}\n{}", h.join("\n"));
             }
         }
     }

@@ -42,6 +42,10 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_open_tasks: Option<usize>,
+    /// Children one task may create (`parent_task_id`).
+    pub max_children_per_task: Option<usize>,
+    /// How deep children of children may go (a task submitted without a parent is at depth 0).
+    pub max_task_depth: Option<u32>,
     pub max_description_chars: Option<usize>,
     pub max_metadata_bytes: Option<usize>,
     pub max_extra_bytes: Option<usize>,
@@ -156,6 +160,10 @@ pub struct Limits {
     pub max_progress_bytes: usize,
     /// An agent's checkpoint, as JSON bytes.
     pub max_checkpoint_bytes: usize,
+    /// Children one task may create.
+    pub max_children_per_task: usize,
+    /// The deepest a child may be (its parent's depth + 1).
+    pub max_task_depth: u32,
     /// Spend allowed per UTC day.
     pub budgets: Budgets,
     /// A task that completes with a change gets an integration task (`agentcom integrate`).
@@ -185,6 +193,8 @@ impl Default for Limits {
             max_extra_bytes: 64 * 1024,
             max_progress_bytes: 16 * 1024,
             max_checkpoint_bytes: 4 * 1024 * 1024,
+            max_children_per_task: 100,
+            max_task_depth: 3,
             budgets: Budgets::default(),
             integrate_changes: true,
         }
@@ -405,6 +415,21 @@ impl HubConfig {
                 dl.max_checkpoint_bytes,
                 &mut errors,
             ),
+            max_children_per_task: positive(
+                "max_children_per_task",
+                file.max_children_per_task,
+                dl.max_children_per_task,
+                &mut errors,
+            )
+            .min(10_000),
+            max_task_depth: match file.max_task_depth {
+                Some(d) if d > 100 => {
+                    errors.push("max_task_depth: must be at most 100".into());
+                    dl.max_task_depth
+                }
+                Some(d) => d,
+                None => dl.max_task_depth,
+            },
             budgets: budgets(file.budgets, &mut errors),
             integrate_changes: file.integrate_changes.unwrap_or(dl.integrate_changes),
         };

@@ -212,7 +212,8 @@ pub async fn task(s: &AppState, v: &Viewer, task_id: &str) -> Result<TaskPage, A
             Some(_) => r.patch(&id)?,
             None => None,
         };
-        Ok(Some(Ok(TaskPage { detail: TaskDetail { task: task.view(), history }, progress, patch })))
+        let children = crate::store::read_children(r, &task.head.children)?;
+        Ok(Some(Ok(TaskPage { detail: TaskDetail { task: task.view(), history, children }, progress, patch })))
     })
     .await?;
     match found {
@@ -272,6 +273,10 @@ mod tests {
             integration: None,
             integrates: None,
             integrating: None,
+            parent_task_id: None,
+            depends_on: vec![],
+            depth: 0,
+            children: vec![],
         };
         let payload =
             crate::model::Payload { description: id.into(), metadata: Default::default(), extra: Default::default() };

@@ -13,10 +13,12 @@
 //! - `api.rs`: the HTTP requests the core answers, and who may make them.
 //! - `questions.rs`: agents that ask a person for input, and the answers on their way back.
 //! - `budget.rs`: usage as reported, spend per UTC day, agents over budget.
+//! - `deps.rs`: tasks that depend on tasks (`blocked`), children, cancels that cascade.
 
 mod agents;
 pub mod api;
 mod budget;
+mod deps;
 mod dispatch;
 mod integration;
 mod limits;
@@ -221,6 +223,7 @@ pub struct Core<S: Store, C: Clock> {
     events: Vec<(EventKind, Audience)>,
     bus: Arc<EventBus>,
     spending: budget::Spending,
+    deps: deps::Deps,
     dispatch_needed: bool,
     metrics: Metrics,
     /// Another hub leads now (a commit was fenced off): this core stops.
@@ -266,6 +269,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             events: Vec::new(),
             bus,
             spending: budget::Spending::default(),
+            deps: deps::Deps::default(),
             dispatch_needed: true,
             metrics: Metrics::default(),
             deposed: false,
@@ -349,10 +353,12 @@ impl<S: Store, C: Clock> Core<S, C> {
                     let wait = Duration::from_millis(head.retry_at.unwrap_or(0).saturating_sub(self.now.wall_ms));
                     self.arm(wait, Timer::RetryDue { task_id: id.clone(), generation: head.generation });
                 }
+                TaskStatus::Blocked => {}
                 _ => continue,
             }
             self.tasks.insert(id, OpenTask::new(head, mono));
         }
+        self.rebuild_deps();
         self.fresh.clear();
         self.arm_limits();
         self.dispatch_needed = true;

@@ -30,6 +30,8 @@ impl<S: Store, C: Clock> Core<S, C> {
                 self.tasks.len()
             )));
         }
+        let placement = self.place(n.parent_task_id.as_deref(), &n.depends_on, role)?;
+        let status = placement.status;
         let now = self.now.wall_ms;
         let task_id = format!("task-{}", auth::random_hex(8));
         let seq = self.next_seq;
@@ -38,7 +40,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             task_id: task_id.clone(),
             seq,
             priority: n.priority,
-            status: TaskStatus::Queued,
+            status,
             generation: 0,
             needed_capabilities: n.needed_capabilities,
             assign_to: n.assign_to,
@@ -70,6 +72,10 @@ impl<S: Store, C: Clock> Core<S, C> {
             integration: None,
             integrates: None,
             integrating: None,
+            parent_task_id: n.parent_task_id,
+            depends_on: n.depends_on,
+            depth: placement.depth,
+            children: Vec::new(),
         };
         let payload = Payload { description: n.description, metadata: n.metadata, extra: n.extra };
         let priority = head.priority;
@@ -79,19 +85,19 @@ impl<S: Store, C: Clock> Core<S, C> {
             transition: Transition {
                 at: now,
                 from: None,
-                to: TaskStatus::Queued,
+                to: status,
                 reason: format!("submitted by {}", role.name()),
                 agent_id: None,
                 generation: 0,
             },
         });
-        *self.counts.entry(TaskStatus::Queued).or_default() += 1;
+        *self.counts.entry(status).or_default() += 1;
         self.metrics.submitted += 1;
         self.event(
             EventKind::Task {
                 task_id: task_id.clone(),
                 from: None,
-                to: TaskStatus::Queued,
+                to: status,
                 reason: format!("submitted by {}", role.name()),
                 agent_id: None,
                 generation: 0,
@@ -99,13 +105,16 @@ impl<S: Store, C: Clock> Core<S, C> {
             },
             Audience::of([Some(role.name().to_string())]),
         );
-        self.queue.insert(&head);
+        if status == TaskStatus::Queued {
+            self.queue.insert(&head);
+            self.dispatch_needed = true;
+        }
+        self.placed(&head, placement.pending);
         let mut open = OpenTask::new(head, self.now.mono);
         open.payload = Some(Box::new(payload));
         self.tasks.insert(task_id.clone(), open);
         self.fresh.push(task_id.clone());
-        self.dispatch_needed = true;
-        Ok(TaskSubmitted { status: TaskStatus::Queued, task_id, priority, created_at: now })
+        Ok(TaskSubmitted { status, task_id, priority, created_at: now })
     }
 
     /// The one place a task changes status: persists the head and a history row, keeps the
@@ -220,7 +229,9 @@ impl<S: Store, C: Clock> Core<S, C> {
             }
         }
         if to.is_terminal() {
-            self.tasks.remove(task_id);
+            if let Some(o) = self.tasks.remove(task_id) {
+                self.settled(o.head);
+            }
         }
         if let Some(wait) = deferred {
             self.arm(Duration::from_millis(wait), Timer::NotBefore { task_id: task_id.to_string() });
@@ -286,7 +297,15 @@ impl<S: Store, C: Clock> Core<S, C> {
         }
         match head.status {
             TaskStatus::DeadLetter | TaskStatus::Cancelled | TaskStatus::WaitingRetry => {
-                self.transition(id, TaskStatus::Queued, format!("retried by {}", role.name()), |t| {
+                let placement = match self.retry_placement(&head) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.drop_if_terminal(id);
+                        return Err(e);
+                    }
+                };
+                let to = placement.status;
+                self.transition(id, to, format!("retried by {}", role.name()), |t| {
                     t.generation += 1;
                     t.failures = 0;
                     t.retry_at = None;
@@ -294,7 +313,10 @@ impl<S: Store, C: Clock> Core<S, C> {
                     t.assigned_at = None;
                     t.completed_at = None;
                 });
-                Ok(TaskChanged { status: TaskStatus::Queued, task_id: id.to_string() })
+                if let Some(h) = self.tasks.get(id).map(|o| o.head.clone()) {
+                    self.placed(&TaskHead { parent_task_id: None, ..h }, placement.pending);
+                }
+                Ok(TaskChanged { status: to, task_id: id.to_string() })
             }
             s => {
                 self.drop_if_terminal(id);
@@ -318,14 +340,8 @@ impl<S: Store, C: Clock> Core<S, C> {
                 self.drop_if_terminal(id);
                 Err(ApiError::new(ErrorCode::InvalidState).msg(format!("task is already {s}")))
             }
-            s => {
-                let holder = if s.is_held() { head.assigned_to.clone() } else { None };
-                self.transition(id, TaskStatus::Cancelled, format!("cancelled by {}", role.name()), |_| {});
-                if let Some(conn) = holder.and_then(|h| self.agents.get(&h)).and_then(|a| a.conn) {
-                    let frame =
-                        HubFrame::TaskCancelled { task_id: id.to_string(), timestamp: self.now.wall_ms, reason: None };
-                    self.send(conn, frame, SendKind::Push { dispatch_started: None });
-                }
+            _ => {
+                self.cancel_open(id, format!("cancelled by {}", role.name()));
                 Ok(TaskChanged { status: TaskStatus::Cancelled, task_id: id.to_string() })
             }
         }

@@ -117,16 +117,17 @@ pub(super) async fn get_task(State(s): State<AppState>, headers: HeaderMap, Path
     let wanted = id.clone();
     let found = read(&s, move |r| {
         let Some(task) = r.task(&wanted)? else { return Ok(None) };
-        Ok(Some((task, r.transitions(&wanted)?)))
+        let children = crate::store::read_children(r, &task.head.children)?;
+        Ok(Some((task, r.transitions(&wanted)?, children)))
     })
     .await;
     match found {
-        Ok(Some((task, mut history))) => {
+        Ok(Some((task, mut history, children))) => {
             let mut view = task.view();
             if crate::authz::withhold_content(&role, &mut view) {
                 history.clear();
             }
-            Json(TaskDetail { task: view, history }).into_response()
+            Json(TaskDetail { task: view, history, children }).into_response()
         }
         Ok(None) => error(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}"))),
         Err(r) => r,

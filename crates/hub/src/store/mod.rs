@@ -164,6 +164,46 @@ pub fn stored_text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// The tree below a task (`TaskHead::children`, and theirs), with each one's status, as its
+/// page shows it: at most [`proto::api::CHILDREN_SHOWN`] tasks, level by level (the children
+/// first); a child the store no longer has is left out.
+pub fn read_children<R: Reader + ?Sized>(r: &R, ids: &[String]) -> Result<Vec<proto::api::ChildTask>, StoreError> {
+    let mut budget = proto::api::CHILDREN_SHOWN;
+    let mut level: Vec<(Vec<usize>, String)> = ids.iter().enumerate().map(|(i, id)| (vec![i], id.clone())).collect();
+    let mut tree: Vec<proto::api::ChildTask> = Vec::new();
+    while !level.is_empty() && budget > 0 {
+        let mut next = Vec::new();
+        for (path, id) in level.into_iter().take(budget) {
+            let Some(t) = r.task(&id)? else { continue };
+            budget -= 1;
+            let node = proto::api::ChildTask {
+                task_id: t.head.task_id,
+                status: t.head.status,
+                description: t.payload.description.chars().take(proto::api::CHILD_DESCRIPTION).collect(),
+                assigned_to: t.head.assigned_to,
+                last_error: t.head.last_error,
+                children: Vec::new(),
+            };
+            // Where it goes: under the node its path names (paths count the nodes kept).
+            let mut siblings = &mut tree;
+            for &i in &path[..path.len() - 1] {
+                siblings = &mut siblings[i].children;
+            }
+            let at = siblings.len();
+            siblings.push(node);
+            let mut own = path.clone();
+            *own.last_mut().expect("paths are never empty") = at;
+            next.extend(t.head.children.into_iter().enumerate().map(|(i, c)| {
+                let mut p = own.clone();
+                p.push(i);
+                (p, c)
+            }));
+        }
+        level = next;
+    }
+    Ok(tree)
+}
+
 /// Milliseconds in a day, for UTC day arithmetic.
 pub const DAY_MS: u64 = 86_400_000;
 

@@ -249,6 +249,8 @@ pub fn day(at_ms: u64) -> String {
 // ---- building batches ------------------------------------------------------------------------
 
 fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
+    // Some heads carry a family (a parent, dependencies, children): stored in the head's JSON.
+    let family = seq % 4 == 2;
     TaskHead {
         task_id: id.into(),
         seq,
@@ -285,6 +287,10 @@ fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
         integration: None,
         integrates: None,
         integrating: None,
+        parent_task_id: family.then(|| format!("parent-of-{id}")),
+        depends_on: if family { vec![format!("dep-{id}-1"), format!("dep-{id}-2")] } else { vec![] },
+        depth: u32::from(family),
+        children: if family { vec![format!("child-of-{id}")] } else { vec![] },
     }
 }
 

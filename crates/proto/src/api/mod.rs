@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 mod agents;
 mod events;
+mod family;
 mod fields;
 mod health;
 mod integrations;
@@ -22,6 +23,7 @@ mod tokens;
 mod usage;
 pub use agents::*;
 pub use events::*;
+pub use family::*;
 pub use health::*;
 pub use integrations::*;
 pub use tasks::*;
@@ -136,10 +138,12 @@ pub enum TaskStatus {
     WaitingRetry,
     DeadLetter,
     Cancelled,
+    /// Waits for the tasks it depends on to complete (`depends_on`).
+    Blocked,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 7] = [
+    pub const ALL: [TaskStatus; 8] = [
         TaskStatus::Queued,
         TaskStatus::Assigned,
         TaskStatus::Working,
@@ -147,6 +151,7 @@ impl TaskStatus {
         TaskStatus::WaitingRetry,
         TaskStatus::DeadLetter,
         TaskStatus::Cancelled,
+        TaskStatus::Blocked,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -157,6 +162,7 @@ impl TaskStatus {
             TaskStatus::WaitingRetry => "waiting_retry",
             TaskStatus::DeadLetter => "dead_letter",
             TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Blocked => "blocked",
         }
     }
     /// Terminal tasks leave the hub's memory; they live only in the store.

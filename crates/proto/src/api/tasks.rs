@@ -30,6 +30,12 @@ pub struct SubmitTask {
     /// Its change waits for a person's approval before it is merged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub review: bool,
+    /// The task that created this one (see `family.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Tasks that must complete before this one is queued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -72,6 +78,8 @@ impl SubmitTask {
             max_tokens: None,
             serial_key: None,
             review: false,
+            parent_task_id: None,
+            depends_on: Vec::new(),
             extra: Map::new(),
         }
     }
@@ -202,6 +210,7 @@ impl SubmitTask {
         if serial_key.as_deref().is_some_and(|k| k.starts_with("integrate:")) {
             errors.push("serial_key: keys starting with integrate: are the hub's own".into());
         }
+        let super::Family { parent_task_id, depends_on } = super::read_family(&mut m, &mut errors);
         for k in RESERVED {
             if m.contains_key(*k) {
                 errors.push(format!("{k}: set by the hub, not by a submission"));
@@ -221,6 +230,8 @@ impl SubmitTask {
             max_tokens,
             serial_key,
             review,
+            parent_task_id,
+            depends_on,
             extra: m,
         })
     }
@@ -361,6 +372,12 @@ pub struct TaskView {
     /// [`TaskDiff`]); `null` when it changed nothing or ran outside a worktree.
     #[serde(default)]
     pub change: Option<crate::Change>,
+    /// The task that created this one, if an agent (or a person) made it a child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Tasks that had to complete before this one was queued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
     /// The task's caps over all its attempts (`budget_exceeded` past either).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
@@ -444,6 +461,9 @@ pub struct TaskDetail {
     #[serde(flatten)]
     pub task: TaskView,
     pub history: Vec<Transition>,
+    /// The tasks this one created, oldest first, with their status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildTask>,
 }
 
 /// `GET /api/tasks/:task_id/diff`: the patch of the latest change an attempt reported (admin,

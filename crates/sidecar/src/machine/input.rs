@@ -7,7 +7,8 @@
 //! answered. An answer (`task_input`) for the open request is written to `<id>.input`, then
 //! the record of it is persisted (required), then `.needs-input` is removed (the agent's
 //! signal that the answer is there: it never goes on before the answer is on record), and only
-//! then is `task_input_ack` sent. A re-delivered answer already written is acknowledged
+//! then is `task_input_ack` sent, and again after every reconnect (the hub records a delivery
+//! once). A re-delivered answer already written is acknowledged
 //! without writing the file again; a `.needs-input` still there after its answer was recorded
 //! (the sidecar stopped before removing it) is removed by the next look.
 
@@ -114,6 +115,12 @@ impl Machine {
         }
         for request_id in &h.asking.withdrawn {
             self.send(out, closed_frame(&h.task.id, request_id, WITHDRAWN));
+        }
+        if let Some(request_id) = h.asking.answered.last() {
+            // Its ack may have gone down with the last connection (or the process): the hub
+            // records the delivery once and takes a repeat as nothing.
+            let ack = AgentFrame::TaskInputAck { task_id: h.task.id.clone(), request_id: request_id.clone() };
+            self.send(out, ack);
         }
         if let Some(q) = &h.asking.open {
             let frame = AgentFrame::NeedsInput {

@@ -80,6 +80,8 @@ pub struct WakeSpec<'a> {
     pub log_file: &'a Path,
     pub cwd: Option<&'a Path>,
     pub agent_id: &'a str,
+    /// The sidecar's local socket, for `agentcom mcp` (`AGENTCOM_SIDECAR_SOCKET`).
+    pub socket: Option<&'a Path>,
 }
 
 /// Starts `sh -c <script>` in a new process group with output appended to `log_file`.
@@ -106,6 +108,9 @@ pub fn spawn(spec: &WakeSpec<'_>) -> std::io::Result<tokio::process::Child> {
         .kill_on_drop(false);
     if let Some(dir) = spec.cwd {
         c.current_dir(dir);
+    }
+    if let Some(socket) = spec.socket {
+        c.env(crate::local::wire::SOCKET_ENV, socket);
     }
     c.spawn()
 }
@@ -197,6 +202,7 @@ mod tests {
             log_file: &dir.path().join("log"),
             cwd: Some(dir.path()),
             agent_id: "a",
+            socket: None,
         };
         let status = spawn(&spec).unwrap().wait().await.unwrap();
         assert!(status.success());

@@ -10,6 +10,7 @@
 mod args;
 pub mod claude;
 mod limits;
+pub mod mcp;
 mod stream;
 
 use serde_json::{json, Value};
@@ -27,6 +28,8 @@ pub enum WrapError {
     Io { context: String, source: std::io::Error },
     #[error("no command given: use `agentcom run-agent -- CMD ARGS...`")]
     NoCommand,
+    #[error("--mcp: {0}")]
+    Mcp(String),
 }
 
 const TAIL_LINES: usize = 40;
@@ -53,6 +56,8 @@ pub struct Options {
     /// Resume the session of an earlier attempt (`AGENTCOM_RESUME_SESSION`) when the format
     /// knows how (`--no-resume` turns it off).
     pub resume: bool,
+    /// Configure `agentcom mcp` as the agent's MCP server `agentcom` (`--mcp`).
+    pub mcp: bool,
 }
 
 /// The longest stdout line held whole to look for Claude Code's result object; a longer one
@@ -69,13 +74,31 @@ struct Gathered {
     codex: stream::CodexStream,
 }
 
-/// Runs `cmd`, returns its exit code (the sidecar reads the result file, not the code).
+/// Runs `cmd` (with `agentcom mcp` configured in it when `opts.mcp`), returns its exit code
+/// (the sidecar reads the result file, not the code).
 pub fn run_agent(cmd: &[String], opts: Options) -> Result<i32, WrapError> {
-    let (program, args) = cmd.split_first().ok_or(WrapError::NoCommand)?;
     let id = std::env::var("AGENTCOM_TASK_ID").map_err(|_| WrapError::MissingEnv("AGENTCOM_TASK_ID"))?;
     let dir = PathBuf::from(
         std::env::var("AGENTCOM_RESULTS_DIR").map_err(|_| WrapError::MissingEnv("AGENTCOM_RESULTS_DIR"))?,
     );
+    let configured;
+    let mut mcp_config = None;
+    let cmd = if opts.mcp {
+        let mut env = Vec::new();
+        for k in mcp::PASSED {
+            env.push((k.to_string(), std::env::var(k).map_err(|_| WrapError::MissingEnv(k))?));
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| WrapError::Io { context: "cannot find this binary".into(), source: e })?;
+        let task_file = std::env::var("AGENTCOM_TASK_FILE").map_err(|_| WrapError::MissingEnv("AGENTCOM_TASK_FILE"))?;
+        let config = PathBuf::from(task_file).with_extension("mcp.json");
+        configured = mcp::configure(cmd, &exe, &env, &config).map_err(WrapError::Mcp)?;
+        mcp_config = Some(config);
+        &configured[..]
+    } else {
+        cmd
+    };
+    let (program, args) = cmd.split_first().ok_or(WrapError::NoCommand)?;
     let io = |context: String| move |source| WrapError::Io { context, source };
     let file = |ext: &str| dir.join(format!("{id}.{ext}"));
     std::fs::write(file("started"), b"").map_err(io(format!("cannot write {}", file("started").display())))?;
@@ -128,6 +151,10 @@ pub fn run_agent(cmd: &[String], opts: Options) -> Result<i32, WrapError> {
         }));
     }
     let status = child.wait().map_err(io(format!("waiting for {program}")))?;
+    if let Some(c) = &mcp_config {
+        // Claude Code's config for this run only (Codex's is on its command line).
+        let _ = std::fs::remove_file(c);
+    }
     for r in readers {
         let _ = r.join();
     }

@@ -235,6 +235,47 @@ fn history(p: &TaskPage) -> Markup {
     }
 }
 
+/// The tree below a task, a row each, indented by depth.
+fn tree_rows(children: &[proto::api::ChildTask], depth: usize) -> Markup {
+    html! {
+        @for c in children {
+            tr data-task=(c.task_id) data-depth=(depth) {
+                td { ("\u{a0}\u{a0}\u{a0}".repeat(depth)) "└ " a href=(task_href(&c.task_id)) { code { (clip(&c.task_id, 80)) } } }
+                td { (task_status(c.status)) }
+                td { (c.assigned_to.as_deref().unwrap_or("—")) }
+                td { (clip(&c.description, 200)) @if let Some(e) = &c.last_error { " " span.error { (clip(e, 200)) } } }
+            }
+            (tree_rows(&c.children, depth + 1))
+        }
+    }
+}
+
+/// Where the task stands among others: its parent, what it waits for, the children it made.
+fn family(p: &TaskPage) -> Markup {
+    let t = &p.detail.task;
+    let children = &p.detail.children;
+    html! {
+        @if t.parent_task_id.is_some() || !t.depends_on.is_empty() || !children.is_empty() {
+            h2 { "Family" }
+            dl.facts {
+                @if let Some(parent) = &t.parent_task_id {
+                    dt { "Parent" } dd #task-parent { a href=(task_href(parent)) { code { (parent) } } }
+                }
+                @if !t.depends_on.is_empty() {
+                    dt { "Depends on" }
+                    dd #task-depends-on { @for d in &t.depends_on { a href=(task_href(d)) { code { (d) } } " " } }
+                }
+            }
+            @if !children.is_empty() {
+                table.grid #task-children {
+                    thead { tr { th { "Child" } th { "Status" } th { "Agent" } th { "Description" } } }
+                    tbody { (tree_rows(children, 0)) }
+                }
+            }
+        }
+    }
+}
+
 pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
     let t = &p.detail.task;
     let progress = html! {
@@ -254,6 +295,7 @@ pub fn render(v: &Viewer, p: &TaskPage, now: u64) -> Markup {
         (live("task-outcome", outcome(t)))
         (live("task-integration", integration(v, t)))
         (live("task-change", change(p)))
+        (live("task-family", family(p)))
         (live("task-history", history(p)))
     };
     page(v, ViewKind::Task, &format!("Task {}", clip(&t.task_id, 40)), Some(&t.task_id), body)
@@ -312,7 +354,7 @@ mod tests {
         .unwrap();
         let patch = "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+<script>alert(1)</script>\n";
         let page = TaskPage {
-            detail: TaskDetail { task, history: vec![] },
+            detail: TaskDetail { task, history: vec![], children: vec![] },
             progress: vec![],
             patch: Some(crate::store::StoredPatch { generation: 2, at: 0, patch: patch.into(), cut: true }),
         };

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 mod attempts;
+mod deps;
 mod limits;
 
 const ADMIN: &str = "test-admin-token-0123456789";

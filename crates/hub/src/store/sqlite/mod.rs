@@ -307,6 +307,10 @@ mod tests {
             integration: None,
             integrates: None,
             integrating: None,
+            parent_task_id: None,
+            depends_on: vec![],
+            depth: 0,
+            children: vec![],
         }
     }
 

@@ -114,6 +114,12 @@ fn an_answer_is_written_and_recorded_before_the_agent_is_signalled_and_the_hub_a
     assert_eq!(a[2], Action::RemoveTaskFile { task_id: ID.into(), file: TaskFile::NeedsInput });
     assert_eq!(a[3], ack("g4-1"));
     assert_eq!(a.len(), 4);
+    // Its ack may go down with the connection (or the process): sent again after a reconnect.
+    m.handle(Event::Disconnected, ms(105));
+    let a = m.handle(Event::Connected, ms(106));
+    let frames: Vec<&str> = sent(&a).iter().map(|f| f.type_name()).collect();
+    assert_eq!(frames, ["state_report", "task_input_ack"]);
+    assert!(a.contains(&ack("g4-1")), "{a:?}");
     // Delivered again: acknowledged, not written again.
     assert_eq!(m.handle(answer("g4-1", "yes, go"), ms(110)), vec![ack("g4-1")]);
     // An answer to nothing asked: not written; the hub is told the agent does not ask it.
