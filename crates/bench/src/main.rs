@@ -8,10 +8,13 @@ mod guard;
 mod ha;
 mod hostile;
 mod hub;
+mod limits;
+mod procs;
 mod sidecar;
 mod soak;
 mod steady;
 mod supervisor;
+mod worktree;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -31,7 +34,8 @@ struct Cli {
 enum Cmd {
     /// Hub: submit -> task_assign latency, lifecycles per second, RSS per idle connection.
     Hub(hub::Args),
-    /// Sidecar: RSS idle and working, assign -> accepted latency, result file -> completed latency.
+    /// Sidecar: RSS, PSS and private memory idle and working, assign -> accepted latency, result
+    /// file -> completed latency.
     Sidecar(sidecar::Args),
     /// Every daemon's CPU per minute idle, while agents work and while a question waits; a
     /// person's answer -> the agent's `.input` when answered 1, 10 and 60 s after the question.
@@ -55,13 +59,24 @@ enum Cmd {
     Ha(ha::Args),
     /// Hostile input: agents working through 20,000 half-open connections; a 100,000-task backlog.
     Hostile(hostile::Args),
+    /// Worktrees: submit -> wake in a fresh worktree of a 10,000-file repository against a plain
+    /// `git worktree add`; 20 sidecars on one repository: worktrees left, commits lost, disk use.
+    Worktree(worktree::Args),
+    /// A subscriber's usage limit with the real Claude Code: requests and CPU while it holds,
+    /// the task resumed after the reset with no retry used.
+    Limits(limits::Args),
     /// (Used by `hostile`) hold half-open connections to a hub until killed.
     #[command(hide = true)]
     HoldSockets(hostile::HoldArgs),
 }
 
+/// The `agentcom` built beside this benchmark (`cargo run --release -p bench` puts both in the
+/// same target dir, wherever `CARGO_TARGET_DIR` says), else the workspace's `target/release`.
 pub fn default_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/agentcom")
+    let beside = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("agentcom")));
+    beside
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/agentcom"))
 }
 
 /// Percentile of sorted samples.
@@ -134,6 +149,8 @@ fn main() -> Result<()> {
         Cmd::Console(args) => rt.block_on(console::run(&bin, args)),
         Cmd::Ha(args) => rt.block_on(ha::run(&bin, args)),
         Cmd::Hostile(args) => rt.block_on(hostile::run(&bin, args)),
+        Cmd::Worktree(args) => rt.block_on(worktree::run(&bin, args)),
+        Cmd::Limits(args) => rt.block_on(limits::run(&bin, args)),
         Cmd::HoldSockets(args) => rt.block_on(hostile::hold(args)),
     }
 }

@@ -1,8 +1,11 @@
-//! Sidecar benchmark: RSS idle and working, `task_assign` → `task_accepted` latency (the
-//! fsync of queue.json included), and result file written → task `completed` at the hub.
+//! Sidecar benchmark: memory idle and working (RSS, and from `smaps_rollup` PSS and private
+//! pages, issue 17: beside a hub running the same binary, and alone as on an agent machine whose
+//! hub runs elsewhere), `task_assign` → `task_accepted` latency (the fsync of queue.json
+//! included), and result file written → task `completed` at the hub.
 //! With `--failover`: how soon after a standby starts to lead a fleet of sidecars is
 //! identified there, the old leader gone and the standby closing with 4001 until then.
 
+use crate::procs::memory;
 use crate::{pct, private_bytes, rss_bytes};
 use anyhow::{bail, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -59,14 +62,17 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_bytes(sidecar.pid())?;
     let idle_private = private_bytes(sidecar.pid())?;
+    let idle_mem = memory(sidecar.pid())?;
 
     let api = hub.admin();
     let mut lat = Vec::with_capacity(args.tasks);
     let mut working_rss = 0u64;
+    let mut working_mem = idle_mem;
     for n in 0..args.tasks {
         let id = hub.submit_text(&format!("bench {n}")).await?;
         sidecar.wait_phase("working").await?;
         working_rss = working_rss.max(rss_bytes(sidecar.pid())?);
+        working_mem = working_mem.max(memory(sidecar.pid())?);
         // The agent's move: write the result atomically (temp file, then rename in).
         let tmp = sidecar.results().join(format!(".{id}.tmp"));
         std::fs::write(&tmp, br#"{"status":"success"}"#)?;
@@ -94,6 +100,12 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         idle_private as f64 / 1e6
     );
     println!("sidecar RSS while working (max over {} tasks): {:.1} MB", args.tasks, working_rss as f64 / 1e6);
+    println!("sidecar memory idle (smaps_rollup; the hub maps the same binary): {}", idle_mem.show());
+    println!(
+        "sidecar memory while working (each figure's max over {} tasks): {}",
+        args.tasks,
+        working_mem.show()
+    );
     println!(
         "result file renamed in -> task completed at the hub ({} tasks): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         lat.len(),
@@ -136,6 +148,11 @@ async fn accept_latency(bin: &Path, n: usize, root: &Path) -> Result<()> {
         bail!("expected identify, got {hello}");
     }
     ws.send(Message::text(json!({"type": "identified", "agent_id": "acc"}).to_string())).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "sidecar memory idle and identified, alone (no other process maps the binary): {}",
+        memory(sidecar.pid())?.show()
+    );
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("task-{i}");

@@ -3,7 +3,8 @@
 //! a person's answer → the agent's `.input` when answered 1, 10 and 60 s after the question.
 //! Production timings (30 s pings, 2 s rescans): a loop that never parks shows at once.
 
-use crate::{cpu_secs, pct};
+use crate::pct;
+use crate::procs::{cpu_now, cpu_per_minute, Daemon};
 use anyhow::{Context, Result};
 use proto::api::AnswerTask;
 use std::path::{Path, PathBuf};
@@ -37,24 +38,6 @@ printf '%s' '{"question":"Ship it?","options":["yes","no"]}' > "$R/.$T.q" && mv 
 while [ -e "$R/$T.needs-input" ]; do sleep 1; done
 echo '{"status":"success"}' > "$R/.$T.r" && mv "$R/.$T.r" "$R/$T.json"
 "#;
-
-struct Daemon {
-    name: String,
-    pid: u32,
-}
-
-/// CPU seconds each daemon used over a window, per minute.
-fn cpu_per_minute(daemons: &[Daemon], before: &[f64], window: Duration) -> Vec<f64> {
-    daemons
-        .iter()
-        .zip(before)
-        .map(|(d, b)| (cpu_secs(Some(d.pid)).unwrap_or(*b) - b) * 60.0 / window.as_secs_f64())
-        .collect()
-}
-
-fn cpu_now(daemons: &[Daemon]) -> Vec<f64> {
-    daemons.iter().map(|d| cpu_secs(Some(d.pid)).unwrap_or(0.0)).collect()
-}
 
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     println!("agentcom steady-state benchmark (release binary {})", bin.display());
