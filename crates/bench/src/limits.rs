@@ -110,7 +110,8 @@ async fn measure(bin: &Path, root: &Path, args: &Args) -> Result<()> {
     })
     .await?;
     let reset_ms = reset_at.load(Ordering::SeqCst) as f64 * 1000.0;
-    let refused_at = log.lock().unwrap().iter().find(|(_, a)| *a == Answer::Refused).map(|(t, _)| *t).context("no limit")?;
+    let refused_at =
+        log.lock().unwrap().iter().find(|(_, a)| *a == Answer::Refused).map(|(t, _)| *t).context("no limit")?;
     let agent = hub.admin_client().call(&proto::api::GetAgent { agent_id: "claude-1".into() }).await?;
     println!(
         "the limit: hit {:.1} s after the submit, reset {:.1} s after it; the hub has the task queued not before {:?} (the reset: {}), failures {}, limited attempts {}; the agent {:?} until {:?}, account {:?}",
@@ -160,7 +161,11 @@ async fn measure(bin: &Path, root: &Path, args: &Args) -> Result<()> {
     let same_session = seen.first().map(|s| &s.session) == seen.last().map(|s| &s.session);
     let same_cwd = seen.first().map(|s| &s.cwd) == seen.last().map(|s| &s.cwd);
 
-    println!("\nwindow: {:.1} s from the limit to the reset (waited {:.1} s of it here, looked {looks} times)", (reset_ms - refused_at) / 1000.0, waited.as_secs_f64());
+    println!(
+        "\nwindow: {:.1} s from the limit to the reset (waited {:.1} s of it here, looked {looks} times)",
+        (reset_ms - refused_at) / 1000.0,
+        waited.as_secs_f64()
+    );
     println!("model requests during the window: {during} (goal 0); agent processes alive meanwhile: at most {most}");
     println!(
         "CPU while waiting ({:.0} s): hub {:.3} s ({:.3} s/min), sidecar {:.3} s ({:.3} s/min), the sidecar's children {children:.3} s",

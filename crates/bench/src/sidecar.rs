@@ -101,11 +101,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     );
     println!("sidecar RSS while working (max over {} tasks): {:.1} MB", args.tasks, working_rss as f64 / 1e6);
     println!("sidecar memory idle (smaps_rollup; the hub maps the same binary): {}", idle_mem.show());
-    println!(
-        "sidecar memory while working (each figure's max over {} tasks): {}",
-        args.tasks,
-        working_mem.show()
-    );
+    println!("sidecar memory while working (each figure's max over {} tasks): {}", args.tasks, working_mem.show());
     println!(
         "result file renamed in -> task completed at the hub ({} tasks): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         lat.len(),

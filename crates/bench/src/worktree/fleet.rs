@@ -114,7 +114,8 @@ pub async fn run(bin: &Path, root: &Path, repo: &Path, args: &Args) -> Result<()
     let left_listed = extra_worktrees(repo)?;
     let left_folders: usize = dirs.iter().map(|d| task_folders(&worktrees_dir(d))).sum();
     let left_admin = std::fs::read_dir(repo.join(".git").join("worktrees")).map(|d| d.count()).unwrap_or(0);
-    let main_clean = git(repo, &["status", "--porcelain"])?.is_empty() && git(repo, &["rev-parse", "main"])? == main_head;
+    let main_clean =
+        git(repo, &["status", "--porcelain"])?.is_empty() && git(repo, &["rev-parse", "main"])? == main_head;
     let after = measure(repo, &dirs);
 
     println!(
@@ -127,7 +128,11 @@ pub async fn run(bin: &Path, root: &Path, repo: &Path, args: &Args) -> Result<()
     println!(
         "worktrees left: {left_listed} in `git worktree list`, {left_folders} task folders in the worktrees dirs, {left_admin} in .git/worktrees"
     );
-    println!("commits lost: {} of {} (each task's branch holds its commit, its change and nothing else)", lost.len(), ids.len());
+    println!(
+        "commits lost: {} of {} (each task's branch holds its commit, its change and nothing else)",
+        lost.len(),
+        ids.len()
+    );
     for l in lost.iter().take(10) {
         println!("  LOST {l}");
     }
@@ -137,7 +142,8 @@ pub async fn run(bin: &Path, root: &Path, repo: &Path, args: &Args) -> Result<()
         println!("  {name:<26} {b:>12} {a:>12} {:>+12}", a as i64 - *b as i64);
     }
     let (b, a) = (before.total(), after.total());
-    let branches = (after.objects + after.refs + after.logs) as i64 - (before.objects + before.refs + before.logs) as i64;
+    let branches =
+        (after.objects + after.refs + after.logs) as i64 - (before.objects + before.refs + before.logs) as i64;
     println!(
         "  {:<26} {b:>12} {a:>12} {:>+12}  (the branches: objects, refs and reflogs {:+}; the rest {:+})",
         "total",

@@ -28,7 +28,10 @@ struct Round {
 }
 
 pub async fn run(bin: &Path, root: &Path, repo: &Path, args: &Args) -> Result<()> {
-    println!("\n(a) submit -> wake running in a fresh worktree, {} tasks, each beside a plain `git worktree add`", args.tasks);
+    println!(
+        "\n(a) submit -> wake running in a fresh worktree, {} tasks, each beside a plain `git worktree add`",
+        args.tasks
+    );
     let hub = Hub::start_in(bin, &root.join("hub-a"), "")?;
     let token = hub.token("wt-1").await?;
     let cfg = sidecar_config("wt-1", &token, &hub, &wake_command(root), repo);
@@ -70,10 +73,7 @@ pub async fn run(bin: &Path, root: &Path, repo: &Path, args: &Args) -> Result<()
     let window = Duration::from_secs(args.idle_s);
     tokio::time::sleep(window).await;
     let idle = cpu_per_minute(&daemons, &before, window);
-    println!(
-        "idle {} s afterwards, CPU s/min: hub {:.3}, sidecar {:.3}",
-        args.idle_s, idle[0], idle[1]
-    );
+    println!("idle {} s afterwards, CPU s/min: hub {:.3}, sidecar {:.3}", args.idle_s, idle[0], idle[1]);
     drop(sidecar);
     drop(hub);
     Ok(())
