@@ -86,6 +86,12 @@ pub fn run_task(cfg: &IntegrateConfig) -> Result<(), String> {
 /// The changes queued for `target` after the one held (for a batch), from the hub's API; none
 /// when it cannot be asked.
 fn queued_changes(cfg: &IntegrateConfig, target: &str) -> Vec<run::Change> {
+    // A thread of its own: the caller may already be inside a runtime (`agentcom`'s), where
+    // starting another one panics.
+    std::thread::scope(|s| s.spawn(|| queued_changes_now(cfg, target)).join().unwrap_or_default())
+}
+
+fn queued_changes_now(cfg: &IntegrateConfig, target: &str) -> Vec<run::Change> {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return Vec::new() };
     rt.block_on(async {
         for base in cfg.api_urls() {

@@ -69,7 +69,20 @@ fn integrator(
     extra: &str,
     env: &[(String, String)],
 ) -> anyhow::Result<(Sidecar, PathBuf, PathBuf)> {
-    let dir = root.join("integrator");
+    integrator_named("integrator", hub, token, root, remote, extra, env)
+}
+
+/// [`integrator`] as agent `name`, in a directory of that name.
+fn integrator_named(
+    name: &str,
+    hub: &Hub,
+    token: &str,
+    root: &Path,
+    remote: &Remote,
+    extra: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<(Sidecar, PathBuf, PathBuf)> {
+    let dir = root.join(name);
     let repo = if dir.join("clone").exists() {
         dir.join("clone")
     } else {
@@ -77,7 +90,8 @@ fn integrator(
         remote.clone_to(&dir.join("clone"))?
     };
     let cfg = format!(
-        "agent_id = \"integrator\"\ntoken = {}\nhub_url = {}\nrepo_dir = {}\nstate_dir = {}\n{extra}",
+        "agent_id = {}\ntoken = {}\nhub_url = {}\nrepo_dir = {}\nstate_dir = {}\n{extra}",
+        toml_string(name),
         toml_string(token),
         toml_string(&hub.ws_url()),
         toml_string(&repo.display().to_string()),
@@ -234,6 +248,87 @@ async fn a_red_check_goes_back_with_its_output_and_then_waits_for_a_person() -> 
     assert!(i.output_tail.as_deref().unwrap_or("").contains("tests fail: broken.txt"), "{i:?}");
     assert!(t.history.iter().any(|h| h.reason.contains("the integration check failed; back to an agent")));
     assert!(!files_at(&remote.bare, "main")?.contains(&"broken.txt".to_string()), "main stays green");
+    Ok(())
+}
+
+/// Changes tested together (`batch_max`), one of them breaking the check: the batch is
+/// bisected, the changes before the bad one merge, the bad one goes back to its agent (and then
+/// waits for a person), the rest merge together in one push. Two integrators serve the target and
+/// never take two of its integrations at once; the check sees no token; `after_merge_command`
+/// gets the merge in its environment.
+#[tokio::test]
+async fn a_batch_with_a_bad_change_is_bisected_and_the_good_changes_merge_once_under_two_integrators() -> R {
+    let root = tempfile::tempdir()?;
+    let remote = Remote::new(root.path())?;
+    let hub = Hub::start(bin(), "")?;
+    let (t1, ti, tj) = (hub.token("a1").await?, hub.token("integrator").await?, hub.token("second").await?);
+    let _a = agent(&hub, &t1, "a1", root.path(), &remote, WRITER)?;
+    let names = ["f0.txt", "bad.txt", "f2.txt", "f3.txt"];
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(hub.submit_text(&format!("write {name}")).await?);
+    }
+    // All four finished and queued for main before any integrator runs: one batch is possible.
+    for id in &ids {
+        wait_integration(&hub, id, IntegrationStatus::Queued).await?;
+    }
+    let envs = root.path().join("check-env");
+    let merges = root.path().join("after-merge.log");
+    std::fs::create_dir_all(&envs)?;
+    let extra = format!(
+        "batch_max = 4\nmax_integration_attempts = 1\ncheck_command = {}\nafter_merge_command = {}\n",
+        toml_string(&format!(
+            "env > {}/$$; if test -f bad.txt; then echo bad.txt breaks it; exit 1; fi",
+            envs.display()
+        )),
+        toml_string(&format!(
+            "echo \"$AGENTCOM_INTEGRATED_TASKS|$AGENTCOM_MERGED_SHA|$AGENTCOM_TARGET\" >> {}",
+            merges.display()
+        )),
+    );
+    let before = git(&remote.bare, &["rev-list", "--count", "main"])?.parse::<u64>()?;
+    let (_i, clone, _) = integrator(&hub, &ti, root.path(), &remote, &extra, &[])?;
+    let (_j, _, _) = integrator_named("second", &hub, &tj, root.path(), &remote, &extra, &[])?;
+    let bad = match wait_integration(&hub, &ids[1], IntegrationStatus::WaitingReview).await {
+        Ok(b) => b,
+        Err(e) => {
+            for l in _i.logs().iter().chain(_j.logs().iter()) {
+                eprintln!("LOG {l}");
+            }
+            return Err(e);
+        }
+    };
+    assert!(bad.task.integration.unwrap().output_tail.unwrap_or_default().contains("bad.txt breaks it"));
+    let mut shas = Vec::new();
+    for id in [&ids[0], &ids[2], &ids[3]] {
+        let t = wait_integration(&hub, id, IntegrationStatus::Merged).await?;
+        shas.push(t.task.integration.unwrap().merged_sha.unwrap());
+    }
+    assert_ne!(shas[0], shas[1], "f0 merged before the bad change");
+    assert_eq!(shas[1], shas[2], "f2 and f3 merged together");
+    let files = files_at(&remote.bare, "main")?;
+    assert!(!files.contains(&"bad.txt".to_string()), "main stays green: {files:?}");
+    let after = git(&remote.bare, &["rev-list", "--count", "main"])?.parse::<u64>()?;
+    assert_eq!(after, before + 3, "each good change once");
+    assert_eq!(git(&remote.bare, &["rev-list", "--merges", "main"])?, "", "linear history");
+    // Two integrators, one integration of main at a time: the hub's history of each shows it.
+    let list = hub.admin_client().call(&proto::api::ListIntegrations::default()).await?;
+    assert!(list.targets.iter().all(|t| t.changes.iter().all(|c| c.integrates == ids[1])), "{list:?}");
+    // The check ran what the agents wrote without the integrator's token.
+    let mut checks = 0;
+    for e in std::fs::read_dir(&envs)? {
+        let env = std::fs::read_to_string(e?.path())?;
+        assert!(!env.contains(&ti) && !env.contains(&tj) && !env.contains("AGENTCOM_TOKEN"), "{env}");
+        checks += 1;
+    }
+    assert!(checks >= 3, "{checks} checks");
+    // after_merge_command: once per push, with what it merged.
+    let log = std::fs::read_to_string(&merges)?;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines[0], format!("{}|{}|main", ids[0], shas[0]));
+    assert_eq!(lines[1], format!("{} {}|{}|main", ids[2], ids[3], shas[1]));
+    assert_eq!(worktrees(&clone)?.len(), 1, "no scratch worktree left");
     Ok(())
 }
 
