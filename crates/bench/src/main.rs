@@ -8,6 +8,7 @@ mod guard;
 mod ha;
 mod hostile;
 mod hub;
+mod integrate;
 mod limits;
 mod procs;
 mod sidecar;
@@ -62,6 +63,9 @@ enum Cmd {
     /// Worktrees: submit -> wake in a fresh worktree of a 10,000-file repository against a plain
     /// `git worktree add`; 20 sidecars on one repository: worktrees left, commits lost, disk use.
     Worktree(worktree::Args),
+    /// The integration queue: 20 agents, 200 changes, a 1 s check, merged per minute with
+    /// `batch_max` 1 and 8; two agents changing the same line, conflict -> merged.
+    Integrate(integrate::Args),
     /// A subscriber's usage limit with the real Claude Code: requests and CPU while it holds,
     /// the task resumed after the reset with no retry used.
     Limits(limits::Args),
@@ -150,6 +154,7 @@ fn main() -> Result<()> {
         Cmd::Ha(args) => rt.block_on(ha::run(&bin, args)),
         Cmd::Hostile(args) => rt.block_on(hostile::run(&bin, args)),
         Cmd::Worktree(args) => rt.block_on(worktree::run(&bin, args)),
+        Cmd::Integrate(args) => rt.block_on(integrate::run(&bin, args)),
         Cmd::Limits(args) => rt.block_on(limits::run(&bin, args)),
         Cmd::HoldSockets(args) => rt.block_on(hostile::hold(args)),
     }

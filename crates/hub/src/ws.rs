@@ -45,12 +45,10 @@ pub async fn serve(mut socket: WebSocket, w: WsConn) {
         tokio::select! {
             _ = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "hub shutting down".into())),
             changed = role.changed() => {
-                let leader = match &*role.borrow_and_update() {
-                    crate::ha::Role::Leader(s) if s.term == term && changed.is_ok() => continue,
-                    crate::ha::Role::Leader(_) => String::new(),
-                    crate::ha::Role::Standby { leader } => leader.as_ref().map(|l| l.ws_url.clone()).unwrap_or_default(),
-                };
-                break Some((proto::CLOSE_NOT_LEADER, leader));
+                if matches!(&*role.borrow_and_update(), crate::ha::Role::Leader(s) if s.term == term && changed.is_ok()) {
+                    continue;
+                }
+                break Some((proto::CLOSE_NOT_LEADER, leader_ws(&role)));
             }
             _ = evicted.cancelled() => break Some((CLOSE_TRY_AGAIN, "hub busy; reconnect and identify promptly".into())),
             _ = &mut identify_deadline, if !state.identified => {
@@ -80,7 +78,10 @@ pub async fn serve(mut socket: WebSocket, w: WsConn) {
                     }
                 }
                 Some(Out::Close(code, reason)) => break Some((code, reason)),
-                None => break None,
+                // The core stops only when another hub fenced it off, and that can come before
+                // the role changes here: the agent is sent to the leader, not dropped.
+                None if shutdown.is_cancelled() => break Some((CLOSE_GOING_AWAY, "hub shutting down".into())),
+                None => break Some((proto::CLOSE_NOT_LEADER, leader_ws(&role))),
             },
             msg = socket.recv() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + t.heartbeat_timeout);
@@ -130,6 +131,14 @@ pub async fn serve(mut socket: WebSocket, w: WsConn) {
                 linger(&mut socket).await;
             }
         }
+    }
+}
+
+/// The leader's WebSocket URL as this hub knows it (empty when it does not).
+fn leader_ws(role: &crate::ha::RoleRx) -> String {
+    match &*role.borrow() {
+        crate::ha::Role::Standby { leader: Some(l) } => l.ws_url.clone(),
+        _ => String::new(),
     }
 }
 
