@@ -180,3 +180,48 @@ fn help_describes_every_argument() {
         }
     }
 }
+
+/// Supervisors started at once on one folder (two commands each launching one): one serves,
+/// the others say a supervisor already runs and exit; the pid file names the one that serves,
+/// so stopping it stops the folder's supervisor (none is left running unseen).
+#[tokio::test]
+async fn supervisors_started_at_once_leave_exactly_one_serving() -> R {
+    let s = Supervised::new(bin())?;
+    let mut children: Vec<std::process::Child> = (0..6)
+        .map(|_| {
+            s.cmd(&["supervisor"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut refused = 0;
+    let mut alive = Vec::new();
+    for c in &mut children {
+        // The losers exit at once; the winner runs until it is stopped.
+        let out = eventually("a started supervisor to serve or give up", || {
+            let seen = match c.try_wait() {
+                Ok(Some(status)) => Ok(Some(status)),
+                Ok(None) if s.supervisor_pid() == Some(c.id() as i32) && s.ps().is_ok() => Ok(None),
+                Ok(None) => Err("still starting".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            async move { seen }
+        })
+        .await?;
+        match out {
+            Some(status) => {
+                let mut err = String::new();
+                std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err)?;
+                assert!(!status.success() && err.contains("already running"), "{status}: {err}");
+                refused += 1;
+            }
+            None => alive.push(c.id()),
+        }
+    }
+    assert_eq!((alive.len(), refused), (1, 5), "{alive:?}");
+    s.ok(&["start", "one", "--", "sleep", "300"])?;
+    assert_eq!(s.ps()?.len(), 1);
+    drop(s);
+    for c in &mut children {
+        assert!(c.wait()?.code().is_some(), "the supervisor exited when stopped");
+    }
+    Ok(())
+}

@@ -88,6 +88,23 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.dir, std::fs::Permissions::from_mode(0o700));
     }
+    // One supervisor per folder: two started at once (two commands each launching one) would
+    // otherwise both find no socket, or one take the other's socket between its bind and listen,
+    // and one would run on unseen, its socket and pid file gone. The lock lives with the process.
+    let lock_path = cfg.dir.join("supervisor.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(format!("cannot open {}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(DaemonError::AlreadyRunning(socket_path(&cfg.dir).display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(format!("cannot lock {}", lock_path.display()))(e)),
+    }
     let socket = socket_path(&cfg.dir);
     if socket.exists() {
         if crate::client::Client::connect(&cfg.dir).is_ok() {
@@ -134,6 +151,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
     tracing::info!("supervisor stopped");
+    drop(lock);
     Ok(())
 }
 
