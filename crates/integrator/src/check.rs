@@ -1,7 +1,8 @@
-//! Running what the agents wrote: the check command (and the after-merge command) under `sh -c`
-//! in a clean environment (no token, no push credentials: only `PATH`, a throwaway `HOME`,
-//! `LANG` and what we pass), in its own process group killed at the deadline, its output kept
-//! in a file of which only the tail is read.
+//! Running what the agents wrote: the check command under `sh -c` in a clean environment (no
+//! token, no push credentials: only `PATH`, a throwaway `HOME`, `LANG` and what we pass); the
+//! operator's after-merge command with the integrator's environment (its `gh` or deploy
+//! credentials) less our own `AGENTCOM_*` variables. Each in its own process group killed at the
+//! deadline, its output kept in a file of which only the tail is read.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -22,19 +23,40 @@ pub struct Ran {
     pub tail: String,
 }
 
-/// Runs `cmd` in `dir` with only `env` beside the clean basics; never longer than `limit`.
+/// Whose environment a command gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Env {
+    /// What the agents wrote: only the clean basics.
+    Clean,
+    /// The operator's own command: the integrator's environment without `AGENTCOM_*`.
+    Operator,
+}
+
+/// Runs `cmd` in `dir` with `env` beside the clean basics; never longer than `limit`.
 pub fn run(cmd: &str, dir: &Path, env: &[(&str, String)], limit: Duration) -> std::io::Result<Ran> {
+    run_as(Env::Clean, cmd, dir, env, limit)
+}
+
+/// [`run`] with the environment `base`.
+pub fn run_as(base: Env, cmd: &str, dir: &Path, env: &[(&str, String)], limit: Duration) -> std::io::Result<Ran> {
     let home = tempfile::tempdir()?;
     let log = tempfile::tempfile()?;
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", path)
-        .env("HOME", home.path())
-        .env("LANG", "C.UTF-8")
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(cmd).current_dir(dir);
+    match base {
+        Env::Clean => {
+            command.env_clear().env("PATH", path).env("HOME", home.path()).env("LANG", "C.UTF-8");
+        }
+        Env::Operator => {
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("AGENTCOM_") {
+                    command.env_remove(k);
+                }
+            }
+        }
+    }
+    let mut child = command
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -67,6 +89,20 @@ fn tail(mut f: std::fs::File) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operators_command_keeps_their_credentials_but_not_ours() {
+        std::env::set_var("AGENTCOM_TEST_SECRET_TOKEN", "s3cret");
+        std::env::set_var("GH_TOKEN_OF_THE_OPERATOR", "gh-creds");
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("AGENTCOM_MERGED_SHA", "abc".to_string())];
+        let r = run_as(Env::Operator, "env", dir.path(), &env, Duration::from_secs(10)).unwrap();
+        assert!(r.ok, "{r:?}");
+        assert!(r.tail.contains("GH_TOKEN_OF_THE_OPERATOR=gh-creds"), "{}", r.tail);
+        assert!(r.tail.contains("AGENTCOM_MERGED_SHA=abc") && !r.tail.contains("s3cret"), "{}", r.tail);
+        let r = run("env", dir.path(), &[], Duration::from_secs(10)).unwrap();
+        assert!(!r.tail.contains("gh-creds"), "the check gets none of it: {}", r.tail);
+    }
 
     #[test]
     fn a_check_sees_no_secret_and_is_stopped_at_its_limit_with_its_children() {

@@ -356,8 +356,8 @@ fn apply(cfg: &IntegrateConfig, g: &Git, changes: &[(Change, String)]) -> Result
     Ok(Applied::Clean)
 }
 
-/// `after_merge_command` with the merge in its environment; its failure is reported, never
-/// undoing the merge.
+/// `after_merge_command` with the merge in its environment (and the integrator's, for its
+/// credentials); its failure is reported, never undoing the merge.
 fn after_merge(cfg: &IntegrateConfig, job: &Job, sha: &str, merged: &[String]) -> Option<String> {
     let cmd = cfg.after_merge_command.as_ref()?;
     let env = [
@@ -367,7 +367,7 @@ fn after_merge(cfg: &IntegrateConfig, job: &Job, sha: &str, merged: &[String]) -
         ("AGENTCOM_INTEGRATED_TASKS", merged.join(" ")),
         ("AGENTCOM_BRANCH", job.change.branch.clone()),
     ];
-    match check::run(cmd, &cfg.repo_dir, &env, cfg.after_merge_timeout) {
+    match check::run_as(check::Env::Operator, cmd, &cfg.repo_dir, &env, cfg.after_merge_timeout) {
         Ok(r) if r.ok => None,
         Ok(r) => Some(format!("{} ({})", r.tail.trim_end(), r.status)),
         Err(e) => Some(format!("cannot run after_merge_command: {e}")),
