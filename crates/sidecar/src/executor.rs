@@ -19,6 +19,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Pauses between tries to release a finished task's worktree.
+const RELEASE_RETRIES: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::ZERO,
+];
+
 /// The files in the results dir that belong to a task's attempt (the result aside).
 const AGENT_FILES: [&str; 6] = ["started", "json", "progress", "needs-input", "input", "usage"];
 
@@ -259,10 +267,20 @@ impl Executor {
             }
             Action::ReleaseWorkspace { task_id, keep } => {
                 if let Some(rt) = self.workspace.clone() {
-                    // Nothing waits for it: a failure leaves the worktree to the janitor.
+                    // Nothing waits for it. Sidecars sharing a repository contend for git's
+                    // locks, so a failure is tried again a few times; then it is the janitor's.
                     tokio::task::spawn_blocking(move || {
-                        if let Err(e) = rt.release(&task_id, keep) {
-                            tracing::warn!(task_id = %task_id, error = %e, "cannot release the worktree; the janitor will");
+                        for (n, pause) in RELEASE_RETRIES.iter().enumerate() {
+                            match rt.release(&task_id, keep) {
+                                Ok(()) => return,
+                                Err(e) if n + 1 == RELEASE_RETRIES.len() => {
+                                    tracing::warn!(task_id = %task_id, error = %e, "cannot release the worktree; the janitor will");
+                                }
+                                Err(e) => {
+                                    tracing::info!(task_id = %task_id, error = %e, "cannot release the worktree yet; trying again");
+                                    std::thread::sleep(*pause);
+                                }
+                            }
                         }
                     });
                 }

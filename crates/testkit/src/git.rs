@@ -61,6 +61,24 @@ pub fn refs(repo: &Path, prefix: &str) -> Result<Vec<String>> {
 /// the real git runs (`after` false) or after it succeeded. Put it first on the caller's `PATH`;
 /// `<dir>/crashed` appears when it fired.
 pub fn crashing_git(dir: &Path, step: &[&str], after: bool) -> Result<PathBuf> {
+    fake_git(dir, step, if after { Fault::KillAfter } else { Fault::KillBefore })
+}
+
+/// A folder holding a `git` that runs the real one, except that, once, on the git subcommand
+/// `step`, it fails as git does when another process changes the repository under it (exit 128,
+/// `fatal: failed to read ...`), without running the real one; `<dir>/crashed` appears then.
+pub fn failing_git(dir: &Path, step: &[&str]) -> Result<PathBuf> {
+    fake_git(dir, step, Fault::FailOnce)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    KillBefore,
+    KillAfter,
+    FailOnce,
+}
+
+fn fake_git(dir: &Path, step: &[&str], fault: Fault) -> Result<PathBuf> {
     let real = Command::new("sh").args(["-c", "command -v git"]).output()?;
     let real = String::from_utf8(real.stdout)?.trim().to_string();
     ensure!(!real.is_empty(), "git is not installed");
@@ -81,6 +99,7 @@ case "$words" in
   *) hit=0 ;;
 esac
 if [ $hit = 1 ] && [ ! -e '{marker}' ]; then
+  if [ {fail} = 1 ]; then : > '{marker}'; echo "fatal: failed to read .git/worktrees/other/commondir: Success" >&2; exit 128; fi
   if [ {after} = 0 ]; then : > '{marker}'; kill -9 $PPID; exit 137; fi
   '{real}' "$@"; status=$?
   if [ $status = 0 ]; then : > '{marker}'; kill -9 $PPID; fi
@@ -90,7 +109,8 @@ exec '{real}' "$@"
 "#,
         step = step.join(" "),
         marker = marker.display(),
-        after = u8::from(after),
+        after = u8::from(fault == Fault::KillAfter),
+        fail = u8::from(fault == Fault::FailOnce),
         real = real,
     );
     let path = dir.join("git");

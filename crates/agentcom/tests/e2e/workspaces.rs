@@ -341,6 +341,29 @@ async fn a_worktree_no_task_holds_is_saved_to_an_orphan_ref_then_removed() -> R 
     Ok(())
 }
 
+/// `git worktree remove` fails now and then when another sidecar changes the same repository's
+/// worktrees at that moment: the finished task's worktree is released on a later try, not left
+/// to the hourly janitor.
+#[tokio::test]
+async fn a_release_that_git_refuses_once_is_tried_again() -> R {
+    let root = tempfile::tempdir()?;
+    let hub = Hub::start(bin(), "")?;
+    let token = hub.token("w1").await?;
+    let repo = project(&root.path().join("project"))?;
+    let dir = root.path().join("s");
+    let fake = testkit::git::failing_git(&root.path().join("fake"), &["worktree", "remove"])?;
+    let path = format!("{}:{}", fake.display(), path_with_agentcom());
+    let cfg = worktree_config(&hub, "w1", &token, &shell_agent("echo done > out.txt"), &repo, "");
+    let _s = Sidecar::launch(bin(), &dir, &write(&dir, &cfg)?, None, &[("PATH".into(), path)])?;
+    let id = hub.submit_text("write out.txt").await?;
+    hub.wait_status(&id, TaskStatus::Completed).await?;
+    no_worktrees_left(&repo).await?;
+    assert!(fake.join("crashed").exists(), "the first release failed");
+    assert!(folders(&dir.join("state/worktrees")).is_empty());
+    assert_eq!(show(&repo, &format!("agentcom/{id}"), "out.txt")?, "done");
+    Ok(())
+}
+
 /// A second sidecar on the same `worktrees_dir` would remove the first one's worktrees as
 /// strays: it is refused at start, and so is a `repo_dir` that is not a repository.
 #[tokio::test]

@@ -137,6 +137,15 @@ pub async fn run(bin: &Path, root: &Path, repo: &Path, args: &Args) -> Result<()
         println!("  LOST {l}");
     }
     println!("main checkout: {}", if main_clean { "untouched (same commit, clean)" } else { "CHANGED" });
+    let trouble: Vec<String> = sidecars
+        .iter()
+        .flat_map(|s| s.logs())
+        .filter(|l| l.contains("release the worktree") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    println!("sidecar log lines about releasing worktrees or errors: {}", trouble.len());
+    for l in trouble.iter().take(10) {
+        println!("  {}", l.chars().take(400).collect::<String>());
+    }
     println!("disk use, allocated bytes:       before         after          change");
     for ((name, b), (_, a)) in before.rows().iter().zip(after.rows()) {
         println!("  {name:<26} {b:>12} {a:>12} {:>+12}", a as i64 - *b as i64);
