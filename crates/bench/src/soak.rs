@@ -29,6 +29,10 @@ pub struct Args {
     /// Seed of the random choices (default: random); printed, so a run can be repeated.
     #[arg(long)]
     seed: Option<u64>,
+    /// Extra hub settings (TOML lines), e.g. `event_window = 100` to see what the hub's
+    /// memory holds.
+    #[arg(long, default_value = "")]
+    hub_extra: String,
 }
 
 /// Works `$1` seconds (a progress line every 2 s), asking a question halfway when `$2` is 1.
@@ -135,7 +139,10 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     let root = tempfile::tempdir()?;
     std::fs::write(root.path().join("agent.sh"), AGENT)?;
     // Production-like timings, with a claim window short enough to show a lost claim in minutes.
-    let hub_config = "grace_period_ms = 60000\naccept_timeout_ms = 60000\nretry_base_ms = 1000\n".to_string();
+    let hub_config = format!(
+        "grace_period_ms = 60000\naccept_timeout_ms = 60000\nretry_base_ms = 1000\n{}\n",
+        args.hub_extra.replace("\\n", "\n")
+    );
     let hub = Hub::start_in(bin, &root.path().join("hub"), &hub_config)?;
     let mut sup = Supervised::new(bin)?;
     sup.env.retain(|(k, _)| k != "AGENTCOM_SUPERVISOR_MEMORY_CHECK_MS");
