@@ -271,47 +271,7 @@ mod tests {
     use serde_json::Map;
 
     pub(crate) fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
-        TaskHead {
-            task_id: id.into(),
-            seq,
-            priority: Priority::Normal,
-            status,
-            generation: 0,
-            needed_capabilities: vec![],
-            assign_to: None,
-            max_retries: 3,
-            assigned_to: None,
-            assigned_at: None,
-            attempts: 0,
-            failures: 0,
-            retry_at: None,
-            last_error: None,
-            submitted_by: "admin".into(),
-            created_at: 1,
-            updated_at: 1,
-            completed_at: None,
-            needs_input: None,
-            answer: None,
-            change: None,
-            max_cost_usd: None,
-            max_tokens: None,
-            limited_attempts: 0,
-            not_before: None,
-            prefer_agent: None,
-            prefer_until: None,
-            sessions: Vec::new(),
-            spent_usd: 0.0,
-            spent_tokens: 0,
-            serial_key: None,
-            review: false,
-            integration: None,
-            integrates: None,
-            integrating: None,
-            parent_task_id: None,
-            depends_on: vec![],
-            depth: 0,
-            children: vec![],
-        }
+        TaskHead::for_test(id, seq, status)
     }
 
     fn insert(id: &str, seq: i64, status: TaskStatus) -> Mutation {
