@@ -7,7 +7,7 @@
 
 use crate::procs::memory;
 use crate::{pct, private_bytes, rss_bytes};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::path::Path;
@@ -48,6 +48,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
         }
         return Ok(());
     }
+    println!("{}", symbol_order_coverage(bin)?);
     let hub = if args.tls { Hub::start_tls(bin, "")? } else { Hub::start(bin, "")? };
     println!("hub at {}", hub.url());
     let token = hub.token("bench-agent").await?;
@@ -179,6 +180,22 @@ async fn accept_latency(bin: &Path, n: usize, root: &Path) -> Result<()> {
     );
     drop(sidecar);
     Ok(())
+}
+
+/// How many of `sidecar.order`'s functions the binary has: the sidecar's memory figures hold
+/// only while the list matches the code (crate versions and renames change the names).
+fn symbol_order_coverage(bin: &Path) -> Result<String> {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agentcom/sidecar.order");
+    let list = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    let nm = std::process::Command::new("nm").arg("--defined-only").arg(bin).output().context("running nm")?;
+    let names: std::collections::HashSet<&str> =
+        std::str::from_utf8(&nm.stdout)?.lines().filter_map(|l| l.rsplit(' ').next()).collect();
+    let wanted: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
+    let found = wanted.iter().filter(|n| names.contains(*n)).count();
+    Ok(format!(
+        "sidecar.order: {found} of {} functions found in the binary (below that, run scripts/sidecar-order)",
+        wanted.len()
+    ))
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
