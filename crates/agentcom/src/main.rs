@@ -113,7 +113,8 @@ enum Cmd {
     Usage(cmd::remote::UsageArgs),
 }
 
-/// Cancels the returned token on SIGINT or SIGTERM: the one shutdown signal passed down.
+/// Cancels the returned token on SIGINT or SIGTERM: the one shutdown signal passed down. A second
+/// signal exits at once with 128 + its number.
 fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     use anyhow::Context;
     use tokio::signal::unix::{signal, SignalKind};
@@ -122,11 +123,22 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let t = token.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-        }
+        let first = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = first, "shutting down");
         t.cancel();
+        // A shutdown can wait long (a child that ignores its stop signal, for its kill timeout);
+        // a second signal, a second Ctrl-C above all, ends it now. Every daemon recovers from
+        // an exit at any point, so nothing is lost (a supervisor's children are stopped and
+        // started afresh by the next one, as after a crash).
+        let (second, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 128 + SignalKind::terminate().as_raw_value()),
+            _ = int.recv() => ("SIGINT", 128 + SignalKind::interrupt().as_raw_value()),
+        };
+        tracing::warn!(signal = second, "second signal during shutdown; exiting now");
+        std::process::exit(code);
     });
     Ok(token)
 }

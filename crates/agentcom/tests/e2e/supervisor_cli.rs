@@ -225,3 +225,45 @@ async fn supervisors_started_at_once_leave_exactly_one_serving() -> R {
     }
     Ok(())
 }
+
+/// Ctrl-C twice: a shutdown that waits on a child ignoring its stop signal (for a kill timeout
+/// of ten minutes) ends at the second signal, with 128 + its number, and the child is left
+/// running for the next supervisor, as after a crash.
+#[tokio::test]
+async fn a_second_signal_ends_a_slow_shutdown_at_once() -> R {
+    use nix::sys::signal::Signal;
+    let s = Supervised::new(bin())?;
+    let mut daemon = s
+        .cmd(&["supervisor", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stderr = daemon.stderr.take().unwrap();
+    let pid = daemon.id() as i32;
+    eventually("the supervisor to serve", || {
+        let up = s.supervisor_pid() == Some(pid) && s.ps().is_ok();
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err("starting".to_string())
+            }
+        }
+    })
+    .await?;
+    s.ok(&["start", "stubborn", "--kill-timeout-ms", "600000", "--", "sh", "-c", "trap '' TERM; sleep 1000"])?;
+    let child = s.wait_for("stubborn", "online", |p| p["status"] == "online").await?["pid"].as_i64().unwrap() as i32;
+
+    testkit::signal(pid as u32, Signal::SIGINT)?;
+    let first = tokio::task::spawn_blocking(move || testkit::watch_logs(stderr, logs, "shutting down", "signal"));
+    assert_eq!(first.await??, "SIGINT");
+    assert!(testkit::alive(child), "the child ignores SIGTERM: the shutdown waits on it");
+    testkit::signal(pid as u32, Signal::SIGINT)?;
+    let status = testkit::wait_exit(&mut daemon)?;
+    let left = testkit::alive(child);
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child), Signal::SIGKILL)?;
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(left, "a forced exit leaves the child for the next supervisor");
+    Ok(())
+}
