@@ -1,6 +1,7 @@
 //! Repository rules kept true by a test (rust-analyzer's `tidy.rs` is the model): every path
 //! ARCHITECTURE.md names exists, status codes appear only where it says, no source file is over
-//! 700 lines, and every source file opens with a `//!` line saying what it is.
+//! 700 lines, every source file opens with a `//!` line saying what it is, and the sidecar's
+//! symbol order was made for this Cargo.lock.
 
 use std::path::{Path, PathBuf};
 
@@ -109,4 +110,26 @@ fn the_checks_see_the_repository() {
     assert!(sources.iter().any(|(p, _)| p == "crates/agentcom/tests/tidy.rs"));
     let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     assert!(named_paths(&doc).len() > 50);
+}
+
+/// `sidecar.order` names functions with hashes of each crate's version and dependencies, so it
+/// packs the sidecar's code only for the Cargo.lock it was made for (a stale list links fine and
+/// costs each sidecar about 3 MB, silently: hence this check).
+#[test]
+fn the_sidecar_symbol_order_was_made_for_this_cargo_lock() {
+    let root = root();
+    let order = std::fs::read_to_string(root.join("crates/agentcom/sidecar.order")).expect("sidecar.order");
+    let recorded = order.lines().next().and_then(|l| l.strip_prefix("# Cargo.lock ")).and_then(|l| l.split(' ').next());
+    let out = std::process::Command::new("git")
+        .args(["hash-object", "Cargo.lock"])
+        .current_dir(&root)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git hash-object Cargo.lock: {}", String::from_utf8_lossy(&out.stderr));
+    let lock = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        recorded,
+        Some(lock.as_str()),
+        "crates/agentcom/sidecar.order was made for another Cargo.lock: run scripts/sidecar-order (needs valgrind)"
+    );
 }

@@ -190,7 +190,7 @@ fn symbol_order_coverage(bin: &Path) -> Result<String> {
     let nm = std::process::Command::new("nm").arg("--defined-only").arg(bin).output().context("running nm")?;
     let names: std::collections::HashSet<&str> =
         std::str::from_utf8(&nm.stdout)?.lines().filter_map(|l| l.rsplit(' ').next()).collect();
-    let wanted: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
+    let wanted: Vec<&str> = list.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let found = wanted.iter().filter(|n| names.contains(*n)).count();
     Ok(format!(
         "sidecar.order: {found} of {} functions found in the binary (below that, run scripts/sidecar-order)",
