@@ -28,6 +28,7 @@ mod net;
 /// A scripted OpenAI Responses API for the real Codex CLI.
 pub mod openai;
 mod process;
+mod scripted;
 mod sidecar;
 mod supervised;
 mod ws;
