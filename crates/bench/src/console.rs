@@ -6,10 +6,10 @@
 //! 3. hub RSS per connected reader;
 //! 4. submit → `task_assign` p99 and lifecycles per second, without readers and with 10 attached.
 
-use crate::hub::{agent, Seen};
+use crate::hub::{simulate, spawn_agents, submit, submit_many, wait_agents, Seen, Step};
 use crate::{pct, rss_bytes};
 use anyhow::{bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::Hub;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -88,62 +87,9 @@ async fn session(hub: &Hub) -> Result<String> {
     Ok(set.split(';').next().unwrap_or_default().to_string())
 }
 
-fn spawn_agents(
-    hub: &Hub,
-    n: usize,
-    prefix: &str,
-    seen: &Seen,
-    done: &Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<Result<()>>> {
-    (0..n)
-        .map(|i| {
-            tokio::spawn(agent(
-                hub.ws_url(),
-                hub.ws_connector(),
-                format!("{prefix}-{i:04}"),
-                hub.admin_token.clone(),
-                seen.clone(),
-                done.clone(),
-            ))
-        })
-        .collect()
-}
-
+/// Waits until `n` agents are identified and idle (a fleet of thousands takes a while).
 async fn wait_idle(hub: &Hub, n: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, s) = hub.admin().get("/api/tasks/stats").await?;
-        if s["agents"]["idle"].as_u64().unwrap_or(0) as usize >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("agents did not all identify: {s}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Submits `n` tasks from `submitters` concurrent clients.
-async fn submit_many(hub: &Hub, n: usize, submitters: usize) -> Result<()> {
-    let per = n.div_ceil(submitters);
-    let mut subs = Vec::new();
-    for s in 0..submitters {
-        let api = hub.admin();
-        let count = per.min(n.saturating_sub(s * per));
-        subs.push(tokio::spawn(async move {
-            for k in 0..count {
-                let (st, v) = api.post("/api/tasks", json!({"description": format!("bench task {s}-{k}")})).await?;
-                if st != 201 {
-                    bail!("submit: {st} {v}");
-                }
-            }
-            Ok(())
-        }));
-    }
-    for s in subs {
-        s.await??;
-    }
-    Ok(())
+    wait_agents(hub, n, Duration::from_secs(120)).await
 }
 
 async fn wait_done(done: &AtomicU64, target: u64) -> Result<()> {
@@ -190,11 +136,11 @@ async fn fleet_page(bin: &Path, args: &Args) -> Result<()> {
     let mut agents = Vec::new();
     for chunk in 0..args.fleet_agents.div_ceil(200) {
         let n = 200.min(args.fleet_agents - chunk * 200);
-        let mut part = spawn_agents(&hub, n, &format!("fleet{chunk}"), &seen, &done);
+        let mut part = spawn_agents(&hub, (0..n).map(|i| format!("fleet{chunk}-{i:04}")), &seen, &done);
         agents.append(&mut part);
         wait_idle(&hub, chunk * 200 + n).await?;
     }
-    submit_many(&hub, args.fleet_tasks, args.submitters).await?;
+    submit_many(&hub, args.fleet_tasks, args.submitters, "bench task").await?;
     wait_done(&done, args.fleet_tasks as u64).await?;
     println!(
         "fleet: {} agents connected and {} tasks completed in {:.1} s",
@@ -232,10 +178,7 @@ async fn fleet_page(bin: &Path, args: &Args) -> Result<()> {
     if args.paints > 0 {
         let dir = tempfile::tempdir()?;
         let b = testkit::browser::Browser::start(dir.path()).await?;
-        b.goto(&format!("{}/", hub.url())).await?;
-        b.fill("#token", &hub.admin_token).await?;
-        b.click("#login button").await?;
-        b.wait_text("h1", "Fleet").await?;
+        b.login(&hub.url(), &hub.admin_token).await?;
         let mut fcp = Vec::new();
         let mut loaded = Vec::new();
         let mut received = Vec::new();
@@ -292,10 +235,7 @@ async fn dom_update(bin: &Path, args: &Args) -> Result<()> {
     let hub = Hub::start(bin, CONFIG)?;
     let dir = tempfile::tempdir()?;
     let b = testkit::browser::Browser::start(dir.path()).await?;
-    b.goto(&format!("{}/", hub.url())).await?;
-    b.fill("#token", &hub.admin_token).await?;
-    b.click("#login button").await?;
-    b.wait_text("h1", "Fleet").await?;
+    b.login(&hub.url(), &hub.admin_token).await?;
     let mut a = hub.agent("dom-1", &[]).await?;
     let mut lat = Vec::new();
     for n in 0..args.dom_updates {
@@ -389,34 +329,14 @@ async fn acking_agent(
     token: String,
     acked: Arc<Mutex<HashMap<String, Instant>>>,
 ) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
     let hello = json!({"type": "identify", "agent_id": id, "token": token, "protocol_version": 1});
-    ws.send(Message::text(hello.to_string())).await?;
-    while let Some(msg) = ws.next().await {
-        let Message::Text(t) = msg? else { continue };
-        let v: Value = serde_json::from_str(t.as_str())?;
-        match v["type"].as_str() {
-            Some("task_assign") => {
-                let task = v["task_id"].as_str().unwrap_or_default().to_string();
-                let g = v["generation"].as_u64().unwrap_or(0);
-                ws.send(Message::text(
-                    json!({"type": "task_accepted", "task_id": task, "protocol_version": 1}).to_string(),
-                ))
-                .await?;
-                ws.send(Message::text(
-                    json!({"type": "task_complete", "task_id": task, "generation": g, "result": {"status": "success"}, "protocol_version": 1}).to_string(),
-                ))
-                .await?;
-            }
-            Some("task_ack") if v["status"] == "complete" => {
-                let task = v["task_id"].as_str().unwrap_or_default().to_string();
-                acked.lock().unwrap().insert(task, Instant::now());
-            }
-            Some("error") => bail!("agent {id}: {v}"),
-            _ => {}
+    simulate(ws, &id, hello, |step, task| {
+        if let Step::Acked = step {
+            acked.lock().unwrap().insert(task.to_string(), Instant::now());
         }
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// 2. Commit → event at the readers, while agents work.
@@ -450,20 +370,14 @@ async fn stream_latency(bin: &Path, args: &Args) -> Result<()> {
     }
     let t0 = Instant::now();
     if args.stream_rate == 0 {
-        submit_many(&hub, args.stream_tasks, args.submitters).await?;
+        submit_many(&hub, args.stream_tasks, args.submitters, "bench task").await?;
     } else {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.stream_rate as f64));
         let mut sent = Vec::new();
         for n in 0..args.stream_tasks {
             tick.tick().await;
             let api = hub.admin();
-            sent.push(tokio::spawn(async move {
-                let (st, v) = api.post("/api/tasks", json!({"description": format!("stream {n}")})).await?;
-                if st != 201 {
-                    bail!("submit: {st} {v}");
-                }
-                Ok(())
-            }));
+            sent.push(tokio::spawn(async move { submit(&api, format!("stream {n}")).await }));
         }
         for s in sent {
             s.await??;

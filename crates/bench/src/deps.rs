@@ -6,18 +6,17 @@
 //! time from its dependency's `task_complete` leaving the agent to its own `task_assign`
 //! arriving: what the hub adds between the two (a durable commit, then dispatch).
 
+use crate::hub::{simulate, Step};
 use crate::pct;
 use anyhow::{bail, Result};
-use futures_util::{SinkExt, StreamExt};
 use proto::api::SubmitTask;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::Hub;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,31 +42,20 @@ type Shared = Arc<Mutex<Log>>;
 
 /// A simulated agent that accepts and completes every task at once, logging both instants.
 async fn agent(url: String, agent_id: String, token: String, log: Shared, done: Arc<AtomicU64>) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
     let identify = json!({"type": "identify", "agent_id": agent_id, "token": token, "client_type": "sidecar", "protocol_version": 1});
-    ws.send(Message::text(identify.to_string())).await?;
-    while let Some(msg) = ws.next().await {
-        let Message::Text(t) = msg? else { continue };
-        let v: Value = serde_json::from_str(t.as_str())?;
-        match v["type"].as_str() {
-            Some("task_assign") => {
-                let id = v["task_id"].as_str().unwrap_or_default().to_string();
-                log.lock().unwrap().assigned.insert(id.clone(), Instant::now());
-                let g = v["generation"].as_u64().unwrap_or(0);
-                ws.send(Message::text(json!({"type": "task_accepted", "task_id": id}).to_string())).await?;
-                let complete =
-                    json!({"type": "task_complete", "task_id": id, "generation": g, "result": {"status": "success"}});
-                log.lock().unwrap().completed.insert(id, Instant::now());
-                ws.send(Message::text(complete.to_string())).await?;
-            }
-            Some("task_ack") if v["status"] == "complete" => {
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Some("error") => bail!("agent {agent_id}: {v}"),
-            _ => {}
+    simulate(ws, &agent_id, identify, |step, id| match step {
+        Step::Assigned => {
+            log.lock().unwrap().assigned.insert(id.to_string(), Instant::now());
         }
-    }
-    Ok(())
+        Step::Completing => {
+            log.lock().unwrap().completed.insert(id.to_string(), Instant::now());
+        }
+        Step::Acked => {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await
 }
 
 struct Fleet {

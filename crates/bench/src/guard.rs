@@ -5,7 +5,6 @@ use crate::pct;
 use anyhow::{bail, Result};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::Supervised;
 
@@ -26,32 +25,12 @@ echo "ok $V" > "$STATE/health"
 exec sleep 100000
 "#;
 
-fn git(repo: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(repo)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@b")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@b")
-        .output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
     let root = tempfile::tempdir()?;
     let repo = root.path().join("repo");
     let state = root.path().join("state");
-    std::fs::create_dir_all(&repo)?;
     std::fs::create_dir_all(&state)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    std::fs::write(repo.join("agent.sh"), AGENT)?;
-    std::fs::write(repo.join("VERSION"), "1\n")?;
-    git(&repo, &["add", "."])?;
-    git(&repo, &["commit", "-q", "-m", "v1"])?;
+    testkit::git::versioned_agent(&repo, AGENT)?;
     let sup = Supervised::new(bin)?;
     let st = format!("STATE={}", state.display());
     sup.ok(&["start", "agent", "--cwd", repo.to_str().unwrap(), "--env", &st, "--", "sh", "agent.sh"])?;
@@ -61,10 +40,7 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     let mut beyond = Vec::new();
     for round in 0..args.rounds {
         let branch = format!("bad-{round}");
-        git(&repo, &["checkout", "-q", "-b", &branch])?;
-        std::fs::write(repo.join("VERSION"), format!("bad-{round}\n"))?;
-        git(&repo, &["commit", "-q", "-am", "bad"])?;
-        git(&repo, &["checkout", "-q", "main"])?;
+        testkit::git::version_branch(&repo, &branch, &branch)?;
         testkit::eventually_blocking("the old version to be healthy", || {
             let now = read();
             if now == "ok 1" {

@@ -2,7 +2,7 @@
 //! connections hold sockets, and a backlog of 100,000 queued tasks (memory, 1,000-row pages, and
 //! dispatch latency while pages are read in a loop).
 
-use crate::hub::{agent, Seen};
+use crate::hub::{assigned_at, spawn_agents, Seen};
 use crate::{pct, rss_bytes};
 use anyhow::{bail, Context, Result};
 use proto::api::{GetStats, ListTasks, SubmitTask};
@@ -93,18 +93,7 @@ struct Agents {
 async fn start_agents(hub: &Hub, n: usize) -> Result<Agents> {
     let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicU64::new(0));
-    let tasks = (0..n)
-        .map(|i| {
-            tokio::spawn(agent(
-                hub.ws_url(),
-                hub.ws_connector(),
-                format!("bench-{i}"),
-                hub.admin_token.clone(),
-                seen.clone(),
-                done.clone(),
-            ))
-        })
-        .collect();
+    let tasks = spawn_agents(hub, (0..n).map(|i| format!("bench-{i}")), &seen, &done);
     testkit::eventually(&format!("{n} agents identified"), || async {
         let s = hub.admin_client().call(&GetStats).await.map_err(|e| e.to_string())?;
         let idle = s.agents.get(&proto::api::AgentStatus::Idle).copied().unwrap_or(0) as usize;
@@ -125,13 +114,7 @@ async fn latencies(hub: &Hub, seen: &Seen, n: usize) -> Result<Vec<f64>> {
     for i in 0..n {
         let t0 = Instant::now();
         let id = client.call(&SubmitTask::new(format!("latency {i}"))).await?.task_id;
-        let got = loop {
-            if let Some(t) = seen.lock().unwrap().get(&id) {
-                break *t;
-            }
-            tokio::task::yield_now().await;
-        };
-        lat.push(got.duration_since(t0).as_secs_f64() * 1000.0);
+        lat.push(assigned_at(seen, &id).await.duration_since(t0).as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     Ok(lat)

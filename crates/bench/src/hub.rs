@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::Hub;
+use testkit::{Api, Hub};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,6 +39,49 @@ pub struct Args {
 
 pub type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// What a simulated agent tells its caller of each task, as it happens.
+pub enum Step {
+    /// Its `task_assign` arrived.
+    Assigned,
+    /// Its `task_complete` is about to leave.
+    Completing,
+    /// The hub acknowledged the completion (after its commit).
+    Acked,
+}
+
+/// A simulated agent on `ws`: identifies with `identify`, then accepts and completes every task
+/// it is given at once, telling `on` each [`Step`] of each task (by its id).
+pub async fn simulate(
+    mut ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    agent_id: &str,
+    identify: Value,
+    mut on: impl FnMut(Step, &str),
+) -> Result<()> {
+    ws.send(Message::text(identify.to_string())).await?;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(t) = msg? else { continue };
+        let v: Value = serde_json::from_str(t.as_str())?;
+        match v["type"].as_str() {
+            Some("task_assign") => {
+                let id = v["task_id"].as_str().unwrap_or_default().to_string();
+                on(Step::Assigned, &id);
+                let g = v["generation"].as_u64().unwrap_or(0);
+                ws.send(Message::text(
+                    json!({"type": "task_accepted", "task_id": id, "protocol_version": 1}).to_string(),
+                ))
+                .await?;
+                let complete = json!({"type": "task_complete", "task_id": id, "generation": g, "result": {"status": "success"}, "protocol_version": 1});
+                on(Step::Completing, &id);
+                ws.send(Message::text(complete.to_string())).await?;
+            }
+            Some("task_ack") if v["status"] == "complete" => on(Step::Acked, v["task_id"].as_str().unwrap_or_default()),
+            Some("error") => bail!("agent {agent_id}: {v}"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// One simulated agent: identifies with the admin token, then accepts and completes every
 /// task it is given, recording when each `task_assign` arrived.
 pub async fn agent(
@@ -48,39 +92,36 @@ pub async fn agent(
     seen: Seen,
     done: Arc<AtomicU64>,
 ) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
     let identify = json!({"type": "identify", "agent_id": agent_id, "token": token, "client_type": "sidecar", "protocol_version": 1});
-    ws.send(Message::text(identify.to_string())).await?;
-    while let Some(msg) = ws.next().await {
-        let Message::Text(t) = msg? else { continue };
-        let v: Value = serde_json::from_str(t.as_str())?;
-        match v["type"].as_str() {
-            Some("task_assign") => {
-                let id = v["task_id"].as_str().unwrap_or_default().to_string();
-                seen.lock().unwrap().insert(id.clone(), Instant::now());
-                let g = v["generation"].as_u64().unwrap_or(0);
-                ws.send(Message::text(
-                    json!({"type": "task_accepted", "task_id": id, "protocol_version": 1}).to_string(),
-                ))
-                .await?;
-                ws.send(Message::text(
-                    json!({"type": "task_complete", "task_id": id, "generation": g, "result": {"status": "success"}, "protocol_version": 1})
-                        .to_string(),
-                ))
-                .await?;
-            }
-            Some("task_ack") if v["status"] == "complete" => {
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Some("error") => bail!("agent {agent_id}: {v}"),
-            _ => {}
+    simulate(ws, &agent_id, identify, |step, id| match step {
+        Step::Assigned => {
+            seen.lock().unwrap().insert(id.to_string(), Instant::now());
         }
-    }
-    Ok(())
+        Step::Completing => {}
+        Step::Acked => {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await
 }
 
-async fn wait_agents(hub: &Hub, n: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// A simulated [`agent`] for each id, all with the admin token, recording in `seen` and `done`.
+pub fn spawn_agents(
+    hub: &Hub,
+    ids: impl Iterator<Item = String>,
+    seen: &Seen,
+    done: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    ids.map(|id| {
+        tokio::spawn(agent(hub.ws_url(), hub.ws_connector(), id, hub.admin_token.clone(), seen.clone(), done.clone()))
+    })
+    .collect()
+}
+
+/// Waits, for at most `limit`, until `n` agents are identified and idle.
+pub async fn wait_agents(hub: &Hub, n: usize, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
     loop {
         let (_, s) = hub.admin().get("/api/tasks/stats").await?;
         if s["agents"]["idle"].as_u64().unwrap_or(0) as usize >= n {
@@ -91,6 +132,45 @@ async fn wait_agents(hub: &Hub, n: usize) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// When the agents' `seen` first holds `id`: the instant its `task_assign` arrived.
+pub async fn assigned_at(seen: &Seen, id: &str) -> Instant {
+    loop {
+        if let Some(t) = seen.lock().unwrap().get(id) {
+            return *t;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Submits one task described `description`; the hub must take it (201). Its answer.
+pub async fn submit(api: &Api, description: String) -> Result<Value> {
+    let (st, v) = api.post("/api/tasks", json!({ "description": description })).await?;
+    if st != 201 {
+        bail!("submit: {st} {v}");
+    }
+    Ok(v)
+}
+
+/// Submits `n` tasks from `submitters` concurrent clients, described `{prefix} {client}-{k}`.
+pub async fn submit_many(hub: &Hub, n: usize, submitters: usize, prefix: &str) -> Result<()> {
+    let per = n.div_ceil(submitters);
+    let mut subs = Vec::new();
+    for s in 0..submitters {
+        let (api, prefix) = (hub.admin(), prefix.to_string());
+        let count = per.min(n.saturating_sub(s * per));
+        subs.push(tokio::spawn(async move {
+            for k in 0..count {
+                submit(&api, format!("{prefix} {s}-{k}")).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for s in subs {
+        s.await??;
+    }
+    Ok(())
 }
 
 pub async fn run(bin: &Path, args: Args) -> Result<()> {
@@ -169,59 +249,26 @@ impl Lifecycles {
 pub async fn lifecycles(hub: &Hub, w: &Workload) -> Result<Lifecycles> {
     let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicU64::new(0));
-    let mut agents = Vec::new();
-    for i in 0..w.agents {
-        agents.push(tokio::spawn(agent(
-            hub.ws_url(),
-            hub.ws_connector(),
-            format!("bench-{i}"),
-            hub.admin_token.clone(),
-            seen.clone(),
-            done.clone(),
-        )));
-    }
-    wait_agents(hub, w.agents).await?;
+    let agents = spawn_agents(hub, (0..w.agents).map(|i| format!("bench-{i}")), &seen, &done);
+    wait_agents(hub, w.agents, Duration::from_secs(60)).await?;
 
     let api = hub.admin();
     let mut lat = Vec::with_capacity(w.latency_tasks);
     for n in 0..w.latency_tasks {
         let t0 = Instant::now();
-        let (s, v) = api.post("/api/tasks", json!({"description": format!("latency {n}")})).await?;
-        if s != 201 {
-            bail!("submit: {s} {v}");
-        }
+        let v = submit(&api, format!("latency {n}")).await?;
         let id = v["task_id"].as_str().context("task_id")?.to_string();
-        let got = loop {
-            if let Some(t) = seen.lock().unwrap().get(&id) {
-                break *t;
-            }
-            tokio::task::yield_now().await;
-        };
-        lat.push(got.duration_since(t0).as_secs_f64() * 1000.0);
+        lat.push(assigned_at(&seen, &id).await.duration_since(t0).as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
 
     let commits_before = commits(hub).await?;
     let before = done.load(Ordering::Relaxed);
     let t0 = Instant::now();
-    let per = w.tasks / w.submitters;
-    let mut subs = Vec::new();
-    for s in 0..w.submitters {
-        let api = hub.admin();
-        subs.push(tokio::spawn(async move {
-            for n in 0..per {
-                let (st, v) = api.post("/api/tasks", json!({"description": format!("load {s}-{n}")})).await?;
-                if st != 201 {
-                    bail!("submit: {st} {v}");
-                }
-            }
-            Ok(())
-        }));
-    }
-    for s in subs {
-        s.await??;
-    }
-    let total = (per * w.submitters) as u64;
+    // Whole rounds of the submitters: the total is what they all send.
+    let total = w.tasks / w.submitters * w.submitters;
+    submit_many(hub, total, w.submitters, "load").await?;
+    let total = total as u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done.load(Ordering::Relaxed) - before < total {
         if Instant::now() > deadline {

@@ -12,8 +12,8 @@ use proto::api::{IntegrationStatus, ListTasks, TaskDetail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use testkit::git::{files_at, git, project, show};
-use testkit::{sidecar_config, toml_string, Hub, Sidecar};
+use testkit::git::{bare_remote, files_at, git, show};
+use testkit::{integrator_config, sidecar_config, toml_string, Hub, Sidecar};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -57,12 +57,7 @@ struct Fleet {
 
 impl Fleet {
     async fn start(bin: &Path, root: &Path, agents: usize, integrate: &str) -> Result<Fleet> {
-        let seed = project(&root.join("seed"))?;
-        std::fs::write(seed.join("shared.txt"), "original\n")?;
-        git(&seed, &["add", "shared.txt"])?;
-        git(&seed, &["commit", "-q", "-m", "shared"])?;
-        let bare = root.join("remote.git");
-        git(root, &["clone", "-q", "--bare", &seed.display().to_string(), &bare.display().to_string()])?;
+        let bare = bare_remote(root)?;
         let hub = Hub::start_in(bin, &root.join("hub"), "")?;
         let bin_dir = bin.canonicalize()?.parent().context("bin dir")?.display().to_string();
         let env = vec![("PATH".to_string(), format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()))];
@@ -96,13 +91,7 @@ impl Fleet {
         let clone = dir.join("clone");
         git(root, &["clone", "-q", &bare.display().to_string(), &clone.display().to_string()])?;
         let token = hub.token("integrator").await?;
-        let cfg = format!(
-            "agent_id = \"integrator\"\ntoken = {}\nhub_url = {}\nrepo_dir = {}\nstate_dir = {}\n{integrate}",
-            toml_string(&token),
-            toml_string(&hub.ws_url()),
-            toml_string(&clone.display().to_string()),
-            toml_string(&dir.join("state").display().to_string()),
-        );
+        let cfg = integrator_config("integrator", &token, &hub.ws_url(), &clone, &dir.join("state"), integrate);
         std::fs::write(dir.join("integrate.toml"), cfg)?;
         let mut cmd = std::process::Command::new(bin);
         cmd.args(["integrate", "--log-format", "json", "--config"]).arg(dir.join("integrate.toml"));

@@ -19,7 +19,7 @@ mod worktree;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(about = "agentcom benchmarks (real processes, real sockets)")]
@@ -124,6 +124,30 @@ fn status_kb(pid: u32, key: &str) -> Result<u64> {
         }
     }
     bail!("no {key} for pid {pid}")
+}
+
+/// Sidecar settings at production cadence: pings every 30 s, the safety-net rescan every 2 s.
+pub const PRODUCTION_SIDECAR: &str = "rescan_interval_ms = 2000\nping_interval_ms = 30000\npong_timeout_ms = 10000\n";
+
+/// Starts `agent`'s sidecar under `sup` as users run one (`agentcom sidecar --config`), in the
+/// folder `root/<agent>`, with the tests' settings and `extra` over them; returns the folder.
+pub async fn supervised_sidecar(
+    bin: &Path,
+    sup: &testkit::Supervised,
+    hub: &testkit::Hub,
+    root: &Path,
+    agent: &str,
+    wake: &str,
+    extra: &str,
+) -> Result<PathBuf> {
+    let token = hub.token(agent).await?;
+    let cfg = testkit::merge_config(&testkit::sidecar_config(agent, &token, &hub.ws_url(), Some(wake)), extra);
+    let dir = root.join(agent);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("sidecar.toml");
+    std::fs::write(&path, cfg)?;
+    sup.ok(&["start", agent, "--", bin.to_str().unwrap(), "sidecar", "--config", path.to_str().unwrap()])?;
+    Ok(dir)
 }
 
 pub fn raise_nofile() {

@@ -6,7 +6,7 @@
 //! ended once, that every answer a person was told was taken either reached its agent or is
 //! shown undelivered, and that no daemon grew.
 
-use crate::{cpu_secs, rss_bytes};
+use crate::{cpu_secs, rss_bytes, supervised_sidecar, PRODUCTION_SIDECAR};
 use anyhow::{bail, Context, Result};
 use proto::api::TaskStatus;
 use serde_json::json;
@@ -149,18 +149,9 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     let mut agents = Vec::new();
     for n in 0..args.agents {
         let agent = format!("soak-{n}");
-        let token = hub.token(&agent).await?;
         let wake = format!("sh '{}'", root.path().join("agent.sh").display());
-        let cfg = testkit::sidecar_config(&agent, &token, &hub.ws_url(), Some(&wake));
-        let cfg = testkit::merge_config(
-            &cfg,
-            "rescan_interval_ms = 2000\nping_interval_ms = 30000\npong_timeout_ms = 10000\nreconnect_max_ms = 2000\nconfirmation_timeout_ms = 30000\n",
-        );
-        let dir = root.path().join(&agent);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join("sidecar.toml");
-        std::fs::write(&path, cfg)?;
-        sup.ok(&["start", &agent, "--", bin.to_str().unwrap(), "sidecar", "--config", path.to_str().unwrap()])?;
+        let extra = format!("{PRODUCTION_SIDECAR}reconnect_max_ms = 2000\nconfirmation_timeout_ms = 30000\n");
+        supervised_sidecar(bin, &sup, &hub, root.path(), &agent, &wake, &extra).await?;
         agents.push(agent);
     }
     let mut fleet = Fleet { bin, hub, hub_config, sup, agents };

@@ -3,8 +3,8 @@
 //! a person's answer → the agent's `.input` when answered 1, 10 and 60 s after the question.
 //! Production timings (30 s pings, 2 s rescans): a loop that never parks shows at once.
 
-use crate::pct;
 use crate::procs::{cpu_now, cpu_per_minute, Daemon};
+use crate::{pct, supervised_sidecar, PRODUCTION_SIDECAR};
 use anyhow::{Context, Result};
 use proto::api::AnswerTask;
 use std::path::{Path, PathBuf};
@@ -52,36 +52,15 @@ pub async fn run(bin: &Path, args: Args) -> Result<()> {
     let mut sidecars = Vec::new();
     for n in 0..args.agents {
         let agent = format!("steady-{n}");
-        let token = hub.token(&agent).await?;
         let wake = format!("CONTROL='{}' sh '{}'", control.display(), root.path().join("agent.sh").display());
-        let cfg = testkit::sidecar_config(&agent, &token, &hub.ws_url(), Some(&wake));
-        // Production cadence: pings every 30 s, the safety-net rescan every 2 s.
-        let cfg = testkit::merge_config(
-            &cfg,
-            "rescan_interval_ms = 2000\nping_interval_ms = 30000\npong_timeout_ms = 10000\n",
-        );
-        let dir = root.path().join(&agent);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("sidecar.toml"), cfg)?;
-        let config = dir.join("sidecar.toml");
-        sup.ok(&["start", &agent, "--", bin.to_str().unwrap(), "sidecar", "--config", config.to_str().unwrap()])?;
+        let dir = supervised_sidecar(bin, &sup, &hub, root.path(), &agent, &wake, PRODUCTION_SIDECAR).await?;
         sidecars.push((agent, dir.join("results")));
     }
     // The guard's watchdog over one of them, as users run it beside an agent.
     let repo = root.path().join("repo");
     std::fs::create_dir_all(&repo)?;
-    for a in [&["init", "-q", "-b", "main"][..], &["commit", "-q", "--allow-empty", "-m", "init"]] {
-        let ok = std::process::Command::new("git")
-            .args(a)
-            .current_dir(&repo)
-            .env("GIT_AUTHOR_NAME", "b")
-            .env("GIT_AUTHOR_EMAIL", "b@b")
-            .env("GIT_COMMITTER_NAME", "b")
-            .env("GIT_COMMITTER_EMAIL", "b@b")
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "git {a:?}");
-    }
+    testkit::git::git(&repo, &["init", "-q", "-b", "main"])?;
+    testkit::git::git(&repo, &["commit", "-q", "--allow-empty", "-m", "init"])?;
     let watch = [
         "start",
         "watchdog",

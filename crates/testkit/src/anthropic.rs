@@ -4,14 +4,12 @@
 //! server-sent events the CLI accepts: text, a tool call, or an error status with headers.
 //! Every main request is recorded, so a test can count them and read what the CLI sent.
 
+use crate::scripted::{self, rand_u64, Server};
 use anyhow::{Context, Result};
-use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 /// What the CLI sent in one main request (side requests, with no tools, are answered and not kept).
 #[derive(Debug, Clone)]
@@ -109,45 +107,21 @@ impl Turn {
     }
 }
 
-type Script = dyn Fn(&Seen) -> Turn + Send + Sync;
-/// The server's state: the script, and the requests seen.
-type Shared = (Arc<Script>, Arc<Mutex<Vec<Seen>>>);
-
 /// The server; stops when dropped.
 pub struct ScriptedClaude {
     pub url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Server<Seen>,
 }
-
-impl Drop for ScriptedClaude {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Requests kept at most: a CLI in a loop must not grow a test without end.
-const KEPT: usize = 10_000;
 
 impl ScriptedClaude {
     pub async fn start(script: impl Fn(&Seen) -> Turn + Send + Sync + 'static) -> Result<ScriptedClaude> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let state = (Arc::new(script) as Arc<Script>, seen.clone());
-        let app = axum::Router::new()
-            .route("/v1/messages", post(messages))
-            .fallback(|| async { StatusCode::NOT_FOUND })
-            .with_state(state);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(ScriptedClaude { url, seen, task })
+        let (url, server) = Server::start("/v1/messages", read, script, answer).await?;
+        Ok(ScriptedClaude { url, server })
     }
 
     /// Every main request so far.
     pub fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.server.requests()
     }
 
     /// The environment that points a `claude` at this server with a private `home`, quietly
@@ -176,45 +150,29 @@ impl ScriptedClaude {
     }
 }
 
-async fn messages(
-    axum::extract::State((script, seen)): axum::extract::State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return StatusCode::BAD_REQUEST.into_response() };
+/// A main request as the script sees it; a side request (a title, a classifier: no tools) is
+/// answered with any text.
+fn read(headers: &HeaderMap, req: &Value) -> Result<Seen, Turn> {
     let tools: Vec<String> =
         req["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).map(str::to_string).collect();
     if tools.is_empty() {
-        // A side request (a title, a classifier): any text will do.
-        return sse(&Turn::Text("{}".into()));
+        return Err(Turn::Text("{}".into()));
     }
     let cwd = req["system"].as_array().into_iter().flatten().filter_map(|b| b["text"].as_str()).find_map(|t| {
         t.lines().find_map(|l| l.trim().strip_prefix("- Primary working directory: ").map(PathBuf::from))
     });
-    let s = Seen {
+    Ok(Seen {
         cwd,
         messages: req["messages"].as_array().cloned().unwrap_or_default(),
         tools,
         session: headers.get("x-claude-code-session-id").and_then(|v| v.to_str().ok()).map(str::to_string),
-    };
-    let turn = script(&s);
-    {
-        let mut kept = seen.lock().unwrap();
-        if kept.len() < KEPT {
-            kept.push(s);
-        }
-    }
+    })
+}
+
+fn answer(turn: Turn) -> Response {
     match turn {
         Turn::Error { status, kind, message, headers } => {
-            let body = json!({"type": "error", "error": {"type": kind, "message": message}});
-            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body))
-                .into_response();
-            for (k, v) in headers {
-                if let (Ok(k), Ok(v)) = (k.parse::<axum::http::HeaderName>(), v.parse()) {
-                    r.headers_mut().insert(k, v);
-                }
-            }
-            r
+            scripted::error(status, json!({"type": "error", "error": {"type": kind, "message": message}}), headers)
         }
         t => sse(&t),
     }
@@ -251,17 +209,7 @@ fn sse(turn: &Turn) -> Response {
     };
     events.push(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 5}}));
     events.push(json!({"type": "message_stop"}));
-    let mut text = String::new();
-    for e in events {
-        text.push_str(&format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")));
-    }
-    ([("content-type", "text/event-stream")], Body::from(text)).into_response()
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("random");
-    u64::from_le_bytes(b)
+    scripted::events(events)
 }
 
 /// A model that calls one tool, and once its result is in the conversation (this run's or, when

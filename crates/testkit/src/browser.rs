@@ -155,6 +155,18 @@ impl Browser {
         Ok(())
     }
 
+    /// Logs in through the dashboard's form at `base` (the hub's URL) with `token`, and waits
+    /// for the fleet page; a failure says what the page shows instead.
+    pub async fn login(&self, base: &str, token: &str) -> Result<()> {
+        self.goto(&format!("{base}/")).await?;
+        self.fill("#token", token).await?;
+        self.click("#login button").await?;
+        if let Err(e) = self.wait_text("h1", "Fleet").await {
+            bail!("{e}: {:?}", self.text("main").await?);
+        }
+        Ok(())
+    }
+
     /// A PNG of the window.
     pub async fn screenshot(&self) -> Result<Vec<u8>> {
         Ok(self.client.screenshot().await?)

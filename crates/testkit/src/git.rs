@@ -1,6 +1,7 @@
-//! Real git repositories for the worktree tests: a project with a commit, a look at its
-//! branches, worktrees and files, and a `git` that crashes its caller at a chosen step (the
-//! sidecar's crash points inside a git step).
+//! Real git repositories for the worktree, integration and upgrade tests: a project with a
+//! commit, a bare remote, an agent with versions on branches, a look at a repository's branches,
+//! worktrees and files, and a `git` that crashes its caller at a chosen step (the sidecar's crash
+//! points inside a git step).
 
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,40 @@ pub fn project(dir: &Path) -> Result<PathBuf> {
     git(dir, &["add", "README.md"])?;
     git(dir, &["commit", "-q", "-m", "start"])?;
     Ok(dir.to_path_buf())
+}
+
+/// `root/remote.git`: a bare repository holding `main` of a [`project`] seeded under
+/// `root/seed` with `shared.txt` committed, the remote the integration tests and benchmark push to.
+pub fn bare_remote(root: &Path) -> Result<PathBuf> {
+    let seed = project(&root.join("seed"))?;
+    std::fs::write(seed.join("shared.txt"), "original\n")?;
+    git(&seed, &["add", "shared.txt"])?;
+    git(&seed, &["commit", "-q", "-m", "shared"])?;
+    let bare = root.join("remote.git");
+    git(root, &["clone", "-q", "--bare", &seed.display().to_string(), &bare.display().to_string()])?;
+    Ok(bare)
+}
+
+/// A repository on `main` whose first commit (`v1`) holds `agent.sh` (`script`) and `VERSION`
+/// 1: the agent the guard's tests and benchmark upgrade.
+pub fn versioned_agent(repo: &Path, script: &str) -> Result<()> {
+    std::fs::create_dir_all(repo)?;
+    git(repo, &["init", "-q", "-b", "main"])?;
+    std::fs::write(repo.join("agent.sh"), script)?;
+    std::fs::write(repo.join("VERSION"), "1\n")?;
+    git(repo, &["add", "."])?;
+    git(repo, &["commit", "-q", "-m", "v1"])?;
+    Ok(())
+}
+
+/// A branch `name` of a [`versioned_agent`] that sets `VERSION` to `version`; `main` is checked
+/// out again.
+pub fn version_branch(repo: &Path, name: &str, version: &str) -> Result<()> {
+    git(repo, &["checkout", "-q", "-b", name])?;
+    std::fs::write(repo.join("VERSION"), format!("{version}\n"))?;
+    git(repo, &["commit", "-q", "-am", version])?;
+    git(repo, &["checkout", "-q", "main"])?;
+    Ok(())
 }
 
 /// The paths of every worktree `repo` has (itself first).

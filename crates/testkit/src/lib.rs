@@ -28,6 +28,7 @@ mod net;
 /// A scripted OpenAI Responses API for the real Codex CLI.
 pub mod openai;
 mod process;
+mod scripted;
 mod sidecar;
 mod supervised;
 mod ws;
@@ -37,7 +38,7 @@ pub use hub::{fast_config, merge_config, Hub};
 pub use net::{Proxy, RefusingPort};
 pub(crate) use process::spawn_until;
 pub use process::{alive, signal, wait_exit, watch_logs, Logs, Owned};
-pub use sidecar::{sidecar_config, toml_string, Sidecar};
+pub use sidecar::{integrator_config, sidecar_config, toml_string, Sidecar};
 pub use supervised::{Pm2Home, Supervised};
 pub use ws::{Closed, ScriptedConn, ScriptedHub, WsAgent};
 
@@ -80,6 +81,20 @@ where
             }
         }
     }
+}
+
+/// Waits until `file` holds `want` (blanks around it aside), as [`eventually`] does: what a
+/// test's script writes there (its health, its environment).
+pub async fn file_says(what: &str, file: &std::path::Path, want: &str) -> Result<()> {
+    eventually(what, || async {
+        let got = std::fs::read_to_string(file).unwrap_or_default();
+        if got.trim() == want {
+            Ok(())
+        } else {
+            Err(got)
+        }
+    })
+    .await
 }
 
 /// [`eventually`] for code outside a runtime.

@@ -3,14 +3,12 @@
 //! is answered from the conversation's state, never from a request counter, as server-sent
 //! events the CLI accepts: a message, a shell call (`exec_command`), or an error status.
 
+use crate::scripted::{self, rand_u64, Server};
 use anyhow::Result;
-use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 /// One request as Codex sent it.
 #[derive(Debug, Clone)]
@@ -66,42 +64,20 @@ impl Turn {
     }
 }
 
-type Script = dyn Fn(&Seen) -> Turn + Send + Sync;
-type Shared = (Arc<Script>, Arc<Mutex<Vec<Seen>>>);
-
 /// The server; stops when dropped.
 pub struct ScriptedCodex {
     pub url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Server<Seen>,
 }
-
-impl Drop for ScriptedCodex {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-const KEPT: usize = 10_000;
 
 impl ScriptedCodex {
     pub async fn start(script: impl Fn(&Seen) -> Turn + Send + Sync + 'static) -> Result<ScriptedCodex> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let state = (Arc::new(script) as Arc<Script>, seen.clone());
-        let app = axum::Router::new()
-            .route("/v1/responses", post(responses))
-            .fallback(|| async { StatusCode::NOT_FOUND })
-            .with_state(state);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(ScriptedCodex { url, seen, task })
+        let (url, server) = Server::start("/v1/responses", read, script, answer).await?;
+        Ok(ScriptedCodex { url, server })
     }
 
     pub fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.server.requests()
     }
 
     /// A private `CODEX_HOME` under `home` whose config points Codex at this server, without
@@ -127,12 +103,7 @@ impl ScriptedCodex {
     }
 }
 
-async fn responses(
-    axum::extract::State((script, seen)): axum::extract::State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return StatusCode::BAD_REQUEST.into_response() };
+fn read(headers: &HeaderMap, req: &Value) -> Result<Seen, Turn> {
     let input = req["input"].as_array().cloned().unwrap_or_default();
     let cwd = input.iter().flat_map(|i| i["content"].as_array().cloned().unwrap_or_default()).find_map(|c| {
         let t = c["text"].as_str()?;
@@ -141,25 +112,12 @@ async fn responses(
         Some(PathBuf::from(&t[start..end]))
     });
     let thread = headers.get("session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let s = Seen { cwd, input, thread };
-    let turn = script(&s);
-    {
-        let mut kept = seen.lock().unwrap();
-        if kept.len() < KEPT {
-            kept.push(s);
-        }
-    }
+    Ok(Seen { cwd, input, thread })
+}
+
+fn answer(turn: Turn) -> Response {
     match turn {
-        Turn::Error { status, body, headers } => {
-            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body))
-                .into_response();
-            for (k, v) in headers {
-                if let (Ok(k), Ok(v)) = (k.parse::<axum::http::HeaderName>(), v.parse()) {
-                    r.headers_mut().insert(k, v);
-                }
-            }
-            r
-        }
+        Turn::Error { status, body, headers } => scripted::error(status, body, headers),
         t => sse(&t),
     }
 }
@@ -184,17 +142,7 @@ fn sse(turn: &Turn) -> Response {
             "usage": {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 20}, "output_tokens": 7,
                       "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 107}}}),
     ];
-    let mut text = String::new();
-    for e in events {
-        text.push_str(&format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")));
-    }
-    ([("content-type", "text/event-stream")], Body::from(text)).into_response()
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("random");
-    u64::from_le_bytes(b)
+    scripted::events(events)
 }
 
 /// Where `codex` is: on `PATH` (the test command installs it with npm when missing).

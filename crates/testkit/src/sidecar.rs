@@ -21,6 +21,26 @@ pub fn sidecar_config(agent_id: &str, token: &str, hub_ws_url: &str, wake_comman
     c
 }
 
+/// `agentcom integrate` settings: agent `agent_id` merging on `repo_dir` (a clone of the
+/// remote), its state in `state_dir`, then `extra` (the check, the batch size...).
+pub fn integrator_config(
+    agent_id: &str,
+    token: &str,
+    hub_ws_url: &str,
+    repo_dir: &Path,
+    state_dir: &Path,
+    extra: &str,
+) -> String {
+    format!(
+        "agent_id = {}\ntoken = {}\nhub_url = {}\nrepo_dir = {}\nstate_dir = {}\n{extra}",
+        toml_string(agent_id),
+        toml_string(token),
+        toml_string(hub_ws_url),
+        toml_string(&repo_dir.display().to_string()),
+        toml_string(&state_dir.display().to_string()),
+    )
+}
+
 /// A TOML basic string.
 pub fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");

@@ -62,6 +62,12 @@ enum UsageFormat {
 pub async fn sidecar(a: SidecarArgs) -> anyhow::Result<u8> {
     logging::init(a.log.log_format, "info");
     let cfg = sidecar::SidecarConfig::load(&a.config)?;
+    run_sidecar(cfg).await
+}
+
+/// Runs a sidecar on `cfg` until SIGINT or SIGTERM, telling the hub what supervises this
+/// process (`agentcom sidecar`, and the integrator's sidecar).
+pub(crate) async fn run_sidecar(cfg: sidecar::SidecarConfig) -> anyhow::Result<u8> {
     let shutdown = crate::shutdown_on_signals()?;
     let detected = tokio::task::spawn_blocking(supervisor::selfinfo::detect).await?;
     let host = sidecar::Host {

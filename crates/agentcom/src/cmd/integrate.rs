@@ -4,7 +4,6 @@
 use crate::logging::{self, LogArgs};
 use anyhow::Context;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct IntegrateArgs {
@@ -36,15 +35,7 @@ pub async fn integrate(a: IntegrateArgs) -> anyhow::Result<u8> {
     let sidecar_cfg = integrator::sidecar_config(&cfg, &path, &exe)
         .map_err(|errors| anyhow::anyhow!("invalid integrator configuration:\n  - {}", errors.join("\n  - ")))?;
     tracing::info!(target_branch = %cfg.target_branch, repo_dir = %cfg.repo_dir.display(), batch_max = cfg.batch_max, "integrator starting");
-    let shutdown = crate::shutdown_on_signals()?;
-    let detected = tokio::task::spawn_blocking(supervisor::selfinfo::detect).await?;
-    let host = sidecar::Host {
-        kind: detected.kind(),
-        restarts_us: detected.restarts_us(),
-        process_info: Arc::new(move || supervisor::selfinfo::process_info(&detected)),
-    };
-    sidecar::run(sidecar_cfg, host, shutdown).await?;
-    Ok(0)
+    super::agent::run_sidecar(sidecar_cfg).await
 }
 
 pub fn integrate_run(a: IntegrateRunArgs) -> anyhow::Result<u8> {

@@ -436,15 +436,35 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub async fn agents(remote: RemoteArgs) -> anyhow::Result<u8> {
-    let mut all = remote.call(&ListAgents { limit: Some(proto::api::MAX_PAGE), cursor: None }).await?;
-    // A fleet is listed whole: page through it.
-    while let Some(cursor) = all.next_cursor.take() {
-        let page = remote.call(&ListAgents { limit: Some(proto::api::MAX_PAGE), cursor: Some(cursor) }).await?;
-        all.agents.extend(page.agents);
-        all.next_cursor = page.next_cursor;
+/// A listing whole: its first page, then each next one appended, asked with `page(cursor)`;
+/// `parts` names a list's rows, its next cursor and its count.
+async fn every_page<E: Endpoint, T>(
+    remote: &RemoteArgs,
+    page: impl Fn(Option<String>) -> E,
+    parts: impl Fn(&mut E::Response) -> (&mut Vec<T>, &mut Option<String>, &mut usize),
+) -> anyhow::Result<E::Response> {
+    let mut all = remote.call(&page(None)).await?;
+    while let Some(cursor) = parts(&mut all).1.take() {
+        let mut next = remote.call(&page(Some(cursor))).await?;
+        let (rows, cursor, _) = parts(&mut next);
+        let (rows, cursor) = (std::mem::take(rows), cursor.take());
+        let (all_rows, all_cursor, _) = parts(&mut all);
+        all_rows.extend(rows);
+        *all_cursor = cursor;
     }
-    all.count = all.agents.len();
+    let (rows, _, count) = parts(&mut all);
+    *count = rows.len();
+    Ok(all)
+}
+
+pub async fn agents(remote: RemoteArgs) -> anyhow::Result<u8> {
+    // A fleet is listed whole: page through it.
+    let all = every_page(
+        &remote,
+        |cursor| ListAgents { limit: Some(proto::api::MAX_PAGE), cursor },
+        |l| (&mut l.agents, &mut l.next_cursor, &mut l.count),
+    )
+    .await?;
     remote.print(&all, render::agents)?;
     Ok(0)
 }
@@ -500,13 +520,12 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
             remote.print(&v, |v| format!("{}\n", v.token))?;
         }
         TokenCmd::List { remote } => {
-            let mut all = remote.call(&ListTokens { limit: Some(proto::api::MAX_PAGE), cursor: None }).await?;
-            while let Some(cursor) = all.next_cursor.take() {
-                let page = remote.call(&ListTokens { limit: Some(proto::api::MAX_PAGE), cursor: Some(cursor) }).await?;
-                all.tokens.extend(page.tokens);
-                all.next_cursor = page.next_cursor;
-            }
-            all.count = all.tokens.len();
+            let all = every_page(
+                &remote,
+                |cursor| ListTokens { limit: Some(proto::api::MAX_PAGE), cursor },
+                |l| (&mut l.tokens, &mut l.next_cursor, &mut l.count),
+            )
+            .await?;
             remote.print(&all, render::tokens)?;
         }
         TokenCmd::Revoke { agent, remote } => {

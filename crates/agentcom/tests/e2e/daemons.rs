@@ -4,7 +4,8 @@
 use crate::bin;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 use testkit::{eventually, Supervised};
 
 type R = anyhow::Result<()>;
@@ -46,10 +47,7 @@ impl Tree {
     }
 
     fn daemons(&self, verb: &str, extra: &[&str]) -> std::process::Output {
-        let root = self.root().display().to_string();
-        let mut args = vec!["daemons", verb, "--root", &root, "--backend", self.backend];
-        args.extend_from_slice(extra);
-        self.sup.run(&args)
+        daemons_cmd(&self.sup, self.backend, &self.root(), verb, extra)
     }
 
     fn apply(&self) -> anyhow::Result<()> {
@@ -69,17 +67,11 @@ impl Tree {
     }
 
     fn ps(&self) -> anyhow::Result<Vec<Value>> {
-        Ok(serde_json::from_str(&self.sup.ok(&["ps", "--json", "--backend", self.backend])?)?)
+        ps_json(&self.sup, self.backend)
     }
 
-    /// name -> pid of online processes in the daemons namespace.
     fn pids(&self) -> anyhow::Result<HashMap<String, u64>> {
-        Ok(self
-            .ps()?
-            .into_iter()
-            .filter(|p| p["status"] == "online" && p["name"].as_str().unwrap().starts_with("daemons:"))
-            .map(|p| (p["name"].as_str().unwrap().to_string(), p["pid"].as_u64().unwrap()))
-            .collect())
+        Ok(online(self.ps()?))
     }
 
     async fn wait(
@@ -87,17 +79,47 @@ impl Tree {
         what: &str,
         pred: impl Fn(&HashMap<String, u64>) -> bool,
     ) -> anyhow::Result<HashMap<String, u64>> {
-        eventually(what, || async {
-            // The watcher may not have launched the supervisor yet.
-            let p = self.pids().unwrap_or_default();
-            if pred(&p) {
-                Ok(p)
-            } else {
-                Err(format!("{p:?}"))
-            }
-        })
-        .await
+        // The watcher may not have launched the supervisor yet.
+        wait_pids(what, || self.pids().unwrap_or_default(), pred).await
     }
+}
+
+/// `agentcom daemons VERB --root ROOT --backend BACKEND EXTRA...`, run by `sup`.
+pub(crate) fn daemons_cmd(sup: &Supervised, backend: &str, root: &Path, verb: &str, extra: &[&str]) -> Output {
+    let root = root.display().to_string();
+    let mut args = vec!["daemons", verb, "--root", &root, "--backend", backend];
+    args.extend_from_slice(extra);
+    sup.run(&args)
+}
+
+/// Every process `ps --json` shows on `backend`.
+pub(crate) fn ps_json(sup: &Supervised, backend: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(serde_json::from_str(&sup.ok(&["ps", "--json", "--backend", backend])?)?)
+}
+
+/// name -> pid of the online processes in the daemons namespace.
+pub(crate) fn online(ps: Vec<Value>) -> HashMap<String, u64> {
+    ps.into_iter()
+        .filter(|p| p["status"] == "online" && p["name"].as_str().unwrap().starts_with("daemons:"))
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["pid"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Waits until `pids()` satisfies `pred`; returns what it was then.
+pub(crate) async fn wait_pids(
+    what: &str,
+    pids: impl Fn() -> HashMap<String, u64>,
+    pred: impl Fn(&HashMap<String, u64>) -> bool,
+) -> anyhow::Result<HashMap<String, u64>> {
+    eventually(what, || async {
+        let p = pids();
+        if pred(&p) {
+            Ok(p)
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await
 }
 
 async fn twenty_apply_edit_delete(t: &Tree, n: usize) -> R {
@@ -177,25 +199,11 @@ async fn a_changed_spec_is_a_recreate_so_removed_env_vars_are_gone() -> R {
     t.define("envy", &format!("command = \"sh\"\nargs = [\"-c\", \"{script}\"]\n[env]\nA = \"1\"\nB = \"2\"\n"));
     t.apply()?;
     t.wait("online", |p| p.len() == 1).await?;
-    let seen = |want: &'static str| {
-        let out = out.clone();
-        move || {
-            let out = out.clone();
-            async move {
-                let got = std::fs::read_to_string(&out).unwrap_or_default();
-                if got.trim() == want {
-                    Ok(())
-                } else {
-                    Err(got)
-                }
-            }
-        }
-    };
-    eventually("the first run's environment", seen("A=1 B=2")).await?;
+    testkit::file_says("the first run's environment", &out, "A=1 B=2").await?;
     t.define("envy", &format!("command = \"sh\"\nargs = [\"-c\", \"{script}\"]\n[env]\nA = \"1\"\n"));
     assert_eq!(t.plan()?[0]["changed"][0], "env");
     t.apply()?;
-    eventually("the environment after the edit", seen("A=1 B=")).await?;
+    testkit::file_says("the environment after the edit", &out, "A=1 B=").await?;
     Ok(())
 }
 

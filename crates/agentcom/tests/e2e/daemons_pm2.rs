@@ -5,10 +5,11 @@
 //! against the workspace root as pm2 run from there.
 
 use crate::bin;
+use crate::daemons::{daemons_cmd, online, ps_json, wait_pids};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use testkit::{eventually, Supervised};
+use testkit::Supervised;
 
 type R = anyhow::Result<()>;
 
@@ -47,10 +48,7 @@ impl Workspace {
         std::fs::write(p, text).unwrap();
     }
     fn daemons(&self, verb: &str, extra: &[&str]) -> std::process::Output {
-        let root = self.root().display().to_string();
-        let mut args = vec!["daemons", verb, "--root", &root, "--backend", self.backend];
-        args.extend_from_slice(extra);
-        self.sup.run(&args)
+        daemons_cmd(&self.sup, self.backend, &self.root(), verb, extra)
     }
     fn plan(&self) -> anyhow::Result<Vec<Value>> {
         let out = self.daemons("plan", &["--json"]);
@@ -64,30 +62,17 @@ impl Workspace {
         Ok(text)
     }
     fn ps(&self) -> anyhow::Result<Vec<Value>> {
-        Ok(serde_json::from_str(&self.sup.ok(&["ps", "--json", "--backend", self.backend])?)?)
+        ps_json(&self.sup, self.backend)
     }
     fn pids(&self) -> HashMap<String, u64> {
-        self.ps()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| p["status"] == "online" && p["name"].as_str().unwrap().starts_with("daemons:"))
-            .map(|p| (p["name"].as_str().unwrap().to_string(), p["pid"].as_u64().unwrap()))
-            .collect()
+        online(self.ps().unwrap_or_default())
     }
     async fn wait(
         &self,
         what: &str,
         pred: impl Fn(&HashMap<String, u64>) -> bool,
     ) -> anyhow::Result<HashMap<String, u64>> {
-        eventually(what, || async {
-            let p = self.pids();
-            if pred(&p) {
-                Ok(p)
-            } else {
-                Err(format!("{p:?}"))
-            }
-        })
-        .await
+        wait_pids(what, || self.pids(), pred).await
     }
 }
 

@@ -23,12 +23,7 @@ pub async fn login(b: &Browser, hub: &Hub, token: &str) -> R {
 
 /// [`login`] at another address of the hub (a proxy in front of it).
 pub async fn login_at(b: &Browser, base: &str, token: &str) -> R {
-    b.goto(&format!("{base}/")).await?;
-    b.fill("#token", token).await?;
-    b.click("#login button").await?;
-    if let Err(e) = b.wait_text("h1", "Fleet").await {
-        anyhow::bail!("{e}: {:?}", b.text("main").await?);
-    }
+    b.login(base, token).await?;
     live(b).await
 }
 

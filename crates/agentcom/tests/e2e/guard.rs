@@ -29,30 +29,15 @@ struct Agent {
 }
 
 fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(repo)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@t")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@t")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    testkit::git::git(repo, args).unwrap()
 }
 
 impl Agent {
     fn new(backend: &'static str) -> anyhow::Result<Agent> {
         let root = tempfile::tempdir()?;
         let repo = root.path().join("repo");
-        std::fs::create_dir_all(&repo)?;
         std::fs::create_dir_all(root.path().join("state"))?;
-        git(&repo, &["init", "-q", "-b", "main"]);
-        std::fs::write(repo.join("agent.sh"), AGENT)?;
-        std::fs::write(repo.join("VERSION"), "1\n")?;
-        git(&repo, &["add", "."]);
-        git(&repo, &["commit", "-q", "-m", "v1"]);
+        testkit::git::versioned_agent(&repo, AGENT)?;
         let mut sup = Supervised::new(bin())?;
         // As on a fresh machine: no global git identity for the guard's merge commits.
         sup.env.push(("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()));
@@ -98,24 +83,12 @@ impl Agent {
     }
 
     async fn wait_healthy(&self, want: &str) -> R {
-        eventually(&format!("the agent to report {want:?}"), || async {
-            let now = self.health_now();
-            if now == want {
-                Ok(())
-            } else {
-                Err(now)
-            }
-        })
-        .await
+        testkit::file_says(&format!("the agent to report {want:?}"), &self.state().join("health"), want).await
     }
 
     /// A branch that changes VERSION to `v`.
     fn branch(&self, name: &str, v: &str) {
-        let repo = self.repo();
-        git(&repo, &["checkout", "-q", "-b", name]);
-        std::fs::write(repo.join("VERSION"), format!("{v}\n")).unwrap();
-        git(&repo, &["commit", "-q", "-am", v]);
-        git(&repo, &["checkout", "-q", "main"]);
+        testkit::git::version_branch(&self.repo(), name, v).unwrap();
     }
 
     fn upgrade_cmd(&self, branch: &str, test: &str, extra: &[&str]) -> Command {

@@ -9,8 +9,8 @@ use crate::bin;
 use crate::quickstart::path_with_agentcom;
 use proto::api::{IntegrationStatus, SubmitTask, TaskDetail, TaskStatus};
 use std::path::{Path, PathBuf};
-use testkit::git::{files_at, git, project, show, worktrees};
-use testkit::{eventually, sidecar_config, toml_string, Hub, Sidecar};
+use testkit::git::{bare_remote, files_at, git, show, worktrees};
+use testkit::{eventually, integrator_config, sidecar_config, toml_string, Hub, Sidecar};
 
 type R = anyhow::Result<()>;
 
@@ -21,13 +21,7 @@ struct Remote {
 
 impl Remote {
     fn new(root: &Path) -> anyhow::Result<Remote> {
-        let seed = project(&root.join("seed"))?;
-        std::fs::write(seed.join("shared.txt"), "original\n")?;
-        git(&seed, &["add", "shared.txt"])?;
-        git(&seed, &["commit", "-q", "-m", "shared"])?;
-        let bare = root.join("remote.git");
-        git(root, &["clone", "-q", "--bare", &seed.display().to_string(), &bare.display().to_string()])?;
-        Ok(Remote { bare })
+        Ok(Remote { bare: bare_remote(root)? })
     }
 
     fn clone_to(&self, dir: &Path) -> anyhow::Result<PathBuf> {
@@ -89,14 +83,7 @@ fn integrator_named(
         std::fs::create_dir_all(&dir)?;
         remote.clone_to(&dir.join("clone"))?
     };
-    let cfg = format!(
-        "agent_id = {}\ntoken = {}\nhub_url = {}\nrepo_dir = {}\nstate_dir = {}\n{extra}",
-        toml_string(name),
-        toml_string(token),
-        toml_string(&hub.ws_url()),
-        toml_string(&repo.display().to_string()),
-        toml_string(&dir.join("state").display().to_string()),
-    );
+    let cfg = integrator_config(name, token, &hub.ws_url(), &repo, &dir.join("state"), extra);
     std::fs::write(dir.join("integrate.toml"), cfg)?;
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["integrate", "--log-format", "json", "--config"])

@@ -7,7 +7,7 @@ use crate::bin;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use testkit::{eventually, Supervised};
+use testkit::{eventually, file_says, Supervised};
 
 type R = anyhow::Result<()>;
 
@@ -159,36 +159,18 @@ async fn tmux_needs_the_native_supervisor() -> R {
     Ok(())
 }
 
-fn git(repo: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(repo)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@t")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@t")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[tokio::test]
 async fn the_guard_upgrades_and_rolls_back_a_tmux_process() -> R {
     let s = Supervised::new(bin())?;
     let root = tempfile::tempdir()?;
     let repo = root.path().join("repo");
-    std::fs::create_dir_all(&repo)?;
     let health = root.path().join("health");
     // The agent needs its terminal; a `crash` version exits at once.
     let agent = format!(
         "[ -t 0 ] || exit 9\nV=$(cat VERSION)\ncase \"$V\" in crash*) exit 1 ;; esac\necho \"ok $V\" > '{}'\nexec sleep 100000\n",
         health.display()
     );
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("agent.sh"), agent)?;
-    std::fs::write(repo.join("VERSION"), "1\n")?;
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "v1"]);
+    testkit::git::versioned_agent(&repo, &agent)?;
     s.ok(&[
         "start",
         "agent",
@@ -203,27 +185,8 @@ async fn the_guard_upgrades_and_rolls_back_a_tmux_process() -> R {
         "sh",
         "agent.sh",
     ])?;
-    let branch = |name: &str, v: &str| {
-        git(&repo, &["checkout", "-q", "-b", name]);
-        std::fs::write(repo.join("VERSION"), format!("{v}\n")).unwrap();
-        git(&repo, &["commit", "-q", "-am", v]);
-        git(&repo, &["checkout", "-q", "main"]);
-    };
-    let healthy = |want: &'static str| {
-        let health = health.clone();
-        move || {
-            let health = health.clone();
-            async move {
-                let now = std::fs::read_to_string(&health).unwrap_or_default();
-                if now.trim() == want {
-                    Ok(())
-                } else {
-                    Err(now)
-                }
-            }
-        }
-    };
-    eventually("v1 healthy", healthy("ok 1")).await?;
+    let branch = |name: &str, v: &str| testkit::git::version_branch(&repo, name, v).unwrap();
+    file_says("v1 healthy", &health, "ok 1").await?;
     let upgrade = |b: &str| -> anyhow::Result<Value> {
         let check = format!("grep -qx \"ok $(cat VERSION)\" '{}'", health.display());
         let out = s
@@ -256,11 +219,11 @@ async fn the_guard_upgrades_and_rolls_back_a_tmux_process() -> R {
     branch("feature/v2", "2");
     let r = upgrade("feature/v2")?;
     assert_eq!(r["outcome"], "upgraded", "{r:#}");
-    eventually("v2 healthy", healthy("ok 2")).await?;
+    file_says("v2 healthy", &health, "ok 2").await?;
     branch("feature/crash", "crash-3");
     let r = upgrade("feature/crash")?;
     assert_eq!(r["outcome"], "rolled-back", "{r:#}");
-    eventually("v2 healthy again", healthy("ok 2")).await?;
+    file_says("v2 healthy again", &health, "ok 2").await?;
     let p = s.proc("agent")?;
     assert_eq!((p["status"].as_str(), p["tmux"].as_bool()), (Some("online"), Some(true)));
     Ok(())

@@ -63,20 +63,36 @@ fn forbidden(msg: String) -> Response {
     html(StatusCode::FORBIDDEN, layout::error(None, &e))
 }
 
-/// The origin check, then the viewer.
-async fn begin(s: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
-    csrf::check_origin(headers, s.console.tls).map_err(forbidden)?;
-    viewer(s, headers).await.map_err(|why| login_page(why, "/"))
+/// Whose dashboard offers an action.
+#[derive(Clone, Copy)]
+enum Offered {
+    /// The admin's only.
+    Admin,
+    /// Every viewer's (the core checks what each may do).
+    Any,
 }
 
-/// Actions only the admin's dashboard offers: the refusal for anyone else.
-fn not_admin(v: &Viewer) -> Option<Response> {
-    v.agent().map(|a| {
+/// The origin check, the viewer, the refusal of an admin's action to anyone else, then the
+/// form of at most `limit` bytes: what every action does before it asks the core.
+async fn begin(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    offered: Offered,
+) -> Result<(Viewer, Form), Response> {
+    csrf::check_origin(headers, s.console.tls).map_err(forbidden)?;
+    let v = viewer(s, headers).await.map_err(|why| login_page(why, "/"))?;
+    if let (Offered::Admin, Some(a)) = (offered, v.agent()) {
         let e = ApiError::new(ErrorCode::Forbidden).msg(format!(
             "agent {a}'s dashboard is read-only: it may answer the questions of tasks it submitted, nothing else"
         ));
-        error_page(Some(v), &e)
-    })
+        return Err(error_page(Some(&v), &e));
+    }
+    match read_form(headers, body, limit, s.net.body_read_timeout).await {
+        Ok(f) => Ok((v, f)),
+        Err(e) => Err(error_page(Some(&v), &e)),
+    }
 }
 
 fn see_other(location: &str) -> Response {
@@ -159,18 +175,11 @@ fn submission(f: &Form) -> Result<Map<String, Value>, Vec<String>> {
 }
 
 pub async fn submit(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    let v = match begin(&s, &headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if let Some(r) = not_admin(&v) {
-        return r;
-    }
     // Percent-encoding can triple each byte of the largest submission.
     let limit = s.limits.max_submission_bytes().saturating_mul(3);
-    let f = match read_form(&headers, body, limit, s.net.body_read_timeout).await {
-        Ok(f) => f,
-        Err(e) => return error_page(Some(&v), &e),
+    let (v, f) = match begin(&s, &headers, body, limit, Offered::Admin).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let task = match submission(&f).and_then(proto::api::SubmitTask::from_json) {
         Ok(t) => t,
@@ -187,16 +196,9 @@ pub async fn submit(State(s): State<AppState>, headers: HeaderMap, body: axum::b
 
 /// Cancel or retry, then back to the task (or to the listing the button was on).
 async fn change(s: AppState, headers: HeaderMap, body: axum::body::Body, task_id: String, retry: bool) -> Response {
-    let v = match begin(&s, &headers).await {
-        Ok(v) => v,
+    let (v, f) = match begin(&s, &headers, body, SMALL_FORM, Offered::Admin).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    if let Some(r) = not_admin(&v) {
-        return r;
-    }
-    let f = match read_form(&headers, body, SMALL_FORM, s.net.body_read_timeout).await {
-        Ok(f) => f,
-        Err(e) => return error_page(Some(&v), &e),
     };
     let back = f.text("back").map(safe_next).unwrap_or_else(|| task_href(&task_id));
     let done = if retry {
@@ -236,16 +238,9 @@ pub async fn review(
     Path(task_id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let v = match begin(&s, &headers).await {
-        Ok(v) => v,
+    let (v, f) = match begin(&s, &headers, body, SMALL_FORM + proto::MAX_REASON * 12, Offered::Admin).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    if let Some(r) = not_admin(&v) {
-        return r;
-    }
-    let f = match read_form(&headers, body, SMALL_FORM + proto::MAX_REASON * 12, s.net.body_read_timeout).await {
-        Ok(f) => f,
-        Err(e) => return error_page(Some(&v), &e),
     };
     let href = task_href(&task_id);
     let done = match f.get("decision") {
@@ -272,14 +267,10 @@ pub async fn answer(
     Path(task_id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let v = match begin(&s, &headers).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let limit = SMALL_FORM + proto::MAX_ANSWER * 12;
-    let f = match read_form(&headers, body, limit, s.net.body_read_timeout).await {
-        Ok(f) => f,
-        Err(e) => return error_page(Some(&v), &e),
+    let (v, f) = match begin(&s, &headers, body, limit, Offered::Any).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     // The typed answer, else the option picked.
     let answer = f.text("answer").or_else(|| f.text("choice")).unwrap_or("");
@@ -300,16 +291,9 @@ pub async fn restart(
     Path(agent_id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let v = match begin(&s, &headers).await {
-        Ok(v) => v,
+    let (v, f) = match begin(&s, &headers, body, SMALL_FORM, Offered::Admin).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    if let Some(r) = not_admin(&v) {
-        return r;
-    }
-    let f = match read_form(&headers, body, SMALL_FORM, s.net.body_read_timeout).await {
-        Ok(f) => f,
-        Err(e) => return error_page(Some(&v), &e),
     };
     if f.get("confirm") != Some("yes") {
         let e = ApiError::new(ErrorCode::ValidationFailed)

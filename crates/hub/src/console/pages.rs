@@ -42,6 +42,26 @@ fn page_size(limit: Option<u32>, default: u32) -> Result<usize, ApiError> {
     crate::paging::page_size(Some(limit.unwrap_or(default)))
 }
 
+/// The page of tasks the query asks for (its cursor and size), of `status` and `lane`,
+/// rendered by `render`; or the error page.
+async fn task_page(
+    s: &AppState,
+    v: &Viewer,
+    q: &ListQuery,
+    status: Option<TaskStatus>,
+    lane: Option<Priority>,
+    render: impl FnOnce(&data::Page) -> maud::Markup,
+) -> Response {
+    let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
+        Ok(l) => l,
+        Err(e) => return error_page(Some(v), &e),
+    };
+    match data::tasks(s, v, status, lane, q.cursor.as_deref(), limit).await {
+        Ok(p) => html(StatusCode::OK, render(&p)),
+        Err(e) => error_page(Some(v), &e),
+    }
+}
+
 pub async fn fleet(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -73,14 +93,7 @@ pub async fn tasks(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
-        Ok(l) => l,
-        Err(e) => return error_page(Some(&v), &e),
-    };
-    match data::tasks(&s, &v, q.status, None, q.cursor.as_deref(), limit).await {
-        Ok(p) => html(StatusCode::OK, tasks::list(&v, q.status, &p, crate::clock::wall_ms())),
-        Err(e) => error_page(Some(&v), &e),
-    }
+    task_page(&s, &v, &q, q.status, None, |p| tasks::list(&v, q.status, p, crate::clock::wall_ms())).await
 }
 
 pub async fn queue(
@@ -95,14 +108,7 @@ pub async fn queue(
     };
     let now = crate::clock::wall_ms();
     if let Some(lane) = q.lane {
-        let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
-            Ok(l) => l,
-            Err(e) => return error_page(Some(&v), &e),
-        };
-        return match data::tasks(&s, &v, Some(TaskStatus::Queued), Some(lane), q.cursor.as_deref(), limit).await {
-            Ok(p) => html(StatusCode::OK, tasks::lane(&v, lane, &p, now)),
-            Err(e) => error_page(Some(&v), &e),
-        };
+        return task_page(&s, &v, &q, Some(TaskStatus::Queued), Some(lane), |p| tasks::lane(&v, lane, p, now)).await;
     }
     let total = match v.is_admin() {
         true => data::call(&s, &v, proto::api::GetStats)
@@ -127,14 +133,8 @@ pub async fn dead_letter(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let limit = match page_size(q.limit, proto::api::DEFAULT_PAGE) {
-        Ok(l) => l,
-        Err(e) => return error_page(Some(&v), &e),
-    };
-    match data::tasks(&s, &v, Some(TaskStatus::DeadLetter), None, q.cursor.as_deref(), limit).await {
-        Ok(p) => html(StatusCode::OK, tasks::dead_letter(&v, &p, crate::clock::wall_ms())),
-        Err(e) => error_page(Some(&v), &e),
-    }
+    let render = |p: &data::Page| tasks::dead_letter(&v, p, crate::clock::wall_ms());
+    task_page(&s, &v, &q, Some(TaskStatus::DeadLetter), None, render).await
 }
 
 pub async fn task(State(s): State<AppState>, headers: HeaderMap, uri: Uri, Path(task_id): Path<String>) -> Response {

@@ -58,10 +58,7 @@ impl<S: Store, C: Clock> Core<S, C> {
         };
         let head = &o.head;
         if head.generation != generation {
-            let e = ErrorFrame::new(FrameErrorCode::StaleGeneration)
-                .task(&task_id)
-                .message(format!("generation {generation} is stale; current is {}", head.generation));
-            return self.send_error(conn, e);
+            return self.send_error(conn, super::tasks::stale(&task_id, generation, head.generation));
         }
         let mine = head.assigned_to.as_deref() == Some(agent_id);
         // Our ack was lost and the report came again: the task already waits for the limit.
@@ -70,10 +67,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             return self.send(conn, ack, SendKind::Plain);
         }
         if !head.status.is_held() || !mine {
-            let e = ErrorFrame::new(FrameErrorCode::InvalidState)
-                .task(&task_id)
-                .message(format!("task is {}", head.status));
-            return self.send_error(conn, e);
+            return self.send_error(conn, super::tasks::not_held(&task_id, head.status));
         }
         let submitted_by = head.submitted_by.clone();
         let Attached { usage, change, session_id } = attached;

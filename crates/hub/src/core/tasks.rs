@@ -286,15 +286,22 @@ impl<S: Store, C: Clock> Core<S, C> {
         }
     }
 
-    pub(super) fn retry(&mut self, id: &str, role: &Role) -> Result<TaskChanged, ApiError> {
+    /// The head of a task that `role` asks to `verb` (`retry`, `cancel`), loaded if it was
+    /// finished; or why it may not.
+    fn head_to_change(&mut self, id: &str, role: &Role, verb: &str) -> Result<TaskHead, ApiError> {
         let head = self.reopen(id).map_err(store_err)?;
         let Some(head) = head else {
             return Err(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}")));
         };
-        if let Err(e) = crate::authz::may_change(role, &head.submitted_by, "retry") {
+        if let Err(e) = crate::authz::may_change(role, &head.submitted_by, verb) {
             self.drop_if_terminal(id);
             return Err(e);
         }
+        Ok(head)
+    }
+
+    pub(super) fn retry(&mut self, id: &str, role: &Role) -> Result<TaskChanged, ApiError> {
+        let head = self.head_to_change(id, role, "retry")?;
         match head.status {
             TaskStatus::DeadLetter | TaskStatus::Cancelled | TaskStatus::WaitingRetry => {
                 let placement = match self.retry_placement(&head) {
@@ -327,14 +334,7 @@ impl<S: Store, C: Clock> Core<S, C> {
     }
 
     pub(super) fn cancel(&mut self, id: &str, role: &Role) -> Result<TaskChanged, ApiError> {
-        let head = self.reopen(id).map_err(store_err)?;
-        let Some(head) = head else {
-            return Err(ApiError::new(ErrorCode::NotFound).msg(format!("no task {id}")));
-        };
-        if let Err(e) = crate::authz::may_change(role, &head.submitted_by, "cancel") {
-            self.drop_if_terminal(id);
-            return Err(e);
-        }
+        let head = self.head_to_change(id, role, "cancel")?;
         match head.status {
             s @ (TaskStatus::Completed | TaskStatus::Cancelled) => {
                 self.drop_if_terminal(id);
@@ -439,10 +439,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             return self.send(conn, ack, SendKind::Ack { task_id });
         }
         if task.generation != generation {
-            let e = ErrorFrame::new(FrameErrorCode::StaleGeneration)
-                .task(&task_id)
-                .message(format!("generation {generation} is stale; current is {}", task.generation));
-            return self.send_error(conn, e);
+            return self.send_error(conn, stale(&task_id, generation, task.generation));
         }
         let mine = task.assigned_to.as_deref() == Some(agent_id);
         // A re-sent report for the same attempt (the sidecar did not see our ack) is acked again.
@@ -456,10 +453,7 @@ impl<S: Store, C: Clock> Core<S, C> {
             return self.send(conn, HubFrame::TaskAck { task_id, status }, SendKind::Plain);
         }
         if !task.status.is_held() || !mine {
-            let e = ErrorFrame::new(FrameErrorCode::InvalidState)
-                .task(&task_id)
-                .message(format!("task is {}", task.status));
-            return self.send_error(conn, e);
+            return self.send_error(conn, not_held(&task_id, task.status));
         }
         if let Some(u) = usage {
             self.record_usage(&task_id, agent_id, generation, u, &task.submitted_by);
@@ -575,4 +569,16 @@ impl<S: Store, C: Clock> Core<S, C> {
 
 pub(super) fn store_err(e: StoreError) -> ApiError {
     ApiError::new(ErrorCode::StorageUnavailable).msg(e.to_string())
+}
+
+/// The refusal of a report (a result, a limit) of an attempt that is not the task's current one.
+pub(super) fn stale(task_id: &str, generation: u64, current: u64) -> ErrorFrame {
+    ErrorFrame::new(FrameErrorCode::StaleGeneration)
+        .task(task_id)
+        .message(format!("generation {generation} is stale; current is {current}"))
+}
+
+/// The refusal of a report from an agent that does not hold the task (or of a task not held).
+pub(super) fn not_held(task_id: &str, status: TaskStatus) -> ErrorFrame {
+    ErrorFrame::new(FrameErrorCode::InvalidState).task(task_id).message(format!("task is {status}"))
 }

@@ -48,10 +48,7 @@ pub(super) async fn agents(
     headers: HeaderMap,
     q: Result<Query<ListAgents>, QueryRejection>,
 ) -> Response {
-    match q {
-        Ok(Query(q)) => call(&s, &headers, q).await,
-        Err(e) => bad_query(e),
-    }
+    call_query(&s, &headers, q).await
 }
 
 pub(super) async fn agent(State(s): State<AppState>, headers: HeaderMap, Path(agent_id): Path<String>) -> Response {
@@ -79,10 +76,7 @@ pub(super) async fn list_tokens(
     headers: HeaderMap,
     q: Result<Query<ListTokens>, QueryRejection>,
 ) -> Response {
-    match q {
-        Ok(Query(q)) => call(&s, &headers, q).await,
-        Err(e) => bad_query(e),
-    }
+    call_query(&s, &headers, q).await
 }
 
 pub(super) async fn revoke_token(
@@ -99,14 +93,7 @@ pub(super) async fn restart_agent(
     Path(agent_id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let m = match read_json(body, SMALL_BODY, s.net.body_read_timeout).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    match RestartAgent::from_json(&agent_id, m) {
-        Ok(r) => call(&s, &headers, r).await,
-        Err(errors) => invalid(errors),
-    }
+    call_json(&s, &headers, body, SMALL_BODY, |m| RestartAgent::from_json(&agent_id, m)).await
 }
 
 pub(super) async fn unlimit_agent(

@@ -197,6 +197,39 @@ where
     }
 }
 
+/// The core's answer to the request a query string makes, or why the query is malformed.
+async fn call_query<R: CoreRequest>(s: &AppState, headers: &HeaderMap, q: Result<Query<R>, QueryRejection>) -> Response
+where
+    R::Answer: serde::Serialize,
+{
+    match q {
+        Ok(Query(q)) => call(s, headers, q).await,
+        Err(e) => bad_query(e),
+    }
+}
+
+/// The core's answer to the request a JSON body of at most `limit` bytes makes once `parse`
+/// has checked it, or every field it found invalid.
+async fn call_json<R: CoreRequest>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    parse: impl FnOnce(Map<String, Value>) -> Result<R, Vec<String>>,
+) -> Response
+where
+    R::Answer: serde::Serialize,
+{
+    let m = match read_json(body, limit, s.net.body_read_timeout).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match parse(m) {
+        Ok(req) => call(s, headers, req).await,
+        Err(errors) => invalid(errors),
+    }
+}
+
 /// The core's answer as JSON with 201 (what the request created), or its error.
 async fn create<R: CoreRequest>(s: &AppState, headers: &HeaderMap, req: R) -> Response
 where

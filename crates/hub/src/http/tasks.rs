@@ -216,14 +216,7 @@ pub(super) async fn reject(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let m = match read_json(body, SMALL_BODY, s.net.body_read_timeout).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    match proto::api::RejectTask::from_json(&id, m) {
-        Ok(r) => call(&s, &headers, r).await,
-        Err(errors) => invalid(errors),
-    }
+    call_json(&s, &headers, body, SMALL_BODY, |m| proto::api::RejectTask::from_json(&id, m)).await
 }
 
 pub(super) async fn integrations(
@@ -231,10 +224,7 @@ pub(super) async fn integrations(
     headers: HeaderMap,
     q: Result<Query<proto::api::ListIntegrations>, QueryRejection>,
 ) -> Response {
-    match q {
-        Ok(Query(q)) => call(&s, &headers, q).await,
-        Err(e) => bad_query(e),
-    }
+    call_query(&s, &headers, q).await
 }
 
 pub(super) async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -251,12 +241,6 @@ pub(super) async fn answer(
     Path(task_id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let m = match read_json(body, SMALL_BODY + proto::MAX_ANSWER * 4, s.net.body_read_timeout).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    match proto::api::AnswerTask::from_json(&task_id, m) {
-        Ok(a) => call(&s, &headers, a).await,
-        Err(errors) => invalid(errors),
-    }
+    let limit = SMALL_BODY + proto::MAX_ANSWER * 4;
+    call_json(&s, &headers, body, limit, |m| proto::api::AnswerTask::from_json(&task_id, m)).await
 }

@@ -7,7 +7,7 @@ mod pg_only;
 mod random;
 mod scenarios;
 
-use hub::model::{AgentRecord, Outcome, Payload, Priority, StoredTask, TaskHead, TokenRecord, Transition};
+use hub::model::{AgentRecord, Outcome, Payload, StoredTask, TaskHead, TokenRecord, Transition};
 use hub::store::{
     Database, Mutation, PgReader, PgStore, Reader, SqliteStore, Store, StoreError, StoredPatch, TaskQuery, DAY_MS,
     HISTORY_SHOWN, PROGRESS_KEPT,
@@ -252,45 +252,14 @@ fn head(id: &str, seq: i64, status: TaskStatus) -> TaskHead {
     // Some heads carry a family (a parent, dependencies, children): stored in the head's JSON.
     let family = seq % 4 == 2;
     TaskHead {
-        task_id: id.into(),
-        seq,
-        priority: Priority::Normal,
-        status,
-        generation: 0,
         needed_capabilities: vec!["rust".into()],
-        assign_to: None,
-        max_retries: 3,
-        assigned_to: None,
-        assigned_at: None,
-        attempts: 0,
-        failures: 0,
-        retry_at: None,
-        last_error: None,
-        submitted_by: "admin".into(),
         created_at: DAY0 + seq as u64,
         updated_at: DAY0 + seq as u64,
-        completed_at: None,
-        needs_input: None,
-        answer: None,
-        change: None,
-        max_cost_usd: None,
-        max_tokens: None,
-        limited_attempts: 0,
-        not_before: None,
-        prefer_agent: None,
-        prefer_until: None,
-        sessions: Vec::new(),
-        spent_usd: 0.0,
-        spent_tokens: 0,
-        serial_key: None,
-        review: false,
-        integration: None,
-        integrates: None,
-        integrating: None,
         parent_task_id: family.then(|| format!("parent-of-{id}")),
         depends_on: if family { vec![format!("dep-{id}-1"), format!("dep-{id}-2")] } else { vec![] },
         depth: u32::from(family),
         children: if family { vec![format!("child-of-{id}")] } else { vec![] },
+        ..TaskHead::for_test(id, seq, status)
     }
 }
 

@@ -17,20 +17,7 @@ pub struct Family {
 /// Reads `parent_task_id` and `depends_on` out of a submission, adding every problem to
 /// `errors`: task ids as the hub makes them, at most [`MAX_DEPENDS_ON`] of them, none twice.
 pub fn read_family(m: &mut Map<String, Value>, errors: &mut Vec<String>) -> Family {
-    let parent_task_id = match m.remove("parent_task_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(p)) => match crate::check_task_id(&p) {
-            Ok(()) => Some(p),
-            Err(e) => {
-                errors.push(e.replacen("task_id", "parent_task_id", 1));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push("parent_task_id: expected string".into());
-            None
-        }
-    };
+    let parent_task_id = fields::optional_id(m, errors, "parent_task_id", crate::check_task_id, "task_id");
     let depends_on = match m.remove("depends_on") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) if items.len() <= MAX_DEPENDS_ON => {

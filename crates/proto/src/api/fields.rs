@@ -59,3 +59,28 @@ impl Fields {
         }
     }
 }
+
+/// The optional id at `name` in `m`, if `check` takes it: its refusal, which names the field
+/// `checked` (`task_id`, `agent_id`), is added to `errors` naming `name` instead.
+pub(crate) fn optional_id(
+    m: &mut Map<String, Value>,
+    errors: &mut Vec<String>,
+    name: &str,
+    check: fn(&str) -> Result<(), String>,
+    checked: &str,
+) -> Option<String> {
+    match m.remove(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => match check(&id) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                errors.push(e.replacen(checked, name, 1));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(format!("{name}: expected string"));
+            None
+        }
+    }
+}

@@ -152,20 +152,7 @@ impl SubmitTask {
                 Vec::new()
             }
         };
-        let assign_to = match m.remove("assign_to") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(a)) => match check_agent_id(&a) {
-                Ok(()) => Some(a),
-                Err(e) => {
-                    errors.push(e.replacen("agent_id", "assign_to", 1));
-                    None
-                }
-            },
-            Some(_) => {
-                errors.push("assign_to: expected string".into());
-                None
-            }
-        };
+        let assign_to = fields::optional_id(&mut m, &mut errors, "assign_to", check_agent_id, "agent_id");
         let max_cost_usd = match m.remove("max_cost_usd") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) if n.as_f64().is_some_and(|c| c > 0.0 && c <= crate::MAX_USAGE_COST_USD) => {

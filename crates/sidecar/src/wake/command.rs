@@ -451,20 +451,7 @@ impl<'a> Lexer<'a> {
                 self.dollar_single.get_or_insert(start);
                 self.bump();
                 self.bump();
-                loop {
-                    if let Some(p) = self.placeholder_here() {
-                        self.placeholder(p, Quote::Single, Some("inside $'...'"));
-                        continue;
-                    }
-                    match self.bump() {
-                        None => return self.error(start, "this $'...' is never closed".into()),
-                        Some('\\') => {
-                            self.bump();
-                        }
-                        Some('\'') => return,
-                        Some(_) => {}
-                    }
-                }
+                self.skip_escaped(start, '\'', Quote::Single, "inside $'...'", "this $'...' is never closed");
             }
             Some(c) if c.is_ascii_alphanumeric() || "_@*#?$!-".contains(c) => {
                 self.cmd.expansion();
@@ -542,17 +529,23 @@ impl<'a> Lexer<'a> {
     fn backticks(&mut self) {
         let start = self.at;
         self.bump();
+        self.skip_escaped(start, '`', Quote::None, "inside backticks", "this `...` is never closed");
+    }
+
+    /// Up to the `close` that ends the construct begun at `start` (a backslash escapes the
+    /// character after it); a placeholder on the way is an error `inside` it, as `quote` reads.
+    fn skip_escaped(&mut self, start: usize, close: char, quote: Quote, inside: &'static str, never_closed: &str) {
         loop {
             if let Some(p) = self.placeholder_here() {
-                self.placeholder(p, Quote::None, Some("inside backticks"));
+                self.placeholder(p, quote, Some(inside));
                 continue;
             }
             match self.bump() {
-                None => return self.error(start, "this `...` is never closed".into()),
+                None => return self.error(start, never_closed.into()),
                 Some('\\') => {
                     self.bump();
                 }
-                Some('`') => return,
+                Some(c) if c == close => return,
                 Some(_) => {}
             }
         }

@@ -155,7 +155,7 @@ fn model(obj: &Map<String, Value>) -> Option<String> {
 }
 
 /// `s` cut to at most `max` bytes, never inside a character.
-fn clip_bytes(s: &str, max: usize) -> &str {
+pub(super) fn clip_bytes(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -176,7 +176,7 @@ impl CodexStream {
                 if let (Some("agent_message"), Some(text)) =
                     (kind, item.and_then(|i| i.get("text")).and_then(Value::as_str))
                 {
-                    let text = clip_bytes(text, claude::MAX_TEXT_BYTES);
+                    let text = claude::clip_bytes(text, claude::MAX_TEXT_BYTES);
                     seen.progress.push(text.to_string());
                     self.text = Some(text.to_string());
                 }
@@ -232,17 +232,6 @@ impl CodexStream {
 
 fn session(m: &Map<String, Value>) -> Option<String> {
     m.get("session_id").and_then(Value::as_str).filter(|s| proto::check_session_id(s).is_ok()).map(str::to_string)
-}
-
-fn clip_bytes(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -22,20 +22,6 @@ fn reasons(h: &Harness, id: &str) -> Vec<String> {
     h.reader.transitions(id).unwrap().into_iter().map(|t| t.reason).collect()
 }
 
-fn complete(id: &str, generation: u64) -> AgentFrame {
-    AgentFrame::TaskComplete {
-        task_id: id.into(),
-        generation,
-        result: Some(serde_json::json!({"status": "success"})),
-        tokens_used: None,
-        verification_report: None,
-        verification_history: None,
-        usage: None,
-        change: None,
-        session_id: None,
-    }
-}
-
 #[test]
 fn a_question_closes_with_its_attempt_and_a_late_answer_is_refused_with_the_reason() {
     let mut h = harness();
@@ -158,28 +144,13 @@ fn a_late_report_never_takes_a_task_another_agent_holds_now() {
 fn an_agents_uptime_counts_on_while_it_is_connected() {
     let mut h = harness();
     let token = h.agent_token("a1");
-    let (tx, _rx) = mpsc::channel(64);
     let info = proto::ProcessInfo {
         supervisor: Some("native".into()),
         status: Some("online".into()),
         uptime_ms: Some(1_000),
         ..Default::default()
     };
-    let id = proto::Identify {
-        agent_id: "a1".into(),
-        token,
-        name: None,
-        status: None,
-        capabilities: vec![],
-        client_type: None,
-        protocol_version: Some(1),
-        pm2_info: None,
-        process_info: Some(info),
-        ollama_url: None,
-        account: None,
-    };
-    h.core
-        .step([Event::Connected { conn: 1, tx }, Event::Frame { conn: 1, frame: AgentFrame::Identify(Box::new(id)) }]);
+    let _a = h.connect_as(1, proto::Identify { process_info: Some(info), ..identify("a1", &token) });
     h.advance(Duration::from_secs(90));
     let uptime = |h: &mut Harness| {
         h.api(ADMIN, proto::api::GetAgent { agent_id: "a1".into() }).unwrap().process_info.unwrap().uptime_ms

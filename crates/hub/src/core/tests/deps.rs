@@ -17,17 +17,7 @@ fn child(h: &mut Harness, token: &str, parent: &str) -> Result<String, ApiError>
 fn report(h: &mut Harness, a: &Agent, id: &str, generation: u64, ok: bool) {
     h.frame(a, AgentFrame::TaskAccepted { task_id: id.into() });
     let frame = if ok {
-        AgentFrame::TaskComplete {
-            task_id: id.into(),
-            generation,
-            result: Some(serde_json::json!({"status": "success", "output": id})),
-            tokens_used: None,
-            verification_report: None,
-            verification_history: None,
-            usage: None,
-            change: None,
-            session_id: None,
-        }
+        completed(id, generation, serde_json::json!({"status": "success", "output": id}), None)
     } else {
         AgentFrame::TaskFailed {
             task_id: id.into(),

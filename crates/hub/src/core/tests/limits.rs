@@ -17,20 +17,6 @@ fn limited(id: &str, generation: u64, reset_at_ms: Option<u64>, session: &str) -
     }
 }
 
-fn done(id: &str, generation: u64) -> AgentFrame {
-    AgentFrame::TaskComplete {
-        task_id: id.into(),
-        generation,
-        result: Some(serde_json::json!({"status": "success"})),
-        tokens_used: None,
-        verification_report: None,
-        verification_history: None,
-        usage: None,
-        change: None,
-        session_id: None,
-    }
-}
-
 fn agent_view(h: &mut Harness, agent_id: &str) -> proto::api::AgentView {
     h.api(ADMIN, GetAgent { agent_id: agent_id.into() }).unwrap()
 }
@@ -78,7 +64,7 @@ fn a_limited_attempt_is_no_failure_and_its_task_waits_for_the_agent_with_its_ses
     let (got, g2, resume) = take(&mut h, &mut a1).expect("the limited task, to the agent with its session");
     assert_eq!((got.as_str(), resume.as_deref()), (id.as_str(), Some("sess-1")));
     assert_eq!(agent_view(&mut h, "a1").limited_until, None);
-    h.frame(&a1, done(&id, g2));
+    h.frame(&a1, complete(&id, g2));
     let t = h.reader.task(&id).unwrap().unwrap();
     assert_eq!((t.head.status, t.head.failures, t.head.attempts), (TaskStatus::Completed, 0, 2));
     let history: Vec<String> = h.reader.transitions(&id).unwrap().into_iter().map(|t| t.reason).collect();
@@ -106,7 +92,7 @@ fn without_a_reset_time_the_wait_grows_with_each_limit_in_a_row_and_starts_over_
     }
     assert_eq!(waits, [60, 300, 900, 1800, 1800]);
     let (_, g, _) = take(&mut h, &mut a1).expect("assigned");
-    h.frame(&a1, done(&id, g));
+    h.frame(&a1, complete(&id, g));
     let id = h.submit(ADMIN, "more").unwrap();
     let (_, g, _) = take(&mut h, &mut a1).expect("assigned");
     let start = now(&h);

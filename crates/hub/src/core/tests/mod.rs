@@ -127,20 +127,12 @@ impl Harness {
 
     /// An agent that says which model provider account it uses.
     fn connect_in(&mut self, conn: ConnId, agent_id: &str, token: &str, account: Option<&str>) -> Agent {
+        self.connect_as(conn, Identify { account: account.map(str::to_string), ..identify(agent_id, token) })
+    }
+
+    /// An agent that identifies with `id` on connection `conn`.
+    fn connect_as(&mut self, conn: ConnId, id: Identify) -> Agent {
         let (tx, rx) = mpsc::channel(64);
-        let id = Identify {
-            agent_id: agent_id.into(),
-            token: token.into(),
-            name: None,
-            status: None,
-            capabilities: vec![],
-            client_type: None,
-            protocol_version: Some(1),
-            pm2_info: None,
-            process_info: None,
-            ollama_url: None,
-            account: account.map(str::to_string),
-        };
         self.core
             .step([Event::Connected { conn, tx }, Event::Frame { conn, frame: AgentFrame::Identify(Box::new(id)) }]);
         Agent { conn, rx }
@@ -394,23 +386,7 @@ fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
     assert_eq!(cpu.assigned().map(|(t, _)| t), Some(plain), "the urgent backlog needs a GPU");
     assert_eq!(h.core.queued_count(), 2_000);
     let token = h.agent_token("gpu");
-    let (tx, rx) = mpsc::channel(64);
-    let id = Identify {
-        agent_id: "gpu".into(),
-        token,
-        name: None,
-        status: None,
-        capabilities: vec!["gpu".into()],
-        client_type: None,
-        protocol_version: Some(1),
-        pm2_info: None,
-        process_info: None,
-        ollama_url: None,
-        account: None,
-    };
-    h.core
-        .step([Event::Connected { conn: 2, tx }, Event::Frame { conn: 2, frame: AgentFrame::Identify(Box::new(id)) }]);
-    let mut gpu = Agent { conn: 2, rx };
+    let mut gpu = h.connect_as(2, Identify { capabilities: vec!["gpu".into()], ..identify("gpu", &token) });
     let (first, _) = gpu.assigned().expect("the oldest GPU task");
     let (rows, _) =
         h.reader.list_tasks(TaskQuery { status: Some(TaskStatus::Assigned), limit: 10, ..Default::default() }).unwrap();
@@ -420,6 +396,43 @@ fn a_backlog_no_idle_agent_can_take_does_not_hold_up_the_rest() {
 /// Every event published so far, by name.
 fn event_names(bus: &crate::events::EventBus) -> Vec<&'static str> {
     bus.subscribe(Some("1-0")).backlog.iter().map(|p| p.name).collect()
+}
+
+/// What an agent says when it connects: its id and token, protocol 1, nothing else.
+fn identify(agent_id: &str, token: &str) -> Identify {
+    Identify {
+        agent_id: agent_id.into(),
+        token: token.into(),
+        name: None,
+        status: None,
+        capabilities: vec![],
+        client_type: None,
+        protocol_version: Some(1),
+        pm2_info: None,
+        process_info: None,
+        ollama_url: None,
+        account: None,
+    }
+}
+
+/// A `task_complete` reporting `result` and `usage`, and nothing else.
+fn completed(id: &str, generation: u64, result: serde_json::Value, usage: Option<proto::Usage>) -> AgentFrame {
+    AgentFrame::TaskComplete {
+        task_id: id.into(),
+        generation,
+        result: Some(result),
+        tokens_used: None,
+        verification_report: None,
+        verification_history: None,
+        usage,
+        change: None,
+        session_id: None,
+    }
+}
+
+/// A plain success.
+fn complete(id: &str, generation: u64) -> AgentFrame {
+    completed(id, generation, serde_json::json!({"status": "success"}), None)
 }
 
 fn needs_input(task_id: &str, request_id: &str, question: &str) -> AgentFrame {
@@ -541,18 +554,7 @@ fn usage(cost: f64) -> proto::Usage {
 fn work_once(h: &mut Harness, a: &mut Agent, cost: f64) -> String {
     let (id, generation) = a.assigned().expect("a task");
     h.frame(a, AgentFrame::TaskAccepted { task_id: id.clone() });
-    let done = AgentFrame::TaskComplete {
-        task_id: id.clone(),
-        generation,
-        result: Some(serde_json::json!({"status": "success"})),
-        tokens_used: None,
-        verification_report: None,
-        verification_history: None,
-        usage: Some(usage(cost)),
-        change: None,
-        session_id: None,
-    };
-    h.frame(a, done);
+    h.frame(a, completed(&id, generation, serde_json::json!({"status": "success"}), Some(usage(cost))));
     id
 }
 

@@ -22,6 +22,20 @@ pub fn waking() -> Machine {
     m
 }
 
+/// What a look finds once the agent is done: started, and a closed result saying success.
+fn succeeded() -> Observation {
+    Observation {
+        task_id: ID.into(),
+        started: Found::Regular(()),
+        progress: Found::Missing,
+        result: Found::Regular(ResultBytes { bytes: success(), age: None }),
+        needs_input: Found::Missing,
+        usage: Found::Missing,
+        result_closed: true,
+        agent_alive: None,
+    }
+}
+
 pub fn sent(actions: &[Action]) -> Vec<&AgentFrame> {
     actions.iter().filter_map(|a| if let Action::Send(f) = a { Some(f) } else { None }).collect()
 }
@@ -78,16 +92,7 @@ fn confirmation_deadline_fails_only_without_started() {
 #[test]
 fn storage_unavailable_resends_the_report_a_second_later() {
     let mut m = waking();
-    let observation = Observation {
-        task_id: ID.into(),
-        started: Found::Regular(()),
-        progress: Found::Missing,
-        result: Found::Regular(ResultBytes { bytes: success(), age: None }),
-        needs_input: Found::Missing,
-        usage: Found::Missing,
-        result_closed: true,
-        agent_alive: None,
-    };
+    let observation = succeeded();
     let a = m.handle(Event::Observed { look: Look::Watch, observation }, ms(20));
     assert!(sent(&a).iter().any(|f| matches!(f, AgentFrame::TaskComplete { .. })), "{a:?}");
     let err = proto::ErrorFrame::new(proto::FrameErrorCode::StorageUnavailable).task(ID);
@@ -258,16 +263,7 @@ fn a_worktree_that_cannot_be_made_or_committed_fails_the_attempt_saying_why() {
     assert_eq!(cwd, Some(Some(workspace.path.clone())), "the wake runs in the worktree: {actions:?}");
     m.handle(Event::WakeSpawned { task_id: ID.into(), attempt: 1, pgid: 7 }, ms(2));
     // The agent's result: what it left is committed before the report.
-    let observation = Observation {
-        task_id: ID.into(),
-        started: Found::Regular(()),
-        progress: Found::Missing,
-        result: Found::Regular(ResultBytes { bytes: success(), age: None }),
-        needs_input: Found::Missing,
-        usage: Found::Missing,
-        result_closed: true,
-        agent_alive: None,
-    };
+    let observation = succeeded();
     let actions = m.handle(Event::Observed { look: Look::Watch, observation }, ms(20));
     let reported =
         sent(&actions).iter().any(|f| matches!(f, AgentFrame::TaskComplete { .. } | AgentFrame::TaskFailed { .. }));
