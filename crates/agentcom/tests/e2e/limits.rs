@@ -74,8 +74,17 @@ async fn a_usage_limit_parks_the_agent_until_the_reset_and_the_task_resumes_its_
     let s = sidecar_in(&root.path().join("s"), &cfg, &env)?;
     let id = hub.submit(SubmitTask { max_retries: 0, ..SubmitTask::new("Write hello.txt") }).await?;
 
-    // The limit: the task waits (no failure counted), the agent is limited until the reset.
-    let waiting = hub.wait_status(&id, TaskStatus::Queued).await?;
+    // The limit: the task waits (no failure counted), the agent is limited until the reset. A
+    // task is queued as well before the sidecar has identified, so wait for the limited attempt.
+    let waiting = testkit::eventually_within(testkit::AGENT_WAIT, "the task queued after its limit", || async {
+        let t = hub.task(&id).await.map_err(|e| e.to_string())?;
+        if t.task.status == TaskStatus::Queued && t.task.limited_attempts > 0 {
+            Ok(t)
+        } else {
+            Err(format!("{:?}", t.task))
+        }
+    })
+    .await?;
     assert_eq!((waiting.task.failures, waiting.task.limited_attempts), (0, 1), "{:?}", waiting.history);
     let reset_ms = reset_at.load(Ordering::SeqCst) * 1000;
     assert_eq!(waiting.task.not_before, Some(reset_ms), "the reset the CLI's stream gave");
