@@ -109,6 +109,7 @@ impl Machine {
             };
             out.push(self.persist(true));
             self.send(out, AgentFrame::TaskAccepted { task_id: a.task_id });
+            self.resend_answer_ack(out);
             if let Some(frame) = report {
                 self.send(out, frame);
             }

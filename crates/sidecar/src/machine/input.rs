@@ -7,10 +7,10 @@
 //! answered. An answer (`task_input`) for the open request is written to `<id>.input`, then
 //! the record of it is persisted (required), then `.needs-input` is removed (the agent's
 //! signal that the answer is there: it never goes on before the answer is on record), and only
-//! then is `task_input_ack` sent, and again after every reconnect (the hub records a delivery
-//! once). A re-delivered answer already written is acknowledged
-//! without writing the file again; a `.needs-input` still there after its answer was recorded
-//! (the sidecar stopped before removing it) is removed by the next look.
+//! then is `task_input_ack` sent, and again after every reconnect, before any report that ends
+//! the attempt (the hub records a delivery once). A re-delivered answer already written is
+//! acknowledged without writing the file again; a `.needs-input` still there after its answer
+//! was recorded (the sidecar stopped before removing it) is removed by the next look.
 
 use super::{clip, Action, Machine, Slot, TaskFile, Unconfirmed};
 use crate::files::{FileId, Found, SmallFile};
@@ -105,6 +105,19 @@ impl Machine {
         self.send(out, AgentFrame::NeedsInput { task_id, request_id, question, options });
     }
 
+    /// Sends the last answer's ack again (after a reconnect, a re-assign, a restart): it may
+    /// have gone down with the last connection or the process, and the hub records a delivery
+    /// once. Also while the task reports its end, and before that report: the hub takes no ack
+    /// for an attempt that ended, so an agent that read its answer and finished at once would
+    /// otherwise leave the answer on record as never delivered.
+    pub(super) fn resend_answer_ack(&mut self, out: &mut Vec<Action>) {
+        let Slot::Active(h) = &self.slot else { return };
+        if let Some(request_id) = h.asking.answered.last() {
+            let ack = AgentFrame::TaskInputAck { task_id: h.task.id.clone(), request_id: request_id.clone() };
+            self.send(out, ack);
+        }
+    }
+
     /// Sends the open question again (after a reconnect, a continue, a re-assign), unless the
     /// task is already reporting. The hub deduplicates by `request_id`. Questions withdrawn go
     /// first, so the hub closes them before it sees what is open now.
@@ -115,12 +128,6 @@ impl Machine {
         }
         for request_id in &h.asking.withdrawn {
             self.send(out, closed_frame(&h.task.id, request_id, WITHDRAWN));
-        }
-        if let Some(request_id) = h.asking.answered.last() {
-            // Its ack may have gone down with the last connection (or the process): the hub
-            // records the delivery once and takes a repeat as nothing.
-            let ack = AgentFrame::TaskInputAck { task_id: h.task.id.clone(), request_id: request_id.clone() };
-            self.send(out, ack);
         }
         if let Some(q) = &h.asking.open {
             let frame = AgentFrame::NeedsInput {

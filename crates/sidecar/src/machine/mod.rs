@@ -340,6 +340,7 @@ impl Machine {
             },
         };
         self.send(out, frame);
+        self.resend_answer_ack(out);
         if let Slot::Active(Held { task, phase: Phase::Reporting { report, .. }, .. }) = &self.slot {
             let frame = report.frame(task);
             self.send(out, frame);
@@ -503,6 +504,7 @@ impl Machine {
         self.progress = ProgressCursor::default();
         self.warned.clear();
         self.bad_question = None;
+        self.resend_answer_ack(out);
         self.resend_question(out);
         let confirmation_timeout = self.cfg.confirmation_timeout;
         let Some(h) = self.active() else { return };

@@ -142,6 +142,22 @@ fn an_answer_is_written_and_recorded_before_the_agent_is_signalled_and_the_hub_a
     assert!(matches!(sent(&a)[..], [AgentFrame::NeedsInput { request_id, .. }] if request_id == "g4-2"), "{a:?}");
 }
 
+/// The agent read its answer and finished while the ack was lost with the connection: after the
+/// reconnect the ack goes before the report, which ends the attempt (the hub takes no ack after).
+#[test]
+fn an_ack_lost_with_the_connection_goes_before_the_report_that_ends_the_attempt() {
+    let mut m = working();
+    look(&mut m, file(&question("Deploy?"), "f1"), Found::Missing, None);
+    assert!(m.handle(answer("g4-1", "yes"), ms(100)).contains(&ack("g4-1")));
+    m.handle(Event::Disconnected, ms(105));
+    look(&mut m, Found::Missing, Found::Missing, Some(br#"{"status":"success"}"#));
+    assert!(matches!(m.slot(), Slot::Active(h) if matches!(h.phase, Phase::Reporting { .. })), "{:?}", m.slot());
+    let a = m.handle(Event::Connected, ms(120));
+    let frames: Vec<&str> = sent(&a).iter().map(|f| f.type_name()).collect();
+    assert_eq!(frames, ["state_report", "task_input_ack", "task_complete"], "{a:?}");
+    assert!(a.contains(&ack("g4-1")), "{a:?}");
+}
+
 #[test]
 fn a_failed_persist_undoes_the_change_and_the_next_try_uses_the_same_request_id() {
     let mut m = working();
